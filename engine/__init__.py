@@ -1,0 +1,83 @@
+"""Waitpoint: durable runs for Python asyncio.
+
+Tasks are ``async def`` functions; inside one, ``await wait_for_token(token)`` parks the run
+until someone completes the token, with nothing of the run left in memory. Runs, tokens and
+journals live in SQLite, so a run resumes exactly where it left off after restarts and crashes.
+"""
+
+from .client import Engine
+from .durable import complete_token, create_token, step, wait_for_token
+from .errors import (
+    ConfigurationError,
+    EngineError,
+    LeaseLostError,
+    NondeterminismError,
+    NotFoundError,
+    NotInRunError,
+    RunFailedError,
+    RunNotFoundError,
+    RunWaitTimeoutError,
+    StepFailedError,
+    StorageError,
+    TaskNotFoundError,
+    TokenNotFoundError,
+    TokenNotWaitingError,
+    ValidationError,
+    WaitpointCancelledError,
+    WaitpointError,
+    WaitpointTimeoutError,
+)
+from .models import (
+    CompletionResult,
+    CompletionSource,
+    Page,
+    Run,
+    RunError,
+    RunStatus,
+    Token,
+    WaitpointStatus,
+    WaitResult,
+)
+from .registry import Retry, TaskDefinition, task
+from .settings import Settings
+from .worker import Worker
+
+__all__ = [
+    "CompletionResult",
+    "CompletionSource",
+    "ConfigurationError",
+    "Engine",
+    "EngineError",
+    "LeaseLostError",
+    "NondeterminismError",
+    "NotFoundError",
+    "NotInRunError",
+    "Page",
+    "Retry",
+    "Run",
+    "RunError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "RunStatus",
+    "RunWaitTimeoutError",
+    "Settings",
+    "StepFailedError",
+    "StorageError",
+    "TaskDefinition",
+    "TaskNotFoundError",
+    "Token",
+    "TokenNotFoundError",
+    "TokenNotWaitingError",
+    "ValidationError",
+    "WaitResult",
+    "WaitpointCancelledError",
+    "WaitpointError",
+    "WaitpointStatus",
+    "WaitpointTimeoutError",
+    "Worker",
+    "complete_token",
+    "create_token",
+    "step",
+    "task",
+    "wait_for_token",
+]

@@ -1,0 +1,363 @@
+"""``Engine``: the one facade for code outside runs (scripts, the CLI, later the REST API).
+
+    async with Engine() as engine:
+        run = await engine.trigger("approve-refund", {"order_id": 42})
+        token = await engine.tokens.create(timeout="1h")
+        await engine.tokens.complete(token.id, {"approved": True})
+        run = await engine.wait_for_run(run.id, timeout=30)
+
+Entering an ``Engine`` also makes it the current one, so the module-level ``create_token`` and
+``complete_token`` work in that block without passing it around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from pydantic import BaseModel
+
+from .clock import Clock, from_ms, to_ms
+from .durations import Timeout, resolve_deadline, to_timedelta
+from .errors import (
+    ConfigurationError,
+    RunFailedError,
+    RunWaitTimeoutError,
+    TaskNotFoundError,
+    ValidationError,
+)
+from .models import (
+    CompletionResult,
+    CompletionSource,
+    Page,
+    Run,
+    RunStatus,
+    TaskInfo,
+    Token,
+    WaitpointStatus,
+)
+from .registry import REGISTRY
+from .settings import Settings
+from .storage import NewRun, NewToken, RunFilter, Storage, TokenFilter, open_storage
+from .validation import (
+    check_against_schema,
+    clean_limit,
+    clean_optional_text,
+    clean_statuses,
+    clean_tags,
+)
+
+_current: contextvars.ContextVar[Engine] = contextvars.ContextVar("waitpoint_engine")
+
+
+def current_engine() -> Engine:
+    """The Engine entered most recently in this context (``async with Engine() ...``)."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise ConfigurationError(
+            "no Engine is open here: outside a run, use `async with Engine() as engine:` "
+            "(or call engine.tokens.create / engine.tokens.complete directly)"
+        ) from None
+
+
+def token_request(
+    now_ms: int,
+    *,
+    timeout: Timeout | None = None,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: str | timedelta | None = None,
+    tags: list[str] | str | None = None,
+    schema: type[BaseModel] | None = None,
+) -> NewToken:
+    """Validate ``create_token`` arguments into what storage inserts."""
+    now = from_ms(now_ms)
+    timeout_ms = ttl = None
+    if timeout is not None:
+        deadline, ttl = resolve_deadline(timeout, now)
+        timeout_ms = to_ms(deadline)
+    data_schema = None
+    if schema is not None:
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            raise ValidationError("schema must be a pydantic model class")
+        data_schema = schema.model_json_schema()
+    key = clean_optional_text(idempotency_key, "idempotency_key")
+    return NewToken(
+        timeout_ms=timeout_ms,
+        ttl=ttl,
+        tags=clean_tags(tags),
+        idempotency_key=key,
+        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
+        data_schema=data_schema,
+    )
+
+
+def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> int | None:
+    if ttl is None:
+        return None
+    if key is None:
+        raise ValidationError("idempotency_key_ttl needs an idempotency_key")
+    return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
+
+
+def _ms(moment: datetime | None, what: str) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValidationError(f"{what} must be a timezone-aware datetime")
+    return to_ms(moment)
+
+
+class Engine:
+    """Trigger runs, inspect them, and create, complete or cancel tokens."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        if database_url is not None:
+            self.settings = self.settings.model_copy(update={"database_url": database_url})
+        self._clock = clock
+        self._storage: Storage | None = None
+        self._owns_storage = True
+        self._entered: list[contextvars.Token[Engine]] = []
+        self.runs = Runs(self)
+        self.tokens = Tokens(self)
+
+    @classmethod
+    def over(cls, storage: Storage) -> Engine:
+        """An Engine on an already open storage, which it does not close."""
+        engine = cls.__new__(cls)
+        engine.settings = Settings()
+        engine._clock = None
+        engine._storage = storage
+        engine._owns_storage = False
+        engine._entered = []
+        engine.runs = Runs(engine)
+        engine.tokens = Tokens(engine)
+        return engine
+
+    async def open(self) -> Self:
+        if self._storage is None:
+            storage = open_storage(
+                self.settings.database_url,
+                public_url=self.settings.public_url,
+                signing_secret=self.settings.signing_secret,
+                synchronous=self.settings.sqlite_synchronous,
+                clock=self._clock,
+            )
+            await storage.open()
+            self._storage = storage
+        return self
+
+    async def close(self) -> None:
+        if self._storage is not None and self._owns_storage:
+            await self._storage.close()
+            self._storage = None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        self._entered.append(_current.set(self))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._entered:
+            _current.reset(self._entered.pop())
+        await self.close()
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise ConfigurationError("the Engine is not open: use `async with Engine() as engine:`")
+        return self._storage
+
+    async def known_tasks(self) -> dict[str, TaskInfo]:
+        """Tasks this process imported plus every task a worker registered in the database."""
+        known = {info.id: info for info in await self.storage.list_tasks()}
+        known.update({task_id: d.info for task_id, d in REGISTRY.items()})
+        return known
+
+    async def trigger(
+        self,
+        task_id: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_key_ttl: str | timedelta | None = None,
+        tags: list[str] | str | None = None,
+        max_attempts: int | None = None,
+    ) -> Run:
+        """Queue a run of ``task_id``; with an idempotency key, a repeat returns the same run."""
+        payload = await self._checked_payload(task_id, payload)
+        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+            raise ValidationError("max_attempts must be a positive integer")
+        key = clean_optional_text(idempotency_key, "idempotency_key")
+        now = self.storage.now_ms()
+        return await self.storage.create_run(
+            NewRun(
+                task_id=task_id,
+                payload=payload,
+                tags=clean_tags(tags),
+                idempotency_key=key,
+                idempotency_key_expires_ms=_key_expiry(now, key, idempotency_key_ttl),
+                max_attempts=max_attempts,
+            )
+        )
+
+    async def _checked_payload(self, task_id: str, payload: Any) -> Any:
+        local = REGISTRY.get(task_id)
+        if local is not None:
+            return local.validate_payload(payload)
+        registered = {info.id: info for info in await self.storage.list_tasks()}
+        info = registered.get(task_id)
+        if info is None:
+            raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
+        if info.payload_schema is not None:
+            return check_against_schema(info.payload_schema, payload, f"the payload of {task_id!r}")
+        return payload
+
+    async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
+        """Wait until the run is COMPLETED and return it; raise ``RunFailedError`` otherwise."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            changed = self.storage.change_event()
+            run = await self.storage.get_run(run_id)
+            if run.is_finished:
+                if run.status is not RunStatus.COMPLETED:
+                    raise RunFailedError(
+                        run.id, run.status.value, run.error.model_dump() if run.error else None
+                    )
+                return run
+            wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+            if wait <= 0:
+                raise RunWaitTimeoutError(
+                    f"run {run_id} is still {run.status.value} after {timeout} seconds"
+                )
+            try:
+                await asyncio.wait_for(changed.wait(), wait)
+            except TimeoutError:
+                pass
+
+
+class Runs:
+    """``engine.runs``: look runs up, list them, cancel them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def retrieve(self, run_id: str) -> Run:
+        return await self._engine.storage.get_run(run_id)
+
+    async def list(
+        self,
+        *,
+        status: RunStatus | str | list[RunStatus | str] | None = None,
+        task: str | list[str] | None = None,
+        tags: list[str] | str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 25,
+        after: str | None = None,
+    ) -> Page[Run]:
+        """Newest first; pass ``page.next_cursor`` as ``after`` for the next page."""
+        tasks = [task] if isinstance(task, str) else list(task or [])
+        filter = RunFilter(
+            status=clean_statuses(status, RunStatus),
+            task_id=tasks,
+            tags=clean_tags(tags),
+            created_from_ms=_ms(created_after, "created_after"),
+            created_to_ms=_ms(created_before, "created_before"),
+        )
+        return await self._engine.storage.list_runs(filter, clean_limit(limit), after)
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run that has not finished; a finished run is returned unchanged."""
+        return await self._engine.storage.cancel_run(run_id)
+
+
+class Tokens:
+    """``engine.tokens``: create, look up, list, complete and cancel waitpoint tokens."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def create(
+        self,
+        *,
+        timeout: Timeout | None = None,
+        idempotency_key: str | None = None,
+        idempotency_key_ttl: str | timedelta | None = None,
+        tags: list[str] | str | None = None,
+        schema: type[BaseModel] | None = None,
+    ) -> Token:
+        storage = self._engine.storage
+        new = token_request(
+            storage.now_ms(),
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            idempotency_key_ttl=idempotency_key_ttl,
+            tags=tags,
+            schema=schema,
+        )
+        token = await storage.create_token(new)
+        if schema is not None:
+            token._data_model = schema
+        return token
+
+    async def retrieve(self, token_id: str) -> Token:
+        return await self._engine.storage.get_token(token_id)
+
+    async def list(
+        self,
+        *,
+        status: WaitpointStatus | str | list[WaitpointStatus | str] | None = None,
+        tags: list[str] | str | None = None,
+        idempotency_key: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 25,
+        after: str | None = None,
+    ) -> Page[Token]:
+        """Newest first; ``tags`` matches tokens carrying any of them."""
+        filter = TokenFilter(
+            status=clean_statuses(status, WaitpointStatus),
+            tags=clean_tags(tags),
+            idempotency_key=idempotency_key,
+            created_from_ms=_ms(created_after, "created_after"),
+            created_to_ms=_ms(created_before, "created_before"),
+        )
+        return await self._engine.storage.list_tokens(filter, clean_limit(limit), after)
+
+    async def complete(
+        self, token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
+    ) -> CompletionResult:
+        """Complete a WAITING token; ``applied`` says whether this call was the one that won.
+
+        Data for a typed token must match its schema (``ValidationError`` otherwise, and the
+        token stays WAITING). A timed-out or cancelled token raises ``TokenNotWaitingError``.
+        """
+        storage = self._engine.storage
+        token = await storage.get_token(token_id)
+        if token.data_schema is not None and token.is_waiting:
+            data = check_against_schema(token.data_schema, data, f"completion data for {token_id}")
+        return await storage.complete_token(token_id, data, source)
+
+    async def cancel(
+        self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
+    ) -> CompletionResult:
+        """Cancel a WAITING token: runs waiting on it resume with ``WaitpointCancelledError``."""
+        return await self._engine.storage.cancel_token(token_id, source)
+

@@ -1,0 +1,171 @@
+"""What task code awaits. Each function is a thin delegate to the current ``RunContext``.
+
+Inside a run these calls are journaled: on replay they return what they returned the first
+time, without running anything again. ``create_token`` and ``complete_token`` also work
+outside a run, through the ``Engine`` entered with ``async with Engine() as engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import structlog
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from .client import current_engine, token_request
+from .durations import Timeout
+from .errors import StepFailedError, Suspended, ValidationError
+from .models import CompletionResult, CompletionSource, Token, WaitResult
+from .runtime import RunContext, error_of
+
+T = TypeVar("T")
+log = structlog.get_logger("engine.durable")
+
+
+async def step(name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` once per run and journal its result (or its error).
+
+    ``fn`` may be sync (run in a worker thread) or async. The result must be JSON-serialisable
+    and is returned as JSON values (a pydantic model comes back as a dict), the same on the
+    first execution as on every replay. The body runs at least once: if the worker dies after
+    it ran and before the result was recorded, it runs again, so give external calls an
+    idempotency key such as ``f"{ctx.run_id}:{name}"``.
+    """
+    context = RunContext.current()
+    key, position = context.next_call("step", name)
+    entry = context.recorded(key, position)
+    if entry is not None:
+        await asyncio.sleep(0)  # let sibling coroutines start in their original order
+        if entry.is_error:
+            raise _rebuild_error(entry.value)
+        return entry.value
+    try:
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(*args, **kwargs)
+        else:
+            result = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+            if inspect.isawaitable(result):
+                result = await result
+    except Exception as exc:
+        await context.record(key, position, error_of(exc).model_dump(by_alias=True), is_error=True)
+        raise
+    try:
+        value = to_jsonable_python(result)
+    except Exception as exc:
+        raise ValidationError(f"step {name!r} returned a value that is not JSON-serialisable: {exc}") from exc
+    await context.record(key, position, value)
+    return value
+
+
+async def create_token(
+    *,
+    timeout: Timeout | None = None,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: str | timedelta | None = None,
+    tags: list[str] | str | None = None,
+    schema: type[BaseModel] | None = None,
+) -> Token:
+    """Create a waitpoint token that a run can wait on until someone completes it.
+
+    Inside a run the token is journaled: replay returns the same token, never a second one.
+    ``schema`` makes completion data validated when it arrives and parsed into the model by
+    ``wait_for_token``.
+    """
+    options = dict(
+        timeout=timeout,
+        idempotency_key=idempotency_key,
+        idempotency_key_ttl=idempotency_key_ttl,
+        tags=tags,
+        schema=schema,
+    )
+    context = RunContext.find()
+    if context is None:
+        return await current_engine().tokens.create(**options)  # type: ignore[arg-type]
+    key, position = context.next_call("create_token")
+    entry = context.recorded(key, position)
+    if entry is not None:
+        token = Token.model_validate(entry.value)
+    else:
+        new = token_request(context.storage.now_ms(), **options)  # type: ignore[arg-type]
+        token = await context.storage.create_token(new, context.journal_write(key, position, None))
+        log.info("token.created", token_id=token.id, cached=token.is_cached)
+    return _with_schema(token, schema)
+
+
+async def wait_for_token(token: Token | str) -> WaitResult[Any]:
+    """Park the run until the token completes, times out or is cancelled.
+
+    While the run waits nothing of it stays in memory; it resumes (on any worker, after any
+    restart) with ``WaitResult.ok`` and ``output`` set to the completion data, parsed into the
+    token's schema model when it was created with one.
+    """
+    context = RunContext.current()
+    token_id = token.id if isinstance(token, Token) else token
+    model = _schema_of(token) if isinstance(token, Token) else None
+    key, position = context.next_call("wait_for_token", token_id)
+    entry = context.recorded(key, position)
+    if entry is not None:
+        await asyncio.sleep(0)
+        closed = Token.model_validate(entry.value)
+    else:
+        found = await context.storage.wait_on_token(token_id, context.journal_write(key, position, None))
+        if found is None:
+            log.info("run.suspended", token_id=token_id)
+            raise Suspended()
+        closed = found
+    return WaitResult.from_token(closed, model.model_validate if model else None)
+
+
+async def complete_token(
+    token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
+) -> CompletionResult:
+    """Complete a token with ``data``; the first completion wins, repeats change nothing.
+
+    Raises ``TokenNotWaitingError`` if the token timed out or was cancelled. Not journaled:
+    inside a run, wrap it in a ``step`` if it must happen once.
+    """
+    context = RunContext.find()
+    if context is not None:
+        from .client import Engine
+
+        return await Engine.over(context.storage).tokens.complete(token_id, data, source=source)
+    return await current_engine().tokens.complete(token_id, data, source=source)
+
+
+def _with_schema(token: Token, schema: type[BaseModel] | None) -> Token:
+    if schema is not None:
+        token._data_model = schema
+    return token
+
+
+def _schema_of(token: Token) -> type[BaseModel] | None:
+    return token._data_model
+
+
+def _rebuild_error(value: Any) -> Exception:
+    """The exception a step raised when it ran, rebuilt from the journal."""
+    name = str(value.get("name", "Exception")) if isinstance(value, dict) else "Exception"
+    message = str(value.get("message", "")) if isinstance(value, dict) else str(value)
+    module, _, qualname = name.rpartition(".")
+    try:
+        owner: Any = importlib.import_module(module) if module else builtins
+        cls = owner
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(message)
+    except Exception:  # cannot import or construct it: fall back to a generic error
+        pass
+    return StepFailedError(message, name)
+
+
+__all__ = ["complete_token", "create_token", "step", "wait_for_token"]

@@ -1,0 +1,148 @@
+"""Every error the engine raises, in one place.
+
+    EngineError
+    ├── ValidationError              bad input: a duration, a tag, a payload, completion data
+    ├── ConfigurationError           the engine cannot start as configured
+    ├── NotInRunError                a durable call made outside a run
+    ├── NondeterminismError          replay met a different call than the journal recorded
+    ├── NotFoundError
+    │   ├── TaskNotFoundError
+    │   ├── RunNotFoundError
+    │   └── TokenNotFoundError
+    ├── TokenNotWaitingError         completing a token that timed out or was cancelled
+    ├── WaitpointError               what a failed wait carries in ``WaitResult.error``
+    │   ├── WaitpointTimeoutError
+    │   └── WaitpointCancelledError
+    ├── StepFailedError              a journaled step error whose class cannot be rebuilt
+    ├── RunFailedError               ``wait_for_run`` on a run that did not complete
+    ├── RunWaitTimeoutError          ``wait_for_run`` gave up (also a ``TimeoutError``)
+    └── StorageError                 the database failed; nothing above storage sees driver errors
+        └── LeaseLostError           this worker no longer owns the run; its write was refused
+
+``Suspended`` is not an error: it is control flow (a ``BaseException``, so that a task's
+``except Exception:`` cannot swallow it) raised when a run parks on a waitpoint and caught in
+exactly one place, the attempt boundary in ``engine.runtime``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+
+class ValidationError(EngineError, ValueError):
+    """Input was refused; the message names the field and what is wrong. Nothing was changed."""
+
+
+class ConfigurationError(EngineError):
+    """The engine cannot start as configured (database URL, missing extra, no Engine)."""
+
+
+class NotInRunError(EngineError):
+    """This call only works inside a running task (a function decorated with @task)."""
+
+
+class NondeterminismError(EngineError):
+    """Replay diverged from the journal: the task code changed or is not deterministic.
+
+    Code between durable calls must make the same calls in the same order on every replay;
+    move clock reads, randomness and I/O into ``step(...)``.
+    """
+
+    def __init__(self, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"replay expected {expected!r} (recorded in the journal) but the task called "
+            f"{actual!r}. The task code changed or is not deterministic between durable calls; "
+            "move clock reads, randomness and I/O into step(...), or finish old runs before "
+            "deploying the change."
+        )
+
+
+class NotFoundError(EngineError):
+    """No object with that id exists."""
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task with that id is known to this process or to any worker's registry."""
+
+    def __init__(self, task_id: str, known: list[str]) -> None:
+        self.task_id = task_id
+        self.known = known
+        listing = ", ".join(sorted(known)) if known else "none (start a worker to register tasks)"
+        super().__init__(f"unknown task {task_id!r}; known tasks: {listing}")
+
+
+class RunNotFoundError(NotFoundError):
+    """No run with that id exists."""
+
+
+class TokenNotFoundError(NotFoundError):
+    """No waitpoint token with that id exists."""
+
+
+class TokenNotWaitingError(EngineError):
+    """The token already closed (timed out or cancelled) and can no longer be completed."""
+
+    def __init__(self, token_id: str, status: str, closed_at: datetime | None) -> None:
+        self.token_id = token_id
+        self.status = status
+        self.closed_at = closed_at
+        when = closed_at.isoformat() if closed_at else "an unknown time"
+        how = "timed out" if status == "TIMED_OUT" else status.lower().replace("_", " ")
+        super().__init__(f"token {token_id} {how} at {when}; it can no longer be completed")
+
+
+class WaitpointError(EngineError):
+    """A wait ended without completion data."""
+
+
+class WaitpointTimeoutError(WaitpointError):
+    """The token timed out before anyone completed it."""
+
+
+class WaitpointCancelledError(WaitpointError):
+    """The token was cancelled before anyone completed it."""
+
+
+class StepFailedError(EngineError):
+    """A step failed in an earlier execution and its exception class could not be rebuilt."""
+
+    def __init__(self, message: str, error_type: str = "Exception") -> None:
+        self.error_type = error_type
+        super().__init__(f"{error_type}: {message}")
+
+
+class RunFailedError(EngineError):
+    """The run ended without completing (failed or canceled)."""
+
+    def __init__(self, run_id: str, status: str, error: Any = None) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.error = error
+        detail = f": {error.get('message')}" if isinstance(error, dict) else ""
+        super().__init__(f"run {run_id} ended {status}{detail}")
+
+
+class RunWaitTimeoutError(EngineError, TimeoutError):
+    """The run did not finish within the time given to wait_for_run."""
+
+
+class StorageError(EngineError):
+    """The database failed to carry out an operation."""
+
+
+class LeaseLostError(StorageError):
+    """This worker's lease on the run expired or was taken over; its write was refused."""
+
+
+class Suspended(BaseException):  # noqa: N818 - control flow, deliberately not an *Error
+    """The run parked on a waitpoint; the attempt ends here and resumes by replay later."""

@@ -1,0 +1,226 @@
+"""The engine's objects and their JSON shapes.
+
+Field names are snake_case in Python and camelCase on the wire (the aliases), matching the
+waitpoint token seed schema and Trigger.dev's run JSON. Optional string fields that are unset
+are left out of the JSON rather than sent as ``null``: the Trigger.dev SDK and the seed schema
+both read ``null`` in those places as a type error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+from pydantic.alias_generators import to_camel
+
+from .errors import WaitpointCancelledError, WaitpointError, WaitpointTimeoutError
+
+T = TypeVar("T")
+
+
+class RunStatus(StrEnum):
+    QUEUED = "QUEUED"
+    EXECUTING = "EXECUTING"
+    WAITING = "WAITING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_RUN
+
+
+_TERMINAL_RUN = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}
+
+
+class WaitpointStatus(StrEnum):
+    WAITING = "WAITING"
+    COMPLETED = "COMPLETED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+
+class CompletionSource(StrEnum):
+    """How a completion arrived: kept on the token for the audit trail."""
+
+    PYTHON = "python"
+    CLI = "cli"
+    API = "api"
+    CALLBACK = "callback"
+    PUBLIC_TOKEN = "public-token"
+    UI = "ui"
+    TIMEOUT = "timeout"
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire; fields named in ``omit_when_none`` vanish instead of being null."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+    omit_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self.omit_when_none:
+            info = type(self).model_fields[name]
+            for key in (name, info.alias):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+
+class Token(WireModel):
+    """A waitpoint token: a run may wait on it until someone completes it or it times out."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"idempotency_key", "ttl", "completed_via", "idempotency_key_expires_at"}
+    )
+
+    id: str
+    status: WaitpointStatus
+    url: str
+    tags: list[str] = Field(default_factory=list)
+    idempotency_key: str | None = None
+    idempotency_key_expires_at: datetime | None = None
+    ttl: str | None = None
+    expires_at: datetime | None = None
+    completed_at: datetime | None = None
+    created_at: datetime
+    data: Any = None
+    completed_via: CompletionSource | None = None
+    is_cached: bool = Field(default=False, exclude=True)
+    """True when ``create`` returned an existing token for its idempotency key."""
+    data_schema: dict[str, Any] | None = Field(default=None, exclude=True)
+    """The JSON Schema completion data must satisfy (from ``create_token(schema=Model)``)."""
+    _data_model: type[BaseModel] | None = PrivateAttr(default=None)
+    """The model ``wait_for_token`` parses the data into (kept in memory, not stored)."""
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status is WaitpointStatus.WAITING
+
+
+class RunError(WireModel):
+    name: str
+    message: str
+    stack_trace: str = ""
+
+
+class Run(WireModel):
+    """One execution of a task, from trigger to a terminal status."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"output", "error", "idempotency_key", "started_at", "finished_at"}
+    )
+
+    id: str
+    task_identifier: str
+    status: RunStatus
+    payload: Any = None
+    output: Any = None
+    error: RunError | None = None
+    tags: list[str] = Field(default_factory=list)
+    idempotency_key: str | None = None
+    attempt_count: int = 0
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    waiting_on: list[str] = Field(default_factory=list)
+    """Ids of the waitpoints the run is blocked on while WAITING."""
+    is_cached: bool = Field(default=False, exclude=True)
+    """True when ``trigger`` returned an existing run for its idempotency key."""
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_terminal
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass ``next_cursor`` as ``after`` to get the next one."""
+
+    data: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """What ``complete_token`` did: ``applied`` is True only for the call that won."""
+
+    applied: bool
+    token: Token
+
+
+@dataclass(frozen=True)
+class WaitResult(Generic[T]):
+    """How a wait ended: ``ok`` with ``output``, or not ok with a ``WaitpointError``."""
+
+    ok: bool
+    output: T | None = None
+    error: WaitpointError | None = None
+    token_id: str = ""
+
+    def unwrap(self) -> T:
+        """The output, or raise the wait's error (``WaitpointTimeoutError``, ...)."""
+        if not self.ok:
+            assert self.error is not None
+            raise self.error
+        return self.output  # type: ignore[return-value]
+
+    @classmethod
+    def from_token(cls, token: Token, parse: Any = None) -> WaitResult[Any]:
+        if token.status is WaitpointStatus.COMPLETED:
+            output = parse(token.data) if parse is not None else token.data
+            return WaitResult(ok=True, output=output, token_id=token.id)
+        message = ""
+        if isinstance(token.data, dict):
+            message = str(token.data.get("message", ""))
+        error: WaitpointError
+        if token.status is WaitpointStatus.CANCELLED:
+            error = WaitpointCancelledError(message or f"token {token.id} was cancelled")
+        else:
+            error = WaitpointTimeoutError(message or f"token {token.id} timed out")
+        return WaitResult(ok=False, error=error, token_id=token.id)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task id as workers registered it, with its payload's JSON Schema when typed."""
+
+    id: str
+    payload_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One durable call's recorded outcome. ``position`` is the call's order in the run."""
+
+    key: str
+    attempt: int
+    position: int
+    is_error: bool
+    value: Any
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this worker now holds a lease on; every write it makes carries ``epoch``."""
+
+    id: str
+    task_id: str
+    payload: Any
+    attempt: int
+    epoch: int
+    max_attempts: int | None = None
+    journal: list[JournalEntry] = field(default_factory=list)

@@ -1,0 +1,182 @@
+"""``@task``: turning ``async def fn(payload)`` into a task a worker can run, and finding tasks.
+
+Decorated functions land in ``REGISTRY`` when their module is imported; ``load_tasks`` imports
+a module or a whole package (``tasks/`` by default) so a worker knows what it can run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from .durations import to_timedelta
+from .errors import ConfigurationError, ValidationError
+from .models import TaskInfo
+
+TaskFunction = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often a failed run is tried again, and how long to wait between attempts.
+
+    The delay before attempt n+1 is ``min_delay * factor**(n-1)``, capped at ``max_delay``,
+    with up to half of it taken off at random when ``jitter`` is on (so that many runs failing
+    together do not come back together).
+    """
+
+    max_attempts: int = 1
+    factor: float = 2.0
+    min_delay: str | timedelta = "1s"
+    max_delay: str | timedelta = "1m"
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValidationError("Retry.max_attempts must be at least 1")
+        if self.factor < 1:
+            raise ValidationError("Retry.factor must be at least 1")
+        to_timedelta(self.min_delay)
+        to_timedelta(self.max_delay)
+
+    def delay_ms(self, attempt: int) -> int:
+        """Milliseconds to wait after ``attempt`` (1-based) failed."""
+        low = to_timedelta(self.min_delay).total_seconds()
+        high = to_timedelta(self.max_delay).total_seconds()
+        seconds = min(high, low * self.factor ** max(attempt - 1, 0))
+        if self.jitter:
+            seconds -= random.uniform(0, seconds / 2)
+        return int(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A registered task. Calling it directly runs the function (handy in unit tests)."""
+
+    id: str
+    fn: TaskFunction
+    retry: Retry = field(default_factory=Retry)
+    payload_model: type[BaseModel] | None = None
+
+    async def __call__(self, payload: Any) -> Any:
+        return await self.fn(payload)
+
+    @property
+    def info(self) -> TaskInfo:
+        schema = self.payload_model.model_json_schema() if self.payload_model else None
+        return TaskInfo(self.id, schema)
+
+    def validate_payload(self, payload: Any) -> Any:
+        """The payload as stored (JSON); a typed task's payload is validated here, at trigger."""
+        if self.payload_model is None:
+            return payload
+        if isinstance(payload, self.payload_model):
+            return payload.model_dump(mode="json")
+        try:
+            return self.payload_model.model_validate(payload).model_dump(mode="json")
+        except PydanticValidationError as exc:
+            raise ValidationError(f"invalid payload for task {self.id!r}: {_describe(exc)}") from exc
+
+    def parse_payload(self, stored: Any) -> Any:
+        """What the task function receives: the model instance for typed tasks."""
+        if self.payload_model is None:
+            return stored
+        return self.payload_model.model_validate(stored)
+
+
+REGISTRY: dict[str, TaskDefinition] = {}
+
+
+@overload
+def task(id: TaskFunction, /) -> TaskDefinition: ...
+
+
+@overload
+def task(
+    id: str | None = None, /, *, retry: Retry | None = None
+) -> Callable[[TaskFunction], TaskDefinition]: ...
+
+
+def task(
+    id: str | TaskFunction | None = None, /, *, retry: Retry | None = None
+) -> TaskDefinition | Callable[[TaskFunction], TaskDefinition]:
+    """Register ``async def fn(payload)`` as a task: ``@task``, ``@task()`` or ``@task("id")``.
+
+    Without an id the function's name is used, with ``_`` turned into ``-``. Annotate the
+    payload with a pydantic model to have it validated when the run is triggered.
+    """
+    if callable(id):
+        return _register(id, None, retry)
+
+    def decorator(fn: TaskFunction) -> TaskDefinition:
+        return _register(fn, id, retry)
+
+    return decorator
+
+
+def _register(fn: TaskFunction, task_id: str | None, retry: Retry | None) -> TaskDefinition:
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(f"@task needs an async def function; {fn.__qualname__} is not")
+    name = task_id or fn.__name__.replace("_", "-")
+    existing = REGISTRY.get(name)
+    if existing is not None and _origin(existing.fn) != _origin(fn):
+        raise ConfigurationError(
+            f"task id {name!r} is used twice: {_origin(existing.fn)} and {_origin(fn)}"
+        )
+    definition = TaskDefinition(name, fn, retry or Retry(), _payload_model(fn))
+    REGISTRY[name] = definition
+    return definition
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def _payload_model(fn: TaskFunction) -> type[BaseModel] | None:
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 1:
+        raise ConfigurationError(
+            f"a task takes exactly one argument, the payload; {fn.__qualname__} takes {len(params)}"
+        )
+    hint = get_type_hints(fn).get(params[0])
+    if inspect.isclass(hint) and issubclass(hint, BaseModel):
+        return hint
+    return None
+
+
+def load_tasks(module: str) -> dict[str, TaskDefinition]:
+    """Import ``module`` (and, for a package, every submodule); return the tasks it defines."""
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        root = importlib.import_module(module)
+        if hasattr(root, "__path__"):
+            for info in pkgutil.walk_packages(root.__path__, prefix=f"{module}."):
+                importlib.import_module(info.name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import tasks module {module!r}: {exc}") from exc
+    found = {
+        name: definition
+        for name, definition in REGISTRY.items()
+        if definition.fn.__module__ == module or definition.fn.__module__.startswith(f"{module}.")
+    }
+    return found
+
+
+def _describe(exc: PydanticValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,200 @@
+"""Running one attempt of a run: the journal, replay, and the attempt boundary.
+
+A run is executed by calling its task function from the top every time it resumes. Each
+durable call (``step``, ``create_token``, ``wait_for_token``) gets a key (its kind, name and
+occurrence: ``step:charge#0``) and a position (the order in which calls started). A call
+whose key is in the journal returns the recorded outcome without running anything; a new call
+runs and is recorded. A new call made where the journal holds an unconsumed entry from an
+earlier position means the code changed underneath the run: ``NondeterminismError``.
+
+``Suspended`` (raised by a wait that parks the run) is caught here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import traceback
+from typing import Any
+
+import structlog
+
+from .errors import (
+    LeaseLostError,
+    NondeterminismError,
+    NotInRunError,
+    StorageError,
+    Suspended,
+    ValidationError,
+)
+from .models import ClaimedRun, JournalEntry, RunError, RunStatus
+from .registry import TaskDefinition
+from .storage import JournalWrite, Storage
+
+log = structlog.get_logger("engine.runtime")
+
+_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("waitpoint_run")
+
+
+class RunContext:
+    """The state of one attempt, found by durable calls through a context variable."""
+
+    def __init__(self, storage: Storage, run: ClaimedRun) -> None:
+        self.storage = storage
+        self.run = run
+        self._entries: dict[str, JournalEntry] = {}
+        for entry in run.journal:
+            # a step's recorded error belongs to the attempt that recorded it; a new attempt
+            # runs the step again
+            if entry.is_error and entry.attempt != run.attempt:
+                continue
+            self._entries[entry.key] = entry
+        self._unconsumed = dict(self._entries)
+        self._occurrences: dict[str, int] = {}
+        self._position = 0
+        self.divergence: NondeterminismError | None = None
+
+    @staticmethod
+    def current() -> RunContext:
+        try:
+            return _current.get()
+        except LookupError:
+            raise NotInRunError() from None
+
+    @staticmethod
+    def find() -> RunContext | None:
+        return _current.get(None)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    def next_call(self, kind: str, name: str = "") -> tuple[str, int]:
+        """The key and position of the durable call being made now."""
+        base = f"{kind}:{name}" if name else kind
+        occurrence = self._occurrences.get(base, 0)
+        self._occurrences[base] = occurrence + 1
+        position = self._position
+        self._position += 1
+        return f"{base}#{occurrence}", position
+
+    def recorded(self, key: str, position: int) -> JournalEntry | None:
+        """The journaled outcome of this call, or None if it is new (and may run)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._unconsumed.pop(key, None)
+            return entry
+        for earlier in self._unconsumed.values():
+            if earlier.position <= position:
+                self.divergence = NondeterminismError(expected=earlier.key, actual=key)
+                raise self.divergence
+        return None
+
+    def journal_write(self, key: str, position: int, value: Any, *, is_error: bool = False) -> JournalWrite:
+        return JournalWrite(
+            run_id=self.run.id,
+            epoch=self.run.epoch,
+            attempt=self.run.attempt,
+            key=key,
+            position=position,
+            is_error=is_error,
+            value=value,
+        )
+
+    async def record(self, key: str, position: int, value: Any, *, is_error: bool = False) -> None:
+        await self.storage.append_journal(self.journal_write(key, position, value, is_error=is_error))
+
+    def check_finished_replay(self) -> None:
+        """A run that returns must have made every call its journal recorded."""
+        if self.divergence is not None:
+            raise self.divergence
+        leftover = sorted(self._unconsumed.values(), key=lambda e: e.position)
+        if leftover:
+            self.divergence = NondeterminismError(
+                expected=leftover[0].key, actual="the task returning"
+            )
+            raise self.divergence
+
+
+def error_of(exc: BaseException) -> RunError:
+    """The JSON-able description of an exception kept on a run or a journaled step."""
+    cls = type(exc)
+    return RunError(
+        name=f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__name__,
+        message=str(exc),
+        stack_trace="".join(traceback.format_exception(exc)),
+    )
+
+
+async def run_attempt(storage: Storage, run: ClaimedRun, definition: TaskDefinition) -> RunStatus | None:
+    """Execute one attempt of ``run``; returns the status it reached, or None if it parked.
+
+    Every exit is written through the lease epoch: a worker that lost the run changes nothing.
+    """
+    context = RunContext(storage, run)
+    reset = _current.set(context)
+    bound = structlog.contextvars.bind_contextvars(
+        run_id=run.id, task=run.task_id, attempt=run.attempt
+    )
+    log.info("run.started", resumed=bool(run.journal))
+    try:
+        return await _execute(storage, context, definition)
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+        _current.reset(reset)
+
+
+async def _execute(storage: Storage, context: RunContext, definition: TaskDefinition) -> RunStatus | None:
+    run = context.run
+    try:
+        output = await definition.fn(definition.parse_payload(run.payload))
+        context.check_finished_replay()
+        await storage.finish_run(run.id, run.epoch, RunStatus.COMPLETED, output, None)
+    except Suspended:
+        log.info("run.waiting")
+        return None
+    except LeaseLostError as exc:
+        log.warning("run.lease_lost", reason=str(exc))
+        return None
+    except asyncio.CancelledError:
+        # the worker is shutting down: hand the run back so another worker picks it up
+        await asyncio.shield(_release(storage, run))
+        raise
+    except Exception as exc:
+        return await _fail(storage, context, definition, exc)
+    log.info("run.completed")
+    return RunStatus.COMPLETED
+
+
+async def _fail(
+    storage: Storage, context: RunContext, definition: TaskDefinition, exc: Exception
+) -> RunStatus | None:
+    run = context.run
+    if context.divergence is not None:
+        exc = context.divergence  # the task may have caught it; the run still cannot go on
+    error = error_of(exc)
+    retryable = not isinstance(exc, NondeterminismError | ValidationError)
+    max_attempts = run.max_attempts or definition.retry.max_attempts
+    try:
+        if retryable and run.attempt < max_attempts:
+            delay = definition.retry.delay_ms(run.attempt)
+            await storage.retry_run(run.id, run.epoch, delay, error)
+            log.warning("run.retrying", error=error.message, delay_ms=delay)
+            return RunStatus.QUEUED
+        await storage.finish_run(run.id, run.epoch, RunStatus.FAILED, None, error)
+    except LeaseLostError as lost:
+        log.warning("run.lease_lost", reason=str(lost))
+        return None
+    except StorageError as failed:
+        log.error("run.fail_not_recorded", error=str(failed))
+        return None
+    log.error("run.failed", error=error.message, error_type=error.name)
+    return RunStatus.FAILED
+
+
+async def _release(storage: Storage, run: ClaimedRun) -> None:
+    try:
+        await storage.release_run(run.id, run.epoch)
+        log.info("run.released")
+    except StorageError as exc:
+        log.warning("run.release_failed", error=str(exc))

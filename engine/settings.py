@@ -1,0 +1,30 @@
+"""Configuration from the environment (prefix ``WAITPOINT_``) with defaults for local work."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///.waitpoint/engine.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAITPOINT_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    """Where runs, tokens and journals live; every worker and client must use the same one."""
+    public_url: str = "http://127.0.0.1:8030"
+    """Base of the callback URLs put on tokens (the address the API is reached at)."""
+    signing_secret: str | None = None
+    """Key for callback URL signatures; by default one is generated and kept in the database."""
+    tasks: str = "tasks"
+    """The module (or package) whose @task functions a worker runs."""
+    sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
+    """FULL survives power loss; NORMAL is faster but may lose the latest acknowledged writes."""
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """How long a worker may go silent before another one takes its runs over."""
+    concurrency: int = Field(default=100, gt=0)
+    """Attempts one worker runs at the same time."""
+    log_format: Literal["auto", "console", "json"] = "auto"

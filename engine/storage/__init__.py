@@ -1,0 +1,38 @@
+"""Storage backends, chosen by the database URL's scheme."""
+
+from __future__ import annotations
+
+from ..clock import Clock
+from ..errors import ConfigurationError
+from .base import JournalWrite, NewRun, NewToken, RunFilter, Storage, TokenFilter
+
+
+def open_storage(
+    url: str,
+    *,
+    public_url: str,
+    signing_secret: str | None = None,
+    synchronous: str = "FULL",
+    clock: Clock | None = None,
+) -> Storage:
+    """The backend for ``url`` (not yet opened: ``await storage.open()``)."""
+    if url.startswith("sqlite:"):
+        from .sqlite import SQLiteStorage
+
+        return SQLiteStorage(
+            url,
+            public_url=public_url,
+            signing_secret=signing_secret,
+            synchronous=synchronous,
+            clock=clock,
+        )
+    if url.startswith(("postgres://", "postgresql://")):
+        raise ConfigurationError(
+            "the PostgreSQL backend is not available yet; use a sqlite:/// URL"
+        )
+    raise ConfigurationError(
+        f"unsupported database URL {url!r}: use sqlite:///path/to/file.db"
+    )
+
+
+__all__ = ["JournalWrite", "NewRun", "NewToken", "RunFilter", "Storage", "TokenFilter", "open_storage"]

@@ -1,0 +1,173 @@
+"""The storage contract: domain operations, not SQL.
+
+Each backend (``sqlite.py`` now, PostgreSQL later) owns its SQL and migrations and turns
+driver errors into ``StorageError`` at its boundary. Every method that changes state is one
+transaction; the ones that take a ``JournalWrite`` or an ``epoch`` are fenced by the run's
+lease epoch and raise ``LeaseLostError`` when the caller no longer owns the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..models import (
+    ClaimedRun,
+    CompletionResult,
+    CompletionSource,
+    Page,
+    Run,
+    RunError,
+    RunStatus,
+    TaskInfo,
+    Token,
+    WaitpointStatus,
+)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    task_id: str
+    payload: Any
+    tags: list[str] = field(default_factory=list)
+    idempotency_key: str | None = None
+    idempotency_key_expires_ms: int | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True)
+class NewToken:
+    timeout_ms: int | None = None
+    ttl: str | None = None
+    tags: list[str] = field(default_factory=list)
+    idempotency_key: str | None = None
+    idempotency_key_expires_ms: int | None = None
+    data_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JournalWrite:
+    """A journal entry to append for a run, fenced by the lease ``epoch`` of the writer."""
+
+    run_id: str
+    epoch: int
+    attempt: int
+    key: str
+    position: int
+    is_error: bool = False
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    status: list[RunStatus] = field(default_factory=list)
+    task_id: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    created_from_ms: int | None = None
+    created_to_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenFilter:
+    status: list[WaitpointStatus] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    idempotency_key: str | None = None
+    created_from_ms: int | None = None
+    created_to_ms: int | None = None
+
+
+class Storage(Protocol):
+    """What the runtime, the scheduler and the client need from a database."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def now_ms(self) -> int:
+        """The database's clock, in milliseconds since the epoch."""
+        ...
+
+    # tasks
+    async def register_tasks(self, tasks: list[TaskInfo]) -> None: ...
+
+    async def list_tasks(self) -> list[TaskInfo]: ...
+
+    # runs
+    async def create_run(self, new: NewRun) -> Run:
+        """Insert a QUEUED run, or return the live one with the same idempotency key."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run: ...
+
+    async def list_runs(self, filter: RunFilter, limit: int, after: str | None) -> Page[Run]: ...
+
+    async def cancel_run(self, run_id: str) -> Run:
+        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged."""
+        ...
+
+    async def claim_runs(
+        self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each)."""
+        ...
+
+    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None: ...
+
+    async def release_run(self, run_id: str, epoch: int) -> None:
+        """Give a claimed run back to the queue (graceful shutdown)."""
+        ...
+
+    async def append_journal(self, write: JournalWrite) -> None: ...
+
+    async def finish_run(
+        self, run_id: str, epoch: int, status: RunStatus, output: Any, error: RunError | None
+    ) -> None: ...
+
+    async def retry_run(self, run_id: str, epoch: int, delay_ms: int, error: RunError) -> None: ...
+
+    # tokens
+    async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
+        """Insert a WAITING token (or return the one with the same idempotency key).
+
+        With ``journal`` the token is recorded in the run's journal in the same transaction;
+        the entry's value is filled with the token's JSON.
+        """
+        ...
+
+    async def get_token(self, token_id: str) -> Token: ...
+
+    async def list_tokens(
+        self, filter: TokenFilter, limit: int, after: str | None
+    ) -> Page[Token]: ...
+
+    async def complete_token(
+        self, token_id: str, data: Any, source: CompletionSource
+    ) -> CompletionResult: ...
+
+    async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult: ...
+
+    async def wait_on_token(self, token_id: str, journal: JournalWrite) -> Token | None:
+        """Block the run on the token, or journal its outcome if it already closed.
+
+        Returns the closed token (the run goes on), or None when the run is now WAITING and
+        its lease released (the caller must suspend).
+        """
+        ...
+
+    # scheduling
+    async def fire_due_timers(self, limit: int) -> int: ...
+
+    async def rescue_expired_leases(self) -> int: ...
+
+    async def next_timer_ms(self) -> int | None: ...
+
+    async def has_due_runs(self, task_ids: list[str]) -> bool: ...
+
+    def change_event(self) -> asyncio.Event:
+        """Set at the next commit that may have made work; take it before looking for work."""
+        ...
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return at the next commit that may have made work (a hint) or after ``timeout``."""
+        ...

@@ -1,0 +1,88 @@
+"""Turning stored rows into models, shared by the backends.
+
+Rows are plain mappings with the column names of the schema; times are integer milliseconds
+and JSON columns are text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from ..callbacks import CallbackSigner
+from ..clock import from_ms, from_ms_or_none
+from ..errors import ValidationError
+from ..models import (
+    CompletionSource,
+    JournalEntry,
+    Run,
+    RunError,
+    RunStatus,
+    Token,
+    WaitpointStatus,
+)
+
+
+def dump_json(value: Any, what: str = "value") -> str:
+    """Compact JSON text; anything pydantic can serialise is accepted."""
+    try:
+        return json.dumps(to_jsonable_python(value), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def load_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def token_from_row(row: Mapping[str, Any], signer: CallbackSigner) -> Token:
+    schema = row["data_schema"]
+    via = row["completed_via"]
+    return Token(
+        id=row["id"],
+        status=WaitpointStatus(row["status"]),
+        url=signer.url(row["id"]),
+        tags=json.loads(row["tags"]),
+        idempotency_key=row["idempotency_key"],
+        idempotency_key_expires_at=from_ms_or_none(row["idempotency_key_expires_at"]),
+        ttl=row["ttl"],
+        expires_at=from_ms_or_none(row["timeout_at"]),
+        completed_at=from_ms_or_none(row["completed_at"]),
+        created_at=from_ms(row["created_at"]),
+        data=load_json(row["data"]),
+        completed_via=CompletionSource(via) if via else None,
+        data_schema=load_json(schema),
+    )
+
+
+def run_from_row(row: Mapping[str, Any], waiting_on: list[str] | None = None) -> Run:
+    error = load_json(row["error"])
+    return Run(
+        id=row["id"],
+        task_identifier=row["task_id"],
+        status=RunStatus(row["status"]),
+        payload=load_json(row["payload"]),
+        output=load_json(row["output"]),
+        error=RunError.model_validate(error) if error else None,
+        tags=json.loads(row["tags"]),
+        idempotency_key=row["idempotency_key"],
+        attempt_count=row["attempt_count"],
+        created_at=from_ms(row["created_at"]),
+        updated_at=from_ms(row["updated_at"]),
+        started_at=from_ms_or_none(row["started_at"]),
+        finished_at=from_ms_or_none(row["finished_at"]),
+        waiting_on=waiting_on or [],
+    )
+
+
+def journal_from_row(row: Mapping[str, Any]) -> JournalEntry:
+    return JournalEntry(
+        key=row["key"],
+        attempt=row["attempt"],
+        position=row["position"],
+        is_error=bool(row["is_error"]),
+        value=load_json(row["value"]),
+    )

@@ -1,0 +1,91 @@
+"""SQLite schema migrations, applied in order; ``PRAGMA user_version`` records how far we got.
+
+Times are integer milliseconds since the epoch (UTC); JSON columns hold text.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the durable core
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        payload_schema TEXT,
+        updated_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        output TEXT,
+        error TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        idempotency_key TEXT,
+        idempotency_key_expires_at INTEGER,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER,
+        recovery_count INTEGER NOT NULL DEFAULT 0,
+        available_at INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_epoch INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX runs_queue ON runs (available_at) WHERE status = 'QUEUED';
+    CREATE INDEX runs_leases ON runs (lease_expires_at) WHERE status = 'EXECUTING';
+    CREATE INDEX runs_status ON runs (status, id);
+    CREATE UNIQUE INDEX runs_idempotency ON runs (task_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+
+    CREATE TABLE waitpoints (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        idempotency_key TEXT,
+        idempotency_key_expires_at INTEGER,
+        ttl TEXT,
+        timeout_at INTEGER,
+        completed_at INTEGER,
+        completed_via TEXT,
+        created_at INTEGER NOT NULL,
+        data TEXT,
+        data_schema TEXT,
+        created_by_run TEXT
+    );
+    CREATE INDEX waitpoints_timers ON waitpoints (timeout_at)
+        WHERE status = 'WAITING' AND timeout_at IS NOT NULL;
+    CREATE INDEX waitpoints_status ON waitpoints (status, id);
+    CREATE UNIQUE INDEX waitpoints_idempotency ON waitpoints (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+
+    -- a run blocked on a waitpoint: the edge goes when the run journals the wait's outcome
+    CREATE TABLE run_waits (
+        run_id TEXT NOT NULL,
+        waitpoint_id TEXT NOT NULL,
+        journal_key TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, waitpoint_id)
+    );
+    CREATE INDEX run_waits_waitpoint ON run_waits (waitpoint_id);
+
+    -- one row per durable call, never updated. A failed step may be recorded once per attempt.
+    CREATE TABLE journal (
+        run_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        is_error INTEGER NOT NULL DEFAULT 0,
+        value TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, key, attempt)
+    );
+    CREATE UNIQUE INDEX journal_once ON journal (run_id, key) WHERE is_error = 0;
+    """,
+]

@@ -1,0 +1,155 @@
+"""The worker: claims due runs, runs their attempts, keeps leases alive, fires timers.
+
+Any number of workers (processes, and later machines) may serve one database; none is
+special. Stopping is graceful by default: stop claiming, let running attempts finish (or
+park), then exit; a hard stop cancels the attempts, which hand their runs back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+
+import anyio
+import structlog
+
+from .client import Engine
+from .errors import StorageError
+from .models import ClaimedRun
+from .registry import REGISTRY, TaskDefinition
+from .runtime import run_attempt
+
+log = structlog.get_logger("engine.worker")
+
+_TIMER_BATCH = 1000
+_MIN_TIMER_PAUSE = 0.01
+
+
+class Worker:
+    """Runs the given tasks (by default every task imported so far) against an open Engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tasks: Mapping[str, TaskDefinition] | None = None,
+        *,
+        concurrency: int | None = None,
+        lease_seconds: float | None = None,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.tasks = dict(tasks if tasks is not None else REGISTRY)
+        self.concurrency = concurrency or engine.settings.concurrency
+        self.lease_ms = int((lease_seconds or engine.settings.lease_seconds) * 1000)
+        self.poll_seconds = poll_seconds
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._running: set[str] = set()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._attempts: anyio.abc.TaskGroup | None = None
+        self.started = asyncio.Event()
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop claiming; unless ``graceful``, also cancel running attempts (runs go back)."""
+        if self._stopping or not graceful:
+            if self._attempts is not None:
+                self._attempts.cancel_scope.cancel()
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Work until ``stop()``; returns once every attempt finished or was handed back."""
+        storage = self.engine.storage
+        await storage.register_tasks([d.info for d in self.tasks.values()])
+        log.info(
+            "worker.started",
+            worker=self.id,
+            tasks=sorted(self.tasks),
+            concurrency=self.concurrency,
+        )
+        async with anyio.create_task_group() as services:
+            services.start_soon(self._timer_loop)
+            services.start_soon(self._lease_loop)
+            async with anyio.create_task_group() as attempts:
+                self._attempts = attempts
+                self.started.set()
+                await self._claim_loop(attempts)
+            self._attempts = None
+            services.cancel_scope.cancel()
+        log.info("worker.stopped", worker=self.id)
+
+    async def _claim_loop(self, attempts: anyio.abc.TaskGroup) -> None:
+        storage = self.engine.storage
+        task_ids = sorted(self.tasks)
+        while not self._stopping:
+            changed = storage.change_event()
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            claimed: list[ClaimedRun] = []
+            try:
+                if free > 0 and await storage.has_due_runs(task_ids):
+                    claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
+            except StorageError as exc:
+                log.error("worker.claim_failed", error=str(exc))
+            for run in claimed:
+                self._running.add(run.id)
+                attempts.start_soon(self._attempt, run)
+            if claimed:
+                continue
+            await _first_of([changed, self._wake], self.poll_seconds)
+
+    async def _attempt(self, run: ClaimedRun) -> None:
+        try:
+            await run_attempt(self.engine.storage, run, self.tasks[run.task_id])
+        except Exception:  # a bug in the engine must not take the worker down with it
+            log.exception("worker.attempt_crashed", run_id=run.id)
+        finally:
+            self._running.discard(run.id)
+            self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        """Fire due token timeouts and rescue runs whose worker went silent."""
+        storage = self.engine.storage
+        while True:
+            changed = storage.change_event()
+            try:
+                while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
+                    pass
+                rescued = await storage.rescue_expired_leases()
+                if rescued:
+                    log.warning("worker.rescued_runs", count=rescued)
+                next_ms = await storage.next_timer_ms()
+            except StorageError as exc:
+                log.error("worker.timers_failed", error=str(exc))
+                next_ms = None
+            pause = self.poll_seconds
+            if next_ms is not None:
+                pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
+            await anyio.sleep(_MIN_TIMER_PAUSE)
+            await _first_of([changed], pause)
+
+    async def _lease_loop(self) -> None:
+        storage = self.engine.storage
+        while True:
+            await anyio.sleep(self.lease_ms / 3000)
+            if not self._running:
+                continue
+            try:
+                await storage.renew_leases(self.id, sorted(self._running), self.lease_ms)
+            except StorageError as exc:
+                log.error("worker.lease_renewal_failed", error=str(exc))
+
+
+async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
+    """Return when any of the events is set, or after ``timeout`` seconds."""
+    if timeout <= 0 or any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -23,7 +23,9 @@ class CallbackSigner:
         return hmac.new(self._key, token_id.encode(), hashlib.sha256).hexdigest()
 
     def url(self, token_id: str) -> str:
-        return f"{self._base}/api/v1/waitpoints/tokens/{token_id}/callback/{self.signature(token_id)}"
+        return (
+            f"{self._base}/api/v1/waitpoints/tokens/{token_id}/callback/{self.signature(token_id)}"
+        )
 
     def verify(self, token_id: str, signature: str) -> bool:
         """Constant-time check, after refusing anything that is not 64 lowercase hex chars."""

@@ -360,4 +360,3 @@ class Tokens:
     ) -> CompletionResult:
         """Cancel a WAITING token: runs waiting on it resume with ``WaitpointCancelledError``."""
         return await self._engine.storage.cancel_token(token_id, source)
-

@@ -12,6 +12,7 @@ import builtins
 import functools
 import importlib
 import inspect
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -56,12 +57,14 @@ async def step(name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) 
             if inspect.isawaitable(result):
                 result = await result
     except Exception as exc:
-        await context.record(key, position, error_of(exc).model_dump(by_alias=True), is_error=True)
+        await context.record(key, position, _journaled_error(exc), is_error=True)
         raise
     try:
         value = to_jsonable_python(result)
     except Exception as exc:
-        raise ValidationError(f"step {name!r} returned a value that is not JSON-serialisable: {exc}") from exc
+        raise ValidationError(
+            f"step {name!r} returned a value that is not JSON-serialisable: {exc}"
+        ) from exc
     await context.record(key, position, value)
     return value
 
@@ -117,7 +120,9 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
         await asyncio.sleep(0)
         closed = Token.model_validate(entry.value)
     else:
-        found = await context.storage.wait_on_token(token_id, context.journal_write(key, position, None))
+        found = await context.storage.wait_on_token(
+            token_id, context.journal_write(key, position, None)
+        )
         if found is None:
             log.info("run.suspended", token_id=token_id)
             raise Suspended()
@@ -151,10 +156,21 @@ def _schema_of(token: Token) -> type[BaseModel] | None:
     return token._data_model
 
 
+def _journaled_error(exc: Exception) -> dict[str, Any]:
+    """The step's error as JSON, with its args when they are JSON too (to rebuild it)."""
+    value: dict[str, Any] = error_of(exc).model_dump(by_alias=True)
+    try:
+        value["args"] = json.loads(json.dumps(exc.args))
+    except (TypeError, ValueError):
+        pass
+    return value
+
+
 def _rebuild_error(value: Any) -> Exception:
     """The exception a step raised when it ran, rebuilt from the journal."""
     name = str(value.get("name", "Exception")) if isinstance(value, dict) else "Exception"
     message = str(value.get("message", "")) if isinstance(value, dict) else str(value)
+    args = value.get("args") if isinstance(value, dict) else None
     module, _, qualname = name.rpartition(".")
     try:
         owner: Any = importlib.import_module(module) if module else builtins
@@ -162,7 +178,7 @@ def _rebuild_error(value: Any) -> Exception:
         for part in qualname.split("."):
             cls = getattr(cls, part)
         if isinstance(cls, type) and issubclass(cls, Exception):
-            return cls(message)
+            return cls(*args) if isinstance(args, list) else cls(message)
     except Exception:  # cannot import or construct it: fall back to a generic error
         pass
     return StepFailedError(message, name)

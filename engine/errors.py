@@ -144,5 +144,5 @@ class LeaseLostError(StorageError):
     """This worker's lease on the run expired or was taken over; its write was refused."""
 
 
-class Suspended(BaseException):  # noqa: N818 - control flow, deliberately not an *Error
+class Suspended(BaseException):
     """The run parked on a waitpoint; the attempt ends here and resumes by replay later."""

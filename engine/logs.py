@@ -13,7 +13,9 @@ from typing import Literal
 import structlog
 
 
-def configure_logging(fmt: Literal["auto", "console", "json"] = "auto", level: int = logging.INFO) -> None:
+def configure_logging(
+    fmt: Literal["auto", "console", "json"] = "auto", level: int = logging.INFO
+) -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
@@ -23,7 +25,9 @@ def configure_logging(fmt: Literal["auto", "console", "json"] = "auto", level: i
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if not use_console else structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info
+            if not use_console
+            else structlog.processors.StackInfoRenderer(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -86,7 +86,9 @@ class TaskDefinition:
         try:
             return self.payload_model.model_validate(payload).model_dump(mode="json")
         except PydanticValidationError as exc:
-            raise ValidationError(f"invalid payload for task {self.id!r}: {_describe(exc)}") from exc
+            raise ValidationError(
+                f"invalid payload for task {self.id!r}: {_describe(exc)}"
+            ) from exc
 
     def parse_payload(self, stored: Any) -> Any:
         """What the task function receives: the model instance for typed tasks."""

@@ -90,7 +90,9 @@ class RunContext:
                 raise self.divergence
         return None
 
-    def journal_write(self, key: str, position: int, value: Any, *, is_error: bool = False) -> JournalWrite:
+    def journal_write(
+        self, key: str, position: int, value: Any, *, is_error: bool = False
+    ) -> JournalWrite:
         return JournalWrite(
             run_id=self.run.id,
             epoch=self.run.epoch,
@@ -102,7 +104,9 @@ class RunContext:
         )
 
     async def record(self, key: str, position: int, value: Any, *, is_error: bool = False) -> None:
-        await self.storage.append_journal(self.journal_write(key, position, value, is_error=is_error))
+        await self.storage.append_journal(
+            self.journal_write(key, position, value, is_error=is_error)
+        )
 
     def check_finished_replay(self) -> None:
         """A run that returns must have made every call its journal recorded."""
@@ -120,13 +124,17 @@ def error_of(exc: BaseException) -> RunError:
     """The JSON-able description of an exception kept on a run or a journaled step."""
     cls = type(exc)
     return RunError(
-        name=f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__name__,
+        name=f"{cls.__module__}.{cls.__qualname__}"
+        if cls.__module__ != "builtins"
+        else cls.__name__,
         message=str(exc),
         stack_trace="".join(traceback.format_exception(exc)),
     )
 
 
-async def run_attempt(storage: Storage, run: ClaimedRun, definition: TaskDefinition) -> RunStatus | None:
+async def run_attempt(
+    storage: Storage, run: ClaimedRun, definition: TaskDefinition
+) -> RunStatus | None:
     """Execute one attempt of ``run``; returns the status it reached, or None if it parked.
 
     Every exit is written through the lease epoch: a worker that lost the run changes nothing.
@@ -144,7 +152,9 @@ async def run_attempt(storage: Storage, run: ClaimedRun, definition: TaskDefinit
         _current.reset(reset)
 
 
-async def _execute(storage: Storage, context: RunContext, definition: TaskDefinition) -> RunStatus | None:
+async def _execute(
+    storage: Storage, context: RunContext, definition: TaskDefinition
+) -> RunStatus | None:
     run = context.run
     try:
         output = await definition.fn(definition.parse_payload(run.payload))

@@ -35,7 +35,8 @@ def clean_tags(tags: list[str] | tuple[str, ...] | str | None) -> list[str]:
             raise ValidationError("tags must not be empty strings")
         if len(tag) > MAX_TAG_LENGTH:
             raise ValidationError(
-                f"tag {tag[:20]!r}... is {len(tag)} characters long; at most {MAX_TAG_LENGTH} allowed"
+                f"tag {tag[:20]!r}... is {len(tag)} characters long;"
+                f" at most {MAX_TAG_LENGTH} allowed"
             )
     return list(dict.fromkeys(tags))
 
@@ -73,7 +74,9 @@ def _validator(schema_text: str) -> Draft202012Validator:
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        raise ValidationError(f"the token's schema is not a valid JSON Schema: {exc.message}") from exc
+        raise ValidationError(
+            f"the token's schema is not a valid JSON Schema: {exc.message}"
+        ) from exc
     return Draft202012Validator(schema)
 
 
@@ -84,7 +87,8 @@ def check_against_schema(schema: dict[str, Any], value: Any, what: str) -> Any:
     problems = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if problems:
         details = "; ".join(
-            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in problems
+            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in problems
         )
         raise ValidationError(f"{what} does not match the expected schema: {details}")
     return data

@@ -30,9 +30,15 @@ def open_storage(
         raise ConfigurationError(
             "the PostgreSQL backend is not available yet; use a sqlite:/// URL"
         )
-    raise ConfigurationError(
-        f"unsupported database URL {url!r}: use sqlite:///path/to/file.db"
-    )
+    raise ConfigurationError(f"unsupported database URL {url!r}: use sqlite:///path/to/file.db")
 
 
-__all__ = ["JournalWrite", "NewRun", "NewToken", "RunFilter", "Storage", "TokenFilter", "open_storage"]
+__all__ = [
+    "JournalWrite",
+    "NewRun",
+    "NewToken",
+    "RunFilter",
+    "Storage",
+    "TokenFilter",
+    "open_storage",
+]

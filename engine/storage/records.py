@@ -7,8 +7,7 @@ and JSON columns are text.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic_core import to_jsonable_python
 
@@ -26,6 +25,12 @@ from ..models import (
 )
 
 
+class RowLike(Protocol):
+    """A database row read by column name (sqlite3.Row, asyncpg.Record, a dict)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 def dump_json(value: Any, what: str = "value") -> str:
     """Compact JSON text; anything pydantic can serialise is accepted."""
     try:
@@ -38,7 +43,7 @@ def load_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def token_from_row(row: Mapping[str, Any], signer: CallbackSigner) -> Token:
+def token_from_row(row: RowLike, signer: CallbackSigner) -> Token:
     schema = row["data_schema"]
     via = row["completed_via"]
     return Token(
@@ -58,7 +63,7 @@ def token_from_row(row: Mapping[str, Any], signer: CallbackSigner) -> Token:
     )
 
 
-def run_from_row(row: Mapping[str, Any], waiting_on: list[str] | None = None) -> Run:
+def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:
     error = load_json(row["error"])
     return Run(
         id=row["id"],
@@ -78,7 +83,7 @@ def run_from_row(row: Mapping[str, Any], waiting_on: list[str] | None = None) ->
     )
 
 
-def journal_from_row(row: Mapping[str, Any]) -> JournalEntry:
+def journal_from_row(row: RowLike) -> JournalEntry:
     return JournalEntry(
         key=row["key"],
         attempt=row["attempt"],

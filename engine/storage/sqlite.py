@@ -25,6 +25,7 @@ from ..errors import (
     ConfigurationError,
     LeaseLostError,
     RunNotFoundError,
+    StorageError,
     TokenNotFoundError,
     TokenNotWaitingError,
 )
@@ -114,7 +115,7 @@ class SQLiteStorage:
             rows = await self._reader.execute_fetchall(
                 "SELECT value FROM meta WHERE key = 'signing_secret'"
             )
-            self.signer = CallbackSigner(self._public_url, next(iter(rows))["value"])
+            self.signer = CallbackSigner(self._public_url, _first(rows)["value"])
         self._writer = GroupCommitWriter(self._writer_conn)
         self._writer.start()
 
@@ -144,7 +145,7 @@ class SQLiteStorage:
         """Apply pending migrations; ``BEGIN IMMEDIATE`` serialises processes starting at once."""
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            version = next(iter(await conn.execute_fetchall("PRAGMA user_version")))[0]
+            version = _first(await conn.execute_fetchall("PRAGMA user_version"))[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in script.split(";"):
                     if statement.strip():
@@ -190,7 +191,7 @@ class SQLiteStorage:
         rows = await conn.execute_fetchall(
             "SELECT status, lease_epoch FROM runs WHERE id = ?", (run_id,)
         )
-        row = next(iter(rows), None)
+        row = _first_or_none(rows)
         if row is None or row["status"] != "EXECUTING" or row["lease_epoch"] != epoch:
             raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
 
@@ -249,7 +250,7 @@ class SQLiteStorage:
                     "SELECT * FROM runs WHERE task_id = ? AND idempotency_key = ?",
                     (new.task_id, new.idempotency_key),
                 )
-                row = next(iter(rows), None)
+                row = _first_or_none(rows)
                 if row is not None:
                     expires = row["idempotency_key_expires_at"]
                     if expires is None or expires > now:
@@ -274,7 +275,7 @@ class SQLiteStorage:
                     now,
                 ),
             )
-            return run_from_row(next(iter(rows)))
+            return run_from_row(_first(rows))
 
         return await self._write(op)
 
@@ -326,7 +327,7 @@ class SQLiteStorage:
         async def op(conn: Conn) -> None:
             now = self.now_ms()
             rows = await conn.execute_fetchall("SELECT status FROM runs WHERE id = ?", (run_id,))
-            row = next(iter(rows), None)
+            row = _first_or_none(rows)
             if row is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
             if RunStatus(row["status"]).is_terminal:
@@ -482,7 +483,7 @@ class SQLiteStorage:
                         journal.run_id if journal else None,
                     ),
                 )
-                token = token_from_row(next(iter(rows)), self.signer)
+                token = token_from_row(_first(rows), self.signer)
             if journal is not None:
                 await self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
             return token
@@ -496,7 +497,7 @@ class SQLiteStorage:
         rows = await conn.execute_fetchall(
             "SELECT * FROM waitpoints WHERE idempotency_key = ?", (key,)
         )
-        row = next(iter(rows), None)
+        row = _first_or_none(rows)
         if row is None:
             return None
         expires = row["idempotency_key_expires_at"]
@@ -550,14 +551,12 @@ class SQLiteStorage:
                 " WHERE id = ? AND status = 'WAITING' RETURNING *",
                 (status.value, data, self.now_ms(), source.value, token_id),
             )
-            row = next(iter(rows), None)
+            row = _first_or_none(rows)
             if row is not None:
                 await self._requeue_blocked(conn, [token_id])
                 return CompletionResult(applied=True, token=token_from_row(row, self.signer))
-            rows = await conn.execute_fetchall(
-                "SELECT * FROM waitpoints WHERE id = ?", (token_id,)
-            )
-            row = next(iter(rows), None)
+            rows = await conn.execute_fetchall("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
+            row = _first_or_none(rows)
             if row is None:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
             token = token_from_row(row, self.signer)
@@ -570,10 +569,8 @@ class SQLiteStorage:
     async def wait_on_token(self, token_id: str, journal: JournalWrite) -> Token | None:
         async def op(conn: Conn) -> Token | None:
             await self._fence(conn, journal.run_id, journal.epoch)
-            rows = await conn.execute_fetchall(
-                "SELECT * FROM waitpoints WHERE id = ?", (token_id,)
-            )
-            row = next(iter(rows), None)
+            rows = await conn.execute_fetchall("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
+            row = _first_or_none(rows)
             if row is None:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
             token = token_from_row(row, self.signer)
@@ -697,6 +694,19 @@ class SQLiteStorage:
                 self._notify()
             last = version
             await asyncio.sleep(_POLL_SECONDS)
+
+
+def _first_or_none(rows: Iterable[aiosqlite.Row]) -> aiosqlite.Row | None:
+    for row in rows:
+        return row
+    return None
+
+
+def _first(rows: Iterable[aiosqlite.Row]) -> aiosqlite.Row:
+    row = _first_or_none(rows)
+    if row is None:
+        raise StorageError("the database returned no row where one was expected")
+    return row
 
 
 def _common_filters(

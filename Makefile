@@ -1,0 +1,28 @@
+# Two commands on a machine with only Python 3.11+:
+#   make dev    set up .venv and run `waitpoint dev` (worker on .waitpoint/engine.db, tasks in tasks/)
+#   make test   set up .venv, then lint, type-check and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+dev: $(BIN)/.installed
+	$(BIN)/waitpoint dev
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check engine tasks tests examples
+	$(BIN)/ruff format --check engine tasks tests examples
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .waitpoint .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,379 @@
+"""``waitpoint``: run workers, trigger runs, and inspect or complete tokens from a shell.
+
+Every command is a thin shell over the ``Engine`` facade, so the CLI can do nothing that
+Python code cannot. Errors a user can fix (an unknown id, bad JSON, a bad duration) end the
+command with exit code 1 and one ``error: ...`` line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import pydantic
+import structlog
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .client import Engine
+from .errors import EngineError, RunFailedError, ValidationError
+from .logs import configure_logging
+from .models import CompletionResult, CompletionSource, Page, Run, RunStatus, Token, WireModel
+from .registry import TaskDefinition, load_tasks
+from .settings import Settings
+from .worker import Worker
+
+T = TypeVar("T")
+log = structlog.get_logger("engine.cli")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Waitpoint: durable runs for Python asyncio.",
+)
+runs_app = typer.Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
+tokens_app = typer.Typer(no_args_is_help=True, help="Create, inspect, complete and cancel tokens.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(tokens_app, name="tokens")
+
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        help="Database URL [default: $WAITPOINT_DATABASE_URL or sqlite:///.waitpoint/engine.db]",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")]
+Statuses = Annotated[list[str] | None, typer.Option("--status", help="Filter (repeatable).")]
+Limit = Annotated[int, typer.Option("--limit", help="Page size (1-100).")]
+After = Annotated[str | None, typer.Option("--after", help="Cursor from the previous page.")]
+TasksModule = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks", help="Module with @task functions [default: $WAITPOINT_TASKS or tasks]"
+    ),
+]
+
+
+def main() -> None:
+    """Entry point of the ``waitpoint`` console script."""
+    app()
+
+
+# --- plumbing --------------------------------------------------------------------------
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print one ``error:`` line on stderr; the caller raises the returned exit (code 1)."""
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(1)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The one real error inside the exception groups anyio task groups wrap errors in."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn every error the user can fix into one stderr line and exit code 1."""
+    try:
+        yield
+    except Exception as raised:
+        exc = _innermost(raised)
+        if isinstance(exc, EngineError | json.JSONDecodeError):
+            raise _fail(str(exc)) from None
+        if isinstance(exc, pydantic.ValidationError):
+            problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+            raise _fail(f"invalid WAITPOINT_* setting: {problems}") from None
+        raise
+
+
+def _run(database: str | None, action: Callable[[Engine], Awaitable[T]]) -> T:
+    """Run ``action`` on an Engine opened for this one command."""
+
+    async def body() -> T:
+        async with Engine(database) as engine:
+            return await action(engine)
+
+    with _user_errors():
+        return asyncio.run(body())
+
+
+def _json_option(text: str | None, option: str) -> Any:
+    """Parse a JSON option; the message names the option, which the bare decode error cannot."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"{option} is not valid JSON: {exc}") from None
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> Text:
+    """A cell: JSON for structured values; never markup, so data like ``[red]`` stays as is."""
+    if isinstance(value, datetime):
+        return Text(value.strftime("%Y-%m-%d %H:%M"))
+    if value is None or isinstance(value, str):
+        return Text(value or "")
+    return Text(json.dumps(value, separators=(",", ":"), default=str))
+
+
+def _show(model: WireModel, as_json: bool) -> None:
+    """One object: its wire JSON, or a key/value view for people."""
+    if as_json:
+        print(model.model_dump_json(by_alias=True))
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in model.model_dump(mode="json", by_alias=True).items():
+        grid.add_row(key, _cell(value))
+    Console().print(grid)
+
+
+def _show_page(page: Page[Any], as_json: bool, columns: Sequence[str], noun: str) -> None:
+    """A page of objects: ``{"data": [...], "nextCursor": ...}`` or a table of ``columns``."""
+    if as_json:
+        rows = [item.model_dump(mode="json", by_alias=True) for item in page.data]
+        print(json.dumps({"data": rows, "nextCursor": page.next_cursor}))
+        return
+    console = Console()
+    if not page.data:
+        console.print(f"no {noun}")
+        return
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in columns:  # ids are what people copy: never cut them short
+        whole = column in ("id", "status")
+        table.add_column(column, no_wrap=whole, overflow="fold", min_width=None if whole else 10)
+    for item in page.data:
+        row = item.model_dump(by_alias=True)
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    console.print(table)
+    if page.next_cursor:
+        console.print(Text(f"more: --after {page.next_cursor}", style="dim"))
+
+
+def _show_completion(result: CompletionResult, as_json: bool) -> None:
+    """The token after a complete/cancel, and a note when an earlier call already closed it."""
+    if not result.applied:
+        print(
+            f"note: token {result.token.id} was already {result.token.status.value}",
+            file=sys.stderr,
+        )
+    _show(result.token, as_json)
+
+
+# --- workers ---------------------------------------------------------------------------
+
+
+def _serve(database: str | None, module: str | None, concurrency: int | None, dev: bool) -> None:
+    """Load the tasks and run a worker until a signal stops it."""
+    with _user_errors():
+        settings = Settings()
+        module = module or settings.tasks
+        configure_logging("console" if dev else settings.log_format)
+        tasks = load_tasks(module)
+    if not tasks:
+        raise _fail(f"no tasks found in module {module!r}: decorate async functions with @task")
+
+    async def work(engine: Engine) -> None:
+        if dev:
+            Console(stderr=True).print(
+                Text(f"waitpoint dev  database: {engine.settings.database_url}\n", style="bold"),
+                Text(f"tasks from {module!r}: {', '.join(sorted(tasks))}"),
+                sep="",
+            )
+        await _work(engine, tasks, concurrency)
+
+    _run(database, work)
+
+
+async def _work(engine: Engine, tasks: dict[str, TaskDefinition], concurrency: int | None) -> None:
+    """Run a worker next to a signal watcher; the watcher ends when the worker does."""
+    worker = Worker(engine, tasks, concurrency=concurrency)
+    async with anyio.create_task_group() as group:
+        group.start_soon(_stop_on_signals, worker)
+        await worker.run()
+        group.cancel_scope.cancel()
+
+
+async def _stop_on_signals(worker: Worker) -> None:
+    """First SIGINT/SIGTERM drains (finish or park running attempts); a second one hands back."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        graceful = True
+        async for signum in signals:
+            log.info("worker.stopping", signal=signal.Signals(signum).name, graceful=graceful)
+            worker.stop(graceful=graceful)
+            graceful = False
+
+
+@app.command()
+def dev(database: Database = None, tasks: TasksModule = None) -> None:
+    """Run a worker for local development, with readable logs."""
+    _serve(database, tasks, None, dev=True)
+
+
+@app.command()
+def worker(
+    tasks: TasksModule = None,
+    database: Database = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Attempts run at once.")
+    ] = None,
+) -> None:
+    """Run a worker: claim queued runs of the loaded tasks until SIGINT/SIGTERM."""
+    _serve(database, tasks, concurrency, dev=False)
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+@app.command()
+def trigger(
+    task_id: str,
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    tag: Tags = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to --wait at most.")
+    ] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+) -> None:
+    """Queue a run of TASK_ID (a worker must have registered it)."""
+
+    async def action(engine: Engine) -> Run:
+        data = _json_option(payload, "--payload")
+        run = await engine.trigger(task_id, data, idempotency_key=idempotency_key, tags=tag)
+        if not wait:
+            return run
+        try:
+            return await engine.wait_for_run(run.id, timeout=timeout)
+        except RunFailedError:
+            return await engine.runs.retrieve(run.id)
+
+    run = _run(database, action)
+    _show(run, as_json)
+    if wait and run.status is not RunStatus.COMPLETED:
+        raise _fail(f"run {run.id} ended {run.status.value}")
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Statuses = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
+    tag: Tags = None,
+    limit: Limit = 25,
+    after: After = None,
+    as_json: AsJson = False,
+    database: Database = None,
+) -> None:
+    """List runs, newest first."""
+    page = _run(
+        database,
+        lambda e: e.runs.list(status=status, task=task, tags=tag, limit=limit, after=after),
+    )
+    _show_page(
+        page,
+        as_json,
+        ["id", "taskIdentifier", "status", "attemptCount", "tags", "createdAt"],
+        "runs",
+    )
+
+
+@runs_app.command("get")
+def runs_get(run_id: str, as_json: AsJson = False, database: Database = None) -> None:
+    """Show one run."""
+    _show(_run(database, lambda e: e.runs.retrieve(run_id)), as_json)
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, as_json: AsJson = False, database: Database = None) -> None:
+    """Cancel a run that has not finished."""
+    _show(_run(database, lambda e: e.runs.cancel(run_id)), as_json)
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Like 30s, 1h30m, 7d.")] = None,
+    tag: Tags = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+) -> None:
+    """Create a waitpoint token."""
+
+    async def action(engine: Engine) -> Token:
+        return await engine.tokens.create(
+            timeout=timeout, tags=tag, idempotency_key=idempotency_key
+        )
+
+    _show(_run(database, action), as_json)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    status: Statuses = None,
+    tag: Tags = None,
+    limit: Limit = 25,
+    after: After = None,
+    as_json: AsJson = False,
+    database: Database = None,
+) -> None:
+    """List tokens, newest first."""
+    page = _run(
+        database, lambda e: e.tokens.list(status=status, tags=tag, limit=limit, after=after)
+    )
+    _show_page(page, as_json, ["id", "status", "tags", "expiresAt", "createdAt"], "tokens")
+
+
+@tokens_app.command("get")
+def tokens_get(token_id: str, as_json: AsJson = False, database: Database = None) -> None:
+    """Show one token."""
+    _show(_run(database, lambda e: e.tokens.retrieve(token_id)), as_json)
+
+
+@tokens_app.command("complete")
+def tokens_complete(
+    token_id: str,
+    data: Annotated[str | None, typer.Option("--data", help="JSON completion data.")] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+) -> None:
+    """Complete a WAITING token; the runs waiting on it resume with the data."""
+
+    async def action(engine: Engine) -> CompletionResult:
+        value = _json_option(data, "--data")
+        return await engine.tokens.complete(token_id, value, source=CompletionSource.CLI)
+
+    _show_completion(_run(database, action), as_json)
+
+
+@tokens_app.command("cancel")
+def tokens_cancel(token_id: str, as_json: AsJson = False, database: Database = None) -> None:
+    """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError."""
+    _show_completion(
+        _run(database, lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI)), as_json
+    )

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real SQLite file per test, an open Engine, and workers run in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import pytest
+
+from engine import Engine, TaskDefinition, Worker
+
+StartWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+def db_url(tmp_path: object) -> str:
+    return f"sqlite:///{tmp_path}/engine.db"
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[Engine]:
+    async with Engine(db_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def start_worker(engine: Engine) -> AsyncIterator[StartWorker]:
+    """Start a Worker for the given tasks in this event loop; all are stopped at teardown."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(
+        tasks: Mapping[str, TaskDefinition] | list[TaskDefinition], **options: object
+    ) -> Worker:
+        mapping = {t.id: t for t in tasks} if isinstance(tasks, list) else dict(tasks)
+        options.setdefault("poll_seconds", 0.2)
+        worker = Worker(engine, mapping, **options)  # type: ignore[arg-type]
+        runner = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.started.wait(), 5)
+        running.append((worker, runner))
+        return worker
+
+    yield start
+    for worker, runner in running:
+        worker.stop(graceful=False)
+        await asyncio.wait_for(runner, 10)
+
+
+async def wait_for_status(engine: Engine, run_id: str, status: str, timeout: float = 10) -> None:
+    """Poll until the run reaches ``status`` (fails the test after ``timeout`` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        run = await engine.runs.retrieve(run_id)
+        if run.status == status:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"run {run_id} is {run.status}, expected {status}")
+        await asyncio.sleep(0.01)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -127,12 +127,18 @@ def _json_option(text: str | None, option: str) -> Any:
 # --- output ----------------------------------------------------------------------------
 
 
-def _cell(value: Any) -> Text:
-    """A cell: JSON for structured values; never markup, so data like ``[red]`` stays as is."""
+def _cell(value: Any, *, short: bool = False) -> Text:
+    """A cell as plain text (never markup, so data like ``[red]`` stays as is).
+
+    Structured values are shown as JSON so they stay exact; ``short`` (tables) trims times to
+    the minute and joins tags with ", " so a narrow terminal can break them.
+    """
     if isinstance(value, datetime):
-        return Text(value.strftime("%Y-%m-%d %H:%M"))
+        return Text(value.strftime("%Y-%m-%d %H:%M") if short else value.isoformat())
     if value is None or isinstance(value, str):
         return Text(value or "")
+    if short and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return Text(", ".join(value))
     return Text(json.dumps(value, separators=(",", ":"), default=str))
 
 
@@ -149,8 +155,11 @@ def _show(model: WireModel, as_json: bool) -> None:
     Console().print(grid)
 
 
-def _show_page(page: Page[Any], as_json: bool, columns: Sequence[str], noun: str) -> None:
-    """A page of objects: ``{"data": [...], "nextCursor": ...}`` or a table of ``columns``."""
+def _show_page(page: Page[Any], as_json: bool, columns: dict[str, str], noun: str) -> None:
+    """A page of objects: ``{"data": [...], "nextCursor": ...}`` or a table of ``columns``.
+
+    ``columns`` maps wire field names to the short headers a table has room for.
+    """
     if as_json:
         rows = [item.model_dump(mode="json", by_alias=True) for item in page.data]
         print(json.dumps({"data": rows, "nextCursor": page.next_cursor}))
@@ -159,16 +168,34 @@ def _show_page(page: Page[Any], as_json: bool, columns: Sequence[str], noun: str
     if not page.data:
         console.print(f"no {noun}")
         return
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in columns:  # ids are what people copy: never cut them short
-        whole = column in ("id", "status")
-        table.add_column(column, no_wrap=whole, overflow="fold", min_width=None if whole else 10)
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
+    for key, header in columns.items():  # ids are what people copy: never cut them short
+        is_time = key.endswith("At")  # wide enough to break between date and time
+        whole = key in ("id", "status")
+        table.add_column(header, no_wrap=whole, overflow="fold", min_width=10 if is_time else None)
     for item in page.data:
         row = item.model_dump(by_alias=True)
-        table.add_row(*(_cell(row.get(column)) for column in columns))
+        table.add_row(*(_cell(row.get(column), short=True) for column in columns))
     console.print(table)
     if page.next_cursor:
         console.print(Text(f"more: --after {page.next_cursor}", style="dim"))
+
+
+RUN_COLUMNS = {
+    "id": "id",
+    "taskIdentifier": "task",
+    "status": "status",
+    "attemptCount": "attempts",
+    "tags": "tags",
+    "createdAt": "created",
+}
+TOKEN_COLUMNS = {
+    "id": "id",
+    "status": "status",
+    "tags": "tags",
+    "expiresAt": "expires",
+    "createdAt": "created",
+}
 
 
 def _show_completion(result: CompletionResult, as_json: bool) -> None:
@@ -292,12 +319,7 @@ def runs_list(
         database,
         lambda e: e.runs.list(status=status, task=task, tags=tag, limit=limit, after=after),
     )
-    _show_page(
-        page,
-        as_json,
-        ["id", "taskIdentifier", "status", "attemptCount", "tags", "createdAt"],
-        "runs",
-    )
+    _show_page(page, as_json, RUN_COLUMNS, "runs")
 
 
 @runs_app.command("get")
@@ -346,7 +368,7 @@ def tokens_list(
     page = _run(
         database, lambda e: e.tokens.list(status=status, tags=tag, limit=limit, after=after)
     )
-    _show_page(page, as_json, ["id", "status", "tags", "expiresAt", "createdAt"], "tokens")
+    _show_page(page, as_json, TOKEN_COLUMNS, "tokens")
 
 
 @tokens_app.command("get")

@@ -121,7 +121,7 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
         closed = Token.model_validate(entry.value)
     else:
         found = await context.storage.wait_on_token(
-            token_id, context.journal_write(key, position, None)
+            token_id, context.journal_write(key, position, None), context.elapsed_ms()
         )
         if found is None:
             log.info("run.suspended", token_id=token_id)

@@ -14,6 +14,7 @@
     │   ├── WaitpointTimeoutError
     │   └── WaitpointCancelledError
     ├── StepFailedError              a journaled step error whose class cannot be rebuilt
+    ├── MaxDurationExceededError     the run executed longer than its task's max_duration
     ├── RunFailedError               ``wait_for_run`` on a run that did not complete
     ├── RunWaitTimeoutError          ``wait_for_run`` gave up (also a ``TimeoutError``)
     └── StorageError                 the database failed; nothing above storage sees driver errors
@@ -119,6 +120,10 @@ class StepFailedError(EngineError):
     def __init__(self, message: str, error_type: str = "Exception") -> None:
         self.error_type = error_type
         super().__init__(f"{error_type}: {message}")
+
+
+class MaxDurationExceededError(EngineError):
+    """The run spent longer than its task's ``max_duration`` executing (waits do not count)."""
 
 
 class RunFailedError(EngineError):

@@ -35,13 +35,15 @@ class RunStatus(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
+    TIMED_OUT = "TIMED_OUT"
+    """The run spent longer than its ``max_duration`` executing."""
 
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL_RUN
 
 
-_TERMINAL_RUN = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}
+_TERMINAL_RUN = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TIMED_OUT}
 
 
 class WaitpointStatus(StrEnum):
@@ -223,4 +225,6 @@ class ClaimedRun:
     attempt: int
     epoch: int
     max_attempts: int | None = None
+    executed_ms: int = 0
+    """Time earlier attempts and resumes of this run spent executing (waits excluded)."""
     journal: list[JournalEntry] = field(default_factory=list)

@@ -68,6 +68,8 @@ class TaskDefinition:
     fn: TaskFunction
     retry: Retry = field(default_factory=Retry)
     payload_model: type[BaseModel] | None = None
+    max_duration_ms: int | None = None
+    """Executing time (waits excluded, all attempts together) after which the run TIMED_OUT."""
 
     async def __call__(self, payload: Any) -> Any:
         return await self.fn(payload)
@@ -106,28 +108,40 @@ def task(id: TaskFunction, /) -> TaskDefinition: ...
 
 @overload
 def task(
-    id: str | None = None, /, *, retry: Retry | None = None
+    id: str | None = None,
+    /,
+    *,
+    retry: Retry | None = None,
+    max_duration: str | timedelta | None = None,
 ) -> Callable[[TaskFunction], TaskDefinition]: ...
 
 
 def task(
-    id: str | TaskFunction | None = None, /, *, retry: Retry | None = None
+    id: str | TaskFunction | None = None,
+    /,
+    *,
+    retry: Retry | None = None,
+    max_duration: str | timedelta | None = None,
 ) -> TaskDefinition | Callable[[TaskFunction], TaskDefinition]:
     """Register ``async def fn(payload)`` as a task: ``@task``, ``@task()`` or ``@task("id")``.
 
     Without an id the function's name is used, with ``_`` turned into ``-``. Annotate the
     payload with a pydantic model to have it validated when the run is triggered.
+    ``max_duration`` bounds the time the run spends executing (waiting does not count).
     """
+    limit = None if max_duration is None else int(to_timedelta(max_duration).total_seconds() * 1000)
     if callable(id):
-        return _register(id, None, retry)
+        return _register(id, None, retry, limit)
 
     def decorator(fn: TaskFunction) -> TaskDefinition:
-        return _register(fn, id, retry)
+        return _register(fn, id, retry, limit)
 
     return decorator
 
 
-def _register(fn: TaskFunction, task_id: str | None, retry: Retry | None) -> TaskDefinition:
+def _register(
+    fn: TaskFunction, task_id: str | None, retry: Retry | None, max_duration_ms: int | None
+) -> TaskDefinition:
     if not inspect.iscoroutinefunction(fn):
         raise ConfigurationError(f"@task needs an async def function; {fn.__qualname__} is not")
     name = task_id or fn.__name__.replace("_", "-")
@@ -136,7 +150,7 @@ def _register(fn: TaskFunction, task_id: str | None, retry: Retry | None) -> Tas
         raise ConfigurationError(
             f"task id {name!r} is used twice: {_origin(existing.fn)} and {_origin(fn)}"
         )
-    definition = TaskDefinition(name, fn, retry or Retry(), _payload_model(fn))
+    definition = TaskDefinition(name, fn, retry or Retry(), _payload_model(fn), max_duration_ms)
     REGISTRY[name] = definition
     return definition
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 import traceback
 from typing import Any
 
@@ -21,6 +22,7 @@ import structlog
 
 from .errors import (
     LeaseLostError,
+    MaxDurationExceededError,
     NondeterminismError,
     NotInRunError,
     StorageError,
@@ -52,6 +54,7 @@ class RunContext:
         self._unconsumed = dict(self._entries)
         self._occurrences: dict[str, int] = {}
         self._position = 0
+        self._started = time.monotonic()
         self.divergence: NondeterminismError | None = None
 
     @staticmethod
@@ -68,6 +71,10 @@ class RunContext:
     @property
     def run_id(self) -> str:
         return self.run.id
+
+    def elapsed_ms(self) -> int:
+        """How long this attempt has been executing."""
+        return int((time.monotonic() - self._started) * 1000)
 
     def next_call(self, kind: str, name: str = "") -> tuple[str, int]:
         """The key and position of the durable call being made now."""
@@ -157,9 +164,11 @@ async def _execute(
 ) -> RunStatus | None:
     run = context.run
     try:
-        output = await definition.fn(definition.parse_payload(run.payload))
+        output = await _call_task(context, definition)
         context.check_finished_replay()
-        await storage.finish_run(run.id, run.epoch, RunStatus.COMPLETED, output, None)
+        await storage.finish_run(
+            run.id, run.epoch, RunStatus.COMPLETED, output, None, context.elapsed_ms()
+        )
     except Suspended:
         log.info("run.waiting")
         return None
@@ -176,6 +185,24 @@ async def _execute(
     return RunStatus.COMPLETED
 
 
+async def _call_task(context: RunContext, definition: TaskDefinition) -> Any:
+    """Call the task function, within what is left of its ``max_duration``."""
+    payload = definition.parse_payload(context.run.payload)
+    if definition.max_duration_ms is None:
+        return await definition.fn(payload)
+    left_ms = definition.max_duration_ms - context.run.executed_ms
+    limit = f"max_duration of {definition.max_duration_ms} ms"
+    if left_ms <= 0:
+        raise MaxDurationExceededError(f"the run already executed longer than its {limit}")
+    try:
+        async with asyncio.timeout(left_ms / 1000) as scope:
+            return await definition.fn(payload)
+    except TimeoutError as exc:
+        if scope.expired():
+            raise MaxDurationExceededError(f"the run executed longer than its {limit}") from exc
+        raise
+
+
 async def _fail(
     storage: Storage, context: RunContext, definition: TaskDefinition, exc: Exception
 ) -> RunStatus | None:
@@ -183,23 +210,25 @@ async def _fail(
     if context.divergence is not None:
         exc = context.divergence  # the task may have caught it; the run still cannot go on
     error = error_of(exc)
-    retryable = not isinstance(exc, NondeterminismError | ValidationError)
+    final = isinstance(exc, NondeterminismError | ValidationError | MaxDurationExceededError)
+    status = RunStatus.TIMED_OUT if isinstance(exc, MaxDurationExceededError) else RunStatus.FAILED
     max_attempts = run.max_attempts or definition.retry.max_attempts
+    elapsed = context.elapsed_ms()
     try:
-        if retryable and run.attempt < max_attempts:
+        if not final and run.attempt < max_attempts:
             delay = definition.retry.delay_ms(run.attempt)
-            await storage.retry_run(run.id, run.epoch, delay, error)
+            await storage.retry_run(run.id, run.epoch, delay, error, elapsed)
             log.warning("run.retrying", error=error.message, delay_ms=delay)
             return RunStatus.QUEUED
-        await storage.finish_run(run.id, run.epoch, RunStatus.FAILED, None, error)
+        await storage.finish_run(run.id, run.epoch, status, None, error, elapsed)
     except LeaseLostError as lost:
         log.warning("run.lease_lost", reason=str(lost))
         return None
     except StorageError as failed:
         log.error("run.fail_not_recorded", error=str(failed))
         return None
-    log.error("run.failed", error=error.message, error_type=error.name)
-    return RunStatus.FAILED
+    log.error("run.failed", status=status.value, error=error.message, error_type=error.name)
+    return status
 
 
 async def _release(storage: Storage, run: ClaimedRun) -> None:

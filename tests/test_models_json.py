@@ -18,7 +18,9 @@ from engine.models import TaskInfo
 
 SCHEMA_PATH = Path(__file__).with_name("waitpoint-token.schema.json")
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
-URL_TAIL = re.compile(r"/api/v1/waitpoints/tokens/(waitpoint_[0-9a-z]{26})/callback/([0-9a-f]{64})$")
+URL_TAIL = re.compile(
+    r"/api/v1/waitpoints/tokens/(waitpoint_[0-9a-z]{26})/callback/([0-9a-f]{64})$"
+)
 TASK_ID = "models-json-shape"
 
 

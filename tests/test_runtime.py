@@ -413,3 +413,37 @@ async def test_durable_calls_outside_a_run_say_what_to_do(db_url: str) -> None:
         result = await complete_token(token.id, {"done": True})
         assert result.applied and result.token.completed_via == "python"
         assert not (await complete_token(token.id, {"done": False})).applied
+
+
+@task("rt-max-duration", max_duration="1s")
+async def bounded_task(payload: dict[str, Any]) -> str:
+    await wait_for_token(payload["token"])  # waiting does not count toward max_duration
+    await asyncio.sleep(payload["work_seconds"])
+    return "finished"
+
+
+async def test_time_spent_waiting_does_not_count_toward_max_duration(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([bounded_task])
+    token = await engine.tokens.create()
+    run = await engine.trigger("rt-max-duration", {"token": token.id, "work_seconds": 0})
+    await wait_for_status(engine, run.id, "WAITING")
+    await asyncio.sleep(1.2)  # longer than max_duration, but spent waiting
+    await engine.tokens.complete(token.id)
+    assert (await engine.wait_for_run(run.id, timeout=10)).output == "finished"
+
+
+async def test_executing_past_max_duration_times_the_run_out_without_retry(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([bounded_task])
+    token = await engine.tokens.create()
+    await engine.tokens.complete(token.id)
+    run = await engine.trigger("rt-max-duration", {"token": token.id, "work_seconds": 5})
+    with pytest.raises(RunFailedError, match="TIMED_OUT"):
+        await engine.wait_for_run(run.id, timeout=10)
+    timed_out = await engine.runs.retrieve(run.id)
+    assert timed_out.error is not None
+    assert timed_out.error.name == "engine.errors.MaxDurationExceededError"
+    assert timed_out.attempt_count == 1

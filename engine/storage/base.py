@@ -121,10 +121,20 @@ class Storage(Protocol):
     async def append_journal(self, write: JournalWrite) -> None: ...
 
     async def finish_run(
-        self, run_id: str, epoch: int, status: RunStatus, output: Any, error: RunError | None
-    ) -> None: ...
+        self,
+        run_id: str,
+        epoch: int,
+        status: RunStatus,
+        output: Any,
+        error: RunError | None,
+        elapsed_ms: int = 0,
+    ) -> None:
+        """Record the run's end; ``elapsed_ms`` is this attempt's executing time."""
+        ...
 
-    async def retry_run(self, run_id: str, epoch: int, delay_ms: int, error: RunError) -> None: ...
+    async def retry_run(
+        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+    ) -> None: ...
 
     # tokens
     async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
@@ -147,7 +157,9 @@ class Storage(Protocol):
 
     async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult: ...
 
-    async def wait_on_token(self, token_id: str, journal: JournalWrite) -> Token | None:
+    async def wait_on_token(
+        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> Token | None:
         """Block the run on the token, or journal its outcome if it already closed.
 
         Returns the closed token (the run goes on), or None when the run is now WAITING and

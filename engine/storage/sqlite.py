@@ -358,7 +358,8 @@ class SQLiteStorage:
                 " WHERE id IN (SELECT id FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
                 "              AND task_id IN (SELECT value FROM json_each(:tasks))"
                 "              ORDER BY available_at, id LIMIT :limit)"
-                " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts",
+                " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts,"
+                " executing_ms",
                 {
                     "owner": owner,
                     "expires": now + lease_ms,
@@ -386,6 +387,7 @@ class SQLiteStorage:
                     attempt=r["attempt_count"],
                     epoch=r["lease_epoch"],
                     max_attempts=r["max_attempts"],
+                    executed_ms=r["executing_ms"],
                     journal=journals.get(r["id"], []),
                 )
                 for r in rows
@@ -423,7 +425,13 @@ class SQLiteStorage:
         await self._write(op, notify=False)
 
     async def finish_run(
-        self, run_id: str, epoch: int, status: RunStatus, output: Any, error: RunError | None
+        self,
+        run_id: str,
+        epoch: int,
+        status: RunStatus,
+        output: Any,
+        error: RunError | None,
+        elapsed_ms: int = 0,
     ) -> None:
         output_json = None if output is None else dump_json(output, "the task's return value")
         error_json = None if error is None else error.model_dump_json(by_alias=True)
@@ -432,24 +440,34 @@ class SQLiteStorage:
             now = self.now_ms()
             cursor = await conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
-                " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL"
+                " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
+                " executing_ms = executing_ms + ?"
                 " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
-                (status.value, output_json, error_json, now, now, run_id, epoch),
+                (status.value, output_json, error_json, now, now, elapsed_ms, run_id, epoch),
             )
             if cursor.rowcount == 0:
                 raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
 
         await self._write(op)
 
-    async def retry_run(self, run_id: str, epoch: int, delay_ms: int, error: RunError) -> None:
+    async def retry_run(
+        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+    ) -> None:
         async def op(conn: Conn) -> None:
             now = self.now_ms()
             cursor = await conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
-                " attempt_count = attempt_count + 1, error = ?,"
+                " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"
                 " lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
-                (now + delay_ms, now, error.model_dump_json(by_alias=True), run_id, epoch),
+                (
+                    now + delay_ms,
+                    now,
+                    error.model_dump_json(by_alias=True),
+                    elapsed_ms,
+                    run_id,
+                    epoch,
+                ),
             )
             if cursor.rowcount == 0:
                 raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
@@ -566,7 +584,9 @@ class SQLiteStorage:
 
         return await self._write(op)
 
-    async def wait_on_token(self, token_id: str, journal: JournalWrite) -> Token | None:
+    async def wait_on_token(
+        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> Token | None:
         async def op(conn: Conn) -> Token | None:
             await self._fence(conn, journal.run_id, journal.epoch)
             rows = await conn.execute_fetchall("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
@@ -589,8 +609,8 @@ class SQLiteStorage:
             )
             await conn.execute(
                 "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
-                " updated_at = ? WHERE id = ?",
-                (now, journal.run_id),
+                " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
+                (now, elapsed_ms, journal.run_id),
             )
             return None
 

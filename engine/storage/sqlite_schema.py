@@ -29,6 +29,7 @@ MIGRATIONS: list[str] = [
         attempt_count INTEGER NOT NULL DEFAULT 0,
         max_attempts INTEGER,
         recovery_count INTEGER NOT NULL DEFAULT 0,
+        executing_ms INTEGER NOT NULL DEFAULT 0,
         available_at INTEGER NOT NULL,
         lease_owner TEXT,
         lease_epoch INTEGER NOT NULL DEFAULT 0,

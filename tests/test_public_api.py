@@ -1,0 +1,70 @@
+"""The names ``import engine`` promises."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import engine
+
+EXPECTED_ALL = [
+    "CompletionResult",
+    "CompletionSource",
+    "ConfigurationError",
+    "Engine",
+    "EngineError",
+    "LeaseLostError",
+    "NondeterminismError",
+    "NotFoundError",
+    "NotInRunError",
+    "Page",
+    "Retry",
+    "Run",
+    "RunError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "RunStatus",
+    "RunWaitTimeoutError",
+    "Settings",
+    "StepFailedError",
+    "StorageError",
+    "TaskDefinition",
+    "TaskNotFoundError",
+    "Token",
+    "TokenNotFoundError",
+    "TokenNotWaitingError",
+    "ValidationError",
+    "WaitResult",
+    "WaitpointCancelledError",
+    "WaitpointError",
+    "WaitpointStatus",
+    "WaitpointTimeoutError",
+    "Worker",
+    "complete_token",
+    "create_token",
+    "step",
+    "task",
+    "wait_for_token",
+]
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert engine.__all__ == EXPECTED_ALL
+
+
+def test_all_is_sorted_without_duplicates() -> None:
+    assert engine.__all__ == sorted(set(engine.__all__))
+
+
+@pytest.mark.parametrize("name", EXPECTED_ALL)
+def test_every_public_name_is_importable(name: str) -> None:
+    module = importlib.import_module("engine")
+    assert getattr(module, name) is not None
+    exec(f"from engine import {name}", {})
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from engine import *", namespace)
+    assert sorted(k for k in namespace if k != "__builtins__") == EXPECTED_ALL

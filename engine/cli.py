@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ import anyio
 import pydantic
 import structlog
 import typer
+from anyio.abc import TaskStatus
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -70,6 +72,20 @@ TasksModule = Annotated[
 def main() -> None:
     """Entry point of the ``waitpoint`` console script."""
     app()
+
+
+@app.callback()
+def _setup(ctx: typer.Context) -> None:
+    """Keep stdout for results: engine log lines go to stderr, warnings only.
+
+    The previous structlog set-up comes back when the command ends, so invoking the CLI
+    in-process (tests, scripts) leaves the caller's logging as it was.
+    """
+    saved = structlog.get_config() if structlog.is_configured() else None
+    configure_logging("auto", logging.WARNING)
+    ctx.call_on_close(
+        structlog.reset_defaults if saved is None else lambda: structlog.configure(**saved)
+    )
 
 
 # --- plumbing --------------------------------------------------------------------------
@@ -237,14 +253,21 @@ async def _work(engine: Engine, tasks: dict[str, TaskDefinition], concurrency: i
     """Run a worker next to a signal watcher; the watcher ends when the worker does."""
     worker = Worker(engine, tasks, concurrency=concurrency)
     async with anyio.create_task_group() as group:
-        group.start_soon(_stop_on_signals, worker)
+        await group.start(_stop_on_signals, worker)
         await worker.run()
         group.cancel_scope.cancel()
 
 
-async def _stop_on_signals(worker: Worker) -> None:
-    """First SIGINT/SIGTERM drains (finish or park running attempts); a second one hands back."""
+async def _stop_on_signals(
+    worker: Worker, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """First SIGINT/SIGTERM drains (finish or park running attempts); a second one hands back.
+
+    Reports started once the handlers are in place, so no signal can find the worker running
+    without them (and kill it the default way, mid-write).
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         graceful = True
         async for signum in signals:
             log.info("worker.stopping", signal=signal.Signals(signum).name, graceful=graceful)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+import structlog
 from pydantic import BaseModel
 
 from .clock import Clock, from_ms, to_ms
@@ -49,6 +50,8 @@ from .validation import (
     clean_statuses,
     clean_tags,
 )
+
+log = structlog.get_logger("engine.client")
 
 _current: contextvars.ContextVar[Engine] = contextvars.ContextVar("waitpoint_engine")
 
@@ -201,11 +204,13 @@ class Engine:
     ) -> Run:
         """Queue a run of ``task_id``; with an idempotency key, a repeat returns the same run."""
         payload = await self._checked_payload(task_id, payload)
-        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
             raise ValidationError("max_attempts must be a positive integer")
         key = clean_optional_text(idempotency_key, "idempotency_key")
         now = self.storage.now_ms()
-        return await self.storage.create_run(
+        run = await self.storage.create_run(
             NewRun(
                 task_id=task_id,
                 payload=payload,
@@ -215,6 +220,8 @@ class Engine:
                 max_attempts=max_attempts,
             )
         )
+        log.info("run.triggered", run_id=run.id, task=task_id, cached=run.is_cached)
+        return run
 
     async def _checked_payload(self, task_id: str, payload: Any) -> Any:
         local = REGISTRY.get(task_id)
@@ -313,6 +320,7 @@ class Tokens:
             schema=schema,
         )
         token = await storage.create_token(new)
+        log.info("token.created", token_id=token.id, cached=token.is_cached)
         if schema is not None:
             token._data_model = schema
         return token
@@ -353,10 +361,14 @@ class Tokens:
         token = await storage.get_token(token_id)
         if token.data_schema is not None and token.is_waiting:
             data = check_against_schema(token.data_schema, data, f"completion data for {token_id}")
-        return await storage.complete_token(token_id, data, source)
+        result = await storage.complete_token(token_id, data, source)
+        log.info("token.completed", token_id=token_id, applied=result.applied, via=source.value)
+        return result
 
     async def cancel(
         self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
     ) -> CompletionResult:
         """Cancel a WAITING token: runs waiting on it resume with ``WaitpointCancelledError``."""
-        return await self._engine.storage.cancel_token(token_id, source)
+        result = await self._engine.storage.cancel_token(token_id, source)
+        log.info("token.cancelled", token_id=token_id, applied=result.applied, via=source.value)
+        return result

@@ -6,14 +6,16 @@ turned into an absolute UTC deadline here, so storage only ever sees instants.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
 from .errors import ValidationError
 
 _UNITS = {"w": 604800, "d": 86400, "hr": 3600, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d+)(w|d|hr|h|m|s)")
-_WHOLE = re.compile(r"^(?:\d+(?:w|d|hr|h|m|s))+$")
+_PART = re.compile(r"([0-9]+)(w|d|hr|h|m|s)")
+_WHOLE = re.compile(r"^(?:[0-9]+(?:w|d|hr|h|m|s))+$")
+_LONGEST = timedelta(days=365 * 100)
 
 Timeout = str | timedelta | datetime
 
@@ -29,12 +31,17 @@ def parse_duration(text: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
     if seconds <= 0:
         raise ValidationError(f"invalid duration {text!r}: it must be longer than zero")
+    if seconds > _LONGEST.total_seconds():
+        raise ValidationError(f"invalid duration {text!r}: at most 100 years")
     return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:
-    """Render a timedelta in the same notation ``parse_duration`` reads (``5400s`` -> ``1h30m``)."""
-    seconds = int(delta.total_seconds())
+    """Render a timedelta as ``parse_duration`` reads it (``5400s`` -> ``1h30m``).
+
+    Fractions of a second are rounded up, so the text never promises less time than given.
+    """
+    seconds = math.ceil(delta.total_seconds())
     parts = []
     for unit in ("w", "d", "h", "m", "s"):
         size = _UNITS[unit]
@@ -49,6 +56,8 @@ def to_timedelta(value: str | timedelta) -> timedelta:
     if isinstance(value, timedelta):
         if value <= timedelta(0):
             raise ValidationError(f"invalid duration {value!r}: it must be longer than zero")
+        if value > _LONGEST:
+            raise ValidationError(f"invalid duration {value!r}: at most 100 years")
         return value
     if isinstance(value, str):
         return parse_duration(value)

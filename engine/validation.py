@@ -42,7 +42,7 @@ def clean_tags(tags: list[str] | tuple[str, ...] | str | None) -> list[str]:
 
 
 def clean_limit(limit: int) -> int:
-    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValidationError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit!r}")
     return limit
 

@@ -15,6 +15,7 @@ EXPECTED_ALL = [
     "Engine",
     "EngineError",
     "LeaseLostError",
+    "MaxDurationExceededError",
     "NondeterminismError",
     "NotFoundError",
     "NotInRunError",

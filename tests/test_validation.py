@@ -115,7 +115,8 @@ def test_clean_statuses_refuses_unknown_listing_allowed_values() -> None:
         clean_statuses(["queued", "DONE"], RunStatus)
     message = str(info.value)
     assert "'DONE'" in message
-    assert "QUEUED, EXECUTING, WAITING, COMPLETED, FAILED, CANCELED" in message
+    assert "use one of QUEUED, EXECUTING, WAITING, COMPLETED, FAILED, CANCELED" in message
+    assert message.endswith(", ".join(s.value for s in RunStatus))
 
 
 def test_clean_statuses_refuses_status_of_the_other_enum() -> None:
@@ -169,3 +170,8 @@ def test_check_against_schema_names_root_for_top_level_problems() -> None:
 def test_check_against_schema_refuses_invalid_schema() -> None:
     with pytest.raises(ValidationError, match="not a valid JSON Schema"):
         check_against_schema({"type": "no-such-type"}, 1, "data")
+
+
+def test_clean_limit_refuses_booleans() -> None:
+    with pytest.raises(ValidationError, match="limit"):
+        clean_limit(True)

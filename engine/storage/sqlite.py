@@ -13,11 +13,12 @@ import contextlib
 import json
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import anyio.to_thread
 
 from ..callbacks import CallbackSigner
 from ..clock import Clock, SystemClock, from_ms
@@ -48,7 +49,7 @@ from .sqlite_schema import MIGRATIONS
 from .writer import GroupCommitWriter, translate
 
 T = TypeVar("T")
-Conn = aiosqlite.Connection
+Conn = sqlite3.Connection
 
 _POLL_SECONDS = 0.05
 _REQUEUE_BLOCKED = """
@@ -94,7 +95,7 @@ class SQLiteStorage:
             raise ConfigurationError("synchronous must be FULL, EXTRA or NORMAL")
         self.clock: Clock = clock or SystemClock()
         self._writer_conn: Conn | None = None
-        self._reader: Conn | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
         self._change = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -105,17 +106,19 @@ class SQLiteStorage:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer_conn = await self._connect()
-            await self._migrate(self._writer_conn)
-            self._reader = await self._connect()
+            self._writer_conn = await anyio.to_thread.run_sync(self._open_writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
+            for pragma in _pragmas(self._synchronous):
+                await self._reader.execute(pragma)
+            if self._secret is None:
+                rows = await self._reader.execute_fetchall(
+                    "SELECT value FROM meta WHERE key = 'signing_secret'"
+                )
+                self.signer = CallbackSigner(self._public_url, _first(rows)["value"])
         except sqlite3.Error as exc:
             await self.close()
             raise translate(exc) from exc
-        if self._secret is None:
-            rows = await self._reader.execute_fetchall(
-                "SELECT value FROM meta WHERE key = 'signing_secret'"
-            )
-            self.signer = CallbackSigner(self._public_url, _first(rows)["value"])
         self._writer = GroupCommitWriter(self._writer_conn)
         self._writer.start()
 
@@ -128,38 +131,25 @@ class SQLiteStorage:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
-        for conn in (self._reader, self._writer_conn):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer_conn = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
 
-    async def _connect(self) -> Conn:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        return conn
-
-    async def _migrate(self, conn: Conn) -> None:
-        """Apply pending migrations; ``BEGIN IMMEDIATE`` serialises processes starting at once."""
-        await conn.execute("BEGIN IMMEDIATE")
+    def _open_writer(self) -> sqlite3.Connection:
+        """The writer connection (used by one thread at a time), with migrations applied."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
         try:
-            version = _first(await conn.execute_fetchall("PRAGMA user_version"))[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await conn.execute(statement)
-                if number == 1:
-                    await conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('signing_secret', ?)",
-                        (secrets.token_hex(32),),
-                    )
-                await conn.execute(f"PRAGMA user_version = {number}")
-            await conn.execute("COMMIT")
+            for pragma in _pragmas(self._synchronous):
+                conn.execute(pragma)
+            _migrate(conn)
         except BaseException:
-            await conn.execute("ROLLBACK")
+            conn.close()
             raise
+        return conn
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -171,7 +161,7 @@ class SQLiteStorage:
 
     # plumbing ----------------------------------------------------------------------------
 
-    async def _write(self, op: Callable[[Conn], Awaitable[T]], *, notify: bool = True) -> T:
+    async def _write(self, op: Callable[[Conn], T], *, notify: bool = True) -> T:
         if self._writer is None:
             raise ConfigurationError("the storage is not open")
         result = await self._writer.run(op)
@@ -179,7 +169,7 @@ class SQLiteStorage:
             self._notify()
         return result
 
-    async def _read(self, sql: str, params: Any = ()) -> list[aiosqlite.Row]:
+    async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         if self._reader is None:
             raise ConfigurationError("the storage is not open")
         try:
@@ -187,16 +177,16 @@ class SQLiteStorage:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
-    async def _fence(self, conn: Conn, run_id: str, epoch: int) -> None:
-        rows = await conn.execute_fetchall(
+    def _fence(self, conn: Conn, run_id: str, epoch: int) -> None:
+        rows = conn.execute(
             "SELECT status, lease_epoch FROM runs WHERE id = ?", (run_id,)
-        )
+        ).fetchall()
         row = _first_or_none(rows)
         if row is None or row["status"] != "EXECUTING" or row["lease_epoch"] != epoch:
             raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
 
-    async def _journal(self, conn: Conn, write: JournalWrite, value: Any) -> None:
-        await conn.execute(
+    def _journal(self, conn: Conn, write: JournalWrite, value: Any) -> None:
+        conn.execute(
             "INSERT INTO journal (run_id, key, attempt, position, is_error, value, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -210,9 +200,9 @@ class SQLiteStorage:
             ),
         )
 
-    async def _requeue_blocked(self, conn: Conn, waitpoint_ids: Iterable[str]) -> None:
+    def _requeue_blocked(self, conn: Conn, waitpoint_ids: Iterable[str]) -> None:
         ids = json.dumps(list(waitpoint_ids))
-        await conn.execute(_REQUEUE_BLOCKED, {"now": self.now_ms(), "ids": ids})
+        conn.execute(_REQUEUE_BLOCKED, {"now": self.now_ms(), "ids": ids})
 
     # tasks -------------------------------------------------------------------------------
 
@@ -223,8 +213,8 @@ class SQLiteStorage:
             for t in tasks
         ]
 
-        async def op(conn: Conn) -> None:
-            await conn.executemany(
+        def op(conn: Conn) -> None:
+            conn.executemany(
                 "INSERT INTO tasks (id, payload_schema, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET payload_schema = excluded.payload_schema,"
                 " updated_at = excluded.updated_at",
@@ -243,22 +233,22 @@ class SQLiteStorage:
         payload = dump_json(new.payload, "the payload")
         tags = json.dumps(new.tags)
 
-        async def op(conn: Conn) -> Run:
+        def op(conn: Conn) -> Run:
             now = self.now_ms()
             if new.idempotency_key is not None:
-                rows = await conn.execute_fetchall(
+                rows = conn.execute(
                     "SELECT * FROM runs WHERE task_id = ? AND idempotency_key = ?",
                     (new.task_id, new.idempotency_key),
-                )
+                ).fetchall()
                 row = _first_or_none(rows)
                 if row is not None:
                     expires = row["idempotency_key_expires_at"]
                     if expires is None or expires > now:
                         return run_from_row(row).model_copy(update={"is_cached": True})
-                    await conn.execute(
+                    conn.execute(
                         "UPDATE runs SET idempotency_key = NULL WHERE id = ?", (row["id"],)
                     )
-            rows = await conn.execute_fetchall(
+            rows = conn.execute(
                 "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
                 " idempotency_key_expires_at, max_attempts, available_at, created_at, updated_at)"
                 " VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
@@ -274,7 +264,7 @@ class SQLiteStorage:
                     now,
                     now,
                 ),
-            )
+            ).fetchall()
             return run_from_row(_first(rows))
 
         return await self._write(op)
@@ -317,28 +307,28 @@ class SQLiteStorage:
 
     async def _page(
         self, table: str, where: list[str], params: list[Any], limit: int
-    ) -> list[aiosqlite.Row]:
+    ) -> list[sqlite3.Row]:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return await self._read(
             f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
         )
 
     async def cancel_run(self, run_id: str) -> Run:
-        async def op(conn: Conn) -> None:
+        def op(conn: Conn) -> None:
             now = self.now_ms()
-            rows = await conn.execute_fetchall("SELECT status FROM runs WHERE id = ?", (run_id,))
+            rows = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchall()
             row = _first_or_none(rows)
             if row is None:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
             if RunStatus(row["status"]).is_terminal:
                 return
-            await conn.execute(
+            conn.execute(
                 "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
                 " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
                 " WHERE id = ?",
                 (now, now, run_id),
             )
-            await conn.execute("DELETE FROM run_waits WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_waits WHERE run_id = ?", (run_id,))
 
         await self._write(op)
         return await self.get_run(run_id)
@@ -348,9 +338,9 @@ class SQLiteStorage:
     ) -> list[ClaimedRun]:
         tasks = json.dumps(task_ids)
 
-        async def op(conn: Conn) -> list[ClaimedRun]:
+        def op(conn: Conn) -> list[ClaimedRun]:
             now = self.now_ms()
-            rows = await conn.execute_fetchall(
+            rows = conn.execute(
                 "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
                 " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
                 " attempt_count = max(attempt_count, 1), started_at = coalesce(started_at, :now),"
@@ -367,15 +357,15 @@ class SQLiteStorage:
                     "limit": limit,
                     "tasks": tasks,
                 },
-            )
+            ).fetchall()
             if not rows:
                 return []
             ids = json.dumps([r["id"] for r in rows])
-            entries = await conn.execute_fetchall(
+            entries = conn.execute(
                 "SELECT * FROM journal WHERE run_id IN (SELECT value FROM json_each(?))"
                 " ORDER BY position, attempt",
                 (ids,),
-            )
+            ).fetchall()
             journals: dict[str, list[Any]] = {}
             for entry in entries:
                 journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))
@@ -396,8 +386,8 @@ class SQLiteStorage:
         return await self._write(op, notify=False)
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute(
+        def op(conn: Conn) -> None:
+            conn.execute(
                 "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ?"
                 " AND status = 'EXECUTING' AND id IN (SELECT value FROM json_each(?))",
                 (self.now_ms() + lease_ms, owner, json.dumps(run_ids)),
@@ -406,9 +396,9 @@ class SQLiteStorage:
         await self._write(op, notify=False)
 
     async def release_run(self, run_id: str, epoch: int) -> None:
-        async def op(conn: Conn) -> None:
+        def op(conn: Conn) -> None:
             now = self.now_ms()
-            await conn.execute(
+            conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
                 " available_at = ?, updated_at = ?"
                 " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
@@ -418,9 +408,9 @@ class SQLiteStorage:
         await self._write(op)
 
     async def append_journal(self, write: JournalWrite) -> None:
-        async def op(conn: Conn) -> None:
-            await self._fence(conn, write.run_id, write.epoch)
-            await self._journal(conn, write, write.value)
+        def op(conn: Conn) -> None:
+            self._fence(conn, write.run_id, write.epoch)
+            self._journal(conn, write, write.value)
 
         await self._write(op, notify=False)
 
@@ -436,9 +426,9 @@ class SQLiteStorage:
         output_json = None if output is None else dump_json(output, "the task's return value")
         error_json = None if error is None else error.model_dump_json(by_alias=True)
 
-        async def op(conn: Conn) -> None:
+        def op(conn: Conn) -> None:
             now = self.now_ms()
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
                 " executing_ms = executing_ms + ?"
@@ -453,9 +443,9 @@ class SQLiteStorage:
     async def retry_run(
         self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
     ) -> None:
-        async def op(conn: Conn) -> None:
+        def op(conn: Conn) -> None:
             now = self.now_ms()
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
                 " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"
                 " lease_owner = NULL, lease_expires_at = NULL"
@@ -479,13 +469,13 @@ class SQLiteStorage:
     async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
         schema = None if new.data_schema is None else dump_json(new.data_schema)
 
-        async def op(conn: Conn) -> Token:
+        def op(conn: Conn) -> Token:
             now = self.now_ms()
             if journal is not None:
-                await self._fence(conn, journal.run_id, journal.epoch)
-            token = await self._existing_token(conn, new.idempotency_key, now)
+                self._fence(conn, journal.run_id, journal.epoch)
+            token = self._existing_token(conn, new.idempotency_key, now)
             if token is None:
-                rows = await conn.execute_fetchall(
+                rows = conn.execute(
                     "INSERT INTO waitpoints (id, status, tags, idempotency_key,"
                     " idempotency_key_expires_at, ttl, timeout_at, created_at, data_schema,"
                     " created_by_run) VALUES (?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
@@ -500,30 +490,26 @@ class SQLiteStorage:
                         schema,
                         journal.run_id if journal else None,
                     ),
-                )
+                ).fetchall()
                 token = token_from_row(_first(rows), self.signer)
             if journal is not None:
-                await self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
+                self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
             return token
 
         return await self._write(op)
 
-    async def _existing_token(self, conn: Conn, key: str | None, now: int) -> Token | None:
+    def _existing_token(self, conn: Conn, key: str | None, now: int) -> Token | None:
         """The live token created with this idempotency key; an expired key is let go."""
         if key is None:
             return None
-        rows = await conn.execute_fetchall(
-            "SELECT * FROM waitpoints WHERE idempotency_key = ?", (key,)
-        )
+        rows = conn.execute("SELECT * FROM waitpoints WHERE idempotency_key = ?", (key,)).fetchall()
         row = _first_or_none(rows)
         if row is None:
             return None
         expires = row["idempotency_key_expires_at"]
         if expires is None or expires > now:
             return token_from_row(row, self.signer).model_copy(update={"is_cached": True})
-        await conn.execute(
-            "UPDATE waitpoints SET idempotency_key = NULL WHERE id = ?", (row["id"],)
-        )
+        conn.execute("UPDATE waitpoints SET idempotency_key = NULL WHERE id = ?", (row["id"],))
         return None
 
     async def get_token(self, token_id: str) -> Token:
@@ -563,17 +549,17 @@ class SQLiteStorage:
     ) -> CompletionResult:
         """First writer wins: close a WAITING token and re-queue the runs it unblocks."""
 
-        async def op(conn: Conn) -> CompletionResult:
-            rows = await conn.execute_fetchall(
+        def op(conn: Conn) -> CompletionResult:
+            rows = conn.execute(
                 "UPDATE waitpoints SET status = ?, data = ?, completed_at = ?, completed_via = ?"
                 " WHERE id = ? AND status = 'WAITING' RETURNING *",
                 (status.value, data, self.now_ms(), source.value, token_id),
-            )
+            ).fetchall()
             row = _first_or_none(rows)
             if row is not None:
-                await self._requeue_blocked(conn, [token_id])
+                self._requeue_blocked(conn, [token_id])
                 return CompletionResult(applied=True, token=token_from_row(row, self.signer))
-            rows = await conn.execute_fetchall("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
+            rows = conn.execute("SELECT * FROM waitpoints WHERE id = ?", (token_id,)).fetchall()
             row = _first_or_none(rows)
             if row is None:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
@@ -587,27 +573,27 @@ class SQLiteStorage:
     async def wait_on_token(
         self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
     ) -> Token | None:
-        async def op(conn: Conn) -> Token | None:
-            await self._fence(conn, journal.run_id, journal.epoch)
-            rows = await conn.execute_fetchall("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
+        def op(conn: Conn) -> Token | None:
+            self._fence(conn, journal.run_id, journal.epoch)
+            rows = conn.execute("SELECT * FROM waitpoints WHERE id = ?", (token_id,)).fetchall()
             row = _first_or_none(rows)
             if row is None:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
             token = token_from_row(row, self.signer)
             now = self.now_ms()
             if not token.is_waiting:
-                await self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
-                await conn.execute(
+                self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
+                conn.execute(
                     "DELETE FROM run_waits WHERE run_id = ? AND waitpoint_id = ?",
                     (journal.run_id, token_id),
                 )
                 return token
-            await conn.execute(
+            conn.execute(
                 "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, created_at)"
                 " VALUES (?, ?, ?, ?)",
                 (journal.run_id, token_id, journal.key, now),
             )
-            await conn.execute(
+            conn.execute(
                 "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
                 " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
                 (now, elapsed_ms, journal.run_id),
@@ -626,9 +612,9 @@ class SQLiteStorage:
         ):
             return 0
 
-        async def op(conn: Conn) -> int:
+        def op(conn: Conn) -> int:
             now = self.now_ms()
-            rows = await conn.execute_fetchall(
+            rows = conn.execute(
                 "UPDATE waitpoints SET status = 'TIMED_OUT', completed_at = :now,"
                 " completed_via = 'timeout', data = json_object("
                 "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
@@ -638,10 +624,10 @@ class SQLiteStorage:
                 "              AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit)"
                 " RETURNING id",
                 {"now": now, "limit": limit},
-            )
+            ).fetchall()
             ids = [r["id"] for r in rows]
             if ids:
-                await self._requeue_blocked(conn, ids)
+                self._requeue_blocked(conn, ids)
             return len(ids)
 
         return await self._write(op)
@@ -654,9 +640,9 @@ class SQLiteStorage:
         ):
             return 0
 
-        async def op(conn: Conn) -> int:
+        def op(conn: Conn) -> int:
             now = self.now_ms()
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
                 " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < ?",
@@ -716,13 +702,42 @@ class SQLiteStorage:
             await asyncio.sleep(_POLL_SECONDS)
 
 
-def _first_or_none(rows: Iterable[aiosqlite.Row]) -> aiosqlite.Row | None:
+def _pragmas(synchronous: str) -> list[str]:
+    return [
+        "PRAGMA busy_timeout = 5000",
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {synchronous}",
+    ]
+
+
+def _migrate(conn: Conn) -> None:
+    """Apply pending migrations; ``BEGIN IMMEDIATE`` serialises processes starting at once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _first(conn.execute("PRAGMA user_version").fetchall())[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if number == 1:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('signing_secret', ?)",
+                    (secrets.token_hex(32),),
+                )
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _first_or_none(rows: Iterable[sqlite3.Row]) -> sqlite3.Row | None:
     for row in rows:
         return row
     return None
 
 
-def _first(rows: Iterable[aiosqlite.Row]) -> aiosqlite.Row:
+def _first(rows: Iterable[sqlite3.Row]) -> sqlite3.Row:
     row = _first_or_none(rows)
     if row is None:
         raise StorageError("the database returned no row where one was expected")

@@ -1,26 +1,29 @@
 """Group commit for SQLite: one writer connection, one transaction per burst of operations.
 
-SQLite's cost is the commit (an fsync under ``synchronous=FULL``), not the statements. So
-every write operation in this process is queued here; the writer takes everything queued at
-that moment, runs it inside one ``BEGIN IMMEDIATE ... COMMIT`` with a savepoint per operation
-(one failing operation rolls back alone), and only then resolves each caller's future. A
-caller's ``await`` therefore returns only once its operation is durable.
+SQLite's cost is the commit (an fsync under ``synchronous=FULL``) and, from asyncio, every
+hop to a thread. So every write operation of this process is queued here as a plain function
+of a ``sqlite3.Connection``; the writer takes everything queued at that moment and runs it
+in ONE worker-thread call, inside one ``BEGIN IMMEDIATE ... COMMIT``, with a savepoint per
+operation (one failing operation rolls back alone). Only after the commit is each caller's
+future resolved, so a caller's ``await`` returns once its operation is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-import aiosqlite
+import anyio.to_thread
 import structlog
 
 from ..errors import EngineError, StorageError
 
 T = TypeVar("T")
-Operation = Callable[[aiosqlite.Connection], Awaitable[T]]
+Operation = Callable[[sqlite3.Connection], T]
+Outcome = tuple[bool, Any]
 
 log = structlog.get_logger("engine.storage")
 
@@ -30,7 +33,7 @@ _BUSY_RETRY_SECONDS = 60.0
 class GroupCommitWriter:
     """Runs write operations on one connection, committing them in groups."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._pending: list[tuple[Operation[Any], asyncio.Future[Any]]] = []
         self._wakeup = asyncio.Event()
@@ -65,69 +68,71 @@ class GroupCommitWriter:
             while self._pending:
                 batch = [(op, fut) for op, fut in self._pending if not fut.cancelled()]
                 self._pending.clear()
-                if batch:
-                    await asyncio.shield(self._commit(batch))
+                if not batch:
+                    continue
+                # a cancelled caller must not abandon a transaction half-way: shield the commit
+                outcomes = await asyncio.shield(
+                    anyio.to_thread.run_sync(self._commit, [op for op, _ in batch])
+                )
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[tuple[Operation[Any], asyncio.Future[Any]]]) -> None:
+    def _commit(self, ops: list[Operation[Any]]) -> list[Outcome]:
+        """In the worker thread: run ``ops`` in one transaction; one outcome per operation."""
         conn = self._conn
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[Outcome] = []
+        single = len(ops) == 1
         try:
-            await self._begin()
-            single = len(batch) == 1
-            for op, _ in batch:
-                if not single:
-                    await conn.execute("SAVEPOINT op")
+            self._begin()
+            for op in ops:
+                if single:
+                    outcomes.append((True, op(conn)))
+                    continue
+                conn.execute("SAVEPOINT op")
                 try:
-                    result = await op(conn)
-                except Exception as exc:  # one operation's failure is its caller's, not ours
-                    if single:
-                        raise
-                    await conn.execute("ROLLBACK TO op")
-                    await conn.execute("RELEASE op")
+                    result = op(conn)
+                except Exception as exc:  # one operation's failure is its caller's alone
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
                     outcomes.append((False, translate(exc)))
                 else:
-                    if not single:
-                        await conn.execute("RELEASE op")
+                    conn.execute("RELEASE op")
                     outcomes.append((True, result))
-            await conn.execute("COMMIT")
+            conn.execute("COMMIT")
             self.commits += 1
+            return outcomes
         except Exception as exc:
-            await self._rollback()
-            error = translate(exc)
-            if len(batch) == 1:
-                outcomes = [(False, error)]
-            else:
-                log.error("storage.commit_failed", error=str(exc), operations=len(batch))
-                outcomes = [(False, StorageError(f"the transaction failed: {exc}"))] * len(batch)
-        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            self._rollback()
+            if single:
+                return [(False, translate(exc))]
+            log.error("storage.commit_failed", error=str(exc), operations=len(ops))
+            return [(False, StorageError(f"the transaction failed: {exc}"))] * len(ops)
 
-    async def _begin(self) -> None:
+    def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, waiting out other processes' write locks instead of failing."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _BUSY_RETRY_SECONDS
+        deadline = time.monotonic() + _BUSY_RETRY_SECONDS
         delay = 0.005
         while True:
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or loop.time() > deadline:
+                if not _is_busy(exc) or time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(delay)
+                time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
-    async def _rollback(self) -> None:
+    def _rollback(self) -> None:
         if self._conn.in_transaction:
             try:
-                await self._conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK")
             except sqlite3.Error as exc:  # the connection is in trouble; report, don't mask
                 log.error("storage.rollback_failed", error=str(exc))
 

@@ -28,6 +28,7 @@ from .errors import (
     WaitpointError,
     WaitpointTimeoutError,
 )
+from .logs import configure_default_logging
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -42,6 +43,8 @@ from .models import (
 from .registry import Retry, TaskDefinition, task
 from .settings import Settings
 from .worker import Worker
+
+configure_default_logging()
 
 __all__ = [
     "CompletionResult",

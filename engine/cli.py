@@ -32,7 +32,7 @@ from .errors import EngineError, RunFailedError, ValidationError
 from .logs import configure_logging
 from .models import CompletionResult, CompletionSource, Page, Run, RunStatus, Token, WireModel
 from .registry import TaskDefinition, load_tasks
-from .settings import Settings
+from .settings import DEFAULT_DATABASE_URL, Settings
 from .worker import Worker
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ Database = Annotated[
     str | None,
     typer.Option(
         "--database",
-        help="Database URL [default: $WAITPOINT_DATABASE_URL or sqlite:///.waitpoint/engine.db]",
+        help=f"Database URL [default: $WAITPOINT_DATABASE_URL or {DEFAULT_DATABASE_URL}]",
         show_default=False,
     ),
 ]
@@ -312,6 +312,8 @@ def trigger(
     """Queue a run of TASK_ID (a worker must have registered it)."""
 
     async def action(engine: Engine) -> Run:
+        if timeout is not None and not wait:
+            raise ValidationError("--timeout only applies with --wait")
         data = _json_option(payload, "--payload")
         run = await engine.trigger(task_id, data, idempotency_key=idempotency_key, tags=tag)
         if not wait:

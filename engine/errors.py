@@ -91,7 +91,7 @@ class TokenNotFoundError(NotFoundError):
 
 
 class TokenNotWaitingError(EngineError):
-    """The token already closed (timed out or cancelled) and can no longer be completed."""
+    """The token already closed (timed out, cancelled or completed) and cannot be closed again."""
 
     def __init__(self, token_id: str, status: str, closed_at: datetime | None) -> None:
         self.token_id = token_id
@@ -99,7 +99,9 @@ class TokenNotWaitingError(EngineError):
         self.closed_at = closed_at
         when = closed_at.isoformat() if closed_at else "an unknown time"
         how = "timed out" if status == "TIMED_OUT" else status.lower().replace("_", " ")
-        super().__init__(f"token {token_id} {how} at {when}; it can no longer be completed")
+        super().__init__(
+            f"token {token_id} already {how} at {when}; it can no longer be completed or cancelled"
+        )
 
 
 class WaitpointError(EngineError):

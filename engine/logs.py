@@ -13,6 +13,25 @@ from typing import Literal
 import structlog
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the moment of writing (test runners swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_default_logging() -> None:
+    """Unless the application configured structlog, send the engine's events to stderr.
+
+    structlog's own default prints to stdout, where it would mix with a program's output.
+    """
+    if not structlog.is_configured():
+        configure_logging("auto")
+
+
 def configure_logging(
     fmt: Literal["auto", "console", "json"] = "auto", level: int = logging.INFO
 ) -> None:
@@ -31,6 +50,6 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

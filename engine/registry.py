@@ -180,8 +180,10 @@ def load_tasks(module: str) -> dict[str, TaskDefinition]:
         if hasattr(root, "__path__"):
             for info in pkgutil.walk_packages(root.__path__, prefix=f"{module}."):
                 importlib.import_module(info.name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import tasks module {module!r}: {exc}") from exc
+    except Exception as exc:  # a syntax error in a task file is a configuration problem too
+        raise ConfigurationError(
+            f"cannot import tasks module {module!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     found = {
         name: definition
         for name, definition in REGISTRY.items()

@@ -168,7 +168,8 @@ def test_token_not_waiting_says_timed_out_and_when() -> None:
     closed = datetime(2025, 6, 1, 12, 30, tzinfo=UTC)
     error = TokenNotWaitingError("waitpoint_abc", "TIMED_OUT", closed)
     assert str(error) == (
-        "token waitpoint_abc timed out at 2025-06-01T12:30:00+00:00; it can no longer be completed"
+        "token waitpoint_abc already timed out at 2025-06-01T12:30:00+00:00;"
+        " it can no longer be completed or cancelled"
     )
     assert (error.token_id, error.status, error.closed_at) == ("waitpoint_abc", "TIMED_OUT", closed)
 
@@ -176,7 +177,7 @@ def test_token_not_waiting_says_timed_out_and_when() -> None:
 def test_token_not_waiting_says_cancelled() -> None:
     closed = datetime(2025, 6, 1, 12, 30, tzinfo=UTC)
     message = str(TokenNotWaitingError("waitpoint_abc", "CANCELLED", closed))
-    assert "waitpoint_abc cancelled at 2025-06-01T12:30:00+00:00" in message
+    assert "waitpoint_abc already cancelled at 2025-06-01T12:30:00+00:00" in message
 
 
 def test_token_not_waiting_without_time_says_unknown_time() -> None:

@@ -42,7 +42,15 @@ from .models import (
 )
 from .registry import REGISTRY
 from .settings import Settings
-from .storage import NewRun, NewToken, RunFilter, Storage, TokenFilter, open_storage
+from .storage import (
+    NewRun,
+    NewToken,
+    PageRequest,
+    RunFilter,
+    Storage,
+    TokenFilter,
+    open_storage,
+)
 from .validation import (
     check_against_schema,
     clean_limit,
@@ -104,6 +112,11 @@ def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> in
     if key is None:
         raise ValidationError("idempotency_key_ttl needs an idempotency_key")
     return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
+
+
+def page_request(limit: int, after: str | None, before: str | None) -> PageRequest:
+    """``before`` wins over ``after`` (the SDK's previous-page call sends both)."""
+    return PageRequest(clean_limit(limit), None if before is not None else after, before)
 
 
 def _ms(moment: datetime | None, what: str) -> int | None:
@@ -278,8 +291,10 @@ class Runs:
         created_before: datetime | None = None,
         limit: int = 25,
         after: str | None = None,
+        before: str | None = None,
     ) -> Page[Run]:
-        """Newest first; pass ``page.next_cursor`` as ``after`` for the next page."""
+        """Newest first; pass ``page.next_cursor`` as ``after`` for the next (older) page,
+        ``page.previous_cursor`` as ``before`` for the previous one."""
         tasks = [task] if isinstance(task, str) else list(task or [])
         filter = RunFilter(
             status=clean_statuses(status, RunStatus),
@@ -288,7 +303,7 @@ class Runs:
             created_from_ms=_ms(created_after, "created_after"),
             created_to_ms=_ms(created_before, "created_before"),
         )
-        return await self._engine.storage.list_runs(filter, clean_limit(limit), after)
+        return await self._engine.storage.list_runs(filter, page_request(limit, after, before))
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""
@@ -338,6 +353,7 @@ class Tokens:
         created_before: datetime | None = None,
         limit: int = 25,
         after: str | None = None,
+        before: str | None = None,
     ) -> Page[Token]:
         """Newest first; ``tags`` matches tokens carrying any of them."""
         filter = TokenFilter(
@@ -347,7 +363,7 @@ class Tokens:
             created_from_ms=_ms(created_after, "created_after"),
             created_to_ms=_ms(created_before, "created_before"),
         )
-        return await self._engine.storage.list_tokens(filter, clean_limit(limit), after)
+        return await self._engine.storage.list_tokens(filter, page_request(limit, after, before))
 
     async def complete(
         self, token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON

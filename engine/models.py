@@ -86,7 +86,13 @@ class Token(WireModel):
     """A waitpoint token: a run may wait on it until someone completes it or it times out."""
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"idempotency_key", "ttl", "completed_via", "idempotency_key_expires_at"}
+        {
+            "idempotency_key",
+            "ttl",
+            "completed_via",
+            "idempotency_key_expires_at",
+            "late_completions",
+        }
     )
 
     id: str
@@ -101,6 +107,8 @@ class Token(WireModel):
     created_at: datetime
     data: Any = None
     completed_via: CompletionSource | None = None
+    late_completions: list[LateCompletion] | None = None
+    """Completions that arrived after the token closed (shown on a single token's retrieve)."""
     is_cached: bool = Field(default=False, exclude=True)
     """True when ``create`` returned an existing token for its idempotency key."""
     data_schema: dict[str, Any] | None = Field(default=None, exclude=True)
@@ -111,6 +119,13 @@ class Token(WireModel):
     @property
     def is_waiting(self) -> bool:
         return self.status is WaitpointStatus.WAITING
+
+
+class LateCompletion(WireModel):
+    """A completion refused because the token had already timed out or been cancelled."""
+
+    via: CompletionSource
+    at: datetime
 
 
 class RunError(WireModel):
@@ -154,6 +169,8 @@ class Page(BaseModel, Generic[T]):
 
     data: list[T]
     next_cursor: str | None = None
+    previous_cursor: str | None = None
+    """Pass as ``before`` to get the page of newer items (None on the first page)."""
 
 
 @dataclass(frozen=True)

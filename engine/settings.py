@@ -28,3 +28,12 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=100, gt=0)
     """Attempts one worker runs at the same time."""
     log_format: Literal["auto", "console", "json"] = "auto"
+    secret_key: str | None = None
+    """The API key (``Authorization: Bearer``) and the key public access tokens are signed with.
+    Unset: ``waitpoint dev``/``serve`` generate one and keep it in ``.waitpoint/secret_key``."""
+    api_url: str | None = None
+    """Use the REST API at this URL instead of a database (``Engine`` and the CLI)."""
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    """Largest request body the API reads; larger ones get 413 (counted as bytes arrive)."""
+    max_json_depth: int = Field(default=64, gt=0)
+    """Deepest nesting of JSON the API accepts in a request body."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..clock import Clock
 from ..errors import ConfigurationError
-from .base import JournalWrite, NewRun, NewToken, RunFilter, Storage, TokenFilter
+from .base import JournalWrite, NewRun, NewToken, PageRequest, RunFilter, Storage, TokenFilter
 
 
 def open_storage(
@@ -37,6 +37,7 @@ __all__ = [
     "JournalWrite",
     "NewRun",
     "NewToken",
+    "PageRequest",
     "RunFilter",
     "Storage",
     "TokenFilter",

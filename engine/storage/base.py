@@ -60,6 +60,15 @@ class JournalWrite:
 
 
 @dataclass(frozen=True)
+class PageRequest:
+    """Newest first: ``after`` pages towards older items, ``before`` towards newer ones."""
+
+    limit: int = 25
+    after: str | None = None
+    before: str | None = None
+
+
+@dataclass(frozen=True)
 class RunFilter:
     status: list[RunStatus] = field(default_factory=list)
     task_id: list[str] = field(default_factory=list)
@@ -100,7 +109,7 @@ class Storage(Protocol):
 
     async def get_run(self, run_id: str) -> Run: ...
 
-    async def list_runs(self, filter: RunFilter, limit: int, after: str | None) -> Page[Run]: ...
+    async def list_runs(self, filter: RunFilter, page: PageRequest) -> Page[Run]: ...
 
     async def cancel_run(self, run_id: str) -> Run:
         """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged."""
@@ -145,11 +154,15 @@ class Storage(Protocol):
         """
         ...
 
-    async def get_token(self, token_id: str) -> Token: ...
+    async def get_token(self, token_id: str) -> Token:
+        """The token, with the completions refused after it closed (``late_completions``)."""
+        ...
 
-    async def list_tokens(
-        self, filter: TokenFilter, limit: int, after: str | None
-    ) -> Page[Token]: ...
+    async def get_request_reply(self, key: str, route: str) -> Any: ...
+
+    async def save_request_reply(self, key: str, route: str, reply: Any) -> None: ...
+
+    async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]: ...
 
     async def complete_token(
         self, token_id: str, data: Any, source: CompletionSource

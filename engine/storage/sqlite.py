@@ -35,6 +35,7 @@ from ..models import (
     ClaimedRun,
     CompletionResult,
     CompletionSource,
+    LateCompletion,
     Page,
     Run,
     RunError,
@@ -43,7 +44,7 @@ from ..models import (
     Token,
     WaitpointStatus,
 )
-from .base import JournalWrite, NewRun, NewToken, RunFilter, TokenFilter
+from .base import JournalWrite, NewRun, NewToken, PageRequest, RunFilter, TokenFilter
 from .records import dump_json, journal_from_row, load_json, run_from_row, token_from_row
 from .sqlite_schema import MIGRATIONS
 from .writer import GroupCommitWriter, translate
@@ -289,29 +290,49 @@ class SQLiteStorage:
             found.setdefault(row["run_id"], []).append(row["waitpoint_id"])
         return found
 
-    async def list_runs(self, filter: RunFilter, limit: int, after: str | None) -> Page[Run]:
+    async def list_runs(self, filter: RunFilter, page: PageRequest) -> Page[Run]:
         where, params = _common_filters(
             [s.value for s in filter.status],
             filter.tags,
             filter.created_from_ms,
             filter.created_to_ms,
-            after,
         )
         if filter.task_id:
             where.append("task_id IN (SELECT value FROM json_each(?))")
             params.append(json.dumps(filter.task_id))
-        rows = await self._page("runs", where, params, limit)
-        waits = await self._waiting_on([r["id"] for r in rows[:limit]])
-        runs = [run_from_row(r, waits.get(r["id"])) for r in rows[:limit]]
-        return Page(data=runs, next_cursor=runs[-1].id if len(rows) > limit else None)
+        rows, next_cursor, previous_cursor = await self._page("runs", where, params, page)
+        waits = await self._waiting_on([r["id"] for r in rows])
+        runs = [run_from_row(r, waits.get(r["id"])) for r in rows]
+        return Page(data=runs, next_cursor=next_cursor, previous_cursor=previous_cursor)
 
     async def _page(
-        self, table: str, where: list[str], params: list[Any], limit: int
-    ) -> list[sqlite3.Row]:
+        self, table: str, where: list[str], params: list[Any], page: PageRequest
+    ) -> tuple[list[sqlite3.Row], str | None, str | None]:
+        """One page, newest first, with the cursors of the older and the newer pages."""
+        if page.before is not None:
+            clause = " AND ".join([*where, "id > ?"])
+            rows = await self._read(
+                f"SELECT * FROM {table} WHERE {clause} ORDER BY id ASC LIMIT ?",
+                [*params, page.before, page.limit + 1],
+            )
+            newer = len(rows) > page.limit
+            rows = rows[: page.limit][::-1]
+            if not rows:
+                return [], None, None
+            return rows, rows[-1]["id"], rows[0]["id"] if newer else None
+        if page.after is not None:
+            where = [*where, "id < ?"]
+            params = [*params, page.after]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return await self._read(
-            f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
+        rows = await self._read(
+            f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, page.limit + 1]
         )
+        older = len(rows) > page.limit
+        rows = rows[: page.limit]
+        if not rows:
+            return [], None, None
+        previous = rows[0]["id"] if page.after is not None else None
+        return rows, rows[-1]["id"] if older else None, previous
 
     async def cancel_run(self, run_id: str) -> Run:
         def op(conn: Conn) -> None:
@@ -516,22 +537,59 @@ class SQLiteStorage:
         rows = await self._read("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
         if not rows:
             raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
-        return token_from_row(rows[0], self.signer)
+        token = token_from_row(rows[0], self.signer)
+        if token.is_waiting:
+            return token
+        late = await self._read(
+            "SELECT via, attempted_at FROM late_completions WHERE token_id = ?"
+            " ORDER BY attempted_at",
+            (token_id,),
+        )
+        if not late:
+            return token
+        attempts = [
+            LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"]))
+            for r in late
+        ]
+        return token.model_copy(update={"late_completions": attempts})
 
-    async def list_tokens(self, filter: TokenFilter, limit: int, after: str | None) -> Page[Token]:
+    # API request replays -------------------------------------------------------------------
+
+    async def get_request_reply(self, key: str, route: str) -> Any:
+        """The reply stored for a request idempotency key on this route, or None."""
+        rows = await self._read(
+            "SELECT reply FROM request_replies WHERE key = ? AND route = ?", (key, route)
+        )
+        return load_json(rows[0]["reply"]) if rows else None
+
+    async def save_request_reply(self, key: str, route: str, reply: Any) -> None:
+        """Keep a reply for 24 hours so that a retried request gets the same answer."""
+        text = dump_json(reply)
+
+        def op(conn: Conn) -> None:
+            now = self.now_ms()
+            conn.execute("DELETE FROM request_replies WHERE created_at < ?", (now - 86_400_000,))
+            conn.execute(
+                "INSERT OR IGNORE INTO request_replies (key, route, reply, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, route, text, now),
+            )
+
+        await self._write(op, notify=False)
+
+    async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
         where, params = _common_filters(
             [s.value for s in filter.status],
             filter.tags,
             filter.created_from_ms,
             filter.created_to_ms,
-            after,
         )
         if filter.idempotency_key is not None:
             where.append("idempotency_key = ?")
             params.append(filter.idempotency_key)
-        rows = await self._page("waitpoints", where, params, limit)
-        tokens = [token_from_row(r, self.signer) for r in rows[:limit]]
-        return Page(data=tokens, next_cursor=tokens[-1].id if len(rows) > limit else None)
+        rows, next_cursor, previous_cursor = await self._page("waitpoints", where, params, page)
+        tokens = [token_from_row(r, self.signer) for r in rows]
+        return Page(data=tokens, next_cursor=next_cursor, previous_cursor=previous_cursor)
 
     async def complete_token(
         self, token_id: str, data: Any, source: CompletionSource
@@ -547,9 +605,13 @@ class SQLiteStorage:
     async def _close_token(
         self, token_id: str, status: WaitpointStatus, data: str, source: CompletionSource
     ) -> CompletionResult:
-        """First writer wins: close a WAITING token and re-queue the runs it unblocks."""
+        """First writer wins: close a WAITING token and re-queue the runs it unblocks.
 
-        def op(conn: Conn) -> CompletionResult:
+        A completion that finds the token timed out or cancelled is refused, and the attempt
+        is recorded on the token (the refusal is raised after that record committed).
+        """
+
+        def op(conn: Conn) -> CompletionResult | TokenNotWaitingError:
             rows = conn.execute(
                 "UPDATE waitpoints SET status = ?, data = ?, completed_at = ?, completed_via = ?"
                 " WHERE id = ? AND status = 'WAITING' RETURNING *",
@@ -566,9 +628,17 @@ class SQLiteStorage:
             token = token_from_row(row, self.signer)
             if token.status is status:
                 return CompletionResult(applied=False, token=token)
-            raise TokenNotWaitingError(token_id, token.status.value, token.completed_at)
+            if status is WaitpointStatus.COMPLETED:
+                conn.execute(
+                    "INSERT INTO late_completions (token_id, via, attempted_at) VALUES (?, ?, ?)",
+                    (token_id, source.value, self.now_ms()),
+                )
+            return TokenNotWaitingError(token_id, token.status.value, token.completed_at)
 
-        return await self._write(op)
+        outcome = await self._write(op)
+        if isinstance(outcome, TokenNotWaitingError):
+            raise outcome
+        return outcome
 
     async def wait_on_token(
         self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
@@ -749,7 +819,6 @@ def _common_filters(
     tags: list[str],
     created_from_ms: int | None,
     created_to_ms: int | None,
-    after: str | None,
 ) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -768,9 +837,6 @@ def _common_filters(
     if created_to_ms is not None:
         where.append("created_at <= ?")
         params.append(created_to_ms)
-    if after is not None:
-        where.append("id < ?")
-        params.append(after)
     return where, params
 
 

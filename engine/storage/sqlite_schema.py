@@ -88,5 +88,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, key, attempt)
     );
     CREATE UNIQUE INDEX journal_once ON journal (run_id, key) WHERE is_error = 0;
+
+    -- completions refused because the token had already timed out or been cancelled
+    CREATE TABLE late_completions (
+        token_id TEXT NOT NULL,
+        via TEXT NOT NULL,
+        attempted_at INTEGER NOT NULL
+    );
+    CREATE INDEX late_completions_token ON late_completions (token_id);
+
+    -- replies to API requests carrying x-trigger-request-idempotency-key, for retried calls
+    CREATE TABLE request_replies (
+        key TEXT PRIMARY KEY,
+        route TEXT NOT NULL,
+        reply TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX request_replies_age ON request_replies (created_at);
     """,
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -284,7 +285,7 @@ class Runs:
     async def list(
         self,
         *,
-        status: RunStatus | str | list[RunStatus | str] | None = None,
+        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
         task: str | list[str] | None = None,
         tags: list[str] | str | None = None,
         created_after: datetime | None = None,
@@ -346,7 +347,7 @@ class Tokens:
     async def list(
         self,
         *,
-        status: WaitpointStatus | str | list[WaitpointStatus | str] | None = None,
+        status: WaitpointStatus | str | Sequence[WaitpointStatus | str] | None = None,
         tags: list[str] | str | None = None,
         idempotency_key: str | None = None,
         created_after: datetime | None = None,

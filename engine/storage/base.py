@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..callbacks import CallbackSigner
 from ..models import (
     ClaimedRun,
     CompletionResult,
@@ -88,6 +89,9 @@ class TokenFilter:
 
 class Storage(Protocol):
     """What the runtime, the scheduler and the client need from a database."""
+
+    signer: CallbackSigner
+    """Signs and checks callback URLs with the secret every process of this database shares."""
 
     async def open(self) -> None: ...
 

@@ -1,0 +1,73 @@
+"""The REST API: Trigger.dev's wire protocol over the same ``Engine`` the CLI uses.
+
+    app = create_app(engine, secret_key="...")   # an ASGI app; serve it with uvicorn
+
+``waitpoint serve`` runs it alone, ``waitpoint dev`` next to a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..client import Engine
+from ..settings import Settings
+from .auth import Auth
+from .body import BodyLimitMiddleware
+from .problems import install_problem_handlers
+from .runs import router as runs_router
+from .tokens import router as tokens_router
+
+__all__ = ["create_app"]
+
+
+def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = None) -> FastAPI:
+    """The API over an open ``engine``; the caller opens and closes the engine."""
+    settings = settings or engine.settings
+    app = FastAPI(
+        title="Waitpoint",
+        summary="Durable runs and waitpoint tokens, wire-compatible with the Trigger.dev SDK.",
+        version="0.1.0",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redoc_url=None,
+    )
+    app.state.engine = engine
+    app.state.auth = Auth(secret_key)
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.include_router(tokens_router)
+    app.include_router(runs_router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the API answers")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    app.add_middleware(_CompleteCORS)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+class _CompleteCORS:
+    """Every answer of a ``.../complete`` route, errors included, may be read cross-origin."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).endswith("/complete"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    h for h in message.get("headers", []) if h[0] != b"access-control-allow-origin"
+                ]
+                headers.append((b"access-control-allow-origin", b"*"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_cors)

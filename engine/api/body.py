@@ -1,0 +1,120 @@
+"""Request bodies: a byte limit counted as the bytes arrive, and JSON checked before parsing.
+
+``Content-Length`` can lie, and chunked bodies have none, so the limit is enforced on the
+bytes actually received. JSON that is invalid or nested deeper than the limit is refused with
+400 before any route sees it (deep nesting would otherwise exhaust Python's recursion limit
+inside the parser and surface as a 500).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .problems import Problem
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Answer 413 once a request body passes ``max_bytes``, whatever its headers claimed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {"error": f"request body too large: at most {self.max_bytes} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    """The JSON value in ``raw``, or a 400 ``Problem`` saying why it is not acceptable."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise Problem(400, f"JSON nested deeper than {max_depth} levels") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Problem(400, f"request body is not valid JSON: {exc}") from None
+    if _depth(value) > max_depth:
+        raise Problem(400, f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+class JSONGuardRoute(APIRoute):
+    """Check a non-empty body is acceptable JSON before FastAPI parses it for the route."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            raw = await request.body()  # cached on the request; FastAPI reads it again
+            if raw.strip() and request.method in {"POST", "PUT", "PATCH"}:
+                parse_json(raw, request.app.state.settings.max_json_depth)
+            return await handler(request)
+
+        return guarded

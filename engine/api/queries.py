@@ -1,0 +1,77 @@
+"""Query strings as Trigger.dev writes them: ``filter[status]=A,B``, ``page[size]=25``, ...
+
+Each parser turns one raw parameter into an engine value or raises a 400 "Query Error" that
+names the parameter and the value.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TypeVar
+
+from ..durations import parse_duration
+from ..errors import ValidationError
+from ..validation import MAX_PAGE_SIZE
+from .problems import Problem, query_error
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def comma_list(raw: str | None) -> list[str]:
+    return [part.strip() for part in (raw or "").split(",") if part.strip()]
+
+
+def statuses(raw: str | None, enum: type[E], name: str = "filter[status]") -> list[E]:
+    values = comma_list(raw)
+    try:
+        return [enum(value.upper()) for value in values]
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise query_error(f"{name}={raw!r}: use one or more of {allowed}") from None
+
+
+def page_size(raw: str | None) -> int:
+    if raw is None:
+        return 25
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise query_error(f"page[size]={raw!r}: use a whole number from 1 to {MAX_PAGE_SIZE}")
+    return int(raw)
+
+
+def moment(raw: str | None, name: str) -> datetime | None:
+    """Epoch milliseconds or an ISO 8601 date (UTC when it has no offset)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        if raw.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise query_error(f"{name}={raw!r}: use epoch milliseconds or an ISO 8601 date") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def created_range(
+    period: str | None, start: str | None, end: str | None, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """``filter[createdAt][period]`` (e.g. ``24h``) or an explicit ``[from]``/``[to]`` range."""
+    if period:
+        try:
+            return now - parse_duration(period), None
+        except ValidationError as exc:
+            raise query_error(f"filter[createdAt][period]={period!r}: {exc}") from None
+    return moment(start, "filter[createdAt][from]"), moment(end, "filter[createdAt][to]")
+
+
+def deadline(raw: str, now: datetime) -> str | datetime:
+    """A token ``timeout``: a duration (``1h30m``) or a future ISO date (with an offset)."""
+    if raw[:1].isdigit() and any(c in raw for c in "-T:"):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise Problem(422, f"timeout {raw!r} is neither a duration nor an ISO date") from None
+        if parsed.tzinfo is None:
+            raise Problem(422, f"timeout {raw!r} has no timezone offset; add Z or +00:00")
+        return parsed
+    return raw

@@ -1,0 +1,141 @@
+"""Runs and tasks: trigger a task, retrieve, list and cancel runs (Trigger.dev's paths)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from ..models import RunStatus
+from .body import JSONGuardRoute
+from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
+from .problems import Problem
+from .queries import comma_list, created_range, page_size, statuses
+from .wire import page_json, run_json
+
+router = APIRouter(tags=["runs"])
+router.route_class = JSONGuardRoute
+
+_NOT_YET = ("delay", "ttl", "metadata", "maxDuration", "queue", "concurrencyKey", "debounce")
+
+
+class TriggerOptions(BaseModel):
+    """Trigger options; unknown ones the SDK may send (``machine``, ``priority``...) are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    payloadType: str | None = None
+    idempotencyKey: str | None = None
+    idempotencyKeyTTL: str | None = None
+    tags: list[str] | str | None = None
+    maxAttempts: int | None = None
+
+
+class TriggerBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    payload: Any = None
+    options: TriggerOptions | None = None
+
+
+def decode_payload(payload: Any, payload_type: str | None) -> Any:
+    """The payload as JSON, whatever encoding the client chose (superjson from the SDK)."""
+    if payload_type in (None, "application/json"):
+        if isinstance(payload, str) and payload_type == "application/json":
+            return _json_text(payload)
+        return payload
+    if payload_type == "application/super+json":
+        if not isinstance(payload, str):
+            raise Problem(422, "payload: application/super+json payloads are JSON text")
+        decoded = _json_text(payload)
+        return decoded.get("json") if isinstance(decoded, dict) else decoded
+    if payload_type == "text/plain":
+        return payload
+    if payload_type == "application/store":
+        raise Problem(422, "payload: offloaded payloads (application/store) are not supported")
+    raise Problem(422, f"options.payloadType: unsupported payload type {payload_type!r}")
+
+
+def _json_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(422, f"payload: not valid JSON text: {exc}") from None
+
+
+@router.post("/api/v1/tasks/{task_id}/trigger", summary="Trigger a run of a task")
+async def trigger(
+    task_id: str,
+    request: Request,
+    response: Response,
+    engine: EngineDep,
+    _: SecretCaller,
+    body: TriggerBody | None = None,
+) -> dict[str, Any]:
+    reply = await replayed(request, f"trigger:{task_id}")
+    if reply is None:
+        body = body or TriggerBody()
+        options = body.options or TriggerOptions()
+        unsupported = [name for name in _NOT_YET if (options.model_extra or {}).get(name)]
+        if unsupported:
+            raise Problem(422, f"options not supported yet: {', '.join(unsupported)}")
+        run = await engine.trigger(
+            task_id,
+            decode_payload(body.payload, options.payloadType),
+            idempotency_key=options.idempotencyKey,
+            idempotency_key_ttl=options.idempotencyKeyTTL,
+            tags=options.tags,
+            max_attempts=options.maxAttempts,
+        )
+        reply = {"id": run.id, "isCached": run.is_cached}
+        await remember(request, f"trigger:{task_id}", reply)
+    response.headers["x-trigger-jwt"] = auth_of(request).public_token(
+        [f"read:runs:{reply['id']}"], expires_in=3600
+    )
+    response.headers["x-trigger-jwt-claims"] = claims_header()
+    return reply
+
+
+@router.get("/api/v3/runs/{run_id}", summary="Retrieve a run")
+async def retrieve_run(
+    run_id: str, request: Request, engine: EngineDep, who: AnyCaller
+) -> dict[str, Any]:
+    auth_of(request).require(who, f"read:runs:{run_id}")
+    return run_json(await engine.runs.retrieve(run_id))
+
+
+@router.post("/api/v2/runs/{run_id}/cancel", summary="Cancel a run (a finished run is unchanged)")
+async def cancel_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    run = await engine.runs.cancel(run_id)
+    return {"id": run.id}
+
+
+@router.get("/api/v1/runs", summary="List runs, newest first")
+async def list_runs(
+    engine: EngineDep,
+    _: SecretCaller,
+    status: Annotated[str | None, Query(alias="filter[status]")] = None,
+    task: Annotated[str | None, Query(alias="filter[taskIdentifier]")] = None,
+    tag: Annotated[str | None, Query(alias="filter[tag]")] = None,
+    period: Annotated[str | None, Query(alias="filter[createdAt][period]")] = None,
+    created_from: Annotated[str | None, Query(alias="filter[createdAt][from]")] = None,
+    created_to: Annotated[str | None, Query(alias="filter[createdAt][to]")] = None,
+    size: Annotated[str | None, Query(alias="page[size]")] = None,
+    after: Annotated[str | None, Query(alias="page[after]")] = None,
+    before: Annotated[str | None, Query(alias="page[before]")] = None,
+) -> dict[str, Any]:
+    start, end = created_range(period, created_from, created_to, datetime.now(UTC))
+    page = await engine.runs.list(
+        status=statuses(status, RunStatus),
+        task=comma_list(task),
+        tags=comma_list(tag),
+        created_after=start,
+        created_before=end,
+        limit=page_size(size),
+        after=after,
+        before=before,
+    )
+    return page_json(page, [run_json(r) for r in page.data])

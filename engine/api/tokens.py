@@ -1,0 +1,177 @@
+"""``/api/v1/waitpoints/tokens``: create, list, retrieve, complete, cancel, and the callback.
+
+Every completion records how it arrived (``api`` with the secret key, ``public-token``,
+``callback``). One that arrives after the token timed out or was cancelled is refused with
+410 on every route, the callback included, and kept on the token as a late attempt.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models import CompletionSource, WaitpointStatus
+from .auth import Caller
+from .body import JSONGuardRoute, parse_json
+from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
+from .problems import Problem
+from .queries import comma_list, created_range, deadline, page_size, statuses
+from .wire import SDK_VERSION_HEADER, page_json, token_json
+
+router = APIRouter(prefix="/api/v1/waitpoints/tokens", tags=["waitpoint tokens"])
+router.route_class = JSONGuardRoute
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "*",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+class CreateTokenBody(BaseModel):
+    """Options for a new token; ``{}`` makes one that never times out."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    timeout: str | None = Field(
+        default=None, description="A duration such as 1h or 7d, or a future ISO 8601 date"
+    )
+    idempotencyKey: str | None = None
+    idempotencyKeyTTL: str | None = None
+    tags: list[str] | str | None = None
+
+
+class CompleteBody(BaseModel):
+    """The completion: ``data`` is what the waiting run receives (absent: null)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Any = None
+
+
+def _for_sdk(request: Request) -> bool:
+    return SDK_VERSION_HEADER in request.headers
+
+
+@router.post("", summary="Create a waitpoint token")
+async def create_token(
+    request: Request,
+    response: Response,
+    engine: EngineDep,
+    _: SecretCaller,
+    body: CreateTokenBody | None = None,
+) -> dict[str, Any]:
+    reply = await replayed(request, "create-token")
+    if reply is None:
+        options = body or CreateTokenBody()
+        now = datetime.now(UTC)
+        token = await engine.tokens.create(
+            timeout=deadline(options.timeout, now) if options.timeout else None,
+            idempotency_key=options.idempotencyKey,
+            idempotency_key_ttl=options.idempotencyKeyTTL,
+            tags=options.tags,
+        )
+        reply = {"id": token.id, "isCached": token.is_cached, "url": token.url}
+        await remember(request, "create-token", reply)
+    response.headers["x-trigger-jwt"] = auth_of(request).public_token(
+        [f"write:waitpoints:{reply['id']}"]
+    )
+    response.headers["x-trigger-jwt-claims"] = claims_header()
+    return reply
+
+
+@router.get("", summary="List waitpoint tokens, newest first")
+async def list_tokens(
+    request: Request,
+    engine: EngineDep,
+    _: SecretCaller,
+    status: Annotated[str | None, Query(alias="filter[status]")] = None,
+    idempotency_key: Annotated[str | None, Query(alias="filter[idempotencyKey]")] = None,
+    tags: Annotated[str | None, Query(alias="filter[tags]")] = None,
+    period: Annotated[str | None, Query(alias="filter[createdAt][period]")] = None,
+    created_from: Annotated[str | None, Query(alias="filter[createdAt][from]")] = None,
+    created_to: Annotated[str | None, Query(alias="filter[createdAt][to]")] = None,
+    size: Annotated[str | None, Query(alias="page[size]")] = None,
+    after: Annotated[str | None, Query(alias="page[after]")] = None,
+    before: Annotated[str | None, Query(alias="page[before]")] = None,
+) -> dict[str, Any]:
+    wanted = statuses(status, WaitpointStatus)
+    if _for_sdk(request) and WaitpointStatus.TIMED_OUT in wanted:
+        wanted.append(WaitpointStatus.CANCELLED)  # the SDK sees cancelled tokens as TIMED_OUT
+    start, end = created_range(period, created_from, created_to, datetime.now(UTC))
+    page = await engine.tokens.list(
+        status=wanted,
+        tags=comma_list(tags),
+        idempotency_key=idempotency_key,
+        created_after=start,
+        created_before=end,
+        limit=page_size(size),
+        after=after,
+        before=before,
+    )
+    sdk = _for_sdk(request)
+    return page_json(page, [token_json(t, for_sdk=sdk) for t in page.data])
+
+
+@router.get("/{token_id}", summary="Retrieve a waitpoint token")
+async def retrieve_token(
+    token_id: str, request: Request, engine: EngineDep, _: SecretCaller
+) -> dict[str, Any]:
+    token = await engine.tokens.retrieve(token_id)
+    return token_json(token, for_sdk=_for_sdk(request))
+
+
+@router.options("/{token_id}/complete", include_in_schema=False)
+async def complete_preflight(token_id: str) -> Response:
+    """CORS preflight: browsers complete tokens with a public access token from any origin."""
+    return Response(status_code=204, headers=_CORS)
+
+
+@router.post("/{token_id}/complete", summary="Complete a waitpoint token")
+async def complete_token(
+    token_id: str,
+    request: Request,
+    engine: EngineDep,
+    who: AnyCaller,
+    body: CompleteBody | None = None,
+) -> dict[str, Any]:
+    auth_of(request).require(who, f"write:waitpoints:{token_id}")
+    source = _source(who)
+    result = await engine.tokens.complete(token_id, (body or CompleteBody()).data, source=source)
+    return {"success": True, "applied": result.applied}
+
+
+@router.post(
+    "/{token_id}/callback/{signature}",
+    summary="Complete a token through its signed callback URL (the whole body is the data)",
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": {}}}, "required": False}
+    },
+)
+async def callback(
+    token_id: str, signature: str, request: Request, engine: EngineDep
+) -> dict[str, Any]:
+    if "content-length" not in request.headers:
+        raise Problem(411, "send the callback body with a Content-Length header")
+    if not engine.storage.signer.verify(token_id, signature):
+        raise Problem(401, "invalid callback signature")
+    raw = await request.body()
+    data = parse_json(raw, request.app.state.settings.max_json_depth) if raw.strip() else None
+    result = await engine.tokens.complete(token_id, data, source=CompletionSource.CALLBACK)
+    return {"success": True, "applied": result.applied}
+
+
+@router.post("/{token_id}/cancel", summary="Cancel a waitpoint token (waiting runs resume)")
+async def cancel_token(
+    token_id: str, request: Request, engine: EngineDep, _: SecretCaller
+) -> dict[str, Any]:
+    result = await engine.tokens.cancel(token_id, source=CompletionSource.API)
+    return token_json(result.token, for_sdk=_for_sdk(request))
+
+
+def _source(who: Caller) -> CompletionSource:
+    return CompletionSource.API if who.is_secret else CompletionSource.PUBLIC_TOKEN

@@ -21,12 +21,15 @@ import anyio
 import pydantic
 import structlog
 import typer
+import uvicorn
 from anyio.abc import TaskStatus
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .api import create_app
+from .api.auth import KEY_FILE, resolve_secret_key
 from .client import Engine
 from .errors import EngineError, RunFailedError, ValidationError
 from .logs import configure_logging
@@ -61,6 +64,8 @@ Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for
 Statuses = Annotated[list[str] | None, typer.Option("--status", help="Filter (repeatable).")]
 Limit = Annotated[int, typer.Option("--limit", help="Page size (1-100).")]
 After = Annotated[str | None, typer.Option("--after", help="Cursor from the previous page.")]
+Host = Annotated[str, typer.Option("--host", help="Address the API listens on.")]
+Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the API listens on.")]
 TasksModule = Annotated[
     str | None,
     typer.Option(
@@ -119,11 +124,15 @@ def _user_errors() -> Iterator[None]:
         raise
 
 
-def _run(database: str | None, action: Callable[[Engine], Awaitable[T]]) -> T:
+def _run(
+    database: str | None,
+    action: Callable[[Engine], Awaitable[T]],
+    settings: Settings | None = None,
+) -> T:
     """Run ``action`` on an Engine opened for this one command."""
 
     async def body() -> T:
-        async with Engine(database) as engine:
+        async with Engine(database, settings=settings) as engine:
             return await action(engine)
 
     with _user_errors():
@@ -227,39 +236,73 @@ def _show_completion(result: CompletionResult, as_json: bool) -> None:
 # --- workers ---------------------------------------------------------------------------
 
 
-def _serve(database: str | None, module: str | None, concurrency: int | None, dev: bool) -> None:
-    """Load the tasks and run a worker until a signal stops it."""
-    with _user_errors():
-        settings = Settings()
-        module = module or settings.tasks
-        configure_logging("console" if dev else settings.log_format)
-        tasks = load_tasks(module)
+class _APIServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: ours stop the server and the worker together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _api_server(engine: Engine, host: str, port: int) -> tuple[_APIServer, str, bool]:
+    """The API on ``host:port`` (access log off: callback URLs are secrets), and its key."""
+    key, created = resolve_secret_key(engine.settings)
+    config = uvicorn.Config(
+        create_app(engine, secret_key=key),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+    return _APIServer(config), key, created
+
+
+def _api_settings(host: str, port: int) -> Settings:
+    """Settings whose callback URLs point at this server unless WAITPOINT_PUBLIC_URL says else."""
+    settings = Settings()
+    if "public_url" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"public_url": f"http://{host}:{port}"})
+
+
+def _banner(lines: list[str]) -> None:
+    Console(stderr=True, highlight=False).print("\n".join(lines), markup=False)
+
+
+def _key_line(key: str, created: bool, settings: Settings) -> str:
+    if settings.secret_key:
+        return "secret key: from WAITPOINT_SECRET_KEY"
+    if created:
+        return f"secret key: {key}  (new; kept in {KEY_FILE}, shown only this once)"
+    return f"secret key: in {KEY_FILE}"
+
+
+def _load(module: str | None, settings: Settings) -> tuple[str, dict[str, TaskDefinition]]:
+    module = module or settings.tasks
+    tasks = load_tasks(module)
     if not tasks:
         raise _fail(f"no tasks found in module {module!r}: decorate async functions with @task")
-
-    async def work(engine: Engine) -> None:
-        if dev:
-            Console(stderr=True).print(
-                Text(f"waitpoint dev  database: {engine.settings.database_url}\n", style="bold"),
-                Text(f"tasks from {module!r}: {', '.join(sorted(tasks))}"),
-                sep="",
-            )
-        await _work(engine, tasks, concurrency)
-
-    _run(database, work)
+    return module, tasks
 
 
-async def _work(engine: Engine, tasks: dict[str, TaskDefinition], concurrency: int | None) -> None:
-    """Run a worker next to a signal watcher; the watcher ends when the worker does."""
-    worker = Worker(engine, tasks, concurrency=concurrency)
+async def _run_services(worker: Worker | None, server: _APIServer | None) -> None:
+    """Run the worker and/or the API next to a signal watcher, until both have stopped."""
     async with anyio.create_task_group() as group:
-        await group.start(_stop_on_signals, worker)
-        await worker.run()
+        await group.start(_stop_on_signals, worker, server)
+        async with anyio.create_task_group() as services:
+            if server is not None:
+                services.start_soon(server.serve)
+            if worker is not None:
+                services.start_soon(worker.run)
         group.cancel_scope.cancel()
 
 
 async def _stop_on_signals(
-    worker: Worker, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    worker: Worker | None,
+    server: _APIServer | None,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """First SIGINT/SIGTERM drains (finish or park running attempts); a second one hands back.
 
@@ -271,14 +314,57 @@ async def _stop_on_signals(
         graceful = True
         async for signum in signals:
             log.info("worker.stopping", signal=signal.Signals(signum).name, graceful=graceful)
-            worker.stop(graceful=graceful)
+            if worker is not None:
+                worker.stop(graceful=graceful)
+            if server is not None:
+                server.should_exit = True
+                server.force_exit = not graceful
             graceful = False
 
 
 @app.command()
-def dev(database: Database = None, tasks: TasksModule = None) -> None:
-    """Run a worker for local development, with readable logs."""
-    _serve(database, tasks, None, dev=True)
+def dev(
+    database: Database = None,
+    tasks: TasksModule = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8030,
+) -> None:
+    """Run a worker and the API for local development, with readable logs."""
+    with _user_errors():
+        settings = _api_settings(host, port)
+        configure_logging("console")
+        module, found = _load(tasks, settings)
+
+    async def work(engine: Engine) -> None:
+        server, key, created = _api_server(engine, host, port)
+        _banner(
+            [
+                f"waitpoint dev  database: {engine.settings.database_url}",
+                f"tasks from {module!r}: {', '.join(sorted(found))}",
+                f"API: http://{host}:{port}  (docs at http://{host}:{port}/docs)",
+                _key_line(key, created, engine.settings),
+            ]
+        )
+        await _run_services(Worker(engine, found), server)
+
+    _run(database, work, settings)
+
+
+@app.command()
+def serve(database: Database = None, host: Host = "127.0.0.1", port: Port = 8030) -> None:
+    """Run the REST API alone (workers run elsewhere, on the same database)."""
+    with _user_errors():
+        settings = _api_settings(host, port)
+        configure_logging(settings.log_format)
+
+    async def work(engine: Engine) -> None:
+        server, key, created = _api_server(engine, host, port)
+        _banner(
+            [f"waitpoint API on http://{host}:{port}", _key_line(key, created, engine.settings)]
+        )
+        await _run_services(None, server)
+
+    _run(database, work, settings)
 
 
 @app.command()
@@ -290,7 +376,15 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker: claim queued runs of the loaded tasks until SIGINT/SIGTERM."""
-    _serve(database, tasks, concurrency, dev=False)
+    with _user_errors():
+        settings = Settings()
+        configure_logging(settings.log_format)
+        _, found = _load(tasks, settings)
+
+    async def work(engine: Engine) -> None:
+        await _run_services(Worker(engine, found, concurrency=concurrency), None)
+
+    _run(database, work)
 
 
 # --- runs ------------------------------------------------------------------------------

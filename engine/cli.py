@@ -59,6 +59,15 @@ Database = Annotated[
         show_default=False,
     ),
 ]
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url",
+        help="Use the REST API at this URL instead of a database [default: $WAITPOINT_API_URL]; "
+        "the key comes from $WAITPOINT_SECRET_KEY",
+        show_default=False,
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")]
 Statuses = Annotated[list[str] | None, typer.Option("--status", help="Filter (repeatable).")]
@@ -402,6 +411,7 @@ def trigger(
     ] = None,
     as_json: AsJson = False,
     database: Database = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Queue a run of TASK_ID (a worker must have registered it)."""
 
@@ -417,7 +427,7 @@ def trigger(
         except RunFailedError:
             return await engine.runs.retrieve(run.id)
 
-    run = _run(database, action)
+    run = _run(api_url or database, action)
     _show(run, as_json)
     if wait and run.status is not RunStatus.COMPLETED:
         raise _fail(f"run {run.id} ended {run.status.value}")
@@ -432,25 +442,30 @@ def runs_list(
     after: After = None,
     as_json: AsJson = False,
     database: Database = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """List runs, newest first."""
     page = _run(
-        database,
+        api_url or database,
         lambda e: e.runs.list(status=status, task=task, tags=tag, limit=limit, after=after),
     )
     _show_page(page, as_json, RUN_COLUMNS, "runs")
 
 
 @runs_app.command("get")
-def runs_get(run_id: str, as_json: AsJson = False, database: Database = None) -> None:
+def runs_get(
+    run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+) -> None:
     """Show one run."""
-    _show(_run(database, lambda e: e.runs.retrieve(run_id)), as_json)
+    _show(_run(api_url or database, lambda e: e.runs.retrieve(run_id)), as_json)
 
 
 @runs_app.command("cancel")
-def runs_cancel(run_id: str, as_json: AsJson = False, database: Database = None) -> None:
+def runs_cancel(
+    run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+) -> None:
     """Cancel a run that has not finished."""
-    _show(_run(database, lambda e: e.runs.cancel(run_id)), as_json)
+    _show(_run(api_url or database, lambda e: e.runs.cancel(run_id)), as_json)
 
 
 # --- tokens ----------------------------------------------------------------------------
@@ -463,6 +478,7 @@ def tokens_create(
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     as_json: AsJson = False,
     database: Database = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Create a waitpoint token."""
 
@@ -471,7 +487,7 @@ def tokens_create(
             timeout=timeout, tags=tag, idempotency_key=idempotency_key
         )
 
-    _show(_run(database, action), as_json)
+    _show(_run(api_url or database, action), as_json)
 
 
 @tokens_app.command("list")
@@ -482,18 +498,22 @@ def tokens_list(
     after: After = None,
     as_json: AsJson = False,
     database: Database = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """List tokens, newest first."""
     page = _run(
-        database, lambda e: e.tokens.list(status=status, tags=tag, limit=limit, after=after)
+        api_url or database,
+        lambda e: e.tokens.list(status=status, tags=tag, limit=limit, after=after),
     )
     _show_page(page, as_json, TOKEN_COLUMNS, "tokens")
 
 
 @tokens_app.command("get")
-def tokens_get(token_id: str, as_json: AsJson = False, database: Database = None) -> None:
+def tokens_get(
+    token_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+) -> None:
     """Show one token."""
-    _show(_run(database, lambda e: e.tokens.retrieve(token_id)), as_json)
+    _show(_run(api_url or database, lambda e: e.tokens.retrieve(token_id)), as_json)
 
 
 @tokens_app.command("complete")
@@ -502,6 +522,7 @@ def tokens_complete(
     data: Annotated[str | None, typer.Option("--data", help="JSON completion data.")] = None,
     as_json: AsJson = False,
     database: Database = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Complete a WAITING token; the runs waiting on it resume with the data."""
 
@@ -509,12 +530,15 @@ def tokens_complete(
         value = _json_option(data, "--data")
         return await engine.tokens.complete(token_id, value, source=CompletionSource.CLI)
 
-    _show_completion(_run(database, action), as_json)
+    _show_completion(_run(api_url or database, action), as_json)
 
 
 @tokens_app.command("cancel")
-def tokens_cancel(token_id: str, as_json: AsJson = False, database: Database = None) -> None:
+def tokens_cancel(
+    token_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+) -> None:
     """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError."""
     _show_completion(
-        _run(database, lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI)), as_json
+        _run(api_url or database, lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI)),
+        as_json,
     )

@@ -54,6 +54,7 @@ from .storage import (
 )
 from .validation import (
     check_against_schema,
+    check_schema,
     clean_limit,
     clean_optional_text,
     clean_statuses,
@@ -83,19 +84,24 @@ def token_request(
     idempotency_key: str | None = None,
     idempotency_key_ttl: str | timedelta | None = None,
     tags: list[str] | str | None = None,
-    schema: type[BaseModel] | None = None,
+    schema: type[BaseModel] | dict[str, Any] | None = None,
 ) -> NewToken:
-    """Validate ``create_token`` arguments into what storage inserts."""
+    """Validate ``create_token`` arguments into what storage inserts.
+
+    ``schema`` is a pydantic model class or a JSON Schema (what the REST API receives).
+    """
     now = from_ms(now_ms)
     timeout_ms = ttl = None
     if timeout is not None:
         deadline, ttl = resolve_deadline(timeout, now)
         timeout_ms = to_ms(deadline)
     data_schema = None
-    if schema is not None:
-        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-            raise ValidationError("schema must be a pydantic model class")
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
         data_schema = schema.model_json_schema()
+    elif isinstance(schema, dict):
+        data_schema = check_schema(schema)
+    elif schema is not None:
+        raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
     key = clean_optional_text(idempotency_key, "idempotency_key")
     return NewToken(
         timeout_ms=timeout_ms,
@@ -129,24 +135,41 @@ def _ms(moment: datetime | None, what: str) -> int | None:
 
 
 class Engine:
-    """Trigger runs, inspect them, and create, complete or cancel tokens."""
+    """Trigger runs, inspect them, and create, complete or cancel tokens.
+
+    ``Engine()`` opens the database of ``WAITPOINT_DATABASE_URL`` (default
+    ``sqlite:///.waitpoint/engine.db``); ``Engine("http://host:8030", api_key=...)`` (or
+    ``WAITPOINT_API_URL`` with ``WAITPOINT_SECRET_KEY``) gives the same facade over the REST
+    API, for scripts without database access.
+    """
 
     def __init__(
         self,
         database_url: str | None = None,
         *,
+        api_key: str | None = None,
         settings: Settings | None = None,
         clock: Clock | None = None,
     ) -> None:
+        from .remote import RemoteAPI, RemoteRuns, RemoteTokens, is_api_url
+
         self.settings = settings or Settings()
-        if database_url is not None:
-            self.settings = self.settings.model_copy(update={"database_url": database_url})
+        target = database_url or self.settings.api_url
         self._clock = clock
         self._storage: Storage | None = None
         self._owns_storage = True
         self._entered: list[contextvars.Token[Engine]] = []
-        self.runs = Runs(self)
-        self.tokens = Tokens(self)
+        self._remote: RemoteAPI | None = None
+        self.runs: Runs
+        self.tokens: Tokens
+        if is_api_url(target):
+            assert target is not None
+            self._remote = RemoteAPI(target, api_key or self.settings.secret_key)
+            self.runs, self.tokens = RemoteRuns(self._remote), RemoteTokens(self._remote)
+            return
+        if target is not None:
+            self.settings = self.settings.model_copy(update={"database_url": target})
+        self.runs, self.tokens = Runs(self), Tokens(self)
 
     @classmethod
     def over(cls, storage: Storage) -> Engine:
@@ -157,12 +180,13 @@ class Engine:
         engine._storage = storage
         engine._owns_storage = False
         engine._entered = []
+        engine._remote = None
         engine.runs = Runs(engine)
         engine.tokens = Tokens(engine)
         return engine
 
     async def open(self) -> Self:
-        if self._storage is None:
+        if self._storage is None and self._remote is None:
             storage = open_storage(
                 self.settings.database_url,
                 public_url=self.settings.public_url,
@@ -175,6 +199,8 @@ class Engine:
         return self
 
     async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
         if self._storage is not None and self._owns_storage:
             await self._storage.close()
             self._storage = None
@@ -196,6 +222,11 @@ class Engine:
 
     @property
     def storage(self) -> Storage:
+        if self._remote is not None:
+            raise ConfigurationError(
+                f"this Engine talks to the API at {self._remote.base_url}; workers and storage "
+                "need a database URL"
+            )
         if self._storage is None:
             raise ConfigurationError("the Engine is not open: use `async with Engine() as engine:`")
         return self._storage
@@ -217,6 +248,15 @@ class Engine:
         max_attempts: int | None = None,
     ) -> Run:
         """Queue a run of ``task_id``; with an idempotency key, a repeat returns the same run."""
+        if self._remote is not None:
+            return await self._remote.trigger(
+                task_id,
+                payload,
+                idempotency_key=idempotency_key,
+                idempotency_key_ttl=idempotency_key_ttl,
+                tags=tags,
+                max_attempts=max_attempts,
+            )
         payload = await self._checked_payload(task_id, payload)
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
@@ -251,6 +291,8 @@ class Engine:
 
     async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is COMPLETED and return it; raise ``RunFailedError`` otherwise."""
+        if self._remote is not None:
+            return await self._remote.wait_for_run(run_id, timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -324,8 +366,9 @@ class Tokens:
         idempotency_key: str | None = None,
         idempotency_key_ttl: str | timedelta | None = None,
         tags: list[str] | str | None = None,
-        schema: type[BaseModel] | None = None,
+        schema: type[BaseModel] | dict[str, Any] | None = None,
     ) -> Token:
+        """A new WAITING token (or the live one with the same idempotency key)."""
         storage = self._engine.storage
         new = token_request(
             storage.now_ms(),
@@ -337,7 +380,7 @@ class Tokens:
         )
         token = await storage.create_token(new)
         log.info("token.created", token_id=token.id, cached=token.is_cached)
-        if schema is not None:
+        if isinstance(schema, type):
             token._data_model = schema
         return token
 

@@ -68,16 +68,18 @@ def clean_optional_text(value: str | None, what: str) -> str | None:
     return value
 
 
-@functools.lru_cache(maxsize=256)
-def _validator(schema_text: str) -> Draft202012Validator:
-    schema = json.loads(schema_text)
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` if it is a valid JSON Schema (2020-12), else a ValidationError saying why."""
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        raise ValidationError(
-            f"the token's schema is not a valid JSON Schema: {exc.message}"
-        ) from exc
-    return Draft202012Validator(schema)
+        raise ValidationError(f"schema is not a valid JSON Schema: {exc.message}") from exc
+    return schema
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_text: str) -> Draft202012Validator:
+    return Draft202012Validator(check_schema(json.loads(schema_text)))
 
 
 def check_against_schema(schema: dict[str, Any], value: Any, what: str) -> Any:

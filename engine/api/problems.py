@@ -52,7 +52,7 @@ def _engine_error(exc: EngineError) -> Problem:
     if isinstance(exc, RunNotFoundError):
         return Problem(404, "Run not found")
     if isinstance(exc, TaskNotFoundError):
-        return Problem(404, "Task not found", detail=str(exc))
+        return Problem(404, "Task not found", detail=str(exc), knownTasks=exc.known)
     if isinstance(exc, NotFoundError):
         return Problem(404, str(exc))
     if isinstance(exc, TokenNotWaitingError):

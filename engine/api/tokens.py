@@ -43,6 +43,11 @@ class CreateTokenBody(BaseModel):
     idempotencyKey: str | None = None
     idempotencyKeyTTL: str | None = None
     tags: list[str] | str | None = None
+    schema_: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="Ours: a JSON Schema that completion data must match (else 422)",
+    )
 
 
 class CompleteBody(BaseModel):
@@ -74,6 +79,7 @@ async def create_token(
             idempotency_key=options.idempotencyKey,
             idempotency_key_ttl=options.idempotencyKeyTTL,
             tags=options.tags,
+            schema=options.schema_,
         )
         reply = {"id": token.id, "isCached": token.is_cached, "url": token.url}
         await remember(request, "create-token", reply)

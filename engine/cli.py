@@ -33,7 +33,16 @@ from .api.auth import KEY_FILE, resolve_secret_key
 from .client import Engine
 from .errors import EngineError, RunFailedError, ValidationError
 from .logs import configure_logging
-from .models import CompletionResult, CompletionSource, Page, Run, RunStatus, Token, WireModel
+from .models import (
+    CompletionResult,
+    CompletionSource,
+    Page,
+    Run,
+    RunStatus,
+    TimelineEntry,
+    Token,
+    WireModel,
+)
 from .registry import TaskDefinition, load_tasks
 from .settings import DEFAULT_DATABASE_URL, Settings
 from .worker import Worker
@@ -456,8 +465,53 @@ def runs_list(
 def runs_get(
     run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
 ) -> None:
-    """Show one run."""
-    _show(_run(api_url or database, lambda e: e.runs.retrieve(run_id)), as_json)
+    """Show one run and, for people, its timeline (what it did, and how each wait ended)."""
+
+    async def action(engine: Engine) -> tuple[Run, list[TimelineEntry]]:
+        return await engine.runs.retrieve(run_id), await engine.runs.timeline(run_id)
+
+    run, timeline = _run(api_url or database, action)
+    _show(run, as_json)
+    if not as_json:
+        _show_timeline(timeline)
+
+
+@runs_app.command("timeline")
+def runs_timeline(
+    run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+) -> None:
+    """Show what a run did: steps, tokens, waits and how each completion arrived."""
+    timeline = _run(api_url or database, lambda e: e.runs.timeline(run_id))
+    if as_json:
+        print(json.dumps([entry.model_dump(mode="json", by_alias=True) for entry in timeline]))
+    else:
+        _show_timeline(timeline)
+
+
+def _show_timeline(timeline: list[TimelineEntry]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
+    for header in ("at", "call", "attempt", "outcome"):
+        table.add_column(header, overflow="fold")
+    for entry in timeline:
+        table.add_row(
+            _cell(entry.at.isoformat()),
+            _cell(entry.key),
+            _cell(entry.attempt),
+            _cell(_outcome(entry)),
+        )
+    Console().print(table)
+
+
+def _outcome(entry: TimelineEntry) -> str:
+    if entry.error is not None:
+        return f"{entry.error.name}: {entry.error.message}"
+    token = entry.token
+    if token is None:
+        return json.dumps(entry.value)
+    if entry.kind == "create_token":
+        return f"created {token.id}"
+    via = f" via {token.completed_via.value}" if token.completed_via else ""
+    return f"{token.id} {token.status.value}{via}: {json.dumps(token.data)}"
 
 
 @runs_app.command("cancel")

@@ -13,6 +13,7 @@ Entering an ``Engine`` also makes it the current one, so the module-level ``crea
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextvars
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -34,10 +35,13 @@ from .errors import (
 from .models import (
     CompletionResult,
     CompletionSource,
+    JournalEntry,
     Page,
     Run,
+    RunError,
     RunStatus,
     TaskInfo,
+    TimelineEntry,
     Token,
     WaitpointStatus,
 )
@@ -119,6 +123,29 @@ def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> in
     if key is None:
         raise ValidationError("idempotency_key_ttl needs an idempotency_key")
     return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
+
+
+def timeline_entry(entry: JournalEntry) -> TimelineEntry:
+    base, _, _ = entry.key.rpartition("#")
+    kind, _, name = base.partition(":")
+    token = error = value = None
+    if entry.is_error:
+        error = RunError.model_validate(entry.value)
+    elif kind in ("create_token", "wait_for_token") and isinstance(entry.value, dict):
+        token = Token.model_validate(entry.value)
+    else:
+        value = entry.value
+    return TimelineEntry(
+        key=entry.key,
+        kind=kind,
+        name=name,
+        attempt=entry.attempt,
+        at=from_ms(entry.recorded_ms),
+        ok=not entry.is_error,
+        value=value,
+        error=error,
+        token=token,
+    )
 
 
 def page_request(limit: int, after: str | None, before: str | None) -> PageRequest:
@@ -347,6 +374,11 @@ class Runs:
             created_to_ms=_ms(created_before, "created_before"),
         )
         return await self._engine.storage.list_runs(filter, page_request(limit, after, before))
+
+    async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
+        """What the run did, oldest first: steps, tokens created, waits and how they ended."""
+        entries = await self._engine.storage.get_journal(run_id)
+        return [timeline_entry(entry) for entry in entries]
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""

@@ -164,6 +164,26 @@ class Run(WireModel):
         return self.status.is_terminal
 
 
+class TimelineEntry(WireModel):
+    """One durable call of a run as the journal recorded it: the run's audit trail.
+
+    For ``create_token`` and ``wait_for_token`` the token is the one recorded then: for a wait,
+    how it closed, when, and how the completion arrived (``completedVia``).
+    """
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"error", "token", "value"})
+
+    key: str
+    kind: str
+    name: str
+    attempt: int
+    at: datetime
+    ok: bool
+    value: Any = None
+    error: RunError | None = None
+    token: Token | None = None
+
+
 class Page(BaseModel, Generic[T]):
     """One page of a list; pass ``next_cursor`` as ``after`` to get the next one."""
 
@@ -230,6 +250,7 @@ class JournalEntry:
     position: int
     is_error: bool
     value: Any
+    recorded_ms: int = 0
 
 
 @dataclass(frozen=True)

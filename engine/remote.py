@@ -11,6 +11,7 @@ local engine raises.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from .models import (
     Page,
     Run,
     RunStatus,
+    TimelineEntry,
     Token,
     WaitpointStatus,
 )
@@ -154,6 +156,10 @@ class RemoteRuns(Runs):
             params["filter[taskIdentifier]"] = _commas(task)
         reply = await self._api.call("GET", "/api/v1/runs", params=params)
         return _page(reply, Run)
+
+    async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
+        reply = await self._api.call("GET", f"/api/v1/runs/{run_id}/timeline")
+        return [TimelineEntry.model_validate(item) for item in reply["data"]]
 
     async def cancel(self, run_id: str) -> Run:
         await self._api.call("POST", f"/api/v2/runs/{run_id}/cancel")

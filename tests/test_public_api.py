@@ -32,6 +32,7 @@ EXPECTED_ALL = [
     "StorageError",
     "TaskDefinition",
     "TaskNotFoundError",
+    "TimelineEntry",
     "Token",
     "TokenNotFoundError",
     "TokenNotWaitingError",

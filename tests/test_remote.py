@@ -115,6 +115,10 @@ async def test_remote_engine_drives_a_run_through_the_api(server: str) -> None:
         assert done.output == {"payload": {"n": 1}, "data": {"approved": True}}
         listed = await engine.runs.list(status="COMPLETED", task="remote-flow", tags=["r"])
         assert [r.id for r in listed.data] == [run.id]
+        timeline = await engine.runs.timeline(run.id)
+        assert [e.kind for e in timeline] == ["create_token", "wait_for_token"]
+        waited = timeline[1].token
+        assert waited is not None and waited.completed_via == "api"
 
 
 async def test_remote_engine_raises_the_same_errors_as_the_local_one(server: str) -> None:

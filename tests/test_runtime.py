@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from engine import (
+    CompletionSource,
     ConfigurationError,
     Engine,
     NotInRunError,
@@ -447,3 +448,24 @@ async def test_executing_past_max_duration_times_the_run_out_without_retry(
     assert timed_out.error is not None
     assert timed_out.error.name == "engine.errors.MaxDurationExceededError"
     assert timed_out.attempt_count == 1
+
+
+async def test_timeline_shows_steps_tokens_and_how_each_wait_ended(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([caught_error_task])
+    run = await engine.trigger("rt-caught-step-error")
+    token_id = await waiting_token(engine, run.id)
+    await engine.tokens.complete(token_id, {"approved": True}, source=CompletionSource.CLI)
+    await engine.wait_for_run(run.id, timeout=10)
+    timeline = await engine.runs.timeline(run.id)
+    assert [(e.kind, e.name, e.ok) for e in timeline] == [
+        ("step", "explode", False),
+        ("create_token", "", True),
+        ("wait_for_token", token_id, True),
+    ]
+    assert timeline[0].error is not None and timeline[0].error.name == "KeyError"
+    wait = timeline[2].token
+    assert wait is not None and wait.status == "COMPLETED" and wait.completed_via == "cli"
+    assert wait.data == {"approved": True}
+    assert timeline[0].at <= timeline[1].at <= timeline[2].at

@@ -107,6 +107,12 @@ async def retrieve_run(
     return run_json(await engine.runs.retrieve(run_id))
 
 
+@router.get("/api/v1/runs/{run_id}/timeline", summary="What a run did (ours): the audit trail")
+async def run_timeline(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    entries = await engine.runs.timeline(run_id)
+    return {"data": [entry.model_dump(mode="json", by_alias=True) for entry in entries]}
+
+
 @router.post("/api/v2/runs/{run_id}/cancel", summary="Cancel a run (a finished run is unchanged)")
 async def cancel_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
     run = await engine.runs.cancel(run_id)

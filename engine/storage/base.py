@@ -17,6 +17,7 @@ from ..models import (
     ClaimedRun,
     CompletionResult,
     CompletionSource,
+    JournalEntry,
     Page,
     Run,
     RunError,
@@ -114,6 +115,10 @@ class Storage(Protocol):
     async def get_run(self, run_id: str) -> Run: ...
 
     async def list_runs(self, filter: RunFilter, page: PageRequest) -> Page[Run]: ...
+
+    async def get_journal(self, run_id: str) -> list[JournalEntry]:
+        """Every journal entry of the run, oldest first."""
+        ...
 
     async def cancel_run(self, run_id: str) -> Run:
         """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged."""

@@ -90,4 +90,5 @@ def journal_from_row(row: RowLike) -> JournalEntry:
         position=row["position"],
         is_error=bool(row["is_error"]),
         value=load_json(row["value"]),
+        recorded_ms=row["created_at"],
     )

@@ -35,6 +35,7 @@ from ..models import (
     ClaimedRun,
     CompletionResult,
     CompletionSource,
+    JournalEntry,
     LateCompletion,
     Page,
     Run,
@@ -333,6 +334,13 @@ class SQLiteStorage:
             return [], None, None
         previous = rows[0]["id"] if page.after is not None else None
         return rows, rows[-1]["id"] if older else None, previous
+
+    async def get_journal(self, run_id: str) -> list[JournalEntry]:
+        await self.get_run(run_id)  # RunNotFoundError for an unknown id
+        rows = await self._read(
+            "SELECT * FROM journal WHERE run_id = ? ORDER BY created_at, position", (run_id,)
+        )
+        return [journal_from_row(r) for r in rows]
 
     async def cancel_run(self, run_id: str) -> Run:
         def op(conn: Conn) -> None:

@@ -285,6 +285,53 @@ await step("listTokens-completed", async () => {
   return { ids };
 });
 
+// ------------------------------------------------------------------ a cancelled token (ours)
+// Trigger.dev has no token cancel and the SDK's status enum has no CANCELLED: one such token
+// would make retrieveToken and every listTokens() page throw. The reference says requests with
+// x-trigger-api-version (the SDK's) see it as TIMED_OUT with an error output; other clients
+// see CANCELLED; a completion that arrives after the cancel is refused with 410 (not retried).
+const tokenD = await step("cancelToken-raw-http", async () => {
+  const t = await wait.createToken({ tags: [TAG, "cancelled"] });
+  const res = await fetch(`${API_URL.replace(/\/+$/, "")}/api/v1/waitpoints/tokens/${t.id}/cancel`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${SECRET}` },
+  });
+  const text = await res.text();
+  check(res.status === 200, `cancel must answer 200, got ${res.status}`, text);
+  const body = JSON.parse(text);
+  check(body.id === t.id && body.status === "CANCELLED", "a non-SDK client must see CANCELLED", body);
+  return { value: t, id: t.id, status: body.status };
+});
+
+await step("retrieveToken-cancelled-as-timed-out", async () => {
+  check(tokenD, "needs cancelToken-raw-http");
+  const t = await wait.retrieveToken(tokenD.id);
+  check(t.status === "TIMED_OUT", `the SDK must see a cancelled token as TIMED_OUT, got ${t.status}`);
+  check(t.error instanceof Error, "error must be set (outputIsError: true)", t.error);
+  check(t.output === undefined, "no output for a cancelled token", t.output);
+  check(isDate(t.completedAt), "completedAt must be a date", t.completedAt);
+  return { status: t.status, error: t.error.message };
+});
+
+await step("listTokens-with-a-cancelled-token", async () => {
+  check(tokenD, "needs cancelToken-raw-http");
+  const all = [];
+  for await (const t of wait.listTokens({ tags: [TAG] })) all.push({ id: t.id, status: t.status });
+  check(all.some((t) => t.id === tokenD.id && t.status === "TIMED_OUT"), "the cancelled token must be listed as TIMED_OUT", all);
+  const timedOut = [];
+  for await (const t of wait.listTokens({ status: "TIMED_OUT", tags: [TAG] })) timedOut.push(t.id);
+  check(isDeepStrictEqual(timedOut, [tokenD.id]), "filter[status]=TIMED_OUT must list the cancelled token", timedOut);
+  return { all, timedOut };
+});
+
+await step("completeToken-cancelled-410", async () => {
+  check(tokenD, "needs cancelToken-raw-http");
+  const started = Date.now();
+  const r = await expectStatus(() => wait.completeToken(tokenD.id, { late: true }), [410]);
+  check(Date.now() - started < 5000, "a late completion must fail fast (no SDK retries)");
+  return r;
+});
+
 await step("retrieveToken-unknown-404", async () => {
   const started = Date.now();
   const r = await expectStatus(() => wait.retrieveToken("waitpoint_doesnotexist000000000000"), [404]);

@@ -92,12 +92,15 @@ const tokenKeys = new Map(); // idempotencyKey -> id
 const runs = new Map();
 const runKeys = new Map();
 
-function tokenJson(t, baseUrl) {
+// What a client is shown: the SDK (it sends x-trigger-api-version) knows no CANCELLED status.
+const shownStatus = (t, forSdk) => (t.status === "CANCELLED" && forSdk ? "TIMED_OUT" : t.status);
+
+function tokenJson(t, baseUrl, forSdk = true) {
   // SDK-facing shape: optional fields are OMITTED when absent, never null.
   const out = {
     id: t.id,
     url: `${baseUrl}/api/v1/waitpoints/tokens/${t.id}/callback/${callbackSignature(t.id)}`,
-    status: t.status,
+    status: shownStatus(t, forSdk),
     tags: t.tags,
     createdAt: iso(t.createdAt),
   };
@@ -110,8 +113,9 @@ function tokenJson(t, baseUrl) {
   if (t.status !== "WAITING" && t.data !== undefined) {
     out.output = JSON.stringify(t.data);
     out.outputType = "application/json";
-    out.outputIsError = false;
+    out.outputIsError = t.status !== "COMPLETED";
   }
+  if (t.status === "CANCELLED") out.cancelled = true;
   // Seed-schema spellings: the SDK strips unknown keys, so these are harmless to it.
   out.ttl = t.ttl ?? null;
   out.expiresAt = t.timeoutAt !== undefined ? iso(t.timeoutAt) : null;
@@ -188,14 +192,14 @@ function auth(req) {
 
 const listError = (details) => [400, { error: "Query Error", details }];
 
-function listTokens(url, baseUrl) {
+function listTokens(url, baseUrl, forSdk) {
   const q = url.searchParams;
   let items = [...tokens.values()].sort((a, b) => b.seq - a.seq); // newest first
   const statuses = q.get("filter[status]")?.split(",").filter(Boolean);
   if (statuses) {
-    const bad = statuses.filter((s) => !["WAITING", "COMPLETED", "TIMED_OUT"].includes(s));
+    const bad = statuses.filter((s) => !["WAITING", "COMPLETED", "TIMED_OUT", "CANCELLED"].includes(s));
     if (bad.length) return listError([{ path: ["filter[status]"], message: `invalid status ${bad.join(",")}` }]);
-    items = items.filter((t) => statuses.includes(t.status));
+    items = items.filter((t) => statuses.includes(shownStatus(t, forSdk)));
   }
   const tags = q.get("filter[tags]")?.split(",").filter(Boolean);
   if (tags) items = items.filter((t) => t.tags.some((tag) => tags.includes(tag)));
@@ -226,8 +230,11 @@ function listTokens(url, baseUrl) {
   const pagination = {};
   if (hasMoreAfter && page.length) pagination.next = cursor(page[page.length - 1]);
   if (hasMoreBefore && page.length) pagination.previous = cursor(page[0]);
-  return [200, { data: page.map((t) => tokenJson(t, baseUrl)), pagination }];
+  return [200, { data: page.map((t) => tokenJson(t, baseUrl, forSdk)), pagination }];
 }
+
+// A completion after the token closed without data (timed out, cancelled): 410, never a silent 200.
+const lateAnswer = (t) => [410, { error: `waitpoint ${t.id} is ${t.status}`, status: t.status, closedAt: iso(t.completedAt) }];
 
 function complete(t, data) {
   if (t.status === "WAITING") {
@@ -242,6 +249,7 @@ async function handle(req, res) {
   const baseUrl = `http://${req.headers.host}`;
   const path = url.pathname;
   const method = req.method;
+  const forSdk = req.headers["x-trigger-api-version"] !== undefined;
   let raw = "";
   if (method !== "GET" && method !== "OPTIONS") raw = await readBody(req);
   if (LOG) {
@@ -279,6 +287,7 @@ async function handle(req, res) {
     if (req.headers["content-length"] === undefined) return send(res, 411, { error: "Content-Length required" });
     const data = json();
     if (data === Symbol.for("invalid")) return send(res, 400, { error: "Body must be JSON" });
+    if (t.status === "CANCELLED" || t.status === "TIMED_OUT") return send(res, ...lateAnswer(t));
     complete(t, raw ? data : null);
     return send(res, 200, { success: true });
   }
@@ -299,6 +308,7 @@ async function handle(req, res) {
     }
     const extra = Object.keys(b).filter((k) => k !== "data");
     if (extra.length) return send(res, 422, { error: `Unknown key ${extra[0]}: put the completion payload under "data"` });
+    if (t.status === "CANCELLED" || t.status === "TIMED_OUT") return send(res, ...lateAnswer(t));
     complete(t, b.data);
     return send(res, 200, { success: true });
   }
@@ -341,14 +351,26 @@ async function handle(req, res) {
   }
 
   if (path === "/api/v1/waitpoints/tokens" && method === "GET") {
-    const [status, payload] = listTokens(url, baseUrl);
+    const [status, payload] = listTokens(url, baseUrl, forSdk);
     return send(res, status, payload);
   }
 
   if ((m = /^\/api\/v1\/waitpoints\/tokens\/([^/]+)$/.exec(path)) && method === "GET") {
     const t = tokens.get(m[1]);
     if (!t) return send(res, 404, { error: "Waitpoint not found" });
-    return send(res, 200, tokenJson(t, baseUrl));
+    return send(res, 200, tokenJson(t, baseUrl, forSdk));
+  }
+
+  // cancel (ours; Trigger.dev has none): a WAITING token closes with an error output
+  if ((m = /^\/api\/v1\/waitpoints\/tokens\/([^/]+)\/cancel$/.exec(path)) && method === "POST") {
+    const t = tokens.get(m[1]);
+    if (!t) return send(res, 404, { error: "Waitpoint not found" });
+    if (t.status === "WAITING") {
+      t.status = "CANCELLED";
+      t.completedAt = Date.now();
+      t.data = { code: "WAITPOINT_CANCELLED", message: `waitpoint ${t.id} was cancelled` };
+    }
+    return send(res, 200, tokenJson(t, baseUrl, forSdk));
   }
 
   if ((m = /^\/api\/v1\/tasks\/([^/]+)\/trigger$/.exec(path)) && method === "POST") {

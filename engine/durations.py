@@ -77,6 +77,8 @@ def resolve_deadline(value: Timeout, now: datetime) -> tuple[datetime, str | Non
             )
         if value <= now:
             raise ValidationError(f"timeout {value.isoformat()} is in the past")
+        if value - now > _LONGEST:
+            raise ValidationError(f"timeout {value.isoformat()} is more than 100 years away")
         return value.astimezone(UTC), None
     delta = to_timedelta(value)
     text = value.strip() if isinstance(value, str) else format_duration(delta)

@@ -106,10 +106,16 @@ def _depth(value: Any) -> int:
 
 
 class JSONGuardRoute(APIRoute):
-    """Check a non-empty body is acceptable JSON before FastAPI parses it for the route."""
+    """Check a non-empty body is acceptable JSON before FastAPI parses it for the route.
+
+    Routes that read their body themselves (the callback checks its signature first) opt out
+    by declaring no body model.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
 
         async def guarded(request: Request) -> Response:
             raw = await request.body()  # cached on the request; FastAPI reads it again

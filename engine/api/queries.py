@@ -34,7 +34,7 @@ def statuses(raw: str | None, enum: type[E], name: str = "filter[status]") -> li
 def page_size(raw: str | None) -> int:
     if raw is None:
         return 25
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise query_error(f"page[size]={raw!r}: use a whole number from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
 

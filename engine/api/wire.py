@@ -74,6 +74,7 @@ def run_json(run: Run) -> dict[str, Any]:
             "baseCostInCents": 0,
             "isTest": False,
             "relatedRuns": {},
+            "env": {"id": "waitpoint", "name": "waitpoint"},
         }
     )
     return body

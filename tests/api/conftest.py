@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -149,9 +149,6 @@ async def _validate_tokens(response: httpx.Response) -> None:
         if "x-trigger-api-version" in response.request.headers:
             assert not sdk_nulls(token), sdk_nulls(token)
             assert token["status"] != "CANCELLED"
-
-
-ClientFactory = Callable[..., Any]
 
 
 @asynccontextmanager

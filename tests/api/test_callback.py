@@ -176,9 +176,7 @@ async def test_callback_for_unknown_token_with_made_up_signature_is_401(
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
-async def test_callback_url_with_other_methods_is_405(
-    api: httpx.AsyncClient, method: str
-) -> None:
+async def test_callback_url_with_other_methods_is_405(api: httpx.AsyncClient, method: str) -> None:
     token_id, path = await waiting_token(api)
     response = await api.request(method, path)
     assert response.status_code == 405
@@ -195,6 +193,25 @@ async def test_callback_without_content_length_is_411(api: httpx.AsyncClient) ->
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in response.request.headers
     assert response.status_code == 411
+    await assert_untouched(api, token_id)
+
+
+async def test_chunked_callback_is_411_before_its_body_is_looked_at(
+    api: httpx.AsyncClient,
+) -> None:
+    token_id, path = await waiting_token(api)
+    response = await api.post(path, content=chunks(b"not ", b"json"))
+    assert response.status_code == 411
+    await assert_untouched(api, token_id)
+
+
+async def test_callback_with_a_wrong_signature_is_401_whatever_its_body(
+    api: httpx.AsyncClient,
+) -> None:
+    token_id, path = await waiting_token(api)
+    wrong = path[:-1] + ("0" if path[-1] != "0" else "1")
+    response = await api.post(wrong, content=b"not json")
+    assert response.status_code == 401
     await assert_untouched(api, token_id)
 
 
@@ -312,12 +329,17 @@ async def test_chunked_complete_body_under_the_limit_is_accepted(
     assert (await get_token(small_api, token_id))["data"] == {"ok": True}
 
 
+@pytest.mark.parametrize("sending", ["content-length", "chunked"])
 async def test_complete_body_over_the_limit_is_413_with_allow_origin(
-    small_api: httpx.AsyncClient,
+    small_api: httpx.AsyncClient, sending: str
 ) -> None:
     token_id, _ = await waiting_token(small_api)
+    big = json.dumps({"data": "x" * LIMIT}).encode()
+    content: bytes | AsyncIterator[bytes] = big if sending == "content-length" else chunks(big)
     response = await small_api.post(
-        f"{TOKENS}/{token_id}/complete", json={"data": "x" * LIMIT}, headers=AUTH
+        f"{TOKENS}/{token_id}/complete",
+        content=content,
+        headers={**AUTH, "content-type": "application/json", "Origin": "https://a.example"},
     )
     assert response.status_code == 413
     assert response.headers.get("access-control-allow-origin") == "*"

@@ -185,7 +185,9 @@ async def test_typed_token_refuses_bad_data_with_422_naming_the_field(
     assert "reviewer" not in error.split("schema:", 1)[-1]
     await assert_untouched(api, token.id)
 
-    missing = await api.post(complete_path(token.id), json={"data": {"approved": True}}, headers=AUTH)
+    missing = await api.post(
+        complete_path(token.id), json={"data": {"approved": True}}, headers=AUTH
+    )
     assert missing.status_code == 422
     assert "reviewer" in missing.json()["error"]
     await assert_untouched(api, token.id)
@@ -273,8 +275,9 @@ async def test_public_token_is_403_on_routes_that_need_the_secret_key(
         "create": TOKENS,
         "cancel": f"{TOKENS}/{token_id}/cancel",
     }[route]
-    response = await api.request(method, path, json={} if method == "POST" else None,
-                                 headers=bearer(public))
+    response = await api.request(
+        method, path, json={} if method == "POST" else None, headers=bearer(public)
+    )
     assert response.status_code == 403, response.text
     assert "secret key" in response.json()["error"]
     assert await token_row_count(engine) == 1
@@ -305,8 +308,15 @@ async def test_invalid_public_access_token_is_401(api: httpx.AsyncClient, case: 
     if case == "expired":
         credential = sign_jwt(scopes, iat=_now() - 7200, exp=_now() - 60)
     elif case == "alg-none":
-        claims = {"sub": "w", "pub": True, "scopes": scopes, "iss": "https://id.trigger.dev",
-                  "aud": "https://api.trigger.dev", "iat": _now(), "exp": _now() + 600}
+        claims = {
+            "sub": "w",
+            "pub": True,
+            "scopes": scopes,
+            "iss": "https://id.trigger.dev",
+            "aud": "https://api.trigger.dev",
+            "iat": _now(),
+            "exp": _now() + 600,
+        }
         credential = unsigned_jwt(claims)
     elif case == "alg-none-with-signature-of-hs256":
         signed = sign_jwt(scopes)
@@ -319,17 +329,21 @@ async def test_invalid_public_access_token_is_401(api: httpx.AsyncClient, case: 
     elif case == "other-key":
         credential = sign_jwt(scopes, key="another-secret-key-of-at-least-32-bytes!!")
     elif case == "no-exp":
-        claims = {"sub": "w", "pub": True, "scopes": scopes, "iss": "https://id.trigger.dev",
-                  "aud": "https://api.trigger.dev", "iat": _now()}
+        claims = {
+            "sub": "w",
+            "pub": True,
+            "scopes": scopes,
+            "iss": "https://id.trigger.dev",
+            "aud": "https://api.trigger.dev",
+            "iat": _now(),
+        }
         credential = jwt.encode(claims, KEY, algorithm="HS256")
     elif case == "garbage-with-two-dots":
         credential = "not.a.jwt"
     else:
         claims = jwt.decode(sign_jwt(scopes), options={"verify_signature": False})
         credential = jwt.encode({**claims, "scopes": scopes[0]}, KEY, algorithm="HS256")
-    response = await api.post(
-        complete_path(token_id), json={"data": 1}, headers=bearer(credential)
-    )
+    response = await api.post(complete_path(token_id), json={"data": 1}, headers=bearer(credential))
     assert response.status_code == 401, response.text
     assert response.json()["error"]
     if case == "expired":
@@ -340,9 +354,15 @@ async def test_invalid_public_access_token_is_401(api: httpx.AsyncClient, case: 
 async def test_hs512_token_signed_with_the_secret_key_is_401(api: httpx.AsyncClient) -> None:
     """The algorithm allow-list is HS256 only, even with the right key."""
     token_id = await new_token(api)
-    claims = {"sub": "w", "pub": True, "scopes": [f"write:waitpoints:{token_id}"],
-              "iss": "https://id.trigger.dev", "aud": "https://api.trigger.dev",
-              "iat": _now(), "exp": _now() + 600}
+    claims = {
+        "sub": "w",
+        "pub": True,
+        "scopes": [f"write:waitpoints:{token_id}"],
+        "iss": "https://id.trigger.dev",
+        "aud": "https://api.trigger.dev",
+        "iat": _now(),
+        "exp": _now() + 600,
+    }
     credential = jwt.encode(claims, KEY * 2, algorithm="HS512")
     response = await api.post(complete_path(token_id), json={"data": 1}, headers=bearer(credential))
     assert response.status_code == 401

@@ -14,6 +14,7 @@ import jwt
 import pytest
 
 from engine import Engine
+from engine.api.auth import AUDIENCE, ISSUER
 
 from .conftest import (
     AUTH,
@@ -22,19 +23,15 @@ from .conftest import (
     TOKENS,
     check_token,
     create_token,
+    fire_timers_later,
     get_token,
     new_token,
     path_of,
     sdk_nulls,
     token_row_count,
 )
-from engine.api.auth import AUDIENCE, ISSUER
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def iso(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
 
 
 def parse(text: str) -> datetime:
@@ -123,7 +120,9 @@ async def test_create_with_duration_timeout_sets_ttl_and_deadline(
     assert token["ttl"] == "1h30m"
     deadline = parse(token["expiresAt"])
     slack = timedelta(seconds=1)
-    assert before + timedelta(minutes=90) - slack <= deadline <= after + timedelta(minutes=90) + slack
+    assert (
+        before + timedelta(minutes=90) - slack <= deadline <= after + timedelta(minutes=90) + slack
+    )
     assert token["timeoutAt"] == token["expiresAt"]
 
 
@@ -162,9 +161,7 @@ async def test_create_with_one_tag_as_a_string_stores_a_list(api: httpx.AsyncCli
 async def test_create_with_eleven_tags_is_refused_naming_the_count(
     api: httpx.AsyncClient, engine: Engine
 ) -> None:
-    response = await api.post(
-        TOKENS, json={"tags": [f"t{i}" for i in range(11)]}, headers=AUTH
-    )
+    response = await api.post(TOKENS, json={"tags": [f"t{i}" for i in range(11)]}, headers=AUTH)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert "11" in error
@@ -403,7 +400,11 @@ async def test_list_combines_filters(api: httpx.AsyncClient) -> None:
     done = await new_token(api, tags=["team"])
     await complete(api, done)
     await new_token(api, tags=["other"])
-    params = {"filter[tags]": "team", "filter[status]": "WAITING", "filter[createdAt][period]": "1h"}
+    params = {
+        "filter[tags]": "team",
+        "filter[status]": "WAITING",
+        "filter[createdAt][period]": "1h",
+    }
     assert ids(await list_tokens(api, params)) == [match]
 
 
@@ -476,9 +477,7 @@ async def test_exact_multiple_of_page_size_has_no_empty_last_page(
 ) -> None:
     newest_first = await _tokens(api, 4)
     first = await list_tokens(api, {"page[size]": "2"})
-    second = await list_tokens(
-        api, {"page[size]": "2", "page[after]": first["pagination"]["next"]}
-    )
+    second = await list_tokens(api, {"page[size]": "2", "page[after]": first["pagination"]["next"]})
     assert ids(first) + ids(second) == newest_first
     assert "next" not in second["pagination"]
 
@@ -488,12 +487,8 @@ async def test_previous_cursor_of_a_later_page_returns_the_page_before(
 ) -> None:
     newest_first = await _tokens(api, 7)
     first = await list_tokens(api, {"page[size]": "3"})
-    second = await list_tokens(
-        api, {"page[size]": "3", "page[after]": first["pagination"]["next"]}
-    )
-    third = await list_tokens(
-        api, {"page[size]": "3", "page[after]": second["pagination"]["next"]}
-    )
+    second = await list_tokens(api, {"page[size]": "3", "page[after]": first["pagination"]["next"]})
+    third = await list_tokens(api, {"page[size]": "3", "page[after]": second["pagination"]["next"]})
     assert ids(third) == newest_first[6:]
     back_to_second = await list_tokens(
         api, {"page[size]": "3", "page[before]": third["pagination"]["previous"]}
@@ -512,9 +507,7 @@ async def test_before_wins_when_both_after_and_before_are_given(
 ) -> None:
     newest_first = await _tokens(api, 6)
     first = await list_tokens(api, {"page[size]": "2"})
-    second = await list_tokens(
-        api, {"page[size]": "2", "page[after]": first["pagination"]["next"]}
-    )
+    second = await list_tokens(api, {"page[size]": "2", "page[after]": first["pagination"]["next"]})
     both = await list_tokens(
         api,
         {
@@ -553,8 +546,6 @@ async def test_empty_list_has_no_cursors(api: httpx.AsyncClient) -> None:
 async def test_every_token_state_validates_against_seed_schema_with_and_without_sdk_header(
     api: httpx.AsyncClient, db_url: str
 ) -> None:
-    from .conftest import fire_timers_later
-
     waiting = await new_token(api, timeout="1h", tags=["s"], idempotencyKey="schema-1")
     done = await new_token(api)
     await complete(api, done, {"nested": {"list": [1, None, "x"]}})
@@ -576,3 +567,20 @@ async def test_every_token_state_validates_against_seed_schema_with_and_without_
     assert token["outputIsError"] is True
     assert json.loads(token["output"])["code"] == "TRIGGER_WAITPOINT_TIMEOUT"
     assert "cancelled" not in token
+
+
+@pytest.mark.parametrize("path", [TOKENS, "/api/v1/runs"])
+async def test_page_size_with_a_non_ascii_digit_is_400_not_5xx(
+    api: httpx.AsyncClient, path: str
+) -> None:
+    response = await api.get(path, params={"page[size]": "²"}, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"] == "Query Error"
+
+
+async def test_create_with_iso_timeout_beyond_year_9999_in_utc_is_422_not_5xx(
+    api: httpx.AsyncClient, engine: Engine
+) -> None:
+    response = await api.post(TOKENS, json={"timeout": "9999-12-31T23:59:59-05:00"}, headers=AUTH)
+    assert response.status_code == 422
+    assert await token_row_count(engine) == 0

@@ -384,6 +384,34 @@ await step("runs.cancel-again", async () => {
   return { response: r };
 });
 
+await step("runs.list", async () => {
+  check(handle, "needs tasks.trigger");
+  // filter[taskIdentifier] + filter[tag], followed with for-await (page[size]=1, page[after])
+  const listed = [];
+  for await (const r of runs.list({ taskIdentifier: TASK_ID, tag: TAG, limit: 1 })) {
+    listed.push({ id: r.id, status: r.status });
+    check(RUN_STATUSES.includes(r.status), `unknown status ${r.status}`);
+    check(isDate(r.createdAt) && isDate(r.updatedAt), "createdAt/updatedAt must be dates");
+    check(r.startedAt === undefined || r.startedAt.getTime() > 0, "startedAt read as 1970: send it absent, not null");
+    check(listed.length <= 50, "auto-pagination does not terminate");
+  }
+  check(isDeepStrictEqual(listed.map((r) => r.id), [handle.id]), "the task + tag filter must list exactly the triggered run", listed);
+  const waiting = [];
+  for await (const r of runs.list({ status: "WAITING", tag: TAG })) waiting.push(r.id);
+  check(waiting.length === 0, "filter[status]=WAITING must not list the cancelled run", waiting);
+  return { listed };
+});
+
+await step("runs.list-every-final-status", async () => {
+  check(handle, "needs tasks.trigger");
+  // Every final API v2 status is a valid filter value, even those a server never produces
+  // (CRASHED, SYSTEM_FAILURE, EXPIRED): they match nothing, they are not a Query Error.
+  const final = [];
+  for await (const r of runs.list({ status: FINAL_RUN_STATUSES, tag: [TAG] })) final.push(r.id);
+  check(isDeepStrictEqual(final, [handle.id]), "filter[status]=<final statuses> must list the run", final);
+  return { final };
+});
+
 await step("tasks.trigger-unknown-404", async () => {
   return await expectStatus(() => tasks.trigger(`no-such-task-${RUN_ID}`, { x: 1 }), [404]);
 });

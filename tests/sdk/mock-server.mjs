@@ -236,6 +236,39 @@ function listTokens(url, baseUrl, forSdk) {
 // A completion after the token closed without data (timed out, cancelled): 410, never a silent 200.
 const lateAnswer = (t) => [410, { error: `waitpoint ${t.id} is ${t.status}`, status: t.status, closedAt: iso(t.completedAt) }];
 
+// Every API v2 run status is a valid filter value, even those this mock never produces.
+const RUN_STATUSES = [
+  "PENDING_VERSION", "QUEUED", "DEQUEUED", "EXECUTING", "WAITING", "COMPLETED", "CANCELED",
+  "FAILED", "CRASHED", "SYSTEM_FAILURE", "DELAYED", "EXPIRED", "TIMED_OUT",
+];
+
+function listRuns(url) {
+  const q = url.searchParams;
+  let items = [...runs.values()].sort((a, b) => b.seq - a.seq); // newest first
+  const statuses = q.get("filter[status]")?.split(",").filter(Boolean);
+  if (statuses) {
+    const bad = statuses.filter((s) => !RUN_STATUSES.includes(s));
+    if (bad.length) return listError([{ path: ["filter[status]"], message: `invalid status ${bad.join(",")}` }]);
+    items = items.filter((r) => statuses.includes(r.status));
+  }
+  const tasks = q.get("filter[taskIdentifier]")?.split(",").filter(Boolean);
+  if (tasks) items = items.filter((r) => tasks.includes(r.taskIdentifier));
+  const tags = q.get("filter[tag]")?.split(",").filter(Boolean);
+  if (tags) items = items.filter((r) => r.tags.some((tag) => tags.includes(tag)));
+  const size = q.has("page[size]") ? Number(q.get("page[size]")) : 25;
+  if (!Number.isInteger(size) || size < 1 || size > 100) {
+    return listError([{ path: ["page[size]"], message: "page[size] must be an integer 1..100" }]);
+  }
+  const decode = (c) => Number(Buffer.from(c, "base64url").toString().replace(/^r:/, ""));
+  const cut = q.get("page[after]") ? decode(q.get("page[after]")) : Infinity;
+  const older = items.filter((r) => r.seq < cut);
+  const page = older.slice(0, size);
+  const pagination = {};
+  if (older.length > size) pagination.next = Buffer.from(`r:${page[page.length - 1].seq}`).toString("base64url");
+  // list items carry the environment (ListRunResponseItem requires env: {id, name})
+  return [200, { data: page.map((r) => ({ ...runJson(r), env: { id: ENV_ID, name: "dev" } })), pagination }];
+}
+
 function complete(t, data) {
   if (t.status === "WAITING") {
     t.status = "COMPLETED";
@@ -393,6 +426,7 @@ async function handle(req, res) {
       const now = Date.now();
       r = {
         id: rid("run"),
+        seq: ++seq,
         taskIdentifier: taskId,
         status: "QUEUED",
         createdAt: now,
@@ -408,6 +442,11 @@ async function handle(req, res) {
     const headers = { "x-trigger-jwt-claims": JSON.stringify({ sub: ENV_ID, pub: true }) };
     if (!NO_JWT_HEADER) headers["x-trigger-jwt"] = publicTokenFor(`read:runs:${r.id}`);
     return send(res, 200, { id: r.id, isCached: Boolean(cached) }, headers);
+  }
+
+  if (path === "/api/v1/runs" && method === "GET") {
+    const [status, payload] = listRuns(url);
+    return send(res, status, payload);
   }
 
   if ((m = /^\/api\/v3\/runs\/([^/]+)$/.exec(path)) && method === "GET") {

@@ -7,6 +7,7 @@ Every state change is logged as an event with ``run_id``, ``task`` and ``attempt
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -23,6 +24,11 @@ class _Stderr:
         sys.stderr.flush()
 
 
+def _colors() -> bool:
+    """Colour only for a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
 def configure_default_logging() -> None:
     """Unless the application configured structlog, send the engine's events to stderr.
 
@@ -37,7 +43,9 @@ def configure_logging(
 ) -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=_colors())
+        if use_console
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

@@ -126,10 +126,15 @@ class DevServer:
         return "\n".join(parts)
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM (by PID) and wait; returns the exit code (raises if it does not stop)."""
+        """SIGTERM (by PID) and wait; returns the exit code (fails if it does not stop)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"waitpoint dev still ran {timeout:.0f} s after SIGTERM:\n{self.output()}"
+            ) from None
 
     def kill(self) -> None:
         """Make sure the process is gone: SIGTERM, then SIGKILL (by PID), always reaped."""

@@ -3,7 +3,8 @@
 ``tests/sdk/compat.mjs`` drives a real ``waitpoint dev`` on 127.0.0.1 through the SDK: create
 (twice with one idempotency key), retrieve, list with filters and cursor paging, complete with
 the secret key, with a public access token and through the callback URL, a cancelled token as
-the SDK sees it, trigger a task, retrieve and cancel the run. It prints one JSON line per step.
+the SDK sees it, trigger a task, retrieve, cancel and list runs. It prints one JSON line per
+step; the driver runs once per module and the tests read its steps. Every step must pass.
 
 Needs ``node`` and ``npm``: skipped only where either is missing. ``npm ci`` installs the pinned
 SDK into tests/sdk/node_modules the first time (network access to the npm registry).
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,14 @@ REQUIRED_STEPS = [
     "runs.retrieve",
     "runs.cancel",
     "runs.cancel-again",
+    "runs.list",
+    "runs.list-every-final-status",
     "tasks.trigger-unknown-404",
     "summary",
 ]
+
+
+pytestmark = pytest.mark.timeout(NPM_CI_TIMEOUT + DRIVER_TIMEOUT + 60)
 
 
 def _pinned_sdk_version() -> str:
@@ -124,9 +131,9 @@ def sdk_installed() -> Path:
     return SDK_DIR
 
 
-@pytest.fixture
-def sdk_server(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path, "sdk_tasks", SDK_TASKS)
+@pytest.fixture(scope="module")
+def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    server = DevServer(tmp_path_factory.mktemp("sdk"), "sdk_tasks", SDK_TASKS)
     try:
         server.start()
         yield server
@@ -151,22 +158,19 @@ def _driver_env(server: DevServer) -> dict[str, str]:
     return env
 
 
-def _steps(stdout: str) -> list[dict[str, Any]]:
-    steps = []
-    for line in stdout.splitlines():
-        try:
-            parsed = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(parsed, dict) and "step" in parsed:
-            steps.append(parsed)
-    return steps
+@dataclass
+class DriverRun:
+    returncode: int
+    steps: dict[str, dict[str, Any]]
+    report: str
+    """Exit code, stdout (the JSON lines), stderr and the server's output, for failure messages."""
 
 
-@pytest.mark.timeout(NPM_CI_TIMEOUT + DRIVER_TIMEOUT + 60)
-def test_the_official_sdk_drives_our_server(sdk_installed: Path, sdk_server: DevServer) -> None:
+@pytest.fixture(scope="module")
+def driver(sdk_installed: Path, sdk_server: DevServer) -> DriverRun:
+    """One run of compat.mjs against the server; every test here reads its steps."""
     try:
-        driver = subprocess.run(
+        finished = subprocess.run(
             ["node", "compat.mjs"],
             cwd=sdk_installed,
             env=_driver_env(sdk_server),
@@ -176,27 +180,38 @@ def test_the_official_sdk_drives_our_server(sdk_installed: Path, sdk_server: Dev
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"compat.mjs did not finish in {DRIVER_TIMEOUT:.0f} s:\n{exc.stdout!r}")
+    steps: dict[str, dict[str, Any]] = {}
+    for line in finished.stdout.splitlines():
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict) and "step" in parsed:
+            steps[parsed["step"]] = parsed
     report = (
-        f"compat.mjs exit {driver.returncode}\n--- driver stdout (one JSON line per step)\n"
-        f"{driver.stdout}\n--- driver stderr\n{driver.stderr[-4000:]}\n"
-        f"--- server\n{sdk_server.output()[-4000:]}"
+        f"compat.mjs exit {finished.returncode}\n--- driver stdout (one JSON line per step)\n"
+        f"{finished.stdout}\n--- driver stderr\n{finished.stderr[-4000:]}\n"
+        f"--- server output\n{sdk_server.output()[-4000:]}"
     )
-    steps = _steps(driver.stdout)
-    failed = [s for s in steps if s.get("ok") is not True]
-    assert driver.returncode == 0, report
-    assert not failed, report
-    names = [s["step"] for s in steps]
-    missing = [name for name in REQUIRED_STEPS if name not in names]
-    assert not missing, f"steps missing from the driver's report: {missing}\n{report}"
-    by_name = {s["step"]: s for s in steps}
-    assert by_name["summary"]["failed"] == 0, report
-    assert by_name["createToken-idempotent"]["id"] == by_name["createToken"]["id"]
+    return DriverRun(finished.returncode, steps, report)
+
+
+def test_the_official_sdk_drives_our_server(driver: DriverRun, sdk_server: DevServer) -> None:
+    missing = [name for name in REQUIRED_STEPS if name not in driver.steps]
+    assert not missing, f"steps missing from the driver's report: {missing}\n{driver.report}"
+    failed = {name for name, step in driver.steps.items() if step.get("ok") is not True}
+    failed.discard("summary")
+    assert not failed, f"SDK steps failed: {sorted(failed)}\n{driver.report}"
+    assert driver.steps["summary"]["failed"] == len(failed), driver.report
+    assert driver.returncode == (1 if failed else 0), driver.report
+    steps = driver.steps
+    assert steps["createToken-idempotent"]["id"] == steps["createToken"]["id"]
 
     # The audit trail: each SDK path recorded how the completion arrived.
     expected_via = {
-        by_name["createToken"]["id"]: "api",
-        by_name["createToken-for-public-access"]["id"]: "public-token",
-        by_name["createToken-for-callback"]["id"]: "callback",
+        steps["createToken"]["id"]: "api",
+        steps["createToken-for-public-access"]["id"]: "public-token",
+        steps["createToken-for-callback"]["id"]: "callback",
     }
     with httpx.Client(
         base_url=sdk_server.base_url, headers=sdk_server.auth_headers, timeout=10.0
@@ -205,8 +220,8 @@ def test_the_official_sdk_drives_our_server(sdk_installed: Path, sdk_server: Dev
             token = client.get(f"/api/v1/waitpoints/tokens/{token_id}")
             assert token.status_code == 200, token.text
             assert token.json()["completedVia"] == via, token.json()
-        cancelled = client.get(f"/api/v1/waitpoints/tokens/{by_name['cancelToken-raw-http']['id']}")
+        cancelled = client.get(f"/api/v1/waitpoints/tokens/{steps['cancelToken-raw-http']['id']}")
         assert cancelled.json()["status"] == "CANCELLED", cancelled.json()
-        run = client.get(f"/api/v3/runs/{by_name['tasks.trigger']['id']}")
+        run = client.get(f"/api/v3/runs/{steps['tasks.trigger']['id']}")
         assert run.status_code == 200, run.text
         assert run.json()["status"] == "CANCELED", run.json()

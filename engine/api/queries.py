@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from ..durations import parse_duration
 from ..errors import ValidationError
+from ..models import RunStatus
 from ..validation import MAX_PAGE_SIZE
 from .problems import Problem, query_error
 
@@ -29,6 +30,29 @@ def statuses(raw: str | None, enum: type[E], name: str = "filter[status]") -> li
     except ValueError:
         allowed = ", ".join(e.value for e in enum)
         raise query_error(f"{name}={raw!r}: use one or more of {allowed}") from None
+
+
+API_RUN_STATUSES = (
+    "PENDING_VERSION QUEUED DEQUEUED EXECUTING WAITING COMPLETED CANCELED FAILED CRASHED"
+    " SYSTEM_FAILURE DELAYED EXPIRED TIMED_OUT"
+).split()
+
+
+def run_statuses(raw: str | None) -> list[RunStatus] | None:
+    """``filter[status]`` of runs: any of Trigger.dev's 13 statuses is a valid filter.
+
+    Returns the statuses this engine has (an empty list: none of them, so no run matches),
+    or None when there is no filter.
+    """
+    values = [value.upper() for value in comma_list(raw)]
+    if not values:
+        return None
+    unknown = [value for value in values if value not in API_RUN_STATUSES]
+    if unknown:
+        allowed = ", ".join(API_RUN_STATUSES)
+        raise query_error(f"filter[status]={raw!r}: use one or more of {allowed}")
+    ours = {status.value for status in RunStatus}
+    return [RunStatus(value) for value in values if value in ours]
 
 
 def page_size(raw: str | None) -> int:

@@ -414,6 +414,19 @@ def trigger(
     payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
     tag: Tags = None,
+    delay: Annotated[
+        str | None, typer.Option("--delay", help="Start no sooner than this (10m, 1h).")
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Expire if not started within this (1h).")
+    ] = None,
+    metadata: Annotated[
+        str | None, typer.Option("--metadata", help="A JSON object kept on the run.")
+    ] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts", min=1)] = None,
+    max_duration: Annotated[
+        str | None, typer.Option("--max-duration", help="Executing time allowed (10m).")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish.")] = False,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to --wait at most.")
@@ -427,8 +440,17 @@ def trigger(
     async def action(engine: Engine) -> Run:
         if timeout is not None and not wait:
             raise ValidationError("--timeout only applies with --wait")
-        data = _json_option(payload, "--payload")
-        run = await engine.trigger(task_id, data, idempotency_key=idempotency_key, tags=tag)
+        run = await engine.trigger(
+            task_id,
+            _json_option(payload, "--payload"),
+            idempotency_key=idempotency_key,
+            tags=tag,
+            delay=delay,
+            ttl=ttl,
+            metadata=_json_option(metadata, "--metadata"),
+            max_attempts=max_attempts,
+            max_duration=max_duration,
+        )
         if not wait:
             return run
         try:

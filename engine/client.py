@@ -24,7 +24,7 @@ import structlog
 from pydantic import BaseModel
 
 from .clock import Clock, from_ms, to_ms
-from .durations import Timeout, resolve_deadline, to_timedelta
+from .durations import Timeout, format_duration, resolve_deadline, to_timedelta
 from .errors import (
     ConfigurationError,
     RunFailedError,
@@ -115,6 +115,53 @@ def token_request(
         idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
         data_schema=data_schema,
     )
+
+
+def run_request(
+    task_id: str,
+    payload: Any,
+    now_ms: int,
+    *,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: str | timedelta | None = None,
+    tags: list[str] | str | None = None,
+    max_attempts: int | None = None,
+    delay: Timeout | None = None,
+    ttl: str | timedelta | None = None,
+    metadata: dict[str, Any] | None = None,
+    max_duration: str | timedelta | None = None,
+) -> NewRun:
+    """Validate trigger options into what storage inserts."""
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        raise ValidationError("max_attempts must be a positive integer")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationError("metadata must be a JSON object (a dict)")
+    key = clean_optional_text(idempotency_key, "idempotency_key")
+    delayed_until = None
+    if delay is not None:
+        if isinstance(delay, datetime):
+            delayed_until = _ms(delay, "delay")  # a past moment just means "now"
+        else:
+            delayed_until = now_ms + _duration_ms(delay)
+    return NewRun(
+        task_id=task_id,
+        payload=payload,
+        tags=clean_tags(tags),
+        idempotency_key=key,
+        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
+        max_attempts=max_attempts,
+        delayed_until_ms=delayed_until,
+        ttl=None if ttl is None else (ttl if isinstance(ttl, str) else format_duration(ttl)),
+        ttl_ms=None if ttl is None else _duration_ms(ttl),
+        metadata=metadata,
+        max_duration_ms=None if max_duration is None else _duration_ms(max_duration),
+    )
+
+
+def _duration_ms(value: str | timedelta) -> int:
+    return int(to_timedelta(value).total_seconds() * 1000)
 
 
 def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> int | None:
@@ -273,34 +320,33 @@ class Engine:
         idempotency_key_ttl: str | timedelta | None = None,
         tags: list[str] | str | None = None,
         max_attempts: int | None = None,
+        delay: Timeout | None = None,
+        ttl: str | timedelta | None = None,
+        metadata: dict[str, Any] | None = None,
+        max_duration: str | timedelta | None = None,
     ) -> Run:
-        """Queue a run of ``task_id``; with an idempotency key, a repeat returns the same run."""
+        """Queue a run of ``task_id``; with an idempotency key, a repeat returns the same run.
+
+        ``delay`` ("10m", a timedelta or an aware datetime) keeps the run DELAYED until then;
+        ``ttl`` makes it EXPIRED if no worker started it within that long after it was due;
+        ``metadata`` is a JSON object kept on the run; ``max_duration`` bounds its executing
+        time (over the task's own limit).
+        """
+        options: dict[str, Any] = {
+            "idempotency_key": idempotency_key,
+            "idempotency_key_ttl": idempotency_key_ttl,
+            "tags": tags,
+            "max_attempts": max_attempts,
+            "delay": delay,
+            "ttl": ttl,
+            "metadata": metadata,
+            "max_duration": max_duration,
+        }
         if self._remote is not None:
-            return await self._remote.trigger(
-                task_id,
-                payload,
-                idempotency_key=idempotency_key,
-                idempotency_key_ttl=idempotency_key_ttl,
-                tags=tags,
-                max_attempts=max_attempts,
-            )
+            return await self._remote.trigger(task_id, payload, **options)
         payload = await self._checked_payload(task_id, payload)
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-        ):
-            raise ValidationError("max_attempts must be a positive integer")
-        key = clean_optional_text(idempotency_key, "idempotency_key")
-        now = self.storage.now_ms()
-        run = await self.storage.create_run(
-            NewRun(
-                task_id=task_id,
-                payload=payload,
-                tags=clean_tags(tags),
-                idempotency_key=key,
-                idempotency_key_expires_ms=_key_expiry(now, key, idempotency_key_ttl),
-                max_attempts=max_attempts,
-            )
-        )
+        new = run_request(task_id, payload, self.storage.now_ms(), **options)
+        run = await self.storage.create_run(new)
         log.info("run.triggered", run_id=run.id, task=task_id, cached=run.is_cached)
         return run
 

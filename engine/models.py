@@ -37,13 +37,23 @@ class RunStatus(StrEnum):
     CANCELED = "CANCELED"
     TIMED_OUT = "TIMED_OUT"
     """The run spent longer than its ``max_duration`` executing."""
+    DELAYED = "DELAYED"
+    """Triggered with a ``delay``: QUEUED once it has passed."""
+    EXPIRED = "EXPIRED"
+    """Not started within its ``ttl``."""
 
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL_RUN
 
 
-_TERMINAL_RUN = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TIMED_OUT}
+_TERMINAL_RUN = {
+    RunStatus.COMPLETED,
+    RunStatus.FAILED,
+    RunStatus.CANCELED,
+    RunStatus.TIMED_OUT,
+    RunStatus.EXPIRED,
+}
 
 
 class WaitpointStatus(StrEnum):
@@ -138,7 +148,16 @@ class Run(WireModel):
     """One execution of a task, from trigger to a terminal status."""
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"output", "error", "idempotency_key", "started_at", "finished_at"}
+        {
+            "output",
+            "error",
+            "idempotency_key",
+            "started_at",
+            "finished_at",
+            "delayed_until",
+            "ttl",
+            "metadata",
+        }
     )
 
     id: str
@@ -154,6 +173,9 @@ class Run(WireModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    delayed_until: datetime | None = None
+    ttl: str | None = None
+    metadata: dict[str, Any] | None = None
     waiting_on: list[str] = Field(default_factory=list)
     """Ids of the waitpoints the run is blocked on while WAITING."""
     is_cached: bool = Field(default=False, exclude=True)
@@ -265,4 +287,6 @@ class ClaimedRun:
     max_attempts: int | None = None
     executed_ms: int = 0
     """Time earlier attempts and resumes of this run spent executing (waits excluded)."""
+    max_duration_ms: int | None = None
+    """This run's own limit (a trigger option), before the task's."""
     journal: list[JournalEntry] = field(default_factory=list)

@@ -20,7 +20,7 @@ import httpx
 from pydantic import BaseModel
 
 from .client import Runs, Tokens
-from .durations import Timeout, format_duration
+from .durations import Timeout, format_duration, to_timedelta
 from .errors import (
     ConfigurationError,
     NotFoundError,
@@ -87,6 +87,10 @@ class RemoteAPI:
         idempotency_key_ttl: str | timedelta | None,
         tags: list[str] | str | None,
         max_attempts: int | None,
+        delay: Timeout | None,
+        ttl: str | timedelta | None,
+        metadata: dict[str, Any] | None,
+        max_duration: str | timedelta | None,
     ) -> Run:
         options: dict[str, Any] = {"payloadType": "application/json"}
         for name, value in (
@@ -94,6 +98,10 @@ class RemoteAPI:
             ("idempotencyKeyTTL", _duration(idempotency_key_ttl)),
             ("tags", tags),
             ("maxAttempts", max_attempts),
+            ("delay", _deadline(delay)),
+            ("ttl", _duration(ttl)),
+            ("metadata", metadata),
+            ("maxDuration", _seconds(max_duration)),
         ):
             if value is not None:
                 options[name] = value
@@ -283,6 +291,13 @@ def _json_schema(schema: type[BaseModel] | dict[str, Any] | None) -> dict[str, A
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         return schema.model_json_schema()
     return schema
+
+
+def _seconds(value: str | timedelta | None) -> int | None:
+    """Trigger.dev's ``maxDuration`` is a number of seconds."""
+    if value is None:
+        return None
+    return int(to_timedelta(value).total_seconds())
 
 
 def _duration(value: str | timedelta | None) -> str | None:

@@ -188,10 +188,11 @@ async def _execute(
 async def _call_task(context: RunContext, definition: TaskDefinition) -> Any:
     """Call the task function, within what is left of its ``max_duration``."""
     payload = definition.parse_payload(context.run.payload)
-    if definition.max_duration_ms is None:
+    max_ms = context.run.max_duration_ms or definition.max_duration_ms
+    if max_ms is None:
         return await definition.fn(payload)
-    left_ms = definition.max_duration_ms - context.run.executed_ms
-    limit = f"max_duration of {definition.max_duration_ms} ms"
+    left_ms = max_ms - context.run.executed_ms
+    limit = f"max_duration of {max_ms} ms"
     if left_ms <= 0:
         raise MaxDurationExceededError(f"the run already executed longer than its {limit}")
     try:

@@ -469,3 +469,54 @@ async def test_timeline_shows_steps_tokens_and_how_each_wait_ended(
     assert wait is not None and wait.status == "COMPLETED" and wait.completed_via == "cli"
     assert wait.data == {"approved": True}
     assert timeline[0].at <= timeline[1].at <= timeline[2].at
+
+
+@task("rt-quick")
+async def quick_task(payload: Any) -> Any:
+    return payload
+
+
+async def test_delayed_run_waits_then_runs(engine: Engine, start_worker: StartWorker) -> None:
+    await start_worker([quick_task])
+    run = await engine.trigger("rt-quick", 1, delay=timedelta(milliseconds=600))
+    assert run.status == "DELAYED" and run.delayed_until is not None
+    assert (await engine.runs.retrieve(run.id)).status == "DELAYED"
+    done = await engine.wait_for_run(run.id, timeout=10)
+    assert done.started_at is not None and done.started_at >= run.delayed_until
+
+
+async def test_run_not_started_within_its_ttl_expires(engine: Engine) -> None:
+    run = await engine.trigger("rt-quick", 1, ttl="1s")  # no worker runs this task here
+    assert run.ttl == "1s"
+    await asyncio.sleep(1.1)
+    assert await engine.storage.fire_due_timers(100) >= 1
+    expired = await engine.runs.retrieve(run.id)
+    assert expired.status == "EXPIRED" and expired.finished_at is not None
+    with pytest.raises(RunFailedError, match="EXPIRED"):
+        await engine.wait_for_run(run.id, timeout=1)
+
+
+async def test_metadata_is_kept_on_the_run_and_must_be_an_object(engine: Engine) -> None:
+    run = await engine.trigger("rt-quick", 1, metadata={"customer": "acme", "n": 2})
+    assert (await engine.runs.retrieve(run.id)).metadata == {"customer": "acme", "n": 2}
+    with pytest.raises(ValidationError, match="metadata"):
+        await engine.trigger("rt-quick", 1, metadata=[1, 2])  # type: ignore[arg-type]
+
+
+async def test_run_max_duration_option_overrides_the_task(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([bounded_task])
+    token = await engine.tokens.create()
+    await engine.tokens.complete(token.id)
+    run = await engine.trigger(
+        "rt-max-duration", {"token": token.id, "work_seconds": 0.5}, max_duration="1s"
+    )
+    assert (await engine.wait_for_run(run.id, timeout=10)).output == "finished"
+    slow = await engine.trigger(
+        "rt-max-duration",
+        {"token": token.id, "work_seconds": 0.3},
+        max_duration=timedelta(milliseconds=100),
+    )
+    with pytest.raises(RunFailedError, match="TIMED_OUT"):
+        await engine.wait_for_run(slow.id, timeout=10)

@@ -88,8 +88,11 @@ def created_range(
     return moment(start, "filter[createdAt][from]"), moment(end, "filter[createdAt][to]")
 
 
-def deadline(raw: str, now: datetime) -> str | datetime:
-    """A token ``timeout``: a duration (``1h30m``) or a future ISO date (with an offset)."""
+def deadline(raw: str) -> str | datetime:
+    """A duration (``1h30m``) or an ISO date with an offset: a token ``timeout``, a ``delay``.
+
+    Whether a past date is refused (a timeout) or means "now" (a delay) is the engine's call.
+    """
     if raw[:1].isdigit() and any(c in raw for c in "-T:"):
         try:
             parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))

@@ -7,18 +7,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .body import JSONGuardRoute
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
 from .problems import Problem
-from .queries import comma_list, created_range, page_size, run_statuses
+from .queries import comma_list, created_range, deadline, page_size, run_statuses
 from .wire import page_json, run_json
 
 router = APIRouter(tags=["runs"])
 router.route_class = JSONGuardRoute
 
-_NOT_YET = ("delay", "ttl", "metadata", "maxDuration", "queue", "concurrencyKey", "debounce")
+_NOT_YET = ("queue", "concurrencyKey", "debounce")
 
 
 class TriggerOptions(BaseModel):
@@ -31,6 +31,10 @@ class TriggerOptions(BaseModel):
     idempotencyKeyTTL: str | None = None
     tags: list[str] | str | None = None
     maxAttempts: int | None = None
+    delay: str | None = Field(default=None, description="A duration (10m) or an ISO date")
+    ttl: str | int | None = Field(default=None, description="A duration (1h) or seconds")
+    metadata: dict[str, Any] | None = None
+    maxDuration: int | None = Field(default=None, ge=1, description="Seconds of executing time")
 
 
 class TriggerBody(BaseModel):
@@ -88,6 +92,10 @@ async def trigger(
             idempotency_key_ttl=options.idempotencyKeyTTL,
             tags=options.tags,
             max_attempts=options.maxAttempts,
+            delay=deadline(options.delay) if options.delay else None,
+            ttl=f"{options.ttl}s" if isinstance(options.ttl, int) else options.ttl,
+            metadata=options.metadata,
+            max_duration=None if options.maxDuration is None else f"{options.maxDuration}s",
         )
         reply = {"id": run.id, "isCached": run.is_cached}
         await remember(request, f"trigger:{task_id}", reply)

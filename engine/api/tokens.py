@@ -73,9 +73,8 @@ async def create_token(
     reply = await replayed(request, "create-token")
     if reply is None:
         options = body or CreateTokenBody()
-        now = datetime.now(UTC)
         token = await engine.tokens.create(
-            timeout=deadline(options.timeout, now) if options.timeout else None,
+            timeout=deadline(options.timeout) if options.timeout else None,
             idempotency_key=options.idempotencyKey,
             idempotency_key_ttl=options.idempotencyKeyTTL,
             tags=options.tags,

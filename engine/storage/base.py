@@ -36,6 +36,13 @@ class NewRun:
     idempotency_key: str | None = None
     idempotency_key_expires_ms: int | None = None
     max_attempts: int | None = None
+    delayed_until_ms: int | None = None
+    """DELAYED until then, QUEUED after."""
+    ttl: str | None = None
+    ttl_ms: int | None = None
+    """EXPIRED if not started within this long after it became QUEUED."""
+    metadata: dict[str, Any] | None = None
+    max_duration_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,9 @@ class Storage(Protocol):
         ...
 
     # scheduling
-    async def fire_due_timers(self, limit: int) -> int: ...
+    async def fire_due_timers(self, limit: int) -> int:
+        """Time out due tokens, queue runs whose delay passed, expire runs past their ttl."""
+        ...
 
     async def rescue_expired_leases(self) -> int: ...
 

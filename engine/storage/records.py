@@ -79,6 +79,9 @@ def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:
         updated_at=from_ms(row["updated_at"]),
         started_at=from_ms_or_none(row["started_at"]),
         finished_at=from_ms_or_none(row["finished_at"]),
+        delayed_until=from_ms_or_none(row["delayed_until"]),
+        ttl=row["ttl"],
+        metadata=load_json(row["metadata"]),
         waiting_on=waiting_on or [],
     )
 

@@ -234,6 +234,7 @@ class SQLiteStorage:
     async def create_run(self, new: NewRun) -> Run:
         payload = dump_json(new.payload, "the payload")
         tags = json.dumps(new.tags)
+        metadata = None if new.metadata is None else dump_json(new.metadata, "the metadata")
 
         def op(conn: Conn) -> Run:
             now = self.now_ms()
@@ -250,19 +251,28 @@ class SQLiteStorage:
                     conn.execute(
                         "UPDATE runs SET idempotency_key = NULL WHERE id = ?", (row["id"],)
                     )
+            delayed = new.delayed_until_ms is not None and new.delayed_until_ms > now
+            start = new.delayed_until_ms if delayed and new.delayed_until_ms else now
             rows = conn.execute(
                 "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
-                " idempotency_key_expires_at, max_attempts, available_at, created_at, updated_at)"
-                " VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
+                " expires_at, metadata, max_duration_ms, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     new_run_id(),
                     new.task_id,
+                    "DELAYED" if delayed else "QUEUED",
                     payload,
                     tags,
                     new.idempotency_key,
                     new.idempotency_key_expires_ms,
                     new.max_attempts,
-                    now,
+                    start,
+                    start if delayed else None,
+                    new.ttl,
+                    None if new.ttl_ms is None else start + new.ttl_ms,
+                    metadata,
+                    new.max_duration_ms,
                     now,
                     now,
                 ),
@@ -376,9 +386,10 @@ class SQLiteStorage:
                 " updated_at = :now"
                 " WHERE id IN (SELECT id FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
                 "              AND task_id IN (SELECT value FROM json_each(:tasks))"
+                "              AND (expires_at IS NULL OR expires_at > :now)"
                 "              ORDER BY available_at, id LIMIT :limit)"
                 " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts,"
-                " executing_ms",
+                " executing_ms, max_duration_ms",
                 {
                     "owner": owner,
                     "expires": now + lease_ms,
@@ -407,6 +418,7 @@ class SQLiteStorage:
                     epoch=r["lease_epoch"],
                     max_attempts=r["max_attempts"],
                     executed_ms=r["executing_ms"],
+                    max_duration_ms=r["max_duration_ms"],
                     journal=journals.get(r["id"], []),
                 )
                 for r in rows
@@ -683,6 +695,35 @@ class SQLiteStorage:
     # scheduling --------------------------------------------------------------------------
 
     async def fire_due_timers(self, limit: int) -> int:
+        return await self._start_delayed_runs() + await self._time_out_tokens(limit)
+
+    async def _start_delayed_runs(self) -> int:
+        """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE."""
+        now = self.now_ms()
+        if not await self._read(
+            "SELECT 1 FROM runs WHERE (status = 'DELAYED' AND available_at <= :now)"
+            " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now) LIMIT 1",
+            {"now": now},
+        ):
+            return 0
+
+        def op(conn: Conn) -> int:
+            now = self.now_ms()
+            expired = conn.execute(
+                "UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now"
+                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now",
+                {"now": now},
+            ).rowcount
+            queued = conn.execute(
+                "UPDATE runs SET status = 'QUEUED', updated_at = :now"
+                " WHERE status = 'DELAYED' AND available_at <= :now",
+                {"now": now},
+            ).rowcount
+            return int(expired + queued)
+
+        return await self._write(op)
+
+    async def _time_out_tokens(self, limit: int) -> int:
         now = self.now_ms()
         if not await self._read(
             "SELECT 1 FROM waitpoints WHERE status = 'WAITING' AND timeout_at <= ? LIMIT 1",
@@ -732,8 +773,12 @@ class SQLiteStorage:
 
     async def next_timer_ms(self) -> int | None:
         rows = await self._read(
-            "SELECT min(timeout_at) AS t FROM waitpoints"
-            " WHERE status = 'WAITING' AND timeout_at IS NOT NULL"
+            "SELECT min(t) AS t FROM ("
+            " SELECT min(timeout_at) AS t FROM waitpoints"
+            "  WHERE status = 'WAITING' AND timeout_at IS NOT NULL"
+            " UNION ALL SELECT min(available_at) FROM runs WHERE status = 'DELAYED'"
+            " UNION ALL SELECT min(expires_at) FROM runs"
+            "  WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL)"
         )
         value = rows[0]["t"] if rows else None
         return None if value is None else int(value)

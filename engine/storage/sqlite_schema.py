@@ -30,6 +30,11 @@ MIGRATIONS: list[str] = [
         max_attempts INTEGER,
         recovery_count INTEGER NOT NULL DEFAULT 0,
         executing_ms INTEGER NOT NULL DEFAULT 0,
+        max_duration_ms INTEGER,
+        delayed_until INTEGER,
+        ttl TEXT,
+        expires_at INTEGER,
+        metadata TEXT,
         available_at INTEGER NOT NULL,
         lease_owner TEXT,
         lease_epoch INTEGER NOT NULL DEFAULT 0,
@@ -40,6 +45,9 @@ MIGRATIONS: list[str] = [
         finished_at INTEGER
     );
     CREATE INDEX runs_queue ON runs (available_at) WHERE status = 'QUEUED';
+    CREATE INDEX runs_delayed ON runs (available_at) WHERE status = 'DELAYED';
+    CREATE INDEX runs_expiry ON runs (expires_at)
+        WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL;
     CREATE INDEX runs_leases ON runs (lease_expires_at) WHERE status = 'EXECUTING';
     CREATE INDEX runs_status ON runs (status, id);
     CREATE UNIQUE INDEX runs_idempotency ON runs (task_id, idempotency_key)

@@ -1,0 +1,204 @@
+"""What every SQLite operation stands on: the two connections, group commit, fencing, paging.
+
+Two connections per process: the writer (every write goes through ``GroupCommitWriter``, as a
+plain function of a ``sqlite3.Connection`` run in one thread hop per batch) and a reader (WAL
+lets it read while the writer writes). ``PRAGMA data_version`` tells a process that another
+one committed, so workers wake up when the CLI or another worker completes a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ..callbacks import CallbackSigner
+from ..clock import Clock
+from ..errors import ConfigurationError, LeaseLostError, StorageError
+from .base import JournalWrite, PageRequest
+from .records import dump_json
+from .writer import GroupCommitWriter, translate
+
+T = TypeVar("T")
+Conn = sqlite3.Connection
+
+_POLL_SECONDS = 0.05
+_REQUEUE_BLOCKED = """
+    UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now
+    WHERE status = 'WAITING'
+      AND id IN (SELECT run_id FROM run_waits
+                 WHERE waitpoint_id IN (SELECT value FROM json_each(:ids)))
+      AND NOT EXISTS (SELECT 1 FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id
+                      WHERE rw.run_id = runs.id AND w.status = 'WAITING')
+"""
+
+
+class SQLiteBase:
+    """Connections and plumbing shared by the run and token operations."""
+
+    path: Path
+    clock: Clock
+    signer: CallbackSigner
+    _writer_conn: Conn | None
+    _reader: aiosqlite.Connection | None
+    _writer: GroupCommitWriter | None
+    _change: asyncio.Event
+    _poller: asyncio.Task[None] | None
+
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions this process committed (for benchmarks)."""
+        return self._writer.commits if self._writer else 0
+
+    async def _write(self, op: Callable[[Conn], T], *, notify: bool = True) -> T:
+        if self._writer is None:
+            raise ConfigurationError("the storage is not open")
+        result = await self._writer.run(op)
+        if notify:
+            self._notify()
+        return result
+
+    async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        if self._reader is None:
+            raise ConfigurationError("the storage is not open")
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def _fence(self, conn: Conn, run_id: str, epoch: int) -> None:
+        rows = conn.execute(
+            "SELECT status, lease_epoch FROM runs WHERE id = ?", (run_id,)
+        ).fetchall()
+        row = _first_or_none(rows)
+        if row is None or row["status"] != "EXECUTING" or row["lease_epoch"] != epoch:
+            raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+
+    def _journal(self, conn: Conn, write: JournalWrite, value: Any) -> None:
+        conn.execute(
+            "INSERT INTO journal (run_id, key, attempt, position, is_error, value, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                write.run_id,
+                write.key,
+                write.attempt,
+                write.position,
+                int(write.is_error),
+                dump_json(value, f"the result of {write.key}"),
+                self.now_ms(),
+            ),
+        )
+
+    def _requeue_blocked(self, conn: Conn, waitpoint_ids: Iterable[str]) -> None:
+        ids = json.dumps(list(waitpoint_ids))
+        conn.execute(_REQUEUE_BLOCKED, {"now": self.now_ms(), "ids": ids})
+
+    async def _page(
+        self, table: str, where: list[str], params: list[Any], page: PageRequest
+    ) -> tuple[list[sqlite3.Row], str | None, str | None]:
+        """One page, newest first, with the cursors of the older and the newer pages."""
+        if page.before is not None:
+            clause = " AND ".join([*where, "id > ?"])
+            rows = await self._read(
+                f"SELECT * FROM {table} WHERE {clause} ORDER BY id ASC LIMIT ?",
+                [*params, page.before, page.limit + 1],
+            )
+            newer = len(rows) > page.limit
+            rows = rows[: page.limit][::-1]
+            if not rows:
+                return [], None, None
+            return rows, rows[-1]["id"], rows[0]["id"] if newer else None
+        if page.after is not None:
+            where = [*where, "id < ?"]
+            params = [*params, page.after]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(
+            f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, page.limit + 1]
+        )
+        older = len(rows) > page.limit
+        rows = rows[: page.limit]
+        if not rows:
+            return [], None, None
+        previous = rows[0]["id"] if page.after is not None else None
+        return rows, rows[-1]["id"] if older else None, previous
+
+    def change_event(self) -> asyncio.Event:
+        """An event set at the next commit that may have made work (here or in another process).
+
+        Take it *before* looking for work, then wait on it: nothing committed in between is
+        missed.
+        """
+        if self._poller is None and self._reader is not None:
+            self._poller = asyncio.create_task(self._poll_data_version(), name="waitpoint-poll")
+        return self._change
+
+    async def wait_for_change(self, timeout: float) -> None:
+        event = self.change_event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _notify(self) -> None:
+        event, self._change = self._change, asyncio.Event()
+        event.set()
+
+    async def _poll_data_version(self) -> None:
+        """``PRAGMA data_version`` moves when any other connection commits to the file."""
+        last: int | None = None
+        while self._reader is not None:
+            try:
+                rows = await self._read("PRAGMA data_version")
+            except Exception:  # closing; the loop ends with the reader
+                return
+            version = int(rows[0][0])
+            if last is not None and version != last:
+                self._notify()
+            last = version
+            await asyncio.sleep(_POLL_SECONDS)
+
+
+def _first_or_none(rows: Iterable[sqlite3.Row]) -> sqlite3.Row | None:
+    for row in rows:
+        return row
+    return None
+
+
+def _first(rows: Iterable[sqlite3.Row]) -> sqlite3.Row:
+    row = _first_or_none(rows)
+    if row is None:
+        raise StorageError("the database returned no row where one was expected")
+    return row
+
+
+def _common_filters(
+    statuses: list[str],
+    tags: list[str],
+    created_from_ms: int | None,
+    created_to_ms: int | None,
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if statuses:
+        where.append("status IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(statuses))
+    if tags:
+        where.append(
+            "EXISTS (SELECT 1 FROM json_each(tags) t"
+            " WHERE t.value IN (SELECT value FROM json_each(?)))"
+        )
+        params.append(json.dumps(tags))
+    if created_from_ms is not None:
+        where.append("created_at >= ?")
+        params.append(created_from_ms)
+    if created_to_ms is not None:
+        where.append("created_at <= ?")
+        params.append(created_to_ms)
+    return where, params

@@ -1,0 +1,337 @@
+"""SQLite operations on runs: trigger, claim with leases, journal, finish, retry, cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import LeaseLostError, RunNotFoundError
+from ..ids import new_run_id
+from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunStatus, TaskInfo
+from .base import JournalWrite, NewRun, PageRequest, RunFilter
+from .records import dump_json, journal_from_row, load_json, run_from_row
+from .sqlite_base import Conn, SQLiteBase, _common_filters, _first, _first_or_none
+
+
+class SQLiteRuns(SQLiteBase):
+    """Runs, their leases and journals, and the task registry."""
+
+    async def register_tasks(self, tasks: list[TaskInfo]) -> None:
+        now = self.now_ms()
+        rows = [
+            (t.id, None if t.payload_schema is None else dump_json(t.payload_schema), now)
+            for t in tasks
+        ]
+
+        def op(conn: Conn) -> None:
+            conn.executemany(
+                "INSERT INTO tasks (id, payload_schema, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET payload_schema = excluded.payload_schema,"
+                " updated_at = excluded.updated_at",
+                rows,
+            )
+
+        await self._write(op, notify=False)
+
+    async def list_tasks(self) -> list[TaskInfo]:
+        rows = await self._read("SELECT id, payload_schema FROM tasks ORDER BY id")
+        return [TaskInfo(r["id"], load_json(r["payload_schema"])) for r in rows]
+
+    async def create_run(self, new: NewRun) -> Run:
+        payload = dump_json(new.payload, "the payload")
+        tags = json.dumps(new.tags)
+        metadata = None if new.metadata is None else dump_json(new.metadata, "the metadata")
+
+        def op(conn: Conn) -> Run:
+            now = self.now_ms()
+            if new.idempotency_key is not None:
+                rows = conn.execute(
+                    "SELECT * FROM runs WHERE task_id = ? AND idempotency_key = ?",
+                    (new.task_id, new.idempotency_key),
+                ).fetchall()
+                row = _first_or_none(rows)
+                if row is not None:
+                    expires = row["idempotency_key_expires_at"]
+                    if expires is None or expires > now:
+                        return run_from_row(row).model_copy(update={"is_cached": True})
+                    conn.execute(
+                        "UPDATE runs SET idempotency_key = NULL WHERE id = ?", (row["id"],)
+                    )
+            delayed = new.delayed_until_ms is not None and new.delayed_until_ms > now
+            start = new.delayed_until_ms if delayed and new.delayed_until_ms else now
+            rows = conn.execute(
+                "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
+                " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
+                " expires_at, metadata, max_duration_ms, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (
+                    new_run_id(),
+                    new.task_id,
+                    "DELAYED" if delayed else "QUEUED",
+                    payload,
+                    tags,
+                    new.idempotency_key,
+                    new.idempotency_key_expires_ms,
+                    new.max_attempts,
+                    start,
+                    start if delayed else None,
+                    new.ttl,
+                    None if new.ttl_ms is None else start + new.ttl_ms,
+                    metadata,
+                    new.max_duration_ms,
+                    now,
+                    now,
+                ),
+            ).fetchall()
+            return run_from_row(_first(rows))
+
+        return await self._write(op)
+
+    async def get_run(self, run_id: str) -> Run:
+        rows = await self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        waits = await self._waiting_on([run_id])
+        return run_from_row(rows[0], waits.get(run_id))
+
+    async def _waiting_on(self, run_ids: list[str]) -> dict[str, list[str]]:
+        rows = await self._read(
+            "SELECT rw.run_id, rw.waitpoint_id FROM run_waits rw"
+            " JOIN waitpoints w ON w.id = rw.waitpoint_id"
+            " WHERE w.status = 'WAITING' AND rw.run_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY rw.created_at",
+            (json.dumps(run_ids),),
+        )
+        found: dict[str, list[str]] = {}
+        for row in rows:
+            found.setdefault(row["run_id"], []).append(row["waitpoint_id"])
+        return found
+
+    async def list_runs(self, filter: RunFilter, page: PageRequest) -> Page[Run]:
+        where, params = _common_filters(
+            [s.value for s in filter.status],
+            filter.tags,
+            filter.created_from_ms,
+            filter.created_to_ms,
+        )
+        if filter.task_id:
+            where.append("task_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(filter.task_id))
+        rows, next_cursor, previous_cursor = await self._page("runs", where, params, page)
+        waits = await self._waiting_on([r["id"] for r in rows])
+        runs = [run_from_row(r, waits.get(r["id"])) for r in rows]
+        return Page(data=runs, next_cursor=next_cursor, previous_cursor=previous_cursor)
+
+    async def get_journal(self, run_id: str) -> list[JournalEntry]:
+        await self.get_run(run_id)  # RunNotFoundError for an unknown id
+        rows = await self._read(
+            "SELECT * FROM journal WHERE run_id = ? ORDER BY created_at, position", (run_id,)
+        )
+        return [journal_from_row(r) for r in rows]
+
+    async def cancel_run(self, run_id: str) -> Run:
+        def op(conn: Conn) -> None:
+            now = self.now_ms()
+            rows = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchall()
+            row = _first_or_none(rows)
+            if row is None:
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            if RunStatus(row["status"]).is_terminal:
+                return
+            conn.execute(
+                "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
+                " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
+                " WHERE id = ?",
+                (now, now, run_id),
+            )
+            conn.execute("DELETE FROM run_waits WHERE run_id = ?", (run_id,))
+
+        await self._write(op)
+        return await self.get_run(run_id)
+
+    async def claim_runs(
+        self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
+    ) -> list[ClaimedRun]:
+        tasks = json.dumps(task_ids)
+
+        def op(conn: Conn) -> list[ClaimedRun]:
+            now = self.now_ms()
+            rows = conn.execute(
+                "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
+                " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
+                " attempt_count = max(attempt_count, 1), started_at = coalesce(started_at, :now),"
+                " updated_at = :now"
+                " WHERE id IN (SELECT id FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
+                "              AND task_id IN (SELECT value FROM json_each(:tasks))"
+                "              AND (expires_at IS NULL OR expires_at > :now)"
+                "              ORDER BY available_at, id LIMIT :limit)"
+                " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts,"
+                " executing_ms, max_duration_ms",
+                {
+                    "owner": owner,
+                    "expires": now + lease_ms,
+                    "now": now,
+                    "limit": limit,
+                    "tasks": tasks,
+                },
+            ).fetchall()
+            if not rows:
+                return []
+            ids = json.dumps([r["id"] for r in rows])
+            entries = conn.execute(
+                "SELECT * FROM journal WHERE run_id IN (SELECT value FROM json_each(?))"
+                " ORDER BY position, attempt",
+                (ids,),
+            ).fetchall()
+            journals: dict[str, list[Any]] = {}
+            for entry in entries:
+                journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))
+            return [
+                ClaimedRun(
+                    id=r["id"],
+                    task_id=r["task_id"],
+                    payload=load_json(r["payload"]),
+                    attempt=r["attempt_count"],
+                    epoch=r["lease_epoch"],
+                    max_attempts=r["max_attempts"],
+                    executed_ms=r["executing_ms"],
+                    max_duration_ms=r["max_duration_ms"],
+                    journal=journals.get(r["id"], []),
+                )
+                for r in rows
+            ]
+
+        return await self._write(op, notify=False)
+
+    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
+        def op(conn: Conn) -> None:
+            conn.execute(
+                "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ?"
+                " AND status = 'EXECUTING' AND id IN (SELECT value FROM json_each(?))",
+                (self.now_ms() + lease_ms, owner, json.dumps(run_ids)),
+            )
+
+        await self._write(op, notify=False)
+
+    async def release_run(self, run_id: str, epoch: int) -> None:
+        def op(conn: Conn) -> None:
+            now = self.now_ms()
+            conn.execute(
+                "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " available_at = ?, updated_at = ?"
+                " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
+                (now, now, run_id, epoch),
+            )
+
+        await self._write(op)
+
+    async def append_journal(self, write: JournalWrite) -> None:
+        def op(conn: Conn) -> None:
+            self._fence(conn, write.run_id, write.epoch)
+            self._journal(conn, write, write.value)
+
+        await self._write(op, notify=False)
+
+    async def finish_run(
+        self,
+        run_id: str,
+        epoch: int,
+        status: RunStatus,
+        output: Any,
+        error: RunError | None,
+        elapsed_ms: int = 0,
+    ) -> None:
+        output_json = None if output is None else dump_json(output, "the task's return value")
+        error_json = None if error is None else error.model_dump_json(by_alias=True)
+
+        def op(conn: Conn) -> None:
+            now = self.now_ms()
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
+                " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
+                " executing_ms = executing_ms + ?"
+                " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
+                (status.value, output_json, error_json, now, now, elapsed_ms, run_id, epoch),
+            )
+            if cursor.rowcount == 0:
+                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+
+        await self._write(op)
+
+    async def retry_run(
+        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+    ) -> None:
+        def op(conn: Conn) -> None:
+            now = self.now_ms()
+            cursor = conn.execute(
+                "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
+                " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
+                (
+                    now + delay_ms,
+                    now,
+                    error.model_dump_json(by_alias=True),
+                    elapsed_ms,
+                    run_id,
+                    epoch,
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+
+        await self._write(op)
+
+    async def rescue_expired_leases(self) -> int:
+        now = self.now_ms()
+        if not await self._read(
+            "SELECT 1 FROM runs WHERE status = 'EXECUTING' AND lease_expires_at < ? LIMIT 1",
+            (now,),
+        ):
+            return 0
+
+        def op(conn: Conn) -> int:
+            now = self.now_ms()
+            cursor = conn.execute(
+                "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
+                " WHERE status = 'EXECUTING' AND lease_expires_at < ?",
+                (now, now, now),
+            )
+            return cursor.rowcount
+
+        return await self._write(op)
+
+    async def has_due_runs(self, task_ids: list[str]) -> bool:
+        rows = await self._read(
+            "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= ?"
+            " AND task_id IN (SELECT value FROM json_each(?)) LIMIT 1",
+            (self.now_ms(), json.dumps(task_ids)),
+        )
+        return bool(rows)
+
+    async def _start_delayed_runs(self) -> int:
+        """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE."""
+        now = self.now_ms()
+        if not await self._read(
+            "SELECT 1 FROM runs WHERE (status = 'DELAYED' AND available_at <= :now)"
+            " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now) LIMIT 1",
+            {"now": now},
+        ):
+            return 0
+
+        def op(conn: Conn) -> int:
+            now = self.now_ms()
+            expired = conn.execute(
+                "UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now"
+                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now",
+                {"now": now},
+            ).rowcount
+            queued = conn.execute(
+                "UPDATE runs SET status = 'QUEUED', updated_at = :now"
+                " WHERE status = 'DELAYED' AND available_at <= :now",
+                {"now": now},
+            ).rowcount
+            return int(expired + queued)
+
+        return await self._write(op)

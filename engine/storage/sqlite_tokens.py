@@ -1,0 +1,236 @@
+"""SQLite operations on waitpoint tokens: create, close (first writer wins), wait, time out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..clock import from_ms
+from ..errors import TokenNotFoundError, TokenNotWaitingError
+from ..ids import new_token_id
+from ..models import (
+    CompletionResult,
+    CompletionSource,
+    LateCompletion,
+    Page,
+    Token,
+    WaitpointStatus,
+)
+from .base import JournalWrite, NewToken, PageRequest, TokenFilter
+from .records import dump_json, load_json, token_from_row
+from .sqlite_base import Conn, SQLiteBase, _common_filters, _first, _first_or_none
+
+
+class SQLiteTokens(SQLiteBase):
+    """Waitpoint tokens, the runs blocked on them, and replies kept for retried API requests."""
+
+    async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
+        schema = None if new.data_schema is None else dump_json(new.data_schema)
+
+        def op(conn: Conn) -> Token:
+            now = self.now_ms()
+            if journal is not None:
+                self._fence(conn, journal.run_id, journal.epoch)
+            token = self._existing_token(conn, new.idempotency_key, now)
+            if token is None:
+                rows = conn.execute(
+                    "INSERT INTO waitpoints (id, status, tags, idempotency_key,"
+                    " idempotency_key_expires_at, ttl, timeout_at, created_at, data_schema,"
+                    " created_by_run) VALUES (?, 'WAITING', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    (
+                        new_token_id(),
+                        json.dumps(new.tags),
+                        new.idempotency_key,
+                        new.idempotency_key_expires_ms,
+                        new.ttl,
+                        new.timeout_ms,
+                        now,
+                        schema,
+                        journal.run_id if journal else None,
+                    ),
+                ).fetchall()
+                token = token_from_row(_first(rows), self.signer)
+            if journal is not None:
+                self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
+            return token
+
+        return await self._write(op)
+
+    def _existing_token(self, conn: Conn, key: str | None, now: int) -> Token | None:
+        """The live token created with this idempotency key; an expired key is let go."""
+        if key is None:
+            return None
+        rows = conn.execute("SELECT * FROM waitpoints WHERE idempotency_key = ?", (key,)).fetchall()
+        row = _first_or_none(rows)
+        if row is None:
+            return None
+        expires = row["idempotency_key_expires_at"]
+        if expires is None or expires > now:
+            return token_from_row(row, self.signer).model_copy(update={"is_cached": True})
+        conn.execute("UPDATE waitpoints SET idempotency_key = NULL WHERE id = ?", (row["id"],))
+        return None
+
+    async def get_token(self, token_id: str) -> Token:
+        rows = await self._read("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
+        if not rows:
+            raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+        token = token_from_row(rows[0], self.signer)
+        if token.is_waiting:
+            return token
+        late = await self._read(
+            "SELECT via, attempted_at FROM late_completions WHERE token_id = ?"
+            " ORDER BY attempted_at",
+            (token_id,),
+        )
+        if not late:
+            return token
+        attempts = [
+            LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"]))
+            for r in late
+        ]
+        return token.model_copy(update={"late_completions": attempts})
+
+    async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
+        where, params = _common_filters(
+            [s.value for s in filter.status],
+            filter.tags,
+            filter.created_from_ms,
+            filter.created_to_ms,
+        )
+        if filter.idempotency_key is not None:
+            where.append("idempotency_key = ?")
+            params.append(filter.idempotency_key)
+        rows, next_cursor, previous_cursor = await self._page("waitpoints", where, params, page)
+        tokens = [token_from_row(r, self.signer) for r in rows]
+        return Page(data=tokens, next_cursor=next_cursor, previous_cursor=previous_cursor)
+
+    async def complete_token(
+        self, token_id: str, data: Any, source: CompletionSource
+    ) -> CompletionResult:
+        return await self._close_token(
+            token_id, WaitpointStatus.COMPLETED, dump_json(data, "the completion data"), source
+        )
+
+    async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult:
+        data = {"code": "WAITPOINT_CANCELLED", "message": f"Waitpoint {token_id} was cancelled"}
+        return await self._close_token(token_id, WaitpointStatus.CANCELLED, dump_json(data), source)
+
+    async def _close_token(
+        self, token_id: str, status: WaitpointStatus, data: str, source: CompletionSource
+    ) -> CompletionResult:
+        """First writer wins: close a WAITING token and re-queue the runs it unblocks.
+
+        A completion that finds the token timed out or cancelled is refused, and the attempt
+        is recorded on the token (the refusal is raised after that record committed).
+        """
+
+        def op(conn: Conn) -> CompletionResult | TokenNotWaitingError:
+            rows = conn.execute(
+                "UPDATE waitpoints SET status = ?, data = ?, completed_at = ?, completed_via = ?"
+                " WHERE id = ? AND status = 'WAITING' RETURNING *",
+                (status.value, data, self.now_ms(), source.value, token_id),
+            ).fetchall()
+            row = _first_or_none(rows)
+            if row is not None:
+                self._requeue_blocked(conn, [token_id])
+                return CompletionResult(applied=True, token=token_from_row(row, self.signer))
+            rows = conn.execute("SELECT * FROM waitpoints WHERE id = ?", (token_id,)).fetchall()
+            row = _first_or_none(rows)
+            if row is None:
+                raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+            token = token_from_row(row, self.signer)
+            if token.status is status:
+                return CompletionResult(applied=False, token=token)
+            if status is WaitpointStatus.COMPLETED:
+                conn.execute(
+                    "INSERT INTO late_completions (token_id, via, attempted_at) VALUES (?, ?, ?)",
+                    (token_id, source.value, self.now_ms()),
+                )
+            return TokenNotWaitingError(token_id, token.status.value, token.completed_at)
+
+        outcome = await self._write(op)
+        if isinstance(outcome, TokenNotWaitingError):
+            raise outcome
+        return outcome
+
+    async def wait_on_token(
+        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> Token | None:
+        def op(conn: Conn) -> Token | None:
+            self._fence(conn, journal.run_id, journal.epoch)
+            rows = conn.execute("SELECT * FROM waitpoints WHERE id = ?", (token_id,)).fetchall()
+            row = _first_or_none(rows)
+            if row is None:
+                raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+            token = token_from_row(row, self.signer)
+            now = self.now_ms()
+            if not token.is_waiting:
+                self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
+                conn.execute(
+                    "DELETE FROM run_waits WHERE run_id = ? AND waitpoint_id = ?",
+                    (journal.run_id, token_id),
+                )
+                return token
+            conn.execute(
+                "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (journal.run_id, token_id, journal.key, now),
+            )
+            conn.execute(
+                "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
+                " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
+                (now, elapsed_ms, journal.run_id),
+            )
+            return None
+
+        return await self._write(op, notify=False)
+
+    async def _time_out_tokens(self, limit: int) -> int:
+        now = self.now_ms()
+        if not await self._read(
+            "SELECT 1 FROM waitpoints WHERE status = 'WAITING' AND timeout_at <= ? LIMIT 1",
+            (now,),
+        ):
+            return 0
+
+        def op(conn: Conn) -> int:
+            now = self.now_ms()
+            rows = conn.execute(
+                "UPDATE waitpoints SET status = 'TIMED_OUT', completed_at = :now,"
+                " completed_via = 'timeout', data = json_object("
+                "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
+                "   'message', 'Waitpoint timed out at '"
+                "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch'))"
+                " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
+                "              AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit)"
+                " RETURNING id",
+                {"now": now, "limit": limit},
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            if ids:
+                self._requeue_blocked(conn, ids)
+            return len(ids)
+
+        return await self._write(op)
+
+    async def get_request_reply(self, key: str, route: str) -> Any:
+        """The reply stored for a request idempotency key on this route, or None."""
+        rows = await self._read(
+            "SELECT reply FROM request_replies WHERE key = ? AND route = ?", (key, route)
+        )
+        return load_json(rows[0]["reply"]) if rows else None
+
+    async def save_request_reply(self, key: str, route: str, reply: Any) -> None:
+        """Keep a reply for 24 hours so that a retried request gets the same answer."""
+        text = dump_json(reply)
+
+        def op(conn: Conn) -> None:
+            now = self.now_ms()
+            conn.execute("DELETE FROM request_replies WHERE created_at < ?", (now - 86_400_000,))
+            conn.execute(
+                "INSERT OR IGNORE INTO request_replies (key, route, reply, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, route, text, now),
+            )
+
+        await self._write(op, notify=False)

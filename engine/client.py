@@ -23,22 +23,19 @@ from typing import Any, Self
 import structlog
 from pydantic import BaseModel
 
-from .clock import Clock, from_ms, to_ms
-from .durations import Timeout, format_duration, resolve_deadline, to_timedelta
+from .clock import Clock
+from .durations import Timeout
 from .errors import (
     ConfigurationError,
     RunFailedError,
     RunWaitTimeoutError,
     TaskNotFoundError,
-    ValidationError,
 )
 from .models import (
     CompletionResult,
     CompletionSource,
-    JournalEntry,
     Page,
     Run,
-    RunError,
     RunStatus,
     TaskInfo,
     TimelineEntry,
@@ -46,11 +43,9 @@ from .models import (
     WaitpointStatus,
 )
 from .registry import REGISTRY
+from .requests import moment_ms, page_request, run_request, timeline_entry, token_request
 from .settings import Settings
 from .storage import (
-    NewRun,
-    NewToken,
-    PageRequest,
     RunFilter,
     Storage,
     TokenFilter,
@@ -58,9 +53,6 @@ from .storage import (
 )
 from .validation import (
     check_against_schema,
-    check_schema,
-    clean_limit,
-    clean_optional_text,
     clean_statuses,
     clean_tags,
 )
@@ -79,133 +71,6 @@ def current_engine() -> Engine:
             "no Engine is open here: outside a run, use `async with Engine() as engine:` "
             "(or call engine.tokens.create / engine.tokens.complete directly)"
         ) from None
-
-
-def token_request(
-    now_ms: int,
-    *,
-    timeout: Timeout | None = None,
-    idempotency_key: str | None = None,
-    idempotency_key_ttl: str | timedelta | None = None,
-    tags: list[str] | str | None = None,
-    schema: type[BaseModel] | dict[str, Any] | None = None,
-) -> NewToken:
-    """Validate ``create_token`` arguments into what storage inserts.
-
-    ``schema`` is a pydantic model class or a JSON Schema (what the REST API receives).
-    """
-    now = from_ms(now_ms)
-    timeout_ms = ttl = None
-    if timeout is not None:
-        deadline, ttl = resolve_deadline(timeout, now)
-        timeout_ms = to_ms(deadline)
-    data_schema = None
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        data_schema = schema.model_json_schema()
-    elif isinstance(schema, dict):
-        data_schema = check_schema(schema)
-    elif schema is not None:
-        raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
-    key = clean_optional_text(idempotency_key, "idempotency_key")
-    return NewToken(
-        timeout_ms=timeout_ms,
-        ttl=ttl,
-        tags=clean_tags(tags),
-        idempotency_key=key,
-        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
-        data_schema=data_schema,
-    )
-
-
-def run_request(
-    task_id: str,
-    payload: Any,
-    now_ms: int,
-    *,
-    idempotency_key: str | None = None,
-    idempotency_key_ttl: str | timedelta | None = None,
-    tags: list[str] | str | None = None,
-    max_attempts: int | None = None,
-    delay: Timeout | None = None,
-    ttl: str | timedelta | None = None,
-    metadata: dict[str, Any] | None = None,
-    max_duration: str | timedelta | None = None,
-) -> NewRun:
-    """Validate trigger options into what storage inserts."""
-    if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-    ):
-        raise ValidationError("max_attempts must be a positive integer")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValidationError("metadata must be a JSON object (a dict)")
-    key = clean_optional_text(idempotency_key, "idempotency_key")
-    delayed_until = None
-    if delay is not None:
-        if isinstance(delay, datetime):
-            delayed_until = _ms(delay, "delay")  # a past moment just means "now"
-        else:
-            delayed_until = now_ms + _duration_ms(delay)
-    return NewRun(
-        task_id=task_id,
-        payload=payload,
-        tags=clean_tags(tags),
-        idempotency_key=key,
-        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
-        max_attempts=max_attempts,
-        delayed_until_ms=delayed_until,
-        ttl=None if ttl is None else (ttl if isinstance(ttl, str) else format_duration(ttl)),
-        ttl_ms=None if ttl is None else _duration_ms(ttl),
-        metadata=metadata,
-        max_duration_ms=None if max_duration is None else _duration_ms(max_duration),
-    )
-
-
-def _duration_ms(value: str | timedelta) -> int:
-    return int(to_timedelta(value).total_seconds() * 1000)
-
-
-def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> int | None:
-    if ttl is None:
-        return None
-    if key is None:
-        raise ValidationError("idempotency_key_ttl needs an idempotency_key")
-    return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
-
-
-def timeline_entry(entry: JournalEntry) -> TimelineEntry:
-    base, _, _ = entry.key.rpartition("#")
-    kind, _, name = base.partition(":")
-    token = error = value = None
-    if entry.is_error:
-        error = RunError.model_validate(entry.value)
-    elif kind in ("create_token", "wait_for_token") and isinstance(entry.value, dict):
-        token = Token.model_validate(entry.value)
-    else:
-        value = entry.value
-    return TimelineEntry(
-        key=entry.key,
-        kind=kind,
-        name=name,
-        attempt=entry.attempt,
-        at=from_ms(entry.recorded_ms),
-        ok=not entry.is_error,
-        value=value,
-        error=error,
-        token=token,
-    )
-
-
-def page_request(limit: int, after: str | None, before: str | None) -> PageRequest:
-    """``before`` wins over ``after`` (the SDK's previous-page call sends both)."""
-    return PageRequest(clean_limit(limit), None if before is not None else after, before)
-
-
-def _ms(moment: datetime | None, what: str) -> int | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        raise ValidationError(f"{what} must be a timezone-aware datetime")
-    return to_ms(moment)
 
 
 class Engine:
@@ -416,8 +281,8 @@ class Runs:
             status=clean_statuses(status, RunStatus),
             task_id=tasks,
             tags=clean_tags(tags),
-            created_from_ms=_ms(created_after, "created_after"),
-            created_to_ms=_ms(created_before, "created_before"),
+            created_from_ms=moment_ms(created_after, "created_after"),
+            created_to_ms=moment_ms(created_before, "created_before"),
         )
         return await self._engine.storage.list_runs(filter, page_request(limit, after, before))
 
@@ -482,8 +347,8 @@ class Tokens:
             status=clean_statuses(status, WaitpointStatus),
             tags=clean_tags(tags),
             idempotency_key=idempotency_key,
-            created_from_ms=_ms(created_after, "created_after"),
-            created_to_ms=_ms(created_before, "created_before"),
+            created_from_ms=moment_ms(created_after, "created_after"),
+            created_to_ms=moment_ms(created_before, "created_before"),
         )
         return await self._engine.storage.list_tokens(filter, page_request(limit, after, before))
 

@@ -22,10 +22,11 @@ import structlog
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from .client import current_engine, token_request
+from .client import current_engine
 from .durations import Timeout
 from .errors import StepFailedError, Suspended, ValidationError
 from .models import CompletionResult, CompletionSource, Token, WaitResult
+from .requests import token_request
 from .runtime import RunContext, error_of
 
 T = TypeVar("T")

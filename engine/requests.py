@@ -1,0 +1,146 @@
+"""Turning what users pass (durations, tags, options) into what storage takes.
+
+Every entry point (Python, the CLI, the REST API) goes through these, so a bad argument gets
+the same ``ValidationError`` wherever it comes from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from .clock import from_ms, to_ms
+from .durations import Timeout, format_duration, resolve_deadline, to_timedelta
+from .errors import ValidationError
+from .models import JournalEntry, RunError, TimelineEntry, Token
+from .storage import NewRun, NewToken, PageRequest
+from .validation import check_schema, clean_limit, clean_optional_text, clean_tags
+
+
+def token_request(
+    now_ms: int,
+    *,
+    timeout: Timeout | None = None,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: str | timedelta | None = None,
+    tags: list[str] | str | None = None,
+    schema: type[BaseModel] | dict[str, Any] | None = None,
+) -> NewToken:
+    """Validate ``create_token`` arguments into what storage inserts.
+
+    ``schema`` is a pydantic model class or a JSON Schema (what the REST API receives).
+    """
+    now = from_ms(now_ms)
+    timeout_ms = ttl = None
+    if timeout is not None:
+        deadline, ttl = resolve_deadline(timeout, now)
+        timeout_ms = to_ms(deadline)
+    data_schema = None
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        data_schema = schema.model_json_schema()
+    elif isinstance(schema, dict):
+        data_schema = check_schema(schema)
+    elif schema is not None:
+        raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
+    key = clean_optional_text(idempotency_key, "idempotency_key")
+    return NewToken(
+        timeout_ms=timeout_ms,
+        ttl=ttl,
+        tags=clean_tags(tags),
+        idempotency_key=key,
+        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
+        data_schema=data_schema,
+    )
+
+
+def run_request(
+    task_id: str,
+    payload: Any,
+    now_ms: int,
+    *,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: str | timedelta | None = None,
+    tags: list[str] | str | None = None,
+    max_attempts: int | None = None,
+    delay: Timeout | None = None,
+    ttl: str | timedelta | None = None,
+    metadata: dict[str, Any] | None = None,
+    max_duration: str | timedelta | None = None,
+) -> NewRun:
+    """Validate trigger options into what storage inserts."""
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        raise ValidationError("max_attempts must be a positive integer")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationError("metadata must be a JSON object (a dict)")
+    key = clean_optional_text(idempotency_key, "idempotency_key")
+    delayed_until = None
+    if delay is not None:
+        if isinstance(delay, datetime):
+            delayed_until = moment_ms(delay, "delay")  # a past moment just means "now"
+        else:
+            delayed_until = now_ms + _duration_ms(delay)
+    return NewRun(
+        task_id=task_id,
+        payload=payload,
+        tags=clean_tags(tags),
+        idempotency_key=key,
+        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
+        max_attempts=max_attempts,
+        delayed_until_ms=delayed_until,
+        ttl=None if ttl is None else (ttl if isinstance(ttl, str) else format_duration(ttl)),
+        ttl_ms=None if ttl is None else _duration_ms(ttl),
+        metadata=metadata,
+        max_duration_ms=None if max_duration is None else _duration_ms(max_duration),
+    )
+
+
+def _duration_ms(value: str | timedelta) -> int:
+    return int(to_timedelta(value).total_seconds() * 1000)
+
+
+def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> int | None:
+    if ttl is None:
+        return None
+    if key is None:
+        raise ValidationError("idempotency_key_ttl needs an idempotency_key")
+    return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
+
+
+def timeline_entry(entry: JournalEntry) -> TimelineEntry:
+    base, _, _ = entry.key.rpartition("#")
+    kind, _, name = base.partition(":")
+    token = error = value = None
+    if entry.is_error:
+        error = RunError.model_validate(entry.value)
+    elif kind in ("create_token", "wait_for_token") and isinstance(entry.value, dict):
+        token = Token.model_validate(entry.value)
+    else:
+        value = entry.value
+    return TimelineEntry(
+        key=entry.key,
+        kind=kind,
+        name=name,
+        attempt=entry.attempt,
+        at=from_ms(entry.recorded_ms),
+        ok=not entry.is_error,
+        value=value,
+        error=error,
+        token=token,
+    )
+
+
+def page_request(limit: int, after: str | None, before: str | None) -> PageRequest:
+    """``before`` wins over ``after`` (the SDK's previous-page call sends both)."""
+    return PageRequest(clean_limit(limit), None if before is not None else after, before)
+
+
+def moment_ms(moment: datetime | None, what: str) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValidationError(f"{what} must be a timezone-aware datetime")
+    return to_ms(moment)

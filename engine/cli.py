@@ -11,39 +11,37 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-import anyio
 import pydantic
 import structlog
 import typer
-import uvicorn
-from anyio.abc import TaskStatus
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from .api import create_app
-from .api.auth import KEY_FILE, resolve_secret_key
 from .client import Engine
+from .console import (
+    RUN_COLUMNS,
+    TOKEN_COLUMNS,
+    banner,
+    key_line,
+    show,
+    show_completion,
+    show_page,
+    show_timeline,
+)
 from .errors import EngineError, RunFailedError, ValidationError
 from .logs import configure_logging
 from .models import (
     CompletionResult,
     CompletionSource,
-    Page,
     Run,
     RunStatus,
     TimelineEntry,
     Token,
-    WireModel,
 )
 from .registry import TaskDefinition, load_tasks
+from .services import api_server, run_services
 from .settings import DEFAULT_DATABASE_URL, Settings
 from .worker import Worker
 
@@ -170,110 +168,7 @@ def _json_option(text: str | None, option: str) -> Any:
 # --- output ----------------------------------------------------------------------------
 
 
-def _cell(value: Any, *, short: bool = False) -> Text:
-    """A cell as plain text (never markup, so data like ``[red]`` stays as is).
-
-    Structured values are shown as JSON so they stay exact; ``short`` (tables) trims times to
-    the minute and joins tags with ", " so a narrow terminal can break them.
-    """
-    if isinstance(value, datetime):
-        return Text(value.strftime("%Y-%m-%d %H:%M") if short else value.isoformat())
-    if value is None or isinstance(value, str):
-        return Text(value or "")
-    if short and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return Text(", ".join(value))
-    return Text(json.dumps(value, separators=(",", ":"), default=str))
-
-
-def _show(model: WireModel, as_json: bool) -> None:
-    """One object: its wire JSON, or a key/value view for people."""
-    if as_json:
-        print(model.model_dump_json(by_alias=True))
-        return
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(overflow="fold")
-    for key, value in model.model_dump(mode="json", by_alias=True).items():
-        grid.add_row(key, _cell(value))
-    Console().print(grid)
-
-
-def _show_page(page: Page[Any], as_json: bool, columns: dict[str, str], noun: str) -> None:
-    """A page of objects: ``{"data": [...], "nextCursor": ...}`` or a table of ``columns``.
-
-    ``columns`` maps wire field names to the short headers a table has room for.
-    """
-    if as_json:
-        rows = [item.model_dump(mode="json", by_alias=True) for item in page.data]
-        print(json.dumps({"data": rows, "nextCursor": page.next_cursor}))
-        return
-    console = Console()
-    if not page.data:
-        console.print(f"no {noun}")
-        return
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
-    for key, header in columns.items():  # ids are what people copy: never cut them short
-        is_time = key.endswith("At")  # wide enough to break between date and time
-        whole = key in ("id", "status")
-        table.add_column(header, no_wrap=whole, overflow="fold", min_width=10 if is_time else None)
-    for item in page.data:
-        row = item.model_dump(by_alias=True)
-        table.add_row(*(_cell(row.get(column), short=True) for column in columns))
-    console.print(table)
-    if page.next_cursor:
-        console.print(Text(f"more: --after {page.next_cursor}", style="dim"))
-
-
-RUN_COLUMNS = {
-    "id": "id",
-    "taskIdentifier": "task",
-    "status": "status",
-    "attemptCount": "attempts",
-    "tags": "tags",
-    "createdAt": "created",
-}
-TOKEN_COLUMNS = {
-    "id": "id",
-    "status": "status",
-    "tags": "tags",
-    "expiresAt": "expires",
-    "createdAt": "created",
-}
-
-
-def _show_completion(result: CompletionResult, as_json: bool) -> None:
-    """The token after a complete/cancel, and a note when an earlier call already closed it."""
-    if not result.applied:
-        print(
-            f"note: token {result.token.id} was already {result.token.status.value}",
-            file=sys.stderr,
-        )
-    _show(result.token, as_json)
-
-
 # --- workers ---------------------------------------------------------------------------
-
-
-class _APIServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: ours stop the server and the worker together."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _api_server(engine: Engine, host: str, port: int) -> tuple[_APIServer, str, bool]:
-    """The API on ``host:port`` (access log off: callback URLs are secrets), and its key."""
-    key, created = resolve_secret_key(engine.settings)
-    config = uvicorn.Config(
-        create_app(engine, secret_key=key),
-        host=host,
-        port=port,
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-    )
-    return _APIServer(config), key, created
 
 
 def _api_settings(host: str, port: int) -> Settings:
@@ -284,60 +179,12 @@ def _api_settings(host: str, port: int) -> Settings:
     return settings.model_copy(update={"public_url": f"http://{host}:{port}"})
 
 
-def _banner(lines: list[str]) -> None:
-    Console(stderr=True, highlight=False).print("\n".join(lines), markup=False)
-
-
-def _key_line(key: str, created: bool, settings: Settings) -> str:
-    if settings.secret_key:
-        return "secret key: from WAITPOINT_SECRET_KEY"
-    if created:
-        return f"secret key: {key}  (new; kept in {KEY_FILE}, shown only this once)"
-    return f"secret key: in {KEY_FILE}"
-
-
 def _load(module: str | None, settings: Settings) -> tuple[str, dict[str, TaskDefinition]]:
     module = module or settings.tasks
     tasks = load_tasks(module)
     if not tasks:
         raise _fail(f"no tasks found in module {module!r}: decorate async functions with @task")
     return module, tasks
-
-
-async def _run_services(worker: Worker | None, server: _APIServer | None) -> None:
-    """Run the worker and/or the API next to a signal watcher, until both have stopped."""
-    async with anyio.create_task_group() as group:
-        await group.start(_stop_on_signals, worker, server)
-        async with anyio.create_task_group() as services:
-            if server is not None:
-                services.start_soon(server.serve)
-            if worker is not None:
-                services.start_soon(worker.run)
-        group.cancel_scope.cancel()
-
-
-async def _stop_on_signals(
-    worker: Worker | None,
-    server: _APIServer | None,
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """First SIGINT/SIGTERM drains (finish or park running attempts); a second one hands back.
-
-    Reports started once the handlers are in place, so no signal can find the worker running
-    without them (and kill it the default way, mid-write).
-    """
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        graceful = True
-        async for signum in signals:
-            log.info("worker.stopping", signal=signal.Signals(signum).name, graceful=graceful)
-            if worker is not None:
-                worker.stop(graceful=graceful)
-            if server is not None:
-                server.should_exit = True
-                server.force_exit = not graceful
-            graceful = False
 
 
 @app.command()
@@ -354,16 +201,16 @@ def dev(
         module, found = _load(tasks, settings)
 
     async def work(engine: Engine) -> None:
-        server, key, created = _api_server(engine, host, port)
-        _banner(
+        server, key, created = api_server(engine, host, port)
+        banner(
             [
                 f"waitpoint dev  database: {engine.settings.database_url}",
                 f"tasks from {module!r}: {', '.join(sorted(found))}",
                 f"API: http://{host}:{port}  (docs at http://{host}:{port}/docs)",
-                _key_line(key, created, engine.settings),
+                key_line(key, created, engine.settings),
             ]
         )
-        await _run_services(Worker(engine, found), server)
+        await run_services(Worker(engine, found), server)
 
     _run(database, work, settings)
 
@@ -376,11 +223,9 @@ def serve(database: Database = None, host: Host = "127.0.0.1", port: Port = 8030
         configure_logging(settings.log_format)
 
     async def work(engine: Engine) -> None:
-        server, key, created = _api_server(engine, host, port)
-        _banner(
-            [f"waitpoint API on http://{host}:{port}", _key_line(key, created, engine.settings)]
-        )
-        await _run_services(None, server)
+        server, key, created = api_server(engine, host, port)
+        banner([f"waitpoint API on http://{host}:{port}", key_line(key, created, engine.settings)])
+        await run_services(None, server)
 
     _run(database, work, settings)
 
@@ -400,7 +245,7 @@ def worker(
         _, found = _load(tasks, settings)
 
     async def work(engine: Engine) -> None:
-        await _run_services(Worker(engine, found, concurrency=concurrency), None)
+        await run_services(Worker(engine, found, concurrency=concurrency), None)
 
     _run(database, work)
 
@@ -459,7 +304,7 @@ def trigger(
             return await engine.runs.retrieve(run.id)
 
     run = _run(api_url or database, action)
-    _show(run, as_json)
+    show(run, as_json)
     if wait and run.status is not RunStatus.COMPLETED:
         raise _fail(f"run {run.id} ended {run.status.value}")
 
@@ -480,7 +325,7 @@ def runs_list(
         api_url or database,
         lambda e: e.runs.list(status=status, task=task, tags=tag, limit=limit, after=after),
     )
-    _show_page(page, as_json, RUN_COLUMNS, "runs")
+    show_page(page, as_json, RUN_COLUMNS, "runs")
 
 
 @runs_app.command("get")
@@ -493,9 +338,9 @@ def runs_get(
         return await engine.runs.retrieve(run_id), await engine.runs.timeline(run_id)
 
     run, timeline = _run(api_url or database, action)
-    _show(run, as_json)
+    show(run, as_json)
     if not as_json:
-        _show_timeline(timeline)
+        show_timeline(timeline)
 
 
 @runs_app.command("timeline")
@@ -507,33 +352,7 @@ def runs_timeline(
     if as_json:
         print(json.dumps([entry.model_dump(mode="json", by_alias=True) for entry in timeline]))
     else:
-        _show_timeline(timeline)
-
-
-def _show_timeline(timeline: list[TimelineEntry]) -> None:
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
-    for header in ("at", "call", "attempt", "outcome"):
-        table.add_column(header, overflow="fold")
-    for entry in timeline:
-        table.add_row(
-            _cell(entry.at.isoformat()),
-            _cell(entry.key),
-            _cell(entry.attempt),
-            _cell(_outcome(entry)),
-        )
-    Console().print(table)
-
-
-def _outcome(entry: TimelineEntry) -> str:
-    if entry.error is not None:
-        return f"{entry.error.name}: {entry.error.message}"
-    token = entry.token
-    if token is None:
-        return json.dumps(entry.value)
-    if entry.kind == "create_token":
-        return f"created {token.id}"
-    via = f" via {token.completed_via.value}" if token.completed_via else ""
-    return f"{token.id} {token.status.value}{via}: {json.dumps(token.data)}"
+        show_timeline(timeline)
 
 
 @runs_app.command("cancel")
@@ -541,7 +360,7 @@ def runs_cancel(
     run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
 ) -> None:
     """Cancel a run that has not finished."""
-    _show(_run(api_url or database, lambda e: e.runs.cancel(run_id)), as_json)
+    show(_run(api_url or database, lambda e: e.runs.cancel(run_id)), as_json)
 
 
 # --- tokens ----------------------------------------------------------------------------
@@ -563,7 +382,7 @@ def tokens_create(
             timeout=timeout, tags=tag, idempotency_key=idempotency_key
         )
 
-    _show(_run(api_url or database, action), as_json)
+    show(_run(api_url or database, action), as_json)
 
 
 @tokens_app.command("list")
@@ -581,7 +400,7 @@ def tokens_list(
         api_url or database,
         lambda e: e.tokens.list(status=status, tags=tag, limit=limit, after=after),
     )
-    _show_page(page, as_json, TOKEN_COLUMNS, "tokens")
+    show_page(page, as_json, TOKEN_COLUMNS, "tokens")
 
 
 @tokens_app.command("get")
@@ -589,7 +408,7 @@ def tokens_get(
     token_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
 ) -> None:
     """Show one token."""
-    _show(_run(api_url or database, lambda e: e.tokens.retrieve(token_id)), as_json)
+    show(_run(api_url or database, lambda e: e.tokens.retrieve(token_id)), as_json)
 
 
 @tokens_app.command("complete")
@@ -606,7 +425,7 @@ def tokens_complete(
         value = _json_option(data, "--data")
         return await engine.tokens.complete(token_id, value, source=CompletionSource.CLI)
 
-    _show_completion(_run(api_url or database, action), as_json)
+    show_completion(_run(api_url or database, action), as_json)
 
 
 @tokens_app.command("cancel")
@@ -614,7 +433,7 @@ def tokens_cancel(
     token_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
 ) -> None:
     """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError."""
-    _show_completion(
+    show_completion(
         _run(api_url or database, lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI)),
         as_json,
     )

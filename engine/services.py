@@ -1,0 +1,77 @@
+"""Running the worker and the API server in one process until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import anyio
+import structlog
+import uvicorn
+from anyio.abc import TaskStatus
+
+from .api import create_app
+from .api.auth import resolve_secret_key
+from .client import Engine
+from .worker import Worker
+
+log = structlog.get_logger("engine.services")
+
+
+class APIServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: ours stop the server and the worker together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bool]:
+    """The API on ``host:port`` (access log off: callback URLs are secrets), and its key."""
+    key, created = resolve_secret_key(engine.settings)
+    config = uvicorn.Config(
+        create_app(engine, secret_key=key),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+    return APIServer(config), key, created
+
+
+async def run_services(worker: Worker | None, server: APIServer | None) -> None:
+    """Run the worker and/or the API next to a signal watcher, until both have stopped."""
+    async with anyio.create_task_group() as group:
+        await group.start(stop_on_signals, worker, server)
+        async with anyio.create_task_group() as services:
+            if server is not None:
+                services.start_soon(server.serve)
+            if worker is not None:
+                services.start_soon(worker.run)
+        group.cancel_scope.cancel()
+
+
+async def stop_on_signals(
+    worker: Worker | None,
+    server: APIServer | None,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """First SIGINT/SIGTERM drains (finish or park running attempts); a second one hands back.
+
+    Reports started once the handlers are in place, so no signal can find the worker running
+    without them (and kill it the default way, mid-write).
+    """
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        graceful = True
+        async for signum in signals:
+            log.info("worker.stopping", signal=signal.Signals(signum).name, graceful=graceful)
+            if worker is not None:
+                worker.stop(graceful=graceful)
+            if server is not None:
+                server.should_exit = True
+                server.force_exit = not graceful
+            graceful = False

@@ -46,7 +46,6 @@ from .settings import DEFAULT_DATABASE_URL, Settings
 from .worker import Worker
 
 T = TypeVar("T")
-log = structlog.get_logger("engine.cli")
 
 app = typer.Typer(
     no_args_is_help=True,

@@ -6,9 +6,12 @@ names the parameter and the value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Query
 
 from ..durations import parse_duration
 from ..errors import ValidationError
@@ -86,6 +89,41 @@ def created_range(
         except ValidationError as exc:
             raise query_error(f"filter[createdAt][period]={period!r}: {exc}") from None
     return moment(start, "filter[createdAt][from]"), moment(end, "filter[createdAt][to]")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The part of a list query that tokens and runs share: created-at range and paging."""
+
+    created_after: datetime | None
+    created_before: datetime | None
+    limit: int
+    after: str | None
+    before: str | None
+
+    def as_options(self) -> dict[str, Any]:
+        return {
+            "created_after": self.created_after,
+            "created_before": self.created_before,
+            "limit": self.limit,
+            "after": self.after,
+            "before": self.before,
+        }
+
+
+def window(
+    period: Annotated[str | None, Query(alias="filter[createdAt][period]")] = None,
+    created_from: Annotated[str | None, Query(alias="filter[createdAt][from]")] = None,
+    created_to: Annotated[str | None, Query(alias="filter[createdAt][to]")] = None,
+    size: Annotated[str | None, Query(alias="page[size]")] = None,
+    after: Annotated[str | None, Query(alias="page[after]")] = None,
+    before: Annotated[str | None, Query(alias="page[before]")] = None,
+) -> Window:
+    start, end = created_range(period, created_from, created_to, datetime.now(UTC))
+    return Window(start, end, page_size(size), after, before)
+
+
+ListWindow = Annotated[Window, Depends(window)]
 
 
 def deadline(raw: str) -> str | datetime:

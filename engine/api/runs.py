@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .body import JSONGuardRoute
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
 from .problems import Problem
-from .queries import comma_list, created_range, deadline, page_size, run_statuses
+from .queries import ListWindow, comma_list, deadline, run_statuses
 from .wire import page_json, run_json
 
 router = APIRouter(tags=["runs"])
@@ -133,25 +132,13 @@ async def list_runs(
     status: Annotated[str | None, Query(alias="filter[status]")] = None,
     task: Annotated[str | None, Query(alias="filter[taskIdentifier]")] = None,
     tag: Annotated[str | None, Query(alias="filter[tag]")] = None,
-    period: Annotated[str | None, Query(alias="filter[createdAt][period]")] = None,
-    created_from: Annotated[str | None, Query(alias="filter[createdAt][from]")] = None,
-    created_to: Annotated[str | None, Query(alias="filter[createdAt][to]")] = None,
-    size: Annotated[str | None, Query(alias="page[size]")] = None,
-    after: Annotated[str | None, Query(alias="page[after]")] = None,
-    before: Annotated[str | None, Query(alias="page[before]")] = None,
+    *,
+    listing: ListWindow,
 ) -> dict[str, Any]:
     wanted = run_statuses(status)
     if wanted == []:  # only statuses this engine never gives a run
         return {"data": [], "pagination": {}}
-    start, end = created_range(period, created_from, created_to, datetime.now(UTC))
     page = await engine.runs.list(
-        status=wanted,
-        task=comma_list(task),
-        tags=comma_list(tag),
-        created_after=start,
-        created_before=end,
-        limit=page_size(size),
-        after=after,
-        before=before,
+        status=wanted, task=comma_list(task), tags=comma_list(tag), **listing.as_options()
     )
     return page_json(page, [run_json(r) for r in page.data])

@@ -7,7 +7,6 @@ Every completion records how it arrived (``api`` with the secret key, ``public-t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -18,7 +17,7 @@ from .auth import Caller
 from .body import JSONGuardRoute, parse_json
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
 from .problems import Problem
-from .queries import comma_list, created_range, deadline, page_size, statuses
+from .queries import ListWindow, comma_list, deadline, statuses
 from .wire import SDK_VERSION_HEADER, page_json, token_json
 
 router = APIRouter(prefix="/api/v1/waitpoints/tokens", tags=["waitpoint tokens"])
@@ -97,26 +96,17 @@ async def list_tokens(
     status: Annotated[str | None, Query(alias="filter[status]")] = None,
     idempotency_key: Annotated[str | None, Query(alias="filter[idempotencyKey]")] = None,
     tags: Annotated[str | None, Query(alias="filter[tags]")] = None,
-    period: Annotated[str | None, Query(alias="filter[createdAt][period]")] = None,
-    created_from: Annotated[str | None, Query(alias="filter[createdAt][from]")] = None,
-    created_to: Annotated[str | None, Query(alias="filter[createdAt][to]")] = None,
-    size: Annotated[str | None, Query(alias="page[size]")] = None,
-    after: Annotated[str | None, Query(alias="page[after]")] = None,
-    before: Annotated[str | None, Query(alias="page[before]")] = None,
+    *,
+    listing: ListWindow,
 ) -> dict[str, Any]:
     wanted = statuses(status, WaitpointStatus)
     if _for_sdk(request) and WaitpointStatus.TIMED_OUT in wanted:
         wanted.append(WaitpointStatus.CANCELLED)  # the SDK sees cancelled tokens as TIMED_OUT
-    start, end = created_range(period, created_from, created_to, datetime.now(UTC))
     page = await engine.tokens.list(
         status=wanted,
         tags=comma_list(tags),
         idempotency_key=idempotency_key,
-        created_after=start,
-        created_before=end,
-        limit=page_size(size),
-        after=after,
-        before=before,
+        **listing.as_options(),
     )
     sdk = _for_sdk(request)
     return page_json(page, [token_json(t, for_sdk=sdk) for t in page.data])

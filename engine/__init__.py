@@ -6,7 +6,7 @@ journals live in SQLite, so a run resumes exactly where it left off after restar
 """
 
 from .client import Engine
-from .durable import complete_token, create_token, step, wait_for_token
+from .durable import complete_token, create_token, sleep, sleep_until, step, wait_for_token
 from .errors import (
     ConfigurationError,
     EngineError,
@@ -84,6 +84,8 @@ __all__ = [
     "Worker",
     "complete_token",
     "create_token",
+    "sleep",
+    "sleep_until",
     "step",
     "task",
     "wait_for_token",

@@ -14,7 +14,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -23,7 +23,8 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from .client import current_engine
-from .durations import Timeout
+from .clock import from_ms, to_ms
+from .durations import Timeout, to_timedelta
 from .errors import StepFailedError, Suspended, ValidationError
 from .models import CompletionResult, CompletionSource, Token, WaitResult
 from .requests import token_request
@@ -131,6 +132,38 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
     return WaitResult.from_token(closed, model.model_validate if model else None)
 
 
+async def sleep(duration: str | timedelta) -> None:
+    """Park the run for ``duration`` ("30s", "1h30m", "7d" or a timedelta), durably.
+
+    The run is checkpointed and leaves memory; it resumes on any worker once the deadline
+    passes by the database clock, never before, even across restarts and downtime.
+    """
+    context = RunContext.current()
+    await _sleep(context, context.storage.now_ms() + _duration_ms(duration))
+
+
+async def sleep_until(when: datetime) -> None:
+    """Park the run until ``when`` (a timezone-aware datetime); a past moment returns at once."""
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise ValidationError("sleep_until needs a timezone-aware datetime")
+    await _sleep(RunContext.current(), to_ms(when))
+
+
+async def _sleep(context: RunContext, until_ms: int) -> None:
+    key, position = context.next_call("sleep")
+    if context.recorded(key, position) is not None:
+        await asyncio.sleep(0)
+        return
+    journal = context.journal_write(key, position, None)
+    if not await context.storage.sleep_until(until_ms, journal, context.elapsed_ms()):
+        log.info("run.sleeping", until=from_ms(until_ms).isoformat())
+        raise Suspended()
+
+
+def _duration_ms(duration: str | timedelta) -> int:
+    return int(to_timedelta(duration).total_seconds() * 1000)
+
+
 async def complete_token(
     token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
 ) -> CompletionResult:
@@ -185,4 +218,4 @@ def _rebuild_error(value: Any) -> Exception:
     return StepFailedError(message, name)
 
 
-__all__ = ["complete_token", "create_token", "step", "wait_for_token"]
+__all__ = ["complete_token", "create_token", "sleep", "sleep_until", "step", "wait_for_token"]

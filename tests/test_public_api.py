@@ -45,6 +45,8 @@ EXPECTED_ALL = [
     "Worker",
     "complete_token",
     "create_token",
+    "sleep",
+    "sleep_until",
     "step",
     "task",
     "wait_for_token",

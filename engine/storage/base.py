@@ -196,6 +196,10 @@ class Storage(Protocol):
         """
         ...
 
+    async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:
+        """Park the run until ``until_ms`` (a DATETIME waitpoint); True once that time came."""
+        ...
+
     # scheduling
     async def fire_due_timers(self, limit: int) -> int:
         """Time out due tokens, queue runs whose delay passed, expire runs past their ttl."""

@@ -23,6 +23,7 @@ from .sqlite_base import Conn, _first
 from .sqlite_runs import SQLiteRuns
 from .sqlite_schema import MIGRATIONS
 from .sqlite_tokens import SQLiteTokens
+from .sqlite_waits import SQLiteWaits
 from .writer import GroupCommitWriter, translate
 
 
@@ -39,7 +40,7 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-class SQLiteStorage(SQLiteRuns, SQLiteTokens):
+class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
     """The embedded default backend."""
 
     def __init__(

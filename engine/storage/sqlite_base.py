@@ -21,8 +21,9 @@ import aiosqlite
 from ..callbacks import CallbackSigner
 from ..clock import Clock
 from ..errors import ConfigurationError, LeaseLostError, StorageError
+from ..models import Token
 from .base import JournalWrite, PageRequest
-from .records import dump_json
+from .records import dump_json, token_from_row
 from .writer import GroupCommitWriter, translate
 
 T = TypeVar("T")
@@ -97,6 +98,31 @@ class SQLiteBase:
                 self.now_ms(),
             ),
         )
+
+    def _wait(
+        self, conn: Conn, row: sqlite3.Row, journal: JournalWrite, elapsed_ms: int
+    ) -> Token | None:
+        """Journal the closed waitpoint in ``row`` and return it, or block the run on it."""
+        waitpoint = token_from_row(row, self.signer)
+        if not waitpoint.is_waiting:
+            self._journal(conn, journal, waitpoint.model_dump(mode="json", by_alias=True))
+            conn.execute(
+                "DELETE FROM run_waits WHERE run_id = ? AND waitpoint_id = ?",
+                (journal.run_id, waitpoint.id),
+            )
+            return waitpoint
+        now = self.now_ms()
+        conn.execute(
+            "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (journal.run_id, waitpoint.id, journal.key, now),
+        )
+        conn.execute(
+            "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
+            " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
+            (now, elapsed_ms, journal.run_id),
+        )
+        return None
 
     def _requeue_blocked(self, conn: Conn, waitpoint_ids: Iterable[str]) -> None:
         ids = json.dumps(list(waitpoint_ids))

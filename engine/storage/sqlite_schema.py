@@ -53,8 +53,11 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX runs_idempotency ON runs (task_id, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
 
+    -- one mechanism blocks runs: MANUAL waitpoints are tokens, DATETIME ones are durable
+    -- sleeps, RUN ones close when their child run finishes
     CREATE TABLE waitpoints (
         id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL DEFAULT 'MANUAL',
         status TEXT NOT NULL,
         tags TEXT NOT NULL DEFAULT '[]',
         idempotency_key TEXT,
@@ -66,11 +69,16 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL,
         data TEXT,
         data_schema TEXT,
-        created_by_run TEXT
+        created_by_run TEXT,
+        created_by_key TEXT,
+        child_run_id TEXT
     );
+    CREATE UNIQUE INDEX waitpoints_made_by ON waitpoints (created_by_run, created_by_key)
+        WHERE created_by_key IS NOT NULL;
+    CREATE INDEX waitpoints_child ON waitpoints (child_run_id) WHERE child_run_id IS NOT NULL;
     CREATE INDEX waitpoints_timers ON waitpoints (timeout_at)
         WHERE status = 'WAITING' AND timeout_at IS NOT NULL;
-    CREATE INDEX waitpoints_status ON waitpoints (status, id);
+    CREATE INDEX waitpoints_status ON waitpoints (kind, status, id);
     CREATE UNIQUE INDEX waitpoints_idempotency ON waitpoints (idempotency_key)
         WHERE idempotency_key IS NOT NULL;
 
@@ -79,6 +87,7 @@ MIGRATIONS: list[str] = [
         run_id TEXT NOT NULL,
         waitpoint_id TEXT NOT NULL,
         journal_key TEXT NOT NULL,
+        mode TEXT NOT NULL DEFAULT 'all',
         created_at INTEGER NOT NULL,
         PRIMARY KEY (run_id, waitpoint_id)
     );

@@ -71,7 +71,9 @@ class SQLiteTokens(SQLiteBase):
         return None
 
     async def get_token(self, token_id: str) -> Token:
-        rows = await self._read("SELECT * FROM waitpoints WHERE id = ?", (token_id,))
+        rows = await self._read(
+            "SELECT * FROM waitpoints WHERE id = ? AND kind = 'MANUAL'", (token_id,)
+        )
         if not rows:
             raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
         token = token_from_row(rows[0], self.signer)
@@ -100,6 +102,7 @@ class SQLiteTokens(SQLiteBase):
         if filter.idempotency_key is not None:
             where.append("idempotency_key = ?")
             params.append(filter.idempotency_key)
+        where.append("kind = 'MANUAL'")
         rows, next_cursor, previous_cursor = await self._page("waitpoints", where, params, page)
         tokens = [token_from_row(r, self.signer) for r in rows]
         return Page(data=tokens, next_cursor=next_cursor, previous_cursor=previous_cursor)
@@ -127,14 +130,16 @@ class SQLiteTokens(SQLiteBase):
         def op(conn: Conn) -> CompletionResult | TokenNotWaitingError:
             rows = conn.execute(
                 "UPDATE waitpoints SET status = ?, data = ?, completed_at = ?, completed_via = ?"
-                " WHERE id = ? AND status = 'WAITING' RETURNING *",
+                " WHERE id = ? AND kind = 'MANUAL' AND status = 'WAITING' RETURNING *",
                 (status.value, data, self.now_ms(), source.value, token_id),
             ).fetchall()
             row = _first_or_none(rows)
             if row is not None:
                 self._requeue_blocked(conn, [token_id])
                 return CompletionResult(applied=True, token=token_from_row(row, self.signer))
-            rows = conn.execute("SELECT * FROM waitpoints WHERE id = ?", (token_id,)).fetchall()
+            rows = conn.execute(
+                "SELECT * FROM waitpoints WHERE id = ? AND kind = 'MANUAL'", (token_id,)
+            ).fetchall()
             row = _first_or_none(rows)
             if row is None:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
@@ -153,38 +158,6 @@ class SQLiteTokens(SQLiteBase):
             raise outcome
         return outcome
 
-    async def wait_on_token(
-        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
-    ) -> Token | None:
-        def op(conn: Conn) -> Token | None:
-            self._fence(conn, journal.run_id, journal.epoch)
-            rows = conn.execute("SELECT * FROM waitpoints WHERE id = ?", (token_id,)).fetchall()
-            row = _first_or_none(rows)
-            if row is None:
-                raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
-            token = token_from_row(row, self.signer)
-            now = self.now_ms()
-            if not token.is_waiting:
-                self._journal(conn, journal, token.model_dump(mode="json", by_alias=True))
-                conn.execute(
-                    "DELETE FROM run_waits WHERE run_id = ? AND waitpoint_id = ?",
-                    (journal.run_id, token_id),
-                )
-                return token
-            conn.execute(
-                "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (journal.run_id, token_id, journal.key, now),
-            )
-            conn.execute(
-                "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
-                " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
-                (now, elapsed_ms, journal.run_id),
-            )
-            return None
-
-        return await self._write(op, notify=False)
-
     async def _time_out_tokens(self, limit: int) -> int:
         now = self.now_ms()
         if not await self._read(
@@ -195,12 +168,15 @@ class SQLiteTokens(SQLiteBase):
 
         def op(conn: Conn) -> int:
             now = self.now_ms()
+            # a token's deadline is a timeout; a sleep's deadline is its completion
             rows = conn.execute(
-                "UPDATE waitpoints SET status = 'TIMED_OUT', completed_at = :now,"
-                " completed_via = 'timeout', data = json_object("
+                "UPDATE waitpoints SET completed_at = :now,"
+                " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
+                " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
+                " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_object("
                 "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
                 "   'message', 'Waitpoint timed out at '"
-                "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch'))"
+                "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch')) END"
                 " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
                 "              AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit)"
                 " RETURNING id",

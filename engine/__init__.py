@@ -8,6 +8,8 @@ journals live in SQLite, so a run resumes exactly where it left off after restar
 from .client import Engine
 from .durable import complete_token, create_token, sleep, sleep_until, step, wait_for_token
 from .errors import (
+    AbortTaskRunError,
+    ConcurrentWaitError,
     ConfigurationError,
     EngineError,
     LeaseLostError,
@@ -48,8 +50,10 @@ from .worker import Worker
 configure_default_logging()
 
 __all__ = [
+    "AbortTaskRunError",
     "CompletionResult",
     "CompletionSource",
+    "ConcurrentWaitError",
     "ConfigurationError",
     "Engine",
     "EngineError",

@@ -117,18 +117,19 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
     token_id = token.id if isinstance(token, Token) else token
     model = _schema_of(token) if isinstance(token, Token) else None
     key, position = context.next_call("wait_for_token", token_id)
-    entry = context.recorded(key, position)
-    if entry is not None:
-        await asyncio.sleep(0)
-        closed = Token.model_validate(entry.value)
-    else:
-        found = await context.storage.wait_on_token(
-            token_id, context.journal_write(key, position, None), context.elapsed_ms()
-        )
-        if found is None:
-            log.info("run.suspended", token_id=token_id)
-            raise Suspended()
-        closed = found
+    with context.waiting("wait_for_token"):
+        entry = context.recorded(key, position)
+        if entry is not None:
+            await asyncio.sleep(0)
+            closed = Token.model_validate(entry.value)
+        else:
+            found = await context.storage.wait_on_token(
+                token_id, context.journal_write(key, position, None), context.elapsed_ms()
+            )
+            if found is None:
+                log.info("run.suspended", token_id=token_id)
+                raise Suspended()
+            closed = found
     return WaitResult.from_token(closed, model.model_validate if model else None)
 
 
@@ -151,13 +152,14 @@ async def sleep_until(when: datetime) -> None:
 
 async def _sleep(context: RunContext, until_ms: int) -> None:
     key, position = context.next_call("sleep")
-    if context.recorded(key, position) is not None:
-        await asyncio.sleep(0)
-        return
-    journal = context.journal_write(key, position, None)
-    if not await context.storage.sleep_until(until_ms, journal, context.elapsed_ms()):
-        log.info("run.sleeping", until=from_ms(until_ms).isoformat())
-        raise Suspended()
+    with context.waiting("sleep"):
+        if context.recorded(key, position) is not None:
+            await asyncio.sleep(0)
+            return
+        journal = context.journal_write(key, position, None)
+        if not await context.storage.sleep_until(until_ms, journal, context.elapsed_ms()):
+            log.info("run.sleeping", until=from_ms(until_ms).isoformat())
+            raise Suspended()
 
 
 def _duration_ms(duration: str | timedelta) -> int:

@@ -5,6 +5,8 @@
     ├── ConfigurationError           the engine cannot start as configured
     ├── NotInRunError                a durable call made outside a run
     ├── NondeterminismError          replay met a different call than the journal recorded
+    ├── ConcurrentWaitError          two waits at once in one run, not through the group API
+    ├── AbortTaskRunError            raised by a task to fail its run at once, without retries
     ├── NotFoundError
     │   ├── TaskNotFoundError
     │   ├── RunNotFoundError
@@ -66,6 +68,19 @@ class NondeterminismError(EngineError):
             "move clock reads, randomness and I/O into step(...), or finish old runs before "
             "deploying the change."
         )
+
+
+class ConcurrentWaitError(EngineError):
+    """A run started a second wait while another was in progress.
+
+    A run waits on one thing at a time. To wait on several tokens, use
+    ``wait_for_tokens([...], mode="all" | "any")``; for several child runs,
+    ``batch_trigger_and_wait``. The run fails at once, without retries.
+    """
+
+
+class AbortTaskRunError(EngineError):
+    """Raise this in a task to fail its run at once: no retries, whatever the retry policy."""
 
 
 class NotFoundError(EngineError):

@@ -41,6 +41,8 @@ class RunStatus(StrEnum):
     """Triggered with a ``delay``: QUEUED once it has passed."""
     EXPIRED = "EXPIRED"
     """Not started within its ``ttl``."""
+    CRASHED = "CRASHED"
+    """Its worker died (or stalled past the lease) too many times while running it."""
 
     @property
     def is_terminal(self) -> bool:
@@ -53,6 +55,7 @@ _TERMINAL_RUN = {
     RunStatus.CANCELED,
     RunStatus.TIMED_OUT,
     RunStatus.EXPIRED,
+    RunStatus.CRASHED,
 }
 
 

@@ -13,14 +13,19 @@ earlier position means the code changed underneath the run: ``NondeterminismErro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
 
 from .errors import (
+    AbortTaskRunError,
+    ConcurrentWaitError,
+    EngineError,
     LeaseLostError,
     MaxDurationExceededError,
     NondeterminismError,
@@ -56,6 +61,10 @@ class RunContext:
         self._position = 0
         self._started = time.monotonic()
         self.divergence: NondeterminismError | None = None
+        self.fatal: EngineError | None = None
+        """An error that fails the run whatever the task does with it (no retries)."""
+        self._waiting = False
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @staticmethod
     def current() -> RunContext:
@@ -77,7 +86,10 @@ class RunContext:
         return int((time.monotonic() - self._started) * 1000)
 
     def next_call(self, kind: str, name: str = "") -> tuple[str, int]:
-        """The key and position of the durable call being made now."""
+        """The key and position of the durable call being made now (and who makes it)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         base = f"{kind}:{name}" if name else kind
         occurrence = self._occurrences.get(base, 0)
         self._occurrences[base] = occurrence + 1
@@ -96,6 +108,31 @@ class RunContext:
                 self.divergence = NondeterminismError(expected=earlier.key, actual=key)
                 raise self.divergence
         return None
+
+    @contextlib.contextmanager
+    def waiting(self, what: str) -> Iterator[None]:
+        """Mark a wait in progress; a second one started meanwhile fails the run."""
+        if self._waiting:
+            self.fatal = ConcurrentWaitError(
+                f"{what} was called while another wait of this run was in progress; a run "
+                "waits on one thing at a time: use wait_for_tokens([...]) for several tokens, "
+                "batch_trigger_and_wait for several child runs"
+            )
+            raise self.fatal
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
+    async def cancel_leftovers(self) -> None:
+        """Cancel coroutines of this attempt still running (e.g. siblings in a gather)."""
+        current = asyncio.current_task()
+        left = [t for t in self._tasks if t is not current and not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=5)
 
     def journal_write(
         self, key: str, position: int, value: Any, *, is_error: bool = False
@@ -155,6 +192,7 @@ async def run_attempt(
     try:
         return await _execute(storage, context, definition)
     finally:
+        await context.cancel_leftovers()
         structlog.contextvars.reset_contextvars(**bound)
         _current.reset(reset)
 
@@ -170,6 +208,8 @@ async def _execute(
             run.id, run.epoch, RunStatus.COMPLETED, output, None, context.elapsed_ms()
         )
     except Suspended:
+        if context.fatal is not None:  # a concurrent wait: the parked run fails all the same
+            return await _fail(storage, context, definition, context.fatal)
         log.info("run.waiting")
         return None
     except LeaseLostError as exc:
@@ -208,10 +248,18 @@ async def _fail(
     storage: Storage, context: RunContext, definition: TaskDefinition, exc: Exception
 ) -> RunStatus | None:
     run = context.run
-    if context.divergence is not None:
-        exc = context.divergence  # the task may have caught it; the run still cannot go on
+    if context.divergence is not None or context.fatal is not None:
+        # the task may have caught it; the run still cannot go on
+        exc = context.divergence or context.fatal or exc
     error = error_of(exc)
-    final = isinstance(exc, NondeterminismError | ValidationError | MaxDurationExceededError)
+    final = isinstance(
+        exc,
+        NondeterminismError
+        | ValidationError
+        | MaxDurationExceededError
+        | ConcurrentWaitError
+        | AbortTaskRunError,
+    )
     status = RunStatus.TIMED_OUT if isinstance(exc, MaxDurationExceededError) else RunStatus.FAILED
     max_attempts = run.max_attempts or definition.retry.max_attempts
     elapsed = context.elapsed_ms()

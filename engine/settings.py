@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     """FULL survives power loss; NORMAL is faster but may lose the latest acknowledged writes."""
     lease_seconds: float = Field(default=30.0, gt=0)
     """How long a worker may go silent before another one takes its runs over."""
+    max_recoveries: int = Field(default=5, gt=0)
+    """How often a run is taken over from a dead worker before it ends CRASHED."""
     concurrency: int = Field(default=100, gt=0)
     """Attempts one worker runs at the same time."""
     log_format: Literal["auto", "console", "json"] = "auto"

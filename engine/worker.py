@@ -118,7 +118,7 @@ class Worker:
             try:
                 while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
                     pass
-                rescued = await storage.rescue_expired_leases()
+                rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
                 if rescued:
                     log.warning("worker.rescued_runs", count=rescued)
                 next_ms = await storage.next_timer_ms()

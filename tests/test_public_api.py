@@ -9,8 +9,10 @@ import pytest
 import engine
 
 EXPECTED_ALL = [
+    "AbortTaskRunError",
     "CompletionResult",
     "CompletionSource",
+    "ConcurrentWaitError",
     "ConfigurationError",
     "Engine",
     "EngineError",

@@ -40,14 +40,9 @@ _RUN_FLAGS = {
     "isQueued": {RunStatus.QUEUED},
     "isExecuting": {RunStatus.EXECUTING},
     "isWaiting": {RunStatus.WAITING},
-    "isCompleted": {
-        RunStatus.COMPLETED,
-        RunStatus.FAILED,
-        RunStatus.CANCELED,
-        RunStatus.TIMED_OUT,
-    },
+    "isCompleted": {status for status in RunStatus if status.is_terminal},
     "isSuccess": {RunStatus.COMPLETED},
-    "isFailed": {RunStatus.FAILED, RunStatus.TIMED_OUT},
+    "isFailed": {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CRASHED, RunStatus.EXPIRED},
     "isCancelled": {RunStatus.CANCELED},
 }
 

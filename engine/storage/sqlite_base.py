@@ -124,6 +124,14 @@ class SQLiteBase:
         )
         return None
 
+    def _runs_finished(self, conn: Conn, run_ids: list[str]) -> None:
+        """Bookkeeping when runs reach a final status: they no longer wait on anything."""
+        if run_ids:
+            conn.execute(
+                "DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(run_ids),),
+            )
+
     def _requeue_blocked(self, conn: Conn, waitpoint_ids: Iterable[str]) -> None:
         ids = json.dumps(list(waitpoint_ids))
         conn.execute(_REQUEUE_BLOCKED, {"now": self.now_ms(), "ids": ids})

@@ -144,7 +144,7 @@ class SQLiteRuns(SQLiteBase):
                 " WHERE id = ?",
                 (now, now, run_id),
             )
-            conn.execute("DELETE FROM run_waits WHERE run_id = ?", (run_id,))
+            self._runs_finished(conn, [run_id])
 
         await self._write(op)
         return await self.get_run(run_id)
@@ -246,15 +246,19 @@ class SQLiteRuns(SQLiteBase):
 
         def op(conn: Conn) -> None:
             now = self.now_ms()
+            # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
+            # fail it (a wait made concurrently with another); no other worker claimed it since
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
                 " executing_ms = executing_ms + ?"
-                " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
+                " WHERE id = ? AND lease_epoch = ?"
+                " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
                 (status.value, output_json, error_json, now, now, elapsed_ms, run_id, epoch),
             )
             if cursor.rowcount == 0:
                 raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+            self._runs_finished(conn, [run_id])
 
         await self._write(op)
 
@@ -282,7 +286,7 @@ class SQLiteRuns(SQLiteBase):
 
         await self._write(op)
 
-    async def rescue_expired_leases(self) -> int:
+    async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
         now = self.now_ms()
         if not await self._read(
             "SELECT 1 FROM runs WHERE status = 'EXECUTING' AND lease_expires_at < ? LIMIT 1",
@@ -292,13 +296,24 @@ class SQLiteRuns(SQLiteBase):
 
         def op(conn: Conn) -> int:
             now = self.now_ms()
+            crashed = conn.execute(
+                "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " finished_at = :now, updated_at = :now, recovery_count = recovery_count + 1,"
+                " error = json_object('name', 'CRASHED', 'stackTrace', '', 'message',"
+                "   'the worker running it stopped answering ' || (recovery_count + 1)"
+                "   || ' times (killed, out of memory, or blocked); it was not tried again')"
+                " WHERE status = 'EXECUTING' AND lease_expires_at < :now"
+                " AND recovery_count + 1 >= :limit RETURNING id",
+                {"now": now, "limit": max_recoveries},
+            ).fetchall()
+            self._runs_finished(conn, [r["id"] for r in crashed])
             cursor = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
                 " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < ?",
                 (now, now, now),
             )
-            return cursor.rowcount
+            return cursor.rowcount + len(crashed)
 
         return await self._write(op)
 
@@ -324,14 +339,15 @@ class SQLiteRuns(SQLiteBase):
             now = self.now_ms()
             expired = conn.execute(
                 "UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now"
-                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now",
+                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now RETURNING id",
                 {"now": now},
-            ).rowcount
+            ).fetchall()
+            self._runs_finished(conn, [r["id"] for r in expired])
             queued = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', updated_at = :now"
                 " WHERE status = 'DELAYED' AND available_at <= :now",
                 {"now": now},
             ).rowcount
-            return int(expired + queued)
+            return len(expired) + int(queued)
 
         return await self._write(op)

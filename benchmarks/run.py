@@ -1,0 +1,1119 @@
+"""Waitpoint benchmarks: throughput, resume latency, memory, timers, replay, and DBOS.
+
+    python benchmarks/run.py [--quick] [--backend sqlite] [--json out.json] [--repeat N]
+
+Prints a table of medians over ``--repeat`` runs (default 3; ``--quick``: 1 repeat and small
+sizes, under a minute). Every measurement uses a fresh SQLite file (WAL, ``synchronous=FULL``)
+under ``--dir`` (default: a temporary directory next to this script, removed at the end) and
+the real worker code, ``Worker(engine, tasks)``: either in a worker *subprocess* started and
+stopped by PID (``benchmarks/worker_proc.py``), or *in-process* next to the driver, as the
+"worker" column says. See benchmarks/README.md for the method and the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ["WAITPOINT_SQLITE_SYNCHRONOUS"] = "FULL"
+os.environ.setdefault("WAITPOINT_LOG_FORMAT", "json")
+
+import bench_tasks  # noqa: E402
+from engine import Engine, Worker  # noqa: E402
+from engine.logs import configure_logging  # noqa: E402
+
+PYTHON = sys.executable
+
+
+# --- sizes -----------------------------------------------------------------------------
+
+
+@dataclass
+class Sizes:
+    trivial: int = 5_000
+    token_wait: tuple[int, ...] = (1_000, 10_000)
+    latency_n: int = 1_000
+    latency_rate: float = 100.0  # completions per second, open loop
+    cli_samples: int = 10
+    memory: tuple[int, ...] = (0, 10_000, 100_000)
+    timers: int = 10_000
+    replay_steps: tuple[int, ...] = (0, 10, 100, 1_000)
+    replay_samples: int = 7
+    dbos_wait_n: int = 500
+    dbos_trivial_n: int = 1_000
+    memory_repeats: int = 1  # the 100,000-run memory level takes minutes; measured once
+
+
+QUICK = Sizes(
+    trivial=1_000,
+    token_wait=(500,),
+    latency_n=200,
+    latency_rate=200.0,
+    cli_samples=3,
+    memory=(0, 10_000),
+    timers=2_000,
+    replay_steps=(0, 10, 100),
+    replay_samples=3,
+    dbos_wait_n=150,
+    dbos_trivial_n=200,
+)
+
+
+# --- plumbing --------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class Reader:
+    """A plain sqlite3 connection for the driver's polling (never writes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+
+    def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        return self.conn.execute(sql, tuple(params)).fetchone()[0]
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def status_counts(self, table: str = "runs") -> dict[str, int]:
+        return dict(self.rows(f"SELECT status, count(*) FROM {table} GROUP BY status"))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def wait_for(
+    check: Callable[[], bool], timeout: float, what: str, poll: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(poll)
+
+
+async def bounded(items: list[Any], limit: int, fn: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+    """``fn`` over items with at most ``limit`` in flight; results in order."""
+    results: list[Any] = [None] * len(items)
+    it = iter(enumerate(items))
+
+    async def lane() -> None:
+        for index, item in it:
+            results[index] = await fn(item)
+
+    await asyncio.gather(*(lane() for _ in range(min(limit, len(items)) or 1)))
+    return results
+
+
+async def trigger_many(
+    engine: Engine, task_id: str, payloads: list[dict[str, Any]], limit: int = 500
+) -> list[str]:
+    runs = await bounded(payloads, limit, lambda p: engine.trigger(task_id, p))
+    return [r.id for r in runs]
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+class WorkerProcess:
+    """``benchmarks/worker_proc.py`` in a subprocess, stopped by its PID."""
+
+    def __init__(self, ctx: Context, db_url: str, label: str) -> None:
+        self.ctx = ctx
+        self.db_url = db_url
+        self.stats_path = ctx.dir / f"{label}.stats.json"
+        self.log_path = ctx.dir / f"{label}.worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seq = 0
+
+    async def start(self) -> None:
+        cmd = [
+            PYTHON,
+            str(HERE / "worker_proc.py"),
+            "--database",
+            self.db_url,
+            "--stats",
+            str(self.stats_path),
+            "--log-level",
+            self.ctx.args.log_level,
+        ]
+        if self.ctx.args.uvloop:
+            cmd.append("--uvloop")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, env=self.ctx.env, cwd=self.ctx.dir
+        )
+        log.close()
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"worker did not start: {line!r}; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def stats(self) -> dict[str, Any]:
+        """Ask the worker for a snapshot (SIGUSR1) and wait for it."""
+        self.seq += 1
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                snapshot = json.loads(self.stats_path.read_text())
+                if snapshot["seq"] >= self.seq:
+                    self.seq = snapshot["seq"]
+                    return snapshot
+            await asyncio.sleep(0.005)
+        raise TimeoutError("the worker did not answer SIGUSR1")
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, self.proc.wait), 30)
+        except TimeoutError:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    sizes: Sizes
+    dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    counter: int = 0
+
+    def fresh_db(self, name: str) -> tuple[str, Path]:
+        self.counter += 1
+        path = self.dir / f"{self.counter:03d}-{name}.db"
+        return f"sqlite:///{path}", path
+
+    def side_file(self, name: str) -> Path:
+        self.counter += 1
+        path = self.dir / f"{self.counter:03d}-{name}.side"
+        path.write_text("")
+        os.environ["BENCH_SIDE_FILE"] = str(path)
+        self.env["BENCH_SIDE_FILE"] = str(path)
+        bench_tasks.reset_side_channel()
+        return path
+
+    @contextlib.asynccontextmanager
+    async def worker_process(self, db_url: str, label: str) -> AsyncIterator[WorkerProcess]:
+        worker = WorkerProcess(self, db_url, label)
+        try:
+            await worker.start()
+            yield worker
+        finally:
+            await worker.stop()
+
+    @contextlib.asynccontextmanager
+    async def in_process_worker(self, engine: Engine) -> AsyncIterator[Worker]:
+        worker = Worker(engine, bench_tasks.BENCH_TASKS)
+        runner = asyncio.create_task(worker.run())
+        await worker.started.wait()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await asyncio.wait_for(runner, 60)
+
+
+def read_side(path: Path) -> dict[int, float]:
+    stamps: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        i, t = line.split()
+        stamps.setdefault(int(i), float(t))
+    return stamps
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def check_all_completed(reader: Reader, n: int, what: str) -> None:
+    counts = reader.status_counts()
+    if counts.get("COMPLETED", 0) != n:
+        raise RuntimeError(f"{what}: expected {n} COMPLETED runs, found {counts}")
+
+
+# --- 1. trivial runs -------------------------------------------------------------------
+
+
+async def bench_trivial(ctx: Context, n: int) -> dict[str, Any]:
+    url, path = ctx.fresh_db("trivial")
+    async with ctx.worker_process(url, "trivial") as wp, Engine(url) as engine:
+        reader = Reader(path)
+        w0, c0 = (await wp.stats())["commits"], engine.storage.commits  # type: ignore[attr-defined]
+        started = time.time()
+        await trigger_many(engine, "bench-trivial", [{"i": i} for i in range(n)])
+        client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
+        sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
+        await wait_for(lambda: reader.value(sql) >= n, 120 + n / 50, "trivial runs")
+        finished = reader.value("SELECT max(finished_at) FROM runs") / 1000
+        worker_commits = (await wp.stats())["commits"] - w0
+        check_all_completed(reader, n, "trivial")
+        reader.close()
+    return {
+        "runs_per_s": n / (finished - started),
+        "seconds": finished - started,
+        "commits_worker": worker_commits / n,
+        "commits_client": client_commits / n,
+    }
+
+
+# --- 2. token-wait runs ----------------------------------------------------------------
+
+_WAITING_TOKENS = (
+    "SELECT rw.waitpoint_id FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id"
+    " WHERE w.status = 'WAITING'"
+)
+
+
+async def complete_parked(
+    engine: Engine, reader: Reader, n: int, limit: int = 200, timeout: float = 600
+) -> None:
+    """Complete every token a *parked* run waits on (run_waits row committed), until n done."""
+    done: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(done) < n:
+        fresh = [tid for (tid,) in reader.rows(_WAITING_TOKENS) if tid not in done]
+        if not fresh:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(done)} of {n} tokens completed")
+            await asyncio.sleep(0.005)
+            continue
+        done.update(fresh)
+        await bounded(fresh, limit, lambda tid: engine.tokens.complete(tid, {"ok": True}))
+
+
+async def bench_token_wait(ctx: Context, n: int) -> dict[str, Any]:
+    url, path = ctx.fresh_db(f"wait{n}")
+    async with ctx.worker_process(url, f"wait{n}") as wp, Engine(url) as engine:
+        reader = Reader(path)
+        w0, c0 = (await wp.stats())["commits"], engine.storage.commits  # type: ignore[attr-defined]
+        started = time.time()
+        payloads = [{"i": i} for i in range(n)]
+        await asyncio.gather(
+            trigger_many(engine, "bench-wait", payloads),
+            complete_parked(engine, reader, n, timeout=120 + n / 20),
+        )
+        sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
+        await wait_for(lambda: reader.value(sql) >= n, 120 + n / 20, "token-wait runs")
+        finished = reader.value("SELECT max(finished_at) FROM runs") / 1000
+        worker_commits = (await wp.stats())["commits"] - w0
+        client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
+        check_all_completed(reader, n, "token-wait")
+        reader.close()
+    return {
+        "runs_per_s": n / (finished - started),
+        "seconds": finished - started,
+        "commits_worker": worker_commits / n,
+        "commits_client": client_commits / n,
+    }
+
+
+# --- 3. resume latency -----------------------------------------------------------------
+
+
+async def park_marked_runs(
+    engine: Engine, reader: Reader, n: int, task_id: str = "bench-wait", **extra: Any
+) -> dict[int, str]:
+    """Trigger n runs of ``task_id`` and wait until all are parked; token id by payload i."""
+    await trigger_many(engine, task_id, [{"i": i, "mark": True, **extra} for i in range(n)])
+    await wait_for(
+        lambda: reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n,
+        60 + n / 20,
+        f"{n} runs parked",
+    )
+    rows = reader.rows(
+        "SELECT json_extract(r.payload, '$.i'), rw.waitpoint_id FROM run_waits rw"
+        " JOIN runs r ON r.id = rw.run_id"
+    )
+    return {int(i): tid for i, tid in rows}
+
+
+async def complete_paced(
+    engine: Engine, tokens: dict[int, str], rate: float
+) -> dict[int, float]:
+    """Complete tokens one by one, open loop at ``rate``/s; time.time() as each call returns."""
+    returned: dict[int, float] = {}
+    start = time.monotonic() + 0.05
+    for k, (i, tid) in enumerate(sorted(tokens.items())):
+        delay = start + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await engine.tokens.complete(tid, {"ok": True})
+        returned[i] = time.time()
+    return returned
+
+
+def latencies_ms(returned: dict[int, float], stamps: dict[int, float]) -> list[float]:
+    return [(stamps[i] - t) * 1000 for i, t in returned.items() if i in stamps]
+
+
+async def bench_latency_in_process(ctx: Context, n: int) -> dict[str, Any]:
+    url, path = ctx.fresh_db("latency-in")
+    side = ctx.side_file("latency-in")
+    async with Engine(url) as engine, ctx.in_process_worker(engine):
+        reader = Reader(path)
+        tokens = await park_marked_runs(engine, reader, n)
+        returned = await complete_paced(engine, tokens, ctx.sizes.latency_rate)
+        await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
+        reader.close()
+    lat = latencies_ms(returned, read_side(side))
+    return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat), "n": len(lat)}
+
+
+async def bench_latency_cross_process(ctx: Context, n: int) -> dict[str, Any]:
+    url, path = ctx.fresh_db("latency-x")
+    side = ctx.side_file("latency-x")
+    async with ctx.worker_process(url, "latency-x"), Engine(url) as engine:
+        reader = Reader(path)
+        tokens = await park_marked_runs(engine, reader, n)
+        returned = await complete_paced(engine, tokens, ctx.sizes.latency_rate)
+        await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
+        lat = latencies_ms(returned, read_side(side))
+        cli = await cli_latency(ctx, engine, reader, url, side, ctx.sizes.cli_samples)
+        reader.close()
+    return {
+        "p50_ms": pct(lat, 50),
+        "p99_ms": pct(lat, 99),
+        "max_ms": max(lat),
+        "n": len(lat),
+        **cli,
+    }
+
+
+async def cli_latency(
+    ctx: Context, engine: Engine, reader: Reader, url: str, side: Path, samples: int
+) -> dict[str, Any]:
+    """``waitpoint tokens complete`` in its own process: its wall time, and the resume
+    measured from the moment the CLI process exited (the CLI prints nothing we could stamp
+    at the instant its completion returned, so this is an upper bound on the CLI's share)."""
+    if samples <= 0:
+        return {}
+    base = 1_000_000
+    await trigger_many(engine, "bench-wait", [{"i": base + k, "mark": True} for k in range(samples)])
+    await wait_for(
+        lambda: len(reader.rows(_WAITING_TOKENS)) >= samples, 60, "CLI sample runs parked"
+    )
+    rows = reader.rows(
+        "SELECT json_extract(r.payload, '$.i'), rw.waitpoint_id FROM run_waits rw"
+        " JOIN runs r ON r.id = rw.run_id JOIN waitpoints w ON w.id = rw.waitpoint_id"
+        " WHERE w.status = 'WAITING'"
+    )
+    exe = str(Path(PYTHON).with_name("waitpoint"))
+    wall: list[float] = []
+    exited: dict[int, float] = {}
+    loop = asyncio.get_running_loop()
+    for i, tid in rows:
+        t0 = time.time()
+        proc = await loop.run_in_executor(
+            None,
+            lambda tid=tid: subprocess.run(
+                [exe, "tokens", "complete", tid, "--data", '{"ok": true}', "--database", url],
+                capture_output=True,
+                env=ctx.env,
+                timeout=60,
+            ),
+        )
+        exited[int(i)] = time.time()
+        if proc.returncode != 0:
+            raise RuntimeError(f"waitpoint tokens complete failed: {proc.stderr.decode()}")
+        wall.append((exited[int(i)] - t0) * 1000)
+        await asyncio.sleep(0.1)
+    await wait_for(lambda: all(i in read_side(side) for i in exited), 30, "CLI-completed runs")
+    after_exit = latencies_ms(exited, read_side(side))
+    return {
+        "cli_wall_p50_ms": pct(wall, 50),
+        "cli_resume_after_exit_p50_ms": pct(after_exit, 50),
+    }
+
+
+# --- 4. memory -------------------------------------------------------------------------
+
+
+async def bench_memory(ctx: Context, n: int) -> dict[str, Any]:
+    url, path = ctx.fresh_db(f"memory{n}")
+    result: dict[str, Any] = {}
+    async with Engine(url) as engine:
+        reader = Reader(path)
+        async with ctx.worker_process(url, f"memory{n}") as wp:
+            started = time.monotonic()
+            if n:
+                await asyncio.gather(
+                    trigger_many(engine, "bench-park", [{"i": i} for i in range(n)]),
+                    wait_for(
+                        lambda: reader.value(
+                            "SELECT count(*) FROM runs WHERE status = 'WAITING'"
+                        )
+                        >= n,
+                        120 + n / 20,
+                        f"{n} runs WAITING",
+                        poll=0.5,
+                    ),
+                )
+            park_seconds = time.monotonic() - started
+            await _until_idle(wp)
+            snapshot = await wp.stats()
+            counts = reader.status_counts()
+            result = {
+                "rss_mb": rss_kb(wp.pid) / 1024,
+                "hwm_mb": rss_kb(wp.pid, "VmHWM") / 1024,
+                "park_seconds": park_seconds,
+                "park_rate": n / park_seconds if n else math.nan,
+                "waiting": counts.get("WAITING", 0),
+                "running": snapshot["running"],
+            }
+        # a worker started after the runs parked: what waiting costs a fresh process
+        async with ctx.worker_process(url, f"memory{n}-fresh") as fresh:
+            await _until_idle(fresh)
+            result["fresh_rss_mb"] = rss_kb(fresh.pid) / 1024
+        reader.close()
+    if n and result["waiting"] != n:
+        raise RuntimeError(f"memory: expected {n} WAITING runs, found {result['waiting']}")
+    return result
+
+
+async def _until_idle(wp: WorkerProcess, settle: float = 2.0) -> None:
+    """No attempt running, and RSS steady (within 1%) over ``settle`` seconds."""
+    deadline = time.monotonic() + 120
+    last = -1
+    while time.monotonic() < deadline:
+        snapshot = await wp.stats()
+        rss = rss_kb(wp.pid)
+        if snapshot["running"] == 0 and last > 0 and abs(rss - last) <= last * 0.01:
+            return
+        last = rss if snapshot["running"] == 0 else -1
+        await asyncio.sleep(settle)
+
+
+# --- 5. timers -------------------------------------------------------------------------
+
+
+async def bench_timers(ctx: Context, n: int, park_rate: float) -> dict[str, Any]:
+    url, path = ctx.fresh_db(f"timers{n}")
+    async with ctx.worker_process(url, f"timers{n}"), Engine(url) as engine:
+        reader = Reader(path)
+        lead = 3 + 1.5 * n / max(park_rate, 50)
+        deadline_s = math.ceil(time.time() + lead)
+        deadline = datetime.fromtimestamp(deadline_s, tz=UTC)
+        await trigger_many(engine, "bench-timer", [{"deadline": deadline.isoformat()}] * n)
+        await wait_for(
+            lambda: reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n
+            or time.time() >= deadline_s,
+            lead + 60,
+            "timer runs parked",
+        )
+        parked_before = reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'")
+        spare = deadline_s - time.time()
+        await wait_for(
+            lambda: reader.value(
+                "SELECT count(*) FROM waitpoints WHERE status = 'TIMED_OUT'"
+            )
+            >= n,
+            lead + 120,
+            "tokens timed out",
+            poll=0.1,
+        )
+        rows = reader.rows("SELECT completed_at - timeout_at, timeout_at FROM waitpoints")
+        sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
+        await wait_for(lambda: reader.value(sql) >= n, 120 + n / 20, "timer runs finished")
+        all_done = reader.value("SELECT max(finished_at) FROM runs") / 1000 - deadline_s
+        check_all_completed(reader, n, "timers")
+        reader.close()
+    late = [float(r[0]) for r in rows]
+    if len({r[1] for r in rows}) != 1:
+        raise RuntimeError("timers: the tokens do not share one deadline")
+    return {
+        "p50_ms": pct(late, 50),
+        "p99_ms": pct(late, 99),
+        "max_ms": max(late),
+        "early": sum(1 for x in late if x < 0),
+        "parked_before_deadline": parked_before,
+        "spare_s": spare,
+        "all_runs_done_s": all_done,
+    }
+
+
+# --- 6. replay -------------------------------------------------------------------------
+
+
+async def bench_replay(ctx: Context, steps_list: tuple[int, ...], samples: int) -> dict[str, Any]:
+    url, path = ctx.fresh_db("replay")
+    side = ctx.side_file("replay")
+    out: dict[str, Any] = {}
+    async with Engine(url) as engine, ctx.in_process_worker(engine):
+        reader = Reader(path)
+        base = 0
+        for steps in steps_list:
+            payloads = [{"i": base + k, "steps": steps} for k in range(samples)]
+            run_ids = await trigger_many(engine, "bench-replay", payloads)
+            await wait_for(
+                lambda ids=run_ids: reader.value(
+                    "SELECT count(*) FROM runs WHERE status = 'WAITING' AND id IN"
+                    " (SELECT value FROM json_each(?))",
+                    [json.dumps(ids)],
+                )
+                >= len(ids),
+                120 + steps * samples / 100,
+                f"replay runs with {steps} steps parked",
+            )
+            first_line: list[float] = []
+            to_completed: list[float] = []
+            for k, run_id in enumerate(run_ids):
+                tid = reader.value("SELECT waitpoint_id FROM run_waits WHERE run_id = ?", [run_id])
+                await asyncio.sleep(0.05)  # let the worker go idle
+                await engine.tokens.complete(tid, {"ok": True})
+                t0 = time.time()
+                run = await engine.wait_for_run(run_id, timeout=60)
+                assert run.finished_at is not None
+                stamp = read_side(side)[base + k]
+                first_line.append((stamp - t0) * 1000)
+                to_completed.append(run.finished_at.timestamp() * 1000 - t0 * 1000)
+            out[steps] = {
+                "first_line_ms": statistics.median(first_line),
+                "completed_ms": statistics.median(to_completed),
+            }
+            base += samples
+        reader.close()
+    zero = out[steps_list[0]]
+    for steps in steps_list:
+        out[steps]["replay_ms"] = out[steps]["first_line_ms"] - zero["first_line_ms"]
+        out[steps]["replay_completed_ms"] = out[steps]["completed_ms"] - zero["completed_ms"]
+    return out
+
+
+# --- 7. DBOS ---------------------------------------------------------------------------
+
+
+def dbos_status() -> str | None:
+    """None if DBOS can run here, else why not."""
+    try:
+        import dbos  # noqa: F401
+    except Exception as exc:
+        return f"dbos is not importable ({type(exc).__name__}: {exc}); pip install -e '.[bench]'"
+    return None
+
+
+async def bench_dbos(ctx: Context, workload: str, n: int) -> dict[str, Any]:
+    ctx.counter += 1
+    db = ctx.dir / f"{ctx.counter:03d}-dbos-{workload}.sqlite"
+    loop = asyncio.get_running_loop()
+    proc = await loop.run_in_executor(
+        None,
+        lambda: subprocess.run(
+            [
+                PYTHON,
+                str(HERE / "dbos_bench.py"),
+                "--db",
+                str(db),
+                "--workload",
+                workload,
+                "--n",
+                str(n),
+            ],
+            capture_output=True,
+            env=ctx.env,
+            cwd=ctx.dir,
+            timeout=600,
+        ),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"DBOS run failed: {proc.stderr.decode()[-2000:]}")
+    line = proc.stdout.decode().strip().splitlines()[-1]
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+# --- the table -------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    metric: str
+    worker: str
+    unit: str = ""
+    target: str = ""
+    good: Callable[[float], bool] | None = None
+    higher_is_better: bool = True
+    samples: list[float] = field(default_factory=list)
+    commits: str = ""
+    dbos: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        vals = [v for v in self.samples if not math.isnan(v)]
+        return statistics.median(vals) if vals else math.nan
+
+    @property
+    def met(self) -> str:
+        if self.good is None or math.isnan(self.median):
+            return ""
+        return "met" if self.good(self.median) else "MISSED"
+
+    @property
+    def dbos_median(self) -> float:
+        return statistics.median(self.dbos) if self.dbos else math.nan
+
+    @property
+    def ratio(self) -> float:
+        if not self.dbos or math.isnan(self.median):
+            return math.nan
+        return self.median / self.dbos_median
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "metric": self.metric,
+            "worker": self.worker,
+            "unit": self.unit,
+            "median": self.median,
+            "samples": self.samples,
+            "target": self.target,
+            "met": self.met,
+            "commits_per_run": self.commits,
+            "dbos_median": None if not self.dbos else self.dbos_median,
+            "dbos_samples": self.dbos,
+            "ratio_vs_dbos": None if not self.dbos else self.ratio,
+            "note": self.note,
+        }
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: dict[str, Row] = {}
+        self.notes: list[str] = []
+        self.raw: dict[str, list[Any]] = {}
+
+    def row(self, key: str, **kwargs: Any) -> Row:
+        if key not in self.rows:
+            self.rows[key] = Row(key=key, **kwargs)
+        return self.rows[key]
+
+    def add_raw(self, key: str, value: Any) -> None:
+        self.raw.setdefault(key, []).append(value)
+
+
+def fmt(value: float, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def print_table(results: Results, title: str, dbos_note: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for name, justify in [
+        ("#", "left"),
+        ("measurement", "left"),
+        ("worker", "left"),
+        ("median", "right"),
+        ("min-max", "right"),
+        ("commits/run w+c", "right"),
+        ("target", "left"),
+        ("", "left"),
+        ("DBOS", "right"),
+        ("ratio", "right"),
+    ]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in results.rows.values():
+        vals = [v for v in row.samples if not math.isnan(v)]
+        spread = f"{fmt(min(vals))}-{fmt(max(vals))}" if len(vals) > 1 else ""
+        dbos = fmt(row.dbos_median, row.unit) if row.dbos else ""
+        ratio = f"{row.ratio:.1f}x" if row.dbos else ""
+        if not row.dbos and dbos_note and row.key.startswith("2"):
+            dbos, ratio = "n/a", "n/a"
+        met = row.met
+        style = {"met": "green", "MISSED": "bold red"}.get(met, "")
+        table.add_row(
+            row.key,
+            f"{row.label}: {row.metric}",
+            row.worker,
+            fmt(row.median, row.unit),
+            spread,
+            row.commits,
+            row.target,
+            f"[{style}]{met}[/{style}]" if style else met,
+            dbos,
+            ratio,
+        )
+    console = Console(width=200)
+    console.print(table)
+    for note in results.notes:
+        console.print(f"  {note}", highlight=False, soft_wrap=True)
+    if dbos_note:
+        console.print(f"  DBOS: {dbos_note}", style="yellow", soft_wrap=True)
+
+
+def describe_machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    versions: dict[str, str] = {}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("waitpoint", "aiosqlite", "anyio", "structlog", "pydantic", "dbos", "uvloop"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "kernel": platform.release(),
+        "packages": versions,
+    }
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None:
+    s, repeat = ctx.sizes, ctx.args.repeat
+    want = (lambda key: only is None or key in only)
+    dbos_problem = dbos_status()
+    sub, inproc = "subprocess", "in-process"
+
+    def say(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    park_rate = 300.0
+    for r in range(repeat):
+        say(f"repeat {r + 1}/{repeat}")
+        if want("1"):
+            m = await bench_trivial(ctx, s.trivial)
+            results.add_raw("trivial", m)
+            row = results.row(
+                "1",
+                label=f"trivial runs, N={s.trivial:,}",
+                metric="runs/s",
+                worker=sub,
+                unit="/s",
+                target=">= 2,000/s",
+                good=lambda v: v >= 2000,
+            )
+            row.samples.append(m["runs_per_s"])
+            row.commits = f"{m['commits_worker']:.2f}+{m['commits_client']:.2f}"
+            say(f"  1 trivial: {m['runs_per_s']:.0f} runs/s")
+        if want("2"):
+            for n in s.token_wait:
+                m = await bench_token_wait(ctx, n)
+                results.add_raw(f"token_wait_{n}", m)
+                row = results.row(
+                    f"2.{n}",
+                    label=f"token-wait runs, N={n:,}",
+                    metric="runs/s",
+                    worker=sub,
+                    unit="/s",
+                    target=">= 1,000/s",
+                    good=lambda v: v >= 1000,
+                )
+                row.samples.append(m["runs_per_s"])
+                row.commits = f"{m['commits_worker']:.2f}+{m['commits_client']:.2f}"
+                park_rate = max(park_rate, m["runs_per_s"])
+                say(f"  2 token-wait N={n}: {m['runs_per_s']:.0f} runs/s")
+            if dbos_problem is None and want("7"):
+                d = await bench_dbos(ctx, "wait", s.dbos_wait_n)
+                results.add_raw("dbos_wait", d)
+                for n in s.token_wait:
+                    results.rows[f"2.{n}"].dbos.append(d["runs_per_s"])
+                say(f"  7 DBOS wait N={s.dbos_wait_n}: {d['runs_per_s']:.1f} runs/s")
+        if want("1") and dbos_problem is None and want("7"):
+            d = await bench_dbos(ctx, "trivial", s.dbos_trivial_n)
+            results.add_raw("dbos_trivial", d)
+            results.rows["1"].dbos.append(d["runs_per_s"])
+            say(f"  7 DBOS trivial N={s.dbos_trivial_n}: {d['runs_per_s']:.1f} runs/s")
+        if want("3"):
+            m = await bench_latency_in_process(ctx, s.latency_n)
+            results.add_raw("latency_in_process", m)
+            for q, target, limit in (("p50", "< 5 ms", 5.0), ("p99", "", None)):
+                row = results.row(
+                    f"3.in.{q}",
+                    label=f"resume latency, completer in the worker's process, N={s.latency_n:,}",
+                    metric=q,
+                    worker=inproc,
+                    unit="ms",
+                    target=target,
+                    good=(lambda v, lim=limit: v < lim) if limit else None,
+                    higher_is_better=False,
+                )
+                row.samples.append(m[f"{q}_ms"])
+            say(f"  3 latency in-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+            m = await bench_latency_cross_process(ctx, s.latency_n)
+            results.add_raw("latency_cross_process", m)
+            for q, target, limit in (("p50", "< 25 ms", 25.0), ("p99", "", None)):
+                row = results.row(
+                    f"3.x.{q}",
+                    label=f"resume latency, completer = Engine in another process, "
+                    f"N={s.latency_n:,}",
+                    metric=q,
+                    worker=sub,
+                    unit="ms",
+                    target=target,
+                    good=(lambda v, lim=limit: v < lim) if limit else None,
+                    higher_is_better=False,
+                )
+                row.samples.append(m[f"{q}_ms"])
+            if "cli_wall_p50_ms" in m:
+                row = results.row(
+                    "3.cli",
+                    label=f"`waitpoint tokens complete` (CLI process), {s.cli_samples} samples",
+                    metric="resume after CLI exit p50 (CLI wall p50 in JSON)",
+                    worker=sub,
+                    unit="ms",
+                )
+                row.samples.append(m["cli_resume_after_exit_p50_ms"])
+            say(f"  3 latency cross-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+        if want("5"):
+            m = await bench_timers(ctx, s.timers, park_rate)
+            results.add_raw("timers", m)
+            for q, target, limit in (
+                ("p50", "", None),
+                ("p99", "< 250 ms", 250.0),
+                ("max", "", None),
+            ):
+                row = results.row(
+                    f"5.{q}",
+                    label=f"timer lateness, {s.timers:,} tokens due the same ms",
+                    metric=q,
+                    worker=sub,
+                    unit="ms",
+                    target=target,
+                    good=(lambda v, lim=limit: v < lim) if limit else None,
+                    higher_is_better=False,
+                )
+                row.samples.append(m[f"{q}_ms"])
+            row = results.row(
+                "5.early",
+                label="timer lateness",
+                metric="tokens fired early",
+                worker=sub,
+                target="0",
+                good=lambda v: v == 0,
+            )
+            row.samples.append(float(m["early"]))
+            say(f"  5 timers: p50 {m['p50_ms']:.0f} p99 {m['p99_ms']:.0f} max {m['max_ms']:.0f} ms")
+        if want("6"):
+            m = await bench_replay(ctx, s.replay_steps, s.replay_samples)
+            results.add_raw("replay", m)
+            for steps in s.replay_steps[1:]:
+                row = results.row(
+                    f"6.{steps}",
+                    label=f"replay of {steps:,} journaled steps",
+                    metric="extra resume cost vs 0 steps",
+                    worker=inproc,
+                    unit="ms",
+                )
+                row.samples.append(m[steps]["replay_ms"])
+            say("  6 replay: " + ", ".join(f"{k}: {v['replay_ms']:.1f} ms" for k, v in m.items()))
+    if want("4"):
+        for r in range(s.memory_repeats):
+            for n in s.memory:
+                say(f"memory with {n:,} runs WAITING")
+                m = await bench_memory(ctx, n)
+                results.add_raw(f"memory_{n}", m)
+                row = results.row(
+                    f"4.{n}",
+                    label=f"worker RSS, {n:,} runs WAITING",
+                    metric="VmRSS",
+                    worker=sub,
+                    unit="MB",
+                    target="< 150 MB" if n >= 100_000 else "",
+                    good=(lambda v: v < 150) if n >= 100_000 else None,
+                    higher_is_better=False,
+                )
+                row.samples.append(m["rss_mb"])
+                say(
+                    f"  4 memory {n}: rss {m['rss_mb']:.0f} MB (fresh worker {m['fresh_rss_mb']:.0f}"
+                    f" MB), parked at {m['park_rate']:.0f}/s"
+                )
+    results.notes.extend(_notes(ctx, results))
+
+
+def _notes(ctx: Context, results: Results) -> list[str]:
+    notes = [
+        "commits/run w+c: SQLite write transactions per run committed by the worker process"
+        " + by the driver process (trigger, completion), from engine.storage.commits.",
+        "subprocess: one worker process (benchmarks/worker_proc.py: Worker(engine, tasks)),"
+        " driver (trigger/complete) in this process; in-process: the Worker runs on this"
+        " process's Engine and event loop.",
+    ]
+    raw = results.raw
+    if "latency_cross_process" in raw and raw["latency_cross_process"][0].get("cli_wall_p50_ms"):
+        walls = [m["cli_wall_p50_ms"] for m in raw["latency_cross_process"]]
+        notes.append(f"CLI `waitpoint tokens complete` wall time p50: {statistics.median(walls):.0f} ms.")
+    mems = {k: v for k, v in raw.items() if k.startswith("memory_")}
+    if mems:
+        parts = []
+        for k, v in mems.items():
+            m = v[0]
+            parts.append(
+                f"{int(k.split('_')[1]):,}: RSS {m['rss_mb']:.0f} MB, VmHWM {m['hwm_mb']:.0f} MB,"
+                f" fresh worker on the same DB {m['fresh_rss_mb']:.0f} MB"
+                + (f", parked at {m['park_rate']:.0f} runs/s" if m["park_rate"] == m["park_rate"] else "")
+            )
+        notes.append("memory (measured once): " + "; ".join(parts) + ".")
+    if "timers" in raw:
+        t = raw["timers"]
+        notes.append(
+            "timers: all runs resumed and COMPLETED "
+            + ", ".join(f"{m['all_runs_done_s']:.1f}" for m in t)
+            + " s after the deadline; runs parked before the deadline: "
+            + ", ".join(str(m["parked_before_deadline"]) for m in t)
+            + "."
+        )
+    if "replay" in raw:
+        parts = []
+        for steps in ctx.sizes.replay_steps:
+            firsts = [m[steps]["first_line_ms"] for m in raw["replay"]]
+            dones = [m[steps]["completed_ms"] for m in raw["replay"]]
+            parts.append(
+                f"{steps}: first line {statistics.median(firsts):.1f} ms,"
+                f" COMPLETED {statistics.median(dones):.1f} ms"
+            )
+        notes.append("replay, completion -> (in-process worker): " + "; ".join(parts) + ".")
+    if "dbos_wait" in raw:
+        d = raw["dbos_wait"][0]
+        notes.append(
+            f"DBOS {d.get('dbos_version')}: token-wait workload with N={d['n']} (recv_async/send_async,"
+            " one process), trivial with N="
+            + (str(raw["dbos_trivial"][0]["n"]) if "dbos_trivial" in raw else "-")
+            + "; ratio = Waitpoint / DBOS (runs/s)."
+        )
+    return notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (~1 min)")
+    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    parser.add_argument("--repeat", type=int, default=None, help="repeats (median; default 3)")
+    parser.add_argument("--only", help="comma-separated items to run, e.g. 1,2,7")
+    parser.add_argument("--dir", help="where the databases go (default: a temp dir here)")
+    parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["info", "warning"],
+        help="the worker's log level (info, as `waitpoint worker` runs, is the default)",
+    )
+    parser.add_argument("--uvloop", action="store_true", help="run the worker on uvloop")
+    args = parser.parse_args()
+    if args.backend == "postgres":
+        print(
+            "the PostgreSQL backend does not exist in this engine yet"
+            " (engine/storage: 'the PostgreSQL backend is not available yet'); nothing to measure",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    sizes = QUICK if args.quick else Sizes()
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    configure_logging("json", 30)  # the driver's own engine logs: warnings only
+    base = Path(args.dir) if args.dir else HERE
+    base.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
+    env = {**os.environ, "WAITPOINT_SQLITE_SYNCHRONOUS": "FULL", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    ctx = Context(args=args, sizes=sizes, dir=workdir, env=env)
+    results = Results()
+    only = set(args.only.split(",")) if args.only else None
+    machine = describe_machine()
+    started = time.monotonic()
+    try:
+        asyncio.run(run_all(ctx, results, only))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir}", file=sys.stderr)
+    elapsed = time.monotonic() - started
+    title = (
+        f"Waitpoint benchmarks, SQLite WAL synchronous=FULL, medians of {args.repeat}"
+        f" ({'quick' if args.quick else 'full'}, {elapsed:.0f} s) - {machine['nproc']} x"
+        f" {machine['cpu']}, Python {machine['python']}, SQLite {machine['sqlite']}"
+    )
+    print_table(results, title, dbos_status())
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "args": {k: v for k, v in vars(args).items()},
+                    "elapsed_s": elapsed,
+                    "rows": [r.as_json() for r in results.rows.values()],
+                    "raw": results.raw,
+                    "notes": results.notes,
+                    "dbos": dbos_status() or "ok",
+                },
+                indent=2,
+                default=str,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

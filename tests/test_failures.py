@@ -1,0 +1,104 @@
+"""How runs fail on purpose: concurrent waits, aborts, and workers that keep dying."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from engine import (
+    AbortTaskRunError,
+    Engine,
+    Retry,
+    RunFailedError,
+    create_token,
+    step,
+    task,
+    wait_for_token,
+)
+from engine.storage import NewRun
+
+from .conftest import StartWorker
+
+FAST_RETRY = Retry(max_attempts=3, min_delay=timedelta(milliseconds=10))
+LEFTOVER = {"finished": 0}
+
+
+@task("fl-two-waits", retry=FAST_RETRY)
+async def two_waits(payload: None) -> None:
+    first, second = await create_token(), await create_token()
+    await asyncio.gather(wait_for_token(first), wait_for_token(second))
+
+
+async def test_two_waits_at_once_fail_the_run_at_once_naming_the_group_api(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([two_waits])
+    run = await engine.trigger("fl-two-waits")
+    with pytest.raises(RunFailedError, match="wait_for_tokens"):
+        await engine.wait_for_run(run.id, timeout=10)
+    failed = await engine.runs.retrieve(run.id)
+    assert failed.error is not None and failed.error.name == "engine.errors.ConcurrentWaitError"
+    assert failed.attempt_count == 1  # not retried, whatever the policy
+    assert failed.waiting_on == []
+
+
+async def noop() -> str:
+    return "ok"
+
+
+@task("fl-leftover")
+async def leftover(payload: None) -> None:
+    async def slow_sibling() -> None:
+        await step("mark", noop)  # a durable call: the runtime knows this coroutine
+        await asyncio.sleep(0.5)
+        LEFTOVER["finished"] += 1
+
+    token = await create_token()
+    await asyncio.gather(slow_sibling(), wait_for_token(token))
+
+
+async def test_coroutines_still_running_when_the_run_parks_are_cancelled(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([leftover])
+    run = await engine.trigger("fl-leftover")
+    for _ in range(200):
+        if (await engine.runs.retrieve(run.id)).status == "WAITING":
+            break
+        await asyncio.sleep(0.01)
+    timeline = await engine.runs.timeline(run.id)
+    assert "step" in [e.kind for e in timeline]  # the sibling ran and journaled before parking
+    await asyncio.sleep(0.8)
+    assert LEFTOVER["finished"] == 0
+
+
+@task("fl-abort", retry=FAST_RETRY)
+async def aborting(payload: None) -> None:
+    raise AbortTaskRunError("the order was deleted; retrying cannot help")
+
+
+async def test_abort_fails_the_run_without_retries(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([aborting])
+    run = await engine.trigger("fl-abort")
+    with pytest.raises(RunFailedError, match="retrying cannot help"):
+        await engine.wait_for_run(run.id, timeout=10)
+    assert (await engine.runs.retrieve(run.id)).attempt_count == 1
+
+
+async def test_a_run_whose_worker_keeps_dying_ends_crashed(engine: Engine) -> None:
+    storage = engine.storage
+    run = await storage.create_run(NewRun(task_id="fl-poison", payload=None))
+    for recovery in range(1, 3):
+        [claimed] = await storage.claim_runs(f"worker-{recovery}", 1, 1, ["fl-poison"])
+        await asyncio.sleep(0.01)  # the worker "dies": its 1 ms lease runs out
+        assert await storage.rescue_expired_leases(max_recoveries=2) == 1
+        status = (await engine.runs.retrieve(run.id)).status
+        assert status == ("QUEUED" if recovery == 1 else "CRASHED")
+    crashed = await engine.runs.retrieve(run.id)
+    assert crashed.error is not None and "2 times" in crashed.error.message
+    assert crashed.finished_at is not None
+    assert await storage.claim_runs("worker-3", 1, 30_000, ["fl-poison"]) == []

@@ -94,6 +94,7 @@ async def test_a_run_whose_worker_keeps_dying_ends_crashed(engine: Engine) -> No
     run = await storage.create_run(NewRun(task_id="fl-poison", payload=None))
     for recovery in range(1, 3):
         [claimed] = await storage.claim_runs(f"worker-{recovery}", 1, 1, ["fl-poison"])
+        assert claimed.id == run.id
         await asyncio.sleep(0.01)  # the worker "dies": its 1 ms lease runs out
         assert await storage.rescue_expired_leases(max_recoveries=2) == 1
         status = (await engine.runs.retrieve(run.id)).status

@@ -160,6 +160,7 @@ class Run(WireModel):
             "delayed_until",
             "ttl",
             "metadata",
+            "parent_run_id",
         }
     )
 
@@ -179,6 +180,9 @@ class Run(WireModel):
     delayed_until: datetime | None = None
     ttl: str | None = None
     metadata: dict[str, Any] | None = None
+    parent_run_id: str | None = None
+    depth: int = 0
+    """0 for a run triggered from outside, parent's depth + 1 for a child run."""
     waiting_on: list[str] = Field(default_factory=list)
     """Ids of the waitpoints the run is blocked on while WAITING."""
     is_cached: bool = Field(default=False, exclude=True)

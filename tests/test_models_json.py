@@ -222,7 +222,9 @@ async def test_queued_run_json(engine: Engine, task_id: str) -> None:
         "createdAt",
         "updatedAt",
         "waitingOn",
+        "depth",
     }
+    assert data["depth"] == 0
     assert data["id"].startswith("run_")
     assert data["taskIdentifier"] == task_id
     assert data["status"] == RunStatus.QUEUED.value

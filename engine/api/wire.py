@@ -64,7 +64,6 @@ def run_json(run: Run) -> dict[str, Any]:
         {
             "triggerFunction": "trigger",
             "durationMs": int((end - start).total_seconds() * 1000) if end and start else 0,
-            "depth": 0,
             "costInCents": 0,
             "baseCostInCents": 0,
             "isTest": False,

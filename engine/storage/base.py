@@ -43,6 +43,8 @@ class NewRun:
     """EXPIRED if not started within this long after it became QUEUED."""
     metadata: dict[str, Any] | None = None
     max_duration_ms: int | None = None
+    parent_run_id: str | None = None
+    """Set by the storage when a run starts a child (with the journal key that made it)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,31 @@ class Storage(Protocol):
         Returns the closed token (the run goes on), or None when the run is now WAITING and
         its lease released (the caller must suspend).
         """
+        ...
+
+    async def start_child(self, new: NewRun, journal: JournalWrite) -> Run:
+        """Create a child run of the journal's run and journal it, in one transaction."""
+        ...
+
+    async def wait_for_children(
+        self, news: list[NewRun], journal: JournalWrite, elapsed_ms: int = 0
+    ) -> list[Token] | None:
+        """Start the children (once per journal key) and block on their RUN waitpoints.
+
+        Returns the closed waitpoints (``data`` holds each child's result) once every child
+        finished, or None when the run is now WAITING.
+        """
+        ...
+
+    async def wait_on_group(
+        self,
+        token_ids: list[str],
+        mode: str,
+        timeout_ms: int | None,
+        journal: JournalWrite,
+        elapsed_ms: int = 0,
+    ) -> dict[str, Any] | None:
+        """Block on several tokens (``all`` or ``any``), or journal and return the snapshot."""
         ...
 
     async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:

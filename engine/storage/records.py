@@ -82,6 +82,8 @@ def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:
         delayed_until=from_ms_or_none(row["delayed_until"]),
         ttl=row["ttl"],
         metadata=load_json(row["metadata"]),
+        parent_run_id=row["parent_run_id"],
+        depth=row["depth"],
         waiting_on=waiting_on or [],
     )
 

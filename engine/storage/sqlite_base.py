@@ -21,8 +21,9 @@ import aiosqlite
 from ..callbacks import CallbackSigner
 from ..clock import Clock
 from ..errors import ConfigurationError, LeaseLostError, StorageError
+from ..ids import new_run_id
 from ..models import Token
-from .base import JournalWrite, PageRequest
+from .base import JournalWrite, NewRun, PageRequest
 from .records import dump_json, token_from_row
 from .writer import GroupCommitWriter, translate
 
@@ -30,13 +31,27 @@ T = TypeVar("T")
 Conn = sqlite3.Connection
 
 _POLL_SECONDS = 0.05
+# a run goes back to the queue when one of its 'any' waitpoints closed, or when none of the
+# waitpoints it is blocked on is still WAITING
 _REQUEUE_BLOCKED = """
     UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now
     WHERE status = 'WAITING'
       AND id IN (SELECT run_id FROM run_waits
                  WHERE waitpoint_id IN (SELECT value FROM json_each(:ids)))
-      AND NOT EXISTS (SELECT 1 FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id
-                      WHERE rw.run_id = runs.id AND w.status = 'WAITING')
+      AND (EXISTS (SELECT 1 FROM run_waits rw
+                   WHERE rw.run_id = runs.id AND rw.mode = 'any'
+                     AND rw.waitpoint_id IN (SELECT value FROM json_each(:ids)))
+           OR NOT EXISTS (SELECT 1 FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id
+                          WHERE rw.run_id = runs.id AND w.status = 'WAITING'))
+"""
+_CLOSE_RUN_WAITPOINTS = """
+    UPDATE waitpoints SET status = 'COMPLETED', completed_at = :now,
+        data = (SELECT json_object('runId', r.id, 'status', r.status,
+                                   'output', json(r.output), 'error', json(r.error))
+                FROM runs r WHERE r.id = waitpoints.child_run_id)
+    WHERE kind = 'RUN' AND status = 'WAITING'
+      AND child_run_id IN (SELECT value FROM json_each(:ids))
+    RETURNING id
 """
 
 
@@ -76,13 +91,15 @@ class SQLiteBase:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
-    def _fence(self, conn: Conn, run_id: str, epoch: int) -> None:
+    def _fence(self, conn: Conn, run_id: str, epoch: int) -> int:
+        """Refuse the write unless this epoch still holds the run; returns the run's depth."""
         rows = conn.execute(
-            "SELECT status, lease_epoch FROM runs WHERE id = ?", (run_id,)
+            "SELECT status, lease_epoch, depth FROM runs WHERE id = ?", (run_id,)
         ).fetchall()
         row = _first_or_none(rows)
         if row is None or row["status"] != "EXECUTING" or row["lease_epoch"] != epoch:
             raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+        return int(row["depth"])
 
     def _journal(self, conn: Conn, write: JournalWrite, value: Any) -> None:
         conn.execute(
@@ -106,31 +123,82 @@ class SQLiteBase:
         waitpoint = token_from_row(row, self.signer)
         if not waitpoint.is_waiting:
             self._journal(conn, journal, waitpoint.model_dump(mode="json", by_alias=True))
-            conn.execute(
-                "DELETE FROM run_waits WHERE run_id = ? AND waitpoint_id = ?",
-                (journal.run_id, waitpoint.id),
-            )
+            self._unblock(conn, journal.run_id, [waitpoint.id])
             return waitpoint
+        self._block(conn, journal, {waitpoint.id: "all"}, elapsed_ms)
+        return None
+
+    def _block(
+        self, conn: Conn, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int
+    ) -> None:
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease released."""
         now = self.now_ms()
-        conn.execute(
-            "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, created_at)"
-            " VALUES (?, ?, ?, ?)",
-            (journal.run_id, waitpoint.id, journal.key, now),
+        conn.executemany(
+            "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, mode,"
+            " created_at) VALUES (?, ?, ?, ?, ?)",
+            [(journal.run_id, wid, journal.key, mode, now) for wid, mode in modes.items()],
         )
         conn.execute(
             "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
             " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
             (now, elapsed_ms, journal.run_id),
         )
-        return None
+
+    def _unblock(self, conn: Conn, run_id: str, waitpoint_ids: list[str]) -> None:
+        conn.execute(
+            "DELETE FROM run_waits WHERE run_id = ?"
+            " AND waitpoint_id IN (SELECT value FROM json_each(?))",
+            (run_id, json.dumps(waitpoint_ids)),
+        )
+
+    def _insert_run(
+        self, conn: Conn, new: NewRun, parent_key: str | None = None, depth: int = 0
+    ) -> sqlite3.Row:
+        """Insert a QUEUED (or DELAYED) run; a child carries its parent and the parent's key."""
+        now = self.now_ms()
+        delayed = new.delayed_until_ms is not None and new.delayed_until_ms > now
+        start = new.delayed_until_ms if delayed and new.delayed_until_ms else now
+        rows = conn.execute(
+            "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
+            " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
+            " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
+            " created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            (
+                new_run_id(),
+                new.task_id,
+                "DELAYED" if delayed else "QUEUED",
+                dump_json(new.payload, "the payload"),
+                json.dumps(new.tags),
+                new.idempotency_key,
+                new.idempotency_key_expires_ms,
+                new.max_attempts,
+                start,
+                start if delayed else None,
+                new.ttl,
+                None if new.ttl_ms is None else start + new.ttl_ms,
+                None if new.metadata is None else dump_json(new.metadata, "the metadata"),
+                new.max_duration_ms,
+                new.parent_run_id,
+                parent_key,
+                depth,
+                now,
+                now,
+            ),
+        ).fetchall()
+        return _first(rows)
 
     def _runs_finished(self, conn: Conn, run_ids: list[str]) -> None:
-        """Bookkeeping when runs reach a final status: they no longer wait on anything."""
-        if run_ids:
-            conn.execute(
-                "DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(run_ids),),
-            )
+        """Runs reached a final status: they wait on nothing, and their parents may go on."""
+        if not run_ids:
+            return
+        ids = json.dumps(run_ids)
+        conn.execute(
+            "DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(?))", (ids,)
+        )
+        closed = conn.execute(_CLOSE_RUN_WAITPOINTS, {"now": self.now_ms(), "ids": ids}).fetchall()
+        if closed:
+            self._requeue_blocked(conn, [r["id"] for r in closed])
 
     def _requeue_blocked(self, conn: Conn, waitpoint_ids: Iterable[str]) -> None:
         ids = json.dumps(list(waitpoint_ids))

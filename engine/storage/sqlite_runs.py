@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
-from ..ids import new_run_id
 from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunStatus, TaskInfo
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .records import dump_json, journal_from_row, load_json, run_from_row
-from .sqlite_base import Conn, SQLiteBase, _common_filters, _first, _first_or_none
+from .sqlite_base import Conn, SQLiteBase, _common_filters, _first_or_none
 
 
 class SQLiteRuns(SQLiteBase):
@@ -38,9 +37,7 @@ class SQLiteRuns(SQLiteBase):
         return [TaskInfo(r["id"], load_json(r["payload_schema"])) for r in rows]
 
     async def create_run(self, new: NewRun) -> Run:
-        payload = dump_json(new.payload, "the payload")
-        tags = json.dumps(new.tags)
-        metadata = None if new.metadata is None else dump_json(new.metadata, "the metadata")
+        dump_json(new.payload, "the payload")  # refuse a bad payload before queueing the write
 
         def op(conn: Conn) -> Run:
             now = self.now_ms()
@@ -57,33 +54,7 @@ class SQLiteRuns(SQLiteBase):
                     conn.execute(
                         "UPDATE runs SET idempotency_key = NULL WHERE id = ?", (row["id"],)
                     )
-            delayed = new.delayed_until_ms is not None and new.delayed_until_ms > now
-            start = new.delayed_until_ms if delayed and new.delayed_until_ms else now
-            rows = conn.execute(
-                "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
-                " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
-                " expires_at, metadata, max_duration_ms, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                (
-                    new_run_id(),
-                    new.task_id,
-                    "DELAYED" if delayed else "QUEUED",
-                    payload,
-                    tags,
-                    new.idempotency_key,
-                    new.idempotency_key_expires_ms,
-                    new.max_attempts,
-                    start,
-                    start if delayed else None,
-                    new.ttl,
-                    None if new.ttl_ms is None else start + new.ttl_ms,
-                    metadata,
-                    new.max_duration_ms,
-                    now,
-                    now,
-                ),
-            ).fetchall()
-            return run_from_row(_first(rows))
+            return run_from_row(self._insert_run(conn, new))
 
         return await self._write(op)
 
@@ -133,18 +104,30 @@ class SQLiteRuns(SQLiteBase):
         def op(conn: Conn) -> None:
             now = self.now_ms()
             rows = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchall()
-            row = _first_or_none(rows)
-            if row is None:
+            if not rows:
                 raise RunNotFoundError(f"no run with id {run_id!r}")
-            if RunStatus(row["status"]).is_terminal:
-                return
-            conn.execute(
-                "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
-                " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
-                " WHERE id = ?",
-                (now, now, run_id),
-            )
-            self._runs_finished(conn, [run_id])
+            canceled: list[str] = []
+            pending = [run_id]
+            while pending:  # the children a canceled run waits on are canceled too
+                current = pending.pop()
+                cursor = conn.execute(
+                    "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
+                    " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
+                    " WHERE id = ? AND status NOT IN"
+                    " ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')",
+                    (now, now, current),
+                )
+                if cursor.rowcount == 0:
+                    continue
+                canceled.append(current)
+                children = conn.execute(
+                    "SELECT w.child_run_id FROM run_waits rw JOIN waitpoints w"
+                    " ON w.id = rw.waitpoint_id WHERE rw.run_id = ? AND w.kind = 'RUN'"
+                    " AND w.status = 'WAITING'",
+                    (current,),
+                ).fetchall()
+                pending.extend(row["child_run_id"] for row in children)
+            self._runs_finished(conn, canceled)
 
         await self._write(op)
         return await self.get_run(run_id)

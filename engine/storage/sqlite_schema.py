@@ -35,6 +35,9 @@ MIGRATIONS: list[str] = [
         ttl TEXT,
         expires_at INTEGER,
         metadata TEXT,
+        parent_run_id TEXT,
+        parent_key TEXT,
+        depth INTEGER NOT NULL DEFAULT 0,
         available_at INTEGER NOT NULL,
         lease_owner TEXT,
         lease_epoch INTEGER NOT NULL DEFAULT 0,
@@ -50,6 +53,8 @@ MIGRATIONS: list[str] = [
         WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL;
     CREATE INDEX runs_leases ON runs (lease_expires_at) WHERE status = 'EXECUTING';
     CREATE INDEX runs_status ON runs (status, id);
+    CREATE UNIQUE INDEX runs_child ON runs (parent_run_id, parent_key)
+        WHERE parent_key IS NOT NULL;
     CREATE UNIQUE INDEX runs_idempotency ON runs (task_id, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
 

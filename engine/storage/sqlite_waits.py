@@ -1,4 +1,4 @@
-"""SQLite operations that park a run: waiting on a token, a durable sleep.
+"""SQLite operations that park a run: a token, a group of tokens, a sleep, child runs.
 
 Every wait is the same transaction: fenced by the lease epoch, it either finds the
 waitpoint(s) closed and journals the outcome (the run goes on), or inserts the blocking
@@ -8,10 +8,15 @@ edges, sets the run WAITING and releases its lease (the run suspends). The compl
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from typing import Any
+
 from ..errors import TokenNotFoundError
 from ..ids import new_token_id
-from ..models import Token
-from .base import JournalWrite
+from ..models import Run, Token
+from .base import JournalWrite, NewRun
+from .records import run_from_row, token_from_row
 from .sqlite_base import Conn, SQLiteBase, _first, _first_or_none
 
 
@@ -41,29 +46,146 @@ class SQLiteWaits(SQLiteBase):
 
         def op(conn: Conn) -> bool:
             self._fence(conn, journal.run_id, journal.epoch)
-            rows = conn.execute(
-                "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
-                (journal.run_id, journal.key),
-            ).fetchall()
-            row = _first_or_none(rows)
-            if row is None:
-                now = self.now_ms()
-                due = until_ms <= now
-                rows = conn.execute(
-                    "INSERT INTO waitpoints (id, kind, status, timeout_at, completed_at,"
-                    " created_at, created_by_run, created_by_key)"
-                    " VALUES (?, 'DATETIME', ?, ?, ?, ?, ?, ?) RETURNING *",
-                    (
-                        new_token_id(),
-                        "COMPLETED" if due else "WAITING",
-                        until_ms,
-                        now if due else None,
-                        now,
-                        journal.run_id,
-                        journal.key,
-                    ),
-                ).fetchall()
-                row = _first(rows)
+            row = self._datetime_waitpoint(conn, journal, until_ms)
             return self._wait(conn, row, journal, elapsed_ms) is not None
 
         return await self._write(op, notify=False)
+
+    async def start_child(self, new: NewRun, journal: JournalWrite) -> Run:
+        def op(conn: Conn) -> Run:
+            depth = self._fence(conn, journal.run_id, journal.epoch)
+            row = self._child(conn, new, journal.run_id, journal.key, depth)
+            run = run_from_row(row)
+            self._journal(conn, journal, run.model_dump(mode="json", by_alias=True))
+            return run
+
+        result = await self._write(op)
+        self._notify()
+        return result
+
+    async def wait_for_children(
+        self, news: list[NewRun], journal: JournalWrite, elapsed_ms: int = 0
+    ) -> list[Token] | None:
+        def op(conn: Conn) -> list[Token] | None:
+            depth = self._fence(conn, journal.run_id, journal.epoch)
+            waitpoints = []
+            for index, new in enumerate(news):
+                key = f"{journal.key}/{index}"
+                child = self._child(conn, new, journal.run_id, key, depth)
+                waitpoints.append(self._run_waitpoint(conn, journal.run_id, key, child["id"]))
+            tokens = [token_from_row(row, self.signer) for row in waitpoints]
+            waiting = [t.id for t in tokens if t.is_waiting]
+            if waiting:
+                self._block(conn, journal, dict.fromkeys(waiting, "all"), elapsed_ms)
+                return None
+            self._journal(conn, journal, [t.model_dump(mode="json", by_alias=True) for t in tokens])
+            self._unblock(conn, journal.run_id, [t.id for t in tokens])
+            return tokens
+
+        result = await self._write(op)
+        self._notify()  # new children are queued
+        return result
+
+    async def wait_on_group(
+        self,
+        token_ids: list[str],
+        mode: str,
+        timeout_ms: int | None,
+        journal: JournalWrite,
+        elapsed_ms: int = 0,
+    ) -> dict[str, Any] | None:
+        def op(conn: Conn) -> dict[str, Any] | None:
+            self._fence(conn, journal.run_id, journal.epoch)
+            rows = conn.execute(
+                "SELECT * FROM waitpoints WHERE kind = 'MANUAL'"
+                " AND id IN (SELECT value FROM json_each(?))",
+                (json.dumps(token_ids),),
+            ).fetchall()
+            found = {row["id"]: token_from_row(row, self.signer) for row in rows}
+            missing = [tid for tid in token_ids if tid not in found]
+            if missing:
+                raise TokenNotFoundError(f"no waitpoint token with id {missing[0]!r}")
+            tokens = [found[tid] for tid in token_ids]
+            timer = None
+            if timeout_ms is not None:
+                timer = token_from_row(
+                    self._datetime_waitpoint(conn, journal, timeout_ms), self.signer
+                )
+            timed_out = timer is not None and not timer.is_waiting
+            closed = [t for t in tokens if not t.is_waiting]
+            done = timed_out or (len(closed) == len(tokens) if mode == "all" else bool(closed))
+            ids = [t.id for t in tokens] + ([timer.id] if timer else [])
+            if not done:
+                modes = {t.id: mode for t in tokens if t.is_waiting}
+                if timer is not None:
+                    modes[timer.id] = "any"
+                self._block(conn, journal, modes, elapsed_ms)
+                return None
+            snapshot = {
+                "tokens": [t.model_dump(mode="json", by_alias=True) for t in tokens],
+                "timedOut": timed_out,
+            }
+            self._journal(conn, journal, snapshot)
+            self._unblock(conn, journal.run_id, ids)
+            return snapshot
+
+        return await self._write(op, notify=False)
+
+    def _child(
+        self, conn: Conn, new: NewRun, parent_id: str, key: str, parent_depth: int
+    ) -> sqlite3.Row:
+        """The child this parent made under ``key``: found again on replay, never made twice."""
+        rows = conn.execute(
+            "SELECT * FROM runs WHERE parent_run_id = ? AND parent_key = ?", (parent_id, key)
+        ).fetchall()
+        row = _first_or_none(rows)
+        if row is not None:
+            return row
+        child = NewRun(**{**new.__dict__, "parent_run_id": parent_id})
+        return self._insert_run(conn, child, parent_key=key, depth=parent_depth + 1)
+
+    def _run_waitpoint(self, conn: Conn, parent_id: str, key: str, child_id: str) -> sqlite3.Row:
+        """The RUN waitpoint that closes (with the child's result) when the child finishes."""
+        rows = conn.execute(
+            "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
+            (parent_id, key),
+        ).fetchall()
+        row = _first_or_none(rows)
+        if row is not None:
+            return row
+        return _first(
+            conn.execute(
+                "INSERT INTO waitpoints (id, kind, status, created_at, created_by_run,"
+                " created_by_key, child_run_id) VALUES (?, 'RUN', 'WAITING', ?, ?, ?, ?)"
+                " RETURNING *",
+                (new_token_id(), self.now_ms(), parent_id, key, child_id),
+            ).fetchall()
+        )
+
+    def _datetime_waitpoint(self, conn: Conn, journal: JournalWrite, until_ms: int) -> sqlite3.Row:
+        """The DATETIME waitpoint of this (run, journal key), made once with ``until_ms``."""
+        rows = conn.execute(
+            "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
+            (journal.run_id, journal.key),
+        ).fetchall()
+        row = _first_or_none(rows)
+        if row is not None:
+            return row
+        now = self.now_ms()
+        due = until_ms <= now
+        return _first(
+            conn.execute(
+                "INSERT INTO waitpoints (id, kind, status, timeout_at, completed_at,"
+                " created_at, created_by_run, created_by_key)"
+                " VALUES (?, 'DATETIME', ?, ?, ?, ?, ?, ?) RETURNING *",
+                (
+                    new_token_id(),
+                    "COMPLETED" if due else "WAITING",
+                    until_ms,
+                    now if due else None,
+                    now,
+                    journal.run_id,
+                    journal.key,
+                ),
+            ).fetchall()
+        )

@@ -1,0 +1,106 @@
+"""Summarise py-spy collapsed stacks (``run.py --profile DIR`` writes them) as text.
+
+    python benchmarks/profile_summary.py DIR/wait10000.collapsed.txt [--top 25]
+
+Splits samples into the event-loop thread (idle in ``select`` or busy) and other threads
+(the SQLite writer thread and aiosqlite's reader thread), then lists the functions with the
+largest inclusive share of the busy event-loop samples, the hottest leaf frames, and a few
+buckets (logging, pydantic, JSON, sqlite3, thread hops, asyncio/anyio scheduling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from pathlib import Path
+
+BUCKETS = {
+    "structlog (log lines)": ("structlog/",),
+    "pydantic (models, validation, dumps)": ("pydantic/", "pydantic_core", "model_dump", "model_validate"),
+    "json (dumps/loads)": ("json/",),
+    "sqlite3 execute/fetch (in loop thread)": ("sqlite3",),
+    "aiosqlite / anyio thread hops": ("aiosqlite/", "to_thread", "run_sync", "_backends/_asyncio.py"),
+    "asyncio scheduling": ("asyncio/",),
+    "engine/": ("engine/",),
+}
+
+
+def parse(path: Path) -> list[tuple[list[str], int]]:
+    stacks = []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        stacks.append((stack.split(";"), int(count)))
+    return stacks
+
+
+def short(frame: str) -> str:
+    m = re.match(r"(.*) \((.*?):(\d+)\)$", frame)
+    if not m:
+        return frame
+    func, file, _ = m.groups()
+    file = re.sub(r".*site-packages/", "", file)
+    return f"{func} ({file})"
+
+
+def summarise(path: Path, top: int) -> str:
+    stacks = parse(path)
+    loop: list[tuple[list[str], int]] = []
+    threads = Counter[str]()
+    idle = 0
+    for frames, n in stacks:
+        if frames[0].startswith("Thread._bootstrap"):
+            key = next((short(f) for f in frames if "run" in f and "Thread" in f), "thread")
+            leaf_owner = next(
+                (short(f) for f in frames if "engine/" in f or "aiosqlite" in f), short(frames[-1])
+            )
+            threads[f"{key} -> {leaf_owner}"] += n
+            continue
+        if "select (selectors.py" in frames[-1]:
+            idle += n
+            continue
+        loop.append((frames, n))
+    busy = sum(n for _, n in loop)
+    total_loop = busy + idle
+    out = [f"{path.name}: {total_loop} event-loop samples, busy {busy} ({busy / max(total_loop, 1):.0%}),"
+           f" idle in select {idle}; other threads {sum(threads.values())} samples"]
+    inclusive = Counter[str]()
+    leaves = Counter[str]()
+    buckets = Counter[str]()
+    for frames, n in loop:
+        for name in {short(f) for f in frames}:
+            inclusive[name] += n
+        leaves[short(frames[-1])] += n
+        joined = ";".join(frames)
+        for bucket, needles in BUCKETS.items():
+            if any(needle in joined for needle in needles):
+                buckets[bucket] += n
+    out.append("\nbuckets (share of busy event-loop samples; a sample may count in several):")
+    for bucket, n in buckets.most_common():
+        out.append(f"  {n / busy:6.1%}  {bucket}")
+    out.append(f"\ntop {top} inclusive (busy event-loop samples):")
+    for name, n in inclusive.most_common(top):
+        out.append(f"  {n / busy:6.1%}  {name}")
+    out.append(f"\ntop {top} leaf frames:")
+    for name, n in leaves.most_common(top):
+        out.append(f"  {n / busy:6.1%}  {name}")
+    out.append("\nother threads:")
+    for name, n in threads.most_common(8):
+        out.append(f"  {n:6d}  {name}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    for path in args.files:
+        print(summarise(path, args.top))
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -163,6 +163,8 @@ class WorkerProcess:
     def __init__(self, ctx: Context, db_url: str, label: str) -> None:
         self.ctx = ctx
         self.db_url = db_url
+        ctx.counter += 1
+        label = f"{ctx.counter:03d}-{label}"
         self.stats_path = ctx.dir / f"{label}.stats.json"
         self.log_path = ctx.dir / f"{label}.worker.log"
         self.label = label

@@ -6,9 +6,18 @@ journals live in SQLite, so a run resumes exactly where it left off after restar
 """
 
 from .client import Engine
-from .durable import complete_token, create_token, sleep, sleep_until, step, wait_for_token
+from .durable import (
+    complete_token,
+    create_token,
+    sleep,
+    sleep_until,
+    step,
+    wait_for_token,
+    wait_for_tokens,
+)
 from .errors import (
     AbortTaskRunError,
+    ChildRunError,
     ConcurrentWaitError,
     ConfigurationError,
     EngineError,
@@ -34,9 +43,11 @@ from .logs import configure_default_logging
 from .models import (
     CompletionResult,
     CompletionSource,
+    GroupResult,
     Page,
     Run,
     RunError,
+    RunResult,
     RunStatus,
     TimelineEntry,
     Token,
@@ -51,12 +62,14 @@ configure_default_logging()
 
 __all__ = [
     "AbortTaskRunError",
+    "ChildRunError",
     "CompletionResult",
     "CompletionSource",
     "ConcurrentWaitError",
     "ConfigurationError",
     "Engine",
     "EngineError",
+    "GroupResult",
     "LeaseLostError",
     "MaxDurationExceededError",
     "NondeterminismError",
@@ -68,6 +81,7 @@ __all__ = [
     "RunError",
     "RunFailedError",
     "RunNotFoundError",
+    "RunResult",
     "RunStatus",
     "RunWaitTimeoutError",
     "Settings",
@@ -93,4 +107,5 @@ __all__ = [
     "step",
     "task",
     "wait_for_token",
+    "wait_for_tokens",
 ]

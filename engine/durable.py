@@ -13,8 +13,8 @@ import functools
 import importlib
 import inspect
 import json
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -24,10 +24,19 @@ from pydantic_core import to_jsonable_python
 
 from .client import current_engine
 from .clock import from_ms, to_ms
-from .durations import Timeout, to_timedelta
+from .durations import Timeout, resolve_deadline, to_timedelta
 from .errors import StepFailedError, Suspended, ValidationError
-from .models import CompletionResult, CompletionSource, Token, WaitResult
-from .requests import token_request
+from .models import (
+    CompletionResult,
+    CompletionSource,
+    GroupResult,
+    Run,
+    RunResult,
+    Token,
+    WaitResult,
+)
+from .registry import TaskDefinition
+from .requests import run_request, token_request
 from .runtime import RunContext, error_of
 
 T = TypeVar("T")
@@ -166,6 +175,110 @@ def _duration_ms(duration: str | timedelta) -> int:
     return int(to_timedelta(duration).total_seconds() * 1000)
 
 
+async def wait_for_tokens(
+    tokens: Sequence[Token | str], *, mode: str = "all", timeout: Timeout | None = None
+) -> GroupResult:
+    """Park the run until all (``mode="all"``) or any (``"any"``) of the tokens closed.
+
+    With ``timeout`` the group also closes when it runs out (``timed_out``). The result is a
+    snapshot taken when the group closed; with ``any`` the other tokens stay WAITING for
+    whoever else uses them.
+    """
+    if mode not in ("all", "any"):
+        raise ValidationError(f"mode must be 'all' or 'any', not {mode!r}")
+    if not tokens:
+        raise ValidationError("wait_for_tokens needs at least one token")
+    context = RunContext.current()
+    ids = [t.id if isinstance(t, Token) else t for t in tokens]
+    models = {t.id: _schema_of(t) for t in tokens if isinstance(t, Token)}
+    key, position = context.next_call("wait_for_tokens")
+    with context.waiting("wait_for_tokens"):
+        entry = context.recorded(key, position)
+        if entry is not None:
+            await asyncio.sleep(0)
+            snapshot = entry.value
+        else:
+            until = None
+            if timeout is not None:
+                deadline, _ = resolve_deadline(timeout, from_ms(context.storage.now_ms()))
+                until = to_ms(deadline)
+            journal = context.journal_write(key, position, None)
+            snapshot = await context.storage.wait_on_group(
+                ids, mode, until, journal, context.elapsed_ms()
+            )
+            if snapshot is None:
+                log.info("run.suspended", tokens=ids, mode=mode)
+                raise Suspended()
+    return _group_result(snapshot, mode, models)
+
+
+def _group_result(
+    snapshot: dict[str, Any], mode: str, models: dict[str, type[BaseModel] | None]
+) -> GroupResult:
+    tokens = [Token.model_validate(item) for item in snapshot["tokens"]]
+    results: dict[str, WaitResult[Any] | None] = {}
+    for token in tokens:
+        model = models.get(token.id)
+        parse = model.model_validate if model is not None else None
+        results[token.id] = None if token.is_waiting else WaitResult.from_token(token, parse)
+    closed = sorted(
+        (t for t in tokens if not t.is_waiting),
+        key=lambda t: t.completed_at or datetime.max.replace(tzinfo=UTC),
+    )
+    first = closed[0].id if closed else None
+    timed_out = bool(snapshot.get("timedOut"))
+    if mode == "all":
+        ok = not timed_out and all(r is not None and r.ok for r in results.values())
+    else:
+        first_result = results.get(first) if first else None
+        ok = first_result is not None and first_result.ok
+    return GroupResult(ok=ok, results=results, first=first, timed_out=timed_out)
+
+
+async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[str, Any]) -> Run:
+    """``Task.trigger``: from a run, a journaled child; elsewhere, through the current Engine."""
+    context = RunContext.find()
+    if context is None:
+        return await current_engine().trigger(definition.id, payload, **options)
+    key, position = context.next_call("trigger", definition.id)
+    entry = context.recorded(key, position)
+    if entry is not None:
+        await asyncio.sleep(0)
+        return Run.model_validate(entry.value)
+    new = run_request(
+        definition.id, definition.validate_payload(payload), context.storage.now_ms(), **options
+    )
+    child = await context.storage.start_child(new, context.journal_write(key, position, None))
+    log.info("run.child_triggered", child_run_id=child.id, child_task=definition.id)
+    return child
+
+
+async def trigger_children_and_wait(
+    definition: TaskDefinition, payloads: list[Any], options: dict[str, Any], *, batch: bool
+) -> list[RunResult]:
+    """Start the children and park until all finished: one transaction, once per key."""
+    context = RunContext.current()
+    key, position = context.next_call("batch" if batch else "trigger", definition.id)
+    with context.waiting("batch_trigger_and_wait" if batch else "trigger_and_wait"):
+        entry = context.recorded(key, position)
+        if entry is not None:
+            await asyncio.sleep(0)
+            closed = [Token.model_validate(item) for item in entry.value]
+        else:
+            now = context.storage.now_ms()
+            news = [
+                run_request(definition.id, definition.validate_payload(p), now, **options)
+                for p in payloads
+            ]
+            journal = context.journal_write(key, position, None)
+            found = await context.storage.wait_for_children(news, journal, context.elapsed_ms())
+            if found is None:
+                log.info("run.suspended", children=len(news), child_task=definition.id)
+                raise Suspended()
+            closed = found
+    return [RunResult.from_waitpoint(waitpoint) for waitpoint in closed]
+
+
 async def complete_token(
     token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
 ) -> CompletionResult:
@@ -220,4 +333,12 @@ def _rebuild_error(value: Any) -> Exception:
     return StepFailedError(message, name)
 
 
-__all__ = ["complete_token", "create_token", "sleep", "sleep_until", "step", "wait_for_token"]
+__all__ = [
+    "complete_token",
+    "create_token",
+    "sleep",
+    "sleep_until",
+    "step",
+    "wait_for_token",
+    "wait_for_tokens",
+]

@@ -18,6 +18,7 @@
     ├── StepFailedError              a journaled step error whose class cannot be rebuilt
     ├── MaxDurationExceededError     the run executed longer than its task's max_duration
     ├── RunFailedError               ``wait_for_run`` on a run that did not complete
+    ├── ChildRunError                what a child run that did not complete gives its parent
     ├── RunWaitTimeoutError          ``wait_for_run`` gave up (also a ``TimeoutError``)
     └── StorageError                 the database failed; nothing above storage sees driver errors
         └── LeaseLostError           this worker no longer owns the run; its write was refused
@@ -152,6 +153,17 @@ class RunFailedError(EngineError):
         self.error = error
         detail = f": {error.get('message')}" if isinstance(error, dict) else ""
         super().__init__(f"run {run_id} ended {status}{detail}")
+
+
+class ChildRunError(EngineError):
+    """A child run ended without completing; ``run_id``, ``status`` and ``error`` say how."""
+
+    def __init__(self, run_id: str, status: str, error: Any = None) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.error = error
+        detail = f": {error.get('message')}" if isinstance(error, dict) else ""
+        super().__init__(f"child run {run_id} ended {status}{detail}")
 
 
 class RunWaitTimeoutError(EngineError, TimeoutError):

@@ -23,7 +23,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .errors import WaitpointCancelledError, WaitpointError, WaitpointTimeoutError
+from .errors import (
+    ChildRunError,
+    WaitpointCancelledError,
+    WaitpointError,
+    WaitpointTimeoutError,
+)
 
 T = TypeVar("T")
 
@@ -260,6 +265,48 @@ class WaitResult(Generic[T]):
         else:
             error = WaitpointTimeoutError(message or f"token {token.id} timed out")
         return WaitResult(ok=False, error=error, token_id=token.id)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a child run ended: ``ok`` with its ``output``, or a ``ChildRunError``."""
+
+    ok: bool
+    run_id: str
+    status: RunStatus
+    output: Any = None
+    error: ChildRunError | None = None
+
+    def unwrap(self) -> Any:
+        """The child's output, or raise its ``ChildRunError``."""
+        if not self.ok:
+            assert self.error is not None
+            raise self.error
+        return self.output
+
+    @classmethod
+    def from_waitpoint(cls, waitpoint: Token) -> RunResult:
+        data = waitpoint.data if isinstance(waitpoint.data, dict) else {}
+        run_id = str(data.get("runId", ""))
+        status = RunStatus(str(data.get("status", RunStatus.FAILED.value)))
+        if status is RunStatus.COMPLETED:
+            return cls(ok=True, run_id=run_id, status=status, output=data.get("output"))
+        error = ChildRunError(run_id, status.value, data.get("error"))
+        return cls(ok=False, run_id=run_id, status=status, error=error)
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """A snapshot of a token group taken when it closed (``wait_for_tokens``).
+
+    ``results`` maps every token id to its ``WaitResult``, or None if it was still WAITING;
+    ``first`` is the token that closed first; ``timed_out`` says the group's own timeout hit.
+    """
+
+    ok: bool
+    results: dict[str, WaitResult[Any] | None]
+    first: str | None
+    timed_out: bool
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 import engine
 from engine import errors
 from engine.errors import (
+    ChildRunError,
     EngineError,
     NondeterminismError,
     NotFoundError,
@@ -45,6 +46,7 @@ PLAIN_ERRORS = [
         TokenNotWaitingError,
         StepFailedError,
         RunFailedError,
+        ChildRunError,
     }
 ]
 

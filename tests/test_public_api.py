@@ -10,12 +10,14 @@ import engine
 
 EXPECTED_ALL = [
     "AbortTaskRunError",
+    "ChildRunError",
     "CompletionResult",
     "CompletionSource",
     "ConcurrentWaitError",
     "ConfigurationError",
     "Engine",
     "EngineError",
+    "GroupResult",
     "LeaseLostError",
     "MaxDurationExceededError",
     "NondeterminismError",
@@ -27,6 +29,7 @@ EXPECTED_ALL = [
     "RunError",
     "RunFailedError",
     "RunNotFoundError",
+    "RunResult",
     "RunStatus",
     "RunWaitTimeoutError",
     "Settings",
@@ -52,6 +55,7 @@ EXPECTED_ALL = [
     "step",
     "task",
     "wait_for_token",
+    "wait_for_tokens",
 ]
 
 

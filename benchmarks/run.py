@@ -200,7 +200,8 @@ class WorkerProcess:
             out = Path(self.ctx.args.profile) / f"{self.label}.collapsed.txt"
             self.spy = subprocess.Popen(
                 [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(self.pid),
-                 "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"],
+                 "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking",
+                 *(["--gil"] if self.ctx.args.profile_gil else [])],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -1115,6 +1116,9 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run the worker on uvloop")
     parser.add_argument(
         "--profile", help="attach py-spy to every worker process; collapsed stacks go here"
+    )
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL"
     )
     args = parser.parse_args()
     if args.backend == "postgres":

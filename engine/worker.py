@@ -50,7 +50,13 @@ class Worker:
         self._stopping = False
         self._wake = asyncio.Event()
         self._attempts: anyio.abc.TaskGroup | None = None
+        self._scopes: dict[str, anyio.CancelScope] = {}
         self.started = asyncio.Event()
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Ids of the runs this worker is executing right now."""
+        return frozenset(self._running)
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop claiming; unless ``graceful``, also cancel running attempts (runs go back)."""
@@ -103,11 +109,16 @@ class Worker:
 
     async def _attempt(self, run: ClaimedRun) -> None:
         try:
-            await run_attempt(self.engine.storage, run, self.tasks[run.task_id])
+            with anyio.CancelScope() as scope:
+                self._scopes[run.id] = scope
+                await run_attempt(self.engine.storage, run, self.tasks[run.task_id])
+            if scope.cancelled_caught:
+                log.info("run.attempt_stopped", run_id=run.id, reason="canceled or taken over")
         except Exception:  # a bug in the engine must not take the worker down with it
             log.exception("worker.attempt_crashed", run_id=run.id)
         finally:
             self._running.discard(run.id)
+            self._scopes.pop(run.id, None)
             self._wake.set()
 
     async def _timer_loop(self) -> None:
@@ -132,13 +143,23 @@ class Worker:
             await _first_of([changed], pause)
 
     async def _lease_loop(self) -> None:
+        """Renew the leases of running attempts; stop attempts whose run was canceled."""
         storage = self.engine.storage
+        renew_every = self.lease_ms / 3000
+        renewed = anyio.current_time()
         while True:
-            await anyio.sleep(self.lease_ms / 3000)
+            await anyio.sleep(min(self.poll_seconds, renew_every))
             if not self._running:
                 continue
+            running = sorted(self._running)
             try:
-                await storage.renew_leases(self.id, sorted(self._running), self.lease_ms)
+                for run_id in await storage.lost_runs(self.id, running):
+                    scope = self._scopes.get(run_id)
+                    if scope is not None:
+                        scope.cancel()
+                if anyio.current_time() - renewed >= renew_every:
+                    await storage.renew_leases(self.id, running, self.lease_ms)
+                    renewed = anyio.current_time()
             except StorageError as exc:
                 log.error("worker.lease_renewal_failed", error=str(exc))
 

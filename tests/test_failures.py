@@ -103,3 +103,32 @@ async def test_a_run_whose_worker_keeps_dying_ends_crashed(engine: Engine) -> No
     assert crashed.error is not None and "2 times" in crashed.error.message
     assert crashed.finished_at is not None
     assert await storage.claim_runs("worker-3", 1, 30_000, ["fl-poison"]) == []
+
+
+STOPPED = {"after_sleep": 0}
+
+
+@task("fl-long")
+async def long_running(payload: None) -> None:
+    await asyncio.sleep(30)
+    STOPPED["after_sleep"] += 1
+
+
+async def test_cancelling_an_executing_run_stops_its_attempt(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    worker = await start_worker([long_running])
+    run = await engine.trigger("fl-long")
+    for _ in range(200):
+        if (await engine.runs.retrieve(run.id)).status == "EXECUTING":
+            break
+        await asyncio.sleep(0.01)
+    canceled = await engine.runs.cancel(run.id)
+    assert canceled.status == "CANCELED"
+    for _ in range(300):  # the worker notices within its poll interval
+        if not worker.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not worker.running
+    assert STOPPED["after_sleep"] == 0
+    assert (await engine.runs.retrieve(run.id)).status == "CANCELED"

@@ -141,6 +141,10 @@ class Storage(Protocol):
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None: ...
 
+    async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
+        """Which of these runs were canceled or taken over by another worker meanwhile."""
+        ...
+
     async def release_run(self, run_id: str, epoch: int) -> None:
         """Give a claimed run back to the queue (graceful shutdown)."""
         ...

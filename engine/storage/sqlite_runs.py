@@ -196,6 +196,14 @@ class SQLiteRuns(SQLiteBase):
 
         await self._write(op, notify=False)
 
+    async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
+        rows = await self._read(
+            "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?))"
+            " AND (status = 'CANCELED' OR (lease_owner IS NOT NULL AND lease_owner != ?))",
+            (json.dumps(run_ids), owner),
+        )
+        return [row["id"] for row in rows]
+
     async def release_run(self, run_id: str, epoch: int) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()

@@ -7,8 +7,10 @@ journals live in SQLite, so a run resumes exactly where it left off after restar
 
 from .client import Engine
 from .durable import (
+    RunInfo,
     complete_token,
     create_token,
+    current_run,
     sleep,
     sleep_until,
     step,
@@ -80,6 +82,7 @@ __all__ = [
     "Run",
     "RunError",
     "RunFailedError",
+    "RunInfo",
     "RunNotFoundError",
     "RunResult",
     "RunStatus",
@@ -102,6 +105,7 @@ __all__ = [
     "Worker",
     "complete_token",
     "create_token",
+    "current_run",
     "sleep",
     "sleep_until",
     "step",

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from pydantic_core import to_jsonable_python
 from .client import current_engine
 from .clock import from_ms, to_ms
 from .durations import Timeout, resolve_deadline, to_timedelta
-from .errors import StepFailedError, Suspended, ValidationError
+from .errors import AbortTaskRunError, StepFailedError, Suspended, ValidationError
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -35,7 +36,7 @@ from .models import (
     Token,
     WaitResult,
 )
-from .registry import TaskDefinition
+from .registry import Retry, TaskDefinition
 from .requests import run_request, token_request
 from .runtime import RunContext, error_of
 
@@ -43,14 +44,17 @@ T = TypeVar("T")
 log = structlog.get_logger("engine.durable")
 
 
-async def step(name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+async def step(
+    name: str, fn: Callable[..., Any], /, *args: Any, retry: Retry | None = None, **kwargs: Any
+) -> Any:
     """Run ``fn(*args, **kwargs)`` once per run and journal its result (or its error).
 
     ``fn`` may be sync (run in a worker thread) or async. The result must be JSON-serialisable
     and is returned as JSON values (a pydantic model comes back as a dict), the same on the
-    first execution as on every replay. The body runs at least once: if the worker dies after
-    it ran and before the result was recorded, it runs again, so give external calls an
-    idempotency key such as ``f"{ctx.run_id}:{name}"``.
+    first execution as on every replay. ``retry`` tries a failing body again in place, with
+    the policy's back-off, before the error is journaled. The body runs at least once: if the
+    worker dies after it ran and before the result was recorded, it runs again, so give
+    external calls an idempotency key such as ``f"{current_run().id}:{name}"``.
     """
     context = RunContext.current()
     key, position = context.next_call("step", name)
@@ -60,16 +64,21 @@ async def step(name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) 
         if entry.is_error:
             raise _rebuild_error(entry.value)
         return entry.value
-    try:
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(*args, **kwargs)
-        else:
-            result = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-            if inspect.isawaitable(result):
-                result = await result
-    except Exception as exc:
-        await context.record(key, position, _journaled_error(exc), is_error=True)
-        raise
+    policy = retry or Retry()
+    attempt = 1
+    while True:
+        try:
+            result = await _call(fn, args, kwargs)
+            break
+        except Exception as exc:
+            if attempt < policy.max_attempts and not isinstance(exc, AbortTaskRunError):
+                delay = policy.delay_ms(attempt)
+                log.warning("step.retrying", step=name, error=str(exc), delay_ms=delay)
+                await asyncio.sleep(delay / 1000)
+                attempt += 1
+                continue
+            await context.record(key, position, _journaled_error(exc), is_error=True)
+            raise
     try:
         value = to_jsonable_python(result)
     except Exception as exc:
@@ -78,6 +87,30 @@ async def step(name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) 
         ) from exc
     await context.record(key, position, value)
     return value
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    result = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run this code is part of: for idempotency keys, logs and links."""
+
+    id: str
+    task_id: str
+    attempt: int
+
+
+def current_run() -> RunInfo:
+    """The run being executed (``NotInRunError`` outside a task)."""
+    run = RunContext.current().run
+    return RunInfo(id=run.id, task_id=run.task_id, attempt=run.attempt)
 
 
 async def create_token(
@@ -334,8 +367,10 @@ def _rebuild_error(value: Any) -> Exception:
 
 
 __all__ = [
+    "RunInfo",
     "complete_token",
     "create_token",
+    "current_run",
     "sleep",
     "sleep_until",
     "step",

@@ -23,6 +23,7 @@ from engine import (
     WaitpointTimeoutError,
     complete_token,
     create_token,
+    current_run,
     step,
     task,
     wait_for_token,
@@ -520,3 +521,34 @@ async def test_run_max_duration_option_overrides_the_task(
     )
     with pytest.raises(RunFailedError, match="TIMED_OUT"):
         await engine.wait_for_run(slow.id, timeout=10)
+
+
+FLAKY_STEP = {"failures_left": 2}
+
+
+def flaky_twice() -> str:
+    CALLS["flaky-step"] += 1
+    if FLAKY_STEP["failures_left"] > 0:
+        FLAKY_STEP["failures_left"] -= 1
+        raise ConnectionError("try again")
+    return "third time lucky"
+
+
+@task("rt-step-retry")
+async def step_retry_task(payload: None) -> dict[str, Any]:
+    value = await step(
+        "flaky", flaky_twice, retry=Retry(max_attempts=3, min_delay=timedelta(milliseconds=5))
+    )
+    return {"value": value, "run": current_run().id}
+
+
+async def test_step_retry_tries_the_step_again_in_place(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([step_retry_task])
+    run = await engine.trigger("rt-step-retry")
+    done = await engine.wait_for_run(run.id, timeout=10)
+    assert done.output == {"value": "third time lucky", "run": run.id}
+    assert CALLS["flaky-step"] == 3
+    assert done.attempt_count == 1  # retried inside the step, not as a new run attempt
+    assert [e.ok for e in await engine.runs.timeline(run.id)] == [True]

@@ -56,7 +56,7 @@ from .models import (
     WaitpointStatus,
     WaitResult,
 )
-from .registry import Retry, TaskDefinition, task
+from .registry import Queue, Retry, TaskDefinition, task
 from .settings import Settings
 from .worker import Worker
 
@@ -78,6 +78,7 @@ __all__ = [
     "NotFoundError",
     "NotInRunError",
     "Page",
+    "Queue",
     "Retry",
     "Run",
     "RunError",

@@ -189,13 +189,15 @@ class Engine:
         ttl: str | timedelta | None = None,
         metadata: dict[str, Any] | None = None,
         max_duration: str | timedelta | None = None,
+        concurrency_key: str | None = None,
     ) -> Run:
         """Queue a run of ``task_id``; with an idempotency key, a repeat returns the same run.
 
         ``delay`` ("10m", a timedelta or an aware datetime) keeps the run DELAYED until then;
         ``ttl`` makes it EXPIRED if no worker started it within that long after it was due;
         ``metadata`` is a JSON object kept on the run; ``max_duration`` bounds its executing
-        time (over the task's own limit).
+        time (over the task's own limit); ``concurrency_key`` gives this key (a tenant) its
+        own copy of the task queue's concurrency limit.
         """
         options: dict[str, Any] = {
             "idempotency_key": idempotency_key,
@@ -206,26 +208,29 @@ class Engine:
             "ttl": ttl,
             "metadata": metadata,
             "max_duration": max_duration,
+            "concurrency_key": concurrency_key,
         }
         if self._remote is not None:
             return await self._remote.trigger(task_id, payload, **options)
-        payload = await self._checked_payload(task_id, payload)
-        new = run_request(task_id, payload, self.storage.now_ms(), **options)
+        payload, queue = await self._checked_payload(task_id, payload)
+        new = run_request(task_id, payload, self.storage.now_ms(), queue=queue, **options)
         run = await self.storage.create_run(new)
         log.info("run.triggered", run_id=run.id, task=task_id, cached=run.is_cached)
         return run
 
-    async def _checked_payload(self, task_id: str, payload: Any) -> Any:
+    async def _checked_payload(self, task_id: str, payload: Any) -> tuple[Any, str | None]:
+        """The payload as stored, validated by the task's model or schema, and its queue."""
         local = REGISTRY.get(task_id)
         if local is not None:
-            return local.validate_payload(payload)
+            return local.validate_payload(payload), local.queue_name
         registered = {info.id: info for info in await self.storage.list_tasks()}
         info = registered.get(task_id)
         if info is None:
             raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
         if info.payload_schema is not None:
-            return check_against_schema(info.payload_schema, payload, f"the payload of {task_id!r}")
-        return payload
+            what = f"the payload of {task_id!r}"
+            payload = check_against_schema(info.payload_schema, payload, what)
+        return payload, info.queue
 
     async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is COMPLETED and return it; raise ``RunFailedError`` otherwise."""

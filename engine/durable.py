@@ -279,7 +279,11 @@ async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[
         await asyncio.sleep(0)
         return Run.model_validate(entry.value)
     new = run_request(
-        definition.id, definition.validate_payload(payload), context.storage.now_ms(), **options
+        definition.id,
+        definition.validate_payload(payload),
+        context.storage.now_ms(),
+        queue=definition.queue_name,
+        **options,
     )
     child = await context.storage.start_child(new, context.journal_write(key, position, None))
     log.info("run.child_triggered", child_run_id=child.id, child_task=definition.id)
@@ -300,7 +304,13 @@ async def trigger_children_and_wait(
         else:
             now = context.storage.now_ms()
             news = [
-                run_request(definition.id, definition.validate_payload(p), now, **options)
+                run_request(
+                    definition.id,
+                    definition.validate_payload(p),
+                    now,
+                    queue=definition.queue_name,
+                    **options,
+                )
                 for p in payloads
             ]
             journal = context.journal_write(key, position, None)

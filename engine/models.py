@@ -311,10 +311,12 @@ class GroupResult:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task id as workers registered it, with its payload's JSON Schema when typed."""
+    """A task id as workers registered it: its payload's JSON Schema when typed, its queue."""
 
     id: str
     payload_schema: dict[str, Any] | None = None
+    queue: str | None = None
+    concurrency_limit: int | None = None
 
 
 @dataclass(frozen=True)

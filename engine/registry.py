@@ -61,6 +61,24 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Queue:
+    """Runs of the tasks sharing a queue execute at most ``concurrency_limit`` at a time.
+
+    The limit holds across every worker on the database. Triggering with a
+    ``concurrency_key`` (a tenant, a user) gives each key its own copy of the limit.
+    """
+
+    name: str
+    concurrency_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValidationError("a queue needs a name")
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValidationError("concurrency_limit must be at least 1")
+
+
+@dataclass(frozen=True)
 class TaskDefinition:
     """A registered task. Calling it directly runs the function (handy in unit tests)."""
 
@@ -70,6 +88,7 @@ class TaskDefinition:
     payload_model: type[BaseModel] | None = None
     max_duration_ms: int | None = None
     """Executing time (waits excluded, all attempts together) after which the run TIMED_OUT."""
+    queue: Queue | None = None
 
     async def __call__(self, payload: Any) -> Any:
         return await self.fn(payload)
@@ -95,9 +114,14 @@ class TaskDefinition:
         return await trigger_children_and_wait(self, list(payloads), options, batch=True)
 
     @property
+    def queue_name(self) -> str:
+        return self.queue.name if self.queue else self.id
+
+    @property
     def info(self) -> TaskInfo:
         schema = self.payload_model.model_json_schema() if self.payload_model else None
-        return TaskInfo(self.id, schema)
+        limit = self.queue.concurrency_limit if self.queue else None
+        return TaskInfo(self.id, schema, self.queue_name, limit)
 
     def validate_payload(self, payload: Any) -> Any:
         """The payload as stored (JSON); a typed task's payload is validated here, at trigger."""
@@ -133,6 +157,7 @@ def task(
     *,
     retry: Retry | None = None,
     max_duration: str | timedelta | None = None,
+    queue: Queue | None = None,
 ) -> Callable[[TaskFunction], TaskDefinition]: ...
 
 
@@ -142,25 +167,31 @@ def task(
     *,
     retry: Retry | None = None,
     max_duration: str | timedelta | None = None,
+    queue: Queue | None = None,
 ) -> TaskDefinition | Callable[[TaskFunction], TaskDefinition]:
     """Register ``async def fn(payload)`` as a task: ``@task``, ``@task()`` or ``@task("id")``.
 
     Without an id the function's name is used, with ``_`` turned into ``-``. Annotate the
     payload with a pydantic model to have it validated when the run is triggered.
-    ``max_duration`` bounds the time the run spends executing (waiting does not count).
+    ``max_duration`` bounds the time the run spends executing (waiting does not count);
+    ``queue`` limits how many runs of it execute at once.
     """
     limit = None if max_duration is None else int(to_timedelta(max_duration).total_seconds() * 1000)
     if callable(id):
-        return _register(id, None, retry, limit)
+        return _register(id, None, retry, limit, queue)
 
     def decorator(fn: TaskFunction) -> TaskDefinition:
-        return _register(fn, id, retry, limit)
+        return _register(fn, id, retry, limit, queue)
 
     return decorator
 
 
 def _register(
-    fn: TaskFunction, task_id: str | None, retry: Retry | None, max_duration_ms: int | None
+    fn: TaskFunction,
+    task_id: str | None,
+    retry: Retry | None,
+    max_duration_ms: int | None,
+    queue: Queue | None,
 ) -> TaskDefinition:
     if not inspect.iscoroutinefunction(fn):
         raise ConfigurationError(f"@task needs an async def function; {fn.__qualname__} is not")
@@ -170,7 +201,9 @@ def _register(
         raise ConfigurationError(
             f"task id {name!r} is used twice: {_origin(existing.fn)} and {_origin(fn)}"
         )
-    definition = TaskDefinition(name, fn, retry or Retry(), _payload_model(fn), max_duration_ms)
+    definition = TaskDefinition(
+        name, fn, retry or Retry(), _payload_model(fn), max_duration_ms, queue
+    )
     REGISTRY[name] = definition
     return definition
 

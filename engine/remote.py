@@ -91,6 +91,7 @@ class RemoteAPI:
         ttl: str | timedelta | None,
         metadata: dict[str, Any] | None,
         max_duration: str | timedelta | None,
+        concurrency_key: str | None,
     ) -> Run:
         options: dict[str, Any] = {"payloadType": "application/json"}
         for name, value in (
@@ -102,6 +103,7 @@ class RemoteAPI:
             ("ttl", _duration(ttl)),
             ("metadata", metadata),
             ("maxDuration", _seconds(max_duration)),
+            ("concurrencyKey", concurrency_key),
         ):
             if value is not None:
                 options[name] = value

@@ -68,6 +68,8 @@ def run_request(
     ttl: str | timedelta | None = None,
     metadata: dict[str, Any] | None = None,
     max_duration: str | timedelta | None = None,
+    concurrency_key: str | None = None,
+    queue: str | None = None,
 ) -> NewRun:
     """Validate trigger options into what storage inserts."""
     if max_attempts is not None and (
@@ -95,6 +97,8 @@ def run_request(
         ttl_ms=None if ttl is None else _duration_ms(ttl),
         metadata=metadata,
         max_duration_ms=None if max_duration is None else _duration_ms(max_duration),
+        queue=queue,
+        concurrency_key=clean_optional_text(concurrency_key, "concurrency_key"),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from engine import (
     AbortTaskRunError,
     Engine,
+    Queue,
     Retry,
     RunFailedError,
     create_token,
@@ -132,3 +134,45 @@ async def test_cancelling_an_executing_run_stops_its_attempt(
     assert not worker.running
     assert STOPPED["after_sleep"] == 0
     assert (await engine.runs.retrieve(run.id)).status == "CANCELED"
+
+
+ACTIVE: Counter[str] = Counter()
+PEAK: Counter[str] = Counter()
+
+
+@task("fl-limited", queue=Queue("limited", concurrency_limit=2))
+async def limited(payload: dict[str, str]) -> None:
+    key = payload["tenant"]
+    ACTIVE["all"] += 1
+    ACTIVE[key] += 1
+    PEAK["all"] = max(PEAK["all"], ACTIVE["all"])
+    PEAK[key] = max(PEAK[key], ACTIVE[key])
+    await asyncio.sleep(0.1)
+    ACTIVE["all"] -= 1
+    ACTIVE[key] -= 1
+
+
+async def test_a_queue_limit_holds_across_workers(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([limited])
+    await start_worker([limited])  # two claimers on one database
+    runs = [await engine.trigger("fl-limited", {"tenant": "x"}) for _ in range(8)]
+    for run in runs:
+        await engine.wait_for_run(run.id, timeout=15)
+    assert PEAK["all"] == 2
+
+
+async def test_each_concurrency_key_gets_its_own_copy_of_the_limit(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    PEAK.clear()
+    await start_worker([limited])
+    runs = [
+        await engine.trigger("fl-limited", {"tenant": tenant}, concurrency_key=tenant)
+        for tenant in ("a", "b") * 4
+    ]
+    for run in runs:
+        await engine.wait_for_run(run.id, timeout=15)
+    assert PEAK["a"] <= 2 and PEAK["b"] <= 2
+    assert PEAK["all"] > 2  # the keys ran side by side

@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "NotFoundError",
     "NotInRunError",
     "Page",
+    "Queue",
     "Retry",
     "Run",
     "RunError",

@@ -17,7 +17,7 @@ from .wire import page_json, run_json
 router = APIRouter(tags=["runs"])
 router.route_class = JSONGuardRoute
 
-_NOT_YET = ("queue", "concurrencyKey", "debounce")
+_NOT_YET = ("queue", "debounce")
 
 
 class TriggerOptions(BaseModel):
@@ -34,6 +34,9 @@ class TriggerOptions(BaseModel):
     ttl: str | int | None = Field(default=None, description="A duration (1h) or seconds")
     metadata: dict[str, Any] | None = None
     maxDuration: int | None = Field(default=None, ge=1, description="Seconds of executing time")
+    concurrencyKey: str | None = Field(
+        default=None, description="Its own copy of the task queue's concurrency limit"
+    )
 
 
 class TriggerBody(BaseModel):
@@ -95,6 +98,7 @@ async def trigger(
             ttl=f"{options.ttl}s" if isinstance(options.ttl, int) else options.ttl,
             metadata=options.metadata,
             max_duration=None if options.maxDuration is None else f"{options.maxDuration}s",
+            concurrency_key=options.concurrencyKey,
         )
         reply = {"id": run.id, "isCached": run.is_cached}
         await remember(request, f"trigger:{task_id}", reply)

@@ -45,6 +45,10 @@ class NewRun:
     max_duration_ms: int | None = None
     parent_run_id: str | None = None
     """Set by the storage when a run starts a child (with the journal key that made it)."""
+    queue: str | None = None
+    """The queue whose concurrency limit the run counts against (default: its task's id)."""
+    concurrency_key: str | None = None
+    """Runs with different keys get separate copies of the queue's limit (e.g. per tenant)."""
 
 
 @dataclass(frozen=True)

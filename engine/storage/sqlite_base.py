@@ -162,8 +162,8 @@ class SQLiteBase:
             "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
             " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
             " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
-            " created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            " queue, concurrency_key, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
             (
                 new_run_id(),
                 new.task_id,
@@ -182,6 +182,8 @@ class SQLiteBase:
                 new.parent_run_id,
                 parent_key,
                 depth,
+                new.queue or new.task_id,
+                new.concurrency_key,
                 now,
                 now,
             ),

@@ -18,14 +18,22 @@ class SQLiteRuns(SQLiteBase):
     async def register_tasks(self, tasks: list[TaskInfo]) -> None:
         now = self.now_ms()
         rows = [
-            (t.id, None if t.payload_schema is None else dump_json(t.payload_schema), now)
+            (
+                t.id,
+                None if t.payload_schema is None else dump_json(t.payload_schema),
+                t.queue,
+                t.concurrency_limit,
+                now,
+            )
             for t in tasks
         ]
 
         def op(conn: Conn) -> None:
             conn.executemany(
-                "INSERT INTO tasks (id, payload_schema, updated_at) VALUES (?, ?, ?)"
+                "INSERT INTO tasks (id, payload_schema, queue, concurrency_limit, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET payload_schema = excluded.payload_schema,"
+                " queue = excluded.queue, concurrency_limit = excluded.concurrency_limit,"
                 " updated_at = excluded.updated_at",
                 rows,
             )
@@ -33,8 +41,13 @@ class SQLiteRuns(SQLiteBase):
         await self._write(op, notify=False)
 
     async def list_tasks(self) -> list[TaskInfo]:
-        rows = await self._read("SELECT id, payload_schema FROM tasks ORDER BY id")
-        return [TaskInfo(r["id"], load_json(r["payload_schema"])) for r in rows]
+        rows = await self._read(
+            "SELECT id, payload_schema, queue, concurrency_limit FROM tasks ORDER BY id"
+        )
+        return [
+            TaskInfo(r["id"], load_json(r["payload_schema"]), r["queue"], r["concurrency_limit"])
+            for r in rows
+        ]
 
     async def create_run(self, new: NewRun) -> Run:
         dump_json(new.payload, "the payload")  # refuse a bad payload before queueing the write
@@ -139,24 +152,18 @@ class SQLiteRuns(SQLiteBase):
 
         def op(conn: Conn) -> list[ClaimedRun]:
             now = self.now_ms()
+            picked = self._within_limits(conn, tasks, now, limit)
+            if not picked:
+                return []
             rows = conn.execute(
                 "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
                 " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
                 " attempt_count = max(attempt_count, 1), started_at = coalesce(started_at, :now),"
                 " updated_at = :now"
-                " WHERE id IN (SELECT id FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
-                "              AND task_id IN (SELECT value FROM json_each(:tasks))"
-                "              AND (expires_at IS NULL OR expires_at > :now)"
-                "              ORDER BY available_at, id LIMIT :limit)"
+                " WHERE id IN (SELECT value FROM json_each(:ids))"
                 " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts,"
                 " executing_ms, max_duration_ms",
-                {
-                    "owner": owner,
-                    "expires": now + lease_ms,
-                    "now": now,
-                    "limit": limit,
-                    "tasks": tasks,
-                },
+                {"owner": owner, "expires": now + lease_ms, "now": now, "ids": json.dumps(picked)},
             ).fetchall()
             if not rows:
                 return []
@@ -185,6 +192,44 @@ class SQLiteRuns(SQLiteBase):
             ]
 
         return await self._write(op, notify=False)
+
+    def _within_limits(self, conn: Conn, tasks: str, now: int, limit: int) -> list[str]:
+        """Due runs to claim, oldest first, that keep every queue within its concurrency limit.
+
+        Counted in the claim's own write transaction, so the limits hold however many worker
+        processes share the database. Only EXECUTING runs count: a waiting run holds no slot.
+        """
+        candidates = conn.execute(
+            "SELECT r.id, r.queue, r.concurrency_key, t.concurrency_limit FROM runs r"
+            " LEFT JOIN tasks t ON t.id = r.task_id"
+            " WHERE r.status = 'QUEUED' AND r.available_at <= :now"
+            " AND r.task_id IN (SELECT value FROM json_each(:tasks))"
+            " AND (r.expires_at IS NULL OR r.expires_at > :now)"
+            " ORDER BY r.available_at, r.id LIMIT :scan",
+            {"now": now, "tasks": tasks, "scan": max(limit * 10, 100)},
+        ).fetchall()
+        limited = {r["queue"] for r in candidates if r["concurrency_limit"] is not None}
+        busy: dict[tuple[str, str | None], int] = {}
+        if limited:
+            for row in conn.execute(
+                "SELECT queue, concurrency_key, count(*) AS n FROM runs"
+                " WHERE status = 'EXECUTING' AND queue IN (SELECT value FROM json_each(?))"
+                " GROUP BY queue, concurrency_key",
+                (json.dumps(sorted(limited)),),
+            ).fetchall():
+                busy[(row["queue"], row["concurrency_key"])] = row["n"]
+        picked: list[str] = []
+        for row in candidates:
+            if len(picked) >= limit:
+                break
+            cap = row["concurrency_limit"]
+            if cap is not None:
+                slot = (row["queue"], row["concurrency_key"])
+                if busy.get(slot, 0) >= cap:
+                    continue
+                busy[slot] = busy.get(slot, 0) + 1
+            picked.append(row["id"])
+        return picked
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
         def op(conn: Conn) -> None:

@@ -13,6 +13,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE tasks (
         id TEXT PRIMARY KEY,
         payload_schema TEXT,
+        queue TEXT,
+        concurrency_limit INTEGER,
         updated_at INTEGER NOT NULL
     );
 
@@ -35,6 +37,8 @@ MIGRATIONS: list[str] = [
         ttl TEXT,
         expires_at INTEGER,
         metadata TEXT,
+        queue TEXT,
+        concurrency_key TEXT,
         parent_run_id TEXT,
         parent_key TEXT,
         depth INTEGER NOT NULL DEFAULT 0,
@@ -52,6 +56,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_expiry ON runs (expires_at)
         WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL;
     CREATE INDEX runs_leases ON runs (lease_expires_at) WHERE status = 'EXECUTING';
+    CREATE INDEX runs_executing_queue ON runs (queue, concurrency_key) WHERE status = 'EXECUTING';
     CREATE INDEX runs_status ON runs (status, id);
     CREATE UNIQUE INDEX runs_child ON runs (parent_run_id, parent_key)
         WHERE parent_key IS NOT NULL;

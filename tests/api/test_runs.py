@@ -250,7 +250,7 @@ async def test_trigger_with_invalid_max_attempts_is_422(api: httpx.AsyncClient) 
 
 @pytest.mark.parametrize(
     "options",
-    [{"queue": {"name": "q"}}, {"concurrencyKey": "user-1"}],
+    [{"queue": {"name": "q"}}, {"debounce": {"key": "k"}}],
     ids=lambda o: "+".join(o),
 )
 async def test_trigger_with_unsupported_options_is_422_naming_them(

@@ -14,6 +14,7 @@ from .durable import (
     sleep,
     sleep_until,
     step,
+    update_metadata,
     wait_for_token,
     wait_for_tokens,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "sleep_until",
     "step",
     "task",
+    "update_metadata",
     "wait_for_token",
     "wait_for_tokens",
 ]

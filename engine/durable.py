@@ -100,17 +100,38 @@ async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The run this code is part of: for idempotency keys, logs and links."""
+    """The run this code is part of: for idempotency keys, logs and links.
+
+    ``metadata`` is the run's JSON object as it is now (set at trigger, changed with
+    ``update_metadata``).
+    """
 
     id: str
     task_id: str
     attempt: int
+    metadata: dict[str, Any]
 
 
 def current_run() -> RunInfo:
     """The run being executed (``NotInRunError`` outside a task)."""
-    run = RunContext.current().run
-    return RunInfo(id=run.id, task_id=run.task_id, attempt=run.attempt)
+    context = RunContext.current()
+    run = context.run
+    return RunInfo(run.id, run.task_id, run.attempt, dict(context.metadata))
+
+
+async def update_metadata(changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``changes`` into the run's metadata and store it; returns the new metadata.
+
+    Readers (``engine.runs.retrieve``, the API) see it at once, e.g. a progress counter. Not
+    journaled: a replay applies the same change again, so set values rather than increment.
+    """
+    if not isinstance(changes, dict):
+        raise ValidationError("update_metadata takes a dict of changes")
+    context = RunContext.current()
+    merged = {**context.metadata, **changes}
+    await context.storage.set_metadata(context.run.id, context.run.epoch, merged)
+    context.metadata = merged
+    return dict(merged)
 
 
 async def create_token(
@@ -384,6 +405,7 @@ __all__ = [
     "sleep",
     "sleep_until",
     "step",
+    "update_metadata",
     "wait_for_token",
     "wait_for_tokens",
 ]

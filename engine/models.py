@@ -345,4 +345,5 @@ class ClaimedRun:
     """Time earlier attempts and resumes of this run spent executing (waits excluded)."""
     max_duration_ms: int | None = None
     """This run's own limit (a trigger option), before the task's."""
+    metadata: dict[str, Any] | None = None
     journal: list[JournalEntry] = field(default_factory=list)

@@ -65,6 +65,7 @@ class RunContext:
         """An error that fails the run whatever the task does with it (no retries)."""
         self._waiting = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.metadata: dict[str, Any] = dict(run.metadata or {})
 
     @staticmethod
     def current() -> RunContext:

@@ -57,6 +57,7 @@ EXPECTED_ALL = [
     "sleep_until",
     "step",
     "task",
+    "update_metadata",
     "wait_for_token",
     "wait_for_tokens",
 ]

@@ -26,6 +26,7 @@ from engine import (
     current_run,
     step,
     task,
+    update_metadata,
     wait_for_token,
 )
 from engine.errors import LeaseLostError
@@ -552,3 +553,32 @@ async def test_step_retry_tries_the_step_again_in_place(
     assert CALLS["flaky-step"] == 3
     assert done.attempt_count == 1  # retried inside the step, not as a new run attempt
     assert [e.ok for e in await engine.runs.timeline(run.id)] == [True]
+
+
+async def read_metadata() -> dict[str, Any]:
+    return current_run().metadata
+
+
+@task("rt-metadata")
+async def metadata_task(payload: None) -> dict[str, Any]:
+    # metadata is live (a replay sees the latest value): read it in a step to pin it
+    before = await step("read", read_metadata)
+    await update_metadata({"progress": 50})
+    await wait_for_token(await create_token())
+    await update_metadata({"progress": 100})
+    return {"before": before, "after": current_run().metadata}
+
+
+async def test_a_task_reads_and_updates_its_run_metadata(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([metadata_task])
+    run = await engine.trigger("rt-metadata", metadata={"customer": "acme"})
+    token_id = await waiting_token(engine, run.id)
+    waiting = await engine.runs.retrieve(run.id)
+    assert waiting.metadata == {"customer": "acme", "progress": 50}  # visible while it waits
+    await engine.tokens.complete(token_id)
+    done = await engine.wait_for_run(run.id, timeout=10)
+    assert done.output["before"] == {"customer": "acme"}
+    assert done.output["after"] == {"customer": "acme", "progress": 100}
+    assert done.metadata == {"customer": "acme", "progress": 100}

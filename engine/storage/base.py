@@ -149,6 +149,10 @@ class Storage(Protocol):
         """Which of these runs were canceled or taken over by another worker meanwhile."""
         ...
 
+    async def set_metadata(self, run_id: str, epoch: int, metadata: dict[str, Any]) -> None:
+        """Replace the run's metadata (fenced by the lease epoch)."""
+        ...
+
     async def release_run(self, run_id: str, epoch: int) -> None:
         """Give a claimed run back to the queue (graceful shutdown)."""
         ...

@@ -162,7 +162,7 @@ class SQLiteRuns(SQLiteBase):
                 " updated_at = :now"
                 " WHERE id IN (SELECT value FROM json_each(:ids))"
                 " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts,"
-                " executing_ms, max_duration_ms",
+                " executing_ms, max_duration_ms, metadata",
                 {"owner": owner, "expires": now + lease_ms, "now": now, "ids": json.dumps(picked)},
             ).fetchall()
             if not rows:
@@ -186,6 +186,7 @@ class SQLiteRuns(SQLiteBase):
                     max_attempts=r["max_attempts"],
                     executed_ms=r["executing_ms"],
                     max_duration_ms=r["max_duration_ms"],
+                    metadata=load_json(r["metadata"]),
                     journal=journals.get(r["id"], []),
                 )
                 for r in rows
@@ -248,6 +249,18 @@ class SQLiteRuns(SQLiteBase):
             (json.dumps(run_ids), owner),
         )
         return [row["id"] for row in rows]
+
+    async def set_metadata(self, run_id: str, epoch: int, metadata: dict[str, Any]) -> None:
+        text = dump_json(metadata, "the metadata")
+
+        def op(conn: Conn) -> None:
+            self._fence(conn, run_id, epoch)
+            conn.execute(
+                "UPDATE runs SET metadata = ?, updated_at = ? WHERE id = ?",
+                (text, self.now_ms(), run_id),
+            )
+
+        await self._write(op)
 
     async def release_run(self, run_id: str, epoch: int) -> None:
         def op(conn: Conn) -> None:

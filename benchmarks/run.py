@@ -577,7 +577,7 @@ async def bench_timers(ctx: Context, n: int, park_rate: float) -> dict[str, Any]
     url, path = ctx.fresh_db(f"timers{n}")
     async with ctx.worker_process(url, f"timers{n}"), Engine(url) as engine:
         reader = Reader(path)
-        lead = 3 + 1.5 * n / max(park_rate, 50)
+        lead = 4 + n / max(park_rate, 50)
         deadline_s = math.ceil(time.time() + lead)
         deadline = datetime.fromtimestamp(deadline_s, tz=UTC)
         await trigger_many(engine, "bench-timer", [{"deadline": deadline.isoformat()}] * n)
@@ -722,7 +722,8 @@ class Row:
     good: Callable[[float], bool] | None = None
     higher_is_better: bool = True
     samples: list[float] = field(default_factory=list)
-    commits: str = ""
+    commits: list[tuple[float, float]] = field(default_factory=list)
+    cpu: list[tuple[float, float]] = field(default_factory=list)
     dbos: list[float] = field(default_factory=list)
     note: str = ""
 
@@ -758,7 +759,8 @@ class Row:
             "samples": self.samples,
             "target": self.target,
             "met": self.met,
-            "commits_per_run": self.commits,
+            "commits_per_run_worker_client": self.commits,
+            "cpu_ms_per_run_worker_client": self.cpu,
             "dbos_median": None if not self.dbos else self.dbos_median,
             "dbos_samples": self.dbos,
             "ratio_vs_dbos": None if not self.dbos else self.ratio,
@@ -779,6 +781,15 @@ class Results:
 
     def add_raw(self, key: str, value: Any) -> None:
         self.raw.setdefault(key, []).append(value)
+
+
+def _pair(pairs: list[tuple[float, float]], spec: str) -> str:
+    """Medians of (worker, client) pairs as 'w+c'."""
+    if not pairs:
+        return ""
+    w = statistics.median(p[0] for p in pairs)
+    c = statistics.median(p[1] for p in pairs)
+    return f"{spec.format(w)}+{spec.format(c)}"
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -805,6 +816,7 @@ def print_table(results: Results, title: str, dbos_note: str | None) -> None:
         ("median", "right"),
         ("min-max", "right"),
         ("commits/run w+c", "right"),
+        ("CPU ms/run w+c", "right"),
         ("target", "left"),
         ("", "left"),
         ("DBOS", "right"),
@@ -826,7 +838,8 @@ def print_table(results: Results, title: str, dbos_note: str | None) -> None:
             row.worker,
             fmt(row.median, row.unit),
             spread,
-            row.commits,
+            _pair(row.commits, "{:.2f}"),
+            _pair(row.cpu, "{:.2f}"),
             row.target,
             f"[{style}]{met}[/{style}]" if style else met,
             dbos,
@@ -881,7 +894,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
     def say(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
-    park_rate = 300.0
+    park_rate = 700.0  # runs parked per second, to set the timers' deadline (then measured)
     for r in range(repeat):
         say(f"repeat {r + 1}/{repeat}")
         if want("1"):
@@ -897,7 +910,9 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                 good=lambda v: v >= 2000,
             )
             row.samples.append(m["runs_per_s"])
-            row.commits = f"{m['commits_worker']:.2f}+{m['commits_client']:.2f}"
+            row.commits.append((m["commits_worker"], m["commits_client"]))
+            n = s.trivial
+            row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
             say(
                 f"  1 trivial: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
                 f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
@@ -916,8 +931,8 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                     good=lambda v: v >= 1000,
                 )
                 row.samples.append(m["runs_per_s"])
-                row.commits = f"{m['commits_worker']:.2f}+{m['commits_client']:.2f}"
-                park_rate = max(park_rate, m["runs_per_s"])
+                row.commits.append((m["commits_worker"], m["commits_client"]))
+                row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
                 say(
                     f"  2 token-wait N={n}: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
                     f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
@@ -1043,7 +1058,9 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
 def _notes(ctx: Context, results: Results) -> list[str]:
     notes = [
         "commits/run w+c: SQLite write transactions per run committed by the worker process"
-        " + by the driver process (trigger, completion), from engine.storage.commits.",
+        " + by the driver process (trigger, completion), from engine.storage.commits;"
+        " CPU ms/run w+c: user+system CPU of the worker process (all threads, /proc/PID/stat)"
+        " + of the driver process, per run.",
         "subprocess: one worker process (benchmarks/worker_proc.py: Worker(engine, tasks)),"
         " driver (trigger/complete) in this process; in-process: the Worker runs on this"
         " process's Engine and event loop.",

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import pydantic
@@ -30,11 +31,13 @@ from .console import (
     show_page,
     show_timeline,
 )
+from .durations import parse_duration
 from .errors import EngineError, RunFailedError, ValidationError
 from .logs import configure_logging
 from .models import (
     CompletionResult,
     CompletionSource,
+    Page,
     Run,
     RunStatus,
     TimelineEntry,
@@ -271,6 +274,10 @@ def trigger(
     max_duration: Annotated[
         str | None, typer.Option("--max-duration", help="Executing time allowed (10m).")
     ] = None,
+    concurrency_key: Annotated[
+        str | None,
+        typer.Option("--concurrency-key", help="Its own copy of the queue's limit (a tenant)."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish.")] = False,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to --wait at most.")
@@ -294,6 +301,7 @@ def trigger(
             metadata=_json_option(metadata, "--metadata"),
             max_attempts=max_attempts,
             max_duration=max_duration,
+            concurrency_key=concurrency_key,
         )
         if not wait:
             return run
@@ -313,6 +321,9 @@ def runs_list(
     status: Statuses = None,
     task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
     tag: Tags = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only runs created in the last 24h, 7d...")
+    ] = None,
     limit: Limit = 25,
     after: After = None,
     as_json: AsJson = False,
@@ -320,10 +331,14 @@ def runs_list(
     api_url: ApiUrl = None,
 ) -> None:
     """List runs, newest first."""
-    page = _run(
-        api_url or database,
-        lambda e: e.runs.list(status=status, task=task, tags=tag, limit=limit, after=after),
-    )
+
+    async def action(engine: Engine) -> Page[Run]:
+        start = datetime.now(UTC) - parse_duration(since) if since else None
+        return await engine.runs.list(
+            status=status, task=task, tags=tag, created_after=start, limit=limit, after=after
+        )
+
+    page = _run(api_url or database, action)
     show_page(page, as_json, RUN_COLUMNS, "runs")
 
 

@@ -85,6 +85,4 @@ async def bench_replay(payload: dict[str, Any]) -> dict[str, Any]:
     return {"ok": result.ok}
 
 
-BENCH_TASKS = {
-    d.id: d for d in (bench_trivial, bench_wait, bench_park, bench_timer, bench_replay)
-}
+BENCH_TASKS = {d.id: d for d in (bench_trivial, bench_wait, bench_park, bench_timer, bench_replay)}

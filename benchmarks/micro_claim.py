@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tasks  # noqa: F401  (registers the bench-* tasks)
+
 from engine import Engine
 from engine.logs import configure_logging
 
@@ -84,9 +85,7 @@ def main() -> None:
             asyncio.run(fill(f"sqlite:///{path}", n))
             before, plans["engine schema"] = time_claim(path)
             conn = sqlite3.connect(path)
-            conn.execute(
-                "CREATE INDEX runs_queue_order ON runs (status, available_at, id)"
-            )
+            conn.execute("CREATE INDEX runs_queue_order ON runs (status, available_at, id)")
             conn.close()
             after, plans["+ index"] = time_claim(path)
             print(f"{n:>8,}  {before:>25.2f}  {after:>20.2f}")

@@ -16,13 +16,17 @@ from collections import Counter
 from pathlib import Path
 
 BUCKETS = {
-    "structlog (log lines)": ("structlog/",),
-    "pydantic (models, validation, dumps)": ("pydantic/", "pydantic_core", "model_dump", "model_validate"),
+    "structlog (log lines, contextvars binding)": ("structlog/",),
+    "pydantic (models, validation, dumps)": ("pydantic/", "pydantic_core"),
     "json (dumps/loads)": ("json/",),
-    "sqlite3 execute/fetch (in loop thread)": ("sqlite3",),
-    "aiosqlite / anyio thread hops": ("aiosqlite/", "to_thread", "run_sync", "_backends/_asyncio.py"),
-    "asyncio scheduling": ("asyncio/",),
-    "engine/": ("engine/",),
+    "callback URL signing (hmac)": ("hmac.py", "callbacks.py"),
+    "hops to threads (aiosqlite reads, anyio to_thread)": (
+        "aiosqlite/core.py",
+        "anyio/to_thread.py",
+        "run_sync_in_worker_thread",
+    ),
+    "anyio task spawning (TaskGroup.start_soon)": ("TaskGroup.start_soon",),
+    "claim_runs (SQL + building ClaimedRun)": ("claim_runs",),
 }
 
 
@@ -64,8 +68,11 @@ def summarise(path: Path, top: int) -> str:
         loop.append((frames, n))
     busy = sum(n for _, n in loop)
     total_loop = busy + idle
-    out = [f"{path.name}: {total_loop} event-loop samples, busy {busy} ({busy / max(total_loop, 1):.0%}),"
-           f" idle in select {idle}; other threads {sum(threads.values())} samples"]
+    share = busy / max(total_loop, 1)
+    out = [
+        f"{path.name}: {total_loop} event-loop samples, busy {busy} ({share:.0%}),"
+        f" idle in select {idle}; other threads {sum(threads.values())} samples"
+    ]
     inclusive = Counter[str]()
     leaves = Counter[str]()
     buckets = Counter[str]()
@@ -92,13 +99,44 @@ def summarise(path: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def summarise_gil(path: Path, top: int) -> str:
+    """For ``py-spy record --gil`` profiles: every sample is the thread holding the GIL, so
+    the shares are shares of the process's Python CPU time, across all threads."""
+    stacks = parse(path)
+    total = sum(n for _, n in stacks)
+    where = Counter[str]()
+    inclusive = Counter[str]()
+    buckets = Counter[str]()
+    for frames, n in stacks:
+        joined = ";".join(frames)
+        if "GroupCommitWriter._commit" in joined:
+            where["writer thread: operations inside the write transaction"] += n
+        elif "_connection_worker_thread" in joined:
+            where["aiosqlite reader thread"] += n
+        else:
+            where["event loop thread"] += n
+        for name in {short(f) for f in frames}:
+            inclusive[name] += n
+        for bucket, needles in BUCKETS.items():
+            if any(needle in joined for needle in needles):
+                buckets[bucket] += n
+    out = [f"{path.name}: {total} GIL-holding samples"]
+    out += [f"  {n / total:6.1%}  {name}" for name, n in where.most_common()]
+    out.append("buckets (a sample may count in several):")
+    out += [f"  {n / total:6.1%}  {name}" for name, n in buckets.most_common()]
+    out.append(f"top {top} inclusive:")
+    out += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--gil", action="store_true", help="the profile was taken with --gil")
     args = parser.parse_args()
     for path in args.files:
-        print(summarise(path, args.top))
+        print(summarise_gil(path, args.top) if args.gil else summarise(path, args.top))
         print()
 
 

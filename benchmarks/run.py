@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ os.environ["WAITPOINT_SQLITE_SYNCHRONOUS"] = "FULL"
 os.environ.setdefault("WAITPOINT_LOG_FORMAT", "json")
 
 import bench_tasks  # noqa: E402
+
 from engine import Engine, Worker  # noqa: E402
 from engine.logs import configure_logging  # noqa: E402
 
@@ -186,7 +188,7 @@ class WorkerProcess:
         if self.ctx.args.uvloop:
             cmd.append("--uvloop")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             cmd, stdout=subprocess.PIPE, stderr=log, env=self.ctx.env, cwd=self.ctx.dir
         )
         log.close()
@@ -198,10 +200,21 @@ class WorkerProcess:
         if self.ctx.args.profile:
             # py-spy attached to the worker; it writes collapsed stacks when the worker exits
             out = Path(self.ctx.args.profile) / f"{self.label}.collapsed.txt"
-            self.spy = subprocess.Popen(
-                [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(self.pid),
-                 "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking",
-                 *(["--gil"] if self.ctx.args.profile_gil else [])],
+            self.spy = subprocess.Popen(  # noqa: ASYNC220
+                [
+                    str(Path(PYTHON).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(self.pid),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                    "--nonblocking",
+                    *(["--gil"] if self.ctx.args.profile_gil else []),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -410,9 +423,7 @@ async def park_marked_runs(
     return {int(i): tid for i, tid in rows}
 
 
-async def complete_paced(
-    engine: Engine, tokens: dict[int, str], rate: float
-) -> dict[int, float]:
+async def complete_paced(engine: Engine, tokens: dict[int, str], rate: float) -> dict[int, float]:
     """Complete tokens one by one, open loop at ``rate``/s; time.time() as each call returns."""
     returned: dict[int, float] = {}
     start = time.monotonic() + 0.05
@@ -471,7 +482,9 @@ async def cli_latency(
     if samples <= 0:
         return {}
     base = 1_000_000
-    await trigger_many(engine, "bench-wait", [{"i": base + k, "mark": True} for k in range(samples)])
+    await trigger_many(
+        engine, "bench-wait", [{"i": base + k, "mark": True} for k in range(samples)]
+    )
     await wait_for(
         lambda: len(reader.rows(_WAITING_TOKENS)) >= samples, 60, "CLI sample runs parked"
     )
@@ -526,10 +539,9 @@ async def bench_memory(ctx: Context, n: int) -> dict[str, Any]:
                 await asyncio.gather(
                     trigger_many(engine, "bench-park", [{"i": i} for i in range(n)]),
                     wait_for(
-                        lambda: reader.value(
-                            "SELECT count(*) FROM runs WHERE status = 'WAITING'"
-                        )
-                        >= n,
+                        lambda: (
+                            reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n
+                        ),
                         120 + n / 20,
                         f"{n} runs WAITING",
                         poll=0.5,
@@ -580,25 +592,30 @@ async def bench_timers(ctx: Context, n: int, park_rate: float) -> dict[str, Any]
         lead = 4 + n / max(park_rate, 50)
         deadline_s = math.ceil(time.time() + lead)
         deadline = datetime.fromtimestamp(deadline_s, tz=UTC)
+        t0 = time.monotonic()
         await trigger_many(engine, "bench-timer", [{"deadline": deadline.isoformat()}] * n)
         await wait_for(
-            lambda: reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n
-            or time.time() >= deadline_s,
+            lambda: (
+                reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n
+                or time.time() >= deadline_s
+            ),
             lead + 60,
             "timer runs parked",
         )
         parked_before = reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'")
+        park_rate = parked_before / (time.monotonic() - t0)
         spare = deadline_s - time.time()
         await wait_for(
-            lambda: reader.value(
-                "SELECT count(*) FROM waitpoints WHERE status = 'TIMED_OUT'"
-            )
-            >= n,
+            lambda: reader.value("SELECT count(*) FROM waitpoints WHERE status = 'TIMED_OUT'") >= n,
             lead + 120,
             "tokens timed out",
             poll=0.1,
         )
-        rows = reader.rows("SELECT completed_at - timeout_at, timeout_at FROM waitpoints")
+        # only tokens created before the deadline count (a later one is due when created)
+        rows = reader.rows(
+            "SELECT completed_at - timeout_at, timeout_at FROM waitpoints"
+            " WHERE created_at < timeout_at"
+        )
         sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
         await wait_for(lambda: reader.value(sql) >= n, 120 + n / 20, "timer runs finished")
         all_done = reader.value("SELECT max(finished_at) FROM runs") / 1000 - deadline_s
@@ -607,12 +624,17 @@ async def bench_timers(ctx: Context, n: int, park_rate: float) -> dict[str, Any]
     late = [float(r[0]) for r in rows]
     if len({r[1] for r in rows}) != 1:
         raise RuntimeError("timers: the tokens do not share one deadline")
+    # tokens closed by the same timer transaction share completed_at: one entry per batch
+    batches = sorted(Counter(late).items())
     return {
+        "batches": [{"late_ms": ms, "tokens": k} for ms, k in batches],
         "p50_ms": pct(late, 50),
         "p99_ms": pct(late, 99),
         "max_ms": max(late),
         "early": sum(1 for x in late if x < 0),
         "parked_before_deadline": parked_before,
+        "tokens_measured": len(late),
+        "park_rate": park_rate,
         "spare_s": spare,
         "all_runs_done_s": all_done,
     }
@@ -632,12 +654,14 @@ async def bench_replay(ctx: Context, steps_list: tuple[int, ...], samples: int) 
             payloads = [{"i": base + k, "steps": steps} for k in range(samples)]
             run_ids = await trigger_many(engine, "bench-replay", payloads)
             await wait_for(
-                lambda ids=run_ids: reader.value(
-                    "SELECT count(*) FROM runs WHERE status = 'WAITING' AND id IN"
-                    " (SELECT value FROM json_each(?))",
-                    [json.dumps(ids)],
-                )
-                >= len(ids),
+                lambda ids=run_ids: (
+                    reader.value(
+                        "SELECT count(*) FROM runs WHERE status = 'WAITING' AND id IN"
+                        " (SELECT value FROM json_each(?))",
+                        [json.dumps(ids)],
+                    )
+                    >= len(ids)
+                ),
                 120 + steps * samples / 100,
                 f"replay runs with {steps} steps parked",
             )
@@ -887,7 +911,10 @@ def describe_machine() -> dict[str, Any]:
 
 async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None:
     s, repeat = ctx.sizes, ctx.args.repeat
-    want = (lambda key: only is None or key in only)
+
+    def want(key: str) -> bool:
+        return only is None or key in only
+
     dbos_problem = dbos_status()
     sub, inproc = "subprocess", "in-process"
 
@@ -991,6 +1018,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
             say(f"  3 latency cross-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
         if want("5"):
             m = await bench_timers(ctx, s.timers, park_rate)
+            park_rate = 0.7 * m["park_rate"]
             results.add_raw("timers", m)
             for q, target, limit in (
                 ("p50", "", None),
@@ -1017,7 +1045,11 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                 good=lambda v: v == 0,
             )
             row.samples.append(float(m["early"]))
-            say(f"  5 timers: p50 {m['p50_ms']:.0f} p99 {m['p99_ms']:.0f} max {m['max_ms']:.0f} ms")
+            say(
+                f"  5 timers: p50 {m['p50_ms']:.0f} p99 {m['p99_ms']:.0f} max {m['max_ms']:.0f} ms;"
+                " batches (ms late: tokens) "
+                + ", ".join(f"{b['late_ms']:.0f}: {b['tokens']}" for b in m["batches"][:12])
+            )
         if want("6"):
             m = await bench_replay(ctx, s.replay_steps, s.replay_samples)
             results.add_raw("replay", m)
@@ -1032,7 +1064,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                 row.samples.append(m[steps]["replay_ms"])
             say("  6 replay: " + ", ".join(f"{k}: {v['replay_ms']:.1f} ms" for k, v in m.items()))
     if want("4"):
-        for r in range(s.memory_repeats):
+        for _ in range(s.memory_repeats):
             for n in s.memory:
                 say(f"memory with {n:,} runs WAITING")
                 m = await bench_memory(ctx, n)
@@ -1049,8 +1081,8 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                 )
                 row.samples.append(m["rss_mb"])
                 say(
-                    f"  4 memory {n}: rss {m['rss_mb']:.0f} MB (fresh worker {m['fresh_rss_mb']:.0f}"
-                    f" MB), parked at {m['park_rate']:.0f}/s"
+                    f"  4 memory {n}: rss {m['rss_mb']:.0f} MB"
+                    f" (fresh worker {m['fresh_rss_mb']:.0f} MB), parked at {m['park_rate']:.0f}/s"
                 )
     results.notes.extend(_notes(ctx, results))
 
@@ -1082,7 +1114,11 @@ def _notes(ctx: Context, results: Results) -> list[str]:
             parts.append(
                 f"{int(k.split('_')[1]):,}: RSS {m['rss_mb']:.0f} MB, VmHWM {m['hwm_mb']:.0f} MB,"
                 f" fresh worker on the same DB {m['fresh_rss_mb']:.0f} MB"
-                + (f", parked at {m['park_rate']:.0f} runs/s" if m["park_rate"] == m["park_rate"] else "")
+                + (
+                    f", parked at {m['park_rate']:.0f} runs/s"
+                    if m["park_rate"] == m["park_rate"]
+                    else ""
+                )
             )
         notes.append("memory (measured once): " + "; ".join(parts) + ".")
     if "timers" in raw:
@@ -1092,6 +1128,8 @@ def _notes(ctx: Context, results: Results) -> list[str]:
             + ", ".join(f"{m['all_runs_done_s']:.1f}" for m in t)
             + " s after the deadline; runs parked before the deadline: "
             + ", ".join(str(m["parked_before_deadline"]) for m in t)
+            + "; tokens created before the deadline (measured): "
+            + ", ".join(str(m["tokens_measured"]) for m in t)
             + "."
         )
     if "replay" in raw:
@@ -1107,8 +1145,8 @@ def _notes(ctx: Context, results: Results) -> list[str]:
     if "dbos_wait" in raw:
         d = raw["dbos_wait"][0]
         notes.append(
-            f"DBOS {d.get('dbos_version')}: token-wait workload with N={d['n']} (recv_async/send_async,"
-            " one process), trivial with N="
+            f"DBOS {d.get('dbos_version')}: token-wait workload with N={d['n']}"
+            " (recv_async/send_async, one process), trivial with N="
             + (str(raw["dbos_trivial"][0]["n"]) if "dbos_trivial" in raw else "-")
             + "; ratio = Waitpoint / DBOS (runs/s)."
         )

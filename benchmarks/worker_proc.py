@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_tasks  # noqa: E402
-from engine import Engine, Worker  # noqa: E402
-from engine.logs import configure_logging  # noqa: E402
+import bench_tasks
+
+from engine import Engine, Worker
+from engine.logs import configure_logging
 
 
 def _rss_kb(field: str = "VmRSS") -> int:

@@ -188,6 +188,8 @@ class Run(WireModel):
     parent_run_id: str | None = None
     depth: int = 0
     """0 for a run triggered from outside, parent's depth + 1 for a child run."""
+    children: list[str] = Field(default_factory=list)
+    """Ids of the child runs it started (filled by ``runs.retrieve``)."""
     waiting_on: list[str] = Field(default_factory=list)
     """Ids of the waitpoints the run is blocked on while WAITING."""
     is_cached: bool = Field(default=False, exclude=True)

@@ -57,6 +57,7 @@ async def test_trigger_and_wait_parks_the_parent_until_the_child_finishes(
     assert done.output["ok"] is True and done.output["output"] == 42
     child = await engine.runs.retrieve(done.output["child"])
     assert child.parent_run_id == run.id and child.depth == 1
+    assert (await engine.runs.retrieve(run.id)).children == [child.id]
     assert child.status == "COMPLETED"
     assert RAN["double-21"] == 1  # the parent's replay did not start a second child
     children = await engine.runs.list(task="ch-double")

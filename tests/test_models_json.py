@@ -223,6 +223,7 @@ async def test_queued_run_json(engine: Engine, task_id: str) -> None:
         "updatedAt",
         "waitingOn",
         "depth",
+        "children",
     }
     assert data["depth"] == 0
     assert data["id"].startswith("run_")

@@ -582,3 +582,26 @@ async def test_a_task_reads_and_updates_its_run_metadata(
     assert done.output["before"] == {"customer": "acme"}
     assert done.output["after"] == {"customer": "acme", "progress": 100}
     assert done.metadata == {"customer": "acme", "progress": 100}
+
+
+async def test_two_concurrent_triggers_with_one_idempotency_key_make_one_run(
+    db_url: str,
+) -> None:
+    async with Engine(db_url) as first, Engine(db_url) as second:  # two clients, one file
+        runs = await asyncio.gather(
+            *(
+                client.trigger("rt-quick", i, idempotency_key="pay-once")
+                for i, client in enumerate([first, second] * 5)
+            )
+        )
+    assert len({run.id for run in runs}) == 1
+    assert sum(not run.is_cached for run in runs) == 1
+
+
+async def test_cancel_works_on_queued_and_delayed_runs(engine: Engine) -> None:
+    queued = await engine.trigger("rt-quick", 1)
+    delayed = await engine.trigger("rt-quick", 2, delay="1h")
+    for run in (queued, delayed):
+        canceled = await engine.runs.cancel(run.id)
+        assert canceled.status == "CANCELED" and canceled.finished_at is not None
+    assert await engine.storage.claim_runs("w", 10, 30_000, ["rt-quick"]) == []

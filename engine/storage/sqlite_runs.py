@@ -76,7 +76,11 @@ class SQLiteRuns(SQLiteBase):
         if not rows:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         waits = await self._waiting_on([run_id])
-        return run_from_row(rows[0], waits.get(run_id))
+        children = await self._read(
+            "SELECT id FROM runs WHERE parent_run_id = ? ORDER BY id", (run_id,)
+        )
+        run = run_from_row(rows[0], waits.get(run_id))
+        return run.model_copy(update={"children": [row["id"] for row in children]})
 
     async def _waiting_on(self, run_ids: list[str]) -> dict[str, list[str]]:
         rows = await self._read(

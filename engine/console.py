@@ -102,13 +102,15 @@ def show_completion(result: CompletionResult, as_json: bool) -> None:
 
 def show_timeline(timeline: list[TimelineEntry]) -> None:
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
-    for header in ("at", "call", "attempt", "outcome"):
+    for header in ("at", "call", "attempt", "took", "outcome"):
         table.add_column(header, overflow="fold")
     for entry in timeline:
+        took = f"{entry.duration_ms} ms" if entry.duration_ms is not None else ""
         table.add_row(
             cell(entry.at.isoformat()),
             cell(entry.key),
             cell(entry.attempt),
+            cell(took),
             cell(outcome(entry)),
         )
     Console().print(table)

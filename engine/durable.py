@@ -13,6 +13,7 @@ import functools
 import importlib
 import inspect
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,7 @@ async def step(
         return entry.value
     policy = retry or Retry()
     attempt = 1
+    started = time.monotonic()
     while True:
         try:
             result = await _call(fn, args, kwargs)
@@ -77,7 +79,10 @@ async def step(
                 await asyncio.sleep(delay / 1000)
                 attempt += 1
                 continue
-            await context.record(key, position, _journaled_error(exc), is_error=True)
+            took = int((time.monotonic() - started) * 1000)
+            await context.record(
+                key, position, _journaled_error(exc), is_error=True, duration_ms=took
+            )
             raise
     try:
         value = to_jsonable_python(result)
@@ -85,7 +90,7 @@ async def step(
         raise ValidationError(
             f"step {name!r} returned a value that is not JSON-serialisable: {exc}"
         ) from exc
-    await context.record(key, position, value)
+    await context.record(key, position, value, duration_ms=int((time.monotonic() - started) * 1000))
     return value
 
 

@@ -207,7 +207,7 @@ class TimelineEntry(WireModel):
     how it closed, when, and how the completion arrived (``completedVia``).
     """
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"error", "token", "value"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"error", "token", "value", "duration_ms"})
 
     key: str
     kind: str
@@ -215,6 +215,7 @@ class TimelineEntry(WireModel):
     attempt: int
     at: datetime
     ok: bool
+    duration_ms: int | None = None
     value: Any = None
     error: RunError | None = None
     token: Token | None = None
@@ -331,6 +332,7 @@ class JournalEntry:
     is_error: bool
     value: Any
     recorded_ms: int = 0
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ def timeline_entry(entry: JournalEntry) -> TimelineEntry:
         attempt=entry.attempt,
         at=from_ms(entry.recorded_ms),
         ok=not entry.is_error,
+        duration_ms=entry.duration_ms,
         value=value,
         error=error,
         token=token,

@@ -18,6 +18,7 @@ import contextvars
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -148,10 +149,17 @@ class RunContext:
             value=value,
         )
 
-    async def record(self, key: str, position: int, value: Any, *, is_error: bool = False) -> None:
-        await self.storage.append_journal(
-            self.journal_write(key, position, value, is_error=is_error)
-        )
+    async def record(
+        self,
+        key: str,
+        position: int,
+        value: Any,
+        *,
+        is_error: bool = False,
+        duration_ms: int | None = None,
+    ) -> None:
+        write = self.journal_write(key, position, value, is_error=is_error)
+        await self.storage.append_journal(replace(write, duration_ms=duration_ms))
 
     def check_finished_replay(self) -> None:
         """A run that returns must have made every call its journal recorded."""

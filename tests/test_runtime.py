@@ -467,6 +467,8 @@ async def test_timeline_shows_steps_tokens_and_how_each_wait_ended(
         ("wait_for_token", token_id, True),
     ]
     assert timeline[0].error is not None and timeline[0].error.name == "KeyError"
+    assert timeline[0].duration_ms is not None and timeline[0].duration_ms >= 0
+    assert timeline[1].duration_ms is None  # only step bodies are timed
     wait = timeline[2].token
     assert wait is not None and wait.status == "COMPLETED" and wait.completed_via == "cli"
     assert wait.data == {"approved": True}

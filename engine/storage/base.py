@@ -72,6 +72,8 @@ class JournalWrite:
     position: int
     is_error: bool = False
     value: Any = None
+    duration_ms: int | None = None
+    """How long the call took (a step's body), for the run's timeline."""
 
 
 @dataclass(frozen=True)

@@ -96,4 +96,5 @@ def journal_from_row(row: RowLike) -> JournalEntry:
         is_error=bool(row["is_error"]),
         value=load_json(row["value"]),
         recorded_ms=row["created_at"],
+        duration_ms=row["duration_ms"],
     )

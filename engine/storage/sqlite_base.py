@@ -103,8 +103,8 @@ class SQLiteBase:
 
     def _journal(self, conn: Conn, write: JournalWrite, value: Any) -> None:
         conn.execute(
-            "INSERT INTO journal (run_id, key, attempt, position, is_error, value, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO journal (run_id, key, attempt, position, is_error, value, duration_ms,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 write.run_id,
                 write.key,
@@ -112,6 +112,7 @@ class SQLiteBase:
                 write.position,
                 int(write.is_error),
                 dump_json(value, f"the result of {write.key}"),
+                write.duration_ms,
                 self.now_ms(),
             ),
         )

@@ -111,6 +111,7 @@ MIGRATIONS: list[str] = [
         position INTEGER NOT NULL,
         is_error INTEGER NOT NULL DEFAULT 0,
         value TEXT,
+        duration_ms INTEGER,
         created_at INTEGER NOT NULL,
         PRIMARY KEY (run_id, key, attempt)
     );

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -27,12 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,7 +64,7 @@ class Sizes:
     memory: tuple[int, ...] = (0, 10_000, 100_000)
     timers: int = 10_000
     replay_steps: tuple[int, ...] = (0, 10, 100, 1_000)
-    replay_samples: int = 7
+    replay_samples: int = 11
     dbos_wait_n: int = 500
     dbos_trivial_n: int = 1_000
     memory_repeats: int = 1  # the 100,000-run memory level takes minutes; measured once
@@ -75,7 +79,7 @@ QUICK = Sizes(
     memory=(0, 10_000),
     timers=2_000,
     replay_steps=(0, 10, 100),
-    replay_samples=3,
+    replay_samples=5,
     dbos_wait_n=150,
     dbos_trivial_n=200,
 )
@@ -669,7 +673,6 @@ async def bench_replay(ctx: Context, steps_list: tuple[int, ...], samples: int) 
             to_completed: list[float] = []
             for k, run_id in enumerate(run_ids):
                 tid = reader.value("SELECT waitpoint_id FROM run_waits WHERE run_id = ?", [run_id])
-                await asyncio.sleep(0.05)  # let the worker go idle
                 await engine.tokens.complete(tid, {"ok": True})
                 t0 = time.time()
                 await engine.wait_for_run(run_id, timeout=60)  # woken by the worker's commit
@@ -909,6 +912,10 @@ def describe_machine() -> dict[str, Any]:
 # --- main ------------------------------------------------------------------------------
 
 
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None:
     s, repeat = ctx.sizes, ctx.args.repeat
 
@@ -917,173 +924,198 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
 
     dbos_problem = dbos_status()
     sub, inproc = "subprocess", "in-process"
-
-    def say(text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
     park_rate = 700.0  # runs parked per second, to set the timers' deadline (then measured)
-    for r in range(repeat):
+
+    async def item1() -> None:
+        m = await bench_trivial(ctx, s.trivial)
+        results.add_raw("trivial", m)
+        row = results.row(
+            "1",
+            label=f"trivial runs, N={s.trivial:,}",
+            metric="runs/s",
+            worker=sub,
+            unit="/s",
+            target=">= 2,000/s",
+            good=lambda v: v >= 2000,
+        )
+        row.samples.append(m["runs_per_s"])
+        row.commits.append((m["commits_worker"], m["commits_client"]))
+        n = s.trivial
+        row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
+        say(
+            f"  1 trivial: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
+            f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
+        )
+
+    async def item2(n: int) -> None:
+        m = await bench_token_wait(ctx, n)
+        results.add_raw(f"token_wait_{n}", m)
+        row = results.row(
+            f"2.{n}",
+            label=f"token-wait runs, N={n:,}",
+            metric="runs/s",
+            worker=sub,
+            unit="/s",
+            target=">= 1,000/s",
+            good=lambda v: v >= 1000,
+        )
+        row.samples.append(m["runs_per_s"])
+        row.commits.append((m["commits_worker"], m["commits_client"]))
+        row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
+        say(
+            f"  2 token-wait N={n}: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
+            f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
+        )
+
+    async def item7(workload: str) -> None:
+        n = s.dbos_wait_n if workload == "wait" else s.dbos_trivial_n
+        d = await bench_dbos(ctx, workload, n)
+        results.add_raw(f"dbos_{workload}", d)
+        keys = [f"2.{k}" for k in s.token_wait] if workload == "wait" else ["1"]
+        for key in keys:
+            if key in results.rows:
+                results.rows[key].dbos.append(d["runs_per_s"])
+        say(f"  7 DBOS {workload} N={n}: {d['runs_per_s']:.1f} runs/s")
+
+    async def item3() -> None:
+        m = await bench_latency_in_process(ctx, s.latency_n)
+        results.add_raw("latency_in_process", m)
+        for q, target, limit in (("p50", "< 5 ms", 5.0), ("p99", "", None)):
+            row = results.row(
+                f"3.in.{q}",
+                label=f"resume latency, completer in the worker's process, N={s.latency_n:,}",
+                metric=q,
+                worker=inproc,
+                unit="ms",
+                target=target,
+                good=(lambda v, lim=limit: v < lim) if limit else None,
+                higher_is_better=False,
+            )
+            row.samples.append(m[f"{q}_ms"])
+        say(f"  3 latency in-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+        m = await bench_latency_cross_process(ctx, s.latency_n)
+        results.add_raw("latency_cross_process", m)
+        for q, target, limit in (("p50", "< 25 ms", 25.0), ("p99", "", None)):
+            row = results.row(
+                f"3.x.{q}",
+                label=f"resume latency, completer = Engine in another process, N={s.latency_n:,}",
+                metric=q,
+                worker=sub,
+                unit="ms",
+                target=target,
+                good=(lambda v, lim=limit: v < lim) if limit else None,
+                higher_is_better=False,
+            )
+            row.samples.append(m[f"{q}_ms"])
+        if "cli_wall_p50_ms" in m:
+            row = results.row(
+                "3.cli",
+                label=f"`waitpoint tokens complete` in a shell, {s.cli_samples} samples",
+                metric="CLI start -> first line after the wait, p50",
+                worker=sub,
+                unit="ms",
+            )
+            row.samples.append(m["cli_resume_after_start_p50_ms"])
+        say(f"  3 latency cross-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+
+    async def item5() -> None:
+        nonlocal park_rate
+        m = await bench_timers(ctx, s.timers, park_rate)
+        park_rate = 0.7 * m["park_rate"]
+        results.add_raw("timers", m)
+        for q, target, limit in (("p50", "", None), ("p99", "< 250 ms", 250.0), ("max", "", None)):
+            row = results.row(
+                f"5.{q}",
+                label=f"timer lateness, {s.timers:,} tokens due the same ms",
+                metric=q,
+                worker=sub,
+                unit="ms",
+                target=target,
+                good=(lambda v, lim=limit: v < lim) if limit else None,
+                higher_is_better=False,
+            )
+            row.samples.append(m[f"{q}_ms"])
+        row = results.row(
+            "5.early",
+            label="timer lateness",
+            metric="tokens fired early",
+            worker=sub,
+            target="0",
+            good=lambda v: v == 0,
+        )
+        row.samples.append(float(m["early"]))
+        say(
+            f"  5 timers: p50 {m['p50_ms']:.0f} p99 {m['p99_ms']:.0f} max {m['max_ms']:.0f} ms;"
+            " batches (ms late: tokens) "
+            + ", ".join(f"{b['late_ms']:.0f}: {b['tokens']}" for b in m["batches"][:12])
+        )
+
+    async def item6() -> None:
+        m = await bench_replay(ctx, s.replay_steps, s.replay_samples)
+        results.add_raw("replay", m)
+        for steps in s.replay_steps[1:]:
+            row = results.row(
+                f"6.{steps}",
+                label=f"replay of {steps:,} journaled steps",
+                metric="extra resume cost vs 0 steps",
+                worker=inproc,
+                unit="ms",
+            )
+            row.samples.append(m[steps]["replay_ms"])
+        say("  6 replay: " + ", ".join(f"{k}: {v['replay_ms']:.1f} ms" for k, v in m.items()))
+
+    async def item4(n: int) -> None:
+        say(f"memory with {n:,} runs WAITING")
+        m = await bench_memory(ctx, n)
+        results.add_raw(f"memory_{n}", m)
+        row = results.row(
+            f"4.{n}",
+            label=f"worker RSS, {n:,} runs WAITING",
+            metric="VmRSS",
+            worker=sub,
+            unit="MB",
+            target="< 150 MB" if n >= 100_000 else "",
+            good=(lambda v: v < 150) if n >= 100_000 else None,
+            higher_is_better=False,
+        )
+        row.samples.append(m["rss_mb"])
+        say(
+            f"  4 memory {n}: rss {m['rss_mb']:.0f} MB"
+            f" (fresh worker {m['fresh_rss_mb']:.0f} MB), parked at {m['park_rate']:.0f}/s"
+        )
+
+    async def guarded(name: str, make: Awaitable[None]) -> None:
+        """One failing measurement is reported and the others still run."""
+        try:
+            await make
+        except Exception as exc:
+            say(f"  {name} FAILED: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+            results.notes.append(f"ERROR in {name}: {type(exc).__name__}: {exc}")
+
+    timed = [k for k in ("1", "2", "3", "5", "6", "7") if want(k)]
+    for r in range(repeat if timed else 0):
         say(f"repeat {r + 1}/{repeat}")
         if want("1"):
-            m = await bench_trivial(ctx, s.trivial)
-            results.add_raw("trivial", m)
-            row = results.row(
-                "1",
-                label=f"trivial runs, N={s.trivial:,}",
-                metric="runs/s",
-                worker=sub,
-                unit="/s",
-                target=">= 2,000/s",
-                good=lambda v: v >= 2000,
-            )
-            row.samples.append(m["runs_per_s"])
-            row.commits.append((m["commits_worker"], m["commits_client"]))
-            n = s.trivial
-            row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
-            say(
-                f"  1 trivial: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
-                f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
-            )
+            await guarded("1 trivial", item1())
         if want("2"):
             for n in s.token_wait:
-                m = await bench_token_wait(ctx, n)
-                results.add_raw(f"token_wait_{n}", m)
-                row = results.row(
-                    f"2.{n}",
-                    label=f"token-wait runs, N={n:,}",
-                    metric="runs/s",
-                    worker=sub,
-                    unit="/s",
-                    target=">= 1,000/s",
-                    good=lambda v: v >= 1000,
-                )
-                row.samples.append(m["runs_per_s"])
-                row.commits.append((m["commits_worker"], m["commits_client"]))
-                row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
-                say(
-                    f"  2 token-wait N={n}: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
-                    f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
-                )
-            if dbos_problem is None and want("7"):
-                d = await bench_dbos(ctx, "wait", s.dbos_wait_n)
-                results.add_raw("dbos_wait", d)
-                for n in s.token_wait:
-                    results.rows[f"2.{n}"].dbos.append(d["runs_per_s"])
-                say(f"  7 DBOS wait N={s.dbos_wait_n}: {d['runs_per_s']:.1f} runs/s")
-        if want("1") and dbos_problem is None and want("7"):
-            d = await bench_dbos(ctx, "trivial", s.dbos_trivial_n)
-            results.add_raw("dbos_trivial", d)
-            results.rows["1"].dbos.append(d["runs_per_s"])
-            say(f"  7 DBOS trivial N={s.dbos_trivial_n}: {d['runs_per_s']:.1f} runs/s")
+                await guarded(f"2 token-wait N={n}", item2(n))
+        if dbos_problem is None and want("7"):
+            if want("2"):
+                await guarded("7 DBOS wait", item7("wait"))
+            if want("1"):
+                await guarded("7 DBOS trivial", item7("trivial"))
         if want("3"):
-            m = await bench_latency_in_process(ctx, s.latency_n)
-            results.add_raw("latency_in_process", m)
-            for q, target, limit in (("p50", "< 5 ms", 5.0), ("p99", "", None)):
-                row = results.row(
-                    f"3.in.{q}",
-                    label=f"resume latency, completer in the worker's process, N={s.latency_n:,}",
-                    metric=q,
-                    worker=inproc,
-                    unit="ms",
-                    target=target,
-                    good=(lambda v, lim=limit: v < lim) if limit else None,
-                    higher_is_better=False,
-                )
-                row.samples.append(m[f"{q}_ms"])
-            say(f"  3 latency in-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
-            m = await bench_latency_cross_process(ctx, s.latency_n)
-            results.add_raw("latency_cross_process", m)
-            for q, target, limit in (("p50", "< 25 ms", 25.0), ("p99", "", None)):
-                row = results.row(
-                    f"3.x.{q}",
-                    label=f"resume latency, completer = Engine in another process, "
-                    f"N={s.latency_n:,}",
-                    metric=q,
-                    worker=sub,
-                    unit="ms",
-                    target=target,
-                    good=(lambda v, lim=limit: v < lim) if limit else None,
-                    higher_is_better=False,
-                )
-                row.samples.append(m[f"{q}_ms"])
-            if "cli_wall_p50_ms" in m:
-                row = results.row(
-                    "3.cli",
-                    label=f"`waitpoint tokens complete` in a shell, {s.cli_samples} samples",
-                    metric="CLI start -> first line after the wait, p50",
-                    worker=sub,
-                    unit="ms",
-                )
-                row.samples.append(m["cli_resume_after_start_p50_ms"])
-            say(f"  3 latency cross-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+            await guarded("3 resume latency", item3())
         if want("5"):
-            m = await bench_timers(ctx, s.timers, park_rate)
-            park_rate = 0.7 * m["park_rate"]
-            results.add_raw("timers", m)
-            for q, target, limit in (
-                ("p50", "", None),
-                ("p99", "< 250 ms", 250.0),
-                ("max", "", None),
-            ):
-                row = results.row(
-                    f"5.{q}",
-                    label=f"timer lateness, {s.timers:,} tokens due the same ms",
-                    metric=q,
-                    worker=sub,
-                    unit="ms",
-                    target=target,
-                    good=(lambda v, lim=limit: v < lim) if limit else None,
-                    higher_is_better=False,
-                )
-                row.samples.append(m[f"{q}_ms"])
-            row = results.row(
-                "5.early",
-                label="timer lateness",
-                metric="tokens fired early",
-                worker=sub,
-                target="0",
-                good=lambda v: v == 0,
-            )
-            row.samples.append(float(m["early"]))
-            say(
-                f"  5 timers: p50 {m['p50_ms']:.0f} p99 {m['p99_ms']:.0f} max {m['max_ms']:.0f} ms;"
-                " batches (ms late: tokens) "
-                + ", ".join(f"{b['late_ms']:.0f}: {b['tokens']}" for b in m["batches"][:12])
-            )
+            await guarded("5 timers", item5())
         if want("6"):
-            m = await bench_replay(ctx, s.replay_steps, s.replay_samples)
-            results.add_raw("replay", m)
-            for steps in s.replay_steps[1:]:
-                row = results.row(
-                    f"6.{steps}",
-                    label=f"replay of {steps:,} journaled steps",
-                    metric="extra resume cost vs 0 steps",
-                    worker=inproc,
-                    unit="ms",
-                )
-                row.samples.append(m[steps]["replay_ms"])
-            say("  6 replay: " + ", ".join(f"{k}: {v['replay_ms']:.1f} ms" for k, v in m.items()))
+            await guarded("6 replay", item6())
     if want("4"):
         for _ in range(s.memory_repeats):
             for n in s.memory:
-                say(f"memory with {n:,} runs WAITING")
-                m = await bench_memory(ctx, n)
-                results.add_raw(f"memory_{n}", m)
-                row = results.row(
-                    f"4.{n}",
-                    label=f"worker RSS, {n:,} runs WAITING",
-                    metric="VmRSS",
-                    worker=sub,
-                    unit="MB",
-                    target="< 150 MB" if n >= 100_000 else "",
-                    good=(lambda v: v < 150) if n >= 100_000 else None,
-                    higher_is_better=False,
-                )
-                row.samples.append(m["rss_mb"])
-                say(
-                    f"  4 memory {n}: rss {m['rss_mb']:.0f} MB"
-                    f" (fresh worker {m['fresh_rss_mb']:.0f} MB), parked at {m['park_rate']:.0f}/s"
-                )
+                await guarded(f"4 memory {n}", item4(n))
     results.notes.extend(_notes(ctx, results))
 
 
@@ -1186,10 +1218,14 @@ def main() -> None:
     sizes = QUICK if args.quick else Sizes()
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
-    configure_logging("json", 30)  # the driver's own engine logs: warnings only
     base = Path(args.dir) if args.dir else HERE
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
+    # this process's engine logs (and the in-process worker's) go to a file, at the same level
+    # as the worker processes' logs
+    configure_logging("json", logging.INFO if args.log_level == "info" else logging.WARNING)
+    driver_log = (workdir / "driver.log").open("a")
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=driver_log))
     env = {**os.environ, "WAITPOINT_SQLITE_SYNCHRONOUS": "FULL", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     ctx = Context(args=args, sizes=sizes, dir=workdir, env=env)
@@ -1200,6 +1236,7 @@ def main() -> None:
     try:
         asyncio.run(run_all(ctx, results, only))
     finally:
+        driver_log.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -43,7 +43,7 @@ from .models import (
     WaitpointStatus,
 )
 from .registry import REGISTRY
-from .requests import moment_ms, page_request, run_request, timeline_entry, token_request
+from .requests import moment_ms, page_request, run_request, timeline, token_request
 from .settings import Settings
 from .storage import (
     RunFilter,
@@ -293,8 +293,8 @@ class Runs:
 
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         """What the run did, oldest first: steps, tokens created, waits and how they ended."""
-        entries = await self._engine.storage.get_journal(run_id)
-        return [timeline_entry(entry) for entry in entries]
+        storage = self._engine.storage
+        return timeline(await storage.get_journal(run_id), await storage.get_events(run_id))
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""

@@ -108,7 +108,7 @@ def show_timeline(timeline: list[TimelineEntry]) -> None:
         took = f"{entry.duration_ms} ms" if entry.duration_ms is not None else ""
         table.add_row(
             cell(entry.at.isoformat()),
-            cell(entry.key),
+            cell(entry.key or entry.kind),
             cell(entry.attempt),
             cell(took),
             cell(outcome(entry)),
@@ -119,6 +119,8 @@ def show_timeline(timeline: list[TimelineEntry]) -> None:
 def outcome(entry: TimelineEntry) -> str:
     if entry.error is not None:
         return f"{entry.error.name}: {entry.error.message}"
+    if entry.key is None:  # a lifecycle event
+        return json.dumps(entry.detail) if entry.detail else ""
     token = entry.token
     if token is None:
         return json.dumps(entry.value)

@@ -201,15 +201,18 @@ class Run(WireModel):
 
 
 class TimelineEntry(WireModel):
-    """One durable call of a run as the journal recorded it: the run's audit trail.
+    """One thing a run did or went through: the run's audit trail.
 
-    For ``create_token`` and ``wait_for_token`` the token is the one recorded then: for a wait,
-    how it closed, when, and how the completion arrived (``completedVia``).
+    Durable calls carry their journal ``key``; for ``create_token`` and ``wait_for_token`` the
+    token is the one recorded then (for a wait: how it closed, when, and how the completion
+    arrived, ``completedVia``). Lifecycle events (``created``, ``attempt_started``,
+    ``waiting``, ``retrying``, ``finished``, ``canceled``...) have no key and a ``detail``.
     """
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"error", "token", "value", "duration_ms"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"key", "error", "token", "value", "duration_ms", "detail"}
+    )
 
-    key: str
     kind: str
     name: str
     attempt: int
@@ -219,6 +222,9 @@ class TimelineEntry(WireModel):
     value: Any = None
     error: RunError | None = None
     token: Token | None = None
+    detail: dict[str, Any] | None = None
+    key: str | None = None
+    """The durable call's journal key; None for lifecycle events."""
 
 
 class Page(BaseModel, Generic[T]):
@@ -333,6 +339,18 @@ class JournalEntry:
     value: Any
     recorded_ms: int = 0
     duration_ms: int | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """A lifecycle event of a run: created, attempt_started, waiting, retrying, finished..."""
+
+    kind: str
+    attempt: int
+    recorded_ms: int
+    seq: int
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

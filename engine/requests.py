@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from .clock import from_ms, to_ms
 from .durations import Timeout, format_duration, resolve_deadline, to_timedelta
 from .errors import ValidationError
-from .models import JournalEntry, RunError, TimelineEntry, Token
+from .models import JournalEntry, RunError, RunEvent, TimelineEntry, Token
 from .storage import NewRun, NewToken, PageRequest
 from .validation import check_schema, clean_limit, clean_optional_text, clean_tags
 
@@ -112,6 +112,31 @@ def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> in
     if key is None:
         raise ValidationError("idempotency_key_ttl needs an idempotency_key")
     return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
+
+
+def timeline(entries: list[JournalEntry], events: list[RunEvent]) -> list[TimelineEntry]:
+    """Journal entries and lifecycle events merged in the order they were written."""
+    items: list[tuple[int, int, TimelineEntry]] = [
+        (e.recorded_ms, e.seq, timeline_entry(e)) for e in entries
+    ]
+    items += [(event.recorded_ms, event.seq, event_entry(event)) for event in events]
+    return [item for _, _, item in sorted(items, key=lambda i: (i[0], i[1]))]
+
+
+_BAD_EVENTS = frozenset({"retrying", "crashed", "expired", "worker_lost", "canceled"})
+
+
+def event_entry(event: RunEvent) -> TimelineEntry:
+    status = (event.detail or {}).get("status", "COMPLETED")
+    return TimelineEntry(
+        key=None,
+        kind=event.kind,
+        name="",
+        attempt=event.attempt,
+        at=from_ms(event.recorded_ms),
+        ok=event.kind not in _BAD_EVENTS and status == "COMPLETED",
+        detail=event.detail,
+    )
 
 
 def timeline_entry(entry: JournalEntry) -> TimelineEntry:

@@ -21,6 +21,7 @@ from ..models import (
     Page,
     Run,
     RunError,
+    RunEvent,
     RunStatus,
     TaskInfo,
     Token,
@@ -130,6 +131,10 @@ class Storage(Protocol):
     async def get_run(self, run_id: str) -> Run: ...
 
     async def list_runs(self, filter: RunFilter, page: PageRequest) -> Page[Run]: ...
+
+    async def get_events(self, run_id: str) -> list[RunEvent]:
+        """The run's lifecycle events, oldest first."""
+        ...
 
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
         """Every journal entry of the run, oldest first."""

@@ -97,4 +97,5 @@ def journal_from_row(row: RowLike) -> JournalEntry:
         value=load_json(row["value"]),
         recorded_ms=row["created_at"],
         duration_ms=row["duration_ms"],
+        seq=row["seq"],
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import sqlite3
 from pathlib import Path
@@ -64,6 +65,7 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
         self._writer: GroupCommitWriter | None = None
         self._change = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._seq = itertools.count(1)
         self.signer = CallbackSigner(public_url, signing_secret or "")
 
     async def open(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +66,8 @@ class SQLiteBase:
     _writer: GroupCommitWriter | None
     _change: asyncio.Event
     _poller: asyncio.Task[None] | None
+    _seq: Iterator[int]
+    """Orders journal entries and events written by this process (ties within a millisecond)."""
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -104,7 +106,7 @@ class SQLiteBase:
     def _journal(self, conn: Conn, write: JournalWrite, value: Any) -> None:
         conn.execute(
             "INSERT INTO journal (run_id, key, attempt, position, is_error, value, duration_ms,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 write.run_id,
                 write.key,
@@ -113,6 +115,7 @@ class SQLiteBase:
                 int(write.is_error),
                 dump_json(value, f"the result of {write.key}"),
                 write.duration_ms,
+                next(self._seq),
                 self.now_ms(),
             ),
         )
@@ -144,6 +147,7 @@ class SQLiteBase:
             " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
             (now, elapsed_ms, journal.run_id),
         )
+        self._event(conn, [journal.run_id], "waiting", {"on": sorted(modes)})
 
     def _unblock(self, conn: Conn, run_id: str, waitpoint_ids: list[str]) -> None:
         conn.execute(
@@ -189,7 +193,29 @@ class SQLiteBase:
                 now,
             ),
         ).fetchall()
-        return _first(rows)
+        row = _first(rows)
+        parent = {"parent": new.parent_run_id} if new.parent_run_id else None
+        self._event(conn, [row["id"]], "created", parent)
+        return row
+
+    def _event(
+        self, conn: Conn, run_ids: list[str], kind: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Record a lifecycle event of these runs (their timeline besides the journal)."""
+        if not run_ids:
+            return
+        conn.execute(
+            "INSERT INTO run_events (run_id, at, seq, kind, attempt, detail)"
+            " SELECT id, :now, :seq, :kind, attempt_count, :detail FROM runs"
+            " WHERE id IN (SELECT value FROM json_each(:ids))",
+            {
+                "now": self.now_ms(),
+                "seq": next(self._seq),
+                "kind": kind,
+                "detail": None if detail is None else json.dumps(detail),
+                "ids": json.dumps(run_ids),
+            },
+        )
 
     def _runs_finished(self, conn: Conn, run_ids: list[str]) -> None:
         """Runs reached a final status: they wait on nothing, and their parents may go on."""

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
-from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunStatus, TaskInfo
+from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .records import dump_json, journal_from_row, load_json, run_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first_or_none
@@ -110,10 +110,19 @@ class SQLiteRuns(SQLiteBase):
         runs = [run_from_row(r, waits.get(r["id"])) for r in rows]
         return Page(data=runs, next_cursor=next_cursor, previous_cursor=previous_cursor)
 
+    async def get_events(self, run_id: str) -> list[RunEvent]:
+        rows = await self._read(
+            "SELECT * FROM run_events WHERE run_id = ? ORDER BY at, seq", (run_id,)
+        )
+        return [
+            RunEvent(r["kind"], r["attempt"], r["at"], r["seq"], load_json(r["detail"]))
+            for r in rows
+        ]
+
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
         await self.get_run(run_id)  # RunNotFoundError for an unknown id
         rows = await self._read(
-            "SELECT * FROM journal WHERE run_id = ? ORDER BY created_at, position", (run_id,)
+            "SELECT * FROM journal WHERE run_id = ? ORDER BY created_at, seq", (run_id,)
         )
         return [journal_from_row(r) for r in rows]
 
@@ -144,6 +153,7 @@ class SQLiteRuns(SQLiteBase):
                     (current,),
                 ).fetchall()
                 pending.extend(row["child_run_id"] for row in children)
+            self._event(conn, canceled, "canceled")
             self._runs_finished(conn, canceled)
 
         await self._write(op)
@@ -171,6 +181,7 @@ class SQLiteRuns(SQLiteBase):
             ).fetchall()
             if not rows:
                 return []
+            self._event(conn, [r["id"] for r in rows], "attempt_started", {"worker": owner})
             ids = json.dumps([r["id"] for r in rows])
             entries = conn.execute(
                 "SELECT * FROM journal WHERE run_id IN (SELECT value FROM json_each(?))"
@@ -311,6 +322,10 @@ class SQLiteRuns(SQLiteBase):
             )
             if cursor.rowcount == 0:
                 raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+            detail = {"status": status.value}
+            if error is not None:
+                detail["error"] = error.message
+            self._event(conn, [run_id], "finished", detail)
             self._runs_finished(conn, [run_id])
 
         await self._write(op)
@@ -320,6 +335,8 @@ class SQLiteRuns(SQLiteBase):
     ) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()
+            self._fence(conn, run_id, epoch)
+            self._event(conn, [run_id], "retrying", {"error": error.message, "delayMs": delay_ms})
             cursor = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
                 " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"
@@ -359,14 +376,16 @@ class SQLiteRuns(SQLiteBase):
                 " AND recovery_count + 1 >= :limit RETURNING id",
                 {"now": now, "limit": max_recoveries},
             ).fetchall()
+            self._event(conn, [r["id"] for r in crashed], "crashed")
             self._runs_finished(conn, [r["id"] for r in crashed])
-            cursor = conn.execute(
+            rescued = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
                 " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
-                " WHERE status = 'EXECUTING' AND lease_expires_at < ?",
+                " WHERE status = 'EXECUTING' AND lease_expires_at < ? RETURNING id",
                 (now, now, now),
-            )
-            return cursor.rowcount + len(crashed)
+            ).fetchall()
+            self._event(conn, [r["id"] for r in rescued], "worker_lost")
+            return len(rescued) + len(crashed)
 
         return await self._write(op)
 
@@ -395,6 +414,7 @@ class SQLiteRuns(SQLiteBase):
                 " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now RETURNING id",
                 {"now": now},
             ).fetchall()
+            self._event(conn, [r["id"] for r in expired], "expired")
             self._runs_finished(conn, [r["id"] for r in expired])
             queued = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', updated_at = :now"

@@ -112,10 +112,22 @@ MIGRATIONS: list[str] = [
         is_error INTEGER NOT NULL DEFAULT 0,
         value TEXT,
         duration_ms INTEGER,
+        seq INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL,
         PRIMARY KEY (run_id, key, attempt)
     );
     CREATE UNIQUE INDEX journal_once ON journal (run_id, key) WHERE is_error = 0;
+
+    -- what happened to a run besides its durable calls: created, attempts, waits, its end
+    CREATE TABLE run_events (
+        run_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX run_events_run ON run_events (run_id, at, seq);
 
     -- completions refused because the token had already timed out or been cancelled
     CREATE TABLE late_completions (

@@ -440,6 +440,16 @@ async def complete_paced(engine: Engine, tokens: dict[int, str], rate: float) ->
     return returned
 
 
+def spread(lat: list[float]) -> dict[str, float]:
+    return {
+        "p10_ms": pct(lat, 10),
+        "p50_ms": pct(lat, 50),
+        "p90_ms": pct(lat, 90),
+        "p99_ms": pct(lat, 99),
+        "max_ms": max(lat),
+    }
+
+
 def latencies_ms(returned: dict[int, float], stamps: dict[int, float]) -> list[float]:
     return [(stamps[i] - t) * 1000 for i, t in returned.items() if i in stamps]
 
@@ -454,7 +464,7 @@ async def bench_latency_in_process(ctx: Context, n: int) -> dict[str, Any]:
         await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
         reader.close()
     lat = latencies_ms(returned, read_side(side))
-    return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat), "n": len(lat)}
+    return {**spread(lat), "n": len(lat)}
 
 
 async def bench_latency_cross_process(ctx: Context, n: int) -> dict[str, Any]:
@@ -468,13 +478,7 @@ async def bench_latency_cross_process(ctx: Context, n: int) -> dict[str, Any]:
         lat = latencies_ms(returned, read_side(side))
         cli = await cli_latency(ctx, engine, reader, url, side, ctx.sizes.cli_samples)
         reader.close()
-    return {
-        "p50_ms": pct(lat, 50),
-        "p99_ms": pct(lat, 99),
-        "max_ms": max(lat),
-        "n": len(lat),
-        **cli,
-    }
+    return {**spread(lat), "n": len(lat), **cli}
 
 
 async def cli_latency(
@@ -912,6 +916,10 @@ def describe_machine() -> dict[str, Any]:
 # --- main ------------------------------------------------------------------------------
 
 
+def _spread_text(m: dict[str, Any]) -> str:
+    return " ".join(f"{q} {m[q + '_ms']:.1f}" for q in ("p10", "p50", "p90", "p99", "max")) + " ms"
+
+
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -992,7 +1000,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                 higher_is_better=False,
             )
             row.samples.append(m[f"{q}_ms"])
-        say(f"  3 latency in-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+        say("  3 latency in-process: " + _spread_text(m))
         m = await bench_latency_cross_process(ctx, s.latency_n)
         results.add_raw("latency_cross_process", m)
         for q, target, limit in (("p50", "< 25 ms", 25.0), ("p99", "", None)):
@@ -1016,7 +1024,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
                 unit="ms",
             )
             row.samples.append(m["cli_resume_after_start_p50_ms"])
-        say(f"  3 latency cross-process: p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms")
+        say("  3 latency cross-process: " + _spread_text(m))
 
     async def item5() -> None:
         nonlocal park_rate

@@ -96,20 +96,20 @@ class TaskDefinition:
     async def trigger(self, payload: Any = None, **options: Any) -> Run:
         """Start a run of this task. Inside a run it is journaled: replay returns the same
         child; the child keeps running on its own (``trigger_and_wait`` waits for it)."""
-        from .durable import trigger_child
+        from .children import trigger_child
 
         return await trigger_child(self, payload, options)
 
     async def trigger_and_wait(self, payload: Any = None, **options: Any) -> RunResult:
         """Start a child run and park this run until it finishes (only inside a run)."""
-        from .durable import trigger_children_and_wait
+        from .children import trigger_children_and_wait
 
         [result] = await trigger_children_and_wait(self, [payload], options, batch=False)
         return result
 
     async def batch_trigger_and_wait(self, payloads: list[Any], **options: Any) -> list[RunResult]:
         """Start one child run per payload and park until all of them finished."""
-        from .durable import trigger_children_and_wait
+        from .children import trigger_children_and_wait
 
         return await trigger_children_and_wait(self, list(payloads), options, batch=True)
 

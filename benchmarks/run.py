@@ -323,6 +323,35 @@ def check_all_completed(reader: Reader, n: int, what: str) -> None:
         raise RuntimeError(f"{what}: expected {n} COMPLETED runs, found {counts}")
 
 
+# --- 0. the physical limit -------------------------------------------------------------
+
+
+def bench_sqlite_baseline(
+    ctx: Context, commits: int = 2_000, rows: int = 100_000
+) -> dict[str, Any]:
+    """Plain sqlite3 on the same disk, WAL + synchronous=FULL: one-row commits per second, and
+    rows per second inserted in one transaction (the ceiling group commit can approach)."""
+    _, path = ctx.fresh_db("sqlite-baseline")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+    body = "x" * 200
+    started = time.perf_counter()
+    for _ in range(commits):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (body) VALUES (?)", (body,))
+        conn.execute("COMMIT")
+    commit_rate = commits / (time.perf_counter() - started)
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO t (body) VALUES (?)", ((body,) for _ in range(rows)))
+    conn.execute("COMMIT")
+    row_rate = rows / (time.perf_counter() - started)
+    conn.close()
+    return {"commits_per_s": commit_rate, "rows_per_s": row_rate}
+
+
 # --- 1. trivial runs -------------------------------------------------------------------
 
 
@@ -934,6 +963,19 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
     sub, inproc = "subprocess", "in-process"
     park_rate = 700.0  # runs parked per second, to set the timers' deadline (then measured)
 
+    async def item0() -> None:
+        m = bench_sqlite_baseline(ctx)
+        results.add_raw("sqlite_baseline", m)
+        for key, metric, value in (
+            ("0.commits", "one-row commits/s (sqlite3, no engine)", m["commits_per_s"]),
+            ("0.rows", "rows/s in one transaction (sqlite3, no engine)", m["rows_per_s"]),
+        ):
+            row = results.row(
+                key, label="SQLite on this disk, WAL, FULL", metric=metric, worker="-", unit="/s"
+            )
+            row.samples.append(value)
+        say(f"  0 sqlite: {m['commits_per_s']:.0f} commits/s, {m['rows_per_s']:.0f} rows/s")
+
     async def item1() -> None:
         m = await bench_trivial(ctx, s.trivial)
         results.add_raw("trivial", m)
@@ -1101,9 +1143,11 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
             traceback.print_exc()
             results.notes.append(f"ERROR in {name}: {type(exc).__name__}: {exc}")
 
-    timed = [k for k in ("1", "2", "3", "5", "6", "7") if want(k)]
+    timed = [k for k in ("0", "1", "2", "3", "5", "6", "7") if want(k)]
     for r in range(repeat if timed else 0):
         say(f"repeat {r + 1}/{repeat}")
+        if want("0"):
+            await guarded("0 sqlite baseline", item0())
         if want("1"):
             await guarded("1 trivial", item1())
         if want("2"):

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..faults import crash_point
 from ..models import CompletionSource, WaitpointStatus
 from .auth import Caller
 from .body import JSONGuardRoute, parse_json
@@ -137,6 +138,7 @@ async def complete_token(
     auth_of(request).require(who, f"write:waitpoints:{token_id}")
     source = _source(who)
     result = await engine.tokens.complete(token_id, (body or CompleteBody()).data, source=source)
+    crash_point("api.complete.before_response")
     return {"success": True, "applied": result.applied}
 
 

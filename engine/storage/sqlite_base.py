@@ -21,6 +21,7 @@ import aiosqlite
 from ..callbacks import CallbackSigner
 from ..clock import Clock
 from ..errors import ConfigurationError, LeaseLostError, StorageError
+from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import Token
 from .base import JournalWrite, NewRun, PageRequest
@@ -119,6 +120,7 @@ class SQLiteBase:
                 self.now_ms(),
             ),
         )
+        crash_point("journal.before_commit")
 
     def _wait(
         self, conn: Conn, row: sqlite3.Row, journal: JournalWrite, elapsed_ms: int
@@ -148,6 +150,7 @@ class SQLiteBase:
             (now, elapsed_ms, journal.run_id),
         )
         self._event(conn, [journal.run_id], "waiting", {"on": sorted(modes)})
+        crash_point("suspend.before_commit")
 
     def _unblock(self, conn: Conn, run_id: str, waitpoint_ids: list[str]) -> None:
         conn.execute(

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
+from ..faults import crash_point
 from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .records import dump_json, journal_from_row, load_json, run_from_row
@@ -249,6 +250,7 @@ class SQLiteRuns(SQLiteBase):
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
         def op(conn: Conn) -> None:
+            crash_point("lease.renew")
             conn.execute(
                 "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ?"
                 " AND status = 'EXECUTING' AND id IN (SELECT value FROM json_each(?))",

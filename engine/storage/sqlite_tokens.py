@@ -7,6 +7,7 @@ from typing import Any
 
 from ..clock import from_ms
 from ..errors import TokenNotFoundError, TokenNotWaitingError
+from ..faults import crash_point
 from ..ids import new_token_id
 from ..models import (
     CompletionResult,
@@ -136,6 +137,7 @@ class SQLiteTokens(SQLiteBase):
             row = _first_or_none(rows)
             if row is not None:
                 self._requeue_blocked(conn, [token_id])
+                crash_point("complete.before_commit")
                 return CompletionResult(applied=True, token=token_from_row(row, self.signer))
             rows = conn.execute(
                 "SELECT * FROM waitpoints WHERE id = ? AND kind = 'MANUAL'", (token_id,)
@@ -185,6 +187,7 @@ class SQLiteTokens(SQLiteBase):
             ids = [r["id"] for r in rows]
             if ids:
                 self._requeue_blocked(conn, ids)
+                crash_point("timers.before_commit")
             return len(ids)
 
         return await self._write(op)

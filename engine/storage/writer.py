@@ -20,6 +20,7 @@ import anyio.to_thread
 import structlog
 
 from ..errors import EngineError, StorageError
+from ..faults import crash_point
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
@@ -105,7 +106,9 @@ class GroupCommitWriter:
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((True, result))
+            crash_point("commit.before")
             conn.execute("COMMIT")
+            crash_point("commit.after")
             self.commits += 1
             return outcomes
         except Exception as exc:

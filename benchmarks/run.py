@@ -218,6 +218,7 @@ class WorkerProcess:
                     str(out),
                     "--nonblocking",
                     *(["--gil"] if self.ctx.args.profile_gil else []),
+                    *(["--idle"] if self.ctx.args.profile_idle else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -261,6 +262,19 @@ class WorkerProcess:
                 self.spy.wait()
 
 
+class WorkerGroup:
+    """``--workers`` worker processes on one database (items 1 and 2)."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.workers = workers
+
+    async def commits(self) -> int:
+        return sum([(await w.stats())["commits"] for w in self.workers])
+
+    def cpu(self) -> float:
+        return sum(cpu_s(w.pid) for w in self.workers)
+
+
 @dataclass
 class Context:
     args: argparse.Namespace
@@ -291,6 +305,15 @@ class Context:
             yield worker
         finally:
             await worker.stop()
+
+    @contextlib.asynccontextmanager
+    async def worker_group(self, db_url: str, label: str) -> AsyncIterator[WorkerGroup]:
+        async with contextlib.AsyncExitStack() as stack:
+            workers = [
+                await stack.enter_async_context(self.worker_process(db_url, f"{label}-w{k}"))
+                for k in range(self.args.workers)
+            ]
+            yield WorkerGroup(workers)
 
     @contextlib.asynccontextmanager
     async def in_process_worker(self, engine: Engine) -> AsyncIterator[Worker]:
@@ -357,18 +380,18 @@ def bench_sqlite_baseline(
 
 async def bench_trivial(ctx: Context, n: int) -> dict[str, Any]:
     url, path = ctx.fresh_db("trivial")
-    async with ctx.worker_process(url, "trivial") as wp, Engine(url) as engine:
+    async with ctx.worker_group(url, "trivial") as wp, Engine(url) as engine:
         reader = Reader(path)
-        w0, c0 = (await wp.stats())["commits"], engine.storage.commits  # type: ignore[attr-defined]
-        cpu0 = (cpu_s(wp.pid), cpu_s())
+        w0, c0 = await wp.commits(), engine.storage.commits  # type: ignore[attr-defined]
+        cpu0 = (wp.cpu(), cpu_s())
         started = time.time()
         await trigger_many(engine, "bench-trivial", [{"i": i} for i in range(n)])
         client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
         sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
         await wait_for(lambda: reader.value(sql) >= n, 120 + n / 50, "trivial runs")
         finished = reader.value("SELECT max(finished_at) FROM runs") / 1000
-        worker_commits = (await wp.stats())["commits"] - w0
-        cpu1 = (cpu_s(wp.pid), cpu_s())
+        worker_commits = await wp.commits() - w0
+        cpu1 = (wp.cpu(), cpu_s())
         check_all_completed(reader, n, "trivial")
         reader.close()
     return {
@@ -408,10 +431,10 @@ async def complete_parked(
 
 async def bench_token_wait(ctx: Context, n: int) -> dict[str, Any]:
     url, path = ctx.fresh_db(f"wait{n}")
-    async with ctx.worker_process(url, f"wait{n}") as wp, Engine(url) as engine:
+    async with ctx.worker_group(url, f"wait{n}") as wp, Engine(url) as engine:
         reader = Reader(path)
-        w0, c0 = (await wp.stats())["commits"], engine.storage.commits  # type: ignore[attr-defined]
-        cpu0 = (cpu_s(wp.pid), cpu_s())
+        w0, c0 = await wp.commits(), engine.storage.commits  # type: ignore[attr-defined]
+        cpu0 = (wp.cpu(), cpu_s())
         started = time.time()
         payloads = [{"i": i} for i in range(n)]
         await asyncio.gather(
@@ -421,9 +444,9 @@ async def bench_token_wait(ctx: Context, n: int) -> dict[str, Any]:
         sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
         await wait_for(lambda: reader.value(sql) >= n, 120 + n / 20, "token-wait runs")
         finished = reader.value("SELECT max(finished_at) FROM runs") / 1000
-        worker_commits = (await wp.stats())["commits"] - w0
+        worker_commits = await wp.commits() - w0
         client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
-        cpu1 = (cpu_s(wp.pid), cpu_s())
+        cpu1 = (wp.cpu(), cpu_s())
         check_all_completed(reader, n, "token-wait")
         reader.close()
     return {
@@ -961,6 +984,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
 
     dbos_problem = dbos_status()
     sub, inproc = "subprocess", "in-process"
+    subs = sub if ctx.args.workers == 1 else f"{ctx.args.workers} subprocesses"
     park_rate = 700.0  # runs parked per second, to set the timers' deadline (then measured)
 
     async def item0() -> None:
@@ -983,7 +1007,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
             "1",
             label=f"trivial runs, N={s.trivial:,}",
             metric="runs/s",
-            worker=sub,
+            worker=subs,
             unit="/s",
             target=">= 2,000/s",
             good=lambda v: v >= 2000,
@@ -1004,7 +1028,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
             f"2.{n}",
             label=f"token-wait runs, N={n:,}",
             metric="runs/s",
-            worker=sub,
+            worker=subs,
             unit="/s",
             target=">= 1,000/s",
             good=lambda v: v >= 1000,
@@ -1254,10 +1278,16 @@ def main() -> None:
     )
     parser.add_argument("--uvloop", action="store_true", help="run the worker on uvloop")
     parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes for items 1 and 2 (default 1)"
+    )
+    parser.add_argument(
         "--profile", help="attach py-spy to every worker process; collapsed stacks go here"
     )
     parser.add_argument(
         "--profile-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL"
+    )
+    parser.add_argument(
+        "--profile-idle", action="store_true", help="py-spy --idle: sample waiting threads too"
     )
     args = parser.parse_args()
     if args.backend == "postgres":

@@ -44,7 +44,6 @@ from .models import (
     Token,
 )
 from .registry import TaskDefinition, load_tasks
-from .services import api_server, run_services
 from .settings import DEFAULT_DATABASE_URL, Settings
 from .worker import Worker
 
@@ -203,6 +202,8 @@ def dev(
         module, found = _load(tasks, settings)
 
     async def work(engine: Engine) -> None:
+        from .services import api_server, run_services  # late: other commands start faster
+
         server, key, created = api_server(engine, host, port)
         banner(
             [
@@ -225,6 +226,8 @@ def serve(database: Database = None, host: Host = "127.0.0.1", port: Port = 8030
         configure_logging(settings.log_format)
 
     async def work(engine: Engine) -> None:
+        from .services import api_server, run_services  # late: other commands start faster
+
         server, key, created = api_server(engine, host, port)
         banner([f"waitpoint API on http://{host}:{port}", key_line(key, created, engine.settings)])
         await run_services(None, server)
@@ -247,6 +250,8 @@ def worker(
         _, found = _load(tasks, settings)
 
     async def work(engine: Engine) -> None:
+        from .services import run_services  # late: other commands start faster
+
         await run_services(Worker(engine, found, concurrency=concurrency), None)
 
     _run(database, work)

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .api.auth import KEY_FILE
 from .models import CompletionResult, Page, TimelineEntry, WireModel
+from .settings import SECRET_KEY_FILE as KEY_FILE
 from .settings import Settings
 
 

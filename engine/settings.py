@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///.waitpoint/engine.db"
+SECRET_KEY_FILE = Path(".waitpoint/secret_key")
+"""Where ``waitpoint dev``/``serve`` keep the key they generate when none is configured."""
 
 
 class Settings(BaseSettings):

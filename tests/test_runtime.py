@@ -18,6 +18,7 @@ from engine import (
     Retry,
     RunFailedError,
     TaskNotFoundError,
+    TokenNotWaitingError,
     ValidationError,
     WaitpointCancelledError,
     WaitpointTimeoutError,
@@ -621,3 +622,15 @@ async def test_cancel_works_on_queued_and_delayed_runs(engine: Engine) -> None:
         canceled = await engine.runs.cancel(run.id)
         assert canceled.status == "CANCELED" and canceled.finished_at is not None
     assert await engine.storage.claim_runs("w", 10, 30_000, ["rt-quick"]) == []
+
+
+async def test_a_completion_after_the_deadline_is_refused_even_before_the_timer_fires(
+    engine: Engine,
+) -> None:
+    token = await engine.tokens.create(timeout="1s")
+    await asyncio.sleep(1.1)  # no worker runs: nobody fired the timer
+    with pytest.raises(TokenNotWaitingError, match="timed out"):
+        await engine.tokens.complete(token.id, {"late": True})
+    closed = await engine.tokens.retrieve(token.id)
+    assert closed.status == "TIMED_OUT" and closed.data["code"] == "TRIGGER_WAITPOINT_TIMEOUT"
+    assert closed.late_completions is not None and len(closed.late_completions) == 1

@@ -15,19 +15,18 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
-from ..settings import Settings
+from ..settings import SECRET_KEY_FILE, Settings
 
 ISSUER = "https://id.trigger.dev"
 AUDIENCE = "https://api.trigger.dev"
 SUBJECT = "waitpoint"
 PUBLIC_TOKEN_SECONDS = 24 * 3600
-KEY_FILE = Path(".waitpoint/secret_key")
+KEY_FILE = SECRET_KEY_FILE
 
 
 class AuthError(Exception):

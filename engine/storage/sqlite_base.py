@@ -31,9 +31,10 @@ from .writer import GroupCommitWriter, translate
 T = TypeVar("T")
 Conn = sqlite3.Connection
 
-_POLL_SECONDS = 0.05
+_POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 # a run goes back to the queue when one of its 'any' waitpoints closed, or when none of the
-# waitpoints it is blocked on is still WAITING
+# waitpoints it is blocked on is still WAITING. The unary + keeps SQLite on the (run_id, ...)
+# key for the 'any' probe: through the waitpoint index it would cost closed x blocked runs.
 _REQUEUE_BLOCKED = """
     UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now
     WHERE status = 'WAITING'
@@ -41,7 +42,7 @@ _REQUEUE_BLOCKED = """
                  WHERE waitpoint_id IN (SELECT value FROM json_each(:ids)))
       AND (EXISTS (SELECT 1 FROM run_waits rw
                    WHERE rw.run_id = runs.id AND rw.mode = 'any'
-                     AND rw.waitpoint_id IN (SELECT value FROM json_each(:ids)))
+                     AND +rw.waitpoint_id IN (SELECT value FROM json_each(:ids)))
            OR NOT EXISTS (SELECT 1 FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id
                           WHERE rw.run_id = runs.id AND w.status = 'WAITING'))
 """
@@ -146,7 +147,7 @@ class SQLiteBase:
         )
         conn.execute(
             "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
-            " updated_at = ?, executing_ms = executing_ms + ? WHERE id = ?",
+            " updated_at = ?, executing_ms = executing_ms + ?, recovery_count = 0 WHERE id = ?",
             (now, elapsed_ms, journal.run_id),
         )
         self._event(conn, [journal.run_id], "waiting", {"on": sorted(modes)})

@@ -51,7 +51,7 @@ MIGRATIONS: list[str] = [
         started_at INTEGER,
         finished_at INTEGER
     );
-    CREATE INDEX runs_queue ON runs (available_at) WHERE status = 'QUEUED';
+    CREATE INDEX runs_queue ON runs (available_at, id) WHERE status = 'QUEUED';
     CREATE INDEX runs_delayed ON runs (available_at) WHERE status = 'DELAYED';
     CREATE INDEX runs_expiry ON runs (expires_at)
         WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL;

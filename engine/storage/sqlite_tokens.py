@@ -21,6 +21,17 @@ from .base import JournalWrite, NewToken, PageRequest, TokenFilter
 from .records import dump_json, load_json, token_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first, _first_or_none
 
+# a token's deadline is a timeout; a sleep's deadline is its completion
+_TIME_OUT = (
+    "UPDATE waitpoints SET completed_at = :now,"
+    " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
+    " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
+    " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_object("
+    "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
+    "   'message', 'Waitpoint timed out at '"
+    "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch')) END"
+)
+
 
 class SQLiteTokens(SQLiteBase):
     """Waitpoint tokens, the runs blocked on them, and replies kept for retried API requests."""
@@ -129,10 +140,19 @@ class SQLiteTokens(SQLiteBase):
         """
 
         def op(conn: Conn) -> CompletionResult | TokenNotWaitingError:
+            now = self.now_ms()
+            # past its deadline a token is timed out here and now, whether or not a worker's
+            # timer got to it yet: the outcome never depends on which processes are running
+            if conn.execute(
+                _TIME_OUT + " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
+                " AND timeout_at <= :now",
+                {"now": now, "id": token_id},
+            ).rowcount:
+                self._requeue_blocked(conn, [token_id])
             rows = conn.execute(
                 "UPDATE waitpoints SET status = ?, data = ?, completed_at = ?, completed_via = ?"
                 " WHERE id = ? AND kind = 'MANUAL' AND status = 'WAITING' RETURNING *",
-                (status.value, data, self.now_ms(), source.value, token_id),
+                (status.value, data, now, source.value, token_id),
             ).fetchall()
             row = _first_or_none(rows)
             if row is not None:
@@ -170,16 +190,8 @@ class SQLiteTokens(SQLiteBase):
 
         def op(conn: Conn) -> int:
             now = self.now_ms()
-            # a token's deadline is a timeout; a sleep's deadline is its completion
             rows = conn.execute(
-                "UPDATE waitpoints SET completed_at = :now,"
-                " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
-                " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
-                " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_object("
-                "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
-                "   'message', 'Waitpoint timed out at '"
-                "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch')) END"
-                " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
+                _TIME_OUT + " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
                 "              AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit)"
                 " RETURNING id",
                 {"now": now, "limit": limit},

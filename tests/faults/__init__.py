@@ -1,0 +1,1 @@
+"""Fault injection: real worker processes killed with SIGKILL, then the invariants checked."""

@@ -265,6 +265,9 @@ def trigger(
     task_id: str,
     payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    idempotency_key_ttl: Annotated[
+        str | None, typer.Option("--idempotency-key-ttl", help="How long the key holds (1h).")
+    ] = None,
     tag: Tags = None,
     delay: Annotated[
         str | None, typer.Option("--delay", help="Start no sooner than this (10m, 1h).")
@@ -300,6 +303,7 @@ def trigger(
             task_id,
             _json_option(payload, "--payload"),
             idempotency_key=idempotency_key,
+            idempotency_key_ttl=idempotency_key_ttl,
             tags=tag,
             delay=delay,
             ttl=ttl,

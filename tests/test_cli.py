@@ -136,6 +136,40 @@ def test_trigger_with_an_idempotency_key_returns_the_same_run(database: str) -> 
     assert first["id"] == second["id"]
 
 
+def test_trigger_options_reach_the_run(database: str) -> None:
+    register(database, "t")
+    run = ok_json(
+        database,
+        "trigger",
+        "t",
+        "--delay",
+        "1h",
+        "--ttl",
+        "2h",
+        "--metadata",
+        '{"customer": "acme"}',
+        "--max-attempts",
+        "2",
+        "--max-duration",
+        "10m",
+        "--concurrency-key",
+        "acme",
+        "--idempotency-key",
+        "k2",
+        "--idempotency-key-ttl",
+        "1d",
+    )
+    assert run["status"] == "DELAYED" and run["delayedUntil"] > run["createdAt"]
+    assert run["ttl"] == "2h" and run["metadata"] == {"customer": "acme"}
+    recent = ok_json(database, "runs", "list", "--since", "1h", "--status", "DELAYED")
+    assert [r["id"] for r in recent["data"]] == [run["id"]]
+
+
+def test_trigger_with_bad_metadata_is_one_clear_line(database: str) -> None:
+    register(database, "t")
+    assert_one_line_error(invoke(database, "trigger", "t", "--metadata", "[1, 2]"), "metadata")
+
+
 def test_trigger_wait_gives_up_after_its_timeout(database: str) -> None:
     register(database, "t")
     result = invoke(database, "trigger", "t", "--wait", "--timeout", "0.2")

@@ -146,46 +146,53 @@ class SQLiteWaits(SQLiteBase):
 
     def _run_waitpoint(self, conn: Conn, parent_id: str, key: str, child_id: str) -> sqlite3.Row:
         """The RUN waitpoint that closes (with the child's result) when the child finishes."""
-        rows = conn.execute(
-            "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
-            (parent_id, key),
-        ).fetchall()
-        row = _first_or_none(rows)
-        if row is not None:
-            return row
-        return _first(
-            conn.execute(
-                "INSERT INTO waitpoints (id, kind, status, created_at, created_by_run,"
-                " created_by_key, child_run_id) VALUES (?, 'RUN', 'WAITING', ?, ?, ?, ?)"
-                " RETURNING *",
-                (new_token_id(), self.now_ms(), parent_id, key, child_id),
-            ).fetchall()
+        return self._made_once(
+            conn,
+            parent_id,
+            key,
+            {"kind": "RUN", "status": "WAITING", "child_run_id": child_id},
         )
 
     def _datetime_waitpoint(self, conn: Conn, journal: JournalWrite, until_ms: int) -> sqlite3.Row:
         """The DATETIME waitpoint of this (run, journal key), made once with ``until_ms``."""
+        due = until_ms <= self.now_ms()
+        return self._made_once(
+            conn,
+            journal.run_id,
+            journal.key,
+            {
+                "kind": "DATETIME",
+                "status": "COMPLETED" if due else "WAITING",
+                "timeout_at": until_ms,
+                "completed_at": self.now_ms() if due else None,
+            },
+        )
+
+    def _made_once(
+        self, conn: Conn, run_id: str, key: str, columns: dict[str, object]
+    ) -> sqlite3.Row:
+        """The waitpoint a run's durable call made under ``key``, made now if it is new.
+
+        Found again on replay, so a call replayed after a crash waits on the same waitpoint.
+        """
         rows = conn.execute(
             "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
-            (journal.run_id, journal.key),
+            (run_id, key),
         ).fetchall()
         row = _first_or_none(rows)
         if row is not None:
             return row
-        now = self.now_ms()
-        due = until_ms <= now
+        values = {
+            "id": new_token_id(),
+            "created_at": self.now_ms(),
+            "created_by_run": run_id,
+            "created_by_key": key,
+            **columns,
+        }
+        names = ", ".join(values)
+        marks = ", ".join(f":{name}" for name in values)
         return _first(
             conn.execute(
-                "INSERT INTO waitpoints (id, kind, status, timeout_at, completed_at,"
-                " created_at, created_by_run, created_by_key)"
-                " VALUES (?, 'DATETIME', ?, ?, ?, ?, ?, ?) RETURNING *",
-                (
-                    new_token_id(),
-                    "COMPLETED" if due else "WAITING",
-                    until_ms,
-                    now if due else None,
-                    now,
-                    journal.run_id,
-                    journal.key,
-                ),
+                f"INSERT INTO waitpoints ({names}) VALUES ({marks}) RETURNING *", values
             ).fetchall()
         )

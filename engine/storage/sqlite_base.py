@@ -127,13 +127,13 @@ class SQLiteBase:
         self, conn: Conn, row: sqlite3.Row, journal: JournalWrite, elapsed_ms: int
     ) -> Token | None:
         """Journal the closed waitpoint in ``row`` and return it, or block the run on it."""
+        if row["status"] == "WAITING":  # the common case: no Token (and no URL signing) needed
+            self._block(conn, journal, {row["id"]: "all"}, elapsed_ms)
+            return None
         waitpoint = token_from_row(row, self.signer)
-        if not waitpoint.is_waiting:
-            self._journal(conn, journal, waitpoint.model_dump(mode="json", by_alias=True))
-            self._unblock(conn, journal.run_id, [waitpoint.id])
-            return waitpoint
-        self._block(conn, journal, {waitpoint.id: "all"}, elapsed_ms)
-        return None
+        self._journal(conn, journal, waitpoint.model_dump(mode="json", by_alias=True))
+        self._unblock(conn, journal.run_id, [waitpoint.id])
+        return waitpoint
 
     def _block(
         self, conn: Conn, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int

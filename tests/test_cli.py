@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ runner = CliRunner()
 @pytest.fixture
 def database(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/engine.db"
+
+
+def when(text: str) -> datetime:
+    """An ISO 8601 time from the wire (compare times, never their strings: fractions vary)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def invoke(database: str, *args: str) -> Result:
@@ -159,7 +165,7 @@ def test_trigger_options_reach_the_run(database: str) -> None:
         "--idempotency-key-ttl",
         "1d",
     )
-    assert run["status"] == "DELAYED" and run["delayedUntil"] > run["createdAt"]
+    assert run["status"] == "DELAYED" and when(run["delayedUntil"]) > when(run["createdAt"])
     assert run["ttl"] == "2h" and run["metadata"] == {"customer": "acme"}
     recent = ok_json(database, "runs", "list", "--since", "1h", "--status", "DELAYED")
     assert [r["id"] for r in recent["data"]] == [run["id"]]

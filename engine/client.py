@@ -113,15 +113,9 @@ class Engine:
     @classmethod
     def over(cls, storage: Storage) -> Engine:
         """An Engine on an already open storage, which it does not close."""
-        engine = cls.__new__(cls)
-        engine.settings = Settings()
-        engine._clock = None
+        engine = cls(settings=Settings(api_url=None))  # local mode, whatever the environment
         engine._storage = storage
         engine._owns_storage = False
-        engine._entered = []
-        engine._remote = None
-        engine.runs = Runs(engine)
-        engine.tokens = Tokens(engine)
         return engine
 
     async def open(self) -> Self:

@@ -337,24 +337,14 @@ class SQLiteRuns(SQLiteBase):
     ) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()
-            self._fence(conn, run_id, epoch)
+            self._fence(conn, run_id, epoch)  # this epoch still holds the run, in this transaction
             self._event(conn, [run_id], "retrying", {"error": error.message, "delayMs": delay_ms})
-            cursor = conn.execute(
+            conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
                 " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"
-                " lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
-                (
-                    now + delay_ms,
-                    now,
-                    error.model_dump_json(by_alias=True),
-                    elapsed_ms,
-                    run_id,
-                    epoch,
-                ),
+                " lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                (now + delay_ms, now, error.model_dump_json(by_alias=True), elapsed_ms, run_id),
             )
-            if cursor.rowcount == 0:
-                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
 
         await self._write(op)
 

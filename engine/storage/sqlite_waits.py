@@ -155,7 +155,8 @@ class SQLiteWaits(SQLiteBase):
 
     def _datetime_waitpoint(self, conn: Conn, journal: JournalWrite, until_ms: int) -> sqlite3.Row:
         """The DATETIME waitpoint of this (run, journal key), made once with ``until_ms``."""
-        due = until_ms <= self.now_ms()
+        now = self.now_ms()
+        due = until_ms <= now
         return self._made_once(
             conn,
             journal.run_id,
@@ -164,7 +165,7 @@ class SQLiteWaits(SQLiteBase):
                 "kind": "DATETIME",
                 "status": "COMPLETED" if due else "WAITING",
                 "timeout_at": until_ms,
-                "completed_at": self.now_ms() if due else None,
+                "completed_at": now if due else None,
             },
         )
 

@@ -1,20 +1,40 @@
-"""Shared fixtures: a real SQLite file per test, an open Engine, and workers run in-process."""
+"""Shared fixtures: a real database per test, an open Engine, and workers run in-process.
+
+``db_url`` runs each test that uses it twice: on a SQLite file of its own and on a PostgreSQL
+schema of its own (see ``tests/postgres.py``). ``sqlite_url`` is for tests about SQLite itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import pytest
 
 from engine import Engine, TaskDefinition, Worker
 
+from .postgres import fresh_schema_url
+
 StartWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture
-def db_url(tmp_path: object) -> str:
+def sqlite_url(tmp_path: object) -> str:
     return f"sqlite:///{tmp_path}/engine.db"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A schema of its own on the test server, dropped afterwards (skips where there is none)."""
+    with fresh_schema_url() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
 
 
 @pytest.fixture

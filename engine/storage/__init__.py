@@ -27,10 +27,15 @@ def open_storage(
             clock=clock,
         )
     if url.startswith(("postgres://", "postgresql://")):
-        raise ConfigurationError(
-            "the PostgreSQL backend is not available yet; use a sqlite:/// URL"
+        from .postgres import PostgresStorage  # needs the optional asyncpg driver
+
+        return PostgresStorage(
+            url, public_url=public_url, signing_secret=signing_secret, clock=clock
         )
-    raise ConfigurationError(f"unsupported database URL {url!r}: use sqlite:///path/to/file.db")
+    raise ConfigurationError(
+        f"unsupported database URL {url!r}: use sqlite:///path/to/file.db"
+        " or postgresql://user@host:5432/database"
+    )
 
 
 __all__ = [

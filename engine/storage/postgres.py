@@ -1,0 +1,218 @@
+"""PostgreSQL storage, for workers and API processes on several machines sharing one database.
+
+``postgresql://user@host:5432/db?schema=name`` selects it (the tables live in their own schema,
+``waitpoint`` by default; other query parameters go to the server as settings). Migrations are
+applied on open under an advisory lock, so processes starting at once are safe. The operations
+live in ``postgres_runs``, ``postgres_tokens`` and ``postgres_waits``; this module opens,
+migrates, listens and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import structlog
+
+from ..callbacks import CallbackSigner
+from ..clock import Clock
+from ..errors import ConfigurationError, StorageError
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - the message is the point
+    raise ConfigurationError(
+        "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
+    ) from exc
+
+from .postgres_base import NOW_MS
+from .postgres_runs import PostgresRuns
+from .postgres_schema import MIGRATIONS
+from .postgres_tokens import PostgresTokens
+from .postgres_waits import PostgresWaits
+
+log = structlog.get_logger("engine.storage")
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
+_LISTENER_PROBE_SECONDS = 5.0  # how often the listener checks its connection and the clock
+_POOL_SIZE = 10
+
+
+def postgres_dsn(url: str) -> tuple[str, str]:
+    """Split our URL into the driver's DSN and the schema (``?schema=``, default waitpoint)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ConfigurationError(f"not a PostgreSQL URL: {url!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    schema = schemas[-1] if schemas else "waitpoint"
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigurationError(
+            f"schema {schema!r} in the database URL must be letters, digits and _ (at most 41)"
+        )
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
+    """The backend for many workers on many machines."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        public_url: str,
+        signing_secret: str | None = None,
+        clock: Clock | None = None,
+        pool_size: int = _POOL_SIZE,
+    ) -> None:
+        self._dsn, self.schema = postgres_dsn(url)
+        self._public_url = public_url
+        self._secret = signing_secret
+        self._pool_size = pool_size
+        self.clock = clock
+        self._pool = None
+        self._channel = f"waitpoint_{self.schema}"
+        self._change = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._offset_ms = 0
+        self.commits = 0
+        self.signer = CallbackSigner(public_url, signing_secret or "")
+
+    async def open(self) -> None:
+        settings = {"search_path": self.schema, "application_name": "waitpoint"}
+        try:
+            await self._migrate()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size, server_settings=settings
+            )
+            await self._measure_clock()
+            if self._secret is None:
+                secret = await self._pool.fetchval(
+                    "SELECT value FROM meta WHERE key = 'signing_secret'"
+                )
+                self.signer = CallbackSigner(self._public_url, secret)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            await self.close()
+            raise StorageError(f"cannot open PostgreSQL database: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def migrate(self) -> int:
+        """Apply pending migrations (``open`` does this too); returns the schema version."""
+        return await self._migrate()
+
+    async def _migrate(self) -> int:
+        """Create the schema and apply pending migrations, one process at a time."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('waitpoint-migrate:' || $1))",
+                    self.schema,
+                )
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(f'SET LOCAL search_path = "{self.schema}"')
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS migrations"
+                    " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                version = int(
+                    await conn.fetchval("SELECT coalesce(max(version), 0) FROM migrations")
+                )
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    await conn.execute(script)
+                    if number == 1:
+                        await conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('signing_secret', $1)",
+                            secrets.token_hex(32),
+                        )
+                    await conn.execute("INSERT INTO migrations (version) VALUES ($1)", number)
+                    log.info("storage.migrated", schema=self.schema, version=number)
+                return max(version, len(MIGRATIONS))
+        finally:
+            await conn.close()
+
+    async def _measure_clock(self, conn: asyncpg.Connection | None = None) -> None:
+        """``now_ms`` follows the database's clock: keep the offset from this machine's."""
+        before = time.time() * 1000
+        if conn is not None:
+            db_now = await conn.fetchval(f"SELECT {NOW_MS}")
+        else:
+            db_now = await self._require_pool().fetchval(f"SELECT {NOW_MS}")
+        after = time.time() * 1000
+        self._offset_ms = int(db_now - (before + after) / 2)
+
+    async def fire_due_timers(self, limit: int) -> int:
+        return await self._start_delayed_runs() + await self._time_out_tokens(limit)
+
+    async def next_timer_ms(self) -> int | None:
+        value = await self._require_pool().fetchval(
+            "SELECT least("
+            " (SELECT min(timeout_at) FROM waitpoints"
+            "   WHERE status = 'WAITING' AND timeout_at IS NOT NULL),"
+            " (SELECT min(available_at) FROM runs WHERE status = 'DELAYED'),"
+            " (SELECT min(expires_at) FROM runs"
+            "   WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL))"
+        )
+        return None if value is None else int(value)
+
+    def change_event(self) -> asyncio.Event:
+        """An event set at the next commit that may have made work (here or in another process).
+
+        Take it *before* looking for work, then wait on it. Other processes' commits arrive
+        through LISTEN (started here, on first use); callers poll as well, so a listener that
+        is down costs latency, never a run.
+        """
+        if self._listener is None and self._pool is not None:
+            self._listener = asyncio.create_task(self._listen(), name="waitpoint-pg-listen")
+        return self._change
+
+    async def wait_for_change(self, timeout: float) -> None:
+        event = self.change_event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own; reconnect with back-off whenever it is lost."""
+        delay = 0.05
+        while True:
+            try:
+                await self._listen_until_lost()
+                delay = 0.05
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                log.warning("storage.listener_failed", channel=self._channel, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _listen_until_lost(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(self._channel, lambda *_: self._notify())
+            self._notify()  # whatever was committed while nobody here was listening
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), _LISTENER_PROBE_SECONDS)
+                if not lost.is_set():  # a silent network drop shows up here
+                    await self._measure_clock(conn)
+            log.warning("storage.listener_lost", channel=self._channel)
+        finally:
+            if not conn.is_closed():
+                conn.terminate()
+
+
+__all__ = ["PostgresStorage", "postgres_dsn"]

@@ -1,0 +1,149 @@
+"""PostgreSQL schema migrations, applied in order; ``migrations`` records how far we got.
+
+The tables mirror the SQLite schema column for column (``records.py`` reads rows of both):
+times are integer milliseconds since the epoch (UTC), JSON values are text, except ``tags``,
+which is ``jsonb`` so that a tag filter can use ``?|``. Ids sort bytewise (``COLLATE "C"``),
+so pages in id order are pages in creation order whatever the database's locale.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the durable core
+    """
+    CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+
+    -- orders journal entries and events of one millisecond (the timeline merges the two)
+    CREATE SEQUENCE timeline_seq;
+
+    CREATE TABLE tasks (
+        id text COLLATE "C" PRIMARY KEY,
+        payload_schema text,
+        queue text,
+        concurrency_limit integer,
+        updated_at bigint NOT NULL
+    );
+
+    CREATE TABLE runs (
+        id text COLLATE "C" PRIMARY KEY,
+        task_id text NOT NULL,
+        status text NOT NULL,
+        payload text NOT NULL,
+        output text,
+        error text,
+        tags jsonb NOT NULL DEFAULT '[]',
+        idempotency_key text,
+        idempotency_key_expires_at bigint,
+        attempt_count integer NOT NULL DEFAULT 0,
+        max_attempts integer,
+        recovery_count integer NOT NULL DEFAULT 0,
+        executing_ms bigint NOT NULL DEFAULT 0,
+        max_duration_ms bigint,
+        delayed_until bigint,
+        ttl text,
+        expires_at bigint,
+        metadata text,
+        queue text,
+        concurrency_key text,
+        parent_run_id text COLLATE "C",
+        parent_key text,
+        depth integer NOT NULL DEFAULT 0,
+        available_at bigint NOT NULL,
+        lease_owner text,
+        lease_epoch integer NOT NULL DEFAULT 0,
+        lease_expires_at bigint,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL,
+        started_at bigint,
+        finished_at bigint
+    );
+    CREATE INDEX runs_queue ON runs (available_at, id) WHERE status = 'QUEUED';
+    CREATE INDEX runs_delayed ON runs (available_at) WHERE status = 'DELAYED';
+    CREATE INDEX runs_expiry ON runs (expires_at)
+        WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL;
+    CREATE INDEX runs_leases ON runs (lease_expires_at) WHERE status = 'EXECUTING';
+    CREATE INDEX runs_executing_queue ON runs (queue, concurrency_key) WHERE status = 'EXECUTING';
+    CREATE INDEX runs_status ON runs (status, id);
+    CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE UNIQUE INDEX runs_child ON runs (parent_run_id, parent_key)
+        WHERE parent_key IS NOT NULL;
+    CREATE UNIQUE INDEX runs_idempotency ON runs (task_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+
+    CREATE TABLE waitpoints (
+        id text COLLATE "C" PRIMARY KEY,
+        kind text NOT NULL DEFAULT 'MANUAL',
+        status text NOT NULL,
+        tags jsonb NOT NULL DEFAULT '[]',
+        idempotency_key text,
+        idempotency_key_expires_at bigint,
+        ttl text,
+        timeout_at bigint,
+        completed_at bigint,
+        completed_via text,
+        created_at bigint NOT NULL,
+        data text,
+        data_schema text,
+        created_by_run text COLLATE "C",
+        created_by_key text,
+        child_run_id text COLLATE "C"
+    );
+    CREATE UNIQUE INDEX waitpoints_made_by ON waitpoints (created_by_run, created_by_key)
+        WHERE created_by_key IS NOT NULL;
+    CREATE INDEX waitpoints_child ON waitpoints (child_run_id) WHERE child_run_id IS NOT NULL;
+    CREATE INDEX waitpoints_timers ON waitpoints (timeout_at)
+        WHERE status = 'WAITING' AND timeout_at IS NOT NULL;
+    CREATE INDEX waitpoints_status ON waitpoints (kind, status, id);
+    CREATE UNIQUE INDEX waitpoints_idempotency ON waitpoints (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+
+    CREATE TABLE run_waits (
+        run_id text COLLATE "C" NOT NULL,
+        waitpoint_id text COLLATE "C" NOT NULL,
+        journal_key text NOT NULL,
+        mode text NOT NULL DEFAULT 'all',
+        created_at bigint NOT NULL,
+        PRIMARY KEY (run_id, waitpoint_id)
+    );
+    CREATE INDEX run_waits_waitpoint ON run_waits (waitpoint_id);
+
+    CREATE TABLE journal (
+        run_id text COLLATE "C" NOT NULL,
+        key text NOT NULL,
+        attempt integer NOT NULL,
+        position integer NOT NULL,
+        is_error boolean NOT NULL DEFAULT false,
+        value text,
+        duration_ms bigint,
+        seq bigint NOT NULL DEFAULT nextval('timeline_seq'),
+        created_at bigint NOT NULL,
+        PRIMARY KEY (run_id, key, attempt)
+    );
+    CREATE UNIQUE INDEX journal_once ON journal (run_id, key) WHERE NOT is_error;
+
+    CREATE TABLE run_events (
+        run_id text COLLATE "C" NOT NULL,
+        at bigint NOT NULL,
+        seq bigint NOT NULL DEFAULT nextval('timeline_seq'),
+        kind text NOT NULL,
+        attempt integer NOT NULL,
+        detail text
+    );
+    CREATE INDEX run_events_run ON run_events (run_id, at, seq);
+
+    CREATE TABLE late_completions (
+        token_id text COLLATE "C" NOT NULL,
+        via text NOT NULL,
+        attempted_at bigint NOT NULL
+    );
+    CREATE INDEX late_completions_token ON late_completions (token_id);
+
+    CREATE TABLE request_replies (
+        key text PRIMARY KEY,
+        route text NOT NULL,
+        reply text NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX request_replies_age ON request_replies (created_at);
+    """,
+]

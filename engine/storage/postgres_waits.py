@@ -1,0 +1,191 @@
+"""PostgreSQL operations that park a run: a token, a group of tokens, a sleep, child runs.
+
+The same transactions as ``sqlite_waits``, plus row locks: the run's row (the fence) and the
+rows of the waitpoints it looks at (``FOR SHARE``), so that a completion committing at the
+same moment either is seen here or sees the run blocked (``postgres_base``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import StorageError, TokenNotFoundError
+from ..ids import new_token_id
+from ..models import Run, Token
+from .base import JournalWrite, NewRun
+from .postgres_base import Conn, PostgresBase, Row
+from .records import run_from_row, token_from_row
+
+
+class PostgresWaits(PostgresBase):
+    """Blocking a run on waitpoints."""
+
+    async def wait_on_token(
+        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> Token | None:
+        async def op(conn: Conn, now: int) -> Token | None:
+            await self._fence(conn, journal.run_id, journal.epoch)
+            rows = await self._lock_waitpoints(conn, [token_id], "MANUAL")
+            if not rows:
+                raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+            return await self._wait(conn, rows[0], journal, elapsed_ms, now)
+
+        return await self._write(op, notify=False)
+
+    async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:
+        """Park the run until ``until_ms`` by the database clock; True if that time has come."""
+
+        async def op(conn: Conn, now: int) -> bool:
+            await self._fence(conn, journal.run_id, journal.epoch)
+            row = await self._datetime_waitpoint(conn, journal, until_ms, now)
+            return await self._wait(conn, row, journal, elapsed_ms, now) is not None
+
+        return await self._write(op, notify=False)
+
+    async def start_child(self, new: NewRun, journal: JournalWrite) -> Run:
+        async def op(conn: Conn, now: int) -> Run:
+            depth = await self._fence(conn, journal.run_id, journal.epoch)
+            row = await self._child(conn, new, journal.run_id, journal.key, depth, now)
+            run = run_from_row(row)
+            await self._journal(conn, journal, run.model_dump(mode="json", by_alias=True), now)
+            return run
+
+        return await self._write(op)
+
+    async def wait_for_children(
+        self, news: list[NewRun], journal: JournalWrite, elapsed_ms: int = 0
+    ) -> list[Token] | None:
+        async def op(conn: Conn, now: int) -> list[Token] | None:
+            depth = await self._fence(conn, journal.run_id, journal.epoch)
+            waitpoints = []
+            for index, new in enumerate(news):
+                key = f"{journal.key}/{index}"
+                child = await self._child(conn, new, journal.run_id, key, depth, now)
+                waitpoints.append(
+                    await self._run_waitpoint(conn, journal.run_id, key, child["id"], now)
+                )
+            tokens = [token_from_row(row, self.signer) for row in waitpoints]
+            waiting = [t.id for t in tokens if t.is_waiting]
+            if waiting:
+                await self._block(conn, journal, dict.fromkeys(waiting, "all"), elapsed_ms, now)
+                return None
+            values = [t.model_dump(mode="json", by_alias=True) for t in tokens]
+            await self._journal(conn, journal, values, now)
+            await self._unblock(conn, journal.run_id, [t.id for t in tokens])
+            return tokens
+
+        return await self._write(op)  # new children are queued: notify
+
+    async def wait_on_group(
+        self,
+        token_ids: list[str],
+        mode: str,
+        timeout_ms: int | None,
+        journal: JournalWrite,
+        elapsed_ms: int = 0,
+    ) -> dict[str, Any] | None:
+        async def op(conn: Conn, now: int) -> dict[str, Any] | None:
+            await self._fence(conn, journal.run_id, journal.epoch)
+            rows = await self._lock_waitpoints(conn, token_ids, "MANUAL")
+            found = {row["id"]: token_from_row(row, self.signer) for row in rows}
+            missing = [tid for tid in token_ids if tid not in found]
+            if missing:
+                raise TokenNotFoundError(f"no waitpoint token with id {missing[0]!r}")
+            tokens = [found[tid] for tid in token_ids]
+            timer = None
+            if timeout_ms is not None:
+                timer = token_from_row(
+                    await self._datetime_waitpoint(conn, journal, timeout_ms, now), self.signer
+                )
+            timed_out = timer is not None and not timer.is_waiting
+            closed = [t for t in tokens if not t.is_waiting]
+            done = timed_out or (len(closed) == len(tokens) if mode == "all" else bool(closed))
+            ids = [t.id for t in tokens] + ([timer.id] if timer else [])
+            if not done:
+                modes = {t.id: mode for t in tokens if t.is_waiting}
+                if timer is not None:
+                    modes[timer.id] = "any"
+                await self._block(conn, journal, modes, elapsed_ms, now)
+                return None
+            snapshot = {
+                "tokens": [t.model_dump(mode="json", by_alias=True) for t in tokens],
+                "timedOut": timed_out,
+            }
+            await self._journal(conn, journal, snapshot, now)
+            await self._unblock(conn, journal.run_id, ids)
+            return snapshot
+
+        return await self._write(op, notify=False)
+
+    async def _child(
+        self, conn: Conn, new: NewRun, parent_id: str, key: str, parent_depth: int, now: int
+    ) -> Row:
+        """The child this parent made under ``key``: found again on replay, never made twice."""
+        row = await conn.fetchrow(
+            "SELECT * FROM runs WHERE parent_run_id = $1 AND parent_key = $2", parent_id, key
+        )
+        if row is not None:
+            return row
+        child = NewRun(**{**new.__dict__, "parent_run_id": parent_id})
+        return await self._insert_run(conn, child, now, parent_key=key, depth=parent_depth + 1)
+
+    async def _run_waitpoint(
+        self, conn: Conn, parent_id: str, key: str, child_id: str, now: int
+    ) -> Row:
+        """The RUN waitpoint that closes (with the child's result) when the child finishes."""
+        return await self._made_once(
+            conn,
+            parent_id,
+            key,
+            now,
+            {"kind": "RUN", "status": "WAITING", "child_run_id": child_id},
+        )
+
+    async def _datetime_waitpoint(
+        self, conn: Conn, journal: JournalWrite, until_ms: int, now: int
+    ) -> Row:
+        """The DATETIME waitpoint of this (run, journal key), made once with ``until_ms``."""
+        due = until_ms <= now
+        return await self._made_once(
+            conn,
+            journal.run_id,
+            journal.key,
+            now,
+            {
+                "kind": "DATETIME",
+                "status": "COMPLETED" if due else "WAITING",
+                "timeout_at": until_ms,
+                "completed_at": now if due else None,
+            },
+        )
+
+    async def _made_once(
+        self, conn: Conn, run_id: str, key: str, now: int, columns: dict[str, object]
+    ) -> Row:
+        """The waitpoint a run's durable call made under ``key``, made now if it is new.
+
+        Found again (share-locked, like every waitpoint a run blocks on) on replay, so a call
+        replayed after a crash waits on the same waitpoint.
+        """
+        row = await conn.fetchrow(
+            "SELECT * FROM waitpoints WHERE created_by_run = $1 AND created_by_key = $2 FOR SHARE",
+            run_id,
+            key,
+        )
+        if row is not None:
+            return row
+        values = {
+            "id": new_token_id(),
+            "created_at": now,
+            "created_by_run": run_id,
+            "created_by_key": key,
+            **columns,
+        }
+        names = ", ".join(values)
+        marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+        row = await conn.fetchrow(
+            f"INSERT INTO waitpoints ({names}) VALUES ({marks}) RETURNING *", *values.values()
+        )
+        if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
+            raise StorageError("the database returned no row for a new waitpoint")
+        return row

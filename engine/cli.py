@@ -211,11 +211,20 @@ def dev(
                 f"tasks from {module!r}: {', '.join(sorted(found))}",
                 f"API: http://{host}:{port}  (docs at http://{host}:{port}/docs)",
                 key_line(key, created, engine.settings),
+                f"dashboard: {_login_link(host, port, key)}  (one-click sign-in, valid 24h)",
             ]
         )
         await run_services(Worker(engine, found), server)
 
     _run(database, work, settings)
+
+
+def _login_link(host: str, port: int, key: str) -> str:
+    """A sign-in link for this terminal's user: a signed ticket, never the key itself."""
+    from .ui import login_link  # late: other commands start faster
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return login_link(f"http://{local}:{port}", key)
 
 
 @app.command()
@@ -449,6 +458,21 @@ def tokens_complete(
         return await engine.tokens.complete(token_id, value, source=CompletionSource.CLI)
 
     show_completion(_run(api_url or database, action), as_json)
+
+
+@tokens_app.command("link")
+def tokens_link(
+    token_id: str,
+    expires_in: Annotated[
+        str, typer.Option("--expires-in", help="How long the link works (at most 30d).")
+    ] = "24h",
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Print a one-link approval page URL: whoever opens it can complete this token only."""
+    url = _run(api_url or database, lambda e: e.tokens.approval_link(token_id, expires_in))
+    print(json.dumps({"url": url}) if as_json else url)
 
 
 @tokens_app.command("cancel")

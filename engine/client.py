@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextvars
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import structlog
 from pydantic import BaseModel
@@ -58,6 +58,10 @@ from .validation import (
 )
 
 log = structlog.get_logger("engine.client")
+
+T = TypeVar("T")
+FOLLOW_RECHECK_SECONDS = 5.0
+FOLLOW_MIN_GAP_SECONDS = 0.05
 
 _current: contextvars.ContextVar[Engine] = contextvars.ContextVar("waitpoint_engine")
 
@@ -252,6 +256,46 @@ class Engine:
                 pass
 
 
+async def follow(
+    storage: Storage,
+    read: Callable[[], Awaitable[T]],
+    *,
+    key: Callable[[T], object],
+    done: Callable[[T], bool] = lambda _: False,
+    idle: float | None = None,
+) -> AsyncIterator[T | None]:
+    """Yield ``read()`` now and again each time a commit changed it, until ``done`` says so.
+
+    Waits on the storage's change event (taken before each read, so no commit is missed)
+    and re-reads at least every few seconds; a burst of commits is read once. With ``idle``
+    it yields None after that many seconds without a change (server-sent events use it to
+    send keep-alives).
+    """
+    loop = asyncio.get_running_loop()
+    last: object = object()
+    quiet_since = loop.time()
+    while True:
+        changed = storage.change_event()
+        value = await read()
+        marker = key(value)
+        if marker != last:
+            last, quiet_since = marker, loop.time()
+            yield value
+            if done(value):
+                return
+        elif idle is not None and loop.time() - quiet_since >= idle:
+            quiet_since = loop.time()
+            yield None
+        wait = FOLLOW_RECHECK_SECONDS
+        if idle is not None:
+            wait = max(0.0, min(wait, idle - (loop.time() - quiet_since)))
+        try:
+            await asyncio.wait_for(changed.wait(), wait)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(FOLLOW_MIN_GAP_SECONDS)
+
+
 class Runs:
     """``engine.runs``: look runs up, list them, cancel them."""
 
@@ -293,6 +337,25 @@ class Runs:
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""
         return await self._engine.storage.cancel_run(run_id)
+
+    async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
+        """The run now and after every change, ending with its final state.
+
+            async for run in engine.runs.subscribe(run.id):
+                print(run.status, run.metadata)
+
+        An unknown id raises ``RunNotFoundError`` before anything is yielded.
+        """
+        storage = self._engine.storage
+        changes = follow(
+            storage,
+            lambda: storage.get_run(run_id),
+            key=lambda run: run.model_dump_json(),
+            done=lambda run: run.is_finished,
+        )
+        async for run in changes:
+            if run is not None:
+                yield run
 
 
 class Tokens:
@@ -374,3 +437,18 @@ class Tokens:
         result = await self._engine.storage.cancel_token(token_id, source)
         log.info("token.cancelled", token_id=token_id, applied=result.applied, via=source.value)
         return result
+
+    async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
+        """``{WAITPOINT_PUBLIC_URL}/ui/approve/{id}?t=...``: a page that completes this token.
+
+        Whoever opens the link can complete this one token (and nothing else) until it
+        expires (at most 30 days); treat it like a password. Signed with the API's secret key
+        (``WAITPOINT_SECRET_KEY``, or the one ``waitpoint dev`` keeps in .waitpoint/).
+        """
+        from .api.auth import Auth
+        from .ui.links import approval_url, local_secret_key
+
+        await self.retrieve(token_id)
+        settings = self._engine.settings
+        auth = Auth(local_secret_key(settings))
+        return approval_url(settings.public_url, auth, token_id, expires_in)

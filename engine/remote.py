@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,10 @@ from .models import (
     Token,
     WaitpointStatus,
 )
+
+STREAM_READ_SECONDS = 60.0
+"""Longer than the server's keep-alive interval (15 s): a silent stream is a dead one."""
+STREAM_RECONNECTS = 5
 
 
 def is_api_url(url: str | None) -> bool:
@@ -118,6 +122,31 @@ class RemoteAPI:
     async def retrieve_run(self, run_id: str) -> Run:
         return Run.model_validate(await self.call("GET", f"/api/v3/runs/{run_id}"))
 
+    async def events(self, path: str) -> AsyncIterator[tuple[str, str]]:
+        """``(event, data)`` pairs of a server-sent event stream, until the server closes it."""
+        timeout = httpx.Timeout(30.0, read=STREAM_READ_SECONDS)
+        try:
+            async with self._client.stream("GET", path, timeout=timeout) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise _error_of(response, path)
+                event, data = "message", list[str]()
+                async for line in response.aiter_lines():
+                    if not line:
+                        if data:
+                            yield event, "\n".join(data)
+                        event, data = "message", []
+                    elif not line.startswith(":"):
+                        name, _, value = line.partition(":")
+                        value = value.removeprefix(" ")
+                        if name == "event":
+                            event = value
+                        elif name == "data":
+                            data.append(value)
+        except httpx.HTTPError as exc:
+            message = f"lost the stream from the Waitpoint API at {self.base_url}: {exc}"
+            raise StorageError(message) from exc
+
     async def wait_for_run(self, run_id: str, timeout: float | None) -> Run:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -174,6 +203,27 @@ class RemoteRuns(Runs):
     async def cancel(self, run_id: str) -> Run:
         await self._api.call("POST", f"/api/v2/runs/{run_id}/cancel")
         return await self.retrieve(run_id)
+
+    async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
+        """Follow ``GET /api/v1/runs/{id}/stream``; reconnects when the connection drops."""
+        last: str | None = None
+        failures = 0
+        while True:
+            try:
+                async for event, data in self._api.events(f"/api/v1/runs/{run_id}/stream"):
+                    failures = 0
+                    if event != "run" or data == last:
+                        continue
+                    last = data
+                    run = Run.model_validate_json(data)
+                    yield run
+                    if run.is_finished:
+                        return
+            except StorageError:
+                failures += 1
+                if failures > STREAM_RECONNECTS:
+                    raise
+            await asyncio.sleep(min(0.25 * 2**failures, 5.0))
 
 
 class RemoteTokens(Tokens):
@@ -240,6 +290,14 @@ class RemoteTokens(Tokens):
             "POST", f"/api/v1/waitpoints/tokens/{token_id}/complete", json={"data": payload}
         )
         return CompletionResult(bool(reply.get("applied", True)), await self.retrieve(token_id))
+
+    async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
+        """Asks the server, which signs the link and knows its own public URL."""
+        body = {"expiresIn": _duration(expires_in)}
+        reply = await self._api.call(
+            "POST", f"/api/v1/waitpoints/tokens/{token_id}/approval-link", json=body
+        )
+        return str(reply["url"])
 
     async def cancel(
         self, token_id: str, *, source: CompletionSource = CompletionSource.API

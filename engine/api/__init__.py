@@ -18,6 +18,7 @@ from .auth import Auth
 from .body import BodyLimitMiddleware
 from .problems import install_problem_handlers
 from .runs import router as runs_router
+from .streams import router as streams_router
 from .tokens import router as tokens_router
 
 __all__ = ["create_app"]
@@ -38,8 +39,12 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.state.auth = Auth(secret_key)
     app.state.settings = settings
     install_problem_handlers(app)
+    app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
     app.include_router(tokens_router)
     app.include_router(runs_router)
+    from ..ui import mount_ui  # late: engine.ui imports from this package
+
+    mount_ui(app, secret_key=secret_key)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API answers")
     async def healthz() -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""The browser UI under ``/ui``: approval inbox, run dashboard and one-link approvals.
+
+    mount_ui(app, secret_key=key)     # create_app does this; nothing to configure
+
+Server-rendered pages (Jinja2 templates and a little vanilla JS and CSS shipped in this
+package; no build step, nothing loaded from elsewhere). The dashboard needs a session made
+by signing in with the secret key once (``sessions``); an approval link needs only itself
+(``links``). The secret key never reaches the browser: the session cookie holds a
+server-signed session and the links hold public access tokens scoped to one token.
+
+    signin       /ui/login, /ui/logout
+    token_pages  /ui/tokens (the inbox), /ui/tokens/{id} (complete, cancel, share)
+    run_pages    /ui/runs, /ui/runs/{id} (timeline, cancel)
+    approve      /ui/approve/{id}?t=... (standalone, no session)
+    links        POST /api/v1/waitpoints/tokens/{id}/approval-link (for remote engines)
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ..api.auth import Auth
+from ..validation import check_schema
+from . import approve, assets, links, run_pages, signin, token_pages
+from .forms import validator_for
+from .render import Renderer
+from .routing import UI
+from .sessions import Sessions, login_link
+
+__all__ = ["login_link", "mount_ui"]
+
+
+def mount_ui(app: FastAPI, *, secret_key: str) -> None:
+    """Add the UI's routes to ``app`` (after the API's own state is set)."""
+    auth: Auth = app.state.auth
+    app.state.ui = UI(renderer=Renderer(), sessions=Sessions(secret_key), auth=auth)
+    _warm_up()
+    app.include_router(links.router)
+    for module in (signin, token_pages, run_pages, approve, assets):  # assets last: catch-all
+        app.include_router(module.router)
+
+
+def _warm_up() -> None:
+    """Build the JSON Schema meta-validator now, so the first completion is not the slow one."""
+    check_schema({"type": "object"})
+    validator_for({"type": "object", "properties": {"approved": {"type": "boolean"}}})

@@ -1,0 +1,47 @@
+"""Completing a token from a submitted form: read it, check it, complete, or say what is wrong.
+
+Shared by the dashboard's token page (the secret key holder, ``completedVia: ui``) and the
+one-link approval page (the link's public access token, ``completedVia: public-token``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..client import Engine
+from ..errors import ValidationError
+from ..models import CompletionResult, CompletionSource, Token
+from .forms import FORM_ERROR, Form, Reading, form_for, read_form, schema_errors, validator_for
+
+
+@dataclass(frozen=True)
+class Submission:
+    form: Form
+    reading: Reading
+    result: CompletionResult | None
+    """None when the form was refused (``reading.errors`` says why)."""
+
+
+def prepare(token: Token) -> Form:
+    """The token's form, with its schema validator built now rather than on the first submit."""
+    if token.data_schema is not None:
+        validator_for(token.data_schema)
+    return form_for(token.data_schema)
+
+
+async def submit(
+    engine: Engine, token: Token, pairs: Sequence[tuple[str, str]], source: CompletionSource
+) -> Submission:
+    form = form_for(token.data_schema)
+    reading = read_form(form, pairs)
+    if not reading.errors:
+        reading.errors.update(schema_errors(form, token.data_schema, reading.data))
+    if reading.errors:
+        return Submission(form, reading, None)
+    try:
+        result = await engine.tokens.complete(token.id, reading.data, source=source)
+    except ValidationError as exc:  # the engine's own check: the last word on the data
+        reading.errors[FORM_ERROR] = str(exc)
+        return Submission(form, reading, None)
+    return Submission(form, reading, result)

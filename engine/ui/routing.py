@@ -1,0 +1,176 @@
+"""What every UI route shares: HTML error pages, the signed-in check, reading form bodies.
+
+A page never answers a client mistake with a 5xx or with the API's JSON: ``PageRoute``
+turns every error a handler raises into an error page with the right status (401 and 403
+for credentials, 404 for unknown ids, 410 for closed tokens, 422 for bad input), the way
+``engine.api.problems`` does for JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from ..api.auth import Auth, AuthError
+from ..api.problems import Problem
+from ..client import Engine
+from ..errors import (
+    EngineError,
+    NotFoundError,
+    RunNotFoundError,
+    StorageError,
+    TokenNotFoundError,
+    TokenNotWaitingError,
+    ValidationError,
+)
+from .render import Renderer
+from .sessions import Sessions
+
+APPROVE_PREFIX = "/ui/approve/"
+MAX_FORM_FIELDS = 200
+
+
+@dataclass(frozen=True)
+class UI:
+    """The UI's share of the app state: templates, sessions, and the API's auth."""
+
+    renderer: Renderer
+    sessions: Sessions
+    auth: Auth
+
+
+def ui_of(request: Request) -> UI:
+    ui: UI = request.app.state.ui
+    return ui
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+class PageError(Exception):
+    """An error page: status, a short title, and what the person can do about it."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+
+
+def _page_error(exc: Exception) -> PageError:
+    if isinstance(exc, PageError):
+        return exc
+    if isinstance(exc, AuthError):
+        title = "Sign-in needed" if exc.status == 401 else "Not allowed"
+        return PageError(exc.status, title, exc.message)
+    if isinstance(exc, TokenNotFoundError):
+        return PageError(404, "Not found", "There is no waitpoint token with this id.")
+    if isinstance(exc, RunNotFoundError):
+        return PageError(404, "Not found", "There is no run with this id.")
+    if isinstance(exc, NotFoundError):
+        return PageError(404, "Not found", str(exc))
+    if isinstance(exc, TokenNotWaitingError):
+        return PageError(410, "Already closed", str(exc))
+    if isinstance(exc, ValidationError):
+        return PageError(422, "Not accepted", str(exc))
+    if isinstance(exc, StorageError):
+        return PageError(503, "Try again shortly", f"the service cannot do this now: {exc}")
+    if isinstance(exc, EngineError):
+        return PageError(400, "Not accepted", str(exc))
+    if isinstance(exc, Problem):
+        return PageError(exc.status, "Not accepted", exc.message)
+    if isinstance(exc, RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return PageError(400, "Not accepted", problems or "the request is not valid")
+    assert isinstance(exc, HTTPException)
+    return PageError(exc.status_code, "Not accepted", str(exc.detail))
+
+
+def error_page(request: Request, exc: Exception) -> Response:
+    problem = _page_error(exc)
+    ui = ui_of(request)
+    on_approval_page = request.url.path.startswith(APPROVE_PREFIX)
+    return ui.renderer.page(
+        request,
+        "error.html",
+        status_code=problem.status,
+        title=problem.title,
+        message=problem.message,
+        standalone=on_approval_page,
+        show_login=problem.status == 401 and not on_approval_page,
+        next=request.url.path if request.method == "GET" else "/ui",
+    )
+
+
+_PAGE_ERRORS = (
+    PageError,
+    AuthError,
+    EngineError,
+    Problem,
+    RequestValidationError,
+    HTTPException,
+)
+
+
+class PageRoute(APIRoute):
+    """A route whose errors come back as HTML error pages, never as JSON or a 5xx."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _PAGE_ERRORS as exc:
+                return error_page(request, exc)
+
+        return page
+
+
+def signed_in(request: Request) -> None:
+    """Dependency of every dashboard page: a valid session cookie, else the sign-in page."""
+    ui_of(request).sessions.check(request.cookies.get("waitpoint_session"), "session")
+    request.state.signed_in = True
+
+
+def same_site(request: Request) -> None:
+    """Refuse form posts another site makes the browser send (on top of SameSite cookies)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise PageError(403, "Not allowed", "this form can only be sent from this site")
+
+
+SignedIn = Annotated[None, Depends(signed_in)]
+SameSite = Annotated[None, Depends(same_site)]
+
+
+async def form_pairs(request: Request) -> list[tuple[str, str]]:
+    """The fields of an ``application/x-www-form-urlencoded`` body, in order."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise PageError(415, "Not accepted", "send the form as application/x-www-form-urlencoded")
+    raw = await request.body()
+    try:
+        text = raw.decode()
+        return parse_qsl(
+            text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FORM_FIELDS
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PageError(400, "Not accepted", f"the form could not be read: {exc}") from None
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a dashboard path only (never another site)."""
+    if target and target.startswith("/ui") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/tokens"

@@ -1,0 +1,66 @@
+"""Signing in to the dashboard: the key once (a form), or the one-click link ``dev`` prints.
+
+The one-click link answers with a small page that moves on by itself instead of a redirect:
+a ``SameSite=Strict`` cookie set on a navigation that began on another site (a chat, a
+mail) is not sent on a redirect from it, but is on the next navigation this page starts.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+
+from ..api.auth import AuthError
+from .render import PAGE_HEADERS
+from .routing import PageRoute, SameSite, form_pairs, safe_next, ui_of
+from .sessions import Sessions
+
+router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
+
+
+@router.get("")
+@router.get("/")
+async def home() -> Response:
+    return RedirectResponse("/ui/tokens", status_code=303)
+
+
+@router.get("/login")
+async def login_page(request: Request, t: str | None = None, next: str | None = None) -> Response:
+    ui = ui_of(request)
+    target = safe_next(next)
+    if t is None:
+        return ui.renderer.page(request, "login.html", next=target)
+    try:
+        ui.sessions.check(t, "login")
+    except AuthError as exc:
+        return ui.renderer.page(
+            request, "login.html", status_code=401, next=target, login_error=exc.message
+        )
+    response = ui.renderer.page(request, "signed_in.html", next=target)
+    ui.sessions.start(request, response)
+    return response
+
+
+@router.post("/login")
+async def login(request: Request, _: SameSite) -> Response:
+    ui = ui_of(request)
+    fields = dict(await form_pairs(request))
+    target = safe_next(fields.get("next"))
+    if not ui.sessions.is_secret_key(fields.get("key", "")):
+        return ui.renderer.page(
+            request,
+            "login.html",
+            status_code=401,
+            next=target,
+            login_error="That is not the secret key of this server.",
+        )
+    response = RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
+    ui.sessions.start(request, response)
+    return response
+
+
+@router.post("/logout")
+async def logout(_: SameSite) -> Response:
+    response = RedirectResponse("/ui/login", status_code=303, headers=PAGE_HEADERS)
+    Sessions.end(response)
+    return response

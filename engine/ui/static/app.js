@@ -1,0 +1,104 @@
+// Waitpoint UI: countdowns, live refresh over server-sent events, small form helpers.
+// Every page works without this script; it only keeps pages current and friendlier.
+"use strict";
+
+(function () {
+  const live = () => document.getElementById("live");
+
+  function span(ms) {
+    let seconds = Math.max(0, Math.round(Math.abs(ms) / 1000));
+    const parts = [];
+    for (const [unit, size] of [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]]) {
+      if (seconds >= size || (unit === "s" && parts.length === 0)) {
+        parts.push(Math.floor(seconds / size) + unit);
+        seconds %= size;
+      }
+      if (parts.length === 2) break;
+    }
+    return parts.join(" ");
+  }
+
+  function tick() {
+    const now = Date.now();
+    for (const el of document.querySelectorAll("time[data-countdown]")) {
+      const left = Date.parse(el.getAttribute("datetime")) - now;
+      el.textContent = left > 0 ? "in " + span(left) : "expired " + span(left) + " ago";
+      el.classList.toggle("expired", left <= 0);
+    }
+    for (const el of document.querySelectorAll("time[data-ago]")) {
+      const ago = now - Date.parse(el.getAttribute("datetime"));
+      el.textContent = ago >= 0 ? span(ago) + " ago" : "in " + span(ago);
+    }
+  }
+
+  function trackChanges(root) {
+    for (const form of root.querySelectorAll("form[data-track-changes]")) {
+      form.addEventListener("input", () => { form.dataset.dirty = "1"; });
+    }
+    for (const area of root.querySelectorAll("textarea[data-json]")) {
+      const note = document.getElementById(area.id + "-live");
+      area.addEventListener("input", () => {
+        if (!note) return;
+        const text = area.value.trim();
+        try { if (text) JSON.parse(text); note.hidden = true; }
+        catch (err) { note.textContent = "not valid JSON yet: " + err.message; note.hidden = false; }
+      });
+    }
+    for (const button of root.querySelectorAll("button[data-copy]")) {
+      button.addEventListener("click", async () => {
+        const field = document.getElementById(button.dataset.copy);
+        field.select();
+        try { await navigator.clipboard.writeText(field.value); button.textContent = "Copied"; }
+        catch (err) { button.textContent = "Press Ctrl+C"; }
+      });
+    }
+  }
+
+  // Live pages: <main data-stream="/api/.../stream">. On each event the page is fetched
+  // again and its <main> swapped in, unless someone is typing in a form on it.
+  let source = null;
+  let pending = null;
+
+  async function refresh() {
+    const main = document.getElementById("content");
+    if (main.querySelector("form[data-dirty]")) return;
+    const reply = await fetch(location.href, { credentials: "same-origin", headers: { "accept": "text/html" } });
+    if (!reply.ok) return;
+    const page = new DOMParser().parseFromString(await reply.text(), "text/html");
+    const fresh = page.getElementById("content");
+    if (!fresh || main.querySelector("form[data-dirty]")) return;
+    main.innerHTML = fresh.innerHTML;
+    document.title = page.title;
+    trackChanges(main);
+    tick();
+    if (live()) live().textContent = "Page updated";
+    const stream = fresh.getAttribute("data-stream");
+    if (stream !== main.getAttribute("data-stream")) {
+      if (stream) main.setAttribute("data-stream", stream); else main.removeAttribute("data-stream");
+      follow();
+    }
+  }
+
+  function follow() {
+    if (source) { source.close(); source = null; }
+    const main = document.getElementById("content");
+    const url = main && main.getAttribute("data-stream");
+    if (!url || !window.EventSource) return;
+    source = new EventSource(url);
+    let first = true;
+    const changed = () => {
+      if (first) { first = false; return; }  // the state the page was rendered from
+      clearTimeout(pending);
+      pending = setTimeout(refresh, 150);
+    };
+    for (const kind of ["run", "runs", "tokens"]) source.addEventListener(kind, changed);
+    source.addEventListener("end", () => { source.close(); source = null; clearTimeout(pending); pending = setTimeout(refresh, 50); });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    trackChanges(document);
+    tick();
+    setInterval(tick, 1000);
+    follow();
+  });
+})();

@@ -1,0 +1,105 @@
+"""The approval inbox: waiting tokens first (soonest expiry on top), then recently closed
+ones; a token's page completes it (a form from its schema), cancels it, or shares it as an
+approval link. Every page here needs a signed-in session."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+
+from ..models import CompletionSource, Token, WaitpointStatus
+from ..settings import Settings
+from .completion import prepare, submit
+from .forms import Reading
+from .links import DEFAULT_EXPIRES_IN, approval_url
+from .render import PAGE_HEADERS
+from .routing import PageRoute, SameSite, SignedIn, engine_of, form_pairs, ui_of
+
+router = APIRouter(prefix="/ui/tokens", route_class=PageRoute, include_in_schema=False)
+
+_CLOSED = [WaitpointStatus.COMPLETED, WaitpointStatus.TIMED_OUT, WaitpointStatus.CANCELLED]
+_FAR = datetime.max.replace(tzinfo=UTC)
+WAITING_SHOWN = 100
+CLOSED_SHOWN = 25
+
+
+def stream_url(status: str, tag: str) -> str:
+    query = {k: v for k, v in (("filter[status]", status), ("filter[tags]", tag)) if v}
+    return "/api/v1/waitpoints/tokens/stream" + (f"?{urlencode(query)}" if query else "")
+
+
+@router.get("")
+async def inbox(
+    request: Request,
+    _: SignedIn,
+    status: str = "",
+    tag: str = "",
+    after: str | None = None,
+) -> Response:
+    engine = engine_of(request)
+    tags = [tag] if tag else None
+    context: dict[str, Any] = {
+        "status": status.upper(),
+        "tag": tag,
+        "statuses": [s.value for s in WaitpointStatus],
+        "stream": stream_url(status.upper(), tag),
+    }
+    if status:
+        context["page"] = await engine.tokens.list(status=status, tags=tags, limit=50, after=after)
+    else:
+        waiting = await engine.tokens.list(status="WAITING", tags=tags, limit=WAITING_SHOWN)
+        closed = await engine.tokens.list(status=_CLOSED, tags=tags, limit=CLOSED_SHOWN)
+        context["waiting"] = sorted(waiting.data, key=lambda t: t.expires_at or _FAR)
+        context["more_waiting"] = waiting.next_cursor is not None
+        context["closed"] = closed.data
+    return ui_of(request).renderer.page(request, "tokens.html", **context)
+
+
+def _token_page(
+    request: Request, token: Token, *, status_code: int = 200, **extra: Any
+) -> Response:
+    extra.setdefault("reading", Reading())
+    extra.setdefault("link", None)
+    return ui_of(request).renderer.page(
+        request,
+        "token.html",
+        status_code=status_code,
+        token=token,
+        form=prepare(token),
+        stream=stream_url("", "") if token.is_waiting else None,
+        **extra,
+    )
+
+
+@router.get("/{token_id}")
+async def token_page(request: Request, token_id: str, _: SignedIn) -> Response:
+    return _token_page(request, await engine_of(request).tokens.retrieve(token_id))
+
+
+@router.post("/{token_id}/complete")
+async def complete(request: Request, token_id: str, _: SignedIn, __: SameSite) -> Response:
+    engine = engine_of(request)
+    token = await engine.tokens.retrieve(token_id)
+    done = await submit(engine, token, await form_pairs(request), CompletionSource.UI)
+    if done.result is None:
+        return _token_page(request, token, status_code=422, reading=done.reading)
+    return RedirectResponse(f"/ui/tokens/{token_id}", status_code=303, headers=PAGE_HEADERS)
+
+
+@router.post("/{token_id}/cancel")
+async def cancel(request: Request, token_id: str, _: SignedIn, __: SameSite) -> Response:
+    await engine_of(request).tokens.cancel(token_id, source=CompletionSource.UI)
+    return RedirectResponse(f"/ui/tokens/{token_id}", status_code=303, headers=PAGE_HEADERS)
+
+
+@router.post("/{token_id}/link")
+async def share(request: Request, token_id: str, _: SignedIn, __: SameSite) -> Response:
+    token = await engine_of(request).tokens.retrieve(token_id)
+    expires_in = dict(await form_pairs(request)).get("expires_in") or DEFAULT_EXPIRES_IN
+    settings: Settings = request.app.state.settings
+    link = approval_url(settings.public_url, ui_of(request).auth, token_id, expires_in)
+    return _token_page(request, token, link=link)

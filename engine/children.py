@@ -41,6 +41,7 @@ async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[
         **options,
     )
     child = await context.storage.start_child(new, context.journal_write(key, position, None))
+    context.journaled()
     log.info("run.child_triggered", child_run_id=child.id, child_task=definition.id)
     return child
 
@@ -73,5 +74,6 @@ async def trigger_children_and_wait(
             if found is None:
                 log.info("run.suspended", children=len(news), child_task=definition.id)
                 raise Suspended()
+            context.journaled()
             closed = found
     return [RunResult.from_waitpoint(waitpoint) for waitpoint in closed]

@@ -168,6 +168,7 @@ async def create_token(
     else:
         new = token_request(context.storage.now_ms(), **options)  # type: ignore[arg-type]
         token = await context.storage.create_token(new, context.journal_write(key, position, None))
+        context.journaled()
         log.info("token.created", token_id=token.id, cached=token.is_cached)
     return _with_schema(token, schema)
 
@@ -195,6 +196,7 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
             if found is None:
                 log.info("run.suspended", token_id=token_id)
                 raise Suspended()
+            context.journaled()
             closed = found
     return WaitResult.from_token(closed, model.model_validate if model else None)
 
@@ -226,6 +228,7 @@ async def _sleep(context: RunContext, until_ms: int) -> None:
         if not await context.storage.sleep_until(until_ms, journal, context.elapsed_ms()):
             log.info("run.sleeping", until=from_ms(until_ms).isoformat())
             raise Suspended()
+        context.journaled()
 
 
 def _duration_ms(duration: str | timedelta) -> int:
@@ -266,6 +269,7 @@ async def wait_for_tokens(
             if snapshot is None:
                 log.info("run.suspended", tokens=ids, mode=mode)
                 raise Suspended()
+            context.journaled()
     return _group_result(snapshot, mode, models)
 
 

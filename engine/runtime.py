@@ -8,6 +8,13 @@ runs and is recorded. A new call made where the journal holds an unconsumed entr
 earlier position means the code changed underneath the run: ``NondeterminismError``.
 
 ``Suspended`` (raised by a wait that parks the run) is caught here and nowhere else.
+
+Always-replay mode (``WAITPOINT_ALWAYS_REPLAY=1``, ``Worker(always_replay=True)``) ends the
+attempt after every new durable call, not only at waits: once this attempt journaled a new
+call, the next new call raises ``ReplayRequested`` (and a task that returns or raises is not
+finished yet), the worker hands the run back to the queue, and the next claim replays the
+whole journal. A run that never waits is then replayed as often as it makes durable calls, which
+flushes out nondeterminism and replay bugs in tests instead of in production.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import enum
 import time
 import traceback
 from collections.abc import Iterator
@@ -44,12 +52,26 @@ log = structlog.get_logger("engine.runtime")
 _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("waitpoint_run")
 
 
+class ReplayRequested(Suspended):
+    """Always-replay mode: this attempt journaled a new call; end it and replay from the top."""
+
+
+class Handoff(enum.Enum):
+    """What ``run_attempt`` returns when the caller must hand the run back to the queue."""
+
+    REPLAY = "replay"
+    """Always-replay mode: release the run (no new attempt) so the next claim replays it."""
+
+
 class RunContext:
     """The state of one attempt, found by durable calls through a context variable."""
 
-    def __init__(self, storage: Storage, run: ClaimedRun) -> None:
+    def __init__(self, storage: Storage, run: ClaimedRun, *, always_replay: bool = False) -> None:
         self.storage = storage
         self.run = run
+        self.always_replay = always_replay
+        self.journaled_new = False
+        """This attempt journaled a durable call that was not in the journal when it began."""
         self._entries: dict[str, JournalEntry] = {}
         for entry in run.journal:
             # a step's recorded error belongs to the attempt that recorded it; a new attempt
@@ -109,7 +131,13 @@ class RunContext:
             if earlier.position <= position:
                 self.divergence = NondeterminismError(expected=earlier.key, actual=key)
                 raise self.divergence
+        if self.always_replay and self.journaled_new:
+            raise ReplayRequested()
         return None
+
+    def journaled(self) -> None:
+        """A new call's outcome was just written to the journal (by any durable call)."""
+        self.journaled_new = True
 
     @contextlib.contextmanager
     def waiting(self, what: str) -> Iterator[None]:
@@ -160,6 +188,7 @@ class RunContext:
     ) -> None:
         write = self.journal_write(key, position, value, is_error=is_error)
         await self.storage.append_journal(replace(write, duration_ms=duration_ms))
+        self.journaled()
 
     def check_finished_replay(self) -> None:
         """A run that returns must have made every call its journal recorded."""
@@ -186,13 +215,15 @@ def error_of(exc: BaseException) -> RunError:
 
 
 async def run_attempt(
-    storage: Storage, run: ClaimedRun, definition: TaskDefinition
-) -> RunStatus | None:
+    storage: Storage, run: ClaimedRun, definition: TaskDefinition, *, always_replay: bool = False
+) -> RunStatus | Handoff | None:
     """Execute one attempt of ``run``; returns the status it reached, or None if it parked.
 
     Every exit is written through the lease epoch: a worker that lost the run changes nothing.
+    With ``always_replay`` it may return ``Handoff.REPLAY``: the caller must then
+    ``hand_back`` the run (once it no longer counts the attempt as running).
     """
-    context = RunContext(storage, run)
+    context = RunContext(storage, run, always_replay=always_replay)
     reset = _current.set(context)
     bound = structlog.contextvars.bind_contextvars(
         run_id=run.id, task=run.task_id, attempt=run.attempt
@@ -208,17 +239,25 @@ async def run_attempt(
 
 async def _execute(
     storage: Storage, context: RunContext, definition: TaskDefinition
-) -> RunStatus | None:
+) -> RunStatus | Handoff | None:
     run = context.run
     try:
         output = await _call_task(context, definition)
         context.check_finished_replay()
+        if context.always_replay and context.journaled_new:
+            # finish only from an attempt that replayed every call: the same return value
+            # must come out of a pure replay
+            log.info("run.replay_before_finish")
+            return Handoff.REPLAY
         await storage.finish_run(
             run.id, run.epoch, RunStatus.COMPLETED, output, None, context.elapsed_ms()
         )
-    except Suspended:
+    except Suspended as suspended:
         if context.fatal is not None:  # a concurrent wait: the parked run fails all the same
             return await _fail(storage, context, definition, context.fatal)
+        if isinstance(suspended, ReplayRequested):
+            log.info("run.replay_requested")
+            return Handoff.REPLAY
         log.info("run.waiting")
         return None
     except LeaseLostError as exc:
@@ -229,9 +268,27 @@ async def _execute(
         await asyncio.shield(_release(storage, run))
         raise
     except Exception as exc:
+        if _replay_before_failing(context, exc):
+            log.info("run.replay_before_failing", error=str(exc))
+            return Handoff.REPLAY
         return await _fail(storage, context, definition, exc)
     log.info("run.completed")
     return RunStatus.COMPLETED
+
+
+def _replay_before_failing(context: RunContext, exc: Exception) -> bool:
+    """Always-replay mode: a run fails (or retries) only from an attempt that replayed all.
+
+    Not when the engine itself failed it (nondeterminism, a concurrent wait) or it ran out
+    of time: those end the run now.
+    """
+    return (
+        context.always_replay
+        and context.journaled_new
+        and context.divergence is None
+        and context.fatal is None
+        and not isinstance(exc, MaxDurationExceededError)
+    )
 
 
 async def _call_task(context: RunContext, definition: TaskDefinition) -> Any:
@@ -289,9 +346,14 @@ async def _fail(
     return status
 
 
-async def _release(storage: Storage, run: ClaimedRun) -> None:
+async def hand_back(storage: Storage, run: ClaimedRun) -> None:
+    """Always-replay mode: put the run back in the queue, not as a new attempt or a retry."""
+    await _release(storage, run, "run.handed_back")
+
+
+async def _release(storage: Storage, run: ClaimedRun, event: str = "run.released") -> None:
     try:
         await storage.release_run(run.id, run.epoch)
-        log.info("run.released")
+        log.info(event, run_id=run.id)
     except StorageError as exc:
-        log.warning("run.release_failed", error=str(exc))
+        log.warning("run.release_failed", run_id=run.id, error=str(exc))

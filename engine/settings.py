@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     """How often a run is taken over from a dead worker before it ends CRASHED."""
     concurrency: int = Field(default=100, gt=0)
     """Attempts one worker runs at the same time."""
+    always_replay: bool = False
+    """Testing: end the attempt after every new durable call and resume by replay (slow)."""
     log_format: Literal["auto", "console", "json"] = "auto"
     secret_key: str | None = None
     """The API key (``Authorization: Bearer``) and the key public access tokens are signed with.

@@ -20,7 +20,7 @@ from .client import Engine
 from .errors import StorageError
 from .models import ClaimedRun
 from .registry import REGISTRY, TaskDefinition
-from .runtime import run_attempt
+from .runtime import Handoff, hand_back, run_attempt
 
 log = structlog.get_logger("engine.worker")
 
@@ -39,12 +39,17 @@ class Worker:
         concurrency: int | None = None,
         lease_seconds: float | None = None,
         poll_seconds: float = 1.0,
+        always_replay: bool | None = None,
     ) -> None:
         self.engine = engine
         self.tasks = dict(tasks if tasks is not None else REGISTRY)
         self.concurrency = concurrency or engine.settings.concurrency
         self.lease_ms = int((lease_seconds or engine.settings.lease_seconds) * 1000)
         self.poll_seconds = poll_seconds
+        self.always_replay = (
+            engine.settings.always_replay if always_replay is None else always_replay
+        )
+        """Hand each run back after every new durable call, so it resumes by replay (tests)."""
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: set[str] = set()
         self._stopping = False
@@ -108,10 +113,16 @@ class Worker:
             await _first_of([changed, self._wake], self.poll_seconds)
 
     async def _attempt(self, run: ClaimedRun) -> None:
+        outcome = None
         try:
             with anyio.CancelScope() as scope:
                 self._scopes[run.id] = scope
-                await run_attempt(self.engine.storage, run, self.tasks[run.task_id])
+                outcome = await run_attempt(
+                    self.engine.storage,
+                    run,
+                    self.tasks[run.task_id],
+                    always_replay=self.always_replay,
+                )
             if scope.cancelled_caught:
                 log.info("run.attempt_stopped", run_id=run.id, reason="canceled or taken over")
         except Exception:  # a bug in the engine must not take the worker down with it
@@ -119,6 +130,10 @@ class Worker:
         finally:
             self._running.discard(run.id)
             self._scopes.pop(run.id, None)
+            if outcome is Handoff.REPLAY:
+                # only now: a claim of the released run must not meet this attempt's bookkeeping
+                with anyio.CancelScope(shield=True):
+                    await hand_back(self.engine.storage, run)
             self._wake.set()
 
     async def _timer_loop(self) -> None:

@@ -32,8 +32,8 @@ async def _token(request: Request, token_id: str, t: str | None) -> Token:
         raise PageError(401, "Link incomplete", "This link has no access token; copy it whole.")
     try:
         caller = auth.caller(f"Bearer {t}")
-        if caller.is_secret:
-            raise AuthError(403, "approval links carry a public access token, not the secret key")
+        if caller.is_secret:  # never put the key in a URL; this page is for links only
+            raise PageError(403, "Not allowed", "Approval links carry their own access token.")
         auth.require(caller, f"write:waitpoints:{token_id}")
     except AuthError as exc:
         if exc.status == 403:

@@ -35,8 +35,8 @@ async def submit(
 ) -> Submission:
     form = form_for(token.data_schema)
     reading = read_form(form, pairs)
-    if not reading.errors:
-        reading.errors.update(schema_errors(form, token.data_schema, reading.data))
+    for name, message in schema_errors(form, token.data_schema, reading.data).items():
+        reading.errors.setdefault(name, message)  # a field's own reading error says more
     if reading.errors:
         return Submission(form, reading, None)
     try:

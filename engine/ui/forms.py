@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import ValidationError as JSONSchemaError
 
 from ..validation import check_schema
 
@@ -291,6 +292,20 @@ def validator_for(schema: dict[str, Any]) -> Draft202012Validator | None:
         return None
 
 
+def _clearest(error: JSONSchemaError) -> JSONSchemaError:
+    """For ``anyOf``/``oneOf`` (pydantic's ``X | None``), the reason the non-null branch failed,
+    rather than "is not valid under any of the given schemas"."""
+    options = [
+        e
+        for e in error.context or []
+        if not (e.validator == "type" and e.validator_value == "null")
+    ]
+    if not options:
+        return error
+    best = best_match(options)
+    return error if best is None else _clearest(best)
+
+
 def schema_errors(form: Form, schema: dict[str, Any] | None, data: Any) -> dict[str, str]:
     """Where ``data`` breaks ``schema``: messages keyed by field name ("" for the whole)."""
     if schema is None:
@@ -301,6 +316,7 @@ def schema_errors(form: Form, schema: dict[str, Any] | None, data: Any) -> dict[
     names = {f.name for f in form.fields}
     errors: dict[str, str] = {}
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
+        error = _clearest(error)
         path = list(error.absolute_path)
         key = FORM_ERROR
         message = error.message
@@ -309,8 +325,8 @@ def schema_errors(form: Form, schema: dict[str, Any] | None, data: Any) -> dict[
             if len(path) > 1:
                 message = f"{'.'.join(str(p) for p in path[1:])}: {message}"
         elif not path and error.validator == "required" and isinstance(error.instance, dict):
-            missing = [str(p) for p in error.validator_value if p not in error.instance]
-            for name in missing:
+            listed = error.validator_value if isinstance(error.validator_value, list) else []
+            for name in (str(p) for p in listed if p not in error.instance):
                 if message.startswith(repr(name)) and name in names:
                     key, message = name, "this field is required"
                     if form.approval and name == APPROVED:

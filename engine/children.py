@@ -18,7 +18,7 @@ from .errors import Suspended
 from .models import Run, RunResult, Token
 from .registry import TaskDefinition
 from .requests import run_request
-from .runtime import RunContext
+from .runtime import RunContext, as_journaled
 
 log = structlog.get_logger("engine.children")
 
@@ -43,7 +43,7 @@ async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[
     child = await context.storage.start_child(new, context.journal_write(key, position, None))
     context.journaled()
     log.info("run.child_triggered", child_run_id=child.id, child_task=definition.id)
-    return child
+    return as_journaled(child)  # what replays return: no is_cached to branch on differently
 
 
 async def trigger_children_and_wait(

@@ -37,7 +37,7 @@ from .models import (
 )
 from .registry import Retry
 from .requests import token_request
-from .runtime import RunContext, error_of
+from .runtime import RunContext, as_journaled, error_of
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.durable")
@@ -147,7 +147,9 @@ async def create_token(
 ) -> Token:
     """Create a waitpoint token that a run can wait on until someone completes it.
 
-    Inside a run the token is journaled: replay returns the same token, never a second one.
+    Inside a run the token is journaled: replay returns the same token, never a second one,
+    and the first execution returns it as replays will (as journaled: ``is_cached`` and
+    ``data_schema`` are not kept, so code cannot branch on them differently when replayed).
     ``schema`` makes completion data validated when it arrives and parsed into the model by
     ``wait_for_token``.
     """
@@ -167,9 +169,10 @@ async def create_token(
         token = Token.model_validate(entry.value)
     else:
         new = token_request(context.storage.now_ms(), **options)  # type: ignore[arg-type]
-        token = await context.storage.create_token(new, context.journal_write(key, position, None))
+        made = await context.storage.create_token(new, context.journal_write(key, position, None))
         context.journaled()
-        log.info("token.created", token_id=token.id, cached=token.is_cached)
+        log.info("token.created", token_id=made.id, cached=made.is_cached)
+        token = as_journaled(made)
     return _with_schema(token, schema)
 
 
@@ -323,12 +326,23 @@ def _schema_of(token: Token) -> type[BaseModel] | None:
 
 
 def _journaled_error(exc: Exception) -> dict[str, Any]:
-    """The step's error as JSON, with its args when they are JSON too (to rebuild it)."""
+    """The step's error as JSON, with its args and attributes when they are JSON too.
+
+    Both are kept so a replay rebuilds the same exception without calling its ``__init__``
+    again (which may take other arguments than it passes on as ``args``).
+    """
     value: dict[str, Any] = error_of(exc).model_dump(by_alias=True)
     try:
         value["args"] = json.loads(json.dumps(exc.args))
     except (TypeError, ValueError):
-        pass
+        return value
+    attrs: dict[str, Any] = {}
+    for name, attr in vars(exc).items():
+        try:
+            attrs[name] = json.loads(json.dumps(attr))
+        except (TypeError, ValueError):
+            continue
+    value["attrs"] = attrs
     return value
 
 
@@ -344,10 +358,24 @@ def _rebuild_error(value: Any) -> Exception:
         for part in qualname.split("."):
             cls = getattr(cls, part)
         if isinstance(cls, type) and issubclass(cls, Exception):
+            attrs = value.get("attrs") if isinstance(value, dict) else None
+            if isinstance(args, list) and isinstance(attrs, dict):
+                return _restored(cls, args, attrs)
             return cls(*args) if isinstance(args, list) else cls(message)
     except Exception:  # cannot import or construct it: fall back to a generic error
         pass
     return StepFailedError(message, name)
+
+
+def _restored(cls: type[Exception], args: list[Any], attrs: dict[str, Any]) -> Exception:
+    """The exception with its journaled args and attributes, ``__init__`` not called again."""
+    try:
+        exc = cls.__new__(cls, *args)
+        exc.args = tuple(args)
+    except Exception:  # a ``__new__`` that wants other arguments
+        exc = cls(*args)
+    exc.__dict__.update(attrs)
+    return exc
 
 
 __all__ = [

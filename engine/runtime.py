@@ -27,9 +27,10 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from pydantic import BaseModel
 
 from .errors import (
     AbortTaskRunError,
@@ -200,6 +201,18 @@ class RunContext:
                 expected=leftover[0].key, actual="the task returning"
             )
             raise self.divergence
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def as_journaled(model: M) -> M:
+    """``model`` as a replay rebuilds it from the journal: fields excluded from JSON dropped.
+
+    A durable call returns this on its first execution too, so task code sees the same value
+    whether the call ran now or was replayed.
+    """
+    return type(model).model_validate(model.model_dump(mode="json", by_alias=True))
 
 
 def error_of(exc: BaseException) -> RunError:

@@ -3,8 +3,9 @@
 ``WAITPOINT_ALWAYS_REPLAY=1`` (or ``Worker(always_replay=True)``) makes a worker end the attempt
 once it journaled a new call, put the run back in the queue, and resume it by replaying the
 journal from the top. The functional suite must pass that way (the last test here runs it in
-a subprocess); the other tests check that the replays really happen and that the mode catches
-nondeterminism a run that never waits would hide.
+a subprocess); the other tests check that the replays really happen, that the mode catches
+nondeterminism a run that never waits would hide, and that every durable call returns on its
+first execution what its replays return.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from engine import (
     Engine,
     Worker,
     create_token,
     current_run,
+    sleep_until,
     step,
     task,
     wait_for_token,
+    wait_for_tokens,
 )
 from engine.settings import Settings
 
@@ -161,6 +166,105 @@ async def test_nondeterminism_hidden_by_a_run_that_never_waits_is_caught(
         assert failed.error.name == "engine.errors.NondeterminismError"
         assert "'step:fetch-1#0'" in failed.error.message
         assert "'step:fetch-2#0'" in failed.error.message
+
+
+class Approval(BaseModel):
+    approved: bool
+
+
+class CodedError(Exception):
+    """An error whose ``__init__`` takes other arguments than it passes on as ``args``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"failed with code {code}")
+        self.code = code
+
+
+def fail_with_code() -> None:
+    raise CodedError(7)
+
+
+def approval() -> Approval:
+    return Approval(approved=True)
+
+
+def count_and_fail(run_id: str) -> None:
+    bump(run_id, "fail")
+    raise CodedError(7)
+
+
+@task("ar-fails")
+async def failing(payload: None) -> None:
+    await step("fails", count_and_fail, current_run().id)
+
+
+async def test_a_run_fails_only_from_an_attempt_that_replayed_its_calls(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([failing], always_replay=True)
+    run = await engine.trigger("ar-fails")
+    await wait_for_status(engine, run.id, "FAILED", 15)
+    failed = await engine.runs.retrieve(run.id)
+    assert failed.error is not None and failed.error.name.endswith(".CodedError")
+    assert failed.error.message == "failed with code 7"  # rebuilt from the journal, the same
+    assert await claims(engine, run.id) == 2 and failed.attempt_count == 1
+    assert RAN[f"{run.id}:fail"] == 1
+
+
+SEEN: dict[tuple[str, str], list[Any]] = {}
+
+
+def seen(label: str, value: Any) -> None:
+    """Keep what the task saw at this call, on each execution of the task function."""
+    SEEN.setdefault((current_run().id, label), []).append(value)
+
+
+@task("ar-child")
+async def child(payload: int) -> int:
+    return payload * 2
+
+
+@task("ar-every-call")
+async def every_call(payload: dict[str, str]) -> str:
+    seen("step", await step("model", approval))
+    try:
+        await step("coded", fail_with_code)
+    except CodedError as exc:
+        seen("step error", (type(exc).__name__, exc.code, str(exc)))
+    token = await create_token(idempotency_key="shared", schema=Approval)  # made outside
+    seen("cached token", token.model_dump() | {"is_cached": token.is_cached})
+    fresh = await create_token(timeout="1h", schema=Approval, tags=["t"])
+    seen("new token", fresh.model_dump() | {"schema": fresh.data_schema})
+    result = await wait_for_token(token)
+    seen("wait", (result.ok, result.output))
+    group = await wait_for_tokens([payload["done"]], mode="any")
+    seen("group", (group.ok, group.first, group.results[payload["done"]]))
+    await sleep_until(datetime.now(UTC) - timedelta(hours=1))
+    started = await child.trigger(1)
+    seen("trigger", started.model_dump() | {"is_cached": started.is_cached})
+    seen("trigger and wait", await child.trigger_and_wait(2))
+    seen("batch", await child.batch_trigger_and_wait([3, 4]))
+    return "done"
+
+
+async def test_durable_calls_return_on_first_execution_what_replays_return(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([every_call, child], always_replay=True)
+    cached = await engine.tokens.create(idempotency_key="shared", schema=Approval)
+    await engine.tokens.complete(cached.id, {"approved": True})
+    done = await engine.tokens.create()
+    await engine.tokens.complete(done.id, {"approved": False})
+    run = await engine.trigger("ar-every-call", {"done": done.id})
+    assert (await engine.wait_for_run(run.id, timeout=30)).output == "done"
+    labels = [label for (run_id, label) in SEEN if run_id == run.id]
+    assert len(labels) == 9
+    for label in labels:
+        values = SEEN[(run.id, label)]
+        assert len(values) >= 2, f"{label} was never replayed"
+        assert all(v == values[0] for v in values), f"{label} replayed differently: {values}"
+    assert SEEN[(run.id, "step error")][-1] == ("CodedError", 7, "failed with code 7")
+    assert SEEN[(run.id, "wait")][-1] == (True, Approval(approved=True))
 
 
 def test_the_functional_suite_passes_in_always_replay_mode() -> None:

@@ -211,8 +211,11 @@ def dev(
                 f"tasks from {module!r}: {', '.join(sorted(found))}",
                 f"API: http://{host}:{port}  (docs at http://{host}:{port}/docs)",
                 key_line(key, created, engine.settings),
-                f"dashboard: {_login_link(host, port, key)}  (one-click sign-in, valid 24h)",
             ]
+        )
+        # plain print: a link wrapped at the terminal's width could not be clicked or copied
+        print(
+            f"dashboard (one-click sign-in, 24h): {_login_link(host, port, key)}", file=sys.stderr
         )
         await run_services(Worker(engine, found), server)
 

@@ -33,7 +33,15 @@
 
   function trackChanges(root) {
     for (const form of root.querySelectorAll("form[data-track-changes]")) {
-      form.addEventListener("input", () => { form.dataset.dirty = "1"; });
+      form.addEventListener("input", (event) => {
+        form.dataset.dirty = "1";
+        // The server's message was about the old value: drop it once the field changes.
+        const field = event.target.closest(".field");
+        if (!field || !field.classList.contains("invalid")) return;
+        field.classList.remove("invalid");
+        for (const note of field.querySelectorAll("p.error:not(.json-live)")) note.remove();
+        for (const input of field.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+      });
     }
     for (const area of root.querySelectorAll("textarea[data-json]")) {
       const note = document.getElementById(area.id + "-live");

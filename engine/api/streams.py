@@ -30,7 +30,9 @@ from .deps import EngineDep, auth_of
 from .queries import comma_list, page_size, run_statuses, statuses
 from .wire import page_json, run_json, token_json
 
-router = APIRouter(tags=["streams"])
+router = APIRouter(tags=["streams"], include_in_schema=False)
+"""Not in /openapi.json: OpenAPI cannot describe an endless event stream (and a fuzzer that
+calls every documented route would wait on one forever); the README documents them."""
 
 KEEP_ALIVE_SECONDS = 15.0
 RETRY_MS = 2000

@@ -45,7 +45,7 @@ class Decision(BaseModel):
     approved: bool
     reviewer: str = Field(description="Who made the decision")
     channel: Literal["email", "phone", "chat"] = "email"
-    refund_percent: int = Field(default=100, ge=0, le=100, description="Share of the order refunded")
+    refund_percent: int = Field(100, ge=0, le=100, description="Share of the order refunded")
     note: str = ""
 
 

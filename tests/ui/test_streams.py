@@ -256,3 +256,29 @@ async def test_subscribe_over_http_follows_a_run_too(
 
 async def _new_token(remote: Engine) -> str:
     return (await remote.tokens.create(timeout="1h")).id
+
+
+async def test_a_stream_stops_reading_once_its_client_goes_away(
+    engine: Engine, served: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "KEEP_ALIVE_SECONDS", 0.1)  # re-read every ~0.1 s
+    reads = 0
+    real_list = engine.tokens.list
+
+    async def counted(**options: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_list(**options)
+
+    monkeypatch.setattr(engine.tokens, "list", counted)
+    async with (
+        httpx.AsyncClient(base_url=served, headers=AUTH, timeout=10) as client,
+        client.stream("GET", "/api/v1/waitpoints/tokens/stream") as stream,
+    ):
+        lines = stream.aiter_lines()
+        await next_event(lines)
+        assert await asyncio.wait_for(next_event(lines), 5) == ("keep-alive", None)
+    await asyncio.sleep(0.5)  # the server notices the closed connection
+    after_close = reads
+    await asyncio.sleep(0.6)
+    assert reads == after_close

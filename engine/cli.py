@@ -45,6 +45,7 @@ from .models import (
 )
 from .registry import TaskDefinition, load_tasks
 from .settings import DEFAULT_DATABASE_URL, Settings
+from .storage import display_url
 from .worker import Worker
 
 T = TypeVar("T")
@@ -207,7 +208,7 @@ def dev(
         server, key, created = api_server(engine, host, port)
         banner(
             [
-                f"waitpoint dev  database: {engine.settings.database_url}",
+                f"waitpoint dev  database: {display_url(engine.settings.database_url)}",
                 f"tasks from {module!r}: {', '.join(sorted(found))}",
                 f"API: http://{host}:{port}  (docs at http://{host}:{port}/docs)",
                 key_line(key, created, engine.settings),
@@ -267,6 +268,17 @@ def worker(
         await run_services(Worker(engine, found, concurrency=concurrency), None)
 
     _run(database, work)
+
+
+@app.command()
+def migrate(database: Database = None) -> None:
+    """Create or upgrade the database's schema (workers and the API also do it on start)."""
+
+    async def work(engine: Engine) -> str:
+        version = await engine.storage.migrate()
+        return f"{display_url(engine.settings.database_url)}: schema version {version}"
+
+    typer.echo(_run(database, work))
 
 
 # --- runs ------------------------------------------------------------------------------

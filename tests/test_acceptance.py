@@ -69,9 +69,9 @@ def waitpoint_command() -> list[str]:
 class Deployment:
     """A temp dir holding the tasks module and the database; starts workers, runs the CLI."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database: str) -> None:
         self.root = root
-        self.database = f"sqlite:///{root}/engine.db"
+        self.database = database
         (root / "acceptance_tasks.py").write_text(TASKS_MODULE)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WAITPOINT_")}
         self.env["PYTHONUNBUFFERED"] = "1"
@@ -150,8 +150,8 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    deployed = Deployment(tmp_path)
+def deployment(tmp_path: Path, db_url: str) -> Iterator[Deployment]:
+    deployed = Deployment(tmp_path, db_url)
     try:
         yield deployed
     finally:

@@ -21,8 +21,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/engine.db"
+def database(db_url: str) -> str:
+    return db_url
 
 
 def when(text: str) -> datetime:

@@ -75,10 +75,10 @@ async def wait_until(predicate: object, timeout: float = 20) -> None:
 
 
 async def test_run_killed_mid_step_resumes_elsewhere_without_redoing_journaled_steps(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
     (tmp_path / "crash_tasks.py").write_text(TASKS)
-    url = f"sqlite:///{tmp_path}/engine.db"
+    url = db_url
     log, flag = tmp_path / "steps.log", tmp_path / "slow.flag"
     flag.touch()
     first = start_worker(tmp_path, url)

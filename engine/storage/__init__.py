@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from ..clock import Clock
 from ..errors import ConfigurationError
 from .base import JournalWrite, NewRun, NewToken, PageRequest, RunFilter, Storage, TokenFilter
@@ -38,6 +40,15 @@ def open_storage(
     )
 
 
+def display_url(url: str) -> str:
+    """The database URL with its password masked, for banners and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 __all__ = [
     "JournalWrite",
     "NewRun",
@@ -46,5 +57,6 @@ __all__ = [
     "RunFilter",
     "Storage",
     "TokenFilter",
+    "display_url",
     "open_storage",
 ]

@@ -114,6 +114,10 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
+    async def migrate(self) -> int:
+        """Apply pending schema migrations (``open`` does too); returns the schema version."""
+        ...
+
     def now_ms(self) -> int:
         """The database's clock, in milliseconds since the epoch."""
         ...

@@ -118,6 +118,9 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         """Create the schema and apply pending migrations, one process at a time."""
         conn = await asyncpg.connect(self._dsn)
         try:
+            current = await self._schema_version(conn)
+            if current >= len(MIGRATIONS):  # the usual start: nothing to lock, nothing to create
+                return current
             async with conn.transaction():
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext('waitpoint-migrate:' || $1))",
@@ -144,6 +147,18 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
                 return max(version, len(MIGRATIONS))
         finally:
             await conn.close()
+
+    async def _schema_version(self, conn: asyncpg.Connection) -> int:
+        """How far migrations got (0 for a schema that does not exist yet)."""
+        exists = await conn.fetchval(
+            "SELECT to_regclass(quote_ident($1) || '.migrations') IS NOT NULL", self.schema
+        )
+        if not exists:
+            return 0
+        value = await conn.fetchval(
+            f'SELECT coalesce(max(version), 0) FROM "{self.schema}".migrations'
+        )
+        return int(value)
 
     async def _measure_clock(self, conn: asyncpg.Connection | None = None) -> None:
         """``now_ms`` follows the database's clock: keep the offset from this machine's."""
@@ -198,7 +213,9 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
             delay = min(delay * 2, 5.0)
 
     async def _listen_until_lost(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        # named, so that an operator (or a test) can find the listeners of one schema
+        name = {"application_name": f"waitpoint-listen:{self.schema}"}
+        conn = await asyncpg.connect(self._dsn, server_settings=name)
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn: lost.set())

@@ -103,6 +103,11 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
             self._writer_conn.close()
             self._writer_conn = None
 
+    async def migrate(self) -> int:
+        """Migrations ran when the file was opened; the schema version they reached."""
+        rows = await self._read("PRAGMA user_version")
+        return int(rows[0][0])
+
     def _open_writer(self) -> sqlite3.Connection:
         """The writer connection (used by one thread at a time), with migrations applied."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -1,0 +1,132 @@
+"""What only the PostgreSQL backend has: its URL, its driver, migrations, clock and row locks.
+
+Everything else it shares with SQLite is covered by the suites that run on both (``db_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from engine import Engine, RunStatus, Worker, create_token, task, wait_for_tokens
+from engine.errors import ConfigurationError, StorageError
+from engine.models import TaskInfo
+from engine.storage import display_url, open_storage
+
+
+def test_the_schema_comes_from_the_url_and_other_parameters_reach_the_server() -> None:
+    pytest.importorskip("asyncpg")
+    from engine.storage.postgres import postgres_dsn
+
+    assert postgres_dsn("postgresql://u@h/db") == ("postgresql://u@h/db", "waitpoint")
+    dsn, schema = postgres_dsn("postgres://u@h:5/db?schema=team_a&application_name=x")
+    assert (dsn, schema) == ("postgres://u@h:5/db?application_name=x", "team_a")
+    for bad in ("a-b", "1abc", "x" * 42, ""):
+        with pytest.raises(ConfigurationError, match="must be letters"):
+            postgres_dsn(f"postgresql://u@h/db?schema={bad}")
+
+
+def test_without_the_driver_a_postgres_url_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("engine.storage.postgres")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # what an absent package looks like
+    with pytest.raises(ConfigurationError, match=r"pip install 'waitpoint\[postgres\]'"):
+        open_storage("postgresql://postgres@127.0.0.1/test", public_url="http://x")
+
+
+def test_banners_never_show_the_database_password() -> None:
+    assert (
+        display_url("postgresql://app:s3cret@db:5432/prod") == "postgresql://app:***@db:5432/prod"
+    )
+    assert display_url("sqlite:///.waitpoint/engine.db") == "sqlite:///.waitpoint/engine.db"
+
+
+def test_an_unreachable_server_is_a_storage_error_naming_the_cause() -> None:
+    pytest.importorskip("asyncpg")
+
+    async def main() -> None:
+        async with Engine("postgresql://postgres@127.0.0.1:1/test"):
+            pass
+
+    with pytest.raises(StorageError, match="cannot open PostgreSQL database"):
+        asyncio.run(main())
+
+
+async def test_processes_starting_at_once_migrate_once(postgres_url: str) -> None:
+    engines = [Engine(postgres_url) for _ in range(6)]
+    await asyncio.gather(*(engine.open() for engine in engines))
+    try:
+        versions = {await engine.storage.migrate() for engine in engines}
+        assert versions == {1}
+        pool = engines[0].storage._pool  # type: ignore[attr-defined]
+        assert await pool.fetchval("SELECT count(*) FROM migrations") == 1
+        secrets = {engine.storage.signer.url("t") for engine in engines}
+        assert len(secrets) == 1  # every process signs callback URLs with the same secret
+    finally:
+        await asyncio.gather(*(engine.close() for engine in engines))
+
+
+async def test_times_come_from_the_database_clock(postgres_url: str) -> None:
+    async with Engine(postgres_url) as engine:
+        storage = engine.storage
+        pool = storage._pool  # type: ignore[attr-defined]
+        await storage.register_tasks([TaskInfo("clocked")])
+        storage._offset_ms = 3_600_000  # type: ignore[attr-defined]  # this host runs an hour late
+        run = await engine.trigger("clocked", {})  # stamped inside the transaction
+        db_now = await pool.fetchval("SELECT (extract(epoch FROM now()) * 1000)::bigint")
+        assert abs(run.created_at.timestamp() * 1000 - db_now) < 5_000
+        await storage._measure_clock()  # type: ignore[attr-defined]
+        assert abs(storage.now_ms() - db_now) < 5_000
+
+
+async def test_concurrent_idempotent_triggers_make_one_run(postgres_url: str) -> None:
+    async with Engine(postgres_url) as engine:
+        await engine.storage.register_tasks([TaskInfo("once")])
+        runs = await asyncio.gather(
+            *(engine.trigger("once", {"n": n}, idempotency_key="same") for n in range(20))
+        )
+        assert len({run.id for run in runs}) == 1
+        assert sum(not run.is_cached for run in runs) == 1
+
+
+@task("pg-two-approvals")
+async def two_approvals(payload: dict[str, int]) -> int:
+    first = await create_token(idempotency_key=f"a-{payload['n']}")
+    second = await create_token(idempotency_key=f"b-{payload['n']}")
+    await wait_for_tokens([first, second], mode="all")
+    return payload["n"]
+
+
+async def test_two_completions_racing_never_leave_a_run_waiting(postgres_url: str) -> None:
+    """Each completion alone sees the other token still WAITING; the run must still resume.
+
+    Completions commit on different connections at the same moment: without the row lock a
+    completion takes on the runs it may re-queue, both would decide "not yet" and the run
+    would wait forever.
+    """
+    count = 40
+    async with Engine(postgres_url) as engine:
+        worker = Worker(engine, {two_approvals.id: two_approvals}, poll_seconds=0.1)
+        running = asyncio.create_task(worker.run())
+        try:
+            runs = [await engine.trigger(two_approvals.id, {"n": n}) for n in range(count)]
+            for n in range(count):
+                keys = [f"a-{n}", f"b-{n}"]
+                while True:  # the tokens exist once the run got to its wait
+                    found = [await engine.tokens.list(idempotency_key=k) for k in keys]
+                    if all(page.data for page in found):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.gather(
+                    *(engine.tokens.complete(page.data[0].id, {"ok": True}) for page in found)
+                )
+            for run in runs:
+                done = await engine.wait_for_run(run.id, timeout=20)
+                assert done.status is RunStatus.COMPLETED
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import anyio
 import structlog
 from pydantic import BaseModel
 
@@ -277,8 +278,10 @@ async def _execute(
         log.warning("run.lease_lost", reason=str(exc))
         return None
     except asyncio.CancelledError:
-        # the worker is shutting down: hand the run back so another worker picks it up
-        await asyncio.shield(_release(storage, run))
+        # the worker is shutting down: hand the run back so another worker picks it up, and
+        # finish doing so before the worker (and its storage) may close
+        with anyio.CancelScope(shield=True):
+            await _release(storage, run)
         raise
     except Exception as exc:
         if _replay_before_failing(context, exc):

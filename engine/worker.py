@@ -102,7 +102,10 @@ class Worker:
             claimed: list[ClaimedRun] = []
             try:
                 if free > 0 and await storage.has_due_runs(task_ids):
-                    claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
+                    # a claim cut short by a hard stop would strand its runs until their leases
+                    # ran out: finish it, and let the (cancelled) attempts hand the runs back
+                    with anyio.CancelScope(shield=True):
+                        claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
             except StorageError as exc:
                 log.error("worker.claim_failed", error=str(exc))
             for run in claimed:

@@ -25,6 +25,12 @@ from .conftest import StartWorker, wait_for_status
 RAN: Counter[str] = Counter()
 
 
+@pytest.fixture(autouse=True)
+def fresh_counters() -> None:
+    """Each test (and each backend's run of it) counts its own child runs."""
+    RAN.clear()
+
+
 @task("ch-double")
 async def double(payload: dict[str, Any]) -> int:
     RAN[f"double-{payload['n']}"] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,13 @@ from engine import (
     Queue,
     Retry,
     RunFailedError,
+    Worker,
     create_token,
     step,
     task,
     wait_for_token,
 )
+from engine.models import ClaimedRun
 from engine.storage import NewRun
 
 from .conftest import StartWorker
@@ -136,8 +139,45 @@ async def test_cancelling_an_executing_run_stops_its_attempt(
     assert (await engine.runs.retrieve(run.id)).status == "CANCELED"
 
 
+async def test_a_hard_stop_in_the_middle_of_a_claim_hands_the_claimed_run_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim committed but the stop arrived before the worker saw its result: the run
+    must go back to the queue now, not wait out the lease of a worker that is gone."""
+    storage = engine.storage
+    claim = storage.claim_runs
+    claimed = asyncio.Event()
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> list[ClaimedRun]:
+        runs = await claim(*args, **kwargs)
+        if runs:
+            claimed.set()
+            await asyncio.sleep(0.5)  # the hard stop lands here
+        return runs
+
+    monkeypatch.setattr(storage, "claim_runs", slow_claim)
+    worker = Worker(engine, {long_running.id: long_running}, poll_seconds=0.05)
+    running = asyncio.create_task(worker.run())
+    run = await engine.trigger("fl-long")
+    await asyncio.wait_for(claimed.wait(), 10)
+    worker.stop(graceful=False)
+    await asyncio.wait_for(running, 10)
+    back = await engine.runs.retrieve(run.id)
+    assert back.status == "QUEUED"
+    assert STOPPED["after_sleep"] == 0
+
+
 ACTIVE: Counter[str] = Counter()
 PEAK: Counter[str] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters() -> None:
+    """Each test (and each backend's run of it) counts for itself."""
+    LEFTOVER["finished"] = 0
+    STOPPED["after_sleep"] = 0
+    ACTIVE.clear()
+    PEAK.clear()
 
 
 @task("fl-limited", queue=Queue("limited", concurrency_limit=2))

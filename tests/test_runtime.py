@@ -543,6 +543,14 @@ async def test_run_max_duration_option_overrides_the_task(
 FLAKY_STEP = {"failures_left": 2}
 
 
+@pytest.fixture(autouse=True)
+def fresh_counters() -> None:
+    """Each test (and each backend's run of it) counts its own calls."""
+    CALLS.clear()
+    FLAKY["failures_left"] = 1
+    FLAKY_STEP["failures_left"] = 2
+
+
 def flaky_twice() -> str:
     CALLS["flaky-step"] += 1
     if FLAKY_STEP["failures_left"] > 0:

@@ -1,13 +1,18 @@
 """Waitpoint benchmarks: throughput, resume latency, memory, timers, replay, and DBOS.
 
-    python benchmarks/run.py [--quick] [--backend sqlite] [--json out.json] [--repeat N]
+    python benchmarks/run.py [--quick] [--backend sqlite|postgres|both] [--json out.json]
 
 Prints a table of medians over ``--repeat`` runs (default 3; ``--quick``: 1 repeat and small
-sizes, under a minute). Every measurement uses a fresh SQLite file (WAL, ``synchronous=FULL``)
-under ``--dir`` (default: a temporary directory next to this script, removed at the end) and
-the real worker code, ``Worker(engine, tasks)``: either in a worker *subprocess* started and
-stopped by PID (``benchmarks/worker_proc.py``), or *in-process* next to the driver, as the
-"worker" column says. See benchmarks/README.md for the method and the results.
+sizes, about a minute per backend). Every measurement uses a fresh database: a SQLite file
+(WAL, ``synchronous=FULL``) under ``--dir`` (default: a temporary directory next to this
+script, removed at the end), or a PostgreSQL schema ``bench_<uuid hex>`` on ``--pg-url``
+(dropped at the end of the measurement). The runs go through the real worker code,
+``Worker(engine, tasks)``: either in worker *subprocesses* started and stopped by PID
+(``benchmarks/worker_proc.py``), or *in-process* next to the driver, as the "worker" column
+says. With ``--backend both`` every item runs on SQLite and then on PostgreSQL before the next
+item starts, so the two see the same machine, and a last table puts them side by side. Item 8
+(capacity) runs the token-wait workload with 1, 2 and 4 worker processes on each backend.
+See benchmarks/README.md for the method and the results.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +49,16 @@ os.environ["WAITPOINT_SQLITE_SYNCHRONOUS"] = "FULL"
 os.environ.setdefault("WAITPOINT_LOG_FORMAT", "json")
 
 import bench_tasks  # noqa: E402
+from backends import (  # noqa: E402
+    DEFAULT_PG_URL,
+    Database,
+    PgMeter,
+    describe_postgres,
+    fresh_database,
+    pg_baseline,
+    postgres_problem,
+    wait_for_stats_flush,
+)
 
 from engine import Engine, Worker  # noqa: E402
 from engine.logs import configure_logging  # noqa: E402
@@ -68,6 +83,8 @@ class Sizes:
     dbos_wait_n: int = 500
     dbos_trivial_n: int = 1_000
     memory_repeats: int = 1  # the 100,000-run memory level takes minutes; measured once
+    scaling_n: int = 5_000  # 8. token-wait runs per measurement of the capacity item
+    scaling_workers: tuple[int, ...] = (1, 2, 4)
 
 
 QUICK = Sizes(
@@ -82,6 +99,7 @@ QUICK = Sizes(
     replay_samples=5,
     dbos_wait_n=150,
     dbos_trivial_n=200,
+    scaling_n=600,
 )
 
 
@@ -97,34 +115,24 @@ def pct(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-class Reader:
-    """A plain sqlite3 connection for the driver's polling (never writes)."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-
-    def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        return self.conn.execute(sql, tuple(params)).fetchone()[0]
-
-    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, tuple(params)).fetchall()
-
-    def status_counts(self, table: str = "runs") -> dict[str, int]:
-        return dict(self.rows(f"SELECT status, count(*) FROM {table} GROUP BY status"))
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 async def wait_for(
-    check: Callable[[], bool], timeout: float, what: str, poll: float = 0.02
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, poll: float = 0.02
 ) -> None:
+    """Poll ``check`` (a function, or a coroutine function) until it is true."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while True:
+        ok = check()
+        if not isinstance(ok, bool):
+            ok = await ok
+        if ok:
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(poll)
+
+
+async def at_least(db: Database, sql: str, n: int, *params: Any) -> bool:
+    return int(await db.reader.value(sql, *params)) >= n
 
 
 async def bounded(items: list[Any], limit: int, fn: Callable[[Any], Awaitable[Any]]) -> list[Any]:
@@ -154,6 +162,14 @@ def cpu_s(pid: int | None = None) -> float:
         return t.user + t.system
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat (iowait counts as idle)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])  # guest time is already in user
+    return total - idle, total
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -263,7 +279,7 @@ class WorkerProcess:
 
 
 class WorkerGroup:
-    """``--workers`` worker processes on one database (items 1 and 2)."""
+    """Worker processes on one database (items 1, 2 and 8)."""
 
     def __init__(self, workers: list[WorkerProcess]) -> None:
         self.workers = workers
@@ -271,8 +287,22 @@ class WorkerGroup:
     async def commits(self) -> int:
         return sum([(await w.stats())["commits"] for w in self.workers])
 
+    async def counts(self) -> tuple[int, Counter[str]]:
+        """Write transactions, and calls of each storage operation (plus SQL statements on
+        PostgreSQL), summed over the workers."""
+        commits, calls = 0, Counter[str]()
+        for w in self.workers:
+            snapshot = await w.stats()
+            commits += snapshot["commits"]
+            calls.update(snapshot.get("calls", {}))
+        return commits, calls
+
     def cpu(self) -> float:
         return sum(cpu_s(w.pid) for w in self.workers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
 
 
 @dataclass
@@ -282,11 +312,14 @@ class Context:
     dir: Path
     env: dict[str, str] = field(default_factory=dict)
     counter: int = 0
+    backend: str = "sqlite"  # the backend the current measurement runs on
+    meter: PgMeter | None = None  # the server's side of PostgreSQL measurements
 
-    def fresh_db(self, name: str) -> tuple[str, Path]:
+    def database(self, name: str) -> contextlib.AbstractAsyncContextManager[Database]:
+        """A fresh database on the current backend (a file, or a schema dropped at the end)."""
         self.counter += 1
-        path = self.dir / f"{self.counter:03d}-{name}.db"
-        return f"sqlite:///{path}", path
+        label = f"{self.counter:03d}-{name}"
+        return fresh_database(self.backend, self.dir, label, self.args.pg_url)
 
     def side_file(self, name: str) -> Path:
         self.counter += 1
@@ -307,11 +340,13 @@ class Context:
             await worker.stop()
 
     @contextlib.asynccontextmanager
-    async def worker_group(self, db_url: str, label: str) -> AsyncIterator[WorkerGroup]:
+    async def worker_group(
+        self, db_url: str, label: str, count: int | None = None
+    ) -> AsyncIterator[WorkerGroup]:
         async with contextlib.AsyncExitStack() as stack:
             workers = [
                 await stack.enter_async_context(self.worker_process(db_url, f"{label}-w{k}"))
-                for k in range(self.args.workers)
+                for k in range(count or self.args.workers)
             ]
             yield WorkerGroup(workers)
 
@@ -340,8 +375,8 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def check_all_completed(reader: Reader, n: int, what: str) -> None:
-    counts = reader.status_counts()
+async def check_all_completed(db: Database, n: int, what: str) -> None:
+    counts = await db.status_counts()
     if counts.get("COMPLETED", 0) != n:
         raise RuntimeError(f"{what}: expected {n} COMPLETED runs, found {counts}")
 
@@ -354,7 +389,8 @@ def bench_sqlite_baseline(
 ) -> dict[str, Any]:
     """Plain sqlite3 on the same disk, WAL + synchronous=FULL: one-row commits per second, and
     rows per second inserted in one transaction (the ceiling group commit can approach)."""
-    _, path = ctx.fresh_db("sqlite-baseline")
+    ctx.counter += 1
+    path = ctx.dir / f"{ctx.counter:03d}-sqlite-baseline.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -375,37 +411,9 @@ def bench_sqlite_baseline(
     return {"commits_per_s": commit_rate, "rows_per_s": row_rate}
 
 
-# --- 1. trivial runs -------------------------------------------------------------------
+# --- 1, 2 and 8: throughput ------------------------------------------------------------
 
-
-async def bench_trivial(ctx: Context, n: int) -> dict[str, Any]:
-    url, path = ctx.fresh_db("trivial")
-    async with ctx.worker_group(url, "trivial") as wp, Engine(url) as engine:
-        reader = Reader(path)
-        w0, c0 = await wp.commits(), engine.storage.commits  # type: ignore[attr-defined]
-        cpu0 = (wp.cpu(), cpu_s())
-        started = time.time()
-        await trigger_many(engine, "bench-trivial", [{"i": i} for i in range(n)])
-        client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
-        sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
-        await wait_for(lambda: reader.value(sql) >= n, 120 + n / 50, "trivial runs")
-        finished = reader.value("SELECT max(finished_at) FROM runs") / 1000
-        worker_commits = await wp.commits() - w0
-        cpu1 = (wp.cpu(), cpu_s())
-        check_all_completed(reader, n, "trivial")
-        reader.close()
-    return {
-        "runs_per_s": n / (finished - started),
-        "seconds": finished - started,
-        "cpu_worker_s": cpu1[0] - cpu0[0],
-        "cpu_driver_s": cpu1[1] - cpu0[1],
-        "commits_worker": worker_commits / n,
-        "commits_client": client_commits / n,
-    }
-
-
-# --- 2. token-wait runs ----------------------------------------------------------------
-
+_FINISHED = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
 _WAITING_TOKENS = (
     "SELECT rw.waitpoint_id FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id"
     " WHERE w.status = 'WAITING'"
@@ -413,13 +421,13 @@ _WAITING_TOKENS = (
 
 
 async def complete_parked(
-    engine: Engine, reader: Reader, n: int, limit: int = 200, timeout: float = 600
+    engine: Engine, db: Database, n: int, limit: int = 200, timeout: float = 600
 ) -> None:
     """Complete every token a *parked* run waits on (run_waits row committed), until n done."""
     done: set[str] = set()
     deadline = time.monotonic() + timeout
     while len(done) < n:
-        fresh = [tid for (tid,) in reader.rows(_WAITING_TOKENS) if tid not in done]
+        fresh = [tid for (tid,) in await db.reader.rows(_WAITING_TOKENS) if tid not in done]
         if not fresh:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(done)} of {n} tokens completed")
@@ -429,51 +437,101 @@ async def complete_parked(
         await bounded(fresh, limit, lambda tid: engine.tokens.complete(tid, {"ok": True}))
 
 
-async def bench_token_wait(ctx: Context, n: int) -> dict[str, Any]:
-    url, path = ctx.fresh_db(f"wait{n}")
-    async with ctx.worker_group(url, f"wait{n}") as wp, Engine(url) as engine:
-        reader = Reader(path)
-        w0, c0 = await wp.commits(), engine.storage.commits  # type: ignore[attr-defined]
-        cpu0 = (wp.cpu(), cpu_s())
-        started = time.time()
-        payloads = [{"i": i} for i in range(n)]
-        await asyncio.gather(
-            trigger_many(engine, "bench-wait", payloads),
-            complete_parked(engine, reader, n, timeout=120 + n / 20),
-        )
-        sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
-        await wait_for(lambda: reader.value(sql) >= n, 120 + n / 20, "token-wait runs")
-        finished = reader.value("SELECT max(finished_at) FROM runs") / 1000
-        worker_commits = await wp.commits() - w0
-        client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
-        cpu1 = (wp.cpu(), cpu_s())
-        check_all_completed(reader, n, "token-wait")
-        reader.close()
-    return {
-        "runs_per_s": n / (finished - started),
-        "seconds": finished - started,
-        "cpu_worker_s": cpu1[0] - cpu0[0],
-        "cpu_driver_s": cpu1[1] - cpu0[1],
-        "commits_worker": worker_commits / n,
-        "commits_client": client_commits / n,
-    }
+async def bench_throughput(
+    ctx: Context, task_id: str, n: int, label: str, workers: int | None = None
+) -> dict[str, Any]:
+    """N runs of ``task_id`` from the first trigger to the last ``finished_at``, with the
+    driver completing the tokens of parked runs when the task waits (``bench-wait``).
+
+    On PostgreSQL it also reads the server's cost (``PgMeter``): the CPU of the backends that
+    serve the workers and the driver (at the last run's end, before anything closes), and
+    ``xact_commit``/WAL once the workers and the driver disconnected (a backend flushes its
+    statistics when it exits)."""
+    waits = task_id == "bench-wait"
+    meter = ctx.meter if ctx.backend == "postgres" else None
+    async with ctx.database(label) as db:
+        async with ctx.worker_group(db.url, label, workers) as wp, Engine(db.url) as engine:
+            pids = [*wp.pids, os.getpid()]
+            (w0, calls0), c0 = await wp.counts(), engine.storage.commits  # type: ignore[attr-defined]
+            cpu0 = (wp.cpu(), cpu_s())
+            ticks0 = machine_ticks()
+            server0 = await meter.snapshot(pids) if meter else None
+            started = time.time()
+            payloads = [{"i": i} for i in range(n)]
+            if waits:
+                await asyncio.gather(
+                    trigger_many(engine, task_id, payloads),
+                    complete_parked(engine, db, n, timeout=120 + n / 20),
+                )
+            else:
+                await trigger_many(engine, task_id, payloads)
+            client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
+            timeout = 120 + n / (20 if waits else 50)
+            await wait_for(lambda: at_least(db, _FINISHED, n), timeout, f"{label} runs")
+            finished = await db.reader.value("SELECT max(finished_at) FROM runs") / 1000
+            w1, calls1 = await wp.counts()
+            worker_commits = w1 - w0
+            if waits:  # the completions made after the last trigger returned
+                client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
+            cpu1 = (wp.cpu(), cpu_s())
+            ticks1 = machine_ticks()
+            server1 = await meter.snapshot(pids) if meter else None
+            await check_all_completed(db, n, label)
+        result: dict[str, Any] = {
+            "n": n,
+            "runs_per_s": n / (finished - started),
+            "seconds": finished - started,
+            "workers": len(pids) - 1,
+            "machine_busy": (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1]),
+            "cpu_worker_s": cpu1[0] - cpu0[0],
+            "cpu_driver_s": cpu1[1] - cpu0[1],
+            "commits_worker": worker_commits / n,
+            "commits_client": client_commits / n,
+            "worker_calls_per_run": {
+                name: round((calls1[name] - calls0[name]) / n, 3)
+                for name in sorted(calls1)
+                if calls1[name] > calls0[name]
+            },
+        }
+        if meter and server0 and server1:
+            await wait_for_stats_flush(meter, pids[:-1], timeout=10)
+            server2 = await meter.snapshot([])
+            cpu = PgMeter.delta(server0, server1)
+            stats = PgMeter.delta(server0, server2)
+            result.update(
+                pg_cpu_ours_s=cpu["pg_cpu_ours_s"],
+                pg_cpu_all_s=cpu["pg_cpu_all_s"],
+                pg_backends=cpu["pg_backends_ours"],
+                pg_other_backends=stats["pg_other_backends"],
+                pg_xact_commit=stats["pg_xact_commit"] / n,
+                pg_xact_rollback=stats["pg_xact_rollback"] / n,
+                pg_wal_bytes=stats["pg_wal_bytes"] / n,
+            )
+    return result
+
+
+def cpu_ms(m: dict[str, Any], n: int) -> tuple[float, ...]:
+    """CPU ms per run: worker(s), driver, and (PostgreSQL) the backends serving them."""
+    parts = [m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n]
+    if "pg_cpu_ours_s" in m:
+        parts.append(m["pg_cpu_ours_s"] * 1000 / n)
+    return tuple(parts)
 
 
 # --- 3. resume latency -----------------------------------------------------------------
 
 
+_WAITING_RUNS = "SELECT count(*) FROM runs WHERE status = 'WAITING'"
+
+
 async def park_marked_runs(
-    engine: Engine, reader: Reader, n: int, task_id: str = "bench-wait", **extra: Any
+    engine: Engine, db: Database, n: int, task_id: str = "bench-wait", **extra: Any
 ) -> dict[int, str]:
     """Trigger n runs of ``task_id`` and wait until all are parked; token id by payload i."""
     await trigger_many(engine, task_id, [{"i": i, "mark": True, **extra} for i in range(n)])
-    await wait_for(
-        lambda: reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n,
-        60 + n / 20,
-        f"{n} runs parked",
-    )
-    rows = reader.rows(
-        "SELECT json_extract(r.payload, '$.i'), rw.waitpoint_id FROM run_waits rw"
+    await wait_for(lambda: at_least(db, _WAITING_RUNS, n), 60 + n / 20, f"{n} runs parked")
+    rows = await db.reader.rows(
+        f"SELECT {db.reader.payload_i}, rw.waitpoint_id FROM run_waits rw"
         " JOIN runs r ON r.id = rw.run_id"
     )
     return {int(i): tid for i, tid in rows}
@@ -507,34 +565,30 @@ def latencies_ms(returned: dict[int, float], stamps: dict[int, float]) -> list[f
 
 
 async def bench_latency_in_process(ctx: Context, n: int) -> dict[str, Any]:
-    url, path = ctx.fresh_db("latency-in")
     side = ctx.side_file("latency-in")
-    async with Engine(url) as engine, ctx.in_process_worker(engine):
-        reader = Reader(path)
-        tokens = await park_marked_runs(engine, reader, n)
-        returned = await complete_paced(engine, tokens, ctx.sizes.latency_rate)
-        await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
-        reader.close()
+    async with ctx.database("latency-in") as db:
+        async with Engine(db.url) as engine, ctx.in_process_worker(engine):
+            tokens = await park_marked_runs(engine, db, n)
+            returned = await complete_paced(engine, tokens, ctx.sizes.latency_rate)
+            await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
     lat = latencies_ms(returned, read_side(side))
     return {**spread(lat), "n": len(lat)}
 
 
 async def bench_latency_cross_process(ctx: Context, n: int) -> dict[str, Any]:
-    url, path = ctx.fresh_db("latency-x")
     side = ctx.side_file("latency-x")
-    async with ctx.worker_process(url, "latency-x"), Engine(url) as engine:
-        reader = Reader(path)
-        tokens = await park_marked_runs(engine, reader, n)
-        returned = await complete_paced(engine, tokens, ctx.sizes.latency_rate)
-        await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
-        lat = latencies_ms(returned, read_side(side))
-        cli = await cli_latency(ctx, engine, reader, url, side, ctx.sizes.cli_samples)
-        reader.close()
+    async with ctx.database("latency-x") as db:
+        async with ctx.worker_process(db.url, "latency-x"), Engine(db.url) as engine:
+            tokens = await park_marked_runs(engine, db, n)
+            returned = await complete_paced(engine, tokens, ctx.sizes.latency_rate)
+            await wait_for(lambda: count_lines(side) >= n, 60, "resumed runs")
+            lat = latencies_ms(returned, read_side(side))
+            cli = await cli_latency(ctx, engine, db, side, ctx.sizes.cli_samples)
     return {**spread(lat), "n": len(lat), **cli}
 
 
 async def cli_latency(
-    ctx: Context, engine: Engine, reader: Reader, url: str, side: Path, samples: int
+    ctx: Context, engine: Engine, db: Database, side: Path, samples: int
 ) -> dict[str, Any]:
     """``waitpoint tokens complete`` in its own process: its wall time, and the resume
     measured from the moment the CLI process exited (the CLI prints nothing we could stamp
@@ -545,11 +599,10 @@ async def cli_latency(
     await trigger_many(
         engine, "bench-wait", [{"i": base + k, "mark": True} for k in range(samples)]
     )
-    await wait_for(
-        lambda: len(reader.rows(_WAITING_TOKENS)) >= samples, 60, "CLI sample runs parked"
-    )
-    rows = reader.rows(
-        "SELECT json_extract(r.payload, '$.i'), rw.waitpoint_id FROM run_waits rw"
+    waiting = f"SELECT count(*) FROM ({_WAITING_TOKENS}) AS waiting"
+    await wait_for(lambda: at_least(db, waiting, samples), 60, "CLI sample runs parked")
+    rows = await db.reader.rows(
+        f"SELECT {db.reader.payload_i}, rw.waitpoint_id FROM run_waits rw"
         " JOIN runs r ON r.id = rw.run_id JOIN waitpoints w ON w.id = rw.waitpoint_id"
         " WHERE w.status = 'WAITING'"
     )
@@ -563,7 +616,7 @@ async def cli_latency(
         proc = await loop.run_in_executor(
             None,
             lambda tid=tid: subprocess.run(
-                [exe, "tokens", "complete", tid, "--data", '{"ok": true}', "--database", url],
+                [exe, "tokens", "complete", tid, "--data", '{"ok": true}', "--database", db.url],
                 capture_output=True,
                 env=ctx.env,
                 timeout=60,
@@ -589,19 +642,15 @@ async def cli_latency(
 
 
 async def bench_memory(ctx: Context, n: int) -> dict[str, Any]:
-    url, path = ctx.fresh_db(f"memory{n}")
     result: dict[str, Any] = {}
-    async with Engine(url) as engine:
-        reader = Reader(path)
-        async with ctx.worker_process(url, f"memory{n}") as wp:
+    async with ctx.database(f"memory{n}") as db, Engine(db.url) as engine:
+        async with ctx.worker_process(db.url, f"memory{n}") as wp:
             started = time.monotonic()
             if n:
                 await asyncio.gather(
                     trigger_many(engine, "bench-park", [{"i": i} for i in range(n)]),
                     wait_for(
-                        lambda: (
-                            reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n
-                        ),
+                        lambda: at_least(db, _WAITING_RUNS, n),
                         120 + n / 20,
                         f"{n} runs WAITING",
                         poll=0.5,
@@ -610,7 +659,7 @@ async def bench_memory(ctx: Context, n: int) -> dict[str, Any]:
             park_seconds = time.monotonic() - started
             await _until_idle(wp)
             snapshot = await wp.stats()
-            counts = reader.status_counts()
+            counts = await db.status_counts()
             result = {
                 "rss_mb": rss_kb(wp.pid) / 1024,
                 "hwm_mb": rss_kb(wp.pid, "VmHWM") / 1024,
@@ -620,10 +669,9 @@ async def bench_memory(ctx: Context, n: int) -> dict[str, Any]:
                 "running": snapshot["running"],
             }
         # a worker started after the runs parked: what waiting costs a fresh process
-        async with ctx.worker_process(url, f"memory{n}-fresh") as fresh:
+        async with ctx.worker_process(db.url, f"memory{n}-fresh") as fresh:
             await _until_idle(fresh)
             result["fresh_rss_mb"] = rss_kb(fresh.pid) / 1024
-        reader.close()
     if n and result["waiting"] != n:
         raise RuntimeError(f"memory: expected {n} WAITING runs, found {result['waiting']}")
     return result
@@ -646,41 +694,34 @@ async def _until_idle(wp: WorkerProcess, settle: float = 2.0) -> None:
 
 
 async def bench_timers(ctx: Context, n: int, park_rate: float) -> dict[str, Any]:
-    url, path = ctx.fresh_db(f"timers{n}")
-    async with ctx.worker_process(url, f"timers{n}"), Engine(url) as engine:
-        reader = Reader(path)
-        lead = 4 + n / max(park_rate, 50)
-        deadline_s = math.ceil(time.time() + lead)
-        deadline = datetime.fromtimestamp(deadline_s, tz=UTC)
-        t0 = time.monotonic()
-        await trigger_many(engine, "bench-timer", [{"deadline": deadline.isoformat()}] * n)
-        await wait_for(
-            lambda: (
-                reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'") >= n
-                or time.time() >= deadline_s
-            ),
-            lead + 60,
-            "timer runs parked",
-        )
-        parked_before = reader.value("SELECT count(*) FROM runs WHERE status = 'WAITING'")
-        park_rate = parked_before / (time.monotonic() - t0)
-        spare = deadline_s - time.time()
-        await wait_for(
-            lambda: reader.value("SELECT count(*) FROM waitpoints WHERE status = 'TIMED_OUT'") >= n,
-            lead + 120,
-            "tokens timed out",
-            poll=0.1,
-        )
-        # only tokens created before the deadline count (a later one is due when created)
-        rows = reader.rows(
-            "SELECT completed_at - timeout_at, timeout_at FROM waitpoints"
-            " WHERE created_at < timeout_at"
-        )
-        sql = "SELECT count(*) FROM runs WHERE status IN ('COMPLETED', 'FAILED')"
-        await wait_for(lambda: reader.value(sql) >= n, 120 + n / 20, "timer runs finished")
-        all_done = reader.value("SELECT max(finished_at) FROM runs") / 1000 - deadline_s
-        check_all_completed(reader, n, "timers")
-        reader.close()
+    async with ctx.database(f"timers{n}") as db:
+        async with ctx.worker_process(db.url, f"timers{n}"), Engine(db.url) as engine:
+            lead = 4 + n / max(park_rate, 50)
+            deadline_s = math.ceil(time.time() + lead)
+            deadline = datetime.fromtimestamp(deadline_s, tz=UTC)
+            t0 = time.monotonic()
+            await trigger_many(engine, "bench-timer", [{"deadline": deadline.isoformat()}] * n)
+
+            async def parked_or_due() -> bool:
+                return time.time() >= deadline_s or await at_least(db, _WAITING_RUNS, n)
+
+            await wait_for(parked_or_due, lead + 60, "timer runs parked")
+            parked_before = int(await db.reader.value(_WAITING_RUNS))
+            park_rate = parked_before / (time.monotonic() - t0)
+            spare = deadline_s - time.time()
+            timed_out = "SELECT count(*) FROM waitpoints WHERE status = 'TIMED_OUT'"
+            await wait_for(
+                lambda: at_least(db, timed_out, n), lead + 120, "tokens timed out", poll=0.1
+            )
+            # only tokens created before the deadline count (a later one is due when created)
+            rows = await db.reader.rows(
+                "SELECT completed_at - timeout_at, timeout_at FROM waitpoints"
+                " WHERE created_at < timeout_at"
+            )
+            await wait_for(lambda: at_least(db, _FINISHED, n), 120 + n / 20, "timer runs finished")
+            all_done = await db.reader.value("SELECT max(finished_at) FROM runs") / 1000
+            all_done -= deadline_s
+            await check_all_completed(db, n, "timers")
     late = [float(r[0]) for r in rows]
     if len({r[1] for r in rows}) != 1:
         raise RuntimeError("timers: the tokens do not share one deadline")
@@ -704,44 +745,39 @@ async def bench_timers(ctx: Context, n: int, park_rate: float) -> dict[str, Any]
 
 
 async def bench_replay(ctx: Context, steps_list: tuple[int, ...], samples: int) -> dict[str, Any]:
-    url, path = ctx.fresh_db("replay")
     side = ctx.side_file("replay")
     out: dict[str, Any] = {}
-    async with Engine(url) as engine, ctx.in_process_worker(engine):
-        reader = Reader(path)
-        base = 0
-        for steps in steps_list:
-            payloads = [{"i": base + k, "steps": steps} for k in range(samples)]
-            run_ids = await trigger_many(engine, "bench-replay", payloads)
-            await wait_for(
-                lambda ids=run_ids: (
-                    reader.value(
-                        "SELECT count(*) FROM runs WHERE status = 'WAITING' AND id IN"
-                        " (SELECT value FROM json_each(?))",
-                        [json.dumps(ids)],
+    async with ctx.database("replay") as db:
+        async with Engine(db.url) as engine, ctx.in_process_worker(engine):
+            base = 0
+            for steps in steps_list:
+                payloads = [{"i": base + k, "steps": steps} for k in range(samples)]
+                run_ids = await trigger_many(engine, "bench-replay", payloads)
+                among, ids = db.reader.ids_in("id", run_ids)
+                sql = f"SELECT count(*) FROM runs WHERE status = 'WAITING' AND {among}"
+                await wait_for(
+                    lambda sql=sql, ids=ids, k=samples: at_least(db, sql, k, ids),
+                    120 + steps * samples / 100,
+                    f"replay runs with {steps} steps parked",
+                )
+                first_line: list[float] = []
+                to_completed: list[float] = []
+                for k, run_id in enumerate(run_ids):
+                    tid = await db.reader.value(
+                        "SELECT waitpoint_id FROM run_waits WHERE run_id = ?", run_id
                     )
-                    >= len(ids)
-                ),
-                120 + steps * samples / 100,
-                f"replay runs with {steps} steps parked",
-            )
-            first_line: list[float] = []
-            to_completed: list[float] = []
-            for k, run_id in enumerate(run_ids):
-                tid = reader.value("SELECT waitpoint_id FROM run_waits WHERE run_id = ?", [run_id])
-                await engine.tokens.complete(tid, {"ok": True})
-                t0 = time.time()
-                await engine.wait_for_run(run_id, timeout=60)  # woken by the worker's commit
-                t1 = time.time()
-                stamp = read_side(side)[base + k]
-                first_line.append((stamp - t0) * 1000)
-                to_completed.append((t1 - t0) * 1000)
-            out[steps] = {
-                "first_line_ms": statistics.median(first_line),
-                "completed_ms": statistics.median(to_completed),
-            }
-            base += samples
-        reader.close()
+                    await engine.tokens.complete(tid, {"ok": True})
+                    t0 = time.time()
+                    await engine.wait_for_run(run_id, timeout=60)  # woken by the worker's commit
+                    t1 = time.time()
+                    stamp = read_side(side)[base + k]
+                    first_line.append((stamp - t0) * 1000)
+                    to_completed.append((t1 - t0) * 1000)
+                out[steps] = {
+                    "first_line_ms": statistics.median(first_line),
+                    "completed_ms": statistics.median(to_completed),
+                }
+                base += samples
     zero = out[steps_list[0]]
     for steps in steps_list:
         out[steps]["replay_ms"] = out[steps]["first_line_ms"] - zero["first_line_ms"]
@@ -805,8 +841,8 @@ class Row:
     good: Callable[[float], bool] | None = None
     higher_is_better: bool = True
     samples: list[float] = field(default_factory=list)
-    commits: list[tuple[float, float]] = field(default_factory=list)
-    cpu: list[tuple[float, float]] = field(default_factory=list)
+    commits: list[tuple[float, ...]] = field(default_factory=list)
+    cpu: list[tuple[float, ...]] = field(default_factory=list)
     dbos: list[float] = field(default_factory=list)
     note: str = ""
 
@@ -843,7 +879,7 @@ class Row:
             "target": self.target,
             "met": self.met,
             "commits_per_run_worker_client": self.commits,
-            "cpu_ms_per_run_worker_client": self.cpu,
+            "cpu_ms_per_run_worker_client_db": self.cpu,
             "dbos_median": None if not self.dbos else self.dbos_median,
             "dbos_samples": self.dbos,
             "ratio_vs_dbos": None if not self.dbos else self.ratio,
@@ -866,13 +902,12 @@ class Results:
         self.raw.setdefault(key, []).append(value)
 
 
-def _pair(pairs: list[tuple[float, float]], spec: str) -> str:
-    """Medians of (worker, client) pairs as 'w+c'."""
+def _pair(pairs: list[tuple[float, ...]], spec: str) -> str:
+    """Medians of (worker, client[, db]) tuples as 'w+c[+db]'."""
     if not pairs:
         return ""
-    w = statistics.median(p[0] for p in pairs)
-    c = statistics.median(p[1] for p in pairs)
-    return f"{spec.format(w)}+{spec.format(c)}"
+    width = min(len(p) for p in pairs)
+    return "+".join(spec.format(statistics.median(p[k] for p in pairs)) for k in range(width))
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -899,7 +934,7 @@ def print_table(results: Results, title: str, dbos_note: str | None) -> None:
         ("median", "right"),
         ("min-max", "right"),
         ("commits/run w+c", "right"),
-        ("CPU ms/run w+c", "right"),
+        ("CPU ms/run w+c(+db)", "right"),
         ("target", "left"),
         ("", "left"),
         ("DBOS", "right"),
@@ -936,6 +971,176 @@ def print_table(results: Results, title: str, dbos_note: str | None) -> None:
         console.print(f"  DBOS: {dbos_note}", style="yellow", soft_wrap=True)
 
 
+def _median_spread(row: Row | None) -> tuple[str, str]:
+    if row is None:
+        return "-", ""
+    vals = [v for v in row.samples if not math.isnan(v)]
+    spread = f"{fmt(min(vals))}-{fmt(max(vals))}" if len(vals) > 1 else ""
+    return fmt(row.median, row.unit), spread
+
+
+def print_side_by_side(by_backend: dict[str, Results], title: str) -> None:
+    """SQLite and PostgreSQL medians of the same invocation, and their ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    lite, pg = by_backend["sqlite"].rows, by_backend["postgres"].rows
+    keys = list(lite) + [k for k in pg if k not in lite]
+    table = Table(title=title)
+    for name, justify in [
+        ("#", "left"),
+        ("measurement", "left"),
+        ("SQLite", "right"),
+        ("min-max", "right"),
+        ("", "left"),
+        ("PostgreSQL", "right"),
+        ("min-max", "right"),
+        ("", "left"),
+        ("PG / SQLite", "right"),
+        ("target", "left"),
+    ]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for key in keys:
+        a, b = lite.get(key), pg.get(key)
+        row = a or b
+        assert row is not None
+        ratio = ""
+        if a is not None and b is not None and a.median and not math.isnan(a.median):
+            ratio = f"{b.median / a.median:.2f}x"
+        table.add_row(
+            key,
+            f"{row.label}: {row.metric}",
+            *_median_spread(a),
+            a.met if a else "",
+            *_median_spread(b),
+            b.met if b else "",
+            ratio,
+            row.target,
+        )
+    Console(width=200).print(table)
+
+
+def capacity_rows(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Item 8's samples grouped by worker count: medians of each figure per run."""
+    out = []
+    counts = sorted({m["workers"] for m in raw})
+    base = None
+    for k in counts:
+        ms = [m for m in raw if m["workers"] == k]
+        n = ms[0]["n"]
+
+        def med(key: str, ms: list[dict[str, Any]] = ms) -> float:
+            vals = [m[key] for m in ms if key in m]
+            return statistics.median(vals) if vals else math.nan
+
+        rate = med("runs_per_s")
+        base = rate if base is None else base
+        row = {
+            "workers": k,
+            "n": n,
+            "runs_per_s": rate,
+            "min": min(m["runs_per_s"] for m in ms),
+            "max": max(m["runs_per_s"] for m in ms),
+            "speedup": rate / base,
+            "cpu_worker_ms": med("cpu_worker_s") * 1000 / n,
+            "cpu_driver_ms": med("cpu_driver_s") * 1000 / n,
+            "cpu_db_ms": med("pg_cpu_ours_s") * 1000 / n,
+            "cpu_db_all_ms": med("pg_cpu_all_s") * 1000 / n,
+            "machine_busy": med("machine_busy"),
+            "commits_worker": med("commits_worker"),
+            "commits_client": med("commits_client"),
+            "xact_commit": med("pg_xact_commit"),
+            "wal_bytes": med("pg_wal_bytes"),
+            "other_backends": max((m.get("pg_other_backends", 0) for m in ms), default=0),
+            "worker_statements": statistics.median(
+                m.get("worker_calls_per_run", {}).get("sql_statements", math.nan) for m in ms
+            ),
+            "worker_calls": {
+                name: statistics.median(m["worker_calls_per_run"].get(name, 0.0) for m in ms)
+                for name in sorted({c for m in ms for c in m.get("worker_calls_per_run", {})})
+            },
+            "samples": len(ms),
+        }
+        ours = row["cpu_worker_ms"] + row["cpu_driver_ms"]
+        if not math.isnan(row["cpu_db_ms"]):
+            ours += row["cpu_db_ms"]
+        row["cpu_total_ms"] = ours
+        out.append(row)
+    return out
+
+
+def print_capacity(by_backend: dict[str, Results], nproc: int) -> None:
+    """Item 8: token-wait throughput against the number of worker processes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="8. capacity: token-wait runs with 1, 2, 4 worker processes")
+    for name in [
+        "backend",
+        "workers",
+        "N",
+        "runs/s",
+        "min-max",
+        "vs 1",
+        "CPU ms/run: workers",
+        "driver",
+        "db (ours)",
+        "all postgres",
+        "sum w+c+db",
+        "machine busy",
+        "write tx/run w+c",
+        "worker SQL stmts/run",
+        "xact_commit/run",
+        "WAL KB/run",
+    ]:
+        table.add_column(name, justify="left" if name == "backend" else "right")
+    for backend, results in by_backend.items():
+        raw = results.raw.get("scaling")
+        if not raw:
+            continue
+        for r in capacity_rows(raw):
+            pgish = backend == "postgres"
+            table.add_row(
+                backend,
+                str(r["workers"]),
+                f"{r['n']:,}",
+                fmt(r["runs_per_s"]),
+                f"{fmt(r['min'])}-{fmt(r['max'])}" if r["samples"] > 1 else "",
+                f"{r['speedup']:.2f}x",
+                f"{r['cpu_worker_ms']:.2f}",
+                f"{r['cpu_driver_ms']:.2f}",
+                f"{r['cpu_db_ms']:.2f}" if pgish else "-",
+                f"{r['cpu_db_all_ms']:.2f}" if pgish else "-",
+                f"{r['cpu_total_ms']:.2f}",
+                f"{r['machine_busy'] * 100:.0f}% of {nproc}",
+                f"{r['commits_worker']:.2f}+{r['commits_client']:.2f}",
+                f"{r['worker_statements']:.1f}" if pgish else "-",
+                f"{r['xact_commit']:.1f}" if pgish else "-",
+                f"{r['wal_bytes'] / 1024:.1f}" if pgish else "-",
+            )
+    console = Console(width=200)
+    console.print(table)
+    console.print(
+        "  CPU per run from /proc: the worker processes, the driver (triggers, completions,"
+        " polling), the PostgreSQL backends serving them (matched by client port), and every"
+        " PostgreSQL process (other clients of the server included). machine busy: non-idle"
+        " share of all CPUs over the measurement (/proc/stat), whoever used it. write tx/run:"
+        " the engine's own write transactions (engine.storage.commits); worker SQL stmts/run:"
+        " statements the worker processes sent (BEGIN and COMMIT included); xact_commit/run:"
+        " pg_stat_database of the whole database (reads and other clients included).",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for backend, results in by_backend.items():
+        for r in capacity_rows(results.raw.get("scaling", [])):
+            calls = ", ".join(f"{k} {v:.2f}" for k, v in r["worker_calls"].items() if v >= 0.01)
+            console.print(
+                f"  {backend}, {r['workers']} worker(s), storage calls per run: {calls}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
 def describe_machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -951,7 +1156,16 @@ def describe_machine() -> dict[str, Any]:
     versions: dict[str, str] = {}
     from importlib.metadata import PackageNotFoundError, version
 
-    for dist in ("waitpoint", "aiosqlite", "anyio", "structlog", "pydantic", "dbos", "uvloop"):
+    for dist in (
+        "waitpoint",
+        "aiosqlite",
+        "asyncpg",
+        "anyio",
+        "structlog",
+        "pydantic",
+        "dbos",
+        "uvloop",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             versions[dist] = version(dist)
     return {
@@ -976,36 +1190,89 @@ def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None:
+async def run_all(ctx: Context, by_backend: dict[str, Results], only: set[str] | None) -> None:
     s, repeat = ctx.sizes, ctx.args.repeat
+    backends = list(by_backend)
 
     def want(key: str) -> bool:
         return only is None or key in only
 
+    def res() -> Results:
+        """The results of the backend being measured now."""
+        return by_backend[ctx.backend]
+
     dbos_problem = dbos_status()
     sub, inproc = "subprocess", "in-process"
     subs = sub if ctx.args.workers == 1 else f"{ctx.args.workers} subprocesses"
-    park_rate = 700.0  # runs parked per second, to set the timers' deadline (then measured)
+    # runs parked per second, to set the timers' deadline (then measured), per backend
+    park_rates = {b: 700.0 if b == "sqlite" else 300.0 for b in backends}
+    if "postgres" in backends:
+        ctx.meter = PgMeter(ctx.args.pg_url)
+        await ctx.meter.open()
 
     async def item0() -> None:
-        m = bench_sqlite_baseline(ctx)
-        results.add_raw("sqlite_baseline", m)
+        results = res()
+        if ctx.backend == "sqlite":
+            m = bench_sqlite_baseline(ctx)
+            results.add_raw("sqlite_baseline", m)
+            for key, metric, value in (
+                ("0.commits", "one-row commits/s (sqlite3, no engine)", m["commits_per_s"]),
+                ("0.rows", "rows/s in one transaction (sqlite3, no engine)", m["rows_per_s"]),
+            ):
+                row = results.row(
+                    key,
+                    label="SQLite on this disk, WAL, FULL",
+                    metric=metric,
+                    worker="-",
+                    unit="/s",
+                )
+                row.samples.append(value)
+            say(f"  0 sqlite: {m['commits_per_s']:.0f} commits/s, {m['rows_per_s']:.0f} rows/s")
+            return
+        m = await pg_baseline(ctx.args.pg_url)
+        results.add_raw("pg_baseline", m)
+        lanes = m["lanes"]
         for key, metric, value in (
-            ("0.commits", "one-row commits/s (sqlite3, no engine)", m["commits_per_s"]),
-            ("0.rows", "rows/s in one transaction (sqlite3, no engine)", m["rows_per_s"]),
+            ("0.pg.commits", "one-row commits/s, 1 connection (asyncpg)", m["commits_per_s"]),
+            (
+                "0.pg.lanes",
+                f"one-row commits/s, {lanes} connections at once",
+                m["concurrent_commits_per_s"],
+            ),
+            (
+                "0.pg.notify",
+                f"one-row commits/s + pg_notify, {lanes} connections at once",
+                m["concurrent_notify_commits_per_s"],
+            ),
+            ("0.pg.rows", "rows/s in one transaction", m["rows_per_s"]),
         ):
             row = results.row(
-                key, label="SQLite on this disk, WAL, FULL", metric=metric, worker="-", unit="/s"
+                key, label="PostgreSQL alone, no engine", metric=metric, worker="-", unit="/s"
             )
             row.samples.append(value)
-        say(f"  0 sqlite: {m['commits_per_s']:.0f} commits/s, {m['rows_per_s']:.0f} rows/s")
+        say(
+            f"  0 postgres: {m['commits_per_s']:.0f} commits/s on 1 connection,"
+            f" {m['concurrent_commits_per_s']:.0f} on {lanes},"
+            f" {m['concurrent_notify_commits_per_s']:.0f} with NOTIFY;"
+            f" {m['rows_per_s']:.0f} rows/s"
+        )
+
+    def server_text(m: dict[str, Any]) -> str:
+        if "pg_cpu_ours_s" not in m:
+            return ""
+        return (
+            f"; server CPU s ours {m['pg_cpu_ours_s']:.1f} all {m['pg_cpu_all_s']:.1f},"
+            f" xact_commit/run {m['pg_xact_commit']:.1f}"
+        )
 
     async def item1() -> None:
-        m = await bench_trivial(ctx, s.trivial)
+        n = s.trivial
+        m = await bench_throughput(ctx, "bench-trivial", n, "trivial")
+        results = res()
         results.add_raw("trivial", m)
         row = results.row(
             "1",
-            label=f"trivial runs, N={s.trivial:,}",
+            label=f"trivial runs, N={n:,}",
             metric="runs/s",
             worker=subs,
             unit="/s",
@@ -1014,15 +1281,15 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
         )
         row.samples.append(m["runs_per_s"])
         row.commits.append((m["commits_worker"], m["commits_client"]))
-        n = s.trivial
-        row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
+        row.cpu.append(cpu_ms(m, n))
         say(
             f"  1 trivial: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
-            f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
+            f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}" + server_text(m)
         )
 
     async def item2(n: int) -> None:
-        m = await bench_token_wait(ctx, n)
+        m = await bench_throughput(ctx, "bench-wait", n, f"wait{n}")
+        results = res()
         results.add_raw(f"token_wait_{n}", m)
         row = results.row(
             f"2.{n}",
@@ -1035,23 +1302,47 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
         )
         row.samples.append(m["runs_per_s"])
         row.commits.append((m["commits_worker"], m["commits_client"]))
-        row.cpu.append((m["cpu_worker_s"] * 1000 / n, m["cpu_driver_s"] * 1000 / n))
+        row.cpu.append(cpu_ms(m, n))
         say(
             f"  2 token-wait N={n}: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
-            f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}"
+            f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}" + server_text(m)
+        )
+
+    async def item8(k: int) -> None:
+        n = s.scaling_n
+        m = await bench_throughput(ctx, "bench-wait", n, f"scale{k}", workers=k)
+        results = res()
+        results.add_raw("scaling", m)
+        plural = "es" if k > 1 else ""
+        row = results.row(
+            f"8.{k}",
+            label=f"capacity: token-wait runs, N={n:,}, {k} worker process{plural}",
+            metric="runs/s",
+            worker=f"{k} subprocess{plural}",
+            unit="/s",
+        )
+        row.samples.append(m["runs_per_s"])
+        row.commits.append((m["commits_worker"], m["commits_client"]))
+        row.cpu.append(cpu_ms(m, n))
+        say(
+            f"  8 capacity, {k} workers: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
+            f" CPU s workers {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f},"
+            f" machine busy {m['machine_busy'] * 100:.0f}%" + server_text(m)
         )
 
     async def item7(workload: str) -> None:
         n = s.dbos_wait_n if workload == "wait" else s.dbos_trivial_n
         d = await bench_dbos(ctx, workload, n)
-        results.add_raw(f"dbos_{workload}", d)
         keys = [f"2.{k}" for k in s.token_wait] if workload == "wait" else ["1"]
-        for key in keys:
-            if key in results.rows:
-                results.rows[key].dbos.append(d["runs_per_s"])
+        for results in by_backend.values():  # one DBOS measurement, a ratio for each backend
+            results.add_raw(f"dbos_{workload}", d)
+            for key in keys:
+                if key in results.rows:
+                    results.rows[key].dbos.append(d["runs_per_s"])
         say(f"  7 DBOS {workload} N={n}: {d['runs_per_s']:.1f} runs/s")
 
     async def item3() -> None:
+        results = res()
         m = await bench_latency_in_process(ctx, s.latency_n)
         results.add_raw("latency_in_process", m)
         for q, target, limit in (("p50", "< 5 ms", 5.0), ("p99", "", None)):
@@ -1093,9 +1384,9 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
         say("  3 latency cross-process: " + _spread_text(m))
 
     async def item5() -> None:
-        nonlocal park_rate
-        m = await bench_timers(ctx, s.timers, park_rate)
-        park_rate = 0.7 * m["park_rate"]
+        results = res()
+        m = await bench_timers(ctx, s.timers, park_rates[ctx.backend])
+        park_rates[ctx.backend] = 0.7 * m["park_rate"]
         results.add_raw("timers", m)
         for q, target, limit in (("p50", "", None), ("p99", "< 250 ms", 250.0), ("max", "", None)):
             row = results.row(
@@ -1125,6 +1416,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
         )
 
     async def item6() -> None:
+        results = res()
         m = await bench_replay(ctx, s.replay_steps, s.replay_samples)
         results.add_raw("replay", m)
         for steps in s.replay_steps[1:]:
@@ -1139,6 +1431,7 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
         say("  6 replay: " + ", ".join(f"{k}: {v['replay_ms']:.1f} ms" for k, v in m.items()))
 
     async def item4(n: int) -> None:
+        results = res()
         say(f"memory with {n:,} runs WAITING")
         m = await bench_memory(ctx, n)
         results.add_raw(f"memory_{n}", m)
@@ -1158,54 +1451,93 @@ async def run_all(ctx: Context, results: Results, only: set[str] | None) -> None
             f" (fresh worker {m['fresh_rss_mb']:.0f} MB), parked at {m['park_rate']:.0f}/s"
         )
 
-    async def guarded(name: str, make: Awaitable[None]) -> None:
+    async def guarded(name: str, make: Callable[[], Awaitable[None]]) -> None:
         """One failing measurement is reported and the others still run."""
         try:
-            await make
+            await make()
         except Exception as exc:
             say(f"  {name} FAILED: {type(exc).__name__}: {exc}")
             traceback.print_exc()
-            results.notes.append(f"ERROR in {name}: {type(exc).__name__}: {exc}")
+            res().notes.append(f"ERROR in {name}: {type(exc).__name__}: {exc}")
 
-    timed = [k for k in ("0", "1", "2", "3", "5", "6", "7") if want(k)]
-    for r in range(repeat if timed else 0):
-        say(f"repeat {r + 1}/{repeat}")
-        if want("0"):
-            await guarded("0 sqlite baseline", item0())
-        if want("1"):
-            await guarded("1 trivial", item1())
-        if want("2"):
-            for n in s.token_wait:
-                await guarded(f"2 token-wait N={n}", item2(n))
-        if dbos_problem is None and want("7"):
-            if want("2"):
-                await guarded("7 DBOS wait", item7("wait"))
+    async def each_backend(name: str, make: Callable[[], Awaitable[None]]) -> None:
+        """One item on every backend, one after the other (the same machine state)."""
+        for backend in backends:
+            ctx.backend = backend
+            await guarded(f"{name} ({backend})", make)
+
+    timed = [k for k in ("0", "1", "2", "3", "5", "6", "7", "8") if want(k)]
+    try:
+        for r in range(repeat if timed else 0):
+            say(f"repeat {r + 1}/{repeat}")
+            if want("0"):
+                await each_backend("0 baseline", item0)
             if want("1"):
-                await guarded("7 DBOS trivial", item7("trivial"))
-        if want("3"):
-            await guarded("3 resume latency", item3())
-        if want("5"):
-            await guarded("5 timers", item5())
-        if want("6"):
-            await guarded("6 replay", item6())
-    if want("4"):
-        for _ in range(s.memory_repeats):
-            for n in s.memory:
-                await guarded(f"4 memory {n}", item4(n))
-    results.notes.extend(_notes(ctx, results))
+                await each_backend("1 trivial", item1)
+            if want("2"):
+                for n in s.token_wait:
+                    await each_backend(f"2 token-wait N={n}", lambda n=n: item2(n))
+            if dbos_problem is None and want("7"):
+                if want("2"):
+                    await guarded("7 DBOS wait", lambda: item7("wait"))
+                if want("1"):
+                    await guarded("7 DBOS trivial", lambda: item7("trivial"))
+            if want("3"):
+                await each_backend("3 resume latency", item3)
+            if want("5"):
+                await each_backend("5 timers", item5)
+            if want("6"):
+                await each_backend("6 replay", item6)
+            if want("8"):
+                for k in s.scaling_workers:
+                    await each_backend(f"8 capacity, {k} workers", lambda k=k: item8(k))
+        if want("4"):
+            for _ in range(s.memory_repeats):
+                for n in s.memory:
+                    await each_backend(f"4 memory {n}", lambda n=n: item4(n))
+    finally:
+        if ctx.meter is not None:
+            await ctx.meter.close()
+    for backend, results in by_backend.items():
+        ctx.backend = backend
+        results.notes.extend(_notes(ctx, results))
 
 
 def _notes(ctx: Context, results: Results) -> list[str]:
+    kind = "SQLite" if ctx.backend == "sqlite" else "PostgreSQL"
     notes = [
-        "commits/run w+c: SQLite write transactions per run committed by the worker process"
+        f"commits/run w+c: {kind} write transactions per run committed by the worker process"
         " + by the driver process (trigger, completion), from engine.storage.commits;"
         " CPU ms/run w+c: user+system CPU of the worker process (all threads, /proc/PID/stat)"
-        " + of the driver process, per run.",
+        " + of the driver process, per run"
+        + (
+            "; +db: the PostgreSQL backends serving them (matched by client port)."
+            if ctx.backend == "postgres"
+            else "."
+        ),
         "subprocess: one worker process (benchmarks/worker_proc.py: Worker(engine, tasks)),"
         " driver (trigger/complete) in this process; in-process: the Worker runs on this"
         " process's Engine and event loop.",
     ]
     raw = results.raw
+    server = []
+    for key in ["trivial", *(k for k in raw if k.startswith("token_wait_"))]:
+        ms = [m for m in raw.get(key, []) if "pg_xact_commit" in m]
+        if not ms:
+            continue
+        xact = statistics.median(m["pg_xact_commit"] for m in ms)
+        wal = statistics.median(m["pg_wal_bytes"] for m in ms) / 1024
+        cpu_all = statistics.median(m["pg_cpu_all_s"] * 1000 / m["n"] for m in ms)
+        others = max(m["pg_other_backends"] for m in ms)
+        server.append(
+            f"{key}: xact_commit/run {xact:.1f}, WAL {wal:.1f} KB/run, all postgres processes"
+            f" {cpu_all:.2f} CPU ms/run, other client backends on the server up to {others}"
+        )
+    if server:
+        notes.append(
+            "server side (pg_stat_database of the whole database and cluster-wide WAL, so other"
+            " clients count too): " + "; ".join(server) + "."
+        )
     if "latency_cross_process" in raw and raw["latency_cross_process"][0].get("cli_wall_p50_ms"):
         walls = [m["cli_wall_p50_ms"] for m in raw["latency_cross_process"]]
         exits = [m["cli_resume_after_exit_p50_ms"] for m in raw["latency_cross_process"]]
@@ -1263,11 +1595,27 @@ def _notes(ctx: Context, results: Results) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (~1 min)")
-    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, one repeat (~1 min per backend)"
+    )
+    parser.add_argument(
+        "--backend",
+        default="sqlite",
+        choices=["sqlite", "postgres", "both"],
+        help="where the runs are stored; both: each item on SQLite, then on PostgreSQL",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=DEFAULT_PG_URL,
+        help="the PostgreSQL server (each measurement makes and drops a schema of its own;"
+        " default $WAITPOINT_BENCH_POSTGRES_URL or %(default)s)",
+    )
     parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
     parser.add_argument("--repeat", type=int, default=None, help="repeats (median; default 3)")
     parser.add_argument("--only", help="comma-separated items to run, e.g. 1,2,7")
+    parser.add_argument(
+        "--scaling-n", type=int, default=None, help="token-wait runs per item-8 measurement"
+    )
     parser.add_argument("--dir", help="where the databases go (default: a temp dir here)")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
     parser.add_argument(
@@ -1290,14 +1638,17 @@ def main() -> None:
         "--profile-idle", action="store_true", help="py-spy --idle: sample waiting threads too"
     )
     args = parser.parse_args()
-    if args.backend == "postgres":
-        print(
-            "the PostgreSQL backend does not exist in this engine yet"
-            " (engine/storage: 'the PostgreSQL backend is not available yet'); nothing to measure",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    postgres: dict[str, Any] = {}
+    if "postgres" in backends:
+        problem = asyncio.run(postgres_problem(args.pg_url))
+        if problem is not None:
+            print(f"cannot benchmark PostgreSQL: {problem}", file=sys.stderr)
+            sys.exit(2)
+        postgres = asyncio.run(describe_postgres(args.pg_url))
     sizes = QUICK if args.quick else Sizes()
+    if args.scaling_n:
+        sizes.scaling_n = args.scaling_n
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     base = Path(args.dir) if args.dir else HERE
@@ -1311,12 +1662,12 @@ def main() -> None:
     env = {**os.environ, "WAITPOINT_SQLITE_SYNCHRONOUS": "FULL", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     ctx = Context(args=args, sizes=sizes, dir=workdir, env=env)
-    results = Results()
+    by_backend = {b: Results() for b in backends}
     only = set(args.only.split(",")) if args.only else None
     machine = describe_machine()
     started = time.monotonic()
     try:
-        asyncio.run(run_all(ctx, results, only))
+        asyncio.run(run_all(ctx, by_backend, only))
     finally:
         driver_log.close()
         if not args.keep:
@@ -1324,28 +1675,53 @@ def main() -> None:
         else:
             print(f"kept {workdir}", file=sys.stderr)
     elapsed = time.monotonic() - started
-    title = (
-        f"Waitpoint benchmarks, SQLite WAL synchronous=FULL, medians of {args.repeat}"
-        f" ({'quick' if args.quick else 'full'}, {elapsed:.0f} s) - {machine['nproc']} x"
-        f" {machine['cpu']}, Python {machine['python']}, SQLite {machine['sqlite']}"
+    how = (
+        f"medians of {args.repeat} ({'quick' if args.quick else 'full'}, {elapsed:.0f} s"
+        f"{', SQLite and PostgreSQL interleaved' if len(backends) > 1 else ''}) -"
+        f" {machine['nproc']} x {machine['cpu']}, Python {machine['python']}"
     )
-    print_table(results, title, dbos_status())
+    names = {
+        "sqlite": f"SQLite {machine['sqlite']} WAL synchronous=FULL",
+        "postgres": f"PostgreSQL {postgres.get('version')} at {_host(args.pg_url)}"
+        f" (synchronous_commit={postgres.get('synchronous_commit')},"
+        f" fsync={postgres.get('fsync')}), asyncpg {postgres.get('asyncpg')}",
+    }
+    for backend, results in by_backend.items():
+        print_table(results, f"Waitpoint benchmarks, {names[backend]}, {how}", dbos_status())
+    if len(backends) > 1:
+        print_side_by_side(by_backend, f"SQLite and PostgreSQL side by side, {how}")
+    if any("scaling" in r.raw for r in by_backend.values()):
+        print_capacity(by_backend, machine["nproc"])
     if args.json_out:
         Path(args.json_out).write_text(
             json.dumps(
                 {
                     "machine": machine,
+                    "postgres": postgres,
                     "args": {k: v for k, v in vars(args).items()},
                     "elapsed_s": elapsed,
-                    "rows": [r.as_json() for r in results.rows.values()],
-                    "raw": results.raw,
-                    "notes": results.notes,
+                    "backends": {
+                        backend: {
+                            "rows": [r.as_json() for r in results.rows.values()],
+                            "raw": results.raw,
+                            "notes": results.notes,
+                            "capacity": capacity_rows(results.raw.get("scaling", [])),
+                        }
+                        for backend, results in by_backend.items()
+                    },
                     "dbos": dbos_status() or "ok",
                 },
                 indent=2,
                 default=str,
             )
         )
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
 
 
 if __name__ == "__main__":

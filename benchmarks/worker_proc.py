@@ -3,20 +3,27 @@
     python benchmarks/worker_proc.py --database sqlite:////tmp/x.db --stats /tmp/stats.json
 
 Prints ``ready`` on stdout once the worker is claiming. SIGUSR1 writes a JSON snapshot to
-``--stats`` (this process's SQLite commits, attempts running, RSS); SIGTERM stops gracefully.
+``--stats`` (this process's write transactions, attempts running, RSS, and how often each
+storage operation was called); SIGTERM stops gracefully. On PostgreSQL the snapshot also counts
+the SQL statements this process sent (each one a round trip; ``BEGIN`` and ``COMMIT`` too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -33,11 +40,53 @@ def _rss_kb(field: str = "VmRSS") -> int:
     return -1
 
 
+def count_calls(storage: Any, calls: Counter[str]) -> None:
+    """Count the calls of each public storage operation made through this instance."""
+
+    def counted(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return await fn(*args, **kwargs)
+
+        return call
+
+    for name in dir(type(storage)):
+        if not name.startswith("_"):
+            attr = getattr(storage, name)
+            if inspect.iscoroutinefunction(attr):
+                setattr(storage, name, counted(name, attr))
+
+
+def count_statements(calls: Counter[str]) -> None:
+    """Count the statements asyncpg sends from this process (pool methods go through these)."""
+    try:
+        from asyncpg.connection import Connection
+    except ImportError:
+        return
+    for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+        fn = getattr(Connection, name)
+
+        def counted(fn: Any = fn) -> Any:
+            @functools.wraps(fn)
+            async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+                calls["sql_statements"] += 1
+                return await fn(self, *args, **kwargs)
+
+            return call
+
+        setattr(Connection, name, counted())
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.uvloop:
         pass  # the loop policy is chosen before asyncio.run below
     loop = asyncio.get_running_loop()
+    calls: Counter[str] = Counter()
+    if args.database.startswith("postgres"):
+        count_statements(calls)
     async with Engine(args.database) as engine:
+        count_calls(engine.storage, calls)
         worker = Worker(engine, bench_tasks.BENCH_TASKS, concurrency=args.concurrency)
         seq = 0
 
@@ -52,6 +101,7 @@ async def main(args: argparse.Namespace) -> None:
                 "running": len(worker._running),
                 "rss_kb": _rss_kb("VmRSS"),
                 "hwm_kb": _rss_kb("VmHWM"),
+                "calls": dict(calls),
             }
             tmp = Path(args.stats + ".tmp")
             tmp.write_text(json.dumps(snapshot))

@@ -138,6 +138,7 @@ class Database:
     url: str
     reader: Reader
     schema: str | None = None  # PostgreSQL
+    room: dict[str, int] | None = None  # PostgreSQL: free connection slots when it started
 
     async def status_counts(self, table: str = "runs") -> dict[str, int]:
         rows = await self.reader.rows(f"SELECT status, count(*) FROM {table} GROUP BY status")
@@ -149,14 +150,43 @@ def with_schema(server_url: str, schema: str) -> str:
     return f"{server_url}{separator}schema={schema}"
 
 
+CONNECTIONS_PER_PROCESS = 11  # the engine's pool (10) and its LISTEN connection
+
+
+async def wait_for_room(server_url: str, needed: int, timeout: float = 300) -> dict[str, int]:
+    """Wait until the server has ``needed`` connection slots free (the server is shared:
+    taking the last slots would fail other people's tests, and ours). Returns what it saw."""
+    import asyncpg
+
+    started = time.monotonic()
+    while True:
+        conn = await asyncpg.connect(server_url)
+        try:
+            free = int(
+                await conn.fetchval(
+                    "SELECT current_setting('max_connections')::int"
+                    " - current_setting('superuser_reserved_connections')::int"
+                    " - (SELECT count(*) FROM pg_stat_activity"
+                    "    WHERE backend_type = 'client backend')"
+                )
+            )
+        finally:
+            await conn.close()
+        waited = time.monotonic() - started
+        if free >= needed or waited > timeout:
+            return {"free_slots": free, "needed_slots": needed, "waited_s": int(waited)}
+        await asyncio.sleep(1.0)
+
+
 @contextlib.asynccontextmanager
 async def fresh_database(
-    backend: str, directory: Path, name: str, pg_url: str
+    backend: str, directory: Path, name: str, pg_url: str, processes: int = 2
 ) -> AsyncIterator[Database]:
     """A new database; its reader is closed (and a PostgreSQL schema dropped) on exit.
 
     The engine creates the tables when the first process opens the URL, so callers open an
-    Engine or a worker before the reader's first query.
+    Engine or a worker before the reader's first query. On PostgreSQL it first waits for room
+    on the server for ``processes`` engine processes.
     """
     if backend == "sqlite":
         path = directory / f"{name}.db"
@@ -166,8 +196,10 @@ async def fresh_database(
         finally:
             await db.reader.close()
         return
+    room = await wait_for_room(pg_url, processes * CONNECTIONS_PER_PROCESS + 3)
     schema = f"bench_{uuid.uuid4().hex}"
     db = Database(backend, with_schema(pg_url, schema), PostgresReader(pg_url, schema), schema)
+    db.room = room
     try:
         yield db
     finally:
@@ -328,6 +360,48 @@ class PgMeter:
             "pg_backends_ours": len(after.ours),
             "pg_other_backends": max(before.other_backends, after.other_backends),
         }
+
+
+async def sample_waits(
+    meter: PgMeter, client_pids: list[int], stop: asyncio.Event, every: float = 0.05
+) -> dict[str, int]:
+    """Until ``stop``: every ``every`` seconds, what each backend serving these processes is
+    doing (``pg_stat_activity``: state, and wait event if any), counted over all samples.
+
+    ``active`` with no wait event is running on a CPU (or waiting for one); ``idle in
+    transaction`` is a transaction waiting for the client's next statement (a round trip
+    with its row locks held); ``Lock:object`` is the lock that serialises notifying commits;
+    ``IO:WALSync``/``LWLock:WALWrite`` are commits waiting for the WAL flush."""
+    counts: dict[str, int] = {}
+    backends: list[int] = []
+    refreshed = 0.0
+    conn = meter.conn
+    while not stop.is_set():
+        if time.monotonic() - refreshed > 1.0:
+            ports = socket_ports(client_pids, meter.port)
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])"
+                " AND application_name <> 'waitpoint-bench-reader'",
+                list(ports),
+            )
+            backends = [r["pid"] for r in rows]
+            refreshed = time.monotonic()
+        for row in await conn.fetch(
+            "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
+            " WHERE pid = ANY($1::int[])",
+            backends,
+        ):
+            state = row["state"] or "?"
+            if row["wait_event_type"] and not (
+                state == "idle" and row["wait_event"] == "ClientRead"
+            ):
+                key = f"{state}: {row['wait_event_type']}:{row['wait_event']}"
+            else:
+                key = state
+            counts[key] = counts.get(key, 0) + 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+    return counts
 
 
 async def wait_for_stats_flush(meter: PgMeter, client_pids: list[int], timeout: float) -> None:

@@ -57,6 +57,7 @@ from backends import (  # noqa: E402
     fresh_database,
     pg_baseline,
     postgres_problem,
+    sample_waits,
     wait_for_stats_flush,
 )
 
@@ -315,11 +316,14 @@ class Context:
     backend: str = "sqlite"  # the backend the current measurement runs on
     meter: PgMeter | None = None  # the server's side of PostgreSQL measurements
 
-    def database(self, name: str) -> contextlib.AbstractAsyncContextManager[Database]:
-        """A fresh database on the current backend (a file, or a schema dropped at the end)."""
+    def database(
+        self, name: str, processes: int = 2
+    ) -> contextlib.AbstractAsyncContextManager[Database]:
+        """A fresh database on the current backend (a file, or a schema dropped at the end);
+        ``processes``: how many engine processes will connect (PostgreSQL waits for room)."""
         self.counter += 1
         label = f"{self.counter:03d}-{name}"
-        return fresh_database(self.backend, self.dir, label, self.args.pg_url)
+        return fresh_database(self.backend, self.dir, label, self.args.pg_url, processes)
 
     def side_file(self, name: str) -> Path:
         self.counter += 1
@@ -449,13 +453,17 @@ async def bench_throughput(
     statistics when it exits)."""
     waits = task_id == "bench-wait"
     meter = ctx.meter if ctx.backend == "postgres" else None
-    async with ctx.database(label) as db:
+    async with ctx.database(label, (workers or ctx.args.workers) + 1) as db:
         async with ctx.worker_group(db.url, label, workers) as wp, Engine(db.url) as engine:
             pids = [*wp.pids, os.getpid()]
             (w0, calls0), c0 = await wp.counts(), engine.storage.commits  # type: ignore[attr-defined]
             cpu0 = (wp.cpu(), cpu_s())
             ticks0 = machine_ticks()
             server0 = await meter.snapshot(pids) if meter else None
+            stop_sampling = asyncio.Event()
+            sampler = None
+            if meter and ctx.args.pg_waits:
+                sampler = asyncio.create_task(sample_waits(meter, pids, stop_sampling))
             started = time.time()
             payloads = [{"i": i} for i in range(n)]
             if waits:
@@ -475,6 +483,8 @@ async def bench_throughput(
                 client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
             cpu1 = (wp.cpu(), cpu_s())
             ticks1 = machine_ticks()
+            stop_sampling.set()
+            waits_seen = await sampler if sampler else None
             server1 = await meter.snapshot(pids) if meter else None
             await check_all_completed(db, n, label)
         result: dict[str, Any] = {
@@ -507,6 +517,10 @@ async def bench_throughput(
                 pg_xact_rollback=stats["pg_xact_rollback"] / n,
                 pg_wal_bytes=stats["pg_wal_bytes"] / n,
             )
+        if waits_seen:
+            result["pg_backend_states"] = waits_seen
+        if db.room:
+            result["pg_room"] = db.room
     return result
 
 
@@ -1139,6 +1153,20 @@ def print_capacity(by_backend: dict[str, Results], nproc: int) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+        for m in results.raw.get("scaling", []):
+            states = m.get("pg_backend_states")
+            if states:
+                total = sum(states.values())
+                shares = ", ".join(
+                    f"{k} {v / total:.0%}"
+                    for k, v in sorted(states.items(), key=lambda kv: -kv[1])
+                    if v / total >= 0.005
+                )
+                console.print(
+                    f"  {backend}, {m['workers']} worker(s), backend samples: {shares}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
 
 def describe_machine() -> dict[str, Any]:
@@ -1168,7 +1196,27 @@ def describe_machine() -> dict[str, Any]:
     ):
         with contextlib.suppress(PackageNotFoundError):
             versions[dist] = version(dist)
+    import engine
+
+    root = Path(engine.__file__).resolve().parent.parent
+    stamp = root / "ENGINE_COMMIT"
+    if stamp.exists():
+        source = f"{root} (exported from commit {stamp.read_text().strip()})"
+    else:
+        git = subprocess.run(
+            ["git", "-C", str(root), "log", "-1", "--format=%h", "--", "engine"],
+            capture_output=True,
+            text=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "engine"],
+            capture_output=True,
+            text=True,
+        )
+        source = f"{root} (commit {git.stdout.strip() or '?'}"
+        source += ", with uncommitted changes)" if dirty.stdout.strip() else ")"
     return {
+        "engine": source,
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
@@ -1616,6 +1664,12 @@ def main() -> None:
     parser.add_argument(
         "--scaling-n", type=int, default=None, help="token-wait runs per item-8 measurement"
     )
+    parser.add_argument(
+        "--pg-waits",
+        action="store_true",
+        help="sample pg_stat_activity (state, wait event) of the engine's backends during items"
+        " 1, 2 and 8 every 50 ms",
+    )
     parser.add_argument("--dir", help="where the databases go (default: a temp dir here)")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
     parser.add_argument(
@@ -1692,6 +1746,7 @@ def main() -> None:
         print_side_by_side(by_backend, f"SQLite and PostgreSQL side by side, {how}")
     if any("scaling" in r.raw for r in by_backend.values()):
         print_capacity(by_backend, machine["nproc"])
+    print(f"  engine measured: {machine['engine']}")
     if args.json_out:
         Path(args.json_out).write_text(
             json.dumps(

@@ -1,0 +1,117 @@
+"""Evidence for the PostgreSQL timer lateness: what firing due timeouts costs, statement by
+statement, when nothing else runs.
+
+    python benchmarks/micro_pg_timers.py [--n 3000] [--url postgresql://...]
+
+Parks N ``bench-timer`` runs (a worker in this process) on tokens due in one hour, in a schema
+of its own (dropped at the end), and stops the worker. Then, each in a transaction that is
+rolled back, with the clock two hours ahead:
+
+- closes a batch of due tokens as ``_time_out_tokens`` does (``TIME_OUT`` of
+  ``engine/storage/postgres_tokens.py``, at most 1,000, the worker's batch), then times the
+  engine's re-queue (``_LOCK_BLOCKED`` and ``_REQUEUE_BLOCKED`` of ``postgres_base.py``),
+  with the plan of the re-queue;
+- times the same re-queue with ``rw.waitpoint_id = ANY($1)`` in its ``mode = 'any'`` EXISTS
+  written ``(rw.waitpoint_id || '') = ANY($1)``, which keeps PostgreSQL from probing the
+  ``(run_id, waitpoint_id)`` key once per closed id for every run (quadratic in the batch).
+
+Finally it calls the engine's own ``storage.fire_due_timers(1000)`` until done (committed), as
+the worker's timer loop does, and prints each call's time. The engine is not modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backends import DEFAULT_PG_URL, drop_schema, with_schema
+from micro_timers import Shifted, fire, park
+
+from engine.logs import configure_logging
+
+
+async def time_requeue(url: str, schema: str, batch: int) -> None:
+    from engine.storage import postgres_base, postgres_tokens
+
+    engine_sql = postgres_base._REQUEUE_BLOCKED
+    variant = engine_sql.replace(
+        "AND rw.waitpoint_id = ANY($1::text[])", "AND (rw.waitpoint_id || '') = ANY($1::text[])"
+    )
+    variants = {"engine": engine_sql}
+    if variant != engine_sql:
+        variants["(rw.waitpoint_id || '')"] = variant
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        for name, sql in variants.items():
+            now = Shifted(2 * 3600).now_ms()
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                t = time.perf_counter()
+                rows = await conn.fetch(
+                    postgres_tokens.TIME_OUT
+                    + " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
+                    "  AND timeout_at <= $1 ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING id",
+                    now,
+                    batch,
+                )
+                close_ms = (time.perf_counter() - t) * 1000
+                ids = [r["id"] for r in rows]
+                t = time.perf_counter()
+                locked = [r["id"] for r in await conn.fetch(postgres_base._LOCK_BLOCKED, ids)]
+                lock_ms = (time.perf_counter() - t) * 1000
+                t = time.perf_counter()
+                status = await conn.execute(sql, ids, locked, now)
+                requeue_ms = (time.perf_counter() - t) * 1000
+                plan = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, ids, locked, now)
+            finally:
+                await tx.rollback()
+            print(
+                f"  batch of {len(ids):,}, {name:>24}: close {close_ms:7.1f} ms,"
+                f" lock runs {lock_ms:7.1f} ms, re-queue {requeue_ms:8.1f} ms ({status})"
+            )
+            if name == "engine":
+                for line in plan:
+                    print("      " + line[0])
+    finally:
+        await conn.close()
+
+
+async def fire_all(url: str, limit: int) -> None:
+    total, calls, fired = await fire(url, limit)
+    per_call = ", ".join(f"{c:.0f}" for c in calls)
+    print(
+        f"fire_due_timers({limit:,}) until done: fired {fired:,} tokens (and re-queued their"
+        f" runs) in {total:.0f} ms; per call ms: {per_call}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=3_000)
+    parser.add_argument("--url", default=DEFAULT_PG_URL)
+    args = parser.parse_args()
+    configure_logging("json", 30)
+    schema = f"bench_{uuid.uuid4().hex}"
+    url = with_schema(args.url, schema)
+    try:
+        asyncio.run(park(url, args.n))
+        print(f"{args.n:,} runs parked on tokens due at the same second")
+        for batch in sorted({100, 1000, args.n}):
+            asyncio.run(time_requeue(args.url, schema, batch))
+        asyncio.run(fire_all(url, 1000))
+    finally:
+        asyncio.run(drop_schema(args.url, schema))
+
+
+if __name__ == "__main__":
+    main()

@@ -129,6 +129,7 @@ class Engine:
                 public_url=self.settings.public_url,
                 signing_secret=self.settings.signing_secret,
                 synchronous=self.settings.sqlite_synchronous,
+                pool_size=self.settings.postgres_pool_size,
                 clock=self._clock,
             )
             await storage.open()

@@ -174,6 +174,11 @@ class StorageError(EngineError):
     """The database failed to carry out an operation."""
 
 
+class StorageUnavailableError(StorageError):
+    """The database could not be reached (refused, too many clients, connection lost, locked
+    for too long). Transient: a run meeting it is handed back and tried again, not failed."""
+
+
 class LeaseLostError(StorageError):
     """This worker's lease on the run expired or was taken over; its write was refused."""
 

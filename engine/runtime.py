@@ -42,6 +42,7 @@ from .errors import (
     NondeterminismError,
     NotInRunError,
     StorageError,
+    StorageUnavailableError,
     Suspended,
     ValidationError,
 )
@@ -273,9 +274,19 @@ async def _execute(
             log.info("run.replay_requested")
             return Handoff.REPLAY
         log.info("run.waiting")
+        # only now, with the task's stack unwound, may another worker start the run
+        with anyio.CancelScope(shield=True):
+            await _release(storage, run, None)
         return None
     except LeaseLostError as exc:
         log.warning("run.lease_lost", reason=str(exc))
+        return None
+    except StorageUnavailableError as exc:
+        # the database, not the task, failed: the run is tried again (handed back now if the
+        # database answers, else rescued when its lease runs out), never failed for it
+        log.error("run.storage_unavailable", error=str(exc))
+        with anyio.CancelScope(shield=True):
+            await _release(storage, run)
         return None
     except asyncio.CancelledError:
         # the worker is shutting down: hand the run back so another worker picks it up, and
@@ -367,9 +378,10 @@ async def hand_back(storage: Storage, run: ClaimedRun) -> None:
     await _release(storage, run, "run.handed_back")
 
 
-async def _release(storage: Storage, run: ClaimedRun, event: str = "run.released") -> None:
+async def _release(storage: Storage, run: ClaimedRun, event: str | None = "run.released") -> None:
     try:
         await storage.release_run(run.id, run.epoch)
-        log.info(event, run_id=run.id)
+        if event is not None:
+            log.info(event, run_id=run.id)
     except StorageError as exc:
         log.warning("run.release_failed", run_id=run.id, error=str(exc))

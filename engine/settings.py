@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     """The module (or package) whose @task functions a worker runs."""
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     """FULL survives power loss; NORMAL is faster but may lose the latest acknowledged writes."""
+    postgres_pool_size: int = Field(default=10, gt=0)
+    """Connections per process for PostgreSQL operations (plus 2 for claims, leases and timers,
+    and 1 that listens): size the server's max_connections for every process."""
     lease_seconds: float = Field(default=30.0, gt=0)
     """How long a worker may go silent before another one takes its runs over."""
     max_recoveries: int = Field(default=5, gt=0)

@@ -56,6 +56,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._attempts: anyio.abc.TaskGroup | None = None
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self._lease_until: dict[str, float] = {}
+        """When each running attempt's lease may expire at the earliest (this loop's clock)."""
         self.started = asyncio.Event()
 
     @property
@@ -100,6 +102,7 @@ class Worker:
             self._wake.clear()
             free = self.concurrency - len(self._running)
             claimed: list[ClaimedRun] = []
+            asked = anyio.current_time()
             try:
                 if free > 0 and await storage.has_due_runs(task_ids):
                     # a claim cut short by a hard stop would strand its runs until their leases
@@ -110,6 +113,7 @@ class Worker:
                 log.error("worker.claim_failed", error=str(exc))
             for run in claimed:
                 self._running.add(run.id)
+                self._lease_until[run.id] = asked + self.lease_ms / 1000
                 attempts.start_soon(self._attempt, run)
             if claimed:
                 continue
@@ -133,6 +137,7 @@ class Worker:
         finally:
             self._running.discard(run.id)
             self._scopes.pop(run.id, None)
+            self._lease_until.pop(run.id, None)
             if outcome is Handoff.REPLAY:
                 # only now: a claim of the released run must not meet this attempt's bookkeeping
                 with anyio.CancelScope(shield=True):
@@ -161,25 +166,48 @@ class Worker:
             await _first_of([changed], pause)
 
     async def _lease_loop(self) -> None:
-        """Renew the leases of running attempts; stop attempts whose run was canceled."""
+        """Renew the leases of running attempts; stop attempts whose run was canceled.
+
+        An attempt whose lease this worker could not renew in time is stopped here before the
+        lease can run out in the database (a stalled database, an overloaded machine): another
+        worker may take the run over then, and two attempts of one run must never execute at
+        the same time. The database expires a lease ``lease_ms`` after it received the renewal,
+        which is after this loop sent it, so the deadline kept here is never later.
+        """
         storage = self.engine.storage
         renew_every = self.lease_ms / 3000
+        margin = min(1.0, self.lease_ms / 4000)
         renewed = anyio.current_time()
         while True:
             await anyio.sleep(min(self.poll_seconds, renew_every))
+            self._stop_expiring(anyio.current_time() + margin)
             if not self._running:
                 continue
             running = sorted(self._running)
             try:
                 for run_id in await storage.lost_runs(self.id, running):
-                    scope = self._scopes.get(run_id)
-                    if scope is not None:
-                        scope.cancel()
+                    self._cancel(run_id)
                 if anyio.current_time() - renewed >= renew_every:
+                    sent = anyio.current_time()
                     await storage.renew_leases(self.id, running, self.lease_ms)
                     renewed = anyio.current_time()
+                    for run_id in running:
+                        if run_id in self._lease_until:
+                            self._lease_until[run_id] = sent + self.lease_ms / 1000
             except StorageError as exc:
                 log.error("worker.lease_renewal_failed", error=str(exc))
+
+    def _stop_expiring(self, horizon: float) -> None:
+        for run_id, until in list(self._lease_until.items()):
+            if until <= horizon:
+                log.warning("run.lease_expiring", run_id=run_id, worker=self.id)
+                self._lease_until.pop(run_id, None)
+                self._cancel(run_id)
+
+    def _cancel(self, run_id: str) -> None:
+        scope = self._scopes.get(run_id)
+        if scope is not None:
+            scope.cancel()
 
 
 async def _first_of(events: list[asyncio.Event], timeout: float) -> None:

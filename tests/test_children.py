@@ -210,3 +210,26 @@ async def test_group_timeout_closes_the_group(engine: Engine, start_worker: Star
 def test_child_run_error_carries_the_run_and_its_error() -> None:
     error = ChildRunError("run_x", "FAILED", {"message": "boom"})
     assert (error.run_id, error.status) == ("run_x", "FAILED") and "boom" in str(error)
+
+
+@task("ch-keyed")
+async def keyed(payload: dict[str, Any]) -> dict[str, Any]:
+    fired = await double.trigger({"n": 5}, idempotency_key=payload["key"])
+    awaited = await double.trigger_and_wait({"n": 5}, idempotency_key=payload["key"])
+    return {"fired": fired.id, "awaited": awaited.run_id, "output": awaited.output}
+
+
+async def test_children_triggered_with_one_idempotency_key_are_one_run(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    """Trigger.dev semantics: a key already used gives that run back, even to a parent that
+    waits for it (and one that already finished resumes the parent at once)."""
+    await start_worker([keyed, double])
+    first = await engine.wait_for_run((await engine.trigger("ch-keyed", {"key": "k1"})).id)
+    assert first.status == "COMPLETED", first.error
+    assert first.output["fired"] == first.output["awaited"]
+    assert first.output["output"] == 10
+    again = await engine.wait_for_run((await engine.trigger("ch-keyed", {"key": "k1"})).id)
+    assert again.status == "COMPLETED", again.error
+    assert again.output == first.output  # the finished child, found by its key
+    assert RAN["double-5"] == 1

@@ -15,6 +15,7 @@ from engine import (
     Queue,
     Retry,
     RunFailedError,
+    StorageUnavailableError,
     Worker,
     create_token,
     step,
@@ -165,6 +166,33 @@ async def test_a_hard_stop_in_the_middle_of_a_claim_hands_the_claimed_run_back(
     back = await engine.runs.retrieve(run.id)
     assert back.status == "QUEUED"
     assert STOPPED["after_sleep"] == 0
+
+
+@task("fl-journaled")
+async def journaled(payload: None) -> str:
+    return await step("only", lambda: "done")
+
+
+async def test_a_database_outage_hands_the_run_back_instead_of_failing_it(
+    engine: Engine, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = engine.storage
+    append = storage.append_journal
+    outages = []
+
+    async def flaky_append(write: Any) -> None:
+        if not outages:
+            outages.append(write.key)
+            raise StorageUnavailableError("PostgreSQL unavailable: too many clients already")
+        await append(write)
+
+    monkeypatch.setattr(storage, "append_journal", flaky_append)
+    await start_worker([journaled])
+    run = await engine.trigger("fl-journaled")
+    done = await engine.wait_for_run(run.id, timeout=10)
+    assert done.status == "COMPLETED" and done.output == "done"
+    assert len(outages) == 1  # the step ran again: its result was never journaled
+    assert done.attempt_count == 1  # not a failed attempt: the database failed, not the task
 
 
 ACTIVE: Counter[str] = Counter()

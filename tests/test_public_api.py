@@ -37,6 +37,7 @@ EXPECTED_ALL = [
     "Settings",
     "StepFailedError",
     "StorageError",
+    "StorageUnavailableError",
     "TaskDefinition",
     "TaskNotFoundError",
     "TimelineEntry",

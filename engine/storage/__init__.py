@@ -15,6 +15,7 @@ def open_storage(
     public_url: str,
     signing_secret: str | None = None,
     synchronous: str = "FULL",
+    pool_size: int = 10,
     clock: Clock | None = None,
 ) -> Storage:
     """The backend for ``url`` (not yet opened: ``await storage.open()``)."""
@@ -32,7 +33,11 @@ def open_storage(
         from .postgres import PostgresStorage  # needs the optional asyncpg driver
 
         return PostgresStorage(
-            url, public_url=public_url, signing_secret=signing_secret, clock=clock
+            url,
+            public_url=public_url,
+            signing_secret=signing_secret,
+            clock=clock,
+            pool_size=pool_size,
         )
     raise ConfigurationError(
         f"unsupported database URL {url!r}: use sqlite:///path/to/file.db"

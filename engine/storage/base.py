@@ -165,7 +165,13 @@ class Storage(Protocol):
         ...
 
     async def release_run(self, run_id: str, epoch: int) -> None:
-        """Give a claimed run back to the queue (graceful shutdown)."""
+        """The attempt of ``epoch`` is over: release the run's lease.
+
+        An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back);
+        a run the attempt parked keeps its status. A parked run keeps the lease of the attempt
+        that parked it until then, so no other worker starts it while that attempt is still
+        unwinding (``finally`` blocks run after the wait committed).
+        """
         ...
 
     async def append_journal(self, write: JournalWrite) -> None: ...

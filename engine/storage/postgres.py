@@ -20,7 +20,7 @@ import structlog
 
 from ..callbacks import CallbackSigner
 from ..clock import Clock
-from ..errors import ConfigurationError, StorageError
+from ..errors import ConfigurationError, StorageError, StorageUnavailableError
 
 try:
     import asyncpg
@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
     ) from exc
 
-from .postgres_base import NOW_MS
+from .postgres_base import NOW_MS, translate
 from .postgres_runs import PostgresRuns
 from .postgres_schema import MIGRATIONS
 from .postgres_tokens import PostgresTokens
@@ -76,6 +76,7 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         self._pool_size = pool_size
         self.clock = clock
         self._pool = None
+        self._control = None
         self._channel = f"waitpoint_{self.schema}"
         self._change = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -90,6 +91,9 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
             self._pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self._pool_size, server_settings=settings
             )
+            self._control = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=2, server_settings=settings
+            )
             await self._measure_clock()
             if self._secret is None:
                 secret = await self._pool.fetchval(
@@ -98,7 +102,12 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
                 self.signer = CallbackSigner(self._public_url, secret)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             await self.close()
-            raise StorageError(f"cannot open PostgreSQL database: {exc}") from exc
+            kind = (
+                StorageUnavailableError
+                if isinstance(translate(exc), StorageUnavailableError)
+                else StorageError
+            )
+            raise kind(f"cannot open PostgreSQL database: {exc}") from exc
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -106,9 +115,10 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for pool in (self._pool, self._control):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._control = None
 
     async def migrate(self) -> int:
         """Apply pending migrations (``open`` does this too); returns the schema version."""
@@ -174,7 +184,7 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         return await self._start_delayed_runs() + await self._time_out_tokens(limit)
 
     async def next_timer_ms(self) -> int | None:
-        value = await self._require_pool().fetchval(
+        value = await self._require_pool(control=True).fetchval(
             "SELECT least("
             " (SELECT min(timeout_at) FROM waitpoints"
             "   WHERE status = 'WAITING' AND timeout_at IS NOT NULL),"

@@ -32,7 +32,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ..callbacks import CallbackSigner
 from ..clock import Clock
-from ..errors import ConfigurationError, EngineError, LeaseLostError, StorageError
+from ..errors import (
+    ConfigurationError,
+    EngineError,
+    LeaseLostError,
+    StorageError,
+    StorageUnavailableError,
+)
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import Token
@@ -56,6 +62,13 @@ _RETRYABLE = (
     asyncpg.exceptions.UniqueViolationError,  # two first-time creations with one key: one wins
 )
 _MAX_TRIES = 8
+# the server cannot take us right now: nothing was done, so trying again (for a while) is safe
+_UNREACHABLE = (
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    OSError,
+)
+_UNREACHABLE_SECONDS = 15.0
 FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')"
 
 # runs whose waitpoints may have closed: locked first (see the module docstring), then
@@ -105,10 +118,10 @@ def translate(exc: BaseException) -> Exception:
     """Driver errors become ``StorageError``; the engine's own errors pass through."""
     if isinstance(exc, EngineError):
         return exc
+    if isinstance(exc, (*_UNREACHABLE, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+        return StorageUnavailableError(f"PostgreSQL unavailable: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         return StorageError(f"PostgreSQL error: {exc}")
-    if isinstance(exc, OSError | asyncpg.InterfaceError):
-        return StorageError(f"PostgreSQL connection failed: {exc}")
     if isinstance(exc, Exception):
         return exc
     return StorageError(repr(exc))
@@ -120,6 +133,9 @@ class PostgresBase:
     clock: Clock | None
     signer: CallbackSigner
     _pool: asyncpg.Pool[asyncpg.Record] | None
+    _control: asyncpg.Pool[asyncpg.Record] | None
+    """A small pool of its own for claims, leases and timers: they never queue behind the
+    writes of a hundred running attempts (a renewal that waits too long loses the lease)."""
     _channel: str
     _change: asyncio.Event
     _offset_ms: int
@@ -131,21 +147,27 @@ class PostgresBase:
             return self.clock.now_ms()
         return int(time.time() * 1000) + self._offset_ms
 
-    def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
-        if self._pool is None:
+    def _require_pool(self, control: bool = False) -> asyncpg.Pool[asyncpg.Record]:
+        pool = self._control if control else self._pool
+        if pool is None:
             raise ConfigurationError("the storage is not open")
-        return self._pool
+        return pool
 
-    async def _write(self, op: Op[T], *, notify: bool = True) -> T:
+    async def _write(self, op: Op[T], *, notify: bool = True, control: bool = False) -> T:
         """Run ``op`` in its own transaction; a cancelled caller does not abandon it half-way."""
-        return await asyncio.shield(self._transaction(op, notify))
+        return await asyncio.shield(self._transaction(op, notify, control))
 
-    async def _transaction(self, op: Op[T], notify: bool) -> T:
-        pool = self._require_pool()
+    async def _transaction(self, op: Op[T], notify: bool, control: bool) -> T:
+        pool = self._require_pool(control)
         delay = 0.002
-        for tries in range(1, _MAX_TRIES + 1):
+        tries = 0
+        unreachable_since: float | None = None
+        while True:
+            tries += 1
+            began = False
             try:
                 async with pool.acquire() as conn, conn.transaction():
+                    began = True
                     now = await self._transaction_now(conn)
                     result = await op(conn, now)
                     if notify:
@@ -157,6 +179,14 @@ class PostgresBase:
                 await asyncio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.1)
                 continue
+            except _UNREACHABLE as exc:
+                moment = time.monotonic()
+                unreachable_since = unreachable_since or moment
+                if began or moment - unreachable_since > _UNREACHABLE_SECONDS:
+                    raise translate(exc) from exc
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.5)
+                continue
             except EngineError:
                 raise
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -166,16 +196,15 @@ class PostgresBase:
             if notify:
                 self._notify()
             return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _transaction_now(self, conn: Conn) -> int:
         if self.clock is not None:
             return self.clock.now_ms()
         return int(await conn.fetchval(f"SELECT {NOW_MS}"))
 
-    async def _read(self, sql: str, *args: Any) -> list[Row]:
+    async def _read(self, sql: str, *args: Any, control: bool = False) -> list[Row]:
         try:
-            return await self._require_pool().fetch(sql, *args)
+            return await self._require_pool(control).fetch(sql, *args)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise translate(exc) from exc
 
@@ -218,16 +247,16 @@ class PostgresBase:
     async def _block(
         self, conn: Conn, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int, now: int
     ) -> None:
-        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease released."""
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept."""
         await conn.executemany(
             "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             [(journal.run_id, wid, journal.key, mode, now) for wid, mode in modes.items()],
         )
+        # the lease stays with the attempt until it unwound (``release_run``)
         await conn.execute(
-            "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
-            " updated_at = $1, executing_ms = executing_ms + $2, recovery_count = 0"
-            " WHERE id = $3",
+            "UPDATE runs SET status = 'WAITING', updated_at = $1,"
+            " executing_ms = executing_ms + $2, recovery_count = 0 WHERE id = $3",
             now,
             elapsed_ms,
             journal.run_id,

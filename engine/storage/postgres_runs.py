@@ -204,7 +204,7 @@ class PostgresRuns(PostgresBase):
                 for r in rows
             ]
 
-        return await self._write(op, notify=False)
+        return await self._write(op, notify=False, control=True)
 
     async def _within_limits(
         self, conn: Conn, task_ids: list[str], now: int, limit: int
@@ -225,6 +225,7 @@ class PostgresRuns(PostgresBase):
             "SELECT r.id, r.queue, r.concurrency_key, t.concurrency_limit FROM runs r"
             " LEFT JOIN tasks t ON t.id = r.task_id"
             " WHERE r.status = 'QUEUED' AND r.available_at <= $1"
+            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= $1)"
             " AND r.task_id = ANY($2::text[])"
             " AND (r.expires_at IS NULL OR r.expires_at > $1)"
             " ORDER BY r.available_at, r.id LIMIT $3 FOR UPDATE OF r SKIP LOCKED",
@@ -264,13 +265,13 @@ class PostgresRuns(PostgresBase):
             crash_point("lease.renew")
             await conn.execute(
                 "UPDATE runs SET lease_expires_at = $1 WHERE lease_owner = $2"
-                " AND status = 'EXECUTING' AND id = ANY($3::text[])",
+                " AND id = ANY($3::text[])",
                 now + lease_ms,
                 owner,
                 sorted(run_ids),
             )
 
-        await self._write(op, notify=False)
+        await self._write(op, notify=False, control=True)
 
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         rows = await self._read(
@@ -278,6 +279,7 @@ class PostgresRuns(PostgresBase):
             " AND (status = 'CANCELED' OR (lease_owner IS NOT NULL AND lease_owner != $2))",
             run_ids,
             owner,
+            control=True,
         )
         return [row["id"] for row in rows]
 
@@ -295,9 +297,11 @@ class PostgresRuns(PostgresBase):
     async def release_run(self, run_id: str, epoch: int) -> None:
         async def op(conn: Conn, now: int) -> None:
             await conn.execute(
-                "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
-                " available_at = $1, updated_at = $1"
-                " WHERE id = $2 AND lease_epoch = $3 AND status = 'EXECUTING'",
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $1,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN $1 ELSE available_at END,"
+                " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
+                " WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL"
+                " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
                 now,
                 run_id,
                 epoch,
@@ -377,6 +381,7 @@ class PostgresRuns(PostgresBase):
         if not await self._read(
             "SELECT 1 FROM runs WHERE status = 'EXECUTING' AND lease_expires_at < $1 LIMIT 1",
             self.now_ms(),
+            control=True,
         ):
             return 0
 
@@ -404,14 +409,16 @@ class PostgresRuns(PostgresBase):
             await self._event(conn, [r["id"] for r in rescued], "worker_lost", now)
             return len(rescued) + len(crashed)
 
-        return await self._write(op)
+        return await self._write(op, control=True)
 
     async def has_due_runs(self, task_ids: list[str]) -> bool:
         rows = await self._read(
             "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= $1"
+            " AND (lease_owner IS NULL OR lease_expires_at <= $1)"
             " AND task_id = ANY($2::text[]) LIMIT 1",
             self.now_ms(),
             task_ids,
+            control=True,
         )
         return bool(rows)
 
@@ -421,6 +428,7 @@ class PostgresRuns(PostgresBase):
             "SELECT 1 FROM runs WHERE (status = 'DELAYED' AND available_at <= $1)"
             " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= $1) LIMIT 1",
             self.now_ms(),
+            control=True,
         ):
             return 0
 
@@ -440,4 +448,4 @@ class PostgresRuns(PostgresBase):
             )
             return len(expired_ids) + affected(queued)
 
-        return await self._write(op)
+        return await self._write(op, control=True)

@@ -194,6 +194,7 @@ class PostgresTokens(PostgresBase):
         if not await self._read(
             "SELECT 1 FROM waitpoints WHERE status = 'WAITING' AND timeout_at <= $1 LIMIT 1",
             self.now_ms(),
+            control=True,
         ):
             return 0
 
@@ -211,7 +212,7 @@ class PostgresTokens(PostgresBase):
                 crash_point("timers.before_commit")
             return len(ids)
 
-        return await self._write(op)
+        return await self._write(op, control=True)
 
     async def get_request_reply(self, key: str, route: str) -> Any:
         """The reply stored for a request idempotency key on this route, or None."""

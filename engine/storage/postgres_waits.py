@@ -11,10 +11,10 @@ from typing import Any
 
 from ..errors import StorageError, TokenNotFoundError
 from ..ids import new_token_id
-from ..models import Run, Token
+from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
 from .postgres_base import Conn, PostgresBase, Row
-from .records import run_from_row, token_from_row
+from .records import child_result_json, run_from_row, token_from_row
 
 
 class PostgresWaits(PostgresBase):
@@ -61,9 +61,7 @@ class PostgresWaits(PostgresBase):
             for index, new in enumerate(news):
                 key = f"{journal.key}/{index}"
                 child = await self._child(conn, new, journal.run_id, key, depth, now)
-                waitpoints.append(
-                    await self._run_waitpoint(conn, journal.run_id, key, child["id"], now)
-                )
+                waitpoints.append(await self._run_waitpoint(conn, journal.run_id, key, child, now))
             tokens = [token_from_row(row, self.signer) for row in waitpoints]
             waiting = [t.id for t in tokens if t.is_waiting]
             if waiting:
@@ -126,19 +124,42 @@ class PostgresWaits(PostgresBase):
         )
         if row is not None:
             return row
+        if new.idempotency_key is not None:  # a run triggered with this key before is the child
+            row = await conn.fetchrow(
+                "SELECT * FROM runs WHERE task_id = $1 AND idempotency_key = $2 FOR UPDATE",
+                new.task_id,
+                new.idempotency_key,
+            )
+            expires = None if row is None else row["idempotency_key_expires_at"]
+            if row is not None and (expires is None or expires > now):
+                return row
+            if row is not None:
+                await conn.execute(
+                    "UPDATE runs SET idempotency_key = NULL WHERE id = $1", row["id"]
+                )
         child = NewRun(**{**new.__dict__, "parent_run_id": parent_id})
         return await self._insert_run(conn, child, now, parent_key=key, depth=parent_depth + 1)
 
     async def _run_waitpoint(
-        self, conn: Conn, parent_id: str, key: str, child_id: str, now: int
+        self, conn: Conn, parent_id: str, key: str, child: Row, now: int
     ) -> Row:
-        """The RUN waitpoint that closes (with the child's result) when the child finishes."""
+        """The RUN waitpoint that closes (with the child's result) when the child finishes.
+
+        Made closed when the child already finished (one found by its idempotency key).
+        """
+        done = RunStatus(child["status"]).is_terminal
         return await self._made_once(
             conn,
             parent_id,
             key,
             now,
-            {"kind": "RUN", "status": "WAITING", "child_run_id": child_id},
+            {
+                "kind": "RUN",
+                "status": "COMPLETED" if done else "WAITING",
+                "child_run_id": child["id"],
+                "completed_at": now if done else None,
+                "data": child_result_json(child) if done else None,
+            },
         )
 
     async def _datetime_waitpoint(

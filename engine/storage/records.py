@@ -88,6 +88,18 @@ def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:
     )
 
 
+def child_result_json(row: RowLike) -> str:
+    """What a RUN waitpoint holds once its child finished (the same shape the SQL builds)."""
+    return dump_json(
+        {
+            "runId": row["id"],
+            "status": row["status"],
+            "output": load_json(row["output"]),
+            "error": load_json(row["error"]),
+        }
+    )
+
+
 def journal_from_row(row: RowLike) -> JournalEntry:
     return JournalEntry(
         key=row["key"],

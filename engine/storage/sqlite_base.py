@@ -138,16 +138,17 @@ class SQLiteBase:
     def _block(
         self, conn: Conn, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int
     ) -> None:
-        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease released."""
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept."""
         now = self.now_ms()
         conn.executemany(
             "INSERT OR IGNORE INTO run_waits (run_id, waitpoint_id, journal_key, mode,"
             " created_at) VALUES (?, ?, ?, ?, ?)",
             [(journal.run_id, wid, journal.key, mode, now) for wid, mode in modes.items()],
         )
+        # the lease stays with the attempt until it unwound (``release_run``)
         conn.execute(
-            "UPDATE runs SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL,"
-            " updated_at = ?, executing_ms = executing_ms + ?, recovery_count = 0 WHERE id = ?",
+            "UPDATE runs SET status = 'WAITING', updated_at = ?,"
+            " executing_ms = executing_ms + ?, recovery_count = 0 WHERE id = ?",
             (now, elapsed_ms, journal.run_id),
         )
         self._event(conn, [journal.run_id], "waiting", {"on": sorted(modes)})

@@ -220,6 +220,7 @@ class SQLiteRuns(SQLiteBase):
             "SELECT r.id, r.queue, r.concurrency_key, t.concurrency_limit FROM runs r"
             " LEFT JOIN tasks t ON t.id = r.task_id"
             " WHERE r.status = 'QUEUED' AND r.available_at <= :now"
+            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= :now)"
             " AND r.task_id IN (SELECT value FROM json_each(:tasks))"
             " AND (r.expires_at IS NULL OR r.expires_at > :now)"
             " ORDER BY r.available_at, r.id LIMIT :scan",
@@ -253,7 +254,7 @@ class SQLiteRuns(SQLiteBase):
             crash_point("lease.renew")
             conn.execute(
                 "UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ?"
-                " AND status = 'EXECUTING' AND id IN (SELECT value FROM json_each(?))",
+                " AND id IN (SELECT value FROM json_each(?))",
                 (self.now_ms() + lease_ms, owner, json.dumps(run_ids)),
             )
 
@@ -283,10 +284,12 @@ class SQLiteRuns(SQLiteBase):
         def op(conn: Conn) -> None:
             now = self.now_ms()
             conn.execute(
-                "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
-                " available_at = ?, updated_at = ?"
-                " WHERE id = ? AND lease_epoch = ? AND status = 'EXECUTING'",
-                (now, now, run_id, epoch),
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN :now ELSE available_at END,"
+                " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
+                " WHERE id = :id AND lease_epoch = :epoch AND lease_owner IS NOT NULL"
+                " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
+                {"now": now, "id": run_id, "epoch": epoch},
             )
 
         await self._write(op)
@@ -383,9 +386,10 @@ class SQLiteRuns(SQLiteBase):
 
     async def has_due_runs(self, task_ids: list[str]) -> bool:
         rows = await self._read(
-            "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= ?"
-            " AND task_id IN (SELECT value FROM json_each(?)) LIMIT 1",
-            (self.now_ms(), json.dumps(task_ids)),
+            "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
+            " AND (lease_owner IS NULL OR lease_expires_at <= :now)"
+            " AND task_id IN (SELECT value FROM json_each(:tasks)) LIMIT 1",
+            {"now": self.now_ms(), "tasks": json.dumps(task_ids)},
         )
         return bool(rows)
 

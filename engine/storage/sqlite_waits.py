@@ -14,9 +14,9 @@ from typing import Any
 
 from ..errors import TokenNotFoundError
 from ..ids import new_token_id
-from ..models import Run, Token
+from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
-from .records import run_from_row, token_from_row
+from .records import child_result_json, run_from_row, token_from_row
 from .sqlite_base import Conn, SQLiteBase, _first, _first_or_none
 
 
@@ -72,7 +72,7 @@ class SQLiteWaits(SQLiteBase):
             for index, new in enumerate(news):
                 key = f"{journal.key}/{index}"
                 child = self._child(conn, new, journal.run_id, key, depth)
-                waitpoints.append(self._run_waitpoint(conn, journal.run_id, key, child["id"]))
+                waitpoints.append(self._run_waitpoint(conn, journal.run_id, key, child))
             tokens = [token_from_row(row, self.signer) for row in waitpoints]
             waiting = [t.id for t in tokens if t.is_waiting]
             if waiting:
@@ -141,16 +141,39 @@ class SQLiteWaits(SQLiteBase):
         row = _first_or_none(rows)
         if row is not None:
             return row
+        if new.idempotency_key is not None:  # a run triggered with this key before is the child
+            rows = conn.execute(
+                "SELECT * FROM runs WHERE task_id = ? AND idempotency_key = ?",
+                (new.task_id, new.idempotency_key),
+            ).fetchall()
+            row = _first_or_none(rows)
+            expires = None if row is None else row["idempotency_key_expires_at"]
+            if row is not None and (expires is None or expires > self.now_ms()):
+                return row
+            if row is not None:
+                conn.execute("UPDATE runs SET idempotency_key = NULL WHERE id = ?", (row["id"],))
         child = NewRun(**{**new.__dict__, "parent_run_id": parent_id})
         return self._insert_run(conn, child, parent_key=key, depth=parent_depth + 1)
 
-    def _run_waitpoint(self, conn: Conn, parent_id: str, key: str, child_id: str) -> sqlite3.Row:
-        """The RUN waitpoint that closes (with the child's result) when the child finishes."""
+    def _run_waitpoint(
+        self, conn: Conn, parent_id: str, key: str, child: sqlite3.Row
+    ) -> sqlite3.Row:
+        """The RUN waitpoint that closes (with the child's result) when the child finishes.
+
+        Made closed when the child already finished (one found by its idempotency key).
+        """
+        done = RunStatus(child["status"]).is_terminal
         return self._made_once(
             conn,
             parent_id,
             key,
-            {"kind": "RUN", "status": "WAITING", "child_run_id": child_id},
+            {
+                "kind": "RUN",
+                "status": "COMPLETED" if done else "WAITING",
+                "child_run_id": child["id"],
+                "completed_at": self.now_ms() if done else None,
+                "data": child_result_json(child) if done else None,
+            },
         )
 
     def _datetime_waitpoint(self, conn: Conn, journal: JournalWrite, until_ms: int) -> sqlite3.Row:

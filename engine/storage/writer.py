@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import structlog
 
-from ..errors import EngineError, StorageError
+from ..errors import EngineError, StorageError, StorageUnavailableError
 from ..faults import crash_point
 
 T = TypeVar("T")
@@ -149,6 +149,8 @@ def translate(exc: BaseException) -> Exception:
     """Driver errors become ``StorageError``; the engine's own errors pass through."""
     if isinstance(exc, EngineError):
         return exc
+    if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+        return StorageUnavailableError(f"SQLite busy: {exc}")
     if isinstance(exc, sqlite3.Error):
         return StorageError(f"SQLite error: {exc}")
     if isinstance(exc, Exception):

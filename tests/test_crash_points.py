@@ -1,8 +1,11 @@
 """A process that dies at each named crash point (``WAITPOINT_CRASH_AT``) loses nothing.
 
-For every point a worker (or the completer) exits right there, like ``kill -9``; a fresh
-worker then finishes the run. Checked afterwards: the run COMPLETED with the right output,
-no journal key recorded twice, the database intact, and the step after the wait ran once.
+For every point a worker (or the completer, or the API) exits right there, like ``kill -9``; a
+fresh process then finishes the job. Each test runs on SQLite and on PostgreSQL (``db_url``):
+both backends have every crash point. Checked afterwards, through the storage API so that the
+checks hold for any backend: the run COMPLETED with the right output, each durable call
+journaled exactly once, no run left unfinished and no token left waiting, the step after the
+wait ran once; on SQLite the file also passes ``PRAGMA integrity_check``.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine import Engine
+from engine import Engine, RunStatus
 from engine.faults import CRASH_EXIT_CODE, POINTS
+from engine.models import TaskInfo, WaitpointStatus
+from engine.storage import PageRequest, RunFilter, TokenFilter
+from engine.storage.sqlite import sqlite_path
 
 TASKS = textwrap.dedent(
     """
@@ -100,14 +107,50 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait(10)
 
 
-def check_database(path: Path) -> None:
+# the durable calls of cp-flow, each journaled once (the wait's key names its token)
+FLOW_CALLS = [
+    "step:before#0",
+    "step:work#0",
+    "create_token#0",
+    "wait_for_token:{}#0",
+    "step:after#0",
+]
+
+
+async def check_storage(engine: Engine, url: str, run_ids: list[str]) -> None:
+    """What must hold on any backend after the crash and the recovery."""
+    storage = engine.storage
+    for run_id in run_ids:
+        journal = [e for e in await storage.get_journal(run_id) if not e.is_error]
+        [token] = [e.value for e in journal if e.key == "create_token#0"]
+        keys = Counter(e.key for e in journal)
+        assert keys == Counter(key.format(token["id"]) for key in FLOW_CALLS)
+        run = await storage.get_run(run_id)
+        assert run.status is RunStatus.COMPLETED and run.waiting_on == []
+        assert run.attempt_count == 1  # recovering from a crash is not a new attempt
+    unfinished = [s for s in RunStatus if not s.is_terminal]
+    left = await storage.list_runs(RunFilter(status=unfinished), PageRequest(limit=10))
+    assert left.data == []
+    waiting_filter = TokenFilter(status=[WaitpointStatus.WAITING])
+    waiting = await storage.list_tokens(waiting_filter, PageRequest(limit=10))
+    assert waiting.data == []
+    if url.startswith("sqlite:"):
+        check_sqlite_file(sqlite_path(url))
+
+
+def check_sqlite_file(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        duplicated = conn.execute(
-            "SELECT run_id, key FROM journal WHERE is_error = 0"
-            " GROUP BY run_id, key HAVING count(*) > 1"
-        ).fetchall()
-        assert duplicated == []
+
+
+async def wait_for_status(engine: Engine, run_id: str, status: str) -> None:
+    """Poll (30 s at most) until the run has ``status`` or finished."""
+    for _ in range(600):
+        current = await engine.runs.retrieve(run_id)
+        if current.status == status or current.is_finished:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} is still {current.status}, expected {status}")
 
 
 def test_every_crash_point_is_listed() -> None:
@@ -117,15 +160,12 @@ def test_every_crash_point_is_listed() -> None:
 
 @pytest.mark.parametrize("point", WORKER_POINTS)
 async def test_a_worker_dying_at_a_crash_point_loses_nothing(
-    folder: Path, processes: list[subprocess.Popen[bytes]], point: str
+    folder: Path, db_url: str, processes: list[subprocess.Popen[bytes]], point: str
 ) -> None:
-    url = f"sqlite:///{folder}/engine.db"
     log = folder / "steps.log"
-    crashing = worker(folder, url, point)
+    crashing = worker(folder, db_url, point)
     processes.append(crashing)
-    async with Engine(url) as engine:
-        from engine.models import TaskInfo
-
+    async with Engine(db_url) as engine:
         await engine.storage.register_tasks([TaskInfo("cp-flow")])
         timeout = "1s" if point == "timers.before_commit" else None
         work = 1.0 if point == "lease.renew" else 0
@@ -133,62 +173,56 @@ async def test_a_worker_dying_at_a_crash_point_loses_nothing(
         code = await asyncio.to_thread(crashing.wait, 30)
         assert code == CRASH_EXIT_CODE, f"the worker did not crash at {point}"
 
-        processes.append(worker(folder, url))
-        for _ in range(600):
-            current = await engine.runs.retrieve(run.id)
-            if current.status == "WAITING" or current.is_finished:
-                break
-            await asyncio.sleep(0.05)
+        processes.append(worker(folder, db_url))
+        await wait_for_status(engine, run.id, "WAITING")
         if timeout is None:
             [token_id] = (await engine.runs.retrieve(run.id)).waiting_on
             await engine.tokens.complete(token_id, {"approved": True})
         done = await engine.wait_for_run(run.id, timeout=30)
-    expected = {"ok": False, "data": None} if timeout else {"ok": True, "data": {"approved": True}}
-    assert done.output == expected
-    lines = log.read_text().splitlines()
-    assert lines.count("after") == 1
-    assert 1 <= lines.count("before") <= 2  # twice only if the crash hit before its record
-    check_database(folder / "engine.db")
+        approved = {"ok": True, "data": {"approved": True}}
+        assert done.output == ({"ok": False, "data": None} if timeout else approved)
+        lines = log.read_text().splitlines()
+        assert lines.count("after") == 1
+        assert 1 <= lines.count("before") <= 2  # twice only if the crash hit before its record
+        await check_storage(engine, db_url, [run.id])
 
 
 async def test_a_completer_dying_before_its_commit_leaves_the_token_waiting(
-    folder: Path, processes: list[subprocess.Popen[bytes]]
+    folder: Path, db_url: str, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    url = f"sqlite:///{folder}/engine.db"
-    processes.append(worker(folder, url))
+    processes.append(worker(folder, db_url))
     cli = str(Path(sys.executable).parent / "waitpoint")
-    async with Engine(url) as engine:
-        from engine.models import TaskInfo
-
+    async with Engine(db_url) as engine:
         await engine.storage.register_tasks([TaskInfo("cp-flow")])
         run = await engine.trigger("cp-flow", {"log": str(folder / "steps.log"), "work": 0})
-        for _ in range(600):
-            if (await engine.runs.retrieve(run.id)).status == "WAITING":
-                break
-            await asyncio.sleep(0.05)
+        await wait_for_status(engine, run.id, "WAITING")
         [token_id] = (await engine.runs.retrieve(run.id)).waiting_on
         env = {**os.environ, "WAITPOINT_CRASH_AT": "complete.before_commit"}
         crashed = await asyncio.to_thread(
             subprocess.run,
-            [cli, "tokens", "complete", token_id, "--data", '{"n": 1}', "--database", url],
+            [cli, "tokens", "complete", token_id, "--data", '{"n": 1}', "--database", db_url],
             env=env,
             capture_output=True,
             timeout=30,
         )
         assert crashed.returncode == CRASH_EXIT_CODE
-        assert (await engine.tokens.retrieve(token_id)).status == "WAITING"  # not acknowledged
+        token = await engine.tokens.retrieve(token_id)
+        assert token.status == "WAITING" and token.data is None  # not acknowledged
+        assert (await engine.runs.retrieve(run.id)).status == "WAITING"
         await engine.tokens.complete(token_id, {"n": 2})
         done = await engine.wait_for_run(run.id, timeout=30)
-    assert done.output == {"ok": True, "data": {"n": 2}}
-    check_database(folder / "engine.db")
+        assert done.output == {"ok": True, "data": {"n": 2}}
+        await check_storage(engine, db_url, [run.id])
 
 
-async def test_an_api_dying_after_the_commit_keeps_the_completion(folder: Path) -> None:
+async def test_an_api_dying_after_the_commit_keeps_the_completion(
+    folder: Path, db_url: str
+) -> None:
     import httpx
 
     from .test_remote import KEY, free_port
 
-    url = f"sqlite:///{folder}/engine.db"
+    url = db_url
     cli = str(Path(sys.executable).parent / "waitpoint")
     env = {**os.environ, "WAITPOINT_SECRET_KEY": KEY}
 
@@ -236,4 +270,8 @@ async def test_an_api_dying_after_the_commit_keeps_the_completion(folder: Path) 
             server.terminate()
             server.wait(10)
     async with Engine(url) as engine:
-        assert (await engine.tokens.retrieve(token.id)).data == {"n": 1}  # the first one won
+        done = await engine.tokens.retrieve(token.id)
+        assert (done.status, done.data) == ("COMPLETED", {"n": 1})  # the first one won
+        assert done.completed_via == "api"
+    if url.startswith("sqlite:"):
+        check_sqlite_file(sqlite_path(url))

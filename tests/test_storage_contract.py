@@ -7,8 +7,7 @@ manual clock both backends take (``clock=``): leases, delays, deadlines and ttls
 
 Where the backends legitimately differ, the tests assert only what both promise (the order of
 ``waiting_on`` within one multi-waitpoint wait, the values of ``seq``, whether an unrelated
-commit also sets ``change_event``). Known bugs are pinned by ``xfail(strict=True)`` tests at the
-end, each with a reason that says what is wrong.
+commit also sets ``change_event``). The bugs this suite found stay as tests at the end.
 """
 
 from __future__ import annotations
@@ -66,12 +65,8 @@ PY = CompletionSource.PYTHON
 
 
 class StepClock:
-    """A manual clock moved in exact milliseconds, starting at the real time.
-
-    ``engine.testing.ManualClock`` would do, but its ``advance`` truncates a float and loses a
-    millisecond for some steps (see the xfail test at the end), and deadlines here are
-    asserted to the millisecond.
-    """
+    """A manual clock moved by whole milliseconds (``advance(ms)``), starting at the real time:
+    deadlines here are asserted to the millisecond."""
 
     def __init__(self) -> None:
         self._ms = ManualClock().now_ms()
@@ -1450,15 +1445,9 @@ async def test_a_commit_that_makes_work_sets_the_change_event(
     await asyncio.wait_for(waiting, 2)
 
 
-# known bugs: each fails today, and passes once fixed ------------------------------------------
+# bugs this suite found, fixed: they stay as tests ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run with a ttl keeps its expires_at after it started: back in the queue after a"
-    " wait, a retry, a release or a take-over past the ttl, claims skip it and the timers"
-    " EXPIRE it (the ttl should only bound the time before the first start)",
-)
 @pytest.mark.parametrize("back", ["token completed", "retried", "released", "taken over"])
 async def test_a_run_that_started_within_its_ttl_never_expires(
     storage: Storage, clock: StepClock, back: str
@@ -1482,13 +1471,6 @@ async def test_a_run_that_started_within_its_ttl_never_expires(
     assert [c.id for c in await storage.claim_runs("w2", 1, LEASE_MS, ["t"])] == [claimed.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wait_on_group(mode='all', timeout) blocks the run on the group's DATETIME timer too"
-    " ('any' edge), and _REQUEUE_BLOCKED re-queues only when no blocking waitpoint is WAITING:"
-    " the timer still is, so the run waits for the timeout although every token closed, and"
-    " then reports timedOut",
-)
 async def test_a_group_of_all_with_a_timeout_goes_on_once_every_token_closed(
     storage: Storage, clock: StepClock
 ) -> None:
@@ -1506,12 +1488,6 @@ async def test_a_group_of_all_with_a_timeout_goes_on_once_every_token_closed(
     assert snapshot is not None and snapshot["timedOut"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the group's outcome depends on when the run replays: a group that closed before its"
-    " deadline is reported timedOut if the group's timer fired before the run was claimed"
-    " again (wait_on_group looks only at the timer's current status)",
-)
 async def test_a_group_that_closed_before_its_timeout_is_not_reported_timed_out(
     storage: Storage, clock: StepClock
 ) -> None:
@@ -1530,11 +1506,6 @@ async def test_a_group_that_closed_before_its_timeout_is_not_reported_timed_out(
     assert snapshot is not None and snapshot["timedOut"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claims scan only the oldest max(limit * 10, 100) due runs: 100 runs queued behind a"
-    " full concurrency limit hide every younger run of other tasks from the claim",
-)
 async def test_a_queue_at_its_limit_does_not_starve_other_tasks(storage: Storage) -> None:
     await storage.register_tasks([TaskInfo("limited", concurrency_limit=1), TaskInfo("other")])
     await started(storage, "limited")
@@ -1544,11 +1515,6 @@ async def test_a_queue_at_its_limit_does_not_starve_other_tasks(storage: Storage
     assert [c.id for c in claimed] == [other.id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.testing.ManualClock.advance computes int(delta.total_seconds() * 1000): the"
-    " float product truncates 1.001 s to 1000 ms (741 of the steps up to 100 s lose 1 ms)",
-)
 def test_the_manual_clock_moves_by_exactly_the_given_step() -> None:
     clock = ManualClock()
     start = clock.now_ms()

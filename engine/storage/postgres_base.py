@@ -72,7 +72,7 @@ _UNREACHABLE_SECONDS = 15.0
 FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')"
 
 # runs whose waitpoints may have closed: locked first (see the module docstring), then
-# re-queued when one of their 'any' waitpoints closed or none they block on still waits
+# re-queued when one of their 'any' waitpoints closed or none of their 'all' ones still waits
 _LOCK_BLOCKED = """
     SELECT id FROM runs WHERE status = 'WAITING'
       AND id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = ANY($1::text[]))
@@ -85,7 +85,8 @@ _REQUEUE_BLOCKED = """
                    WHERE rw.run_id = runs.id AND rw.mode = 'any'
                      AND rw.waitpoint_id = ANY($1::text[]))
            OR NOT EXISTS (SELECT 1 FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id
-                          WHERE rw.run_id = runs.id AND w.status = 'WAITING'))
+                          WHERE rw.run_id = runs.id AND rw.mode = 'all'
+                            AND w.status = 'WAITING'))
 """
 _CLOSE_RUN_WAITPOINTS = """
     UPDATE waitpoints SET status = 'COMPLETED', completed_at = $2,

@@ -170,7 +170,7 @@ class PostgresRuns(PostgresBase):
                 "UPDATE runs SET status = 'EXECUTING', lease_owner = $1,"
                 " lease_epoch = lease_epoch + 1, lease_expires_at = $2,"
                 " attempt_count = greatest(attempt_count, 1),"
-                " started_at = coalesce(started_at, $3), updated_at = $3"
+                " started_at = coalesce(started_at, $3), updated_at = $3, expires_at = NULL"
                 f" WHERE id = ANY($4::text[]) RETURNING {_CLAIM_COLUMNS}",
                 owner,
                 now + lease_ms,
@@ -214,29 +214,22 @@ class PostgresRuns(PostgresBase):
         Candidates are locked with ``SKIP LOCKED``, so workers claiming at once take different
         runs instead of queueing behind each other. A limited queue is counted under a
         transaction-scoped advisory lock of that queue: two workers cannot both see the last
-        free slot. Only EXECUTING runs count: a waiting run holds no slot.
+        free slot. Only EXECUTING runs count: a waiting run holds no slot. A queue already at
+        its limit is left out of the scan, so the runs queued behind it never hide younger runs
+        of other queues.
         """
-        limited_tasks = await conn.fetchval(
-            "SELECT count(*) FROM tasks WHERE id = ANY($1::text[])"
-            " AND concurrency_limit IS NOT NULL",
-            task_ids,
-        )
-        candidates = await conn.fetch(
-            "SELECT r.id, r.queue, r.concurrency_key, t.concurrency_limit FROM runs r"
-            " LEFT JOIN tasks t ON t.id = r.task_id"
-            " WHERE r.status = 'QUEUED' AND r.available_at <= $1"
-            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= $1)"
-            " AND r.task_id = ANY($2::text[])"
-            " AND (r.expires_at IS NULL OR r.expires_at > $1)"
-            " ORDER BY r.available_at, r.id LIMIT $3 FOR UPDATE OF r SKIP LOCKED",
-            now,
-            task_ids,
-            max(limit * 10, 100) if limited_tasks else limit,
-        )
-        limited = sorted({r["queue"] for r in candidates if r["concurrency_limit"] is not None})
+        caps = {
+            row["queue"]: row["cap"]
+            for row in await conn.fetch(
+                "SELECT coalesce(queue, id) AS queue, min(concurrency_limit) AS cap FROM tasks"
+                " WHERE id = ANY($1::text[]) AND concurrency_limit IS NOT NULL"
+                " GROUP BY coalesce(queue, id)",
+                task_ids,
+            )
+        }
         busy: dict[tuple[str, str | None], int] = {}
-        if limited:
-            for queue in limited:  # one lock order for every worker
+        if caps:
+            for queue in sorted(caps):  # one lock order for every worker
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext('waitpoint-queue:' || $1))", queue
                 )
@@ -244,14 +237,30 @@ class PostgresRuns(PostgresBase):
                 "SELECT queue, concurrency_key, count(*) AS n FROM runs"
                 " WHERE status = 'EXECUTING' AND queue = ANY($1::text[])"
                 " GROUP BY queue, concurrency_key",
-                limited,
+                sorted(caps),
             ):
                 busy[(row["queue"], row["concurrency_key"])] = row["n"]
+        full = [(queue, key) for (queue, key), n in busy.items() if n >= caps[queue]]
+        candidates = await conn.fetch(
+            "SELECT r.id, r.queue, r.concurrency_key FROM runs r"
+            " WHERE r.status = 'QUEUED' AND r.available_at <= $1"
+            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= $1)"
+            " AND r.task_id = ANY($2::text[])"
+            " AND (r.expires_at IS NULL OR r.expires_at > $1)"
+            " AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], $5::text[]) AS f(q, k)"
+            "   WHERE f.q = r.queue AND f.k IS NOT DISTINCT FROM r.concurrency_key)"
+            " ORDER BY r.available_at, r.id LIMIT $3 FOR UPDATE OF r SKIP LOCKED",
+            now,
+            task_ids,
+            max(limit * 10, 100) if caps else limit,
+            [queue for queue, _ in full],
+            [key for _, key in full],
+        )
         picked: list[str] = []
         for row in candidates:
             if len(picked) >= limit:
                 break
-            cap = row["concurrency_limit"]
+            cap = caps.get(row["queue"])
             if cap is not None:
                 slot = (row["queue"], row["concurrency_key"])
                 if busy.get(slot, 0) >= cap:

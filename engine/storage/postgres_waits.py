@@ -13,6 +13,7 @@ from ..errors import StorageError, TokenNotFoundError
 from ..ids import new_token_id
 from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
+from .groups import group_outcome
 from .postgres_base import Conn, PostgresBase, Row
 from .records import child_result_json, run_from_row, token_from_row
 
@@ -95,9 +96,7 @@ class PostgresWaits(PostgresBase):
                 timer = token_from_row(
                     await self._datetime_waitpoint(conn, journal, timeout_ms, now), self.signer
                 )
-            timed_out = timer is not None and not timer.is_waiting
-            closed = [t for t in tokens if not t.is_waiting]
-            done = timed_out or (len(closed) == len(tokens) if mode == "all" else bool(closed))
+            done, timed_out = group_outcome(tokens, mode, timer)
             ids = [t.id for t in tokens] + ([timer.id] if timer else [])
             if not done:
                 modes = {t.id: mode for t in tokens if t.is_waiting}

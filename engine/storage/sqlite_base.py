@@ -32,9 +32,10 @@ T = TypeVar("T")
 Conn = sqlite3.Connection
 
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
-# a run goes back to the queue when one of its 'any' waitpoints closed, or when none of the
-# waitpoints it is blocked on is still WAITING. The unary + keeps SQLite on the (run_id, ...)
-# key for the 'any' probe: through the waitpoint index it would cost closed x blocked runs.
+# a run goes back to the queue when one of its 'any' waitpoints closed, or when none of its
+# 'all' waitpoints is still WAITING (a group's timer is an 'any' edge beside 'all' tokens).
+# The unary + keeps SQLite on the (run_id, ...) key for the 'any' probe: through the
+# waitpoint index it would cost closed x blocked runs.
 _REQUEUE_BLOCKED = """
     UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now
     WHERE status = 'WAITING'
@@ -44,7 +45,8 @@ _REQUEUE_BLOCKED = """
                    WHERE rw.run_id = runs.id AND rw.mode = 'any'
                      AND +rw.waitpoint_id IN (SELECT value FROM json_each(:ids)))
            OR NOT EXISTS (SELECT 1 FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id
-                          WHERE rw.run_id = runs.id AND w.status = 'WAITING'))
+                          WHERE rw.run_id = runs.id AND rw.mode = 'all'
+                            AND w.status = 'WAITING'))
 """
 _CLOSE_RUN_WAITPOINTS = """
     UPDATE waitpoints SET status = 'COMPLETED', completed_at = :now,

@@ -174,6 +174,7 @@ class SQLiteRuns(SQLiteBase):
                 "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
                 " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
                 " attempt_count = max(attempt_count, 1), started_at = coalesce(started_at, :now),"
+                " expires_at = NULL,"
                 " updated_at = :now"
                 " WHERE id IN (SELECT value FROM json_each(:ids))"
                 " RETURNING id, task_id, payload, attempt_count, lease_epoch, max_attempts,"
@@ -215,32 +216,50 @@ class SQLiteRuns(SQLiteBase):
 
         Counted in the claim's own write transaction, so the limits hold however many worker
         processes share the database. Only EXECUTING runs count: a waiting run holds no slot.
+        A queue already at its limit is left out of the scan, so the runs queued behind it
+        never hide younger runs of other queues.
         """
-        candidates = conn.execute(
-            "SELECT r.id, r.queue, r.concurrency_key, t.concurrency_limit FROM runs r"
-            " LEFT JOIN tasks t ON t.id = r.task_id"
-            " WHERE r.status = 'QUEUED' AND r.available_at <= :now"
-            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= :now)"
-            " AND r.task_id IN (SELECT value FROM json_each(:tasks))"
-            " AND (r.expires_at IS NULL OR r.expires_at > :now)"
-            " ORDER BY r.available_at, r.id LIMIT :scan",
-            {"now": now, "tasks": tasks, "scan": max(limit * 10, 100)},
-        ).fetchall()
-        limited = {r["queue"] for r in candidates if r["concurrency_limit"] is not None}
+        caps = {
+            row["queue"]: row["cap"]
+            for row in conn.execute(
+                "SELECT coalesce(queue, id) AS queue, min(concurrency_limit) AS cap FROM tasks"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND concurrency_limit IS NOT NULL"
+                " GROUP BY coalesce(queue, id)",
+                (tasks,),
+            ).fetchall()
+        }
         busy: dict[tuple[str, str | None], int] = {}
-        if limited:
+        if caps:
             for row in conn.execute(
                 "SELECT queue, concurrency_key, count(*) AS n FROM runs"
                 " WHERE status = 'EXECUTING' AND queue IN (SELECT value FROM json_each(?))"
                 " GROUP BY queue, concurrency_key",
-                (json.dumps(sorted(limited)),),
+                (json.dumps(sorted(caps)),),
             ).fetchall():
                 busy[(row["queue"], row["concurrency_key"])] = row["n"]
+        full = [[queue, key] for (queue, key), n in busy.items() if n >= caps[queue]]
+        candidates = conn.execute(
+            "SELECT r.id, r.queue, r.concurrency_key FROM runs r"
+            " WHERE r.status = 'QUEUED' AND r.available_at <= :now"
+            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= :now)"
+            " AND r.task_id IN (SELECT value FROM json_each(:tasks))"
+            " AND (r.expires_at IS NULL OR r.expires_at > :now)"
+            " AND NOT EXISTS (SELECT 1 FROM json_each(:full) f"
+            "   WHERE json_extract(f.value, '$[0]') = r.queue"
+            "   AND json_extract(f.value, '$[1]') IS r.concurrency_key)"
+            " ORDER BY r.available_at, r.id LIMIT :scan",
+            {
+                "now": now,
+                "tasks": tasks,
+                "full": json.dumps(full),
+                "scan": max(limit * 10, 100) if caps else limit,
+            },
+        ).fetchall()
         picked: list[str] = []
         for row in candidates:
             if len(picked) >= limit:
                 break
-            cap = row["concurrency_limit"]
+            cap = caps.get(row["queue"])
             if cap is not None:
                 slot = (row["queue"], row["concurrency_key"])
                 if busy.get(slot, 0) >= cap:

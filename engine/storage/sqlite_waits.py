@@ -16,6 +16,7 @@ from ..errors import TokenNotFoundError
 from ..ids import new_token_id
 from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
+from .groups import group_outcome
 from .records import child_result_json, run_from_row, token_from_row
 from .sqlite_base import Conn, SQLiteBase, _first, _first_or_none
 
@@ -111,9 +112,7 @@ class SQLiteWaits(SQLiteBase):
                 timer = token_from_row(
                     self._datetime_waitpoint(conn, journal, timeout_ms), self.signer
                 )
-            timed_out = timer is not None and not timer.is_waiting
-            closed = [t for t in tokens if not t.is_waiting]
-            done = timed_out or (len(closed) == len(tokens) if mode == "all" else bool(closed))
+            done, timed_out = group_outcome(tokens, mode, timer)
             ids = [t.id for t in tokens] + ([timer.id] if timer else [])
             if not done:
                 modes = {t.id: mode for t in tokens if t.is_waiting}

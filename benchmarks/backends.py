@@ -38,6 +38,7 @@ DEFAULT_PG_URL = os.environ.get(
     "WAITPOINT_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+READER_NAME = "waitpoint-bench-reader"  # application_name of the driver's reader connection
 
 
 class Reader(Protocol):
@@ -111,7 +112,7 @@ class PostgresReader:
         if self._conn is None:
             import asyncpg
 
-            settings = {"search_path": self.schema, "application_name": "waitpoint-bench-reader"}
+            settings = {"search_path": self.schema, "application_name": READER_NAME}
             self._conn = await asyncpg.connect(self.server_url, server_settings=settings)
         return self._conn
 
@@ -272,7 +273,8 @@ def socket_ports(pids: Iterable[int], server_port: int) -> set[int]:
 @dataclass
 class PgSnapshot:
     at: float
-    ours: dict[int, float]  # backend pid -> CPU s, for backends serving our processes
+    ours: dict[int, float]  # backend pid -> CPU s, for backends serving the engine's processes
+    reader: dict[int, float]  # the same for the driver's reader (polling, not the engine)
     all_cpu: float  # every PostgreSQL process, reaped children included
     xact_commit: int
     xact_rollback: int
@@ -309,15 +311,17 @@ class PgMeter:
     async def snapshot(self, client_pids: Iterable[int]) -> PgSnapshot:
         ports = socket_ports(client_pids, self.port)
         rows = await self.conn.fetch(
-            "SELECT pid, client_port, backend_type FROM pg_stat_activity"
+            "SELECT pid, client_port, application_name FROM pg_stat_activity"
             " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
         ours: dict[int, float] = {}
+        reader: dict[int, float] = {}
         others = 0
         for row in rows:
             if row["client_port"] in ports:
+                side = reader if row["application_name"] == READER_NAME else ours
                 with contextlib.suppress(OSError):
-                    ours[row["pid"]] = proc_cpu_s(row["pid"])
+                    side[row["pid"]] = proc_cpu_s(row["pid"])
             else:
                 others += 1
         stats = await self.conn.fetchrow(
@@ -328,6 +332,7 @@ class PgMeter:
         return PgSnapshot(
             at=time.monotonic(),
             ours=ours,
+            reader=reader,
             all_cpu=self._all_cpu(),
             xact_commit=int(stats["xact_commit"]),
             xact_rollback=int(stats["xact_rollback"]),
@@ -351,8 +356,10 @@ class PgMeter:
         """The server's cost between two snapshots (``pg_cpu_ours_s`` counts a backend that
         appeared in between from zero)."""
         ours = sum(cpu - before.ours.get(pid, 0.0) for pid, cpu in after.ours.items())
+        reader = sum(cpu - before.reader.get(pid, 0.0) for pid, cpu in after.reader.items())
         return {
             "pg_cpu_ours_s": ours,
+            "pg_cpu_reader_s": reader,
             "pg_cpu_all_s": after.all_cpu - before.all_cpu,
             "pg_xact_commit": after.xact_commit - before.xact_commit,
             "pg_xact_rollback": after.xact_rollback - before.xact_rollback,
@@ -381,14 +388,15 @@ async def sample_waits(
             ports = socket_ports(client_pids, meter.port)
             rows = await conn.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])"
-                " AND application_name <> 'waitpoint-bench-reader'",
+                " AND pid <> pg_backend_pid() AND application_name <> $2",
                 list(ports),
+                READER_NAME,
             )
             backends = [r["pid"] for r in rows]
             refreshed = time.monotonic()
         for row in await conn.fetch(
-            "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
-            " WHERE pid = ANY($1::int[])",
+            "SELECT state, wait_event_type, wait_event, left(query, 90) AS query"
+            " FROM pg_stat_activity WHERE pid = ANY($1::int[])",
             backends,
         ):
             state = row["state"] or "?"
@@ -399,6 +407,9 @@ async def sample_waits(
             else:
                 key = state
             counts[key] = counts.get(key, 0) + 1
+            if state == "active":  # a sampling profile of the statements the server runs
+                query = "sql: " + " ".join((row["query"] or "").split())
+                counts[query] = counts.get(query, 0) + 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
     return counts

@@ -15,8 +15,11 @@ rolled back, with the clock two hours ahead:
   written ``(rw.waitpoint_id || '') = ANY($1)``, which keeps PostgreSQL from probing the
   ``(run_id, waitpoint_id)`` key once per closed id for every run (quadratic in the batch).
 
-Finally it calls the engine's own ``storage.fire_due_timers(1000)`` until done (committed), as
-the worker's timer loop does, and prints each call's time. The engine is not modified.
+It also times one completion's re-queue (one token closed, as ``complete_token`` does) with the
+engine's statement and with ``OFFSET 0`` in its ``NOT EXISTS``, against the number of runs
+WAITING. Finally it calls the engine's own ``storage.fire_due_timers(1000)`` until done
+(committed), as the worker's timer loop does, and prints each call's time. The engine is not
+modified.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -80,8 +84,69 @@ async def time_requeue(url: str, schema: str, batch: int) -> None:
                 f" lock runs {lock_ms:7.1f} ms, re-queue {requeue_ms:8.1f} ms ({status})"
             )
             if name == "engine":
-                for line in plan:
-                    print("      " + line[0])
+                for line in plan:  # the id arrays make some lines very long
+                    text = line[0]
+                    print("      " + (text if len(text) <= 140 else text[:137] + "..."))
+    finally:
+        await conn.close()
+
+
+async def time_completion(url: str, schema: str, repeat: int = 20) -> None:
+    """One token completed, as ``complete_token`` re-queues its run: the engine's statements,
+    and the re-queue with ``OFFSET 0`` in its ``NOT EXISTS`` (which keeps PostgreSQL from
+    turning it into a hashed subplan: a join of every ``run_waits`` row with every WAITING
+    waitpoint, built once per statement, so once per completion)."""
+    from engine.storage import postgres_base
+
+    engine_sql = postgres_base._REQUEUE_BLOCKED
+    variant = engine_sql.replace(
+        "WHERE rw.run_id = runs.id AND w.status = 'WAITING'))",
+        "WHERE rw.run_id = runs.id AND w.status = 'WAITING' OFFSET 0))",
+    )
+    variants = {"engine": engine_sql}
+    if variant != engine_sql:
+        variants["OFFSET 0"] = variant
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        waiting = await conn.fetchval("SELECT count(*) FROM runs WHERE status = 'WAITING'")
+        tokens = [
+            r["waitpoint_id"]
+            for r in await conn.fetch("SELECT waitpoint_id FROM run_waits LIMIT $1", repeat)
+        ]
+        for name, sql in variants.items():
+            times = []
+            plan: list[Any] = []
+            for token in tokens:
+                now = Shifted(0).now_ms()
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    await conn.execute(
+                        "UPDATE waitpoints SET status = 'COMPLETED', completed_at = $1"
+                        " WHERE id = $2",
+                        now,
+                        token,
+                    )
+                    locked = [
+                        r["id"] for r in await conn.fetch(postgres_base._LOCK_BLOCKED, [token])
+                    ]
+                    t = time.perf_counter()
+                    await conn.execute(sql, [token], locked, now)
+                    times.append((time.perf_counter() - t) * 1000)
+                    if not plan:
+                        plan = await conn.fetch(
+                            "EXPLAIN (ANALYZE, COSTS OFF) " + sql, [token], locked, now
+                        )
+                finally:
+                    await tx.rollback()
+            times.sort()
+            print(
+                f"  one completion's re-queue, {waiting:,} runs WAITING, {name:>8}:"
+                f" median {times[len(times) // 2]:.2f} ms over {len(times)} tokens"
+            )
+            for line in plan:
+                text = line[0]
+                print("      " + (text if len(text) <= 140 else text[:137] + "..."))
     finally:
         await conn.close()
 
@@ -106,6 +171,7 @@ def main() -> None:
     try:
         asyncio.run(park(url, args.n))
         print(f"{args.n:,} runs parked on tokens due at the same second")
+        asyncio.run(time_completion(args.url, schema))
         for batch in sorted({100, 1000, args.n}):
             asyncio.run(time_requeue(args.url, schema, batch))
         asyncio.run(fire_all(url, 1000))

@@ -510,6 +510,7 @@ async def bench_throughput(
             stats = PgMeter.delta(server0, server2)
             result.update(
                 pg_cpu_ours_s=cpu["pg_cpu_ours_s"],
+                pg_cpu_reader_s=cpu["pg_cpu_reader_s"],
                 pg_cpu_all_s=cpu["pg_cpu_all_s"],
                 pg_backends=cpu["pg_backends_ours"],
                 pg_other_backends=stats["pg_other_backends"],
@@ -1059,6 +1060,7 @@ def capacity_rows(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "cpu_worker_ms": med("cpu_worker_s") * 1000 / n,
             "cpu_driver_ms": med("cpu_driver_s") * 1000 / n,
             "cpu_db_ms": med("pg_cpu_ours_s") * 1000 / n,
+            "cpu_reader_ms": med("pg_cpu_reader_s") * 1000 / n,
             "cpu_db_all_ms": med("pg_cpu_all_s") * 1000 / n,
             "machine_busy": med("machine_busy"),
             "commits_worker": med("commits_worker"),
@@ -1098,7 +1100,8 @@ def print_capacity(by_backend: dict[str, Results], nproc: int) -> None:
         "vs 1",
         "CPU ms/run: workers",
         "driver",
-        "db (ours)",
+        "db (engine)",
+        "db (reader)",
         "all postgres",
         "sum w+c+db",
         "machine busy",
@@ -1124,6 +1127,7 @@ def print_capacity(by_backend: dict[str, Results], nproc: int) -> None:
                 f"{r['cpu_worker_ms']:.2f}",
                 f"{r['cpu_driver_ms']:.2f}",
                 f"{r['cpu_db_ms']:.2f}" if pgish else "-",
+                f"{r['cpu_reader_ms']:.2f}" if pgish else "-",
                 f"{r['cpu_db_all_ms']:.2f}" if pgish else "-",
                 f"{r['cpu_total_ms']:.2f}",
                 f"{r['machine_busy'] * 100:.0f}% of {nproc}",
@@ -1136,7 +1140,8 @@ def print_capacity(by_backend: dict[str, Results], nproc: int) -> None:
     console.print(table)
     console.print(
         "  CPU per run from /proc: the worker processes, the driver (triggers, completions,"
-        " polling), the PostgreSQL backends serving them (matched by client port), and every"
+        " polling), the PostgreSQL backends serving the workers and the driver's Engine (matched"
+        " by client port), the backend serving the driver's polling reader, and every"
         " PostgreSQL process (other clients of the server included). machine busy: non-idle"
         " share of all CPUs over the measurement (/proc/stat), whoever used it. write tx/run:"
         " the engine's own write transactions (engine.storage.commits); worker SQL stmts/run:"
@@ -1153,20 +1158,38 @@ def print_capacity(by_backend: dict[str, Results], nproc: int) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
-        for m in results.raw.get("scaling", []):
-            states = m.get("pg_backend_states")
-            if states:
-                total = sum(states.values())
-                shares = ", ".join(
-                    f"{k} {v / total:.0%}"
-                    for k, v in sorted(states.items(), key=lambda kv: -kv[1])
-                    if v / total >= 0.005
-                )
-                console.print(
-                    f"  {backend}, {m['workers']} worker(s), backend samples: {shares}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+
+
+def print_backend_states(by_backend: dict[str, Results]) -> None:
+    """What ``--pg-waits`` saw, per measurement."""
+    from rich.console import Console
+
+    console = Console(width=200)
+    for backend, results in by_backend.items():
+        for key, ms in results.raw.items():
+            for m in ms if isinstance(ms, list) else []:
+                if isinstance(m, dict) and m.get("pg_backend_states"):
+                    console.print(
+                        f"  {backend}, {key}, {m.get('workers', 1)} worker(s): "
+                        + backend_states_text(m["pg_backend_states"]),
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+
+
+def backend_states_text(states: dict[str, int], top: int = 8) -> str:
+    """``--pg-waits`` samples as shares: backend states, then the statements active backends
+    were running (a sampling profile of the server's work)."""
+    plain = {k: v for k, v in states.items() if not k.startswith("sql: ")}
+    sql = {k[5:]: v for k, v in states.items() if k.startswith("sql: ")}
+    total, active = sum(plain.values()) or 1, sum(sql.values()) or 1
+    parts = [
+        f"{k} {v / total:.0%}"
+        for k, v in sorted(plain.items(), key=lambda kv: -kv[1])
+        if v / total >= 0.005
+    ]
+    hot = [f"{v / active:.0%} {k!r}" for k, v in sorted(sql.items(), key=lambda kv: -kv[1])]
+    return "backend samples: " + ", ".join(parts) + "; active statements: " + "; ".join(hot[:top])
 
 
 def describe_machine() -> dict[str, Any]:
@@ -1309,7 +1332,8 @@ async def run_all(ctx: Context, by_backend: dict[str, Results], only: set[str] |
         if "pg_cpu_ours_s" not in m:
             return ""
         return (
-            f"; server CPU s ours {m['pg_cpu_ours_s']:.1f} all {m['pg_cpu_all_s']:.1f},"
+            f"; server CPU s engine {m['pg_cpu_ours_s']:.1f} reader {m['pg_cpu_reader_s']:.1f}"
+            f" all {m['pg_cpu_all_s']:.1f},"
             f" xact_commit/run {m['pg_xact_commit']:.1f}"
         )
 
@@ -1559,7 +1583,8 @@ def _notes(ctx: Context, results: Results) -> list[str]:
         " CPU ms/run w+c: user+system CPU of the worker process (all threads, /proc/PID/stat)"
         " + of the driver process, per run"
         + (
-            "; +db: the PostgreSQL backends serving them (matched by client port)."
+            "; +db: the PostgreSQL backends serving the worker and the driver's Engine (matched"
+            " by client port; the driver's polling reader is not counted)."
             if ctx.backend == "postgres"
             else "."
         ),
@@ -1576,9 +1601,11 @@ def _notes(ctx: Context, results: Results) -> list[str]:
         xact = statistics.median(m["pg_xact_commit"] for m in ms)
         wal = statistics.median(m["pg_wal_bytes"] for m in ms) / 1024
         cpu_all = statistics.median(m["pg_cpu_all_s"] * 1000 / m["n"] for m in ms)
+        reader = statistics.median(m.get("pg_cpu_reader_s", math.nan) * 1000 / m["n"] for m in ms)
         others = max(m["pg_other_backends"] for m in ms)
         server.append(
-            f"{key}: xact_commit/run {xact:.1f}, WAL {wal:.1f} KB/run, all postgres processes"
+            f"{key}: xact_commit/run {xact:.1f}, WAL {wal:.1f} KB/run, the reader's backend"
+            f" {reader:.2f} CPU ms/run, all postgres processes"
             f" {cpu_all:.2f} CPU ms/run, other client backends on the server up to {others}"
         )
     if server:
@@ -1746,6 +1773,8 @@ def main() -> None:
         print_side_by_side(by_backend, f"SQLite and PostgreSQL side by side, {how}")
     if any("scaling" in r.raw for r in by_backend.values()):
         print_capacity(by_backend, machine["nproc"])
+    if args.pg_waits:
+        print_backend_states(by_backend)
     print(f"  engine measured: {machine['engine']}")
     if args.json_out:
         Path(args.json_out).write_text(

@@ -17,9 +17,11 @@ rolled back, with the clock two hours ahead:
 
 It also times one completion's re-queue (one token closed, as ``complete_token`` does) with the
 engine's statement and with ``OFFSET 0`` in its ``NOT EXISTS``, against the number of runs
-WAITING. Finally it calls the engine's own ``storage.fire_due_timers(1000)`` until done
-(committed), as the worker's timer loop does, and prints each call's time. The engine is not
-modified.
+WAITING. It prints the re-queue's plan with ``plan_cache_mode`` forced to custom and to generic (the
+plan a prepared statement may get from its 6th execution on). Finally it calls the engine's own
+``storage.fire_due_timers(1000)`` until done (committed), as the worker's timer loop does, and
+prints each call's time; then parks N runs again in a second schema and does the same with
+``plan_cache_mode=force_custom_plan`` in the database URL. The engine is not modified.
 """
 
 from __future__ import annotations
@@ -151,6 +153,49 @@ async def time_completion(url: str, schema: str, repeat: int = 20) -> None:
         await conn.close()
 
 
+async def generic_plan(url: str, schema: str, batch: int = 1000) -> None:
+    """The re-queue of one batch with a custom plan and with the generic plan PostgreSQL
+    switches to after a prepared statement's 5th execution (``force_generic_plan`` shows it at
+    once), each ``EXPLAIN ANALYZE``d in a transaction that is rolled back."""
+    from engine.storage import postgres_base, postgres_tokens
+
+    close = (
+        postgres_tokens.TIME_OUT + " WHERE id IN (SELECT id FROM waitpoints WHERE status ="
+        " 'WAITING' AND timeout_at <= $1 ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " RETURNING id"
+    )
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+    try:
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            now = Shifted(2 * 3600).now_ms()
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                ids = [r["id"] for r in await conn.fetch(close, now, batch)]
+                locked = [r["id"] for r in await conn.fetch(postgres_base._LOCK_BLOCKED, ids)]
+                await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                await conn.execute(
+                    f"PREPARE requeue_{mode}(text[], text[], bigint) AS"  # outlives a rollback
+                    f" {postgres_base._REQUEUE_BLOCKED}"
+                )
+
+                def array(values: list[str]) -> str:
+                    return "ARRAY[" + ",".join(f"'{v}'" for v in values) + "]::text[]"
+
+                plan = await conn.fetch(
+                    f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE requeue_{mode}"
+                    f"({array(ids)}, {array(locked)}, {now})"
+                )
+            finally:
+                await tx.rollback()
+            print(f"  re-queue of {len(ids):,} runs, plan_cache_mode = {mode}:")
+            for line in plan:
+                text = line[0]
+                print("      " + (text if len(text) <= 140 else text[:137] + "..."))
+    finally:
+        await conn.close()
+
+
 async def fire_all(url: str, limit: int) -> None:
     total, calls, fired = await fire(url, limit)
     per_call = ", ".join(f"{c:.0f}" for c in calls)
@@ -174,6 +219,15 @@ def main() -> None:
         asyncio.run(time_completion(args.url, schema))
         for batch in sorted({100, 1000, args.n}):
             asyncio.run(time_requeue(args.url, schema, batch))
+        asyncio.run(generic_plan(args.url, schema))
+        asyncio.run(fire_all(url, 1000))
+    finally:
+        asyncio.run(drop_schema(args.url, schema))
+    schema = f"bench_{uuid.uuid4().hex}"
+    url = with_schema(args.url, schema) + "&plan_cache_mode=force_custom_plan"
+    try:
+        asyncio.run(park(url, args.n))
+        print(f"again, {args.n:,} runs parked, plan_cache_mode=force_custom_plan in the URL:")
         asyncio.run(fire_all(url, 1000))
     finally:
         asyncio.run(drop_schema(args.url, schema))

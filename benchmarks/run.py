@@ -1795,7 +1795,7 @@ def main() -> None:
                     },
                     "dbos": dbos_status() or "ok",
                 },
-                indent=2,
+                indent=1,
                 default=str,
             )
         )

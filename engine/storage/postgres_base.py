@@ -73,9 +73,11 @@ FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')"
 
 # runs whose waitpoints may have closed: locked first (see the module docstring), then
 # re-queued when one of their 'any' waitpoints closed or none of their 'all' ones still waits
+# (OFFSET 0 keeps the edge lookup a subquery of its own: joined, PostgreSQL scanned every
+# waiting run for each completion)
 _LOCK_BLOCKED = """
     SELECT id FROM runs WHERE status = 'WAITING'
-      AND id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = ANY($1::text[]))
+      AND id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = ANY($1::text[]) OFFSET 0)
     ORDER BY id FOR UPDATE
 """
 _REQUEUE_BLOCKED = """

@@ -43,7 +43,7 @@ from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import Token
 from .base import JournalWrite, NewRun, PageRequest
-from .records import dump_json, token_from_row
+from .records import dump_json, page_slice, token_from_row
 
 T = TypeVar("T")
 if TYPE_CHECKING:
@@ -368,11 +368,7 @@ class PostgresBase:
                 f" {params(page.limit + 1)}",
                 *params.values,
             )
-            newer = len(rows) > page.limit
-            rows = rows[: page.limit][::-1]
-            if not rows:
-                return [], None, None
-            return rows, rows[-1]["id"], rows[0]["id"] if newer else None
+            return page_slice(rows, page.limit, before=True, after=False)
         if page.after is not None:
             where = [*where, f"id < {params(page.after)}"]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
@@ -380,12 +376,7 @@ class PostgresBase:
             f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT {params(page.limit + 1)}",
             *params.values,
         )
-        older = len(rows) > page.limit
-        rows = rows[: page.limit]
-        if not rows:
-            return [], None, None
-        previous = rows[0]["id"] if page.after is not None else None
-        return rows, rows[-1]["id"] if older else None, previous
+        return page_slice(rows, page.limit, before=False, after=page.after is not None)
 
     def _notify(self) -> None:
         """Wake this process's waiters (``change_event``); other processes learn by NOTIFY."""

@@ -9,7 +9,7 @@ from ..faults import crash_point
 from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .postgres_base import FINAL, Conn, Params, PostgresBase, affected, common_filters
-from .records import dump_json, journal_from_row, load_json, run_from_row
+from .records import claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 
 _CLAIM_COLUMNS = (
     "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
@@ -185,24 +185,7 @@ class PostgresRuns(PostgresBase):
                 "SELECT * FROM journal WHERE run_id = ANY($1::text[]) ORDER BY position, attempt",
                 ids,
             )
-            journals: dict[str, list[JournalEntry]] = {}
-            for entry in entries:
-                journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))
-            return [
-                ClaimedRun(
-                    id=r["id"],
-                    task_id=r["task_id"],
-                    payload=load_json(r["payload"]),
-                    attempt=r["attempt_count"],
-                    epoch=r["lease_epoch"],
-                    max_attempts=r["max_attempts"],
-                    executed_ms=r["executing_ms"],
-                    max_duration_ms=r["max_duration_ms"],
-                    metadata=load_json(r["metadata"]),
-                    journal=journals.get(r["id"], []),
-                )
-                for r in rows
-            ]
+            return claimed_runs(rows, entries)
 
         return await self._write(op, notify=False, control=True)
 

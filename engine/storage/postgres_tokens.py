@@ -5,21 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..clock import from_ms
 from ..errors import StorageError, TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
 from ..models import (
     CompletionResult,
     CompletionSource,
-    LateCompletion,
     Page,
     Token,
     WaitpointStatus,
 )
 from .base import JournalWrite, NewToken, PageRequest, TokenFilter
 from .postgres_base import Conn, Params, PostgresBase, affected, common_filters
-from .records import dump_json, load_json, token_from_row
+from .records import dump_json, late_completions, load_json, token_from_row
 
 # a token's deadline is a timeout; a sleep's deadline is its completion
 TIME_OUT = (
@@ -100,11 +98,7 @@ class PostgresTokens(PostgresBase):
         )
         if not late:
             return token
-        attempts = [
-            LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"]))
-            for r in late
-        ]
-        return token.model_copy(update={"late_completions": attempts})
+        return token.model_copy(update={"late_completions": late_completions(late)})
 
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
         params = Params()

@@ -7,7 +7,8 @@ and JSON columns are text.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from pydantic_core import to_jsonable_python
 
@@ -15,8 +16,10 @@ from ..callbacks import CallbackSigner
 from ..clock import from_ms, from_ms_or_none
 from ..errors import ValidationError
 from ..models import (
+    ClaimedRun,
     CompletionSource,
     JournalEntry,
+    LateCompletion,
     Run,
     RunError,
     RunStatus,
@@ -29,6 +32,9 @@ class RowLike(Protocol):
     """A database row read by column name (sqlite3.Row, asyncpg.Record, a dict)."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+
+
+R = TypeVar("R", bound=RowLike)
 
 
 def dump_json(value: Any, what: str = "value") -> str:
@@ -111,3 +117,49 @@ def journal_from_row(row: RowLike) -> JournalEntry:
         duration_ms=row["duration_ms"],
         seq=row["seq"],
     )
+
+
+def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[ClaimedRun]:
+    """The runs a claim leased (``rows``) with their journals (``entries``, in call order)."""
+    journals: dict[str, list[JournalEntry]] = {}
+    for entry in entries:
+        journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))
+    return [
+        ClaimedRun(
+            id=r["id"],
+            task_id=r["task_id"],
+            payload=load_json(r["payload"]),
+            attempt=r["attempt_count"],
+            epoch=r["lease_epoch"],
+            max_attempts=r["max_attempts"],
+            executed_ms=r["executing_ms"],
+            max_duration_ms=r["max_duration_ms"],
+            metadata=load_json(r["metadata"]),
+            journal=journals.get(r["id"], []),
+        )
+        for r in rows
+    ]
+
+
+def late_completions(rows: Sequence[RowLike]) -> list[LateCompletion]:
+    return [
+        LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"])) for r in rows
+    ]
+
+
+def page_slice(
+    rows: Sequence[R], limit: int, *, before: bool, after: bool
+) -> tuple[list[R], str | None, str | None]:
+    """One page, newest first, from ``limit + 1`` rows fetched towards the page (oldest first
+    when paging ``before`` a cursor, newest first otherwise), with the cursors of the older
+    and the newer pages."""
+    more = len(rows) > limit
+    if before:
+        kept = list(rows[:limit])[::-1]
+        if not kept:
+            return [], None, None
+        return kept, kept[-1]["id"], kept[0]["id"] if more else None
+    kept = list(rows[:limit])
+    if not kept:
+        return [], None, None
+    return kept, kept[-1]["id"] if more else None, kept[0]["id"] if after else None

@@ -25,7 +25,7 @@ from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import Token
 from .base import JournalWrite, NewRun, PageRequest
-from .records import dump_json, token_from_row
+from .records import dump_json, page_slice, token_from_row
 from .writer import GroupCommitWriter, translate
 
 T = TypeVar("T")
@@ -250,11 +250,7 @@ class SQLiteBase:
                 f"SELECT * FROM {table} WHERE {clause} ORDER BY id ASC LIMIT ?",
                 [*params, page.before, page.limit + 1],
             )
-            newer = len(rows) > page.limit
-            rows = rows[: page.limit][::-1]
-            if not rows:
-                return [], None, None
-            return rows, rows[-1]["id"], rows[0]["id"] if newer else None
+            return page_slice(rows, page.limit, before=True, after=False)
         if page.after is not None:
             where = [*where, "id < ?"]
             params = [*params, page.after]
@@ -262,12 +258,7 @@ class SQLiteBase:
         rows = await self._read(
             f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ?", [*params, page.limit + 1]
         )
-        older = len(rows) > page.limit
-        rows = rows[: page.limit]
-        if not rows:
-            return [], None, None
-        previous = rows[0]["id"] if page.after is not None else None
-        return rows, rows[-1]["id"] if older else None, previous
+        return page_slice(rows, page.limit, before=False, after=page.after is not None)
 
     def change_event(self) -> asyncio.Event:
         """An event set at the next commit that may have made work (here or in another process).

@@ -9,7 +9,7 @@ from ..errors import LeaseLostError, RunNotFoundError
 from ..faults import crash_point
 from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
-from .records import dump_json, journal_from_row, load_json, run_from_row
+from .records import claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first_or_none
 
 
@@ -190,24 +190,7 @@ class SQLiteRuns(SQLiteBase):
                 " ORDER BY position, attempt",
                 (ids,),
             ).fetchall()
-            journals: dict[str, list[Any]] = {}
-            for entry in entries:
-                journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))
-            return [
-                ClaimedRun(
-                    id=r["id"],
-                    task_id=r["task_id"],
-                    payload=load_json(r["payload"]),
-                    attempt=r["attempt_count"],
-                    epoch=r["lease_epoch"],
-                    max_attempts=r["max_attempts"],
-                    executed_ms=r["executing_ms"],
-                    max_duration_ms=r["max_duration_ms"],
-                    metadata=load_json(r["metadata"]),
-                    journal=journals.get(r["id"], []),
-                )
-                for r in rows
-            ]
+            return claimed_runs(rows, entries)
 
         return await self._write(op, notify=False)
 

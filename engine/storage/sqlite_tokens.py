@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..clock import from_ms
 from ..errors import TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
 from ..models import (
     CompletionResult,
     CompletionSource,
-    LateCompletion,
     Page,
     Token,
     WaitpointStatus,
 )
 from .base import JournalWrite, NewToken, PageRequest, TokenFilter
-from .records import dump_json, load_json, token_from_row
+from .records import dump_json, late_completions, load_json, token_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first, _first_or_none
 
 # a token's deadline is a timeout; a sleep's deadline is its completion
@@ -98,11 +96,7 @@ class SQLiteTokens(SQLiteBase):
         )
         if not late:
             return token
-        attempts = [
-            LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"]))
-            for r in late
-        ]
-        return token.model_copy(update={"late_completions": attempts})
+        return token.model_copy(update={"late_completions": late_completions(late)})
 
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
         where, params = _common_filters(

@@ -118,12 +118,13 @@ class Cluster:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.killed: dict[int, float] = {}  # pid -> when it was killed
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        """Start a worker; ``env`` overrides this cluster's environment for it alone."""
         log = (self.root / f"worker-{len(self.processes)}.log").open("wb")
         process = subprocess.Popen(
             [*WORKER_COMMAND, "--tasks", "cluster_tasks", "--database", self.url],
             cwd=self.root,
-            env=self.env,
+            env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -188,8 +189,11 @@ async def count_at_least(engine: Engine, status: str, wanted: int) -> bool:
     return await count_runs(engine, status) >= wanted
 
 
-async def started(cluster: Cluster) -> bool:
-    return cluster.oracle.exists() and "start" in cluster.oracle.read_text()
+async def in_a_step(cluster: Cluster, pid: int) -> bool:
+    """Whether the worker ``pid`` has begun a step."""
+    if not cluster.oracle.exists():
+        return False
+    return any(f[0] == "step" and f[2] == str(pid) for f in cluster.oracle_lines())
 
 
 async def trigger_all(engine: Engine, count: int) -> list[str]:
@@ -320,10 +324,11 @@ async def test_a_worker_killed_mid_run_is_taken_over_without_redoing_journaled_s
     cluster.env["CLUSTER_STEP_SECONDS"] = "0.3"  # every attempt is in a step for a while
     count = 300
     async with Engine(cluster.url) as engine:
-        victim = cluster.start_worker()
+        # the victim's steps outlast the test's wait for them: once it has begun one, the
+        # kill is certain to find that attempt in flight, however loaded the machine
+        victim = cluster.start_worker(CLUSTER_STEP_SECONDS="600")
         run_ids = await trigger_all(engine, count)
-        # let the victim get going alone, then start the survivors and kill it mid-flight
-        await eventually(lambda: started(cluster), 30)
+        await eventually(lambda: in_a_step(cluster, victim.pid), 60)
         survivors = [cluster.start_worker() for _ in range(2)]
         completer = cluster.start_completer(count)
         await asyncio.sleep(0.5)

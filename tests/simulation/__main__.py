@@ -1,0 +1,210 @@
+"""``python -m tests.simulation``: a campaign of seeds, one seed, or one saved scenario.
+
+    .venv/bin/python -m tests.simulation --seeds 5000 --backend both --jobs 2
+    .venv/bin/python -m tests.simulation --seed 214 --backend sqlite --always-replay off
+    .venv/bin/python -m tests.simulation --scenario /tmp/.../seed-214-sqlite.json --backend sqlite
+
+A campaign prints a summary table per backend and, for each kind of failure, the first failing
+seed shrunk to a minimal scenario with the commands that replay it; the exit status is 1 if
+any seed failed or the campaign was too quiet to prove anything (too few faults or runs).
+``--avoid known`` leaves out the constructs that meet bugs still open on the engine
+(``regressions.KNOWN_OPEN``), to look past them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import grammar as g
+from . import regressions
+from .campaign import (
+    Result,
+    Summary,
+    campaign_in_jobs,
+    campaign_problems,
+    describe_shrunk,
+    repro_command,
+    run_scenario,
+    shrink_result,
+    table,
+)
+from .executor import Database
+from .generator import AVOIDABLE, Profile, generate
+from .reference import predict
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    avoid = _avoid(args.avoid)
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    if "postgres" in backends and not _postgres_ready():
+        return 2
+    if args.scenario or args.seed is not None:
+        return _single(args, backends, avoid)
+    seeds = list(range(args.start, args.start + args.seeds))
+    profile = Profile(avoid=avoid)
+    summaries: list[Summary] = []
+    for backend in backends:
+        summaries.append(
+            campaign_in_jobs(
+                backend,
+                seeds,
+                args.jobs,
+                replay=args.always_replay,
+                profile=profile,
+                timeout=args.timeout,
+            )
+        )
+    print(table(summaries))
+    problems = [p for s in summaries for p in campaign_problems(s)]
+    for problem in problems:
+        print(f"CAMPAIGN TOO QUIET: {problem}")
+    failing = [r for s in summaries for r in s.failures]
+    if failing:
+        _report(failing, args)
+    return 1 if failing or problems else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.simulation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seeds", type=int, default=200, help="how many seeds (default 200)")
+    parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seed", type=int, help="run this one seed, verbosely")
+    parser.add_argument("--scenario", type=Path, help="run a saved scenario (JSON)")
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite")
+    parser.add_argument("--always-replay", choices=["on", "off", "mixed"], default="mixed")
+    parser.add_argument(
+        "--avoid",
+        default="",
+        help=f"constructs to leave out: 'known' or a list of {', '.join(sorted(AVOIDABLE))}",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="campaigns side by side")
+    parser.add_argument("--timeout", type=float, default=120.0, help="real seconds per scenario")
+    parser.add_argument(
+        "--shrink", type=int, default=5, help="failure kinds to shrink (default 5; 0: none)"
+    )
+    parser.add_argument("--shrink-budget", type=float, default=120.0, help="seconds per shrink")
+    parser.add_argument(
+        "--save-dir", type=Path, default=Path(tempfile.gettempdir()) / "waitpoint-simulation"
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="add the shrunk failures to tests/simulation/regressions.json",
+    )
+    return parser
+
+
+def _avoid(text: str) -> frozenset[str]:
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if "known" in names:
+        names = (names - {"known"}) | regressions.KNOWN_OPEN
+    unknown = names - set(AVOIDABLE)
+    if unknown:
+        raise SystemExit(
+            f"--avoid: unknown constructs {sorted(unknown)} (know {sorted(AVOIDABLE)})"
+        )
+    return frozenset(names)
+
+
+def _postgres_ready() -> bool:
+    from tests.postgres import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None:
+        return True
+    print(f"PostgreSQL: {reason}", file=sys.stderr)
+    return False
+
+
+def _single(args: argparse.Namespace, backends: list[str], avoid: frozenset[str]) -> int:
+    if args.scenario:
+        scenario = g.Scenario.from_json(args.scenario.read_text())
+        replay = "saved"
+    else:
+        replay = args.always_replay
+        scenario = generate(args.seed, replay=replay, profile=Profile(avoid=avoid))
+    print(g.render_scenario(scenario))
+    prediction = predict(scenario)
+    print("# the reference predicts:")
+    for run in prediction.runs.values():
+        what = run.output if run.status == "COMPLETED" else run.error
+        print(f"#   {run.ref}: {run.status} {json.dumps(what)}")
+    failed = False
+    for backend in backends:
+        result = asyncio.run(_run_one(backend, scenario, args.timeout))
+        result.replay, result.avoid = replay, avoid
+        print(
+            f"{backend}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.2f} s,"
+            f" faults {dict(result.faults)}, runs {dict(result.statuses)}"
+        )
+        for failure in result.failures:
+            print(f"  {failure}")
+        if result.failures:
+            failed = True
+            if args.shrink:
+                _shrink_and_print(result, args)
+    return 1 if failed else 0
+
+
+async def _run_one(backend: str, scenario: g.Scenario, timeout: float) -> Result:
+    db = await Database(backend).open()
+    try:
+        return await run_scenario(db, scenario, timeout=timeout)
+    finally:
+        await db.close()
+
+
+def _report(failing: list[Result], args: argparse.Namespace) -> None:
+    groups: dict[str, list[Result]] = {}
+    for result in failing:
+        key = " + ".join(sorted(result.signatures()))
+        groups.setdefault(key, []).append(result)
+    print(f"\n{len(failing)} failing seeds, {len(groups)} kinds of failure:")
+    for key, results in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        seeds = ", ".join(f"{r.seed}/{r.backend}" for r in results[:12])
+        more = f" and {len(results) - 12} more" if len(results) > 12 else ""
+        print(f"  {len(results):4d} x {key}\n         seeds {seeds}{more}")
+    for key, results in list(sorted(groups.items(), key=lambda kv: -len(kv[1])))[: args.shrink]:
+        print(f"\n=== {key} ===")
+        _shrink_and_print(results[0], args)
+    for result in failing:
+        print("FAILED: " + repro_command(result.seed, result.backend, result.replay, result.avoid))
+
+
+def _shrink_and_print(result: Result, args: argparse.Namespace) -> None:
+    shrunk = asyncio.run(shrink_result(result, budget=args.shrink_budget, timeout=args.timeout))
+    args.save_dir.mkdir(parents=True, exist_ok=True)
+    path = args.save_dir / f"seed-{result.seed}-{result.backend}-{os.getpid()}.json"
+    path.write_text(shrunk.scenario.to_json())
+    print(describe_shrunk(shrunk, str(path)))
+    if args.record and shrunk.reproduced:
+        failure = shrunk.failures[0]
+        regressions.record(
+            {
+                "name": f"seed-{result.seed}-{failure.rule}",
+                "seed": result.seed,
+                "replay": result.replay,
+                "avoid": sorted(result.avoid),
+                "backends": [result.backend],
+                "rule": failure.signature,
+                "status": "open",
+                "note": str(failure)[:300],
+                "scenario": dataclasses.asdict(shrunk.scenario),
+            }
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

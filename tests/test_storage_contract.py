@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from engine.clock import from_ms
+from engine.durations import Deadline
 from engine.errors import (
     LeaseLostError,
     RunNotFoundError,
@@ -342,7 +343,7 @@ async def test_each_claim_leases_the_run_under_a_new_epoch(
     ]
 
 
-async def test_a_claim_returns_the_runs_journal_in_call_order(
+async def test_a_claim_returns_the_runs_journal_in_the_order_it_was_recorded(
     storage: Storage, clock: StepClock
 ) -> None:
     first = await started(storage)
@@ -351,7 +352,8 @@ async def test_a_claim_returns_the_runs_journal_in_call_order(
     t2 = clock.advance(1)
     boom = {"name": "ValueError", "message": "boom"}
     await storage.append_journal(jw(first, "step:b#0", 1, boom, is_error=True, duration_ms=2))
-    await storage.retry_run(first.id, first.epoch, 0, RunError(name="ValueError", message="boom"))
+    error = RunError(name="ValueError", message="boom")
+    await storage.retry_run(first.id, first.epoch, 0, error, rerun=["step:b#0"])
     second = await claim_one(storage)
     assert second.attempt == 2
     t3 = clock.advance(1)
@@ -367,10 +369,33 @@ async def test_a_claim_returns_the_runs_journal_in_call_order(
         ("step:c#0", 2, 2, False, [1, "two", None], t3, None),
     ]
     assert entries(third.journal) == expected
+    assert [e.rerun for e in third.journal] == [False, True, False, False]  # b failed attempt 1
     journal = await storage.get_journal(first.id)
     assert entries(journal) == expected
     seqs = [e.seq for e in journal]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_a_claim_hands_over_calls_in_the_order_they_finished_not_started(
+    storage: Storage,
+) -> None:
+    """Racing calls: the one started second finished first; replay must know it."""
+    claimed = await started(storage)
+    await storage.append_journal(jw(claimed, "step:fast#0", 1, "fast"))
+    await storage.append_journal(jw(claimed, "step:slow#0", 0, "slow"))
+    await storage.release_run(claimed.id, claimed.epoch)
+    resumed = await claim_one(storage)
+    assert [e.key for e in resumed.journal] == ["step:fast#0", "step:slow#0"]
+
+
+async def test_a_retry_marks_only_the_step_errors_it_was_given(storage: Storage) -> None:
+    claimed = await started(storage)
+    boom = {"name": "ValueError", "message": "boom"}
+    await storage.append_journal(jw(claimed, "step:caught#0", 0, boom, is_error=True))
+    await storage.append_journal(jw(claimed, "step:failed#0", 1, boom, is_error=True))
+    await storage.retry_run(claimed.id, claimed.epoch, 0, ERROR, rerun=["step:failed#0"])
+    marks = {e.key: e.rerun for e in (await claim_one(storage)).journal}
+    assert marks == {"step:caught#0": False, "step:failed#0": True}
 
 
 async def test_a_journal_key_is_recorded_once(storage: Storage) -> None:
@@ -563,10 +588,10 @@ WRITES: dict[str, FencedWrite] = {
         f.closed.id, jw(f.stale, "wait#5", 5)
     ),
     "sleep_until(later)": lambda f: f.storage.sleep_until(
-        f.clock.now_ms() + 5000, jw(f.stale, "sleep#5", 5)
+        Deadline(at_ms=f.clock.now_ms() + 5000), jw(f.stale, "sleep#5", 5)
     ),
     "sleep_until(past)": lambda f: f.storage.sleep_until(
-        f.clock.now_ms() - 5000, jw(f.stale, "sleep#5", 5)
+        Deadline(at_ms=f.clock.now_ms() - 5000), jw(f.stale, "sleep#5", 5)
     ),
     "start_child": lambda f: f.storage.start_child(
         NewRun("child", {}), jw(f.stale, "trigger:child#5", 5)
@@ -575,7 +600,7 @@ WRITES: dict[str, FencedWrite] = {
         [NewRun("child", {})], jw(f.stale, "batch:child#5", 5)
     ),
     "wait_on_group": lambda f: f.storage.wait_on_group(
-        [f.waiting.id, f.closed.id], "all", f.clock.now_ms() + 5000, jw(f.stale, "group#5", 5)
+        [f.waiting.id, f.closed.id], "all", Deadline(after_ms=5000), jw(f.stale, "group#5", 5)
     ),
 }
 
@@ -652,6 +677,17 @@ async def test_release_run_puts_the_run_back_at_once(storage: Storage, clock: St
     clock.advance(5000)  # a released run has no lease left to expire
     assert await storage.rescue_expired_leases() == 0
     assert (await claim_one(storage)).attempt == 1
+
+
+async def test_release_run_with_a_delay_puts_the_run_back_later(
+    storage: Storage, clock: StepClock
+) -> None:
+    claimed = await started(storage)
+    await storage.release_run(claimed.id, claimed.epoch, delay_ms=1000)
+    assert await status_of(storage, claimed.id) is RunStatus.QUEUED
+    assert await storage.claim_runs("w1", 1, LEASE_MS, ["t"]) == []
+    clock.advance(1000)
+    assert (await claim_one(storage)).attempt == 1  # handed back, not a new attempt
 
 
 async def test_retry_run_requeues_the_next_attempt_after_its_delay(
@@ -975,7 +1011,9 @@ async def test_list_tokens_filters_and_pages_both_ways(storage: Storage, clock: 
     clock.advance(1)
     keyed = await storage.create_token(NewToken(idempotency_key="k"))
     claimed = await started(storage)  # a sleep and a child wait make waitpoints, not tokens
-    await park(storage, claimed, storage.sleep_until(t0 + 10_000, jw(claimed, "sleep#0")))
+    await park(
+        storage, claimed, storage.sleep_until(Deadline(at_ms=t0 + 10_000), jw(claimed, "sleep#0"))
+    )
     other = await started(storage)
     await park(storage, other, storage.wait_for_children([NewRun("child", {})], jw(other, "b#0")))
 
@@ -1069,7 +1107,7 @@ async def test_wait_on_group_all_goes_on_once_every_token_closed(storage: Storag
     resumed = await claim_one(storage)
     snapshot = await storage.wait_on_group([a.id, b.id], "all", None, jw(resumed, "group#0"))
     tokens = [await storage.get_token(a.id), await storage.get_token(b.id)]
-    assert snapshot == {"tokens": [as_json(t) for t in tokens], "timedOut": False}
+    assert snapshot == {"tokens": [as_json(t) for t in tokens], "timedOut": False, "first": a.id}
     assert [e.value for e in await storage.get_journal(claimed.id)] == [snapshot]
 
 
@@ -1085,7 +1123,11 @@ async def test_wait_on_group_any_goes_on_at_the_first_and_leaves_the_others_wait
     assert await status_of(storage, claimed.id) is RunStatus.QUEUED
     resumed = await claim_one(storage)
     snapshot = await storage.wait_on_group([a.id, b.id], "any", None, jw(resumed, "group#0"))
-    assert snapshot == {"tokens": [as_json(a), as_json(won.token)], "timedOut": False}
+    assert snapshot == {
+        "tokens": [as_json(a), as_json(won.token)],
+        "timedOut": False,
+        "first": b.id,
+    }
     await storage.complete_token(a.id, "A", PY)  # nobody waits on it any more
     assert await status_of(storage, claimed.id) is RunStatus.EXECUTING
 
@@ -1096,8 +1138,9 @@ async def test_wait_on_group_closes_when_its_timeout_comes(
     claimed = await started(storage)
     a, b = await storage.create_token(NewToken()), await storage.create_token(NewToken())
     deadline = clock.now_ms() + 1000
+    group = Deadline(at_ms=deadline)
     await park(
-        storage, claimed, storage.wait_on_group([a.id, b.id], "all", deadline, jw(claimed, "g#0"))
+        storage, claimed, storage.wait_on_group([a.id, b.id], "all", group, jw(claimed, "g#0"))
     )
     waiting_on = (await storage.get_run(claimed.id)).waiting_on
     assert len(waiting_on) == 3 and {a.id, b.id} < set(waiting_on)  # and the group's timer
@@ -1108,8 +1151,8 @@ async def test_wait_on_group_closes_when_its_timeout_comes(
     assert await storage.fire_due_timers(10) == 1
     assert await status_of(storage, claimed.id) is RunStatus.QUEUED
     resumed = await claim_one(storage)
-    snapshot = await storage.wait_on_group([a.id, b.id], "all", deadline, jw(resumed, "g#0"))
-    assert snapshot == {"tokens": [as_json(a), as_json(b)], "timedOut": True}
+    snapshot = await storage.wait_on_group([a.id, b.id], "all", group, jw(resumed, "g#0"))
+    assert snapshot == {"tokens": [as_json(a), as_json(b)], "timedOut": True, "first": None}
     assert await token_status(storage, a.id) is WaitpointStatus.WAITING
 
 
@@ -1118,9 +1161,9 @@ async def test_a_group_whose_timeout_already_passed_returns_at_once(
 ) -> None:
     claimed = await started(storage)
     a = await storage.create_token(NewToken())
-    past = clock.now_ms()
+    past = Deadline(at_ms=clock.now_ms())
     snapshot = await storage.wait_on_group([a.id], "any", past, jw(claimed, "g#0"))
-    assert snapshot == {"tokens": [as_json(a)], "timedOut": True}
+    assert snapshot == {"tokens": [as_json(a)], "timedOut": True, "first": None}
     with pytest.raises(TokenNotFoundError):
         await storage.wait_on_group([a.id, "waitpoint_nope"], "all", None, jw(claimed, "g#1", 1))
 
@@ -1130,13 +1173,17 @@ async def test_sleep_until_parks_the_run_until_the_time_it_first_asked_for(
 ) -> None:
     claimed = await started(storage)
     now = clock.now_ms()
-    assert await storage.sleep_until(now, jw(claimed, "sleep#0", 0)) is True  # due: no parking
+    assert (
+        await storage.sleep_until(Deadline(at_ms=now), jw(claimed, "sleep#0", 0)) is True
+    )  # due: no parking
     [entry] = await storage.get_journal(claimed.id)
     assert entry.value["status"] == "COMPLETED" and entry.value["expiresAt"] is not None
 
     until = now + 60_000
     await park(
-        storage, claimed, storage.sleep_until(until, jw(claimed, "sleep#1", 1), elapsed_ms=3)
+        storage,
+        claimed,
+        storage.sleep_until(Deadline(at_ms=until), jw(claimed, "sleep#1", 1), elapsed_ms=3),
     )
     parked = await storage.get_run(claimed.id)
     assert parked.status is RunStatus.WAITING and len(parked.waiting_on) == 1
@@ -1151,7 +1198,10 @@ async def test_sleep_until_parks_the_run_until_the_time_it_first_asked_for(
     resumed = await claim_one(storage)
     assert resumed.executed_ms == 3
     # a replay asking for another time waits on the deadline made the first time
-    assert await storage.sleep_until(until + 3_600_000, jw(resumed, "sleep#1", 1)) is True
+    assert (
+        await storage.sleep_until(Deadline(at_ms=until + 3_600_000), jw(resumed, "sleep#1", 1))
+        is True
+    )
     assert [e.key for e in await storage.get_journal(claimed.id)] == ["sleep#0", "sleep#1"]
     assert await storage.next_timer_ms() is None
 
@@ -1289,7 +1339,9 @@ async def test_next_timer_ms_is_the_earliest_deadline_of_any_kind(
     await new_run(storage, "other", ttl="3s", ttl_ms=3000)
     assert await storage.next_timer_ms() == t0 + 3000
     claimed = await started(storage, "sleeper")
-    await park(storage, claimed, storage.sleep_until(t0 + 2000, jw(claimed, "sleep#0")))
+    await park(
+        storage, claimed, storage.sleep_until(Deadline(at_ms=t0 + 2000), jw(claimed, "sleep#0"))
+    )
     assert await storage.next_timer_ms() == t0 + 2000
     closed = await storage.create_token(NewToken(timeout_ms=t0 + 1000))
     await storage.complete_token(closed.id, None, PY)  # a closed token has no timer
@@ -1476,7 +1528,7 @@ async def test_a_group_of_all_with_a_timeout_goes_on_once_every_token_closed(
 ) -> None:
     claimed = await started(storage)
     a, b = await storage.create_token(NewToken()), await storage.create_token(NewToken())
-    deadline = clock.now_ms() + 60_000
+    deadline = Deadline(after_ms=60_000)
     await park(
         storage, claimed, storage.wait_on_group([a.id, b.id], "all", deadline, jw(claimed, "g#0"))
     )
@@ -1493,7 +1545,7 @@ async def test_a_group_that_closed_before_its_timeout_is_not_reported_timed_out(
 ) -> None:
     claimed = await started(storage)
     a, b = await storage.create_token(NewToken()), await storage.create_token(NewToken())
-    deadline = clock.now_ms() + 1000
+    deadline = Deadline(after_ms=1000)
     await park(
         storage, claimed, storage.wait_on_group([a.id, b.id], "any", deadline, jw(claimed, "g#0"))
     )

@@ -9,10 +9,12 @@ lease epoch and raise ``LeaseLostError`` when the caller no longer owns the run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..callbacks import CallbackSigner
+from ..durations import Deadline
 from ..models import (
     ClaimedRun,
     CompletionResult,
@@ -141,7 +143,7 @@ class Storage(Protocol):
         ...
 
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
-        """Every journal entry of the run, oldest first."""
+        """Every journal entry of the run, in the order they were recorded."""
         ...
 
     async def cancel_run(self, run_id: str) -> Run:
@@ -151,7 +153,9 @@ class Storage(Protocol):
     async def claim_runs(
         self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
     ) -> list[ClaimedRun]:
-        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each)."""
+        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each), each
+        with its journal in the order the entries were recorded (a run's own entries in
+        commit order: replay returns racing calls in that order)."""
         ...
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None: ...
@@ -164,10 +168,11 @@ class Storage(Protocol):
         """Replace the run's metadata (fenced by the lease epoch)."""
         ...
 
-    async def release_run(self, run_id: str, epoch: int) -> None:
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         """The attempt of ``epoch`` is over: release the run's lease.
 
-        An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back);
+        An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back),
+        claimable again after ``delay_ms`` (a database failure: not at once, not in a loop);
         a run the attempt parked keeps its status. A parked run keeps the lease of the attempt
         that parked it until then, so no other worker starts it while that attempt is still
         unwinding (``finally`` blocks run after the wait committed).
@@ -189,8 +194,18 @@ class Storage(Protocol):
         ...
 
     async def retry_run(
-        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
-    ) -> None: ...
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
+    ) -> None:
+        """Queue the run's next attempt after ``delay_ms``; the step errors journaled under
+        the keys in ``rerun`` (the ones that failed this attempt) are run again by it, the
+        others replayed."""
+        ...
 
     # tokens
     async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
@@ -245,15 +260,22 @@ class Storage(Protocol):
         self,
         token_ids: list[str],
         mode: str,
-        timeout_ms: int | None,
+        deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
     ) -> dict[str, Any] | None:
-        """Block on several tokens (``all`` or ``any``), or journal and return the snapshot."""
+        """Block on several tokens (``all`` or ``any``), or journal and return the snapshot.
+
+        The group's deadline is a DATETIME waitpoint made once per journal key; how the group
+        ended is decided by ``groups.group_outcome`` from times alone.
+        """
         ...
 
-    async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:
-        """Park the run until ``until_ms`` (a DATETIME waitpoint); True once that time came."""
+    async def sleep_until(
+        self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> bool:
+        """Park the run until ``deadline`` (a DATETIME waitpoint made once per journal key, its
+        deadline resolved then); True once that time came."""
         ...
 
     # scheduling

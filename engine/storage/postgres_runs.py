@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
@@ -123,9 +124,7 @@ class PostgresRuns(PostgresBase):
 
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
         await self.get_run(run_id)  # RunNotFoundError for an unknown id
-        rows = await self._read(
-            "SELECT * FROM journal WHERE run_id = $1 ORDER BY created_at, seq", run_id
-        )
+        rows = await self._read("SELECT * FROM journal WHERE run_id = $1 ORDER BY seq", run_id)
         return [journal_from_row(r) for r in rows]
 
     async def cancel_run(self, run_id: str) -> Run:
@@ -182,7 +181,7 @@ class PostgresRuns(PostgresBase):
             ids = [r["id"] for r in rows]
             await self._event(conn, ids, "attempt_started", now, {"worker": owner})
             entries = await conn.fetch(
-                "SELECT * FROM journal WHERE run_id = ANY($1::text[]) ORDER BY position, attempt",
+                "SELECT * FROM journal WHERE run_id = ANY($1::text[]) ORDER BY seq",
                 ids,
             )
             return claimed_runs(rows, entries)
@@ -286,17 +285,18 @@ class PostgresRuns(PostgresBase):
 
         await self._write(op)
 
-    async def release_run(self, run_id: str, epoch: int) -> None:
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         async def op(conn: Conn, now: int) -> None:
             await conn.execute(
                 "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $1,"
-                " available_at = CASE status WHEN 'EXECUTING' THEN $1 ELSE available_at END,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN $4 ELSE available_at END,"
                 " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
                 " WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL"
                 " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
                 now,
                 run_id,
                 epoch,
+                now + delay_ms,
             )
 
         await self._write(op)
@@ -348,13 +348,26 @@ class PostgresRuns(PostgresBase):
         await self._write(op)
 
     async def retry_run(
-        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
     ) -> None:
         async def op(conn: Conn, now: int) -> None:
             await self._fence(conn, run_id, epoch)
             await self._event(
                 conn, [run_id], "retrying", now, {"error": error.message, "delayMs": delay_ms}
             )
+            if rerun:
+                await conn.execute(
+                    "UPDATE journal SET rerun = true WHERE run_id = $1 AND is_error"
+                    " AND key = ANY($2::text[])",
+                    run_id,
+                    list(rerun),
+                )
             await conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = $1, updated_at = $2,"
                 " attempt_count = attempt_count + 1, error = $3,"

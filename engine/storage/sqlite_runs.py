@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
@@ -187,7 +188,7 @@ class SQLiteRuns(SQLiteBase):
             ids = json.dumps([r["id"] for r in rows])
             entries = conn.execute(
                 "SELECT * FROM journal WHERE run_id IN (SELECT value FROM json_each(?))"
-                " ORDER BY position, attempt",
+                " ORDER BY created_at, seq",
                 (ids,),
             ).fetchall()
             return claimed_runs(rows, entries)
@@ -282,16 +283,17 @@ class SQLiteRuns(SQLiteBase):
 
         await self._write(op)
 
-    async def release_run(self, run_id: str, epoch: int) -> None:
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()
             conn.execute(
                 "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,"
-                " available_at = CASE status WHEN 'EXECUTING' THEN :now ELSE available_at END,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN :now + :delay"
+                "   ELSE available_at END,"
                 " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
                 " WHERE id = :id AND lease_epoch = :epoch AND lease_owner IS NOT NULL"
                 " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
-                {"now": now, "id": run_id, "epoch": epoch},
+                {"now": now, "id": run_id, "epoch": epoch, "delay": delay_ms},
             )
 
         await self._write(op)
@@ -338,12 +340,24 @@ class SQLiteRuns(SQLiteBase):
         await self._write(op)
 
     async def retry_run(
-        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
     ) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()
             self._fence(conn, run_id, epoch)  # this epoch still holds the run, in this transaction
             self._event(conn, [run_id], "retrying", {"error": error.message, "delayMs": delay_ms})
+            if rerun:
+                conn.execute(
+                    "UPDATE journal SET rerun = 1 WHERE run_id = ? AND is_error = 1"
+                    " AND key IN (SELECT value FROM json_each(?))",
+                    (run_id, json.dumps(list(rerun))),
+                )
             conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
                 " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"

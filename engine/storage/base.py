@@ -262,7 +262,11 @@ class Storage(Protocol):
         ...
 
     async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
-        """Re-queue runs whose worker went silent; after ``max_recoveries`` they are CRASHED."""
+        """Re-queue runs whose worker went silent; after ``max_recoveries`` they are CRASHED.
+
+        Each run's lease epoch moves on: the silent attempt may still be alive (stalled, not
+        dead), and once its run is back in the queue it must not finish, retry or release it.
+        """
         ...
 
     async def next_timer_ms(self) -> int | None: ...

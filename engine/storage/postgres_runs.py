@@ -322,7 +322,8 @@ class PostgresRuns(PostgresBase):
 
         async def op(conn: Conn, now: int) -> None:
             # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
-            # fail it (a wait made concurrently with another); no other worker claimed it since
+            # fail it (a wait made concurrently with another); no other worker claimed it since,
+            # and no rescue or cancel took it (both move the epoch on, like a claim)
             result = await conn.execute(
                 "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4,"
                 " updated_at = $4, lease_owner = NULL, lease_expires_at = NULL,"
@@ -380,6 +381,7 @@ class PostgresRuns(PostgresBase):
         async def op(conn: Conn, now: int) -> int:
             crashed = await conn.fetch(
                 "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " finished_at = $1, updated_at = $1, recovery_count = recovery_count + 1,"
                 " error = json_build_object('name', 'CRASHED', 'stackTrace', '', 'message',"
                 "   'the worker running it stopped answering ' || (recovery_count + 1)"
@@ -394,6 +396,7 @@ class PostgresRuns(PostgresBase):
             await self._runs_finished(conn, crashed_ids, now)
             rescued = await conn.fetch(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " available_at = $1, updated_at = $1, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < $1 RETURNING id",
                 now,

@@ -318,7 +318,8 @@ class SQLiteRuns(SQLiteBase):
         def op(conn: Conn) -> None:
             now = self.now_ms()
             # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
-            # fail it (a wait made concurrently with another); no other worker claimed it since
+            # fail it (a wait made concurrently with another); no other worker claimed it since,
+            # and no rescue or cancel took it (both move the epoch on, like a claim)
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
@@ -365,6 +366,7 @@ class SQLiteRuns(SQLiteBase):
             now = self.now_ms()
             crashed = conn.execute(
                 "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " finished_at = :now, updated_at = :now, recovery_count = recovery_count + 1,"
                 " error = json_object('name', 'CRASHED', 'stackTrace', '', 'message',"
                 "   'the worker running it stopped answering ' || (recovery_count + 1)"
@@ -377,6 +379,7 @@ class SQLiteRuns(SQLiteBase):
             self._runs_finished(conn, [r["id"] for r in crashed])
             rescued = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < ? RETURNING id",
                 (now, now, now),

@@ -779,6 +779,37 @@ async def test_cancel_cascades_to_the_children_a_run_waits_on(
         await storage.append_journal(jw(grand, "step:late#0"))
 
 
+async def test_cancel_spares_a_child_another_unfinished_run_waits_on(storage: Storage) -> None:
+    """Two parents wait on one child (one idempotency key): it is canceled with the last one."""
+    shared = NewRun("child", {}, idempotency_key="shared")
+    first, second = await started(storage, "parent"), await started(storage, "parent")
+    await park(storage, first, storage.wait_for_children([shared], jw(first, "batch#0")))
+    await park(storage, second, storage.wait_for_children([shared], jw(second, "batch#0")))
+    [child_id] = (await storage.get_run(first.id)).children
+
+    assert (await storage.cancel_run(first.id)).status is RunStatus.CANCELED
+    assert await status_of(storage, child_id) is RunStatus.QUEUED
+    assert await status_of(storage, second.id) is RunStatus.WAITING
+    assert (await storage.cancel_run(second.id)).status is RunStatus.CANCELED
+    assert await status_of(storage, child_id) is RunStatus.CANCELED
+
+
+async def test_cancel_takes_a_child_whose_every_waiter_it_cancels(storage: Storage) -> None:
+    """The parent waits on a middle run and on the shared child; the middle run waits on the
+    child too: both waiters are canceled in this one operation, so the child is too."""
+    shared = NewRun("child", {}, idempotency_key="shared")
+    parent = await started(storage, "parent")
+    batch = [NewRun("middle", {}), shared]
+    await park(storage, parent, storage.wait_for_children(batch, jw(parent, "batch#0")))
+    middle = await claim_one(storage, "middle")
+    await park(storage, middle, storage.wait_for_children([shared], jw(middle, "batch#0")))
+    child = await claim_one(storage, "child")
+
+    await storage.cancel_run(parent.id)
+    for run_id in (parent.id, middle.id, child.id):
+        assert await status_of(storage, run_id) is RunStatus.CANCELED
+
+
 async def test_canceling_a_child_wakes_the_parent_with_its_status(storage: Storage) -> None:
     parent = await started(storage, "parent")
     await park(

@@ -145,7 +145,14 @@ class Storage(Protocol):
         ...
 
     async def cancel_run(self, run_id: str) -> Run:
-        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged."""
+        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged.
+
+        The child runs it waits on are canceled too, recursively, except a child that another
+        unfinished run, not canceled in this same operation, also waits on: two parents that
+        ``trigger_and_wait`` with one idempotency key share one child, and cancelling one of
+        them must not end the other's child. Such a child is canceled with its last waiter.
+        Runs it started without waiting on them (``trigger``) are left alone.
+        """
         ...
 
     async def claim_runs(

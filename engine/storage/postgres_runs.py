@@ -136,6 +136,11 @@ class PostgresRuns(PostgresBase):
             pending = [run_id]
             while pending:  # the children a canceled run waits on are canceled too
                 current = pending.pop()
+                # runs canceled so far are CANCELED in this transaction, so a child still
+                # awaited here is awaited by a run that goes on; if that run is canceled later
+                # in this loop, the child is pushed again as one of its children
+                if current != run_id and await _awaited(conn, current):
+                    continue
                 status = await conn.execute(
                     "UPDATE runs SET status = 'CANCELED', finished_at = $1, updated_at = $1,"
                     " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
@@ -444,3 +449,22 @@ class PostgresRuns(PostgresBase):
             return len(expired_ids) + affected(queued)
 
         return await self._write(op, control=True)
+
+
+async def _awaited(conn: Conn, run_id: str) -> bool:
+    """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it).
+
+    The run's row is locked first: a parent that starts waiting on it by its idempotency key
+    locks that row too (``FOR UPDATE``), so its edge is either committed and seen by the query
+    that follows (READ COMMITTED: a new snapshot per statement), or made after this
+    transaction, when the run is already CANCELED and the waitpoint is made closed.
+    """
+    await conn.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", run_id)
+    found = await conn.fetchval(
+        "SELECT 1 FROM waitpoints w JOIN run_waits rw ON rw.waitpoint_id = w.id"
+        " JOIN runs r ON r.id = rw.run_id"
+        " WHERE w.child_run_id = $1 AND w.kind = 'RUN' AND w.status = 'WAITING'"
+        f" AND r.status NOT IN {FINAL} LIMIT 1",
+        run_id,
+    )
+    return found is not None

@@ -12,6 +12,8 @@ from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .records import claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first_or_none
 
+_FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')"
+
 
 class SQLiteRuns(SQLiteBase):
     """Runs, their leases and journals, and the task registry."""
@@ -137,11 +139,15 @@ class SQLiteRuns(SQLiteBase):
             pending = [run_id]
             while pending:  # the children a canceled run waits on are canceled too
                 current = pending.pop()
+                # runs canceled so far are CANCELED in this transaction, so a child still
+                # awaited here is awaited by a run that goes on; if that run is canceled later
+                # in this loop, the child is pushed again as one of its children
+                if current != run_id and _awaited(conn, current):
+                    continue
                 cursor = conn.execute(
                     "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
                     " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
-                    " WHERE id = ? AND status NOT IN"
-                    " ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')",
+                    f" WHERE id = ? AND status NOT IN {_FINAL}",
                     (now, now, current),
                 )
                 if cursor.rowcount == 0:
@@ -425,3 +431,15 @@ class SQLiteRuns(SQLiteBase):
             return len(expired) + int(queued)
 
         return await self._write(op)
+
+
+def _awaited(conn: Conn, run_id: str) -> bool:
+    """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it)."""
+    rows = conn.execute(
+        "SELECT 1 FROM waitpoints w JOIN run_waits rw ON rw.waitpoint_id = w.id"
+        " JOIN runs r ON r.id = rw.run_id"
+        " WHERE w.child_run_id = ? AND w.kind = 'RUN' AND w.status = 'WAITING'"
+        f" AND r.status NOT IN {_FINAL} LIMIT 1",
+        (run_id,),
+    ).fetchall()
+    return bool(rows)

@@ -610,6 +610,9 @@ async def make_stale(storage: Storage, clock: StepClock, claimed: ClaimedRun, ho
         clock.advance(LEASE_MS + 1)
         assert await storage.rescue_expired_leases() == 1
         assert (await claim_one(storage, owner="w2")).epoch > claimed.epoch
+    elif how == "rescued":  # the lease ran out: the run is back in the queue, nobody has it yet
+        clock.advance(LEASE_MS + 1)
+        assert await storage.rescue_expired_leases() == 1
     elif how == "canceled":
         await storage.cancel_run(claimed.id)
     else:  # the attempt parked the run itself: its epoch holds nothing any more
@@ -632,7 +635,7 @@ async def snapshot(storage: Storage, run_id: str) -> tuple[Any, ...]:
     ("how", "write"),
     [
         (how, write)
-        for how in ("taken over", "canceled", "parked")
+        for how in ("taken over", "rescued", "canceled", "parked")
         for write in WRITES
         # an attempt may still end the run it parked itself (test_finish_run_may_end_...)
         if (how, write) != ("parked", "finish_run")
@@ -651,6 +654,30 @@ async def test_a_write_with_a_stale_epoch_is_refused_and_changes_nothing(
     with pytest.raises(LeaseLostError, match=f"lease epoch {claimed.epoch} is no longer current"):
         await WRITES[write](Fenced(storage, clock, claimed, waiting, closed))
     assert await snapshot(storage, claimed.id) == before
+
+
+async def test_an_attempt_whose_lease_was_rescued_can_neither_end_nor_release_the_run(
+    storage: Storage, clock: StepClock
+) -> None:
+    """A stalled attempt wakes up after the rescue re-queued its run: its epoch holds nothing."""
+    claimed = await started(storage, lease_ms=1000)
+    clock.advance(1001)
+    assert await storage.rescue_expired_leases() == 1
+    with pytest.raises(LeaseLostError):
+        await storage.finish_run(claimed.id, claimed.epoch, RunStatus.COMPLETED, "stale", None)
+    with pytest.raises(LeaseLostError):
+        await storage.retry_run(claimed.id, claimed.epoch, 0, ERROR)
+    with pytest.raises(LeaseLostError):
+        await storage.append_journal(jw(claimed, "step:late#0"))
+    await storage.release_run(claimed.id, claimed.epoch)  # not its run any more: changes nothing
+    run = await storage.get_run(claimed.id)
+    assert (run.status, run.attempt_count, run.output) == (RunStatus.QUEUED, 1, None)
+    assert await storage.get_journal(claimed.id) == []
+    assert await storage.has_due_runs(["t"]) is True
+    again = await claim_one(storage, owner="w2")
+    assert again.epoch > claimed.epoch and again.attempt == 1
+    await storage.finish_run(again.id, again.epoch, RunStatus.COMPLETED, "fresh", None)
+    assert (await storage.get_run(claimed.id)).output == "fresh"
 
 
 async def test_finish_run_may_end_a_run_its_own_attempt_parked(storage: Storage) -> None:
@@ -786,6 +813,37 @@ async def test_cancel_cascades_to_the_children_a_run_waits_on(
     assert await storage.lost_runs("w1", [grand.id]) == [grand.id]
     with pytest.raises(LeaseLostError):
         await storage.append_journal(jw(grand, "step:late#0"))
+
+
+async def test_cancel_spares_a_child_another_unfinished_run_waits_on(storage: Storage) -> None:
+    """Two parents wait on one child (one idempotency key): it is canceled with the last one."""
+    shared = NewRun("child", {}, idempotency_key="shared")
+    first, second = await started(storage, "parent"), await started(storage, "parent")
+    await park(storage, first, storage.wait_for_children([shared], jw(first, "batch#0")))
+    await park(storage, second, storage.wait_for_children([shared], jw(second, "batch#0")))
+    [child_id] = (await storage.get_run(first.id)).children
+
+    assert (await storage.cancel_run(first.id)).status is RunStatus.CANCELED
+    assert await status_of(storage, child_id) is RunStatus.QUEUED
+    assert await status_of(storage, second.id) is RunStatus.WAITING
+    assert (await storage.cancel_run(second.id)).status is RunStatus.CANCELED
+    assert await status_of(storage, child_id) is RunStatus.CANCELED
+
+
+async def test_cancel_takes_a_child_whose_every_waiter_it_cancels(storage: Storage) -> None:
+    """The parent waits on a middle run and on the shared child; the middle run waits on the
+    child too: both waiters are canceled in this one operation, so the child is too."""
+    shared = NewRun("child", {}, idempotency_key="shared")
+    parent = await started(storage, "parent")
+    batch = [NewRun("middle", {}), shared]
+    await park(storage, parent, storage.wait_for_children(batch, jw(parent, "batch#0")))
+    middle = await claim_one(storage, "middle")
+    await park(storage, middle, storage.wait_for_children([shared], jw(middle, "batch#0")))
+    child = await claim_one(storage, "child")
+
+    await storage.cancel_run(parent.id)
+    for run_id in (parent.id, middle.id, child.id):
+        assert await status_of(storage, run_id) is RunStatus.CANCELED
 
 
 async def test_canceling_a_child_wakes_the_parent_with_its_status(storage: Storage) -> None:

@@ -147,7 +147,14 @@ class Storage(Protocol):
         ...
 
     async def cancel_run(self, run_id: str) -> Run:
-        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged."""
+        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged.
+
+        The child runs it waits on are canceled too, recursively, except a child that another
+        unfinished run, not canceled in this same operation, also waits on: two parents that
+        ``trigger_and_wait`` with one idempotency key share one child, and cancelling one of
+        them must not end the other's child. Such a child is canceled with its last waiter.
+        Runs it started without waiting on them (``trigger``) are left alone.
+        """
         ...
 
     async def claim_runs(
@@ -284,7 +291,11 @@ class Storage(Protocol):
         ...
 
     async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
-        """Re-queue runs whose worker went silent; after ``max_recoveries`` they are CRASHED."""
+        """Re-queue runs whose worker went silent; after ``max_recoveries`` they are CRASHED.
+
+        Each run's lease epoch moves on: the silent attempt may still be alive (stalled, not
+        dead), and once its run is back in the queue it must not finish, retry or release it.
+        """
         ...
 
     async def next_timer_ms(self) -> int | None: ...

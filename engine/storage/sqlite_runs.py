@@ -13,6 +13,8 @@ from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .records import claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first_or_none
 
+_FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')"
+
 
 class SQLiteRuns(SQLiteBase):
     """Runs, their leases and journals, and the task registry."""
@@ -138,11 +140,15 @@ class SQLiteRuns(SQLiteBase):
             pending = [run_id]
             while pending:  # the children a canceled run waits on are canceled too
                 current = pending.pop()
+                # runs canceled so far are CANCELED in this transaction, so a child still
+                # awaited here is awaited by a run that goes on; if that run is canceled later
+                # in this loop, the child is pushed again as one of its children
+                if current != run_id and _awaited(conn, current):
+                    continue
                 cursor = conn.execute(
                     "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
                     " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
-                    " WHERE id = ? AND status NOT IN"
-                    " ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')",
+                    f" WHERE id = ? AND status NOT IN {_FINAL}",
                     (now, now, current),
                 )
                 if cursor.rowcount == 0:
@@ -320,7 +326,8 @@ class SQLiteRuns(SQLiteBase):
         def op(conn: Conn) -> None:
             now = self.now_ms()
             # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
-            # fail it (a wait made concurrently with another); no other worker claimed it since
+            # fail it (a wait made concurrently with another); no other worker claimed it since,
+            # and no rescue or cancel took it (both move the epoch on, like a claim)
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
@@ -379,6 +386,7 @@ class SQLiteRuns(SQLiteBase):
             now = self.now_ms()
             crashed = conn.execute(
                 "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " finished_at = :now, updated_at = :now, recovery_count = recovery_count + 1,"
                 " error = json_object('name', 'CRASHED', 'stackTrace', '', 'message',"
                 "   'the worker running it stopped answering ' || (recovery_count + 1)"
@@ -391,6 +399,7 @@ class SQLiteRuns(SQLiteBase):
             self._runs_finished(conn, [r["id"] for r in crashed])
             rescued = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < ? RETURNING id",
                 (now, now, now),
@@ -436,3 +445,15 @@ class SQLiteRuns(SQLiteBase):
             return len(expired) + int(queued)
 
         return await self._write(op)
+
+
+def _awaited(conn: Conn, run_id: str) -> bool:
+    """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it)."""
+    rows = conn.execute(
+        "SELECT 1 FROM waitpoints w JOIN run_waits rw ON rw.waitpoint_id = w.id"
+        " JOIN runs r ON r.id = rw.run_id"
+        " WHERE w.child_run_id = ? AND w.kind = 'RUN' AND w.status = 'WAITING'"
+        f" AND r.status NOT IN {_FINAL} LIMIT 1",
+        (run_id,),
+    ).fetchall()
+    return bool(rows)

@@ -52,7 +52,8 @@ class Worker:
         )
         """Hand each run back after every new durable call, so it resumes by replay (tests)."""
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._running: set[str] = set()
+        self._running: dict[str, int] = {}
+        """The runs this worker is executing, with the lease epoch of its attempt of each."""
         self._stopping = False
         self._wake = asyncio.Event()
         self._attempts: anyio.abc.TaskGroup | None = None
@@ -142,7 +143,10 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
         for run in claimed:
-            self._running.add(run.id)
+            # this worker's own earlier attempt of the run lost it (its lease was rescued)
+            # and may still be unwinding: it must stop, and its bookkeeping is the new one's
+            self._cancel(run.id)
+            self._running[run.id] = run.epoch
             self._lease_until[run.id] = asked + self.lease_ms / 1000
             attempts.start_soon(self._attempt, run)
         if not claimed:
@@ -164,9 +168,10 @@ class Worker:
         except Exception:  # a bug in the engine must not take the worker down with it
             log.exception("worker.attempt_crashed", run_id=run.id)
         finally:
-            self._running.discard(run.id)
-            self._scopes.pop(run.id, None)
-            self._lease_until.pop(run.id, None)
+            if self._running.get(run.id) == run.epoch:  # not a newer attempt's bookkeeping
+                del self._running[run.id]
+                self._scopes.pop(run.id, None)
+                self._lease_until.pop(run.id, None)
             if outcome is Handoff.REPLAY:
                 # only now: a claim of the released run must not meet this attempt's bookkeeping
                 with anyio.CancelScope(shield=True):

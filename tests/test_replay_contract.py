@@ -253,6 +253,35 @@ async def test_a_caught_concurrent_wait_error_still_fails_the_run(engine: Engine
     assert done.attempt_count == 1
 
 
+async def slow_body() -> str:
+    RAN["started"] += 1
+    await asyncio.sleep(1)
+    RAN["finished"] += 1
+    return "slow"
+
+
+@task("rc-stalled")
+async def stalled(payload: None) -> str:
+    result: str = await step("slow", slow_body)
+    return result
+
+
+async def test_a_worker_that_takes_back_its_own_rescued_run_stops_the_stale_attempt(
+    engine: Engine, clock: ManualClock
+) -> None:
+    """The lease ran out under a stalled attempt; the same worker claimed the run again."""
+    async with working(engine, stalled) as worker:
+        run = await engine.trigger("rc-stalled")
+        await eventually(lambda: RAN["started"] == 1)
+        clock.advance(timedelta(seconds=TEN_YEARS + 1))  # the worker's timer loop rescues it
+        await eventually(lambda: RAN["started"] == 2)
+        await asyncio.sleep(0.1)
+        assert run.id in worker.running  # the new attempt's bookkeeping, whatever the old did
+        done = await finished(engine, run.id)
+    assert done.status is RunStatus.COMPLETED and done.output == "slow"
+    assert RAN["finished"] == 1  # the stale attempt was stopped, not left to run on
+
+
 # 4. a database failure inside a durable call hands the run back
 
 

@@ -471,7 +471,7 @@ async def test_renewed_leases_hold_and_expired_ones_are_rescued(
     assert await storage.rescue_expired_leases() == 1
     rescued = await storage.get_run(run.id)
     assert rescued.status is RunStatus.QUEUED and rescued.attempt_count == 1
-    assert await storage.lost_runs("w1", [run.id]) == []  # not yet taken over by anyone
+    assert await storage.lost_runs("w1", [run.id]) == [run.id]  # re-queued: w1 lost it
 
     again = await claim_one(storage, owner="w2")
     assert again.epoch > claimed.epoch and again.attempt == 1  # a take-over is not an attempt
@@ -1124,7 +1124,7 @@ async def test_wait_on_token_parks_the_run_until_the_token_closes(
     assert await storage.get_journal(claimed.id) == []  # the outcome is journaled on resume
     assert story(await storage.get_events(claimed.id))[-1] == ("waiting", 1, {"on": [token.id]})
     assert await storage.claim_runs("w1", 10, LEASE_MS, ["t"]) == []
-    assert await storage.lost_runs("w1", [claimed.id]) == []
+    assert await storage.lost_runs("w1", [claimed.id]) == [claimed.id]  # released: not w1's
     clock.advance(LEASE_MS * 2)  # released by its attempt, a parked run holds no lease
     assert await storage.rescue_expired_leases() == 0
 

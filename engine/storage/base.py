@@ -168,7 +168,8 @@ class Storage(Protocol):
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None: ...
 
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
-        """Which of these runs were canceled or taken over by another worker meanwhile."""
+        """Which of these runs this worker no longer holds: canceled, re-queued after its lease
+        ran out (rescued), or taken over by another worker meanwhile."""
         ...
 
     async def set_metadata(self, run_id: str, epoch: int, metadata: dict[str, Any]) -> None:

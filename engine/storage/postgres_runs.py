@@ -272,7 +272,7 @@ class PostgresRuns(PostgresBase):
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         rows = await self._read(
             "SELECT id FROM runs WHERE id = ANY($1::text[])"
-            " AND (status = 'CANCELED' OR (lease_owner IS NOT NULL AND lease_owner != $2))",
+            " AND (status = 'CANCELED' OR lease_owner IS DISTINCT FROM $2)",
             run_ids,
             owner,
             control=True,

@@ -272,7 +272,7 @@ class SQLiteRuns(SQLiteBase):
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         rows = await self._read(
             "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?))"
-            " AND (status = 'CANCELED' OR (lease_owner IS NOT NULL AND lease_owner != ?))",
+            " AND (status = 'CANCELED' OR lease_owner IS NULL OR lease_owner != ?)",
             (json.dumps(run_ids), owner),
         )
         return [row["id"] for row in rows]

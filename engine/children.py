@@ -2,23 +2,23 @@
 
 A child is made once per journal key (``trigger:<task>#n``, ``batch:<task>#n``): creating it,
 the parent's RUN waitpoint on it and the parent's wait are one transaction, so a replay finds
-the same child instead of starting a second one. The waitpoint closes with the child's result
-when the child finishes, whichever way.
+the same child instead of starting a second one. A replay follows the parent's edge to the
+child it waited on, even one it found through another run's idempotency key after that key
+expired. The waitpoint closes with the child's result when the child finishes, whichever way.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import structlog
 
 from .client import current_engine
-from .errors import Suspended
+from .context import Recorded, RunContext
 from .models import Run, RunResult, Token
 from .registry import TaskDefinition
 from .requests import run_request
-from .runtime import RunContext, as_journaled
+from .storage import JournalWrite
 
 log = structlog.get_logger("engine.children")
 
@@ -28,22 +28,21 @@ async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[
     context = RunContext.find()
     if context is None:
         return await current_engine().trigger(definition.id, payload, **options)
-    key, position = context.next_call("trigger", definition.id)
-    entry = context.recorded(key, position)
-    if entry is not None:
-        await asyncio.sleep(0)
-        return Run.model_validate(entry.value)
-    new = run_request(
-        definition.id,
-        definition.validate_payload(payload),
-        context.storage.now_ms(),
-        queue=definition.queue_name,
-        **options,
+    storage = context.storage
+
+    async def execute(write: JournalWrite) -> Recorded:
+        payload_json = definition.validate_payload(payload)
+        new = run_request(
+            definition.id, payload_json, storage.now_ms(), queue=definition.queue_name, **options
+        )
+        child = await storage.start_child(new, write)
+        log.info("run.child_triggered", child_run_id=child.id, child_task=definition.id)
+        return Recorded(child.model_dump(mode="json", by_alias=True))
+
+    # what replays return, on the first execution too: no is_cached to branch on differently
+    return await context.durable_call(
+        "trigger", definition.id, execute=execute, decode=Run.model_validate
     )
-    child = await context.storage.start_child(new, context.journal_write(key, position, None))
-    context.journaled()
-    log.info("run.child_triggered", child_run_id=child.id, child_task=definition.id)
-    return as_journaled(child)  # what replays return: no is_cached to branch on differently
 
 
 async def trigger_children_and_wait(
@@ -51,29 +50,35 @@ async def trigger_children_and_wait(
 ) -> list[RunResult]:
     """Start the children and park until all finished: one transaction, once per key."""
     context = RunContext.current()
-    key, position = context.next_call("batch" if batch else "trigger", definition.id)
-    with context.waiting("batch_trigger_and_wait" if batch else "trigger_and_wait"):
-        entry = context.recorded(key, position)
-        if entry is not None:
-            await asyncio.sleep(0)
-            closed = [Token.model_validate(item) for item in entry.value]
-        else:
-            now = context.storage.now_ms()
-            news = [
-                run_request(
-                    definition.id,
-                    definition.validate_payload(p),
-                    now,
-                    queue=definition.queue_name,
-                    **options,
-                )
-                for p in payloads
-            ]
-            journal = context.journal_write(key, position, None)
-            found = await context.storage.wait_for_children(news, journal, context.elapsed_ms())
-            if found is None:
-                log.info("run.suspended", children=len(news), child_task=definition.id)
-                raise Suspended()
-            context.journaled()
-            closed = found
+    storage = context.storage
+
+    async def execute(write: JournalWrite) -> Recorded | None:
+        now = storage.now_ms()
+        news = [
+            run_request(
+                definition.id,
+                definition.validate_payload(p),
+                now,
+                queue=definition.queue_name,
+                **options,
+            )
+            for p in payloads
+        ]
+        found = await storage.wait_for_children(news, write, context.elapsed_ms())
+        if found is None:
+            log.info("run.suspended", children=len(news), child_task=definition.id)
+            return None
+        return Recorded([t.model_dump(mode="json", by_alias=True) for t in found])
+
+    closed = await context.durable_call(
+        "batch" if batch else "trigger",
+        definition.id,
+        execute=execute,
+        decode=_waitpoints,
+        waits="batch_trigger_and_wait" if batch else "trigger_and_wait",
+    )
     return [RunResult.from_waitpoint(waitpoint) for waitpoint in closed]
+
+
+def _waitpoints(value: Any) -> list[Token]:
+    return [Token.model_validate(item) for item in value]

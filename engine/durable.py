@@ -1,23 +1,22 @@
 """What task code awaits. Each function is a thin delegate to the current ``RunContext``.
 
-Inside a run these calls are journaled: on replay they return what they returned the first
-time, without running anything again. ``create_token`` and ``complete_token`` also work
-outside a run, through the ``Engine`` entered with ``async with Engine() as engine``.
+Inside a run these calls are journaled through ``RunContext.durable_call`` (the one owner of
+the replay protocol, ``engine.context``): on replay they return what they returned the first
+time, without running anything again. ``create_token``, ``complete_token`` and
+``Task.trigger`` also work outside a run, through the ``Engine`` entered with
+``async with Engine() as engine``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import functools
-import importlib
 import inspect
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
 
 import anyio.to_thread
 import structlog
@@ -25,9 +24,11 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from .client import current_engine
-from .clock import from_ms, to_ms
-from .durations import Timeout, resolve_deadline, to_timedelta
-from .errors import AbortTaskRunError, StepFailedError, Suspended, ValidationError
+from .clock import to_ms
+from .context import Recorded, RunContext
+from .durations import Deadline, Timeout, duration_ms
+from .errors import AbortTaskRunError, DurableCallInStepError, StorageError, ValidationError
+from .journal import encode_error
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -37,9 +38,8 @@ from .models import (
 )
 from .registry import Retry
 from .requests import token_request
-from .runtime import RunContext, as_journaled, error_of
+from .storage import JournalWrite
 
-T = TypeVar("T")
 log = structlog.get_logger("engine.durable")
 
 
@@ -50,55 +50,81 @@ async def step(
 
     ``fn`` may be sync (run in a worker thread) or async. The result must be JSON-serialisable
     and is returned as JSON values (a pydantic model comes back as a dict), the same on the
-    first execution as on every replay. ``retry`` tries a failing body again in place, with
-    the policy's back-off, before the error is journaled. The body runs at least once: if the
-    worker dies after it ran and before the result was recorded, it runs again, so give
-    external calls an idempotency key such as ``f"{current_run().id}:{name}"``.
+    first execution as on every replay. An error is journaled too and the task gets it
+    rebuilt from the journal (same class, ``args`` and JSON attributes; the original is its
+    ``__cause__`` on the first execution), so ``except`` branches behave the same before and
+    after a resume. ``retry`` tries a failing body again in place, with the policy's back-off,
+    before the error is journaled. The body runs at least once: if the worker dies after it
+    ran and before the result was recorded, it runs again, so give external calls an
+    idempotency key such as ``f"{current_run().id}:{name}"``. Durable calls inside the body
+    are refused (``DurableCallInStepError``).
     """
     context = RunContext.current()
-    key, position = context.next_call("step", name)
-    entry = context.recorded(key, position)
-    if entry is not None:
-        await asyncio.sleep(0)  # let sibling coroutines start in their original order
-        if entry.is_error:
-            raise _rebuild_error(entry.value)
-        return entry.value
+
+    async def execute(write: JournalWrite) -> Recorded:
+        started = time.monotonic()
+        try:
+            with context.step_body(write.key):
+                result = await _call(name, fn, args, kwargs, retry)
+        except Exception as exc:
+            recorded = Recorded(encode_error(exc), is_error=True, cause=exc)
+        else:
+            recorded = Recorded(_json_result(name, result))
+        context.refuse_when_stopped()  # the attempt ended while the body ran: record nothing
+        took = int((time.monotonic() - started) * 1000)
+        await context.storage.append_journal(
+            replace(write, value=recorded.value, is_error=recorded.is_error, duration_ms=took)
+        )
+        return recorded
+
+    return await context.durable_call("step", name, execute=execute, decode=_as_is)
+
+
+async def _call(
+    name: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry: Retry | None,
+) -> Any:
+    """The step's body, tried again in place under ``retry`` (never after an abort)."""
     policy = retry or Retry()
     attempt = 1
-    started = time.monotonic()
     while True:
         try:
-            result = await _call(fn, args, kwargs)
-            break
+            return await _call_once(fn, args, kwargs)
         except Exception as exc:
-            if attempt < policy.max_attempts and not isinstance(exc, AbortTaskRunError):
-                delay = policy.delay_ms(attempt)
-                log.warning("step.retrying", step=name, error=str(exc), delay_ms=delay)
-                await asyncio.sleep(delay / 1000)
-                attempt += 1
-                continue
-            took = int((time.monotonic() - started) * 1000)
-            await context.record(
-                key, position, _journaled_error(exc), is_error=True, duration_ms=took
-            )
-            raise
-    try:
-        value = to_jsonable_python(result)
-    except Exception as exc:
-        raise ValidationError(
-            f"step {name!r} returned a value that is not JSON-serialisable: {exc}"
-        ) from exc
-    await context.record(key, position, value, duration_ms=int((time.monotonic() - started) * 1000))
-    return value
+            if attempt >= policy.max_attempts or isinstance(exc, _NOT_RETRIED):
+                raise
+            delay = policy.delay_ms(attempt)
+            log.warning("step.retrying", step=name, error=str(exc), delay_ms=delay)
+            await asyncio.sleep(delay / 1000)
+            attempt += 1
 
 
-async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _call_once(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
     result = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+_NOT_RETRIED = (AbortTaskRunError, DurableCallInStepError)
+
+
+def _json_result(name: str, result: Any) -> Any:
+    try:
+        return to_jsonable_python(result)
+    except Exception as exc:
+        raise ValidationError(
+            f"step {name!r} returned a value that is not JSON-serialisable: {exc}"
+        ) from exc
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 @dataclass(frozen=True)
@@ -131,8 +157,12 @@ async def update_metadata(changes: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(changes, dict):
         raise ValidationError("update_metadata takes a dict of changes")
     context = RunContext.current()
+    context.refuse_when_stopped()
     merged = {**context.metadata, **changes}
-    await context.storage.set_metadata(context.run.id, context.run.epoch, merged)
+    try:
+        await context.storage.set_metadata(context.run.id, context.run.epoch, merged)
+    except StorageError as exc:
+        raise context.interrupted(exc) from exc
     context.metadata = merged
     return dict(merged)
 
@@ -163,17 +193,18 @@ async def create_token(
     context = RunContext.find()
     if context is None:
         return await current_engine().tokens.create(**options)  # type: ignore[arg-type]
-    key, position = context.next_call("create_token")
-    entry = context.recorded(key, position)
-    if entry is not None:
-        token = Token.model_validate(entry.value)
-    else:
-        new = token_request(context.storage.now_ms(), **options)  # type: ignore[arg-type]
-        made = await context.storage.create_token(new, context.journal_write(key, position, None))
-        context.journaled()
+    storage = context.storage
+
+    async def execute(write: JournalWrite) -> Recorded:
+        new = token_request(storage.now_ms(), **options)  # type: ignore[arg-type]
+        made = await storage.create_token(new, write)
         log.info("token.created", token_id=made.id, cached=made.is_cached)
-        token = as_journaled(made)
-    return _with_schema(token, schema)
+        return Recorded(_json_of(made))
+
+    token = await context.durable_call("create_token", execute=execute, decode=_token)
+    if schema is not None:
+        token._data_model = schema
+    return token
 
 
 async def wait_for_token(token: Token | str) -> WaitResult[Any]:
@@ -185,22 +216,18 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
     """
     context = RunContext.current()
     token_id = token.id if isinstance(token, Token) else token
-    model = _schema_of(token) if isinstance(token, Token) else None
-    key, position = context.next_call("wait_for_token", token_id)
-    with context.waiting("wait_for_token"):
-        entry = context.recorded(key, position)
-        if entry is not None:
-            await asyncio.sleep(0)
-            closed = Token.model_validate(entry.value)
-        else:
-            found = await context.storage.wait_on_token(
-                token_id, context.journal_write(key, position, None), context.elapsed_ms()
-            )
-            if found is None:
-                log.info("run.suspended", token_id=token_id)
-                raise Suspended()
-            context.journaled()
-            closed = found
+    model = token._data_model if isinstance(token, Token) else None
+
+    async def execute(write: JournalWrite) -> Recorded | None:
+        found = await context.storage.wait_on_token(token_id, write, context.elapsed_ms())
+        if found is None:
+            log.info("run.suspended", token_id=token_id)
+            return None
+        return Recorded(_json_of(found))
+
+    closed = await context.durable_call(
+        "wait_for_token", token_id, execute=execute, decode=_token, waits="wait_for_token"
+    )
     return WaitResult.from_token(closed, model.model_validate if model else None)
 
 
@@ -208,34 +235,29 @@ async def sleep(duration: str | timedelta) -> None:
     """Park the run for ``duration`` ("30s", "1h30m", "7d" or a timedelta), durably.
 
     The run is checkpointed and leaves memory; it resumes on any worker once the deadline
-    passes by the database clock, never before, even across restarts and downtime.
+    passes by the database clock, never before, even across restarts and downtime. A sleep of
+    zero returns at once; a fraction of a millisecond counts as a whole one.
     """
-    context = RunContext.current()
-    await _sleep(context, context.storage.now_ms() + _duration_ms(duration))
+    await _sleep(Deadline(after_ms=duration_ms(duration, allow_zero=True)))
 
 
 async def sleep_until(when: datetime) -> None:
     """Park the run until ``when`` (a timezone-aware datetime); a past moment returns at once."""
     if not isinstance(when, datetime) or when.tzinfo is None:
         raise ValidationError("sleep_until needs a timezone-aware datetime")
-    await _sleep(RunContext.current(), to_ms(when))
+    await _sleep(Deadline(at_ms=to_ms(when)))
 
 
-async def _sleep(context: RunContext, until_ms: int) -> None:
-    key, position = context.next_call("sleep")
-    with context.waiting("sleep"):
-        if context.recorded(key, position) is not None:
-            await asyncio.sleep(0)
-            return
-        journal = context.journal_write(key, position, None)
-        if not await context.storage.sleep_until(until_ms, journal, context.elapsed_ms()):
-            log.info("run.sleeping", until=from_ms(until_ms).isoformat())
-            raise Suspended()
-        context.journaled()
+async def _sleep(deadline: Deadline) -> None:
+    context = RunContext.current()
 
+    async def execute(write: JournalWrite) -> Recorded | None:
+        if await context.storage.sleep_until(deadline, write, context.elapsed_ms()):
+            return Recorded(None)
+        log.info("run.sleeping", deadline=deadline)
+        return None
 
-def _duration_ms(duration: str | timedelta) -> int:
-    return int(to_timedelta(duration).total_seconds() * 1000)
+    await context.durable_call("sleep", execute=execute, decode=_nothing, waits="sleep")
 
 
 async def wait_for_tokens(
@@ -243,9 +265,11 @@ async def wait_for_tokens(
 ) -> GroupResult:
     """Park the run until all (``mode="all"``) or any (``"any"``) of the tokens closed.
 
-    With ``timeout`` the group also closes when it runs out (``timed_out``). The result is a
-    snapshot taken when the group closed; with ``any`` the other tokens stay WAITING for
-    whoever else uses them.
+    With ``timeout`` (a duration from the first call, or an aware datetime) the group also
+    closes when it runs out (``timed_out``): the deadline is fixed by the first execution, and
+    a token closed at or after it counts as not answered, whenever the run looks. The result
+    is a snapshot of the tokens as they were when the group closed; with ``any`` the other
+    tokens stay WAITING for whoever else uses them.
     """
     if mode not in ("all", "any"):
         raise ValidationError(f"mode must be 'all' or 'any', not {mode!r}")
@@ -253,26 +277,21 @@ async def wait_for_tokens(
         raise ValidationError("wait_for_tokens needs at least one token")
     context = RunContext.current()
     ids = [t.id if isinstance(t, Token) else t for t in tokens]
-    models = {t.id: _schema_of(t) for t in tokens if isinstance(t, Token)}
-    key, position = context.next_call("wait_for_tokens")
-    with context.waiting("wait_for_tokens"):
-        entry = context.recorded(key, position)
-        if entry is not None:
-            await asyncio.sleep(0)
-            snapshot = entry.value
-        else:
-            until = None
-            if timeout is not None:
-                deadline, _ = resolve_deadline(timeout, from_ms(context.storage.now_ms()))
-                until = to_ms(deadline)
-            journal = context.journal_write(key, position, None)
-            snapshot = await context.storage.wait_on_group(
-                ids, mode, until, journal, context.elapsed_ms()
-            )
-            if snapshot is None:
-                log.info("run.suspended", tokens=ids, mode=mode)
-                raise Suspended()
-            context.journaled()
+    models = {t.id: t._data_model for t in tokens if isinstance(t, Token)}
+    deadline = None if timeout is None else Deadline.of(timeout)
+
+    async def execute(write: JournalWrite) -> Recorded | None:
+        snapshot = await context.storage.wait_on_group(
+            ids, mode, deadline, write, context.elapsed_ms()
+        )
+        if snapshot is None:
+            log.info("run.suspended", tokens=ids, mode=mode)
+            return None
+        return Recorded(snapshot)
+
+    snapshot = await context.durable_call(
+        "wait_for_tokens", execute=execute, decode=_as_is, waits="wait_for_tokens"
+    )
     return _group_result(snapshot, mode, models)
 
 
@@ -285,11 +304,7 @@ def _group_result(
         model = models.get(token.id)
         parse = model.model_validate if model is not None else None
         results[token.id] = None if token.is_waiting else WaitResult.from_token(token, parse)
-    closed = sorted(
-        (t for t in tokens if not t.is_waiting),
-        key=lambda t: t.completed_at or datetime.max.replace(tzinfo=UTC),
-    )
-    first = closed[0].id if closed else None
+    first = snapshot.get("first")
     timed_out = bool(snapshot.get("timedOut"))
     if mode == "all":
         ok = not timed_out and all(r is not None and r.ok for r in results.values())
@@ -315,67 +330,17 @@ async def complete_token(
     return await current_engine().tokens.complete(token_id, data, source=source)
 
 
-def _with_schema(token: Token, schema: type[BaseModel] | None) -> Token:
-    if schema is not None:
-        token._data_model = schema
-    return token
+def _json_of(model: BaseModel) -> Any:
+    """A model as the journal keeps it (and as every replay rebuilds it)."""
+    return model.model_dump(mode="json", by_alias=True)
 
 
-def _schema_of(token: Token) -> type[BaseModel] | None:
-    return token._data_model
+def _token(value: Any) -> Token:
+    return Token.model_validate(value)
 
 
-def _journaled_error(exc: Exception) -> dict[str, Any]:
-    """The step's error as JSON, with its args and attributes when they are JSON too.
-
-    Both are kept so a replay rebuilds the same exception without calling its ``__init__``
-    again (which may take other arguments than it passes on as ``args``).
-    """
-    value: dict[str, Any] = error_of(exc).model_dump(by_alias=True)
-    try:
-        value["args"] = json.loads(json.dumps(exc.args))
-    except (TypeError, ValueError):
-        return value
-    attrs: dict[str, Any] = {}
-    for name, attr in vars(exc).items():
-        try:
-            attrs[name] = json.loads(json.dumps(attr))
-        except (TypeError, ValueError):
-            continue
-    value["attrs"] = attrs
-    return value
-
-
-def _rebuild_error(value: Any) -> Exception:
-    """The exception a step raised when it ran, rebuilt from the journal."""
-    name = str(value.get("name", "Exception")) if isinstance(value, dict) else "Exception"
-    message = str(value.get("message", "")) if isinstance(value, dict) else str(value)
-    args = value.get("args") if isinstance(value, dict) else None
-    module, _, qualname = name.rpartition(".")
-    try:
-        owner: Any = importlib.import_module(module) if module else builtins
-        cls = owner
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            attrs = value.get("attrs") if isinstance(value, dict) else None
-            if isinstance(args, list) and isinstance(attrs, dict):
-                return _restored(cls, args, attrs)
-            return cls(*args) if isinstance(args, list) else cls(message)
-    except Exception:  # cannot import or construct it: fall back to a generic error
-        pass
-    return StepFailedError(message, name)
-
-
-def _restored(cls: type[Exception], args: list[Any], attrs: dict[str, Any]) -> Exception:
-    """The exception with its journaled args and attributes, ``__init__`` not called again."""
-    try:
-        exc = cls.__new__(cls, *args)
-        exc.args = tuple(args)
-    except Exception:  # a ``__new__`` that wants other arguments
-        exc = cls(*args)
-    exc.__dict__.update(attrs)
-    return exc
+def _nothing(value: Any) -> None:
+    return None
 
 
 __all__ = [

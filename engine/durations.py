@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .clock import to_ms
 from .errors import ValidationError
 
 _UNITS = {"w": 604800, "d": 86400, "hr": 3600, "h": 3600, "m": 60, "s": 1}
@@ -20,8 +22,11 @@ _LONGEST = timedelta(days=365 * 100)
 Timeout = str | timedelta | datetime
 
 
-def parse_duration(text: str) -> timedelta:
-    """Parse ``"1h30m"``-style text (units w, d, h/hr, m, s) into a positive timedelta."""
+def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
+    """Parse ``"1h30m"``-style text (units w, d, h/hr, m, s) into a positive timedelta.
+
+    ``allow_zero`` accepts ``"0s"`` too (a sleep of nothing returns at once).
+    """
     cleaned = text.strip()
     if not _WHOLE.match(cleaned):
         raise ValidationError(
@@ -29,7 +34,7 @@ def parse_duration(text: str) -> timedelta:
             "w, d, h, m, s (for example '30s', '1h30m', '7d')"
         )
     seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
-    if seconds <= 0:
+    if seconds == 0 and not allow_zero:
         raise ValidationError(f"invalid duration {text!r}: it must be longer than zero")
     if seconds > _LONGEST.total_seconds():
         raise ValidationError(f"invalid duration {text!r}: at most 100 years")
@@ -51,17 +56,53 @@ def format_duration(delta: timedelta) -> str:
     return "".join(parts) or "0s"
 
 
-def to_timedelta(value: str | timedelta) -> timedelta:
-    """A positive timedelta from a duration string or a timedelta."""
+def to_timedelta(value: str | timedelta, *, allow_zero: bool = False) -> timedelta:
+    """A positive timedelta (or zero, with ``allow_zero``) from a duration string or a timedelta."""
     if isinstance(value, timedelta):
-        if value <= timedelta(0):
-            raise ValidationError(f"invalid duration {value!r}: it must be longer than zero")
+        if value < timedelta(0) or (value == timedelta(0) and not allow_zero):
+            least = "zero or longer" if allow_zero else "longer than zero"
+            raise ValidationError(f"invalid duration {value!r}: it must be {least}")
         if value > _LONGEST:
             raise ValidationError(f"invalid duration {value!r}: at most 100 years")
         return value
     if isinstance(value, str):
-        return parse_duration(value)
+        return parse_duration(value, allow_zero=allow_zero)
     raise ValidationError(f"invalid duration {value!r}: expected a string like '1h' or a timedelta")
+
+
+def duration_ms(value: str | timedelta, *, allow_zero: bool = False) -> int:
+    """The duration in whole milliseconds, rounded up: a wait never ends before it was asked to."""
+    delta = to_timedelta(value, allow_zero=allow_zero)
+    return -(-delta // timedelta(microseconds=1) // 1000)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a wait ends, as the task gave it: an instant (``at_ms``) or a delay (``after_ms``).
+
+    A delay counts from the moment the wait's waitpoint is made. The storage resolves the
+    deadline once, by the database clock, when it makes that waitpoint; a replay of the call
+    finds the waitpoint and reads its deadline back instead of computing it again (a delay
+    would move, and an instant that has passed meanwhile is not an error).
+    """
+
+    at_ms: int | None = None
+    after_ms: int = 0
+
+    @classmethod
+    def of(cls, value: Timeout, *, allow_zero: bool = False) -> Deadline:
+        """A timeout as users write it: a duration, a timedelta or an aware datetime."""
+        if isinstance(value, datetime):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValidationError(
+                    f"deadline {value.isoformat()} has no timezone; pass an aware datetime"
+                )
+            return cls(at_ms=to_ms(value))
+        return cls(after_ms=duration_ms(value, allow_zero=allow_zero))
+
+    def resolve(self, now_ms: int) -> int:
+        """The deadline in milliseconds since the epoch, for a waitpoint made at ``now_ms``."""
+        return self.at_ms if self.at_ms is not None else now_ms + self.after_ms
 
 
 def resolve_deadline(value: Timeout, now: datetime) -> tuple[datetime, str | None]:

@@ -6,6 +6,7 @@
     ├── NotInRunError                a durable call made outside a run
     ├── NondeterminismError          replay met a different call than the journal recorded
     ├── ConcurrentWaitError          two waits at once in one run, not through the group API
+    ├── DurableCallInStepError       a durable call made inside a step's body
     ├── AbortTaskRunError            raised by a task to fail its run at once, without retries
     ├── NotFoundError
     │   ├── TaskNotFoundError
@@ -24,8 +25,10 @@
         └── LeaseLostError           this worker no longer owns the run; its write was refused
 
 ``Suspended`` is not an error: it is control flow (a ``BaseException``, so that a task's
-``except Exception:`` cannot swallow it) raised when a run parks on a waitpoint and caught in
-exactly one place, the attempt boundary in ``engine.runtime``.
+``except Exception:`` cannot swallow it) raised when an attempt ends before the task did (the
+run parks on a waitpoint, or the attempt is interrupted; see ``engine.context``) and handled in
+exactly one place, the attempt boundary in ``engine.runtime``. A task that catches it anyway
+changes nothing: the attempt ended when it was raised.
 """
 
 from __future__ import annotations
@@ -77,6 +80,15 @@ class ConcurrentWaitError(EngineError):
     A run waits on one thing at a time. To wait on several tokens, use
     ``wait_for_tokens([...], mode="all" | "any")``; for several child runs,
     ``batch_trigger_and_wait``. The run fails at once, without retries.
+    """
+
+
+class DurableCallInStepError(EngineError):
+    """A durable call (step, token, wait, child run) was made inside the body of a step.
+
+    A step's body runs once and only its result is journaled, so what it does inside cannot
+    be replayed. Make durable calls in the task function, between steps. The run fails at
+    once, without retries.
     """
 
 
@@ -184,4 +196,4 @@ class LeaseLostError(StorageError):
 
 
 class Suspended(BaseException):
-    """The run parked on a waitpoint; the attempt ends here and resumes by replay later."""
+    """The attempt ended (the run parked on a waitpoint); the run resumes by replay later."""

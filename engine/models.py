@@ -340,6 +340,8 @@ class JournalEntry:
     recorded_ms: int = 0
     duration_ms: int | None = None
     seq: int = 0
+    rerun: bool = False
+    """A step error that failed its attempt: the next attempt runs the step again."""
 
 
 @dataclass(frozen=True)

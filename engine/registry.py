@@ -20,7 +20,7 @@ from typing import Any, get_type_hints, overload
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from .durations import to_timedelta
+from .durations import duration_ms, to_timedelta
 from .errors import ConfigurationError, ValidationError
 from .models import Run, RunResult, TaskInfo
 
@@ -176,7 +176,7 @@ def task(
     ``max_duration`` bounds the time the run spends executing (waiting does not count);
     ``queue`` limits how many runs of it execute at once.
     """
-    limit = None if max_duration is None else int(to_timedelta(max_duration).total_seconds() * 1000)
+    limit = None if max_duration is None else duration_ms(max_duration)
     if callable(id):
         return _register(id, None, retry, limit, queue)
 

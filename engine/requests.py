@@ -12,8 +12,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from .clock import from_ms, to_ms
-from .durations import Timeout, format_duration, resolve_deadline, to_timedelta
+from .durations import Timeout, duration_ms, format_duration, resolve_deadline
 from .errors import ValidationError
+from .journal import CallKey
 from .models import JournalEntry, RunError, RunEvent, TimelineEntry, Token
 from .storage import NewRun, NewToken, PageRequest
 from .validation import check_schema, clean_limit, clean_optional_text, clean_tags
@@ -84,7 +85,7 @@ def run_request(
         if isinstance(delay, datetime):
             delayed_until = moment_ms(delay, "delay")  # a past moment just means "now"
         else:
-            delayed_until = now_ms + _duration_ms(delay)
+            delayed_until = now_ms + duration_ms(delay)
     return NewRun(
         task_id=task_id,
         payload=payload,
@@ -94,16 +95,12 @@ def run_request(
         max_attempts=max_attempts,
         delayed_until_ms=delayed_until,
         ttl=None if ttl is None else (ttl if isinstance(ttl, str) else format_duration(ttl)),
-        ttl_ms=None if ttl is None else _duration_ms(ttl),
+        ttl_ms=None if ttl is None else duration_ms(ttl),
         metadata=metadata,
-        max_duration_ms=None if max_duration is None else _duration_ms(max_duration),
+        max_duration_ms=None if max_duration is None else duration_ms(max_duration),
         queue=queue,
         concurrency_key=clean_optional_text(concurrency_key, "concurrency_key"),
     )
-
-
-def _duration_ms(value: str | timedelta) -> int:
-    return int(to_timedelta(value).total_seconds() * 1000)
 
 
 def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> int | None:
@@ -111,7 +108,7 @@ def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> in
         return None
     if key is None:
         raise ValidationError("idempotency_key_ttl needs an idempotency_key")
-    return now_ms + int(to_timedelta(ttl).total_seconds() * 1000)
+    return now_ms + duration_ms(ttl)
 
 
 def timeline(entries: list[JournalEntry], events: list[RunEvent]) -> list[TimelineEntry]:
@@ -140,8 +137,8 @@ def event_entry(event: RunEvent) -> TimelineEntry:
 
 
 def timeline_entry(entry: JournalEntry) -> TimelineEntry:
-    base, _, _ = entry.key.rpartition("#")
-    kind, _, name = base.partition(":")
+    key = CallKey.parse(entry.key)
+    kind, name = key.kind, key.name
     token = error = value = None
     if entry.is_error:
         error = RunError.model_validate(entry.value)

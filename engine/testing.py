@@ -28,7 +28,7 @@ from typing import Any, Self
 
 from .client import Engine
 from .durations import to_timedelta
-from .errors import RunWaitTimeoutError
+from .errors import RunWaitTimeoutError, TokenNotFoundError
 from .models import CompletionResult, Run, RunStatus, Token
 from .registry import TaskDefinition
 from .settings import Settings
@@ -98,9 +98,21 @@ class TaskTestEnvironment:
         return await self._until(run_id, lambda r: r.status is RunStatus.WAITING)
 
     async def waiting_tokens(self, run_id: str) -> list[Token]:
-        """The tokens the run is parked on (after ``wait_until_waiting``)."""
+        """The tokens the run is parked on (after ``wait_until_waiting``), in ``waiting_on`` order.
+
+        ``waiting_on`` names every waitpoint the run waits on, and only some are tokens: a
+        group's timeout is a timer, ``trigger_and_wait`` waits on a child run. Those are the
+        waitpoints ``tokens.retrieve`` does not find, so that one error, for an id the run
+        waits on, means "not a token"; any other error is raised.
+        """
         run = await self.engine.runs.retrieve(run_id)
-        return [await self.engine.tokens.retrieve(wid) for wid in run.waiting_on]
+        tokens = []
+        for waitpoint_id in run.waiting_on:
+            try:
+                tokens.append(await self.engine.tokens.retrieve(waitpoint_id))
+            except TokenNotFoundError:
+                continue
+        return tokens
 
     async def advance(self, duration: str | timedelta) -> None:
         """Move the clock, then fire every timer that fell due and let the worker settle."""

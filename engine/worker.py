@@ -8,10 +8,11 @@ park), then exit; a hard stop cancels the attempts, which hand their runs back t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
 import structlog
@@ -51,7 +52,8 @@ class Worker:
         )
         """Hand each run back after every new durable call, so it resumes by replay (tests)."""
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._running: set[str] = set()
+        self._running: dict[str, int] = {}
+        """The runs this worker is executing, with the lease epoch of its attempt of each."""
         self._stopping = False
         self._wake = asyncio.Event()
         self._attempts: anyio.abc.TaskGroup | None = None
@@ -94,29 +96,60 @@ class Worker:
             services.cancel_scope.cancel()
         log.info("worker.stopped", worker=self.id)
 
+    @contextlib.asynccontextmanager
+    async def _surviving(
+        self, storage_failed: str, loop_failed: str, pause: float
+    ) -> AsyncIterator[None]:
+        """One turn of a service loop: a failure ends the turn, never the loop or the worker.
+
+        The claim, timer and lease loops are the worker: one that ended would leave it up but
+        claiming nothing, firing no timer or letting its leases run out. A ``StorageError`` is
+        the database failing (unreachable, locked, full) and is logged as such; anything else
+        is a bug or a driver error that slipped through translation, logged with its
+        traceback. Either way the loop waits ``pause`` seconds before its next turn (a failed
+        turn skipped its own wait), so a failure that repeats every turn costs a log line per
+        pause, not a hot spin. Cancellation passes through.
+        """
+        try:
+            yield
+        except StorageError as exc:
+            log.error(storage_failed, worker=self.id, error=str(exc))
+        except Exception:
+            log.exception(loop_failed, worker=self.id)
+        else:
+            return
+        if pause > 0:
+            await anyio.sleep(pause)
+
     async def _claim_loop(self, attempts: anyio.abc.TaskGroup) -> None:
+        while not self._stopping:
+            async with self._surviving(
+                "worker.claim_failed", "worker.claim_loop_failed", pause=self.poll_seconds
+            ):
+                await self._claim_turn(attempts)
+
+    async def _claim_turn(self, attempts: anyio.abc.TaskGroup) -> None:
+        """Claim what is due and start it; or wait for a commit, a wake-up or the poll."""
         storage = self.engine.storage
         task_ids = sorted(self.tasks)
-        while not self._stopping:
-            changed = storage.change_event()
-            self._wake.clear()
-            free = self.concurrency - len(self._running)
-            claimed: list[ClaimedRun] = []
-            asked = anyio.current_time()
-            try:
-                if free > 0 and await storage.has_due_runs(task_ids):
-                    # a claim cut short by a hard stop would strand its runs until their leases
-                    # ran out: finish it, and let the (cancelled) attempts hand the runs back
-                    with anyio.CancelScope(shield=True):
-                        claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
-            except StorageError as exc:
-                log.error("worker.claim_failed", error=str(exc))
-            for run in claimed:
-                self._running.add(run.id)
-                self._lease_until[run.id] = asked + self.lease_ms / 1000
-                attempts.start_soon(self._attempt, run)
-            if claimed:
-                continue
+        changed = storage.change_event()
+        self._wake.clear()
+        free = self.concurrency - len(self._running)
+        claimed: list[ClaimedRun] = []
+        asked = anyio.current_time()
+        if free > 0 and await storage.has_due_runs(task_ids):
+            # a claim cut short by a hard stop would strand its runs until their leases
+            # ran out: finish it, and let the (cancelled) attempts hand the runs back
+            with anyio.CancelScope(shield=True):
+                claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
+        for run in claimed:
+            # this worker's own earlier attempt of the run lost it (its lease was rescued)
+            # and may still be unwinding: it must stop, and its bookkeeping is the new one's
+            self._cancel(run.id)
+            self._running[run.id] = run.epoch
+            self._lease_until[run.id] = asked + self.lease_ms / 1000
+            attempts.start_soon(self._attempt, run)
+        if not claimed:
             await _first_of([changed, self._wake], self.poll_seconds)
 
     async def _attempt(self, run: ClaimedRun) -> None:
@@ -135,9 +168,10 @@ class Worker:
         except Exception:  # a bug in the engine must not take the worker down with it
             log.exception("worker.attempt_crashed", run_id=run.id)
         finally:
-            self._running.discard(run.id)
-            self._scopes.pop(run.id, None)
-            self._lease_until.pop(run.id, None)
+            if self._running.get(run.id) == run.epoch:  # not a newer attempt's bookkeeping
+                del self._running[run.id]
+                self._scopes.pop(run.id, None)
+                self._lease_until.pop(run.id, None)
             if outcome is Handoff.REPLAY:
                 # only now: a claim of the released run must not meet this attempt's bookkeeping
                 with anyio.CancelScope(shield=True):
@@ -146,24 +180,26 @@ class Worker:
 
     async def _timer_loop(self) -> None:
         """Fire due token timeouts and rescue runs whose worker went silent."""
-        storage = self.engine.storage
         while True:
-            changed = storage.change_event()
-            try:
-                while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
-                    pass
-                rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
-                if rescued:
-                    log.warning("worker.rescued_runs", count=rescued)
-                next_ms = await storage.next_timer_ms()
-            except StorageError as exc:
-                log.error("worker.timers_failed", error=str(exc))
-                next_ms = None
-            pause = self.poll_seconds
-            if next_ms is not None:
-                pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
-            await anyio.sleep(_MIN_TIMER_PAUSE)
-            await _first_of([changed], pause)
+            async with self._surviving(
+                "worker.timers_failed", "worker.timer_loop_failed", pause=self.poll_seconds
+            ):
+                await self._timer_turn()
+
+    async def _timer_turn(self) -> None:
+        storage = self.engine.storage
+        changed = storage.change_event()
+        while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
+            pass
+        rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
+        if rescued:
+            log.warning("worker.rescued_runs", count=rescued)
+        next_ms = await storage.next_timer_ms()
+        pause = self.poll_seconds
+        if next_ms is not None:
+            pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
+        await anyio.sleep(_MIN_TIMER_PAUSE)
+        await _first_of([changed], pause)
 
     async def _lease_loop(self) -> None:
         """Renew the leases of running attempts; stop attempts whose run was canceled.
@@ -174,28 +210,34 @@ class Worker:
         the same time. The database expires a lease ``lease_ms`` after it received the renewal,
         which is after this loop sent it, so the deadline kept here is never later.
         """
-        storage = self.engine.storage
         renew_every = self.lease_ms / 3000
-        margin = min(1.0, self.lease_ms / 4000)
         renewed = anyio.current_time()
         while True:
+            # the pause of every turn, failed or not: a longer one after a failure could let a
+            # lease run out before _stop_expiring looked again (its margin is one such pause)
             await anyio.sleep(min(self.poll_seconds, renew_every))
-            self._stop_expiring(anyio.current_time() + margin)
-            if not self._running:
-                continue
-            running = sorted(self._running)
-            try:
-                for run_id in await storage.lost_runs(self.id, running):
-                    self._cancel(run_id)
-                if anyio.current_time() - renewed >= renew_every:
-                    sent = anyio.current_time()
-                    await storage.renew_leases(self.id, running, self.lease_ms)
-                    renewed = anyio.current_time()
-                    for run_id in running:
-                        if run_id in self._lease_until:
-                            self._lease_until[run_id] = sent + self.lease_ms / 1000
-            except StorageError as exc:
-                log.error("worker.lease_renewal_failed", error=str(exc))
+            async with self._surviving(
+                "worker.lease_renewal_failed", "worker.lease_loop_failed", pause=0.0
+            ):
+                renewed = await self._lease_turn(renewed, renew_every)
+
+    async def _lease_turn(self, renewed: float, renew_every: float) -> float:
+        """Stop what this worker is losing; renew the leases if due. Returns the last renewal."""
+        storage = self.engine.storage
+        self._stop_expiring(anyio.current_time() + min(1.0, self.lease_ms / 4000))
+        if not self._running:
+            return renewed
+        running = sorted(self._running)
+        for run_id in await storage.lost_runs(self.id, running):
+            self._cancel(run_id)
+        if anyio.current_time() - renewed < renew_every:
+            return renewed
+        sent = anyio.current_time()
+        await storage.renew_leases(self.id, running, self.lease_ms)
+        for run_id in running:
+            if run_id in self._lease_until:
+                self._lease_until[run_id] = sent + self.lease_ms / 1000
+        return anyio.current_time()
 
     def _stop_expiring(self, horizon: float) -> None:
         for run_id, until in list(self._lease_until.items()):

@@ -140,6 +140,37 @@ async def test_cancelling_a_parent_cancels_the_children_it_waits_on_only(
     assert (await engine.runs.retrieve(children[100].id)).status != "CANCELED"
 
 
+@task("ch-shared-parent")
+async def shared_parent(payload: dict[str, Any]) -> Any:
+    child = {"n": payload["n"], "token": payload["token"]}
+    result = await double.trigger_and_wait(child, idempotency_key=payload["key"])
+    return {"output": result.output, "child": result.run_id}
+
+
+async def test_cancelling_one_parent_spares_the_child_another_parent_waits_on(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([shared_parent, double])
+    token = await engine.tokens.create()
+    payload = {"n": 4, "token": token.id, "key": "shared-child"}
+    first = await engine.trigger("ch-shared-parent", payload)
+    await wait_for_status(engine, first.id, "WAITING")
+    second = await engine.trigger("ch-shared-parent", payload)
+    await wait_for_status(engine, second.id, "WAITING")
+    [child] = (await engine.runs.list(task="ch-double")).data  # one child, found by its key
+    await wait_for_status(engine, child.id, "WAITING")
+
+    assert (await engine.runs.cancel(first.id)).status == "CANCELED"
+    assert (await engine.runs.retrieve(child.id)).status == "WAITING"
+    assert (await engine.runs.retrieve(second.id)).status == "WAITING"
+    await engine.tokens.complete(token.id)
+    done = await engine.wait_for_run(second.id, timeout=15)
+    assert done.status == "COMPLETED"
+    assert done.output == {"output": 8, "child": child.id}
+    assert (await engine.runs.retrieve(child.id)).status == "COMPLETED"
+    assert (await engine.runs.retrieve(first.id)).status == "CANCELED"
+
+
 async def test_task_trigger_outside_a_run_uses_the_current_engine(engine: Engine) -> None:
     run = await double.trigger({"n": 1})
     assert run.task_identifier == "ch-double" and run.parent_run_id is None

@@ -36,7 +36,7 @@ TASKS = textwrap.dedent(
     import asyncio, os, time
 
     from engine import create_token, step, task, wait_for_token
-    from engine.runtime import RunContext
+    from engine.context import RunContext
 
     ORACLE = os.environ["CLUSTER_ORACLE"]
     STEP_SECONDS = float(os.environ.get("CLUSTER_STEP_SECONDS", "0"))

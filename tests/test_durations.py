@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from engine import ValidationError
-from engine.durations import format_duration, parse_duration, resolve_deadline, to_timedelta
+from engine.durations import (
+    Deadline,
+    duration_ms,
+    format_duration,
+    parse_duration,
+    resolve_deadline,
+    to_timedelta,
+)
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -146,3 +153,26 @@ def test_resolve_deadline_ttl_for_subsecond_timedelta_is_readable_duration() -> 
     assert deadline == NOW + timedelta(milliseconds=500)
     assert ttl is not None
     parse_duration(ttl)  # "0s" is refused by the engine's own parser
+
+
+def test_duration_ms_rounds_up_so_a_wait_never_ends_early() -> None:
+    assert duration_ms(timedelta(microseconds=1)) == 1
+    assert duration_ms(timedelta(microseconds=1500)) == 2
+    assert duration_ms("1h") == 3_600_000
+
+
+def test_a_sleep_may_be_zero_but_never_negative() -> None:
+    assert duration_ms("0s", allow_zero=True) == 0
+    assert duration_ms(timedelta(0), allow_zero=True) == 0
+    with pytest.raises(ValidationError, match="zero or longer"):
+        duration_ms(timedelta(seconds=-1), allow_zero=True)
+    with pytest.raises(ValidationError, match="longer than zero"):
+        duration_ms("0s")
+
+
+def test_a_deadline_is_resolved_when_its_waitpoint_is_made() -> None:
+    assert Deadline.of("10s").resolve(1_000) == 11_000
+    moment = datetime(2030, 1, 1, tzinfo=UTC)
+    assert Deadline.of(moment).resolve(1_000) == int(moment.timestamp() * 1000)
+    with pytest.raises(ValidationError, match="no timezone"):
+        Deadline.of(datetime(2030, 1, 1))

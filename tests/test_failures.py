@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from engine import (
     AbortTaskRunError,
@@ -18,6 +19,7 @@ from engine import (
     StorageUnavailableError,
     Worker,
     create_token,
+    sleep,
     step,
     task,
     wait_for_token,
@@ -193,6 +195,63 @@ async def test_a_database_outage_hands_the_run_back_instead_of_failing_it(
     assert done.status == "COMPLETED" and done.output == "done"
     assert len(outages) == 1  # the step ran again: its result was never journaled
     assert done.attempt_count == 1  # not a failed attempt: the database failed, not the task
+
+
+INJECTED: dict[str, asyncio.Event] = {}
+"""Storage methods made to raise once, each set when it has raised (filled by the test)."""
+
+
+@task("fl-held")
+async def held(payload: None) -> str:
+    """Executes until the lease loop met its failure: the loop only looks while runs execute."""
+    await asyncio.wait_for(INJECTED["lost_runs"].wait(), 10)
+    return "held"
+
+
+@task("fl-nap")
+async def nap(payload: None) -> str:
+    """Parks on a timer: only the timer loop wakes it."""
+    await sleep(timedelta(milliseconds=50))
+    return "rested"
+
+
+async def test_a_worker_survives_an_unexpected_error_in_each_of_its_loops(
+    engine: Engine, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a StorageError (a bug, a driver error that slipped through): the claim, timer and
+    lease loops each log it with its traceback and go on, and so does the worker."""
+    storage = engine.storage
+
+    def fail_once(name: str) -> None:
+        original = getattr(storage, name)
+        raised = INJECTED[name] = asyncio.Event()
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if not raised.is_set():
+                raised.set()
+                raise RuntimeError(f"injected: {name} broke")
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(storage, name, failing)
+
+    INJECTED.clear()
+    for name in ("has_due_runs", "fire_due_timers", "lost_runs"):  # claim, timer, lease loop
+        fail_once(name)
+    with capture_logs() as events:
+        await start_worker([held, nap])
+        first = await engine.trigger("fl-held")
+        assert (await engine.wait_for_run(first.id, timeout=15)).output == "held"
+        later = await engine.trigger("fl-nap")  # after all three failures: claimed and woken
+        assert (await engine.wait_for_run(later.id, timeout=15)).output == "rested"
+    assert all(raised.is_set() for raised in INJECTED.values())
+    failures = {e["event"]: e for e in events if e["event"].endswith("_loop_failed")}
+    assert sorted(failures) == [
+        "worker.claim_loop_failed",
+        "worker.lease_loop_failed",
+        "worker.timer_loop_failed",
+    ]
+    for event in failures.values():
+        assert event["log_level"] == "error" and event["exc_info"] is True
 
 
 ACTIVE: Counter[str] = Counter()

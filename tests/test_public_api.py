@@ -15,6 +15,7 @@ EXPECTED_ALL = [
     "CompletionSource",
     "ConcurrentWaitError",
     "ConfigurationError",
+    "DurableCallInStepError",
     "Engine",
     "EngineError",
     "GroupResult",

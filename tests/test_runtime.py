@@ -398,7 +398,7 @@ async def test_stale_lease_epoch_writes_are_rejected(engine: Engine) -> None:
     await asyncio.sleep(0.01)  # the 1 ms lease runs out
     assert await storage.rescue_expired_leases() == 1
     [second] = await storage.claim_runs("worker-b", 10, 30_000, ["rt-race"])
-    assert second.id == run.id and second.epoch == first.epoch + 1
+    assert second.id == run.id and second.epoch > first.epoch  # the rescue and the claim
     write = JournalWrite(run.id, first.epoch, first.attempt, "step:x#0", 0, value=1)
     with pytest.raises(LeaseLostError):
         await storage.append_journal(write)

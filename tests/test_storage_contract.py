@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from engine.clock import from_ms
+from engine.durations import Deadline
 from engine.errors import (
     LeaseLostError,
     RunNotFoundError,
@@ -342,7 +343,7 @@ async def test_each_claim_leases_the_run_under_a_new_epoch(
     ]
 
 
-async def test_a_claim_returns_the_runs_journal_in_call_order(
+async def test_a_claim_returns_the_runs_journal_in_the_order_it_was_recorded(
     storage: Storage, clock: StepClock
 ) -> None:
     first = await started(storage)
@@ -351,7 +352,8 @@ async def test_a_claim_returns_the_runs_journal_in_call_order(
     t2 = clock.advance(1)
     boom = {"name": "ValueError", "message": "boom"}
     await storage.append_journal(jw(first, "step:b#0", 1, boom, is_error=True, duration_ms=2))
-    await storage.retry_run(first.id, first.epoch, 0, RunError(name="ValueError", message="boom"))
+    error = RunError(name="ValueError", message="boom")
+    await storage.retry_run(first.id, first.epoch, 0, error, rerun=["step:b#0"])
     second = await claim_one(storage)
     assert second.attempt == 2
     t3 = clock.advance(1)
@@ -367,10 +369,33 @@ async def test_a_claim_returns_the_runs_journal_in_call_order(
         ("step:c#0", 2, 2, False, [1, "two", None], t3, None),
     ]
     assert entries(third.journal) == expected
+    assert [e.rerun for e in third.journal] == [False, True, False, False]  # b failed attempt 1
     journal = await storage.get_journal(first.id)
     assert entries(journal) == expected
     seqs = [e.seq for e in journal]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_a_claim_hands_over_calls_in_the_order_they_finished_not_started(
+    storage: Storage,
+) -> None:
+    """Racing calls: the one started second finished first; replay must know it."""
+    claimed = await started(storage)
+    await storage.append_journal(jw(claimed, "step:fast#0", 1, "fast"))
+    await storage.append_journal(jw(claimed, "step:slow#0", 0, "slow"))
+    await storage.release_run(claimed.id, claimed.epoch)
+    resumed = await claim_one(storage)
+    assert [e.key for e in resumed.journal] == ["step:fast#0", "step:slow#0"]
+
+
+async def test_a_retry_marks_only_the_step_errors_it_was_given(storage: Storage) -> None:
+    claimed = await started(storage)
+    boom = {"name": "ValueError", "message": "boom"}
+    await storage.append_journal(jw(claimed, "step:caught#0", 0, boom, is_error=True))
+    await storage.append_journal(jw(claimed, "step:failed#0", 1, boom, is_error=True))
+    await storage.retry_run(claimed.id, claimed.epoch, 0, ERROR, rerun=["step:failed#0"])
+    marks = {e.key: e.rerun for e in (await claim_one(storage)).journal}
+    assert marks == {"step:caught#0": False, "step:failed#0": True}
 
 
 async def test_a_journal_key_is_recorded_once(storage: Storage) -> None:
@@ -446,7 +471,7 @@ async def test_renewed_leases_hold_and_expired_ones_are_rescued(
     assert await storage.rescue_expired_leases() == 1
     rescued = await storage.get_run(run.id)
     assert rescued.status is RunStatus.QUEUED and rescued.attempt_count == 1
-    assert await storage.lost_runs("w1", [run.id]) == []  # not yet taken over by anyone
+    assert await storage.lost_runs("w1", [run.id]) == [run.id]  # re-queued: w1 lost it
 
     again = await claim_one(storage, owner="w2")
     assert again.epoch > claimed.epoch and again.attempt == 1  # a take-over is not an attempt
@@ -563,10 +588,10 @@ WRITES: dict[str, FencedWrite] = {
         f.closed.id, jw(f.stale, "wait#5", 5)
     ),
     "sleep_until(later)": lambda f: f.storage.sleep_until(
-        f.clock.now_ms() + 5000, jw(f.stale, "sleep#5", 5)
+        Deadline(at_ms=f.clock.now_ms() + 5000), jw(f.stale, "sleep#5", 5)
     ),
     "sleep_until(past)": lambda f: f.storage.sleep_until(
-        f.clock.now_ms() - 5000, jw(f.stale, "sleep#5", 5)
+        Deadline(at_ms=f.clock.now_ms() - 5000), jw(f.stale, "sleep#5", 5)
     ),
     "start_child": lambda f: f.storage.start_child(
         NewRun("child", {}), jw(f.stale, "trigger:child#5", 5)
@@ -575,7 +600,7 @@ WRITES: dict[str, FencedWrite] = {
         [NewRun("child", {})], jw(f.stale, "batch:child#5", 5)
     ),
     "wait_on_group": lambda f: f.storage.wait_on_group(
-        [f.waiting.id, f.closed.id], "all", f.clock.now_ms() + 5000, jw(f.stale, "group#5", 5)
+        [f.waiting.id, f.closed.id], "all", Deadline(after_ms=5000), jw(f.stale, "group#5", 5)
     ),
 }
 
@@ -585,6 +610,9 @@ async def make_stale(storage: Storage, clock: StepClock, claimed: ClaimedRun, ho
         clock.advance(LEASE_MS + 1)
         assert await storage.rescue_expired_leases() == 1
         assert (await claim_one(storage, owner="w2")).epoch > claimed.epoch
+    elif how == "rescued":  # the lease ran out: the run is back in the queue, nobody has it yet
+        clock.advance(LEASE_MS + 1)
+        assert await storage.rescue_expired_leases() == 1
     elif how == "canceled":
         await storage.cancel_run(claimed.id)
     else:  # the attempt parked the run itself: its epoch holds nothing any more
@@ -607,7 +635,7 @@ async def snapshot(storage: Storage, run_id: str) -> tuple[Any, ...]:
     ("how", "write"),
     [
         (how, write)
-        for how in ("taken over", "canceled", "parked")
+        for how in ("taken over", "rescued", "canceled", "parked")
         for write in WRITES
         # an attempt may still end the run it parked itself (test_finish_run_may_end_...)
         if (how, write) != ("parked", "finish_run")
@@ -626,6 +654,30 @@ async def test_a_write_with_a_stale_epoch_is_refused_and_changes_nothing(
     with pytest.raises(LeaseLostError, match=f"lease epoch {claimed.epoch} is no longer current"):
         await WRITES[write](Fenced(storage, clock, claimed, waiting, closed))
     assert await snapshot(storage, claimed.id) == before
+
+
+async def test_an_attempt_whose_lease_was_rescued_can_neither_end_nor_release_the_run(
+    storage: Storage, clock: StepClock
+) -> None:
+    """A stalled attempt wakes up after the rescue re-queued its run: its epoch holds nothing."""
+    claimed = await started(storage, lease_ms=1000)
+    clock.advance(1001)
+    assert await storage.rescue_expired_leases() == 1
+    with pytest.raises(LeaseLostError):
+        await storage.finish_run(claimed.id, claimed.epoch, RunStatus.COMPLETED, "stale", None)
+    with pytest.raises(LeaseLostError):
+        await storage.retry_run(claimed.id, claimed.epoch, 0, ERROR)
+    with pytest.raises(LeaseLostError):
+        await storage.append_journal(jw(claimed, "step:late#0"))
+    await storage.release_run(claimed.id, claimed.epoch)  # not its run any more: changes nothing
+    run = await storage.get_run(claimed.id)
+    assert (run.status, run.attempt_count, run.output) == (RunStatus.QUEUED, 1, None)
+    assert await storage.get_journal(claimed.id) == []
+    assert await storage.has_due_runs(["t"]) is True
+    again = await claim_one(storage, owner="w2")
+    assert again.epoch > claimed.epoch and again.attempt == 1
+    await storage.finish_run(again.id, again.epoch, RunStatus.COMPLETED, "fresh", None)
+    assert (await storage.get_run(claimed.id)).output == "fresh"
 
 
 async def test_finish_run_may_end_a_run_its_own_attempt_parked(storage: Storage) -> None:
@@ -652,6 +704,17 @@ async def test_release_run_puts_the_run_back_at_once(storage: Storage, clock: St
     clock.advance(5000)  # a released run has no lease left to expire
     assert await storage.rescue_expired_leases() == 0
     assert (await claim_one(storage)).attempt == 1
+
+
+async def test_release_run_with_a_delay_puts_the_run_back_later(
+    storage: Storage, clock: StepClock
+) -> None:
+    claimed = await started(storage)
+    await storage.release_run(claimed.id, claimed.epoch, delay_ms=1000)
+    assert await status_of(storage, claimed.id) is RunStatus.QUEUED
+    assert await storage.claim_runs("w1", 1, LEASE_MS, ["t"]) == []
+    clock.advance(1000)
+    assert (await claim_one(storage)).attempt == 1  # handed back, not a new attempt
 
 
 async def test_retry_run_requeues_the_next_attempt_after_its_delay(
@@ -750,6 +813,37 @@ async def test_cancel_cascades_to_the_children_a_run_waits_on(
     assert await storage.lost_runs("w1", [grand.id]) == [grand.id]
     with pytest.raises(LeaseLostError):
         await storage.append_journal(jw(grand, "step:late#0"))
+
+
+async def test_cancel_spares_a_child_another_unfinished_run_waits_on(storage: Storage) -> None:
+    """Two parents wait on one child (one idempotency key): it is canceled with the last one."""
+    shared = NewRun("child", {}, idempotency_key="shared")
+    first, second = await started(storage, "parent"), await started(storage, "parent")
+    await park(storage, first, storage.wait_for_children([shared], jw(first, "batch#0")))
+    await park(storage, second, storage.wait_for_children([shared], jw(second, "batch#0")))
+    [child_id] = (await storage.get_run(first.id)).children
+
+    assert (await storage.cancel_run(first.id)).status is RunStatus.CANCELED
+    assert await status_of(storage, child_id) is RunStatus.QUEUED
+    assert await status_of(storage, second.id) is RunStatus.WAITING
+    assert (await storage.cancel_run(second.id)).status is RunStatus.CANCELED
+    assert await status_of(storage, child_id) is RunStatus.CANCELED
+
+
+async def test_cancel_takes_a_child_whose_every_waiter_it_cancels(storage: Storage) -> None:
+    """The parent waits on a middle run and on the shared child; the middle run waits on the
+    child too: both waiters are canceled in this one operation, so the child is too."""
+    shared = NewRun("child", {}, idempotency_key="shared")
+    parent = await started(storage, "parent")
+    batch = [NewRun("middle", {}), shared]
+    await park(storage, parent, storage.wait_for_children(batch, jw(parent, "batch#0")))
+    middle = await claim_one(storage, "middle")
+    await park(storage, middle, storage.wait_for_children([shared], jw(middle, "batch#0")))
+    child = await claim_one(storage, "child")
+
+    await storage.cancel_run(parent.id)
+    for run_id in (parent.id, middle.id, child.id):
+        assert await status_of(storage, run_id) is RunStatus.CANCELED
 
 
 async def test_canceling_a_child_wakes_the_parent_with_its_status(storage: Storage) -> None:
@@ -975,7 +1069,9 @@ async def test_list_tokens_filters_and_pages_both_ways(storage: Storage, clock: 
     clock.advance(1)
     keyed = await storage.create_token(NewToken(idempotency_key="k"))
     claimed = await started(storage)  # a sleep and a child wait make waitpoints, not tokens
-    await park(storage, claimed, storage.sleep_until(t0 + 10_000, jw(claimed, "sleep#0")))
+    await park(
+        storage, claimed, storage.sleep_until(Deadline(at_ms=t0 + 10_000), jw(claimed, "sleep#0"))
+    )
     other = await started(storage)
     await park(storage, other, storage.wait_for_children([NewRun("child", {})], jw(other, "b#0")))
 
@@ -1028,7 +1124,7 @@ async def test_wait_on_token_parks_the_run_until_the_token_closes(
     assert await storage.get_journal(claimed.id) == []  # the outcome is journaled on resume
     assert story(await storage.get_events(claimed.id))[-1] == ("waiting", 1, {"on": [token.id]})
     assert await storage.claim_runs("w1", 10, LEASE_MS, ["t"]) == []
-    assert await storage.lost_runs("w1", [claimed.id]) == []
+    assert await storage.lost_runs("w1", [claimed.id]) == [claimed.id]  # released: not w1's
     clock.advance(LEASE_MS * 2)  # released by its attempt, a parked run holds no lease
     assert await storage.rescue_expired_leases() == 0
 
@@ -1069,7 +1165,7 @@ async def test_wait_on_group_all_goes_on_once_every_token_closed(storage: Storag
     resumed = await claim_one(storage)
     snapshot = await storage.wait_on_group([a.id, b.id], "all", None, jw(resumed, "group#0"))
     tokens = [await storage.get_token(a.id), await storage.get_token(b.id)]
-    assert snapshot == {"tokens": [as_json(t) for t in tokens], "timedOut": False}
+    assert snapshot == {"tokens": [as_json(t) for t in tokens], "timedOut": False, "first": a.id}
     assert [e.value for e in await storage.get_journal(claimed.id)] == [snapshot]
 
 
@@ -1085,7 +1181,11 @@ async def test_wait_on_group_any_goes_on_at_the_first_and_leaves_the_others_wait
     assert await status_of(storage, claimed.id) is RunStatus.QUEUED
     resumed = await claim_one(storage)
     snapshot = await storage.wait_on_group([a.id, b.id], "any", None, jw(resumed, "group#0"))
-    assert snapshot == {"tokens": [as_json(a), as_json(won.token)], "timedOut": False}
+    assert snapshot == {
+        "tokens": [as_json(a), as_json(won.token)],
+        "timedOut": False,
+        "first": b.id,
+    }
     await storage.complete_token(a.id, "A", PY)  # nobody waits on it any more
     assert await status_of(storage, claimed.id) is RunStatus.EXECUTING
 
@@ -1096,8 +1196,9 @@ async def test_wait_on_group_closes_when_its_timeout_comes(
     claimed = await started(storage)
     a, b = await storage.create_token(NewToken()), await storage.create_token(NewToken())
     deadline = clock.now_ms() + 1000
+    group = Deadline(at_ms=deadline)
     await park(
-        storage, claimed, storage.wait_on_group([a.id, b.id], "all", deadline, jw(claimed, "g#0"))
+        storage, claimed, storage.wait_on_group([a.id, b.id], "all", group, jw(claimed, "g#0"))
     )
     waiting_on = (await storage.get_run(claimed.id)).waiting_on
     assert len(waiting_on) == 3 and {a.id, b.id} < set(waiting_on)  # and the group's timer
@@ -1108,8 +1209,8 @@ async def test_wait_on_group_closes_when_its_timeout_comes(
     assert await storage.fire_due_timers(10) == 1
     assert await status_of(storage, claimed.id) is RunStatus.QUEUED
     resumed = await claim_one(storage)
-    snapshot = await storage.wait_on_group([a.id, b.id], "all", deadline, jw(resumed, "g#0"))
-    assert snapshot == {"tokens": [as_json(a), as_json(b)], "timedOut": True}
+    snapshot = await storage.wait_on_group([a.id, b.id], "all", group, jw(resumed, "g#0"))
+    assert snapshot == {"tokens": [as_json(a), as_json(b)], "timedOut": True, "first": None}
     assert await token_status(storage, a.id) is WaitpointStatus.WAITING
 
 
@@ -1118,9 +1219,9 @@ async def test_a_group_whose_timeout_already_passed_returns_at_once(
 ) -> None:
     claimed = await started(storage)
     a = await storage.create_token(NewToken())
-    past = clock.now_ms()
+    past = Deadline(at_ms=clock.now_ms())
     snapshot = await storage.wait_on_group([a.id], "any", past, jw(claimed, "g#0"))
-    assert snapshot == {"tokens": [as_json(a)], "timedOut": True}
+    assert snapshot == {"tokens": [as_json(a)], "timedOut": True, "first": None}
     with pytest.raises(TokenNotFoundError):
         await storage.wait_on_group([a.id, "waitpoint_nope"], "all", None, jw(claimed, "g#1", 1))
 
@@ -1130,13 +1231,17 @@ async def test_sleep_until_parks_the_run_until_the_time_it_first_asked_for(
 ) -> None:
     claimed = await started(storage)
     now = clock.now_ms()
-    assert await storage.sleep_until(now, jw(claimed, "sleep#0", 0)) is True  # due: no parking
+    assert (
+        await storage.sleep_until(Deadline(at_ms=now), jw(claimed, "sleep#0", 0)) is True
+    )  # due: no parking
     [entry] = await storage.get_journal(claimed.id)
     assert entry.value["status"] == "COMPLETED" and entry.value["expiresAt"] is not None
 
     until = now + 60_000
     await park(
-        storage, claimed, storage.sleep_until(until, jw(claimed, "sleep#1", 1), elapsed_ms=3)
+        storage,
+        claimed,
+        storage.sleep_until(Deadline(at_ms=until), jw(claimed, "sleep#1", 1), elapsed_ms=3),
     )
     parked = await storage.get_run(claimed.id)
     assert parked.status is RunStatus.WAITING and len(parked.waiting_on) == 1
@@ -1151,7 +1256,10 @@ async def test_sleep_until_parks_the_run_until_the_time_it_first_asked_for(
     resumed = await claim_one(storage)
     assert resumed.executed_ms == 3
     # a replay asking for another time waits on the deadline made the first time
-    assert await storage.sleep_until(until + 3_600_000, jw(resumed, "sleep#1", 1)) is True
+    assert (
+        await storage.sleep_until(Deadline(at_ms=until + 3_600_000), jw(resumed, "sleep#1", 1))
+        is True
+    )
     assert [e.key for e in await storage.get_journal(claimed.id)] == ["sleep#0", "sleep#1"]
     assert await storage.next_timer_ms() is None
 
@@ -1289,7 +1397,9 @@ async def test_next_timer_ms_is_the_earliest_deadline_of_any_kind(
     await new_run(storage, "other", ttl="3s", ttl_ms=3000)
     assert await storage.next_timer_ms() == t0 + 3000
     claimed = await started(storage, "sleeper")
-    await park(storage, claimed, storage.sleep_until(t0 + 2000, jw(claimed, "sleep#0")))
+    await park(
+        storage, claimed, storage.sleep_until(Deadline(at_ms=t0 + 2000), jw(claimed, "sleep#0"))
+    )
     assert await storage.next_timer_ms() == t0 + 2000
     closed = await storage.create_token(NewToken(timeout_ms=t0 + 1000))
     await storage.complete_token(closed.id, None, PY)  # a closed token has no timer
@@ -1476,7 +1586,7 @@ async def test_a_group_of_all_with_a_timeout_goes_on_once_every_token_closed(
 ) -> None:
     claimed = await started(storage)
     a, b = await storage.create_token(NewToken()), await storage.create_token(NewToken())
-    deadline = clock.now_ms() + 60_000
+    deadline = Deadline(after_ms=60_000)
     await park(
         storage, claimed, storage.wait_on_group([a.id, b.id], "all", deadline, jw(claimed, "g#0"))
     )
@@ -1493,7 +1603,7 @@ async def test_a_group_that_closed_before_its_timeout_is_not_reported_timed_out(
 ) -> None:
     claimed = await started(storage)
     a, b = await storage.create_token(NewToken()), await storage.create_token(NewToken())
-    deadline = clock.now_ms() + 1000
+    deadline = Deadline(after_ms=1000)
     await park(
         storage, claimed, storage.wait_on_group([a.id, b.id], "any", deadline, jw(claimed, "g#0"))
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import sleep, step, task
+from engine import create_token, sleep, step, task, wait_for_tokens
 from engine.testing import TaskTestEnvironment
 from tasks.approvals import approve_refund
 
@@ -60,3 +60,25 @@ async def test_a_seven_day_sleep_fires_when_the_clock_moves() -> None:
         assert (await env.engine.runs.retrieve(run.id)).status == "WAITING"
         await env.advance("1d")
         assert (await env.wait_for_run(run.id)).output == "a week later"
+
+
+@task("tt-two-approvals")
+async def two_approvals(payload: None) -> list[object]:
+    first, second = await create_token(), await create_token()
+    group = await wait_for_tokens([first, second], timeout="1h")
+    return [group.results[first.id].output, group.results[second.id].output]
+
+
+async def test_waiting_tokens_lists_the_tokens_of_a_group_and_not_its_timer() -> None:
+    async with TaskTestEnvironment([two_approvals]) as env:
+        run = await env.trigger("tt-two-approvals")
+        parked = await env.wait_until_waiting(run.id)
+        assert len(parked.waiting_on) == 3  # the two tokens and the group's timer
+        tokens = await env.waiting_tokens(run.id)
+        made = {t.id for t in (await env.engine.tokens.list(status="WAITING")).data}
+        assert len(made) == 2
+        assert [t.id for t in tokens] == [w for w in parked.waiting_on if w in made]
+        for n, token in enumerate(tokens):
+            await env.complete(token.id, n)
+        done = await env.wait_for_run(run.id)
+    assert done.status == "COMPLETED" and sorted(done.output) == [0, 1]

@@ -9,10 +9,12 @@ lease epoch and raise ``LeaseLostError`` when the caller no longer owns the run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..callbacks import CallbackSigner
+from ..durations import Deadline
 from ..models import (
     ClaimedRun,
     CompletionResult,
@@ -141,33 +143,44 @@ class Storage(Protocol):
         ...
 
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
-        """Every journal entry of the run, oldest first."""
+        """Every journal entry of the run, in the order they were recorded."""
         ...
 
     async def cancel_run(self, run_id: str) -> Run:
-        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged."""
+        """Cancel an unfinished run (its lease epoch moves on); a finished run is unchanged.
+
+        The child runs it waits on are canceled too, recursively, except a child that another
+        unfinished run, not canceled in this same operation, also waits on: two parents that
+        ``trigger_and_wait`` with one idempotency key share one child, and cancelling one of
+        them must not end the other's child. Such a child is canceled with its last waiter.
+        Runs it started without waiting on them (``trigger``) are left alone.
+        """
         ...
 
     async def claim_runs(
         self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
     ) -> list[ClaimedRun]:
-        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each)."""
+        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each), each
+        with its journal in the order the entries were recorded (a run's own entries in
+        commit order: replay returns racing calls in that order)."""
         ...
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None: ...
 
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
-        """Which of these runs were canceled or taken over by another worker meanwhile."""
+        """Which of these runs this worker no longer holds: canceled, re-queued after its lease
+        ran out (rescued), or taken over by another worker meanwhile."""
         ...
 
     async def set_metadata(self, run_id: str, epoch: int, metadata: dict[str, Any]) -> None:
         """Replace the run's metadata (fenced by the lease epoch)."""
         ...
 
-    async def release_run(self, run_id: str, epoch: int) -> None:
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         """The attempt of ``epoch`` is over: release the run's lease.
 
-        An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back);
+        An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back),
+        claimable again after ``delay_ms`` (a database failure: not at once, not in a loop);
         a run the attempt parked keeps its status. A parked run keeps the lease of the attempt
         that parked it until then, so no other worker starts it while that attempt is still
         unwinding (``finally`` blocks run after the wait committed).
@@ -189,8 +202,18 @@ class Storage(Protocol):
         ...
 
     async def retry_run(
-        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
-    ) -> None: ...
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
+    ) -> None:
+        """Queue the run's next attempt after ``delay_ms``; the step errors journaled under
+        the keys in ``rerun`` (the ones that failed this attempt) are run again by it, the
+        others replayed."""
+        ...
 
     # tokens
     async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
@@ -245,15 +268,22 @@ class Storage(Protocol):
         self,
         token_ids: list[str],
         mode: str,
-        timeout_ms: int | None,
+        deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
     ) -> dict[str, Any] | None:
-        """Block on several tokens (``all`` or ``any``), or journal and return the snapshot."""
+        """Block on several tokens (``all`` or ``any``), or journal and return the snapshot.
+
+        The group's deadline is a DATETIME waitpoint made once per journal key; how the group
+        ended is decided by ``groups.group_outcome`` from times alone.
+        """
         ...
 
-    async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:
-        """Park the run until ``until_ms`` (a DATETIME waitpoint); True once that time came."""
+    async def sleep_until(
+        self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> bool:
+        """Park the run until ``deadline`` (a DATETIME waitpoint made once per journal key, its
+        deadline resolved then); True once that time came."""
         ...
 
     # scheduling
@@ -262,7 +292,11 @@ class Storage(Protocol):
         ...
 
     async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
-        """Re-queue runs whose worker went silent; after ``max_recoveries`` they are CRASHED."""
+        """Re-queue runs whose worker went silent; after ``max_recoveries`` they are CRASHED.
+
+        Each run's lease epoch moves on: the silent attempt may still be alive (stalled, not
+        dead), and once its run is back in the queue it must not finish, retry or release it.
+        """
         ...
 
     async def next_timer_ms(self) -> int | None: ...

@@ -130,6 +130,18 @@ def translate(exc: BaseException) -> Exception:
     return StorageError(repr(exc))
 
 
+# a token's deadline is a timeout; a sleep's deadline is its completion
+TIME_OUT = (
+    "UPDATE waitpoints SET completed_at = $1,"
+    " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
+    " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
+    " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_build_object("
+    "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
+    "   'message', 'Waitpoint timed out at ' || to_char(to_timestamp(timeout_at / 1000.0)"
+    "     AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))::text END"
+)
+
+
 class PostgresBase:
     """The pool, the transaction runner and the plumbing shared by the operations."""
 
@@ -246,6 +258,27 @@ class PostgresBase:
         await self._journal(conn, journal, waitpoint.model_dump(mode="json", by_alias=True), now)
         await self._unblock(conn, journal.run_id, [waitpoint.id])
         return waitpoint
+
+    async def _closed_when_due(self, conn: Conn, rows: list[Row], now: int) -> list[Row]:
+        """``rows`` of waitpoints, those past their deadline closed now as a timer would close
+        them: what a wait sees never depends on whether a worker's timer got there first."""
+        due = [
+            r["id"]
+            for r in rows
+            if r["status"] == "WAITING" and r["timeout_at"] is not None and r["timeout_at"] <= now
+        ]
+        if not due:
+            return rows
+        closed = {
+            r["id"]: r
+            for r in await conn.fetch(
+                TIME_OUT + " WHERE id = ANY($2::text[]) AND status = 'WAITING' RETURNING *",
+                now,
+                due,
+            )
+        }
+        await self._requeue_blocked(conn, list(closed), now)
+        return [closed.get(r["id"], r) for r in rows]
 
     async def _block(
         self, conn: Conn, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int, now: int

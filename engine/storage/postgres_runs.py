@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
@@ -123,9 +124,7 @@ class PostgresRuns(PostgresBase):
 
     async def get_journal(self, run_id: str) -> list[JournalEntry]:
         await self.get_run(run_id)  # RunNotFoundError for an unknown id
-        rows = await self._read(
-            "SELECT * FROM journal WHERE run_id = $1 ORDER BY created_at, seq", run_id
-        )
+        rows = await self._read("SELECT * FROM journal WHERE run_id = $1 ORDER BY seq", run_id)
         return [journal_from_row(r) for r in rows]
 
     async def cancel_run(self, run_id: str) -> Run:
@@ -136,6 +135,11 @@ class PostgresRuns(PostgresBase):
             pending = [run_id]
             while pending:  # the children a canceled run waits on are canceled too
                 current = pending.pop()
+                # runs canceled so far are CANCELED in this transaction, so a child still
+                # awaited here is awaited by a run that goes on; if that run is canceled later
+                # in this loop, the child is pushed again as one of its children
+                if current != run_id and await _awaited(conn, current):
+                    continue
                 status = await conn.execute(
                     "UPDATE runs SET status = 'CANCELED', finished_at = $1, updated_at = $1,"
                     " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
@@ -182,7 +186,7 @@ class PostgresRuns(PostgresBase):
             ids = [r["id"] for r in rows]
             await self._event(conn, ids, "attempt_started", now, {"worker": owner})
             entries = await conn.fetch(
-                "SELECT * FROM journal WHERE run_id = ANY($1::text[]) ORDER BY position, attempt",
+                "SELECT * FROM journal WHERE run_id = ANY($1::text[]) ORDER BY seq",
                 ids,
             )
             return claimed_runs(rows, entries)
@@ -268,7 +272,7 @@ class PostgresRuns(PostgresBase):
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         rows = await self._read(
             "SELECT id FROM runs WHERE id = ANY($1::text[])"
-            " AND (status = 'CANCELED' OR (lease_owner IS NOT NULL AND lease_owner != $2))",
+            " AND (status = 'CANCELED' OR lease_owner IS DISTINCT FROM $2)",
             run_ids,
             owner,
             control=True,
@@ -286,17 +290,18 @@ class PostgresRuns(PostgresBase):
 
         await self._write(op)
 
-    async def release_run(self, run_id: str, epoch: int) -> None:
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         async def op(conn: Conn, now: int) -> None:
             await conn.execute(
                 "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = $1,"
-                " available_at = CASE status WHEN 'EXECUTING' THEN $1 ELSE available_at END,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN $4 ELSE available_at END,"
                 " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
                 " WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL"
                 " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
                 now,
                 run_id,
                 epoch,
+                now + delay_ms,
             )
 
         await self._write(op)
@@ -322,7 +327,8 @@ class PostgresRuns(PostgresBase):
 
         async def op(conn: Conn, now: int) -> None:
             # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
-            # fail it (a wait made concurrently with another); no other worker claimed it since
+            # fail it (a wait made concurrently with another); no other worker claimed it since,
+            # and no rescue or cancel took it (both move the epoch on, like a claim)
             result = await conn.execute(
                 "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4,"
                 " updated_at = $4, lease_owner = NULL, lease_expires_at = NULL,"
@@ -348,13 +354,26 @@ class PostgresRuns(PostgresBase):
         await self._write(op)
 
     async def retry_run(
-        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
     ) -> None:
         async def op(conn: Conn, now: int) -> None:
             await self._fence(conn, run_id, epoch)
             await self._event(
                 conn, [run_id], "retrying", now, {"error": error.message, "delayMs": delay_ms}
             )
+            if rerun:
+                await conn.execute(
+                    "UPDATE journal SET rerun = true WHERE run_id = $1 AND is_error"
+                    " AND key = ANY($2::text[])",
+                    run_id,
+                    list(rerun),
+                )
             await conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = $1, updated_at = $2,"
                 " attempt_count = attempt_count + 1, error = $3,"
@@ -380,6 +399,7 @@ class PostgresRuns(PostgresBase):
         async def op(conn: Conn, now: int) -> int:
             crashed = await conn.fetch(
                 "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " finished_at = $1, updated_at = $1, recovery_count = recovery_count + 1,"
                 " error = json_build_object('name', 'CRASHED', 'stackTrace', '', 'message',"
                 "   'the worker running it stopped answering ' || (recovery_count + 1)"
@@ -394,6 +414,7 @@ class PostgresRuns(PostgresBase):
             await self._runs_finished(conn, crashed_ids, now)
             rescued = await conn.fetch(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " available_at = $1, updated_at = $1, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < $1 RETURNING id",
                 now,
@@ -441,3 +462,22 @@ class PostgresRuns(PostgresBase):
             return len(expired_ids) + affected(queued)
 
         return await self._write(op, control=True)
+
+
+async def _awaited(conn: Conn, run_id: str) -> bool:
+    """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it).
+
+    The run's row is locked first: a parent that starts waiting on it by its idempotency key
+    locks that row too (``FOR UPDATE``), so its edge is either committed and seen by the query
+    that follows (READ COMMITTED: a new snapshot per statement), or made after this
+    transaction, when the run is already CANCELED and the waitpoint is made closed.
+    """
+    await conn.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", run_id)
+    found = await conn.fetchval(
+        "SELECT 1 FROM waitpoints w JOIN run_waits rw ON rw.waitpoint_id = w.id"
+        " JOIN runs r ON r.id = rw.run_id"
+        " WHERE w.child_run_id = $1 AND w.kind = 'RUN' AND w.status = 'WAITING'"
+        f" AND r.status NOT IN {FINAL} LIMIT 1",
+        run_id,
+    )
+    return found is not None

@@ -146,4 +146,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX request_replies_age ON request_replies (created_at);
     """,
+    # 2: a step error that failed its attempt is run again by the next one; the others (the
+    # errors the task caught) are replayed. Errors of earlier attempts were all run again.
+    """
+    ALTER TABLE journal ADD COLUMN rerun boolean NOT NULL DEFAULT false;
+    UPDATE journal SET rerun = true FROM runs
+        WHERE runs.id = journal.run_id AND journal.is_error
+        AND journal.attempt < runs.attempt_count;
+    """,
 ]

@@ -16,19 +16,8 @@ from ..models import (
     WaitpointStatus,
 )
 from .base import JournalWrite, NewToken, PageRequest, TokenFilter
-from .postgres_base import Conn, Params, PostgresBase, affected, common_filters
+from .postgres_base import TIME_OUT, Conn, Params, PostgresBase, affected, common_filters
 from .records import dump_json, late_completions, load_json, token_from_row
-
-# a token's deadline is a timeout; a sleep's deadline is its completion
-TIME_OUT = (
-    "UPDATE waitpoints SET completed_at = $1,"
-    " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
-    " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
-    " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_build_object("
-    "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
-    "   'message', 'Waitpoint timed out at ' || to_char(to_timestamp(timeout_at / 1000.0)"
-    "     AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))::text END"
-)
 
 
 class PostgresTokens(PostgresBase):

@@ -7,10 +7,14 @@ same moment either is seen here or sees the run blocked (``postgres_base``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from ..clock import from_ms
+from ..durations import Deadline
 from ..errors import StorageError, TokenNotFoundError
 from ..ids import new_token_id
+from ..journal import child_key
 from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
 from .groups import group_outcome
@@ -29,16 +33,19 @@ class PostgresWaits(PostgresBase):
             rows = await self._lock_waitpoints(conn, [token_id], "MANUAL")
             if not rows:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
-            return await self._wait(conn, rows[0], journal, elapsed_ms, now)
+            [row] = await self._closed_when_due(conn, rows, now)
+            return await self._wait(conn, row, journal, elapsed_ms, now)
 
         return await self._write(op, notify=False)
 
-    async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:
-        """Park the run until ``until_ms`` by the database clock; True if that time has come."""
+    async def sleep_until(
+        self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> bool:
+        """Park the run until ``deadline`` by the database clock; True if that time has come."""
 
         async def op(conn: Conn, now: int) -> bool:
             await self._fence(conn, journal.run_id, journal.epoch)
-            row = await self._datetime_waitpoint(conn, journal, until_ms, now)
+            row = await self._datetime_waitpoint(conn, journal, deadline, now)
             return await self._wait(conn, row, journal, elapsed_ms, now) is not None
 
         return await self._write(op, notify=False)
@@ -60,9 +67,14 @@ class PostgresWaits(PostgresBase):
             depth = await self._fence(conn, journal.run_id, journal.epoch)
             waitpoints = []
             for index, new in enumerate(news):
-                key = f"{journal.key}/{index}"
-                child = await self._child(conn, new, journal.run_id, key, depth, now)
-                waitpoints.append(await self._run_waitpoint(conn, journal.run_id, key, child, now))
+                key = child_key(journal.key, index)
+                # a replay follows the edge the first execution made to its child, whatever
+                # became of the idempotency key that found it
+                waitpoint = await self._made_by(conn, journal.run_id, key)
+                if waitpoint is None:
+                    child = await self._child(conn, new, journal.run_id, key, depth, now)
+                    waitpoint = await self._run_waitpoint(conn, journal.run_id, key, child, now)
+                waitpoints.append(waitpoint)
             tokens = [token_from_row(row, self.signer) for row in waitpoints]
             waiting = [t.id for t in tokens if t.is_waiting]
             if waiting:
@@ -79,38 +91,34 @@ class PostgresWaits(PostgresBase):
         self,
         token_ids: list[str],
         mode: str,
-        timeout_ms: int | None,
+        deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
     ) -> dict[str, Any] | None:
         async def op(conn: Conn, now: int) -> dict[str, Any] | None:
             await self._fence(conn, journal.run_id, journal.epoch)
             rows = await self._lock_waitpoints(conn, token_ids, "MANUAL")
+            rows = await self._closed_when_due(conn, rows, now)
             found = {row["id"]: token_from_row(row, self.signer) for row in rows}
             missing = [tid for tid in token_ids if tid not in found]
             if missing:
                 raise TokenNotFoundError(f"no waitpoint token with id {missing[0]!r}")
             tokens = [found[tid] for tid in token_ids]
-            timer = None
-            if timeout_ms is not None:
-                timer = token_from_row(
-                    await self._datetime_waitpoint(conn, journal, timeout_ms, now), self.signer
-                )
-            done, timed_out = group_outcome(tokens, mode, timer)
-            ids = [t.id for t in tokens] + ([timer.id] if timer else [])
-            if not done:
-                modes = {t.id: mode for t in tokens if t.is_waiting}
-                if timer is not None:
-                    modes[timer.id] = "any"
+            ids = list(token_ids)
+            modes = {t.id: mode for t in tokens if t.is_waiting}
+            until = None
+            if deadline is not None:
+                timer = await self._datetime_waitpoint(conn, journal, deadline, now)
+                until = from_ms(timer["timeout_at"])
+                ids.append(timer["id"])
+                modes[timer["id"]] = "any"
+            outcome = group_outcome(tokens, mode, until, now)
+            if outcome.snapshot is None:
                 await self._block(conn, journal, modes, elapsed_ms, now)
                 return None
-            snapshot = {
-                "tokens": [t.model_dump(mode="json", by_alias=True) for t in tokens],
-                "timedOut": timed_out,
-            }
-            await self._journal(conn, journal, snapshot, now)
+            await self._journal(conn, journal, outcome.snapshot, now)
             await self._unblock(conn, journal.run_id, ids)
-            return snapshot
+            return outcome.snapshot
 
         return await self._write(op, notify=False)
 
@@ -152,7 +160,7 @@ class PostgresWaits(PostgresBase):
             parent_id,
             key,
             now,
-            {
+            lambda: {
                 "kind": "RUN",
                 "status": "COMPLETED" if done else "WAITING",
                 "child_run_id": child["id"],
@@ -162,36 +170,49 @@ class PostgresWaits(PostgresBase):
         )
 
     async def _datetime_waitpoint(
-        self, conn: Conn, journal: JournalWrite, until_ms: int, now: int
+        self, conn: Conn, journal: JournalWrite, deadline: Deadline, now: int
     ) -> Row:
-        """The DATETIME waitpoint of this (run, journal key), made once with ``until_ms``."""
-        due = until_ms <= now
-        return await self._made_once(
-            conn,
-            journal.run_id,
-            journal.key,
-            now,
-            {
+        """The DATETIME waitpoint of this (run, journal key): made once, its deadline resolved
+        then; found again (and closed if it is due) on replay."""
+
+        def columns() -> dict[str, object]:
+            until = deadline.resolve(now)
+            due = until <= now
+            return {
                 "kind": "DATETIME",
                 "status": "COMPLETED" if due else "WAITING",
-                "timeout_at": until_ms,
+                "timeout_at": until,
                 "completed_at": now if due else None,
-            },
-        )
+            }
 
-    async def _made_once(
-        self, conn: Conn, run_id: str, key: str, now: int, columns: dict[str, object]
-    ) -> Row:
-        """The waitpoint a run's durable call made under ``key``, made now if it is new.
+        row = await self._made_once(conn, journal.run_id, journal.key, now, columns)
+        [row] = await self._closed_when_due(conn, [row], now)
+        return row
 
-        Found again (share-locked, like every waitpoint a run blocks on) on replay, so a call
-        replayed after a crash waits on the same waitpoint.
-        """
-        row = await conn.fetchrow(
+    async def _made_by(self, conn: Conn, run_id: str, key: str) -> Row | None:
+        """The waitpoint a run's durable call made under ``key`` (share-locked, like every
+        waitpoint a run blocks on), if it made one."""
+        row: Row | None = await conn.fetchrow(
             "SELECT * FROM waitpoints WHERE created_by_run = $1 AND created_by_key = $2 FOR SHARE",
             run_id,
             key,
         )
+        return row
+
+    async def _made_once(
+        self,
+        conn: Conn,
+        run_id: str,
+        key: str,
+        now: int,
+        columns: Callable[[], dict[str, object]],
+    ) -> Row:
+        """The waitpoint a run's durable call made under ``key``, made now if it is new.
+
+        Found again on replay, so a call replayed after a crash waits on the same waitpoint;
+        ``columns`` is computed only for a new one.
+        """
+        row = await self._made_by(conn, run_id, key)
         if row is not None:
             return row
         values = {
@@ -199,7 +220,7 @@ class PostgresWaits(PostgresBase):
             "created_at": now,
             "created_by_run": run_id,
             "created_by_key": key,
-            **columns,
+            **columns(),
         }
         names = ", ".join(values)
         marks = ", ".join(f"${n}" for n in range(1, len(values) + 1))

@@ -116,11 +116,13 @@ def journal_from_row(row: RowLike) -> JournalEntry:
         recorded_ms=row["created_at"],
         duration_ms=row["duration_ms"],
         seq=row["seq"],
+        rerun=bool(row["rerun"]),
     )
 
 
 def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[ClaimedRun]:
-    """The runs a claim leased (``rows``) with their journals (``entries``, in call order)."""
+    """The runs a claim leased (``rows``) with their journals (``entries``, in the order they
+    were recorded: replay returns racing calls in that order)."""
     journals: dict[str, list[JournalEntry]] = {}
     for entry in entries:
         journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))

@@ -48,6 +48,18 @@ _REQUEUE_BLOCKED = """
                           WHERE rw.run_id = runs.id AND rw.mode = 'all'
                             AND w.status = 'WAITING'))
 """
+# a token's deadline is a timeout; a sleep's deadline is its completion
+TIME_OUT = (
+    "UPDATE waitpoints SET completed_at = :now,"
+    " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
+    " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
+    " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_object("
+    "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
+    "   'message', 'Waitpoint timed out at '"
+    "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch')) END"
+)
+
+
 _CLOSE_RUN_WAITPOINTS = """
     UPDATE waitpoints SET status = 'COMPLETED', completed_at = :now,
         data = (SELECT json_object('runId', r.id, 'status', r.status,
@@ -136,6 +148,28 @@ class SQLiteBase:
         self._journal(conn, journal, waitpoint.model_dump(mode="json", by_alias=True))
         self._unblock(conn, journal.run_id, [waitpoint.id])
         return waitpoint
+
+    def _closed_when_due(self, conn: Conn, rows: list[sqlite3.Row]) -> list[sqlite3.Row]:
+        """``rows`` of waitpoints, those past their deadline closed now as a timer would close
+        them: what a wait sees never depends on whether a worker's timer got there first."""
+        now = self.now_ms()
+        due = [
+            r["id"]
+            for r in rows
+            if r["status"] == "WAITING" and r["timeout_at"] is not None and r["timeout_at"] <= now
+        ]
+        if not due:
+            return rows
+        closed = {
+            r["id"]: r
+            for r in conn.execute(
+                TIME_OUT + " WHERE id IN (SELECT value FROM json_each(:ids))"
+                " AND status = 'WAITING' RETURNING *",
+                {"now": now, "ids": json.dumps(due)},
+            ).fetchall()
+        }
+        self._requeue_blocked(conn, list(closed))
+        return [closed.get(r["id"], r) for r in rows]
 
     def _block(
         self, conn: Conn, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int

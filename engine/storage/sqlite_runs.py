@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import LeaseLostError, RunNotFoundError
@@ -11,6 +12,8 @@ from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, Ru
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .records import claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sqlite_base import Conn, SQLiteBase, _common_filters, _first_or_none
+
+_FINAL = "('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')"
 
 
 class SQLiteRuns(SQLiteBase):
@@ -137,11 +140,15 @@ class SQLiteRuns(SQLiteBase):
             pending = [run_id]
             while pending:  # the children a canceled run waits on are canceled too
                 current = pending.pop()
+                # runs canceled so far are CANCELED in this transaction, so a child still
+                # awaited here is awaited by a run that goes on; if that run is canceled later
+                # in this loop, the child is pushed again as one of its children
+                if current != run_id and _awaited(conn, current):
+                    continue
                 cursor = conn.execute(
                     "UPDATE runs SET status = 'CANCELED', finished_at = ?, updated_at = ?,"
                     " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
-                    " WHERE id = ? AND status NOT IN"
-                    " ('COMPLETED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'CRASHED')",
+                    f" WHERE id = ? AND status NOT IN {_FINAL}",
                     (now, now, current),
                 )
                 if cursor.rowcount == 0:
@@ -187,7 +194,7 @@ class SQLiteRuns(SQLiteBase):
             ids = json.dumps([r["id"] for r in rows])
             entries = conn.execute(
                 "SELECT * FROM journal WHERE run_id IN (SELECT value FROM json_each(?))"
-                " ORDER BY position, attempt",
+                " ORDER BY created_at, seq",
                 (ids,),
             ).fetchall()
             return claimed_runs(rows, entries)
@@ -265,7 +272,7 @@ class SQLiteRuns(SQLiteBase):
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         rows = await self._read(
             "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?))"
-            " AND (status = 'CANCELED' OR (lease_owner IS NOT NULL AND lease_owner != ?))",
+            " AND (status = 'CANCELED' OR lease_owner IS NULL OR lease_owner != ?)",
             (json.dumps(run_ids), owner),
         )
         return [row["id"] for row in rows]
@@ -282,16 +289,17 @@ class SQLiteRuns(SQLiteBase):
 
         await self._write(op)
 
-    async def release_run(self, run_id: str, epoch: int) -> None:
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()
             conn.execute(
                 "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,"
-                " available_at = CASE status WHEN 'EXECUTING' THEN :now ELSE available_at END,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN :now + :delay"
+                "   ELSE available_at END,"
                 " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
                 " WHERE id = :id AND lease_epoch = :epoch AND lease_owner IS NOT NULL"
                 " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
-                {"now": now, "id": run_id, "epoch": epoch},
+                {"now": now, "id": run_id, "epoch": epoch, "delay": delay_ms},
             )
 
         await self._write(op)
@@ -318,7 +326,8 @@ class SQLiteRuns(SQLiteBase):
         def op(conn: Conn) -> None:
             now = self.now_ms()
             # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
-            # fail it (a wait made concurrently with another); no other worker claimed it since
+            # fail it (a wait made concurrently with another); no other worker claimed it since,
+            # and no rescue or cancel took it (both move the epoch on, like a claim)
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, output = ?, error = ?, finished_at = ?,"
                 " updated_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
@@ -338,12 +347,24 @@ class SQLiteRuns(SQLiteBase):
         await self._write(op)
 
     async def retry_run(
-        self, run_id: str, epoch: int, delay_ms: int, error: RunError, elapsed_ms: int = 0
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
     ) -> None:
         def op(conn: Conn) -> None:
             now = self.now_ms()
             self._fence(conn, run_id, epoch)  # this epoch still holds the run, in this transaction
             self._event(conn, [run_id], "retrying", {"error": error.message, "delayMs": delay_ms})
+            if rerun:
+                conn.execute(
+                    "UPDATE journal SET rerun = 1 WHERE run_id = ? AND is_error = 1"
+                    " AND key IN (SELECT value FROM json_each(?))",
+                    (run_id, json.dumps(list(rerun))),
+                )
             conn.execute(
                 "UPDATE runs SET status = 'QUEUED', available_at = ?, updated_at = ?,"
                 " attempt_count = attempt_count + 1, error = ?, executing_ms = executing_ms + ?,"
@@ -365,6 +386,7 @@ class SQLiteRuns(SQLiteBase):
             now = self.now_ms()
             crashed = conn.execute(
                 "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " finished_at = :now, updated_at = :now, recovery_count = recovery_count + 1,"
                 " error = json_object('name', 'CRASHED', 'stackTrace', '', 'message',"
                 "   'the worker running it stopped answering ' || (recovery_count + 1)"
@@ -377,6 +399,7 @@ class SQLiteRuns(SQLiteBase):
             self._runs_finished(conn, [r["id"] for r in crashed])
             rescued = conn.execute(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
                 " available_at = ?, updated_at = ?, recovery_count = recovery_count + 1"
                 " WHERE status = 'EXECUTING' AND lease_expires_at < ? RETURNING id",
                 (now, now, now),
@@ -422,3 +445,15 @@ class SQLiteRuns(SQLiteBase):
             return len(expired) + int(queued)
 
         return await self._write(op)
+
+
+def _awaited(conn: Conn, run_id: str) -> bool:
+    """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it)."""
+    rows = conn.execute(
+        "SELECT 1 FROM waitpoints w JOIN run_waits rw ON rw.waitpoint_id = w.id"
+        " JOIN runs r ON r.id = rw.run_id"
+        " WHERE w.child_run_id = ? AND w.kind = 'RUN' AND w.status = 'WAITING'"
+        f" AND r.status NOT IN {_FINAL} LIMIT 1",
+        (run_id,),
+    ).fetchall()
+    return bool(rows)

@@ -146,4 +146,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX request_replies_age ON request_replies (created_at);
     """,
+    # 2: a step error that failed its attempt is run again by the next one; the others (the
+    # errors the task caught) are replayed. Errors of earlier attempts were all run again.
+    """
+    ALTER TABLE journal ADD COLUMN rerun INTEGER NOT NULL DEFAULT 0;
+    UPDATE journal SET rerun = 1 WHERE is_error = 1
+        AND attempt < (SELECT attempt_count FROM runs WHERE runs.id = journal.run_id);
+    """,
 ]

@@ -17,18 +17,7 @@ from ..models import (
 )
 from .base import JournalWrite, NewToken, PageRequest, TokenFilter
 from .records import dump_json, late_completions, load_json, token_from_row
-from .sqlite_base import Conn, SQLiteBase, _common_filters, _first, _first_or_none
-
-# a token's deadline is a timeout; a sleep's deadline is its completion
-_TIME_OUT = (
-    "UPDATE waitpoints SET completed_at = :now,"
-    " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
-    " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
-    " data = CASE kind WHEN 'DATETIME' THEN NULL ELSE json_object("
-    "   'code', 'TRIGGER_WAITPOINT_TIMEOUT',"
-    "   'message', 'Waitpoint timed out at '"
-    "     || strftime('%Y-%m-%dT%H:%M:%fZ', timeout_at / 1000.0, 'unixepoch')) END"
-)
+from .sqlite_base import TIME_OUT, Conn, SQLiteBase, _common_filters, _first, _first_or_none
 
 
 class SQLiteTokens(SQLiteBase):
@@ -138,7 +127,7 @@ class SQLiteTokens(SQLiteBase):
             # past its deadline a token is timed out here and now, whether or not a worker's
             # timer got to it yet: the outcome never depends on which processes are running
             if conn.execute(
-                _TIME_OUT + " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
+                TIME_OUT + " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
                 " AND timeout_at <= :now",
                 {"now": now, "id": token_id},
             ).rowcount:
@@ -185,7 +174,7 @@ class SQLiteTokens(SQLiteBase):
         def op(conn: Conn) -> int:
             now = self.now_ms()
             rows = conn.execute(
-                _TIME_OUT + " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
+                TIME_OUT + " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
                 "              AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit)"
                 " RETURNING id",
                 {"now": now, "limit": limit},

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
+from ..clock import from_ms
+from ..durations import Deadline
 from ..errors import TokenNotFoundError
 from ..ids import new_token_id
+from ..journal import child_key
 from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
 from .groups import group_outcome
@@ -34,12 +38,15 @@ class SQLiteWaits(SQLiteBase):
             ).fetchall()
             if not rows:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
-            return self._wait(conn, _first(rows), journal, elapsed_ms)
+            [row] = self._closed_when_due(conn, rows)
+            return self._wait(conn, row, journal, elapsed_ms)
 
         return await self._write(op, notify=False)
 
-    async def sleep_until(self, until_ms: int, journal: JournalWrite, elapsed_ms: int = 0) -> bool:
-        """Park the run until ``until_ms`` by the database clock; True if that time has come.
+    async def sleep_until(
+        self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> bool:
+        """Park the run until ``deadline`` by the database clock; True if that time has come.
 
         The DATETIME waitpoint is made once per (run, journal key), so a replay that reaches
         the same sleep waits on the same deadline instead of starting a new one.
@@ -47,7 +54,7 @@ class SQLiteWaits(SQLiteBase):
 
         def op(conn: Conn) -> bool:
             self._fence(conn, journal.run_id, journal.epoch)
-            row = self._datetime_waitpoint(conn, journal, until_ms)
+            row = self._datetime_waitpoint(conn, journal, deadline)
             return self._wait(conn, row, journal, elapsed_ms) is not None
 
         return await self._write(op, notify=False)
@@ -71,9 +78,14 @@ class SQLiteWaits(SQLiteBase):
             depth = self._fence(conn, journal.run_id, journal.epoch)
             waitpoints = []
             for index, new in enumerate(news):
-                key = f"{journal.key}/{index}"
-                child = self._child(conn, new, journal.run_id, key, depth)
-                waitpoints.append(self._run_waitpoint(conn, journal.run_id, key, child))
+                key = child_key(journal.key, index)
+                # a replay follows the edge the first execution made to its child, whatever
+                # became of the idempotency key that found it
+                waitpoint = self._made_by(conn, journal.run_id, key)
+                if waitpoint is None:
+                    child = self._child(conn, new, journal.run_id, key, depth)
+                    waitpoint = self._run_waitpoint(conn, journal.run_id, key, child)
+                waitpoints.append(waitpoint)
             tokens = [token_from_row(row, self.signer) for row in waitpoints]
             waiting = [t.id for t in tokens if t.is_waiting]
             if waiting:
@@ -91,7 +103,7 @@ class SQLiteWaits(SQLiteBase):
         self,
         token_ids: list[str],
         mode: str,
-        timeout_ms: int | None,
+        deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
     ) -> dict[str, Any] | None:
@@ -102,31 +114,27 @@ class SQLiteWaits(SQLiteBase):
                 " AND id IN (SELECT value FROM json_each(?))",
                 (json.dumps(token_ids),),
             ).fetchall()
+            rows = self._closed_when_due(conn, rows)
             found = {row["id"]: token_from_row(row, self.signer) for row in rows}
             missing = [tid for tid in token_ids if tid not in found]
             if missing:
                 raise TokenNotFoundError(f"no waitpoint token with id {missing[0]!r}")
             tokens = [found[tid] for tid in token_ids]
-            timer = None
-            if timeout_ms is not None:
-                timer = token_from_row(
-                    self._datetime_waitpoint(conn, journal, timeout_ms), self.signer
-                )
-            done, timed_out = group_outcome(tokens, mode, timer)
-            ids = [t.id for t in tokens] + ([timer.id] if timer else [])
-            if not done:
-                modes = {t.id: mode for t in tokens if t.is_waiting}
-                if timer is not None:
-                    modes[timer.id] = "any"
+            ids = list(token_ids)
+            modes = {t.id: mode for t in tokens if t.is_waiting}
+            until = None
+            if deadline is not None:
+                timer = self._datetime_waitpoint(conn, journal, deadline)
+                until = from_ms(timer["timeout_at"])
+                ids.append(timer["id"])
+                modes[timer["id"]] = "any"
+            outcome = group_outcome(tokens, mode, until, self.now_ms())
+            if outcome.snapshot is None:
                 self._block(conn, journal, modes, elapsed_ms)
                 return None
-            snapshot = {
-                "tokens": [t.model_dump(mode="json", by_alias=True) for t in tokens],
-                "timedOut": timed_out,
-            }
-            self._journal(conn, journal, snapshot)
+            self._journal(conn, journal, outcome.snapshot)
             self._unblock(conn, journal.run_id, ids)
-            return snapshot
+            return outcome.snapshot
 
         return await self._write(op, notify=False)
 
@@ -166,7 +174,7 @@ class SQLiteWaits(SQLiteBase):
             conn,
             parent_id,
             key,
-            {
+            lambda: {
                 "kind": "RUN",
                 "status": "COMPLETED" if done else "WAITING",
                 "child_run_id": child["id"],
@@ -175,34 +183,46 @@ class SQLiteWaits(SQLiteBase):
             },
         )
 
-    def _datetime_waitpoint(self, conn: Conn, journal: JournalWrite, until_ms: int) -> sqlite3.Row:
-        """The DATETIME waitpoint of this (run, journal key), made once with ``until_ms``."""
-        now = self.now_ms()
-        due = until_ms <= now
-        return self._made_once(
-            conn,
-            journal.run_id,
-            journal.key,
-            {
+    def _datetime_waitpoint(
+        self, conn: Conn, journal: JournalWrite, deadline: Deadline
+    ) -> sqlite3.Row:
+        """The DATETIME waitpoint of this (run, journal key): made once, its deadline resolved
+        then; found again (and closed if it is due) on replay."""
+
+        def columns() -> dict[str, object]:
+            now = self.now_ms()
+            until = deadline.resolve(now)
+            due = until <= now
+            return {
                 "kind": "DATETIME",
                 "status": "COMPLETED" if due else "WAITING",
-                "timeout_at": until_ms,
+                "timeout_at": until,
                 "completed_at": now if due else None,
-            },
+            }
+
+        [row] = self._closed_when_due(
+            conn, [self._made_once(conn, journal.run_id, journal.key, columns)]
+        )
+        return row
+
+    def _made_by(self, conn: Conn, run_id: str, key: str) -> sqlite3.Row | None:
+        """The waitpoint a run's durable call made under ``key``, if it made one."""
+        return _first_or_none(
+            conn.execute(
+                "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
+                (run_id, key),
+            ).fetchall()
         )
 
     def _made_once(
-        self, conn: Conn, run_id: str, key: str, columns: dict[str, object]
+        self, conn: Conn, run_id: str, key: str, columns: Callable[[], dict[str, object]]
     ) -> sqlite3.Row:
         """The waitpoint a run's durable call made under ``key``, made now if it is new.
 
-        Found again on replay, so a call replayed after a crash waits on the same waitpoint.
+        Found again on replay, so a call replayed after a crash waits on the same waitpoint;
+        ``columns`` is computed only for a new one.
         """
-        rows = conn.execute(
-            "SELECT * FROM waitpoints WHERE created_by_run = ? AND created_by_key = ?",
-            (run_id, key),
-        ).fetchall()
-        row = _first_or_none(rows)
+        row = self._made_by(conn, run_id, key)
         if row is not None:
             return row
         values = {
@@ -210,7 +230,7 @@ class SQLiteWaits(SQLiteBase):
             "created_at": self.now_ms(),
             "created_by_run": run_id,
             "created_by_key": key,
-            **columns,
+            **columns(),
         }
         names = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)

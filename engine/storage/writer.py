@@ -6,6 +6,13 @@ of a ``sqlite3.Connection``; the writer takes everything queued at that moment a
 in ONE worker-thread call, inside one ``BEGIN IMMEDIATE ... COMMIT``, with a savepoint per
 operation (one failing operation rolls back alone). Only after the commit is each caller's
 future resolved, so a caller's ``await`` returns once its operation is durable.
+
+Some failures take the whole transaction with them: SQLite rolls all of it back (a full disk
+or database, an I/O error) or ``COMMIT`` itself fails. Nothing then says which operation was
+at fault, and the others must not pay for it: each operation of the batch runs again in a
+transaction of its own, so only the failing ones fail. A batch whose ``BEGIN IMMEDIATE``
+never got the write lock fails as a whole instead: nothing ran, and trying each operation
+again would wait out the other process once per operation.
 """
 
 from __future__ import annotations
@@ -31,11 +38,26 @@ log = structlog.get_logger("engine.storage")
 _BUSY_RETRY_SECONDS = 60.0
 
 
-class GroupCommitWriter:
-    """Runs write operations on one connection, committing them in groups."""
+class _NoTransaction(Exception):
+    """``BEGIN IMMEDIATE`` failed: no operation ran, and ``error`` is what each caller gets."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class GroupCommitWriter:
+    """Runs write operations on one connection, committing them in groups.
+
+    ``busy_seconds`` is how long a transaction waits for the write lock while other processes
+    hold it, before every operation of its batch fails with ``StorageUnavailableError``.
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, *, busy_seconds: float = _BUSY_RETRY_SECONDS
+    ) -> None:
         self._conn = conn
+        self._busy_seconds = busy_seconds
         self._pending: list[tuple[Operation[Any], asyncio.Future[Any]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,50 +109,85 @@ class GroupCommitWriter:
 
     def _commit(self, ops: list[Operation[Any]]) -> list[Outcome]:
         """In the worker thread: run ``ops`` in one transaction; one outcome per operation."""
-        conn = self._conn
-        outcomes: list[Outcome] = []
-        single = len(ops) == 1
         try:
-            self._begin()
-            for op in ops:
-                if single:
-                    outcomes.append((True, op(conn)))
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except Exception as exc:  # one operation's failure is its caller's alone
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((False, translate(exc)))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((True, result))
+            return self._transaction(ops)
+        except _NoTransaction as failed:  # nothing ran: no operation was at fault
+            return [(False, failed.error)] * len(ops)
+        except Exception as exc:
+            if len(ops) == 1:
+                return [(False, translate(exc))]
+            log.warning("storage.batch_failed", error=str(exc), operations=len(ops))
+        outcomes: list[Outcome] = []
+        for index, op in enumerate(ops):  # each alone: only the failing ones fail
+            try:
+                outcomes += self._transaction([op])
+            except _NoTransaction as failed:
+                # another process took the write lock meanwhile: the rest fail with it at once
+                return outcomes + [(False, failed.error)] * (len(ops) - index)
+            except Exception as exc:
+                outcomes.append((False, translate(exc)))
+        return outcomes
+
+    def _transaction(self, ops: list[Operation[Any]]) -> list[Outcome]:
+        """``BEGIN IMMEDIATE``, the operations, ``COMMIT``; rolled back if any of it raises.
+
+        Several operations get a savepoint each, so one that fails rolls back alone and its
+        outcome is its error. A single operation needs none: its failure is the transaction's.
+        Raises ``_NoTransaction`` when ``BEGIN`` failed, and whatever failed the transaction
+        as a whole otherwise.
+        """
+        conn = self._conn
+        self._begin()
+        try:
+            if len(ops) == 1:
+                outcomes: list[Outcome] = [(True, ops[0](conn))]
+            else:
+                outcomes = [self._savepoint(op) for op in ops]
             crash_point("commit.before")
             conn.execute("COMMIT")
-            crash_point("commit.after")
-            self.commits += 1
-            return outcomes
-        except Exception as exc:
+        except BaseException:
             self._rollback()
-            if single:
-                return [(False, translate(exc))]
-            log.error("storage.commit_failed", error=str(exc), operations=len(ops))
-            return [(False, StorageError(f"the transaction failed: {exc}"))] * len(ops)
+            raise
+        crash_point("commit.after")
+        self.commits += 1
+        return outcomes
+
+    def _savepoint(self, op: Operation[Any]) -> Outcome:
+        """Run ``op`` in a savepoint; its own failure is its caller's alone."""
+        conn = self._conn
+        conn.execute("SAVEPOINT op")
+        try:
+            result = op(conn)
+        except Exception as exc:
+            if not conn.in_transaction:  # SQLite rolled back everything: the batch failed
+                raise
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return (False, translate(exc))
+        conn.execute("RELEASE op")
+        return (True, result)
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, waiting out other processes' write locks instead of failing."""
-        deadline = time.monotonic() + _BUSY_RETRY_SECONDS
+        deadline = time.monotonic() + self._busy_seconds
         delay = 0.005
         while True:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            except sqlite3.Error as exc:
+                busy = isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
+                if busy and time.monotonic() <= deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
+                error = translate(exc)
+                if busy:
+                    error = StorageUnavailableError(
+                        f"SQLite busy: another process held the write lock for more than"
+                        f" {self._busy_seconds:g} s ({exc})"
+                    )
+                raise _NoTransaction(error) from exc
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:

@@ -93,7 +93,16 @@ def check(scenario: Scenario, prediction: Prediction, observed: Observed) -> lis
         for v in observed.world.violations
         if "early" in v
     ]
-    failures += [Failure("bookkeeping", v) for v in observed.world.violations if "early" not in v]
+    failures += [
+        Failure("fencing", v, "a superseded attempt wrote")
+        for v in observed.world.violations
+        if v.startswith("fencing")
+    ]
+    failures += [
+        Failure("bookkeeping", v)
+        for v in observed.world.violations
+        if "early" not in v and not v.startswith("fencing")
+    ]
     failures += [Failure("process", p) for p in observed.world.problems]
     failures += [Failure("engine-error", e) for e in observed.errors]
     failures += [Failure("integrity", i) for i in observed.integrity]

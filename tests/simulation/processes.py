@@ -14,8 +14,9 @@ boundaries, without touching the engine:
 - a ``StorageUnavailableError`` before the call runs, or after it committed;
 - the proxy also gives the database a short lease (``World.lease_ms``) while the worker
   believes in a long one, so the worker never stops an attempt for real time passing while the
-  manual clock stands still; and it holds claims and timer firings while the executor applies
-  outside events (the gate).
+  manual clock stands still (and the same short delay before a run handed back after a
+  database failure may be claimed again); and it holds claims and timer firings while the
+  executor applies outside events (the gate).
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ COUNTED = frozenset(
     }
 )
 """Calls that change state: the executor waits for none of them to be in flight."""
+FENCED = COUNTED - {
+    "release_run",
+    "claim_runs",
+    "fire_due_timers",
+    "rescue_expired_leases",
+    "cancel_run",
+    "complete_token",
+    "cancel_token",
+}
+"""Writes of an attempt that must be refused once a newer attempt claimed the run."""
 WORKER_LEASE_SECONDS = 3600.0
 POLL_SECONDS = 0.5
 """The executor wakes the workers when it changes something (``poke``); polling is a fallback."""
@@ -216,16 +227,26 @@ class SimProcess:
         bound = inspect.signature(fn).bind(*args, **kwargs)
         if "lease_ms" in bound.arguments:
             bound.arguments["lease_ms"] = world.lease_ms
+        if name == "release_run" and bound.arguments.get("delay_ms"):
+            # a run handed back after a database failure waits a lease, not a second: faults
+            # may only delay runs by a few milliseconds of virtual time (see grammar.WINDOW_MS)
+            bound.arguments["delay_ms"] = min(int(bound.arguments["delay_ms"]), world.lease_ms)
         run_id, epoch = _attribution(bound.arguments)
         fault = world.fault_for(run_id, "call") if name != "claim_runs" else None
         if fault is not None:
             await self._before(fault, run_id, epoch)
+        newer = world.latest_epoch.get(run_id) if run_id is not None else None
         try:
             result = await fn(*bound.args, **bound.kwargs)
         except LeaseLostError:
             if run_id is not None and epoch is not None:
                 world.interrupted.add((run_id, epoch))
             raise
+        if newer is not None and epoch is not None and epoch < newer and name in FENCED:
+            world.violations.append(
+                f"fencing: {name} of run {world.run_refs.get(str(run_id), run_id)} with lease"
+                f" epoch {epoch} was accepted after epoch {newer} had claimed the run"
+            )
         if name == "append_journal":
             world.journaled(bound.arguments.get("write") or args[0])
         elif name == "retry_run" and run_id is not None:
@@ -272,6 +293,7 @@ class SimProcess:
         crash: FaultState | None = None
         for run in claimed:
             self.epochs[run.id] = run.epoch
+            world.latest_epoch[run.id] = max(run.epoch, world.latest_epoch.get(run.id, 0))
             payload = run.payload if isinstance(run.payload, dict) else {}
             if "ref" in payload and payload.get("ns") == world.ns:
                 world.run_refs.setdefault(run.id, payload["ref"])

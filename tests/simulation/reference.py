@@ -493,9 +493,11 @@ class Reference:
     def group_outcome(self, ns: list[int], mode: str, deadline: At | None) -> list[Any] | None:
         """The group's result per the contract, or None if it is still open now.
 
-        A token counts as answered if it closed by the deadline (a timed-out token closed at
-        its expiresAt, whenever its timer fired); the snapshot is taken at the moment the group
-        was satisfied (or at its deadline), so later closes are not in it.
+        A token counts as answered if it closed before the deadline (a timed-out token closed
+        at its expiresAt, whenever its timer fired; a token closed at the deadline's very
+        millisecond is late, as a completion at a token's own deadline is refused); the
+        snapshot is taken at the moment the group was satisfied (or at its deadline), so later
+        closes are not in it.
         """
         tokens = [self.tokens[n] for n in ns]
         closes: list[At | None] = [t.closed if t.status != "WAITING" else None for t in tokens]
@@ -507,7 +509,7 @@ class Reference:
                 in_time.append(True)
             else:
                 d = self.compare(closed, deadline, f"token {token.owner} closing vs group deadline")
-                in_time.append(d <= 0)
+                in_time.append(d < 0)  # at the deadline's millisecond is late (README)
         satisfied: At | None = None
         if mode == "all" and all(in_time):
             satisfied = max((c for c in closes if c is not None), key=lambda c: c.ms)

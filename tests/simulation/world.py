@@ -70,6 +70,8 @@ class World:
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
     interrupted: set[tuple[str, int]] = field(default_factory=set)
     """(run id, lease epoch) of attempts a fault cut short (or whose writes were refused)."""
+    latest_epoch: dict[str, int] = field(default_factory=dict)
+    """The newest lease epoch any process claimed each run with."""
     calls: Counter[str] = field(default_factory=Counter)
     claims: Counter[str] = field(default_factory=Counter)
     retry_due: dict[str, int] = field(default_factory=dict)

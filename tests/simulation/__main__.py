@@ -30,6 +30,7 @@ from .campaign import (
     campaign_in_jobs,
     campaign_problems,
     describe_shrunk,
+    quiet_logs,
     repro_command,
     run_scenario,
     shrink_result,
@@ -42,6 +43,7 @@ from .reference import predict
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_logs()
     avoid = _avoid(args.avoid)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     if "postgres" in backends and not _postgres_ready():

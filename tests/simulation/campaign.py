@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import multiprocessing
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+from engine import StorageUnavailableError
+from engine.logs import configure_logging
 
 from . import grammar as g
 from .executor import Database, Executor
@@ -24,7 +29,7 @@ from .invariants import Failure, check
 from .reference import predict
 from .shrink import shrink, size
 
-REPLACE_DB_AFTER = frozenset({"integrity", "settles", "process"})
+REPLACE_DB_AFTER = frozenset({"integrity", "settles", "process", "infrastructure"})
 
 
 @dataclass
@@ -84,6 +89,8 @@ class Summary:
     statuses: Counter[str] = field(default_factory=Counter)
     failures: list[Result] = field(default_factory=list)
     rules: Counter[str] = field(default_factory=Counter)
+    loop_errors: Counter[str] = field(default_factory=Counter)
+    """What asyncio reported about the engine's tasks (e.g. an exception never retrieved)."""
     seconds: float = 0.0
 
     def add(self, result: Result) -> None:
@@ -103,6 +110,7 @@ class Summary:
         self.statuses.update(other.statuses)
         self.failures += other.failures
         self.rules.update(other.rules)
+        self.loop_errors.update(other.loop_errors)
         self.seconds = max(self.seconds, other.seconds)
 
 
@@ -118,7 +126,12 @@ async def campaign(
     """Run ``seeds`` on one database of ``backend``; ``progress`` prefixes a line per 100."""
     summary = Summary(backend)
     started = time.monotonic()
-    db = await Database(backend).open()
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(
+        lambda _, context: summary.loop_errors.update([_loop_error(context)])
+    )
+    db = await _open(backend)
     try:
         for done, seed in enumerate(seeds, start=1):
             mode = replay_mode_of(seed, replay)
@@ -127,13 +140,17 @@ async def campaign(
             except RuntimeError:
                 summary.skipped.append(seed)
                 continue
-            result = await run_scenario(db, scenario, timeout=timeout)
+            try:
+                result = await run_scenario(db, scenario, timeout=timeout)
+            except Exception as exc:  # the simulator or the database server, not the engine
+                result = _broken(scenario, backend, exc)
             result.replay = mode
             result.avoid = profile.avoid if profile else frozenset()
             summary.add(result)
             if result.rules() & REPLACE_DB_AFTER:
-                await db.close()
-                db = await Database(backend).open()
+                with contextlib.suppress(Exception):
+                    await db.close()
+                db = await _open(backend)
             if progress is not None and done % 100 == 0:
                 print(
                     f"{progress}{backend}: {done}/{len(seeds)} scenarios,"
@@ -143,12 +160,55 @@ async def campaign(
                 )
     finally:
         await db.close()
+        loop.set_exception_handler(previous)
     summary.seconds = time.monotonic() - started
     return summary
 
 
+async def _open(backend: str) -> Database:
+    """A new database; a shared PostgreSQL server may be short of connections for a while."""
+    for delay in (1, 2, 4, 8, 15, 30):
+        try:
+            return await Database(backend).open()
+        except StorageUnavailableError:
+            await asyncio.sleep(delay)
+    return await Database(backend).open()
+
+
+def _broken(scenario: g.Scenario, backend: str, exc: Exception) -> Result:
+    detail = f"the scenario could not be run: {type(exc).__name__}: {exc}"
+    return Result(
+        seed=scenario.seed,
+        backend=backend,
+        replay="",
+        scenario=scenario,
+        failures=[Failure("infrastructure", detail, type(exc).__name__)],
+        faults=Counter(),
+        statuses=Counter(),
+        seconds=0.0,
+    )
+
+
+def _loop_error(context: dict[str, object]) -> str:
+    """asyncio's report, without ids: ``Task exception was never retrieved: LeaseLostError``."""
+    exc = context.get("exception")
+    where = ""
+    future = context.get("future") or context.get("task")
+    coro = getattr(future, "get_coro", lambda: None)()
+    if coro is not None:
+        where = f" in {getattr(coro, '__qualname__', coro)}"
+    what = type(exc).__name__ if exc is not None else ""
+    return f"{context.get('message', '?')}{where}: {what}"
+
+
+def quiet_logs() -> None:
+    """The engine's logs say nothing a campaign needs (failures come from the checks)."""
+    configure_logging("auto", logging.ERROR)
+
+
 def _job(args: tuple[str, list[int], str, Profile, float, str]) -> Summary:
     backend, seeds, replay, profile, timeout, label = args
+    quiet_logs()
     return asyncio.run(
         campaign(backend, seeds, replay=replay, profile=profile, timeout=timeout, progress=label)
     )
@@ -214,6 +274,8 @@ def table(summaries: list[Summary]) -> str:
     for status in sorted({k for s in summaries for k in s.statuses}):
         rows.append((f"runs {status}", [str(s.statuses.get(status, 0)) for s in summaries]))
     rows.append(("failing seeds", [str(len(s.failures)) for s in summaries]))
+    for error in sorted({k for s in summaries for k in s.loop_errors}):
+        rows.append((f"asyncio: {error}", [str(s.loop_errors.get(error, 0)) for s in summaries]))
     for rule in sorted({k for s in summaries for k in s.rules}):
         rows.append((f"  seeds breaking {rule}", [str(s.rules.get(rule, 0)) for s in summaries]))
     width = max(len(name) for name, _ in rows)

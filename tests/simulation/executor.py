@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from engine import Engine, Run, RunStatus, Token, TokenNotWaitingError
+from engine import Engine, Run, RunStatus, StorageUnavailableError, Token, TokenNotWaitingError
 from engine.clock import from_ms, to_ms
 from engine.models import JournalEntry, RunEvent
 from engine.storage import Storage
@@ -45,6 +45,8 @@ from .processes import SimProcess, open_sim_storage
 from .program import payload_of, task_definitions
 from .world import FaultState, World
 
+IDLE_STORAGES = 3
+"""Open storages a database keeps for the next processes (PostgreSQL: 5 connections each)."""
 PROCESSES = 2
 """Live processes kept (a dead one is replaced at once, except during a blackout)."""
 TASK_IDS = [g.task_id(n) for n in g.ATTEMPTS]
@@ -106,8 +108,9 @@ class Database:
             self._schema = f"wps_{uuid.uuid4().hex[:16]}"
             separator = "&" if "?" in SERVER_URL else "?"
             self.url = f"{SERVER_URL}{separator}schema={self._schema}"
-        self.client = open_sim_storage(self.url, self.clock)
-        await self.client.open()
+        client = open_sim_storage(self.url, self.clock)
+        await client.open()
+        self.client = RetryingReads(client)  # type: ignore[assignment]
         return self
 
     async def storage(self) -> Storage:
@@ -119,8 +122,11 @@ class Database:
         await storage.open()
         return storage
 
-    def give_back(self, storage: Storage) -> None:
-        self._idle.append(storage)
+    async def give_back(self, storage: Storage) -> None:
+        if len(self._idle) < IDLE_STORAGES:
+            self._idle.append(storage)
+        else:
+            await storage.close()
 
     async def close(self) -> None:
         for storage in self._idle:
@@ -147,6 +153,30 @@ class Database:
         finally:
             conn.close()
         return [] if rows == ["ok"] else rows
+
+
+class RetryingReads:
+    """The outside world's storage: a read that meets an unreachable database (a shared
+    server out of connections) is tried again for a while; the scenario is not the engine's
+    to fail for it. Writes are the engine's to retry (it does, before they began)."""
+
+    def __init__(self, real: Storage) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._real, name)
+        if not name.startswith(("get_", "list_", "has_", "next_")):
+            return attr
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            for delay in (0.05, 0.1, 0.2, 0.5, 1, 1, 2, 2, 4, 4):
+                try:
+                    return await attr(*args, **kwargs)
+                except StorageUnavailableError:
+                    await asyncio.sleep(delay)
+            return await attr(*args, **kwargs)
+
+        return read
 
 
 @dataclass(order=True)
@@ -356,7 +386,7 @@ class Executor:
         for process in self.world.processes:
             storage = await process.stop()
             if storage is not None:
-                self.db.give_back(storage)
+                await self.db.give_back(storage)
 
     def _poke(self) -> None:
         for process in self.world.active():

@@ -27,7 +27,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from engine import Engine, LeaseLostError, StorageUnavailableError, Worker
+from engine import Engine, LeaseLostError, StorageError, StorageUnavailableError, Worker
 from engine.settings import Settings
 from engine.storage import Storage, open_storage
 
@@ -238,9 +238,11 @@ class SimProcess:
         newer = world.latest_epoch.get(run_id) if run_id is not None else None
         try:
             result = await fn(*bound.args, **bound.kwargs)
-        except LeaseLostError:
+        except StorageError as exc:  # refused (lease lost), or a real outage: a fault too
             if run_id is not None and epoch is not None:
                 world.interrupted.add((run_id, epoch))
+            if not isinstance(exc, LeaseLostError):
+                world.fired["outage (not injected)"] += 1
             raise
         if newer is not None and epoch is not None and epoch < newer and name in FENCED:
             world.violations.append(

@@ -37,7 +37,7 @@ from .campaign import (
     table,
 )
 from .executor import Database
-from .generator import AVOIDABLE, Profile, generate
+from .generator import AVOIDABLE, PROFILES, generate
 from .reference import predict
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario or args.seed is not None:
         return _single(args, backends, avoid)
     seeds = list(range(args.start, args.start + args.seeds))
-    profile = Profile(avoid=avoid)
+    profile = PROFILES[args.profile](avoid)
     summaries: list[Summary] = []
     for backend in backends:
         summaries.append(
@@ -92,11 +92,22 @@ def _parser() -> argparse.ArgumentParser:
         help=f"constructs to leave out: 'known' or a list of {', '.join(sorted(AVOIDABLE))}",
     )
     parser.add_argument("--jobs", type=int, default=1, help="campaigns side by side")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="default",
+        help="heavy: more roots, longer programs, more sharing and faults",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="real seconds per scenario")
     parser.add_argument(
         "--shrink", type=int, default=5, help="failure kinds to shrink (default 5; 0: none)"
     )
     parser.add_argument("--shrink-budget", type=float, default=120.0, help="seconds per shrink")
+    parser.add_argument(
+        "--kind",
+        default="",
+        help="with --seed/--scenario: shrink keeping the failures whose kind contains this text",
+    )
     parser.add_argument(
         "--save-dir", type=Path, default=Path(tempfile.gettempdir()) / "waitpoint-simulation"
     )
@@ -136,7 +147,7 @@ def _single(args: argparse.Namespace, backends: list[str], avoid: frozenset[str]
         replay = "saved"
     else:
         replay = args.always_replay
-        scenario = generate(args.seed, replay=replay, profile=Profile(avoid=avoid))
+        scenario = generate(args.seed, replay=replay, profile=PROFILES[args.profile](avoid))
     print(g.render_scenario(scenario))
     prediction = predict(scenario)
     print("# the reference predicts:")
@@ -146,7 +157,7 @@ def _single(args: argparse.Namespace, backends: list[str], avoid: frozenset[str]
     failed = False
     for backend in backends:
         result = asyncio.run(_run_one(backend, scenario, args.timeout))
-        result.replay, result.avoid = replay, avoid
+        result.replay, result.avoid, result.profile = replay, avoid, args.profile
         print(
             f"{backend}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.2f} s,"
             f" faults {dict(result.faults)}, runs {dict(result.statuses)}"
@@ -155,8 +166,9 @@ def _single(args: argparse.Namespace, backends: list[str], avoid: frozenset[str]
             print(f"  {failure}")
         if result.failures:
             failed = True
-            if args.shrink:
-                _shrink_and_print(result, args)
+            kinds = {s for s in result.signatures() if args.kind in s}
+            if args.shrink and kinds:
+                _shrink_and_print(result, args, kinds)
     return 1 if failed else 0
 
 
@@ -169,33 +181,43 @@ async def _run_one(backend: str, scenario: g.Scenario, timeout: float) -> Result
 
 
 def _report(failing: list[Result], args: argparse.Namespace) -> None:
-    groups: dict[str, list[Result]] = {}
+    """Failing seeds by kind of failure (a seed may fail in several ways), most common first;
+    the smallest seed of each of the ``--shrink`` most common kinds is shrunk."""
+    kinds: dict[str, list[Result]] = {}
     for result in failing:
-        key = " + ".join(sorted(result.signatures()))
-        groups.setdefault(key, []).append(result)
-    print(f"\n{len(failing)} failing seeds, {len(groups)} kinds of failure:")
-    for key, results in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        for signature in result.signatures():
+            kinds.setdefault(signature, []).append(result)
+    ranked = sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    print(f"\n{len(failing)} failing seeds, {len(kinds)} kinds of failure:")
+    for kind, results in ranked:
         seeds = ", ".join(f"{r.seed}/{r.backend}" for r in results[:12])
         more = f" and {len(results) - 12} more" if len(results) > 12 else ""
-        print(f"  {len(results):4d} x {key}\n         seeds {seeds}{more}")
-    for key, results in list(sorted(groups.items(), key=lambda kv: -len(kv[1])))[: args.shrink]:
-        print(f"\n=== {key} ===")
-        _shrink_and_print(results[0], args)
+        print(f"  {len(results):4d} x {kind}\n         seeds {seeds}{more}")
+    for kind, results in ranked[: args.shrink]:
+        print(f"\n=== {kind} ===")
+        smallest = min(results, key=lambda r: (g.count_ops(r.scenario), r.seed))
+        _shrink_and_print(smallest, args, {kind})
     for result in failing:
-        print("FAILED: " + repro_command(result.seed, result.backend, result.replay, result.avoid))
+        command = repro_command(
+            result.seed, result.backend, result.replay, result.avoid, result.profile
+        )
+        print(f"FAILED: {command}")
 
 
-def _shrink_and_print(result: Result, args: argparse.Namespace) -> None:
-    shrunk = asyncio.run(shrink_result(result, budget=args.shrink_budget, timeout=args.timeout))
+def _shrink_and_print(result: Result, args: argparse.Namespace, target: set[str]) -> None:
+    shrunk = asyncio.run(
+        shrink_result(result, target=target, budget=args.shrink_budget, timeout=args.timeout)
+    )
     args.save_dir.mkdir(parents=True, exist_ok=True)
     path = args.save_dir / f"seed-{result.seed}-{result.backend}-{os.getpid()}.json"
     path.write_text(shrunk.scenario.to_json())
     print(describe_shrunk(shrunk, str(path)))
     if args.record and shrunk.reproduced:
-        failure = shrunk.failures[0]
+        failure = next(f for f in shrunk.failures if f.signature in target)
+        slug = "".join(c if c.isalnum() else "-" for c in failure.signature.lower())
         regressions.record(
             {
-                "name": f"seed-{result.seed}-{failure.rule}",
+                "name": f"{'-'.join(filter(None, slug.split('-')))[:60]}-seed{result.seed}",
                 "seed": result.seed,
                 "replay": result.replay,
                 "avoid": sorted(result.avoid),

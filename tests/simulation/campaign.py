@@ -43,6 +43,7 @@ class Result:
     statuses: Counter[str]
     seconds: float
     avoid: frozenset[str] = frozenset()
+    profile: str = "default"
 
     @property
     def ok(self) -> bool:
@@ -146,6 +147,7 @@ async def campaign(
                 result = _broken(scenario, backend, exc)
             result.replay = mode
             result.avoid = profile.avoid if profile else frozenset()
+            result.profile = profile.name if profile else "default"
             summary.add(result)
             if result.rules() & REPLACE_DB_AFTER:
                 with contextlib.suppress(Exception):
@@ -304,11 +306,17 @@ class Shrunk:
 
 
 async def shrink_result(
-    result: Result, *, budget: float = 120.0, confirm: int = 3, timeout: float = 60.0
+    result: Result,
+    *,
+    target: set[str] | None = None,
+    budget: float = 120.0,
+    confirm: int = 3,
+    timeout: float = 60.0,
 ) -> Shrunk:
-    """Shrink a failing scenario on its backend; confirm the result ``confirm`` times."""
+    """Shrink a failing scenario on its backend, keeping one of the ``target`` kinds of
+    failure (default: any of its own); confirm the result ``confirm`` times."""
     db = await Database(result.backend).open()
-    target = result.signatures()
+    target = target or result.signatures()
     last: list[Failure] = []
 
     async def runner(candidate: g.Scenario) -> set[str]:
@@ -344,7 +352,7 @@ def describe_shrunk(shrunk: Shrunk, saved: str | None) -> str:
         "  what broke:",
         *(f"    {str(f)[:600]}" for f in shrunk.failures[:6]),
         "  replay the seed:      "
-        + repro_command(result.seed, result.backend, result.replay, result.avoid),
+        + repro_command(result.seed, result.backend, result.replay, result.avoid, result.profile),
     ]
     if saved:
         lines.append(
@@ -354,8 +362,15 @@ def describe_shrunk(shrunk: Shrunk, saved: str | None) -> str:
     return "\n".join(lines)
 
 
-def repro_command(seed: int, backend: str, replay: str, avoid: frozenset[str] = frozenset()) -> str:
+def repro_command(
+    seed: int,
+    backend: str,
+    replay: str,
+    avoid: frozenset[str] = frozenset(),
+    profile: str = "default",
+) -> str:
     extra = f" --avoid {','.join(sorted(avoid))}" if avoid else ""
+    extra += f" --profile {profile}" if profile != "default" else ""
     return (
         f".venv/bin/python -m tests.simulation --seed {seed} --backend {backend}"
         f" --always-replay {replay}{extra}"

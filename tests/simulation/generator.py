@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ EVENT_TRIES = 6
 class Profile:
     """How often each construct appears (weights); the CLI and CI use the default."""
 
+    name: str = "default"
     roots: tuple[int, int] = (1, 3)
     blocks: tuple[int, int] = (2, 6)
     max_depth: int = 2
@@ -55,6 +57,23 @@ class Profile:
             "misuse": 0.15,
         }
     )
+
+
+def heavy(avoid: frozenset[str] = frozenset()) -> Profile:
+    """More of everything: more roots, longer programs, more sharing, more faults."""
+    profile = Profile(
+        name="heavy", roots=(2, 4), blocks=(4, 9), max_programs=10, faults=(3, 8), avoid=avoid
+    )
+    for kind in ("shared_token", "shared_call", "group", "call"):
+        profile.weights[kind] *= 2
+    return profile
+
+
+def default(avoid: frozenset[str] = frozenset()) -> Profile:
+    return Profile(avoid=avoid)
+
+
+PROFILES: dict[str, Callable[[frozenset[str]], Profile]] = {"default": default, "heavy": heavy}
 
 
 AVOIDABLE = {
@@ -407,7 +426,7 @@ def generate(seed: int, *, replay: str = "mixed", profile: Profile | None = None
             if prediction.fragile:
                 continue
             scenario.events = reference.events
-            scenario.faults = draw_faults(rng, prediction, profile)
+            scenario.faults = draw_faults(rng, prediction, profile, scenario)
             again = predict(scenario)
             if again.runs != prediction.runs or again.acks != prediction.acks:
                 raise AssertionError(f"seed {seed}: the reference is not deterministic")
@@ -416,7 +435,7 @@ def generate(seed: int, *, replay: str = "mixed", profile: Profile | None = None
 
 
 def draw_faults(
-    rng: random.Random, prediction: Prediction, profile: Profile
+    rng: random.Random, prediction: Prediction, profile: Profile, scenario: g.Scenario
 ) -> list[dict[str, Any]]:
     """Faults at storage calls of the runs the reference says exist, and maybe a blackout."""
     faults: list[dict[str, Any]] = []
@@ -427,7 +446,9 @@ def draw_faults(
     for _ in range(count):
         kind = rng.choices(kinds, weights)[0]
         if kind == "blackout":
-            window = _quiet_window(rng, prediction)
+            window = _long_blackout(rng, scenario, prediction)
+            if window is None:
+                window = _quiet_window(rng, prediction)
             if window is not None:
                 faults.append({"kind": "blackout", "at": window[0], "until": window[1]})
             continue
@@ -441,6 +462,37 @@ def draw_faults(
             fault["when"] = rng.choice(["before", "after"])
         faults.append(fault)
     return faults
+
+
+def _long_blackout(
+    rng: random.Random, scenario: g.Scenario, prediction: Prediction
+) -> tuple[int, int] | None:
+    """A blackout that delays runs (for seconds) without changing any outcome the reference
+    predicts: runs woken during it resume at its end, timers that fell due meanwhile fire
+    late, completions arrive with no worker alive. The reference run with that outage
+    (``Reference(outage=...)``) must predict exactly the same; the check of the engine then
+    uses the ordinary prediction, which knows nothing of the blackout."""
+    if prediction.end_ms <= 0:
+        return None
+    fallback: tuple[int, int] | None = None
+    for _ in range(8):
+        start = rng.randint(1, prediction.end_ms)
+        if any(start - g.WINDOW_MS < a <= start for a in prediction.activity):
+            continue  # a run executing just before may still be executing then
+        window = (start, start + rng.choice([500, 1000, 2000, 4000]))
+        try:
+            other = Reference(copy.deepcopy(scenario), outage=window).run()
+        except (Stuck, AssertionError):  # e.g. an event on a token not made yet by then
+            continue
+        if (
+            other.runs == prediction.runs
+            and other.acks == prediction.acks
+            and other.tokens == prediction.tokens
+        ):
+            if other.activity != prediction.activity:
+                return window  # it delays some run, and changes nothing
+            fallback = fallback or window
+    return fallback
 
 
 def _quiet_window(rng: random.Random, prediction: Prediction) -> tuple[int, int] | None:

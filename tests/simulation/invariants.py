@@ -224,7 +224,7 @@ def _tokens(scenario: Scenario, prediction: Prediction, observed: Observed) -> l
     applied: dict[tuple[str, str], Any] = {}
     for event in scenario.events:
         if event["kind"] == "complete" and observed.acks.get(event["index"]) == "applied":
-            applied[tuple(event["token"])] = event["data"]  # type: ignore[index]
+            applied[(event["token"][0], event["token"][1])] = event["data"]
     for owner, status in prediction.tokens.items():
         token = observed.tokens.get(owner)
         if token is None:

@@ -123,7 +123,7 @@ class SimProcess:
     async def start(self, storage: Storage) -> None:
         """Run a worker on ``storage`` (open; the process hands it back when it stops)."""
         self.real = storage
-        engine = Engine.over(FaultyStorage(self.real, self))  # type: ignore[arg-type]
+        engine = Engine.over(FaultyStorage(self.real, self))
         engine.settings = Settings(
             database_url=self.url,
             api_url=None,

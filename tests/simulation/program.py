@@ -233,10 +233,8 @@ class Walker:
         first_seen = self.world.first_seen(self.run_id, f"group#{self.next('group')}")
         timeout = op["timeout"]
         result = await wait_for_tokens(tokens, mode=op["mode"], timeout=self._timeout(timeout))
-        results = [
-            None if result.results.get(t.id) is None else _outcome(result.results[t.id])
-            for t in tokens
-        ]
+        answers = [result.results.get(t.id) for t in tokens]
+        results = [None if answer is None else _outcome(answer) for answer in answers]
         ids = [t.id for t in tokens]
         first = ids.index(result.first) if result.first in ids else None
         if result.timed_out and timeout is not None:

@@ -176,9 +176,17 @@ class Reference:
     """Simulates one scenario; ``hook(reference, what, obj)`` sees new tokens and runs (the
     generator uses it to schedule outside events for them as they appear)."""
 
-    def __init__(self, scenario: g.Scenario, hook: Hook | None = None) -> None:
+    def __init__(
+        self,
+        scenario: g.Scenario,
+        hook: Hook | None = None,
+        outage: tuple[int, int] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.hook = hook
+        self.outage = outage
+        """For the generator only: no run executes from ``outage[0]`` until ``outage[1]``
+        (they all resume then), to see whether a blackout that long changes any outcome."""
         self.now = At(0, True)
         self.queue: list[tuple[int, int, int, Callable[[], None]]] = []
         self.seq = 0
@@ -233,15 +241,18 @@ class Reference:
     def run(self) -> Prediction:
         self._instants = {}
         for root in self.scenario.roots:
-            program = root["program"]
-            self.at(At(root["at"], True), 0, lambda p=program: self._start(p, None))
+            self.at(At(root["at"], True), 0, self._trigger(root["program"]))
         for index, event in enumerate(self.events):
             event.setdefault("index", index)
             self._schedule_event(event)
+        if self.outage is not None:
+            self.at(At(self.outage[1], True), 1, lambda: None)  # the runs resume then
         while self.queue:
             ms, phase, seq, action = heapq.heappop(self.queue)
             self.now = self._instants.pop((ms, phase, seq))
             action()
+            if self.outage is not None and self.outage[0] <= ms < self.outage[1]:
+                continue  # no process alive: woken runs wait for the end of the outage
             if not self.queue or self.queue[0][0] > ms:
                 self.now = At(ms)  # what runs do follows their execution: it may drift
                 self._run_ready()
@@ -282,6 +293,12 @@ class Reference:
         self.at(At(event["at"], True), 0, lambda: self._token_event(event))
 
     # --- runs ------------------------------------------------------------------------------
+
+    def _trigger(self, program: dict[str, Any]) -> Callable[[], None]:
+        def trigger() -> None:
+            self._start(program, None)
+
+        return trigger
 
     def _start(self, program: dict[str, Any], parent: str | None) -> Run:
         run = Run(program["ref"], program, parent, self.now)

@@ -32,6 +32,7 @@ async def shrink(
     best = copy.deepcopy(scenario)
     runs = 0
     deadline = time.monotonic() + budget
+    tried: set[str] = set()
     improved = True
     while improved and time.monotonic() < deadline:
         improved = False
@@ -39,8 +40,10 @@ async def shrink(
             if time.monotonic() > deadline:
                 break
             candidate = _consistent(candidate)
-            if not _valid(candidate):
+            key = candidate.to_json()
+            if key in tried or not _valid(candidate):
                 continue
+            tried.add(key)
             runs += 1
             if await run(candidate) & signatures:
                 best = candidate
@@ -63,20 +66,37 @@ def _valid(scenario: g.Scenario) -> bool:
     return not prediction.fragile
 
 
+def _chunks(n: int) -> Iterator[tuple[int, int]]:
+    """Ranges to cut out of a list of ``n``: the whole, halves, quarters... then each item."""
+    size = n
+    while size >= 1:
+        for start in range(0, n, size):
+            yield start, min(n, start + size)
+        size //= 2
+
+
 def _candidates(scenario: g.Scenario) -> Iterator[g.Scenario]:
-    for i in range(len(scenario.faults)):
-        c = copy.deepcopy(scenario)
-        del c.faults[i]
-        yield c
-    for i in range(len(scenario.events)):
-        c = copy.deepcopy(scenario)
-        del c.events[i]
-        yield c
+    """Big cuts first (whole roots, whole lists of faults and events, halves...)."""
     if len(scenario.roots) > 1:
         for i in range(len(scenario.roots)):
             c = copy.deepcopy(scenario)
             del c.roots[i]
             yield c
+    for start, end in _chunks(len(scenario.faults)):
+        c = copy.deepcopy(scenario)
+        del c.faults[start:end]
+        yield c
+    for start, end in _chunks(len(scenario.events)):
+        c = copy.deepcopy(scenario)
+        del c.events[start:end]
+        yield c
+    for program_path in _program_paths(scenario):
+        ops = _program_at(scenario, program_path)["ops"]
+        for start, end in _chunks(len(ops)):
+            if end - start > 1:
+                c = copy.deepcopy(scenario)
+                del _program_at(c, program_path)["ops"][start:end]
+                yield c
     for path in _op_paths(scenario):
         c = copy.deepcopy(scenario)
         ops, index = _locate(c, path)

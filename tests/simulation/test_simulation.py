@@ -35,7 +35,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 def _report(summary: Summary) -> str:
     lines = [table([summary])]
     for result in summary.failures:
-        lines.append(repro_command(result.seed, result.backend, result.replay, result.avoid))
+        lines.append(
+            repro_command(result.seed, result.backend, result.replay, result.avoid, result.profile)
+        )
         lines.extend(f"    {str(f)[:500]}" for f in result.failures[:5])
     return "\n".join(lines)
 
@@ -89,6 +91,7 @@ async def test_the_checks_catch_a_wrong_prediction() -> None:
     prediction = predict(scenario)
     assert check(scenario, prediction, observed) == []
     run = next(r for r in prediction.runs.values() if r.status == "COMPLETED" and r.output)
+    assert run.output is not None
     wrong = copy.deepcopy(prediction)
     wrong.runs[run.ref].output = [*run.output[:-1], ["step", "s9#0", "another value"]]
     assert {f.rule for f in check(scenario, wrong, observed)} == {"output"}

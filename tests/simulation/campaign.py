@@ -248,7 +248,7 @@ MIN_COMPLETED_PER_SCENARIO = 1.0
 def campaign_problems(summary: Summary) -> list[str]:
     """A campaign in which nothing happened proves nothing: demand faults and finished runs."""
     problems = []
-    faults = sum(summary.faults.values())
+    faults = sum(n for kind, n in summary.faults.items() if not kind.startswith("event:"))
     if summary.scenarios and faults < MIN_FAULTS_PER_SCENARIO * summary.scenarios:
         problems.append(
             f"{summary.backend}: only {faults} faults fired in {summary.scenarios} scenarios"
@@ -270,9 +270,12 @@ def table(summaries: list[Summary]) -> str:
     rows.append(("scenarios (seeds)", [str(s.scenarios) for s in summaries]))
     rows.append(("programs (runs planned)", [str(s.programs) for s in summaries]))
     rows.append(("time", [f"{s.seconds:.0f} s" for s in summaries]))
-    for kind in sorted({k for s in summaries for k in s.faults}):
-        rows.append((f"fault: {kind}", [str(s.faults.get(kind, 0)) for s in summaries]))
-    rows.append(("faults, all kinds", [str(sum(s.faults.values())) for s in summaries]))
+    kinds = sorted({k for s in summaries for k in s.faults})
+    for kind in kinds:
+        label = kind if kind.startswith("event:") else f"fault: {kind}"
+        rows.append((label, [str(s.faults.get(kind, 0)) for s in summaries]))
+    totals = [sum(n for k, n in s.faults.items() if not k.startswith("event:")) for s in summaries]
+    rows.append(("faults, all kinds", [str(n) for n in totals]))
     for status in sorted({k for s in summaries for k in s.statuses}):
         rows.append((f"runs {status}", [str(s.statuses.get(status, 0)) for s in summaries]))
     rows.append(("failing seeds", [str(len(s.failures)) for s in summaries]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
 import tempfile
 import time
@@ -210,6 +211,8 @@ class Executor:
             faults=[FaultState(dict(f)) for f in scenario.faults if f["kind"] != "blackout"],
         )
         self.blackout = False
+        self.rng = random.Random(scenario.seed)
+        """Only for the real-time jitter of hot events (which cannot be replayed exactly)."""
         self.slot = 0
         self.acks: dict[int, str] = {}
         self.agenda: list[_Item] = []
@@ -256,6 +259,7 @@ class Executor:
             if due is None:
                 return
             world.gate.clear()
+            hot: list[_Item] = []
             try:
                 now = self.clock.now_ms()
                 if due > now:
@@ -264,12 +268,20 @@ class Executor:
                     self.agenda.sort(key=lambda item: (self._time_of(item), item.order))
                     if not self.agenda or self._time_of(self.agenda[0]) > due:
                         break
-                    await self._apply(self.agenda.pop(0))
+                    item = self.agenda.pop(0)
+                    if item.kind == "event" and item.data.get("hot") and not self.blackout:
+                        hot.append(item)
+                    else:
+                        await self._apply(item)
                 if not self.blackout:
                     await self._fire_timers()
             finally:
                 world.gate.set()
                 self._poke()
+            for item in hot:  # racing the runs of this instant, which are executing now
+                await asyncio.sleep(self.rng.uniform(0, 0.003))
+                world.fired["event: hot (racing the runs of its instant)"] += 1
+                await self._apply(item)
 
     def _time_of(self, item: _Item) -> int:
         event = item.data
@@ -432,7 +444,7 @@ class Executor:
 
     async def _race(self, event: dict[str, Any]) -> None:
         """A completion at the token's deadline (or 1 ms before), racing its timer."""
-        self.world.fired["race_completion"] += 1
+        self.world.fired["event: at a token's deadline (racing its timer)"] += 1
         if self.blackout:  # no worker alive to fire the timer
             self.acks[event["index"]] = await self._close_token(event)
             return

@@ -426,6 +426,7 @@ def generate(seed: int, *, replay: str = "mixed", profile: Profile | None = None
             if prediction.fragile:
                 continue
             scenario.events = reference.events
+            _mark_hot_events(scenario, prediction)
             scenario.faults = draw_faults(rng, prediction, profile, scenario)
             again = predict(scenario)
             if again.runs != prediction.runs or again.acks != prediction.acks:
@@ -462,6 +463,36 @@ def draw_faults(
             fault["when"] = rng.choice(["before", "after"])
         faults.append(fault)
     return faults
+
+
+def _mark_hot_events(scenario: g.Scenario, prediction: Prediction) -> None:
+    """Token events that may race the runs executing at their instant (``hot``).
+
+    An event at an instant when some run executes is applied with the workers running, not
+    before them, if the reference predicts exactly the same with the event after the runs
+    of that instant: the order cannot matter, so the engine must get it right either way (a
+    completion racing a run that blocks on the token: no wake-up may be lost).
+    """
+    busy = set(prediction.activity)
+    for event in scenario.events:
+        if event["kind"] == "cancel_run" or event.get("race") is not None:
+            continue
+        if event["at"] not in busy:
+            continue
+        trial = copy.deepcopy(scenario)
+        for other in trial.events:
+            if other["index"] == event["index"]:
+                other["late"] = True
+        try:
+            other_prediction = Reference(trial).run()
+        except (Stuck, AssertionError):
+            continue
+        if (
+            other_prediction.runs == prediction.runs
+            and other_prediction.acks == prediction.acks
+            and other_prediction.tokens == prediction.tokens
+        ):
+            event["hot"] = True
 
 
 def _long_blackout(

@@ -170,6 +170,8 @@ class Prediction:
 
 
 Hook = Callable[["Reference", str, Any], None]
+LATE = 3
+"""The phase of an outside event applied after the runs of its instant (generator what-if)."""
 
 
 class Reference:
@@ -205,7 +207,8 @@ class Reference:
     # --- the clock and the queue ---------------------------------------------------------
 
     def at(self, instant: At, phase: int, action: Callable[[], None]) -> None:
-        """Do ``action`` at ``instant``: phase 0 outside events, 1 timers, 2 runs."""
+        """Do ``action`` at ``instant``: phase 0 outside events, 1 timers, then the runs woken,
+        then ``LATE`` events (only in the generator's what-ifs)."""
         if instant.ms < self.now.ms:
             raise AssertionError(f"scheduled in the past: {instant} < {self.now}")
         self.seq += 1
@@ -253,7 +256,7 @@ class Reference:
             action()
             if self.outage is not None and self.outage[0] <= ms < self.outage[1]:
                 continue  # no process alive: woken runs wait for the end of the outage
-            if not self.queue or self.queue[0][0] > ms:
+            if not self.queue or self.queue[0][0] > ms or self.queue[0][1] == LATE:
                 self.now = At(ms)  # what runs do follows their execution: it may drift
                 self._run_ready()
         for run in self.runs.values():
@@ -284,6 +287,9 @@ class Reference:
 
     def _schedule_event(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
+        if event.get("late"):  # the generator's what-if: after the runs of that instant
+            self.at(At(event["at"], True), LATE, lambda: self._token_event(event))
+            return
         if kind == "cancel_run":
             self.at(At(event["at"], True), 0, lambda: self._cancel_run_event(event))
             return

@@ -67,10 +67,16 @@ def _regression_params() -> list[object]:
     return params
 
 
-@pytest.mark.parametrize(("entry", "where"), _regression_params())
-async def test_a_seed_that_once_failed(entry: regressions.Regression, where: str) -> None:
-    if where == "postgres":
+@pytest.fixture
+def where(request: pytest.FixtureRequest) -> str:
+    """The backend of a regression entry (a sync fixture: the server check runs its own loop)."""
+    if request.param == "postgres":
         require_postgres()
+    return str(request.param)
+
+
+@pytest.mark.parametrize(("entry", "where"), _regression_params(), indirect=["where"])
+async def test_a_seed_that_once_failed(entry: regressions.Regression, where: str) -> None:
     db = await Database(where).open()
     try:
         result = await run_scenario(db, entry.scenario, timeout=60)

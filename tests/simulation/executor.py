@@ -48,8 +48,6 @@ from .world import FaultState, World
 
 IDLE_STORAGES = 3
 """Open storages a database keeps for the next processes (PostgreSQL: 5 connections each)."""
-PROCESSES = 2
-"""Live processes kept (a dead one is replaced at once, except during a blackout)."""
 TASK_IDS = [g.task_id(n) for n in g.ATTEMPTS]
 TERMINAL = {s.value for s in RunStatus if s.is_terminal}
 
@@ -384,7 +382,7 @@ class Executor:
     async def _ensure_processes(self) -> None:
         if self.blackout:
             return
-        while len(self.world.live()) < PROCESSES or not self.world.active():
+        while len(self.world.live()) < self.scenario.processes or not self.world.active():
             await self._start_process()
 
     async def _start_process(self) -> None:

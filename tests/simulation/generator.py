@@ -31,6 +31,7 @@ class Profile:
     """How often each construct appears (weights); the CLI and CI use the default."""
 
     name: str = "default"
+    processes: int = 2
     roots: tuple[int, int] = (1, 3)
     blocks: tuple[int, int] = (2, 6)
     max_depth: int = 2
@@ -62,7 +63,13 @@ class Profile:
 def heavy(avoid: frozenset[str] = frozenset()) -> Profile:
     """More of everything: more roots, longer programs, more sharing, more faults."""
     profile = Profile(
-        name="heavy", roots=(2, 4), blocks=(4, 9), max_programs=10, faults=(3, 8), avoid=avoid
+        name="heavy",
+        processes=3,
+        roots=(2, 4),
+        blocks=(4, 9),
+        max_programs=10,
+        faults=(3, 8),
+        avoid=avoid,
     )
     for kind in ("shared_token", "shared_call", "group", "call"):
         profile.weights[kind] *= 2
@@ -417,7 +424,12 @@ def generate(seed: int, *, replay: str = "mixed", profile: Profile | None = None
     for _ in range(PROGRAM_TRIES):
         roots = ProgramMaker(rng, profile).roots()
         for _ in range(EVENT_TRIES):
-            scenario = g.Scenario(seed=seed, roots=copy.deepcopy(roots), replay=list(slots))
+            scenario = g.Scenario(
+                seed=seed,
+                roots=copy.deepcopy(roots),
+                replay=list(slots),
+                processes=profile.processes,
+            )
             reference = Reference(scenario, hook=EventDrawer(random.Random(rng.random())))
             try:
                 prediction = reference.run()

@@ -120,6 +120,8 @@ class Scenario:
     (no process alive from ``at`` to ``until`` ms)."""
     replay: list[bool] = field(default_factory=lambda: [False, False])
     """Always-replay mode of each process slot (replacement processes cycle through it)."""
+    processes: int = 2
+    """Live processes the executor keeps (a dead one is replaced at once, but in a blackout)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -277,7 +279,10 @@ def _render_op(op: dict[str, Any], i: str) -> list[str]:
 
 def render_scenario(scenario: Scenario) -> str:
     """Programs, outside events and faults, readable."""
-    lines = [f"# seed {scenario.seed}; always-replay per process slot: {scenario.replay}"]
+    lines = [
+        f"# seed {scenario.seed}; {scenario.processes} processes, always-replay per process"
+        f" slot: {scenario.replay}"
+    ]
     for root in scenario.roots:
         lines.append(f"# triggered at T0+{root['at']} ms")
         lines.extend(render_program(root["program"]))

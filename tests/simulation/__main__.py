@@ -150,6 +150,8 @@ def _single(args: argparse.Namespace, backends: list[str], avoid: frozenset[str]
         scenario = generate(args.seed, replay=replay, profile=PROFILES[args.profile](avoid))
     print(g.render_scenario(scenario))
     prediction = predict(scenario)
+    for fragile in prediction.fragile:
+        print(f"# WARNING: fragile, a fault's delay could change the outcome: {fragile}")
     print("# the reference predicts:")
     for run in prediction.runs.values():
         what = run.output if run.status == "COMPLETED" else run.error

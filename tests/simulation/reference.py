@@ -94,6 +94,8 @@ class Run:
     activity: list[At] = field(default_factory=list)
     op_count: int = 0
     vars: dict[str, int] = field(default_factory=dict)
+    woken_by: int | None = None
+    """The outside event that woke the run for its next execution, if one did."""
     waiters: set[str] = field(default_factory=set)
     """Runs parked on this one as their child."""
     wait_started: dict[str, At] = field(default_factory=dict)
@@ -201,8 +203,13 @@ class Reference:
         self.acks: dict[int, str] = {}
         self.fragile: list[str] = []
         self.events: list[dict[str, Any]] = list(scenario.events)
-        self.happenings: list[int] = []
-        """Instants (ms) at which something drifting happened: runs executing, timeouts."""
+        self.races: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        """Completions racing a token's deadline, until the token exists."""
+        self.happenings: list[tuple[int, int | None]] = []
+        """Instants (ms) at which something drifting happened (runs executing, timeouts), with
+        the outside event that caused it, if one did."""
+        self.cause: int | None = None
+        """The outside event being applied now (the runs it wakes execute because of it)."""
 
     # --- the clock and the queue ---------------------------------------------------------
 
@@ -262,6 +269,8 @@ class Reference:
         for run in self.runs.values():
             if not run.terminal:
                 raise Stuck(f"run {run.ref} never finishes ({run.status})")
+        if self.races:
+            raise Stuck(f"completions racing the deadlines of tokens never made: {self.races}")
         self._check_events_against_drift()
         return self._prediction()
 
@@ -273,17 +282,19 @@ class Reference:
         decisions taken at a drifting instant a little before an outside event that would have
         changed them (a group's deadline at 9249, a completion at 9250).
         """
-        happened = sorted(self.happenings)
+        happened = sorted(self.happenings, key=lambda h: h[0])
+        times = [ms for ms, _ in happened]
         for event in self.events:
-            if event.get("race") is not None:
-                continue
-            at = event["at"]
-            start = bisect.bisect_right(happened, at - g.WINDOW_MS)
-            end = bisect.bisect_left(happened, at)
-            if start < end:
-                self.fragile.append(
-                    f"event {event['index']} at {at} just after T0+{happened[start]}"
-                )
+            at, index = event["at"], event["index"]
+            if event.get("race") is None:  # exact: only what happened just before may cross
+                low, high = at - g.WINDOW_MS, at
+                near = happened[bisect.bisect_right(times, low) : bisect.bisect_left(times, high)]
+            else:  # it drifts itself (with its token's deadline): both sides may cross
+                low, high = at - g.WINDOW_MS, at + g.WINDOW_MS
+                near = happened[bisect.bisect_right(times, low) : bisect.bisect_left(times, high)]
+                near = [(ms, cause) for ms, cause in near if cause != index]
+            if near:
+                self.fragile.append(f"event {index} at {at} next to T0+{near[0][0]}")
 
     def _schedule_event(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
@@ -293,10 +304,27 @@ class Reference:
         if kind == "cancel_run":
             self.at(At(event["at"], True), 0, lambda: self._cancel_run_event(event))
             return
-        if event.get("race") is not None:  # at the token's own deadline: drifts with it
-            self.at(At(event["at"]), 0, lambda: self._token_event(event))
+        if event.get("race") is not None:  # at the token's own deadline, once it has one
+            owner = (event["token"][0], event["token"][1])
+            self.races.setdefault(owner, []).append(event)
+            if owner in self.owners:
+                self._schedule_races(self.tokens[self.owners[owner]])
             return
         self.at(At(event["at"], True), 0, lambda: self._token_event(event))
+
+    def _token_action(self, event: dict[str, Any]) -> Callable[[], None]:
+        def action() -> None:
+            self._token_event(event)
+
+        return action
+
+    def _schedule_races(self, token: Token) -> None:
+        """Completions at the token's deadline (or 1 ms before): they drift with it."""
+        for event in self.races.pop(token.owner, []):
+            if token.expires is None or token.expires.exact:
+                raise Stuck(f"a completion racing the deadline of {token.owner}, which has none")
+            event["at"] = token.expires.ms + int(event["race"])
+            self.at(token.expires.plus(int(event["race"])), 0, self._token_action(event))
 
     # --- runs ------------------------------------------------------------------------------
 
@@ -321,6 +349,7 @@ class Reference:
         if run.terminal or run.scheduled:
             return
         run.scheduled = True
+        run.woken_by = self.cause
         self.ready.append(run.ref)
 
     def _run_ready(self) -> None:
@@ -335,7 +364,8 @@ class Reference:
         self._unpark(run)
         run.status = "RUNNING"
         run.activity.append(self.now)
-        self.happenings.append(self.now.ms)
+        self.happenings.append((self.now.ms, run.woken_by))
+        run.woken_by = None
         assert run.gen is not None
         try:
             park = next(run.gen)
@@ -418,6 +448,13 @@ class Reference:
         run.park = None
 
     def _cancel_run_event(self, event: dict[str, Any]) -> None:
+        self.cause = event["index"]
+        try:
+            self._cancel_run_now(event)
+        finally:
+            self.cause = None
+
+    def _cancel_run_now(self, event: dict[str, Any]) -> None:
         run = self.runs.get(event["run"])
         if run is None:
             raise AssertionError(f"cancel of run {event['run']} before it exists")
@@ -474,13 +511,14 @@ class Reference:
             self.at(expires, 1, lambda: self._expire(token))
         if self.hook is not None:
             self.hook(self, "token", token)
+        self._schedule_races(token)
         return token.n
 
     def _expire(self, token: Token) -> None:
         if token.status == "WAITING":
             assert token.expires is not None
             if not token.expires.exact:
-                self.happenings.append(token.expires.ms)
+                self.happenings.append((token.expires.ms, None))
             self._close(token, "TIMED_OUT", None, token.expires)
 
     def _close(self, token: Token, status: str, data: Any, when: At) -> None:
@@ -489,6 +527,13 @@ class Reference:
             self._wake(self.runs[ref])
 
     def _token_event(self, event: dict[str, Any]) -> None:
+        self.cause = event["index"]
+        try:
+            self._token_event_now(event)
+        finally:
+            self.cause = None
+
+    def _token_event_now(self, event: dict[str, Any]) -> None:
         ref, var = event["token"]
         n = self.owners.get((ref, var))
         if n is None:

@@ -204,6 +204,8 @@ def _report(failing: list[Result], args: argparse.Namespace) -> None:
             result.seed, result.backend, result.replay, result.avoid, result.profile
         )
         print(f"FAILED: {command}")
+        for failure in result.failures[:4]:  # a failure that does not come back leaves this
+            print(f"    {str(failure)[:400]}")
 
 
 def _shrink_and_print(result: Result, args: argparse.Namespace, target: set[str]) -> None:

@@ -523,19 +523,30 @@ def _long_blackout(
         if any(start - g.WINDOW_MS < a <= start for a in prediction.activity):
             continue  # a run executing just before may still be executing then
         window = (start, start + rng.choice([500, 1000, 2000, 4000]))
-        try:
-            other = Reference(copy.deepcopy(scenario), outage=window).run()
-        except (Stuck, AssertionError):  # e.g. an event on a token not made yet by then
+        other = outage_prediction(scenario, prediction, window)
+        if other is None:
             continue
-        if (
-            other.runs == prediction.runs
-            and other.acks == prediction.acks
-            and other.tokens == prediction.tokens
-        ):
-            if other.activity != prediction.activity:
-                return window  # it delays some run, and changes nothing
-            fallback = fallback or window
+        if other.activity != prediction.activity:
+            return window  # it delays some run, and changes nothing
+        fallback = fallback or window
     return fallback
+
+
+def outage_prediction(
+    scenario: g.Scenario, prediction: Prediction, window: tuple[int, int]
+) -> Prediction | None:
+    """The reference's prediction with no process alive during ``window`` if it is the same
+    as ``prediction`` and robust too (the delays of faults come on top of the outage's)."""
+    try:
+        other = Reference(copy.deepcopy(scenario), outage=window).run()
+    except (Stuck, AssertionError):  # e.g. an event on a token not made yet by then
+        return None
+    same = (
+        other.runs == prediction.runs
+        and other.acks == prediction.acks
+        and other.tokens == prediction.tokens
+    )
+    return other if same and not other.fragile else None
 
 
 def _quiet_window(rng: random.Random, prediction: Prediction) -> tuple[int, int] | None:

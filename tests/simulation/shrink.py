@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from . import grammar as g
+from .generator import outage_prediction
 from .reference import Stuck, predict
 
 Runner = Callable[[g.Scenario], Awaitable[set[str]]]
@@ -63,7 +64,13 @@ def _valid(scenario: g.Scenario) -> bool:
         prediction = predict(scenario)
     except (Stuck, KeyError, AssertionError, IndexError):
         return False
-    return not prediction.fragile
+    if prediction.fragile:
+        return False
+    return all(  # a blackout must still change nothing the reference predicts
+        outage_prediction(scenario, prediction, (f["at"], f["until"])) is not None
+        for f in scenario.faults
+        if f["kind"] == "blackout"
+    )
 
 
 def _chunks(n: int) -> Iterator[tuple[int, int]]:

@@ -52,9 +52,9 @@ from .storage import (
     open_storage,
 )
 from .validation import (
-    check_against_schema,
     clean_statuses,
     clean_tags,
+    validate_against_schema,
 )
 
 log = structlog.get_logger("engine.client")
@@ -228,7 +228,7 @@ class Engine:
             raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
         if info.payload_schema is not None:
             what = f"the payload of {task_id!r}"
-            payload = check_against_schema(info.payload_schema, payload, what)
+            payload = await validate_against_schema(info.payload_schema, payload, what)
         return payload, info.queue
 
     async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
@@ -426,7 +426,8 @@ class Tokens:
         storage = self._engine.storage
         token = await storage.get_token(token_id)
         if token.data_schema is not None and token.is_waiting:
-            data = check_against_schema(token.data_schema, data, f"completion data for {token_id}")
+            what = f"completion data for {token_id}"
+            data = await validate_against_schema(token.data_schema, data, what)
         result = await storage.complete_token(token_id, data, source)
         log.info("token.completed", token_id=token_id, applied=result.applied, via=source.value)
         return result

@@ -9,6 +9,7 @@ inside the parser and surface as a 500).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -87,9 +88,21 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
         raise Problem(400, f"JSON nested deeper than {max_depth} levels") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Problem(400, f"request body is not valid JSON: {exc}") from None
+    except ValueError:
+        raise Problem(400, f"request body is not acceptable JSON: {too_many_digits()}") from None
     if _depth(value) > max_depth:
         raise Problem(400, f"JSON nested deeper than {max_depth} levels")
     return value
+
+
+def too_many_digits() -> str:
+    """Why ``json.loads`` raised a plain ValueError: an integer Python will not convert.
+
+    Python refuses to turn text of more than ``sys.get_int_max_str_digits()`` (4,300) digits
+    into an int, to keep the conversion from taking quadratic time; ``json.loads`` passes
+    that ValueError on rather than a JSONDecodeError.
+    """
+    return f"a number has more than {sys.get_int_max_str_digits()} digits"
 
 
 def _depth(value: Any) -> int:

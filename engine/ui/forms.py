@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import jsonschema_rs
 from jsonschema_rs import ValidationErrorKind
 
+from ..api.body import too_many_digits
 from ..errors import ValidationError
 from ..validation import MAX_SCHEMA_ERRORS, path_key, validator
 
@@ -244,6 +246,9 @@ def _field_value(item: Field, raw: str | None, errors: dict[str, str]) -> Any:
                 return json.loads(choice.value)
         errors[item.name] = "choose one of the options"
         return _MISSING
+    if item.kind in ("integer", "number") and (problem := _too_long(text)):
+        errors[item.name] = problem
+        return _MISSING
     if item.kind == "integer":
         try:
             return int(text)
@@ -276,7 +281,17 @@ def _json_value(text: str, errors: dict[str, str], key: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         errors[key] = f"not valid JSON: {exc}"
-        return _MISSING
+    except ValueError:
+        errors[key] = f"not acceptable JSON: {too_many_digits()}"
+    return _MISSING
+
+
+def _too_long(text: str) -> str | None:
+    """The message for a number Python will not convert (over 4,300 digits), else None."""
+    digits = text.lstrip("+-")
+    if len(digits) > sys.get_int_max_str_digits() > 0:
+        return too_many_digits()
+    return None
 
 
 def validator_for(schema: dict[str, Any]) -> jsonschema_rs.Validator | None:

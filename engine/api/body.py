@@ -14,9 +14,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .deps import CREDENTIAL_CHECKS
 from .problems import Problem
 
 
@@ -25,7 +27,12 @@ class _TooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """Answer 413 once a request body passes ``max_bytes``, whatever its headers claimed."""
+    """Answer 413 once a request body passes ``max_bytes``, whatever its headers claimed.
+
+    A ``Content-Length`` over the limit is refused when the route first reads the body, not
+    on arrival: routes check credentials first, so an anonymous caller gets 401 whatever it
+    declared.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -35,15 +42,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        too_large = declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes)
         received = 0
         started = False
 
         async def counting_receive() -> Message:
             nonlocal received
+            if too_large:  # checked when the body is first read: after the credentials
+                raise _TooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -119,21 +126,41 @@ def _depth(value: Any) -> int:
 
 
 class JSONGuardRoute(APIRoute):
-    """Check a non-empty body is acceptable JSON before FastAPI parses it for the route.
+    """Check the caller's credentials, then that a non-empty body is acceptable JSON, before
+    FastAPI reads the body for the route.
 
-    Routes that read their body themselves (the callback checks its signature first) opt out
-    by declaring no body model.
+    FastAPI reads and parses the body before it solves dependencies, so a route's credential
+    dependencies (``deps.CREDENTIAL_CHECKS``) are run first here, from the headers alone: a
+    caller without them gets 401/403 and not one byte of the body is read. Routes that read
+    their body themselves (the callback checks its signature first) opt out by declaring no
+    body model.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler
+        checks = _credential_checks(self.dependant)
 
         async def guarded(request: Request) -> Response:
+            for check in checks:
+                check(request)
             raw = await request.body()  # cached on the request; FastAPI reads it again
             if raw.strip() and request.method in {"POST", "PUT", "PATCH"}:
                 parse_json(raw, request.app.state.settings.max_json_depth)
             return await handler(request)
 
         return guarded
+
+
+def _credential_checks(dependant: Dependant) -> list[Callable[[Request], Any]]:
+    """The header-only checks of every credential dependency of a route, outermost first."""
+    found: list[Callable[[Request], Any]] = []
+    stack = [dependant]
+    while stack:
+        node = stack.pop()
+        check = CREDENTIAL_CHECKS.get(node.call) if node.call is not None else None
+        if check is not None and check not in found:
+            found.append(check)
+        stack.extend(reversed(node.dependencies))
+    return found

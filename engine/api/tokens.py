@@ -16,7 +16,15 @@ from ..faults import crash_point
 from ..models import CompletionSource, WaitpointStatus
 from .auth import Caller
 from .body import JSONGuardRoute, parse_json
-from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
+from .deps import (
+    EngineDep,
+    SecretCaller,
+    TokenWriter,
+    auth_of,
+    claims_header,
+    remember,
+    replayed,
+)
 from .problems import Problem
 from .queries import ListWindow, comma_list, deadline, statuses
 from .wire import SDK_VERSION_HEADER, page_json, token_json
@@ -132,10 +140,9 @@ async def complete_token(
     token_id: str,
     request: Request,
     engine: EngineDep,
-    who: AnyCaller,
+    who: TokenWriter,
     body: CompleteBody | None = None,
 ) -> dict[str, Any]:
-    auth_of(request).require(who, f"write:waitpoints:{token_id}")
     source = _source(who)
     result = await engine.tokens.complete(token_id, (body or CompleteBody()).data, source=source)
     crash_point("api.complete.before_response")

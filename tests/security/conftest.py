@@ -128,17 +128,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 def read_response(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection or stops for 10 s."""
-    chunks = []
+    """One response: its head and the ``Content-Length`` bytes of body that follow (or all
+    that comes until the server closes the connection or is silent for the socket timeout).
+    """
+    data = b""
     while True:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        if separator:
+            length = _content_length(head)
+            if length is not None and len(rest) >= length:
+                return data
         try:
             chunk = sock.recv(65536)
         except (TimeoutError, ConnectionResetError):
-            break
+            return data
         if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+            return data
+        data += chunk
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return None
 
 
 def status_of(response: bytes) -> int:

@@ -39,6 +39,13 @@ BODIES = {
 
 
 @pytest.fixture
+async def engine(sqlite_url: str) -> AsyncIterator[Engine]:
+    """SQLite only: what is checked here happens before the storage is reached."""
+    async with Engine(sqlite_url) as opened:
+        yield opened
+
+
+@pytest.fixture
 async def api(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
     await engine.storage.register_tasks([TaskInfo(TASK)])
     async with api_client(engine) as client:

@@ -47,3 +47,11 @@ class Settings(BaseSettings):
     """Largest request body the API reads; larger ones get 413 (counted as bytes arrive)."""
     max_json_depth: int = Field(default=64, gt=0)
     """Deepest nesting of JSON the API accepts in a request body."""
+    body_timeout_seconds: float = Field(default=20.0, gt=0)
+    """Longest time the API spends receiving one request body (from its first read); a slower
+    client gets 408 and its connection is closed."""
+    max_connections: int = Field(default=500, gt=0)
+    """Connections and requests the API serves at once (uvicorn's ``limit_concurrency``); past
+    it, new requests get 503 at once. Kept under the process's open-file limit."""
+    backlog: int = Field(default=1024, gt=0)
+    """Connections the kernel queues for the API before it accepts them (``listen`` backlog)."""

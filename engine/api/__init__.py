@@ -50,7 +50,11 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout_seconds,
+    )
     app.add_middleware(_CompleteCORS)  # outermost: the 413 of a complete call is readable too
     return app
 

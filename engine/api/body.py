@@ -1,4 +1,5 @@
-"""Request bodies: a byte limit counted as the bytes arrive, and JSON checked before parsing.
+"""Request bodies: a byte limit counted as the bytes arrive, a time limit on receiving them,
+credentials checked before the first byte is read, and JSON checked before parsing.
 
 ``Content-Length`` can lie, and chunked bodies have none, so the limit is enforced on the
 bytes actually received. JSON that is invalid or nested deeper than the limit is refused with
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
@@ -22,21 +24,41 @@ from .deps import CREDENTIAL_CHECKS
 from .problems import Problem
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The body cannot be read to the end: answer ``status`` (if nothing was sent yet)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Gone(Exception):
+    """The client went away before it had sent the whole body."""
 
 
 class BodyLimitMiddleware:
-    """Answer 413 once a request body passes ``max_bytes``, whatever its headers claimed.
+    """Bound what reading a request body may cost: bytes, time, and a client that leaves.
 
-    A ``Content-Length`` over the limit is refused when the route first reads the body, not
-    on arrival: routes check credentials first, so an anonymous caller gets 401 whatever it
-    declared.
+    - 413 once the body passes ``max_bytes``, whatever its headers claimed (``Content-Length``
+      can lie, chunked bodies have none), counted on the bytes actually received. A declared
+      length over the limit is refused when the route first reads the body, not on arrival:
+      routes check credentials first, so an anonymous caller gets 401 whatever it declared.
+    - 408 and a closed connection once reading the body has taken ``timeout`` seconds in all,
+      counted from the first read: a client that declares 1,000 bytes and sends one (or trickles
+      them) cannot hold a connection and its file descriptor for ever.
+    - A client that disconnects before its body is complete is dropped quietly: nothing is
+      answered and nothing is logged (Starlette would raise ``ClientDisconnect`` into the route
+      and uvicorn log a traceback for each).
+
+    Only the body is bounded: once its last byte arrived, ``receive`` is passed through
+    untouched (a streaming response listens on it for the disconnect for as long as it runs).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 20.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,17 +67,32 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         too_large = declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes)
         received = 0
+        deadline: float | None = None
+        complete = False
         started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
+        async def guarded_receive() -> Message:
+            nonlocal received, deadline, complete
+            if complete or started:
+                return await receive()
             if too_large:  # checked when the body is first read: after the credentials
-                raise _TooLarge
-            message = await receive()
+                raise self._too_large()
+            if deadline is None:
+                deadline = anyio.current_time() + self.timeout
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    message = await receive()
+            except TimeoutError:
+                raise _Refused(
+                    408, f"request body not received within {self.timeout:g} seconds"
+                ) from None
+            if message["type"] == "http.disconnect":
+                raise _Gone
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    raise self._too_large()
+                complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -64,27 +101,31 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
+            await self.app(scope, guarded_receive, tracking_send)
+        except _Refused as refused:
             if not started:
-                await self._refuse(send)
+                await _answer_and_close(send, refused.status, refused.message)
+        except _Gone:
+            pass
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": f"request body too large: at most {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    def _too_large(self) -> _Refused:
+        return _Refused(413, f"request body too large: at most {self.max_bytes} bytes")
+
+
+async def _answer_and_close(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def parse_json(raw: bytes, max_depth: int) -> Any:

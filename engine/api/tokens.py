@@ -159,8 +159,10 @@ async def complete_token(
 async def callback(
     token_id: str, signature: str, request: Request, engine: EngineDep
 ) -> dict[str, Any]:
-    if "content-length" not in request.headers:
-        raise Problem(411, "send the callback body with a Content-Length header")
+    if "content-length" not in request.headers or "transfer-encoding" in request.headers:
+        raise Problem(
+            411, "send the callback body with a Content-Length header and no Transfer-Encoding"
+        )
     if not engine.storage.signer.verify(token_id, signature):
         raise Problem(401, "invalid callback signature")
     raw = await request.body()

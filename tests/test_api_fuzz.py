@@ -227,7 +227,10 @@ def test_a_number_too_long_for_python_is_400_on_every_operation_with_a_body(
     operation = schema[path][method]
     wanted = {name: ids[name] for name in ids if "{" + name + "}" in path}
     case = operation.Case(
-        path_parameters=wanted, body=LONG_NUMBER_BODY, media_type="application/json"
+        path_parameters=wanted,
+        headers={"Authorization": f"Bearer {SECRET_KEY}"},
+        body=LONG_NUMBER_BODY,
+        media_type="application/json",
     )
     response = case.call(app=fuzzed_app.app)
     assert response.status_code == 400, response.text

@@ -44,16 +44,19 @@ def identify(request: Request) -> Caller:
 
 
 def may_call(request: Request) -> Caller:
+    """Anyone with the secret key or a valid public access token, else 401."""
     return identify(request)
 
 
 def may_call_with_secret(request: Request) -> Caller:
+    """Only the secret key holder: 401 without credentials, 403 for a public access token."""
     who = identify(request)
     auth_of(request).require_secret(who)
     return who
 
 
 def may_write_token(request: Request) -> Caller:
+    """The secret key, or the public access token of the token in the path (403 otherwise)."""
     who = identify(request)
     auth_of(request).require(who, f"write:waitpoints:{request.path_params['token_id']}")
     return who
@@ -68,7 +71,10 @@ def caller(
 
 
 def secret_caller(request: Request, who: Annotated[Caller, Depends(caller)]) -> Caller:
-    """Only the secret key: public access tokens are refused with 403."""
+    """Only the secret key: public access tokens are refused with 403.
+
+    ``who`` keeps ``caller`` (and its bearer scheme, for /docs) in the dependency tree.
+    """
     return may_call_with_secret(request)
 
 

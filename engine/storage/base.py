@@ -225,7 +225,8 @@ class Storage(Protocol):
         ...
 
     async def get_token(self, token_id: str) -> Token:
-        """The token, with the completions refused after it closed (``late_completions``)."""
+        """The token, with the completions refused after it closed: the last few
+        (``late_completions``) and how many there were (``late_completion_count``)."""
         ...
 
     async def get_request_reply(self, key: str, route: str) -> Any: ...

@@ -143,10 +143,20 @@ def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[Cl
     ]
 
 
-def late_completions(rows: Sequence[RowLike]) -> list[LateCompletion]:
-    return [
+LATE_COMPLETIONS_KEPT = 10
+"""Late completions a token keeps (the last ones); older ones only count."""
+
+
+def with_late_completions(token: Token, rows: Sequence[RowLike]) -> Token:
+    """``token`` with its late completions, from rows of ``via``, ``attempted_at`` and the
+    token's ``late_completion_count`` (read in one statement, so the two agree)."""
+    if not rows:
+        return token
+    late = [
         LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"])) for r in rows
     ]
+    count = int(rows[0]["late_completion_count"])
+    return token.model_copy(update={"late_completions": late, "late_completion_count": count})
 
 
 def page_slice(

@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
+from ..private_files import write_once
 from ..settings import SECRET_KEY_FILE, Settings
 
 ISSUER = "https://id.trigger.dev"
@@ -129,8 +130,5 @@ def resolve_secret_key(settings: Settings) -> tuple[str, bool]:
         return settings.secret_key, False
     if KEY_FILE.exists():
         return KEY_FILE.read_text().strip(), False
-    KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
-    key = "wp_dev_" + secrets.token_urlsafe(32)
-    KEY_FILE.touch(mode=0o600)
-    KEY_FILE.write_text(key + "\n")
-    return key, True
+    text, created = write_once(KEY_FILE, "wp_dev_" + secrets.token_urlsafe(32) + "\n")
+    return text.strip(), created

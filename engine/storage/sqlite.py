@@ -20,6 +20,7 @@ import anyio.to_thread
 from ..callbacks import CallbackSigner
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError
+from ..private_files import private_dirs, private_file
 from .sqlite_base import Conn, _first
 from .sqlite_runs import SQLiteRuns
 from .sqlite_schema import MIGRATIONS
@@ -69,7 +70,10 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
         self.signer = CallbackSigner(public_url, signing_secret or "")
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the same mode
+        private_dirs(self.path.parent)
+        with contextlib.suppress(OSError):  # say, a read-only folder: SQLite says it its way
+            private_file(self.path)
         try:
             self._writer_conn = await anyio.to_thread.run_sync(self._open_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)

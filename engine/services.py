@@ -29,7 +29,8 @@ class APIServer(uvicorn.Server):
 
 def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bool]:
     """The API on ``host:port`` (access log off: callback URLs are secrets), and its key."""
-    key, created = resolve_secret_key(engine.settings)
+    known = engine.secret_key  # the engine, when open, found (or made) it already
+    key, created = (known.value, known.created) if known else resolve_secret_key(engine.settings)
     config = uvicorn.Config(
         create_app(engine, secret_key=key),
         host=host,

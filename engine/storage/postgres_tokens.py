@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..callbacks import well_formed
 from ..errors import StorageError, TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
@@ -21,6 +22,7 @@ from .records import (
     LATE_COMPLETIONS_KEPT,
     dump_json,
     load_json,
+    matches_legacy_hash,
     token_from_row,
     with_late_completions,
 )
@@ -92,6 +94,17 @@ class PostgresTokens(PostgresBase):
             token_id,
         )
         return with_late_completions(token, late)
+
+    async def verify_callback(self, token_id: str, signature: str) -> bool:
+        if self.signer.verify(token_id, signature):
+            return True
+        if not well_formed(signature):
+            return False
+        rows = await self._read(
+            "SELECT legacy_signature_hash FROM waitpoints WHERE id = $1 AND kind = 'MANUAL'",
+            token_id,
+        )
+        return bool(rows) and matches_legacy_hash(rows[0]["legacy_signature_hash"], signature)
 
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
         params = Params()

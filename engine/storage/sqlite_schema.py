@@ -178,4 +178,11 @@ MIGRATIONS: list[str] = [
     DROP TABLE late_completions;
     ALTER TABLE late_completions_kept RENAME TO late_completions;
     """,
+    # 4: the callback signing secret is no longer kept in the database (it is derived from the
+    # secret key, outside it). A token made before keeps the SHA-256 of the signature its URL
+    # carries, so that URL still verifies; the migration fills it in and deletes the secret
+    # (``_forget_signing_secret``, in Python: the hash needs the secret).
+    """
+    ALTER TABLE waitpoints ADD COLUMN legacy_signature_hash TEXT;
+    """,
 ]

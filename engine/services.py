@@ -35,7 +35,8 @@ def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bo
     waiting to be accepted.
     """
     settings = engine.settings
-    key, created = resolve_secret_key(settings)
+    known = engine.secret_key  # the engine, when open, found (or made) it already
+    key, created = (known.value, known.created) if known else resolve_secret_key(settings)
     config = uvicorn.Config(
         create_app(engine, secret_key=key),
         host=host,

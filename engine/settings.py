@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8030"
     """Base of the callback URLs put on tokens (the address the API is reached at)."""
     signing_secret: str | None = None
-    """Key for callback URL signatures; by default one is generated and kept in the database."""
+    """Key for callback URL signatures; by default derived from the secret key (for workers that
+    should sign callback URLs without holding the API key: ``waitpoint signing-secret``)."""
     tasks: str = "tasks"
     """The module (or package) whose @task functions a worker runs."""
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
@@ -40,7 +41,11 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     secret_key: str | None = None
     """The API key (``Authorization: Bearer``) and the key public access tokens are signed with.
-    Unset: ``waitpoint dev``/``serve`` generate one and keep it in ``.waitpoint/secret_key``."""
+    Unset: the first process to need one generates it into ``.waitpoint/secret_key``. At least
+    32 characters."""
+    previous_secret_key: str | None = None
+    """During a key rotation's grace period, the key before ``secret_key``: callback URLs and
+    public access tokens (approval links) it signed are still accepted; the API itself is not."""
     api_url: str | None = None
     """Use the REST API at this URL instead of a database (``Engine`` and the CLI)."""
     max_body_bytes: int = Field(default=1_048_576, gt=0)

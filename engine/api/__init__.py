@@ -36,7 +36,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
         redoc_url=None,
     )
     app.state.engine = engine
-    app.state.auth = Auth(secret_key)
+    app.state.auth = Auth(secret_key, previous_key=settings.previous_secret_key)
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id

@@ -163,7 +163,7 @@ async def callback(
         raise Problem(
             411, "send the callback body with a Content-Length header and no Transfer-Encoding"
         )
-    if not engine.storage.signer.verify(token_id, signature):
+    if not await engine.storage.verify_callback(token_id, signature):
         raise Problem(401, "invalid callback signature")
     raw = await request.body()
     data = parse_json(raw, request.app.state.settings.max_json_depth) if raw.strip() else None

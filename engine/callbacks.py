@@ -1,8 +1,9 @@
 """Signed callback URLs: ``POST {public_url}/api/v1/waitpoints/tokens/{id}/callback/{sig}``.
 
 The signature is HMAC-SHA256 of the token id under a signing secret, as 64 lowercase hex
-characters. The URL is a capability: whoever holds it can complete that one token, so it is
-never logged (log the token id instead).
+characters. The signing secret is derived from the secret key (``engine.keys``), so the
+database holds nothing that signs a URL. The URL is a capability: whoever holds it can
+complete that one token, so it is never logged (log the token id instead).
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ import re
 _SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 
 
+def well_formed(signature: str) -> bool:
+    """64 lowercase hex characters: the only shape a signature is ever checked in."""
+    return _SIGNATURE.match(signature) is not None
+
+
 class CallbackSigner:
-    def __init__(self, public_url: str, secret: str) -> None:
+    """Signs with ``secret``; also accepts signatures under ``previous`` (a key rotation's
+    grace period: URLs handed out before it keep working until the previous key is dropped)."""
+
+    def __init__(self, public_url: str, secret: str, previous: str | None = None) -> None:
         self._base = public_url.rstrip("/")
         self._key = secret.encode()
+        self._previous = previous.encode() if previous else None
 
     def signature(self, token_id: str) -> str:
         return hmac.new(self._key, token_id.encode(), hashlib.sha256).hexdigest()
@@ -29,6 +39,11 @@ class CallbackSigner:
 
     def verify(self, token_id: str, signature: str) -> bool:
         """Constant-time check, after refusing anything that is not 64 lowercase hex chars."""
-        if not _SIGNATURE.match(signature):
+        if not well_formed(signature):
             return False
-        return hmac.compare_digest(self.signature(token_id), signature)
+        if hmac.compare_digest(self.signature(token_id), signature):
+            return True
+        if self._previous is None:
+            return False
+        old = hmac.new(self._previous, token_id.encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(old, signature)

@@ -20,6 +20,7 @@ import pydantic
 import structlog
 import typer
 
+from . import keys
 from .client import Engine
 from .console import (
     RUN_COLUMNS,
@@ -32,7 +33,7 @@ from .console import (
     show_timeline,
 )
 from .durations import parse_duration
-from .errors import EngineError, RunFailedError, ValidationError
+from .errors import ConfigurationError, EngineError, RunFailedError, ValidationError
 from .logs import configure_logging
 from .models import (
     CompletionResult,
@@ -44,7 +45,7 @@ from .models import (
     Token,
 )
 from .registry import TaskDefinition, load_tasks
-from .settings import DEFAULT_DATABASE_URL, Settings
+from .settings import DEFAULT_DATABASE_URL, SECRET_KEY_FILE, Settings
 from .storage import display_url
 from .worker import Worker
 
@@ -279,6 +280,23 @@ def migrate(database: Database = None) -> None:
         return f"{display_url(engine.settings.database_url)}: schema version {version}"
 
     typer.echo(_run(database, work))
+
+
+@app.command("signing-secret")
+def signing_secret() -> None:
+    """Print the callback signing secret derived from the secret key.
+
+    For workers that make callback URLs but should not hold the API key: set their
+    WAITPOINT_SIGNING_SECRET to it (it signs callback URLs and opens nothing else).
+    """
+    with _user_errors():
+        key = keys.secret_key(Settings(), create=False)
+        if key is None:
+            raise ConfigurationError(
+                f"no secret key: set WAITPOINT_SECRET_KEY, or run this where {SECRET_KEY_FILE}"
+                " is (`waitpoint dev` makes it)"
+            )
+        typer.echo(keys.derive_signing_secret(key.value))
 
 
 # --- runs ------------------------------------------------------------------------------

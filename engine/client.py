@@ -31,6 +31,7 @@ from .errors import (
     RunWaitTimeoutError,
     TaskNotFoundError,
 )
+from .keys import SecretKey, signing_secrets
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -52,9 +53,9 @@ from .storage import (
     open_storage,
 )
 from .validation import (
-    check_against_schema,
     clean_statuses,
     clean_tags,
+    validate_against_schema,
 )
 
 log = structlog.get_logger("engine.client")
@@ -103,6 +104,9 @@ class Engine:
         self._owns_storage = True
         self._entered: list[contextvars.Token[Engine]] = []
         self._remote: RemoteAPI | None = None
+        self.secret_key: SecretKey | None = None
+        """The key this engine's callback URLs are signed with a secret derived from (known
+        once open, on a database; None with ``WAITPOINT_SIGNING_SECRET`` or over HTTP)."""
         self.runs: Runs
         self.tokens: Tokens
         if is_api_url(target):
@@ -124,10 +128,12 @@ class Engine:
 
     async def open(self) -> Self:
         if self._storage is None and self._remote is None:
+            signing, self.secret_key = signing_secrets(self.settings)
             storage = open_storage(
                 self.settings.database_url,
                 public_url=self.settings.public_url,
-                signing_secret=self.settings.signing_secret,
+                signing_secret=signing.current,
+                previous_signing_secret=signing.previous,
                 synchronous=self.settings.sqlite_synchronous,
                 pool_size=self.settings.postgres_pool_size,
                 clock=self._clock,
@@ -228,7 +234,7 @@ class Engine:
             raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
         if info.payload_schema is not None:
             what = f"the payload of {task_id!r}"
-            payload = check_against_schema(info.payload_schema, payload, what)
+            payload = await validate_against_schema(info.payload_schema, payload, what)
         return payload, info.queue
 
     async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
@@ -426,7 +432,8 @@ class Tokens:
         storage = self._engine.storage
         token = await storage.get_token(token_id)
         if token.data_schema is not None and token.is_waiting:
-            data = check_against_schema(token.data_schema, data, f"completion data for {token_id}")
+            what = f"completion data for {token_id}"
+            data = await validate_against_schema(token.data_schema, data, what)
         result = await storage.complete_token(token_id, data, source)
         log.info("token.completed", token_id=token_id, applied=result.applied, via=source.value)
         return result
@@ -451,5 +458,6 @@ class Tokens:
 
         await self.retrieve(token_id)
         settings = self._engine.settings
-        auth = Auth(local_secret_key(settings))
+        known = self._engine.secret_key
+        auth = Auth(known.value if known else local_secret_key(settings))
         return approval_url(settings.public_url, auth, token_id, expires_in)

@@ -18,6 +18,8 @@ _UNITS = {"w": 604800, "d": 86400, "hr": 3600, "h": 3600, "m": 60, "s": 1}
 _PART = re.compile(r"([0-9]+)(w|d|hr|h|m|s)")
 _WHOLE = re.compile(r"^(?:[0-9]+(?:w|d|hr|h|m|s))+$")
 _LONGEST = timedelta(days=365 * 100)
+_MOST_DIGITS = 12
+"""More digits than any number in a duration of at most 100 years (3.2e9 seconds) can have."""
 
 Timeout = str | timedelta | datetime
 
@@ -33,7 +35,10 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
             f"invalid duration {text!r}: use one or more <number><unit> parts with units "
             "w, d, h, m, s (for example '30s', '1h30m', '7d')"
         )
-    seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
+    parts = _PART.findall(cleaned)
+    if any(len(n.lstrip("0")) > _MOST_DIGITS for n, _ in parts):  # int() refuses 4,300 digits
+        raise ValidationError(f"invalid duration {text[:40]!r}...: at most 100 years")
+    seconds = sum(int(n.lstrip("0") or "0") * _UNITS[unit] for n, unit in parts)
     if seconds == 0 and not allow_zero:
         raise ValidationError(f"invalid duration {text!r}: it must be longer than zero")
     if seconds > _LONGEST.total_seconds():

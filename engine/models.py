@@ -110,6 +110,7 @@ class Token(WireModel):
             "completed_via",
             "idempotency_key_expires_at",
             "late_completions",
+            "late_completion_count",
         }
     )
 
@@ -126,7 +127,12 @@ class Token(WireModel):
     data: Any = None
     completed_via: CompletionSource | None = None
     late_completions: list[LateCompletion] | None = None
-    """Completions that arrived after the token closed (shown on a single token's retrieve)."""
+    """The last completions (at most 10, oldest first) that arrived after the token closed
+    (shown on a single token's retrieve). Only the last ones are kept: anyone holding the
+    callback URL may post to it as often as they like."""
+    late_completion_count: int | None = None
+    """How many completions arrived after the token closed, all of them (with
+    ``late_completions``)."""
     is_cached: bool = Field(default=False, exclude=True)
     """True when ``create`` returned an existing token for its idempotency key."""
     data_schema: dict[str, Any] | None = Field(default=None, exclude=True)

@@ -28,8 +28,15 @@ class APIServer(uvicorn.Server):
 
 
 def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bool]:
-    """The API on ``host:port`` (access log off: callback URLs are secrets), and its key."""
-    key, created = resolve_secret_key(engine.settings)
+    """The API on ``host:port`` (access log off: callback URLs are secrets), and its key.
+
+    At most ``max_connections`` connections and requests at once (more get 503 rather than
+    a file descriptor each until the process runs out), and a ``backlog`` of connections
+    waiting to be accepted.
+    """
+    settings = engine.settings
+    known = engine.secret_key  # the engine, when open, found (or made) it already
+    key, created = (known.value, known.created) if known else resolve_secret_key(settings)
     config = uvicorn.Config(
         create_app(engine, secret_key=key),
         host=host,
@@ -37,8 +44,28 @@ def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bo
         access_log=False,
         log_level="warning",
         lifespan="off",
+        limit_concurrency=connection_limit(settings.max_connections),
+        backlog=settings.backlog,
     )
     return APIServer(config), key, created
+
+
+RESERVED_FILES = 64
+"""File descriptors kept for everything but client connections: the database, logs, pipes."""
+
+
+def connection_limit(wanted: int) -> int:
+    """``wanted``, or fewer when the open-file limit (``ulimit -n``) would run out first."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to lower it to
+        return wanted
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - RESERVED_FILES >= wanted:
+        return wanted
+    lowered = max(1, soft - RESERVED_FILES)
+    log.warning("api.connections_lowered", wanted=wanted, allowed=lowered, open_file_limit=soft)
+    return lowered
 
 
 async def run_services(worker: Worker | None, server: APIServer | None) -> None:

@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8030"
     """Base of the callback URLs put on tokens (the address the API is reached at)."""
     signing_secret: str | None = None
-    """Key for callback URL signatures; by default one is generated and kept in the database."""
+    """Key for callback URL signatures; by default derived from the secret key (for workers that
+    should sign callback URLs without holding the API key: ``waitpoint signing-secret``)."""
     tasks: str = "tasks"
     """The module (or package) whose @task functions a worker runs."""
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
@@ -40,10 +41,22 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     secret_key: str | None = None
     """The API key (``Authorization: Bearer``) and the key public access tokens are signed with.
-    Unset: ``waitpoint dev``/``serve`` generate one and keep it in ``.waitpoint/secret_key``."""
+    Unset: the first process to need one generates it into ``.waitpoint/secret_key``. At least
+    32 characters."""
+    previous_secret_key: str | None = None
+    """During a key rotation's grace period, the key before ``secret_key``: callback URLs and
+    public access tokens (approval links) it signed are still accepted; the API itself is not."""
     api_url: str | None = None
     """Use the REST API at this URL instead of a database (``Engine`` and the CLI)."""
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     """Largest request body the API reads; larger ones get 413 (counted as bytes arrive)."""
     max_json_depth: int = Field(default=64, gt=0)
     """Deepest nesting of JSON the API accepts in a request body."""
+    body_timeout_seconds: float = Field(default=20.0, gt=0)
+    """Longest time the API spends receiving one request body (from its first read); a slower
+    client gets 408 and its connection is closed."""
+    max_connections: int = Field(default=500, gt=0)
+    """Connections and requests the API serves at once (uvicorn's ``limit_concurrency``); past
+    it, new requests get 503 at once. Kept under the process's open-file limit."""
+    backlog: int = Field(default=1024, gt=0)
+    """Connections the kernel queues for the API before it accepts them (``listen`` backlog)."""

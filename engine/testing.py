@@ -18,6 +18,7 @@ tested in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 import time
 from collections.abc import Iterable
@@ -57,8 +58,14 @@ class TaskTestEnvironment:
         self.timeout = timeout
         self._folder = tempfile.TemporaryDirectory(prefix="waitpoint-test-")
         url = f"sqlite:///{Path(self._folder.name) / 'engine.db'}"
-        # a long lease: moving the clock must never make a running attempt look dead
-        settings = Settings(database_url=url, api_url=None, lease_seconds=10 * 365 * 86400)
+        # a long lease: moving the clock must never make a running attempt look dead; a signing
+        # secret of its own, so that no key file is made in the folder the tests run in
+        settings = Settings(
+            database_url=url,
+            api_url=None,
+            lease_seconds=10 * 365 * 86400,
+            signing_secret=secrets.token_hex(32),
+        )
         self.engine = Engine(settings=settings, clock=self.clock)
         self._worker: Worker | None = None
         self._running: asyncio.Task[None] | None = None

@@ -1,14 +1,22 @@
-"""Checks on user input that every entry point shares (Python, CLI, later the REST API)."""
+"""Checks on user input that every entry point shares (Python, the CLI, the REST API).
+
+JSON Schemas are compiled by jsonschema-rs with remote retrieval off and Rust's linear-time
+regex engine, so a schema can neither make the server fetch a URL nor make a ``pattern``
+take exponential time on some input.
+"""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import anyio
+import anyio.to_thread
+import jsonschema_rs
 from pydantic_core import to_jsonable_python
 
 from .errors import ValidationError
@@ -16,8 +24,13 @@ from .errors import ValidationError
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 128
 MAX_PAGE_SIZE = 100
+MAX_SCHEMA_ERRORS = 20
+"""At most this many schema errors are listed in one message."""
+SCHEMA_CHECK_SECONDS = 10.0
+"""Time budget of one check of data against a schema (see ``validate_against_schema``)."""
 
 E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
 
 
 def clean_tags(tags: list[str] | tuple[str, ...] | str | None) -> list[str]:
@@ -69,28 +82,130 @@ def clean_optional_text(value: str | None, what: str) -> str | None:
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` if it is a valid JSON Schema (2020-12), else a ValidationError saying why."""
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise ValidationError(f"schema is not a valid JSON Schema: {exc.message}") from exc
+    """``schema`` if it is a usable JSON Schema, else a ValidationError saying why.
+
+    Usable means: valid under its draft's meta-schema (2020-12 unless ``$schema`` names
+    another draft), every ``$ref`` local (``#...``: the server never fetches a URL or reads a
+    file to resolve one, neither now nor when data arrives), and every ``pattern`` one that
+    the linear-time regex engine accepts (no lookaround, no backreferences), so no data can
+    make matching take exponential time.
+    """
+    validator(schema)
     return schema
 
 
+def non_local_refs(schema: Any) -> list[str]:
+    """Every ``$ref`` (``$dynamicRef``, ``$recursiveRef``) in ``schema`` that is not ``#...``.
+
+    Values of ``const``, ``enum``, ``default`` and ``examples`` are data, not schemas, and are
+    not looked into.
+    """
+    found: list[str] = []
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in _REF_KEYWORDS and isinstance(value, str):
+                    if not value.startswith("#"):
+                        found.append(value)
+                elif key not in _DATA_KEYWORDS:
+                    stack.append(value)
+    return found
+
+
+_REF_KEYWORDS = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
 @functools.lru_cache(maxsize=256)
-def _validator(schema_text: str) -> Draft202012Validator:
-    return Draft202012Validator(check_schema(json.loads(schema_text)))
+def _build(schema_text: str) -> jsonschema_rs.Validator:
+    """The validator of a schema (given as canonical JSON text, the cache key).
+
+    ``offline``: nothing is ever retrieved (jsonschema-rs fetches remote ``$ref``s by
+    default). ``RegexOptions``: Rust's ``regex`` crate, linear-time matching.
+    """
+    try:
+        return jsonschema_rs.validator_for(
+            json.loads(schema_text),
+            offline=True,
+            validate_formats=False,
+            pattern_options=jsonschema_rs.RegexOptions(),
+        )
+    except jsonschema_rs.ValidationError as exc:
+        where = ".".join(str(part) for part in exc.instance_path)
+        reason = exc.message
+        kind = exc.kind
+        if isinstance(kind, jsonschema_rs.ValidationErrorKind.Format) and kind.format == "regex":
+            reason = (
+                f"the pattern {exc.instance} is not supported: patterns are matched in linear"
+                " time, without lookaround or backreferences"
+            )
+        reason = f"{where}: {reason}" if where else reason
+        raise ValidationError(f"schema is not a valid JSON Schema: {reason}") from None
+    except (jsonschema_rs.ReferencingError, ValueError) as exc:
+        raise ValidationError(f"schema is not a valid JSON Schema: {exc}") from None
+
+
+def validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    """The (cached) validator of ``schema``, or the ValidationError of ``check_schema``."""
+    remote = non_local_refs(schema)
+    if remote:
+        listed = ", ".join(repr(ref) for ref in remote[:3])
+        raise ValidationError(
+            f"schema refers to {listed}: only local references ('#', '#/$defs/...') are"
+            " allowed; the server does not fetch schemas"
+        )
+    try:
+        text = json.dumps(schema, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"schema is not a JSON object: {exc}") from None
+    return _build(text)
+
+
+def path_key(error: jsonschema_rs.ValidationError) -> list[tuple[bool, Any]]:
+    """Sort key of an error by where it is in the instance (keys and indexes never compared)."""
+    return [(isinstance(part, str), part) for part in error.instance_path]
 
 
 def check_against_schema(schema: dict[str, Any], value: Any, what: str) -> Any:
-    """``value`` as JSON, or a ValidationError listing every place it breaks ``schema``."""
+    """``value`` as JSON, or a ValidationError listing the places it breaks ``schema``.
+
+    Runs on the calling thread: from async code use ``validate_against_schema``.
+    """
     data = to_jsonable_python(value)
-    validator = _validator(json.dumps(schema, sort_keys=True))
-    problems = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    problems = sorted(
+        itertools.islice(validator(schema).iter_errors(data), MAX_SCHEMA_ERRORS + 1),
+        key=path_key,
+    )
     if problems:
         details = "; ".join(
-            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
-            for e in problems
+            f"{'.'.join(str(p) for p in e.instance_path) or '(root)'}: {e.message}"
+            for e in problems[:MAX_SCHEMA_ERRORS]
         )
-        raise ValidationError(f"{what} does not match the expected schema: {details}")
+        more = "; and more" if len(problems) > MAX_SCHEMA_ERRORS else ""
+        raise ValidationError(f"{what} does not match the expected schema: {details}{more}")
     return data
+
+
+async def validate_against_schema(schema: dict[str, Any], value: Any, what: str) -> Any:
+    """``check_against_schema`` off the event loop, within ``SCHEMA_CHECK_SECONDS``."""
+    return await off_the_loop(functools.partial(check_against_schema, schema, value, what), what)
+
+
+async def off_the_loop(check: Callable[[], T], what: str) -> T:
+    """``check()`` in a worker thread, abandoned (and ``what`` refused) past the time budget.
+
+    The thread keeps the event loop free to answer other requests while large data is
+    checked; a check that overruns finishes on its own in the background.
+    """
+    try:
+        with anyio.fail_after(SCHEMA_CHECK_SECONDS):
+            return await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+    except TimeoutError:
+        raise ValidationError(
+            f"{what} could not be checked against its schema within"
+            f" {SCHEMA_CHECK_SECONDS:g} s; send less data or use a simpler schema"
+        ) from None

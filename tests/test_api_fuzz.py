@@ -46,6 +46,9 @@ from engine.models import TaskInfo
 SECRET_KEY = "wp_fuzz_" + "0123456789abcdef" * 3
 MAX_EXAMPLES = 30
 SEED = 20_250_716
+LONG_NUMBER = b"9" * 5000
+LONG_NUMBER_BODY = b'{"data": ' + LONG_NUMBER + b', "payload": {"n": -' + LONG_NUMBER + b"}}"
+"""JSON with integers over Python's 4,300-digit conversion limit."""
 
 CONFIG = {
     "seed": SEED,
@@ -181,6 +184,8 @@ def _steer(case: Any, seeded: Seeded) -> None:
         extra["x-trigger-request-idempotency-key"] = f"fuzz-request-{(pick >> 13) % 3}"
     if extra:
         case.headers = {**(case.headers or {}), **extra}
+    if case.media_type == "application/json" and (pick >> 15) % 8 == 0:
+        case.body = LONG_NUMBER_BODY
     if not params or pick % 2:
         return
     index = pick >> 1
@@ -199,3 +204,34 @@ def _steer(case: Any, seeded: Seeded) -> None:
 def test_no_request_gets_a_server_error(case: Any, fuzzed_app: FuzzedApp) -> None:
     _steer(case, fuzzed_app.seeded)
     case.call_and_validate(app=fuzzed_app.app, checks=[not_a_server_error])
+
+
+def _operations_with_bodies() -> list[str]:
+    labels = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.body:
+            labels.append(f"{operation.method.upper()} {operation.path}")
+    return sorted(labels)
+
+
+@pytest.mark.parametrize("label", _operations_with_bodies())
+def test_a_number_too_long_for_python_is_400_on_every_operation_with_a_body(
+    label: str, fuzzed_app: FuzzedApp
+) -> None:
+    method, path = label.split(" ", 1)
+    seeded = fuzzed_app.seeded
+    token_id = seeded.tokens[1]
+    ids = {"token_id": token_id, "signature": seeded.signatures[token_id]}
+    ids["task_id"] = seeded.tasks[0]
+    operation = schema[path][method]
+    wanted = {name: ids[name] for name in ids if "{" + name + "}" in path}
+    case = operation.Case(
+        path_parameters=wanted,
+        headers={"Authorization": f"Bearer {SECRET_KEY}"},
+        body=LONG_NUMBER_BODY,
+        media_type="application/json",
+    )
+    response = case.call(app=fuzzed_app.app)
+    assert response.status_code == 400, response.text
+    assert "4300 digits" in response.json()["error"]

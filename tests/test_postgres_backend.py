@@ -36,7 +36,9 @@ def test_without_the_driver_a_postgres_url_says_how_to_install_it(
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # what an absent package looks like
     with pytest.raises(ConfigurationError, match=r"pip install 'waitpoint\[postgres\]'"):
-        open_storage("postgresql://postgres@127.0.0.1/test", public_url="http://x")
+        open_storage(
+            "postgresql://postgres@127.0.0.1/test", public_url="http://x", signing_secret="s"
+        )
 
 
 def test_banners_never_show_the_database_password() -> None:

@@ -57,6 +57,7 @@ from engine.storage import (
 from engine.testing import ManualClock
 
 PUBLIC_URL = "http://127.0.0.1:8030"
+SIGNING_SECRET = "contract-tests-signing-secret-0123456789abcdef"
 LEASE_MS = 30_000
 SIGNED_URL = re.compile(
     re.escape(PUBLIC_URL)
@@ -88,7 +89,7 @@ def clock() -> StepClock:
 
 @pytest.fixture
 async def storage(db_url: str, clock: StepClock) -> AsyncIterator[Storage]:
-    opened = open_storage(db_url, public_url=PUBLIC_URL, clock=clock)
+    opened = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET, clock=clock)
     await opened.open()
     try:
         yield opened

@@ -158,12 +158,12 @@ def test_check_against_schema_lists_every_failing_field_path() -> None:
         check_against_schema(SCHEMA, value, "the payload of 'order'")
     message = str(info.value)
     assert message.startswith("the payload of 'order' does not match the expected schema: ")
-    assert "amount: 'three' is not of type 'integer'" in message
-    assert "items.1.name: 7 is not of type 'string'" in message
+    assert 'amount: "three" is not of type "integer"' in message
+    assert 'items.1.name: 7 is not of type "string"' in message
 
 
 def test_check_against_schema_names_root_for_top_level_problems() -> None:
-    with pytest.raises(ValidationError, match=r"\(root\): 'amount' is a required property"):
+    with pytest.raises(ValidationError, match=r'\(root\): "amount" is a required property'):
         check_against_schema(SCHEMA, {}, "data")
 
 

@@ -36,7 +36,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
         redoc_url=None,
     )
     app.state.engine = engine
-    app.state.auth = Auth(secret_key)
+    app.state.auth = Auth(secret_key, previous_key=settings.previous_secret_key)
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
@@ -50,7 +50,11 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout_seconds,
+    )
     app.add_middleware(_CompleteCORS)  # outermost: the 413 of a complete call is readable too
     return app
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import secrets
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
+from .. import keys
 from ..settings import SECRET_KEY_FILE, Settings
 
 ISSUER = "https://id.trigger.dev"
@@ -53,8 +53,16 @@ class Caller:
 
 
 class Auth:
-    def __init__(self, secret_key: str) -> None:
+    """Checks callers against ``secret_key``.
+
+    ``previous_key`` (a key rotation's grace period) still verifies public access tokens, and
+    so approval links, signed before the rotation; it is not accepted as the API key itself,
+    so rotating after a leak locks the leaked key out of the API at once.
+    """
+
+    def __init__(self, secret_key: str, previous_key: str | None = None) -> None:
         self._key = secret_key.encode()
+        self._verifying = [self._key] + ([previous_key.encode()] if previous_key else [])
 
     def caller(self, authorization: str | None) -> Caller:
         """Identify the caller from the ``Authorization`` header, or raise 401."""
@@ -92,15 +100,7 @@ class Auth:
 
     def _verify(self, token: str) -> list[str]:
         try:
-            with _short_keys_allowed():
-                claims: dict[str, Any] = jwt.decode(
-                    token,
-                    self._key,
-                    algorithms=["HS256"],
-                    audience=AUDIENCE,
-                    issuer=ISSUER,
-                    options={"require": ["exp", "iat"]},
-                )
+            claims = self._decode(token)
         except jwt.ExpiredSignatureError:
             raise AuthError(401, "the public access token has expired") from None
         except jwt.PyJWTError as exc:
@@ -109,6 +109,27 @@ class Auth:
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise AuthError(401, "invalid public access token: no scopes")
         return scopes
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """The claims of ``token`` signed with the key, or else with the previous key."""
+        *earlier, last = self._verifying
+        for key in earlier:
+            with contextlib.suppress(jwt.InvalidSignatureError):
+                return self._decode_with(token, key)
+        return self._decode_with(token, last)
+
+    @staticmethod
+    def _decode_with(token: str, key: bytes) -> dict[str, Any]:
+        with _short_keys_allowed():
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat"]},
+            )
+        return claims
 
 
 @contextlib.contextmanager
@@ -123,14 +144,8 @@ def resolve_secret_key(settings: Settings) -> tuple[str, bool]:
     """The configured key, or the one kept in ``.waitpoint/secret_key`` (made on first use).
 
     Returns ``(key, created)``; ``created`` is True only the first time, the one time the key
-    is printed.
+    is printed. A key shorter than 32 characters is a ConfigurationError (``engine.keys``).
     """
-    if settings.secret_key:
-        return settings.secret_key, False
-    if KEY_FILE.exists():
-        return KEY_FILE.read_text().strip(), False
-    KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
-    key = "wp_dev_" + secrets.token_urlsafe(32)
-    KEY_FILE.touch(mode=0o600)
-    KEY_FILE.write_text(key + "\n")
-    return key, True
+    key = keys.secret_key(settings, create=True)
+    assert key is not None  # create=True always gives one
+    return key.value, key.created

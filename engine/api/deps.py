@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from ..client import Engine
 from .auth import Auth, Caller
@@ -26,23 +28,74 @@ def auth_of(request: Request) -> Auth:
     return auth
 
 
+def identify(request: Request) -> Caller:
+    """The caller named by ``Authorization`` (secret key or public access token), else 401.
+
+    Reads headers only, never the body, and once per request (the result is kept on it).
+    """
+    known = getattr(request.state, "caller", None)
+    if isinstance(known, Caller):
+        return known
+    scheme, credentials = get_authorization_scheme_param(request.headers.get("authorization"))
+    header = f"Bearer {credentials}" if scheme.lower() == "bearer" and credentials else None
+    who = auth_of(request).caller(header)
+    request.state.caller = who
+    return who
+
+
+def may_call(request: Request) -> Caller:
+    """Anyone with the secret key or a valid public access token, else 401."""
+    return identify(request)
+
+
+def may_call_with_secret(request: Request) -> Caller:
+    """Only the secret key holder: 401 without credentials, 403 for a public access token."""
+    who = identify(request)
+    auth_of(request).require_secret(who)
+    return who
+
+
+def may_write_token(request: Request) -> Caller:
+    """The secret key, or the public access token of the token in the path (403 otherwise)."""
+    who = identify(request)
+    auth_of(request).require(who, f"write:waitpoints:{request.path_params['token_id']}")
+    return who
+
+
 def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """Anyone with the secret key or a valid public access token (scopes checked later)."""
-    header = f"Bearer {credentials.credentials}" if credentials else None
-    return auth_of(request).caller(header)
+    return may_call(request)
 
 
 def secret_caller(request: Request, who: Annotated[Caller, Depends(caller)]) -> Caller:
-    """Only the secret key: public access tokens are refused with 403."""
-    auth_of(request).require_secret(who)
-    return who
+    """Only the secret key: public access tokens are refused with 403.
 
+    ``who`` keeps ``caller`` (and its bearer scheme, for /docs) in the dependency tree.
+    """
+    return may_call_with_secret(request)
+
+
+def token_writer(request: Request, who: Annotated[Caller, Depends(caller)]) -> Caller:
+    """Whoever may complete the token in the path: the secret key or that token's own public
+    access token (403 for another token's)."""
+    return may_write_token(request)
+
+
+CREDENTIAL_CHECKS: dict[Callable[..., Any], Callable[[Request], Caller]] = {
+    caller: may_call,
+    secret_caller: may_call_with_secret,
+    token_writer: may_write_token,
+}
+"""Each credential dependency and the check it makes from the headers alone: routes that take
+a body run these first (``body.JSONGuardRoute``), so no byte of the body is read for a caller
+who may not send it."""
 
 AnyCaller = Annotated[Caller, Depends(caller)]
 SecretCaller = Annotated[Caller, Depends(secret_caller)]
+TokenWriter = Annotated[Caller, Depends(token_writer)]
 EngineDep = Annotated[Engine, Depends(engine_of)]
 
 

@@ -61,7 +61,8 @@ def run_statuses(raw: str | None) -> list[RunStatus] | None:
 def page_size(raw: str | None) -> int:
     if raw is None:
         return 25
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    small = raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_PAGE_SIZE))
+    if not small or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise query_error(f"page[size]={raw!r}: use a whole number from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .body import JSONGuardRoute
+from .body import JSONGuardRoute, too_many_digits
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
 from .problems import Problem
 from .queries import ListWindow, comma_list, deadline, run_statuses
@@ -69,6 +69,8 @@ def _json_text(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise Problem(422, f"payload: not valid JSON text: {exc}") from None
+    except ValueError:
+        raise Problem(422, f"payload: not acceptable JSON text: {too_many_digits()}") from None
 
 
 @router.post("/api/v1/tasks/{task_id}/trigger", summary="Trigger a run of a task")

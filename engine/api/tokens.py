@@ -16,7 +16,15 @@ from ..faults import crash_point
 from ..models import CompletionSource, WaitpointStatus
 from .auth import Caller
 from .body import JSONGuardRoute, parse_json
-from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
+from .deps import (
+    EngineDep,
+    SecretCaller,
+    TokenWriter,
+    auth_of,
+    claims_header,
+    remember,
+    replayed,
+)
 from .problems import Problem
 from .queries import ListWindow, comma_list, deadline, statuses
 from .wire import SDK_VERSION_HEADER, page_json, token_json
@@ -132,10 +140,9 @@ async def complete_token(
     token_id: str,
     request: Request,
     engine: EngineDep,
-    who: AnyCaller,
+    who: TokenWriter,
     body: CompleteBody | None = None,
 ) -> dict[str, Any]:
-    auth_of(request).require(who, f"write:waitpoints:{token_id}")
     source = _source(who)
     result = await engine.tokens.complete(token_id, (body or CompleteBody()).data, source=source)
     crash_point("api.complete.before_response")
@@ -152,9 +159,11 @@ async def complete_token(
 async def callback(
     token_id: str, signature: str, request: Request, engine: EngineDep
 ) -> dict[str, Any]:
-    if "content-length" not in request.headers:
-        raise Problem(411, "send the callback body with a Content-Length header")
-    if not engine.storage.signer.verify(token_id, signature):
+    if "content-length" not in request.headers or "transfer-encoding" in request.headers:
+        raise Problem(
+            411, "send the callback body with a Content-Length header and no Transfer-Encoding"
+        )
+    if not await engine.storage.verify_callback(token_id, signature):
         raise Problem(401, "invalid callback signature")
     raw = await request.body()
     data = parse_json(raw, request.app.state.settings.max_json_depth) if raw.strip() else None

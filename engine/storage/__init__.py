@@ -13,12 +13,17 @@ def open_storage(
     url: str,
     *,
     public_url: str,
-    signing_secret: str | None = None,
+    signing_secret: str,
+    previous_signing_secret: str | None = None,
     synchronous: str = "FULL",
     pool_size: int = 10,
     clock: Clock | None = None,
 ) -> Storage:
-    """The backend for ``url`` (not yet opened: ``await storage.open()``)."""
+    """The backend for ``url`` (not yet opened: ``await storage.open()``).
+
+    ``signing_secret`` signs callback URLs (``engine.keys.signing_secrets`` finds a process's);
+    ``previous_signing_secret`` is still accepted on them, during a key rotation.
+    """
     if url.startswith("sqlite:"):
         from .sqlite import SQLiteStorage
 
@@ -26,6 +31,7 @@ def open_storage(
             url,
             public_url=public_url,
             signing_secret=signing_secret,
+            previous_signing_secret=previous_signing_secret,
             synchronous=synchronous,
             clock=clock,
         )
@@ -36,6 +42,7 @@ def open_storage(
             url,
             public_url=public_url,
             signing_secret=signing_secret,
+            previous_signing_secret=previous_signing_secret,
             clock=clock,
             pool_size=pool_size,
         )

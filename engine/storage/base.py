@@ -111,6 +111,9 @@ class Storage(Protocol):
 
     signer: CallbackSigner
     """Signs and checks callback URLs with the secret every process of this database shares."""
+    signing_key_matches: bool
+    """False when this process signs callback URLs with another key than the one the database
+    recorded (see ``storage.signing``): an API server with that key refuses its URLs."""
 
     async def open(self) -> None: ...
 
@@ -225,7 +228,14 @@ class Storage(Protocol):
         ...
 
     async def get_token(self, token_id: str) -> Token:
-        """The token, with the completions refused after it closed (``late_completions``)."""
+        """The token, with the completions refused after it closed: the last few
+        (``late_completions``) and how many there were (``late_completion_count``)."""
+        ...
+
+    async def verify_callback(self, token_id: str, signature: str) -> bool:
+        """Whether ``signature`` opens the callback URL of ``token_id``: signed with the current
+        or the previous signing secret, or the signature a token made before migration 4 was
+        handed out with (the database keeps its hash, not the secret)."""
         ...
 
     async def get_request_reply(self, key: str, route: str) -> Any: ...

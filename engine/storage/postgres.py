@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import secrets
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,6 +20,7 @@ import structlog
 from ..callbacks import CallbackSigner
 from ..clock import Clock
 from ..errors import ConfigurationError, StorageError, StorageUnavailableError
+from ..keys import SigningSecrets, legacy_signature_hash
 
 try:
     import asyncpg
@@ -34,6 +34,7 @@ from .postgres_runs import PostgresRuns
 from .postgres_schema import MIGRATIONS
 from .postgres_tokens import PostgresTokens
 from .postgres_waits import PostgresWaits
+from .signing import SIGNING_CHECK, log_outcome, settle
 
 log = structlog.get_logger("engine.storage")
 
@@ -66,13 +67,14 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         url: str,
         *,
         public_url: str,
-        signing_secret: str | None = None,
+        signing_secret: str,
+        previous_signing_secret: str | None = None,
         clock: Clock | None = None,
         pool_size: int = _POOL_SIZE,
     ) -> None:
         self._dsn, self.schema = postgres_dsn(url)
-        self._public_url = public_url
-        self._secret = signing_secret
+        self._signing = SigningSecrets(signing_secret, previous_signing_secret)
+        self.signing_key_matches = True
         self._pool_size = pool_size
         self.clock = clock
         self._pool = None
@@ -82,7 +84,7 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         self._listener: asyncio.Task[None] | None = None
         self._offset_ms = 0
         self.commits = 0
-        self.signer = CallbackSigner(public_url, signing_secret or "")
+        self.signer = CallbackSigner(public_url, signing_secret, previous_signing_secret)
 
     async def open(self) -> None:
         # custom plans: a generic plan of the re-queue statement is quadratic in the tokens
@@ -101,11 +103,7 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
                 self._dsn, min_size=1, max_size=2, server_settings=settings
             )
             await self._measure_clock()
-            if self._secret is None:
-                secret = await self._pool.fetchval(
-                    "SELECT value FROM meta WHERE key = 'signing_secret'"
-                )
-                self.signer = CallbackSigner(self._public_url, secret)
+            await self._settle_signing_check()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             await self.close()
             kind = (
@@ -153,16 +151,33 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
                 )
                 for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     await conn.execute(script)
-                    if number == 1:
-                        await conn.execute(
-                            "INSERT INTO meta (key, value) VALUES ('signing_secret', $1)",
-                            secrets.token_hex(32),
-                        )
+                    if number == 4:
+                        await _forget_signing_secret(conn)
                     await conn.execute("INSERT INTO migrations (version) VALUES ($1)", number)
                     log.info("storage.migrated", schema=self.schema, version=number)
                 return max(version, len(MIGRATIONS))
         finally:
             await conn.close()
+
+    async def _settle_signing_check(self) -> None:
+        """Record which key signs this database's URLs (``signing.settle``);
+        ``signing_key_matches`` is False when this process signs with another one."""
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('waitpoint-signing-check:' || $1))",
+                self.schema,
+            )
+            stored = await conn.fetchval("SELECT value FROM meta WHERE key = $1", SIGNING_CHECK)
+            outcome, value = settle(stored, self._signing)
+            if value is not None:
+                await conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    SIGNING_CHECK,
+                    value,
+                )
+        log_outcome(outcome, schema=self.schema)
+        self.signing_key_matches = outcome != "mismatch"
 
     async def _schema_version(self, conn: asyncpg.Connection) -> int:
         """How far migrations got (0 for a schema that does not exist yet)."""
@@ -248,6 +263,26 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         finally:
             if not conn.is_closed():
                 conn.terminate()
+
+
+async def _forget_signing_secret(conn: asyncpg.Connection) -> None:
+    """Migration 4: keep a hash of each token's signature instead of the plaintext secret.
+
+    Before it, the callback signing secret was a row of ``meta``: whoever could read the
+    database could sign a URL for any token. URLs already handed out must keep working, so
+    each token keeps the SHA-256 of the signature its URL carries (which verifies that URL
+    and signs nothing else), and the secret is deleted. (Its dead row version stays in the
+    table's pages until VACUUM reclaims them, as in any PostgreSQL delete.)
+    """
+    secret = await conn.fetchval("SELECT value FROM meta WHERE key = 'signing_secret'")
+    if secret is None:
+        return
+    ids = [row["id"] for row in await conn.fetch("SELECT id FROM waitpoints WHERE kind = 'MANUAL'")]
+    await conn.executemany(
+        "UPDATE waitpoints SET legacy_signature_hash = $1 WHERE id = $2",
+        [(legacy_signature_hash(secret, token_id), token_id) for token_id in ids],
+    )
+    await conn.execute("DELETE FROM meta WHERE key = 'signing_secret'")
 
 
 __all__ = ["PostgresStorage", "postgres_dsn"]

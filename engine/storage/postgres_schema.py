@@ -154,4 +154,37 @@ MIGRATIONS: list[str] = [
         WHERE runs.id = journal.run_id AND journal.is_error
         AND journal.attempt < runs.attempt_count;
     """,
+    # 3: a token keeps the last 10 completions refused after it closed, and a count of all of
+    # them (every refused POST used to add a row). ``n`` numbers a token's attempts from 1, so
+    # the kept rows are those with n > count - 10; older rows are dropped here.
+    """
+    ALTER TABLE waitpoints ADD COLUMN late_completion_count integer NOT NULL DEFAULT 0;
+    CREATE TABLE late_completions_kept (
+        token_id text COLLATE "C" NOT NULL,
+        n integer NOT NULL,
+        via text NOT NULL,
+        attempted_at bigint NOT NULL,
+        PRIMARY KEY (token_id, n)
+    );
+    INSERT INTO late_completions_kept (token_id, n, via, attempted_at)
+        SELECT token_id, n, via, attempted_at FROM (
+            SELECT token_id, via, attempted_at,
+                row_number() OVER (PARTITION BY token_id ORDER BY attempted_at) AS n,
+                count(*) OVER (PARTITION BY token_id) AS total
+            FROM late_completions) AS numbered
+        WHERE n > total - 10;
+    UPDATE waitpoints SET late_completion_count = counted.total
+        FROM (SELECT token_id, count(*) AS total FROM late_completions GROUP BY token_id)
+            AS counted
+        WHERE waitpoints.id = counted.token_id;
+    DROP TABLE late_completions;
+    ALTER TABLE late_completions_kept RENAME TO late_completions;
+    """,
+    # 4: the callback signing secret is no longer kept in the database (it is derived from the
+    # secret key, outside it). A token made before keeps the SHA-256 of the signature its URL
+    # carries, so that URL still verifies; the migration fills it in and deletes the secret
+    # (``_forget_signing_secret``, in Python: the hash needs the secret).
+    """
+    ALTER TABLE waitpoints ADD COLUMN legacy_signature_hash text;
+    """,
 ]

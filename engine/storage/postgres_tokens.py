@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..callbacks import well_formed
 from ..errors import StorageError, TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
@@ -17,7 +18,14 @@ from ..models import (
 )
 from .base import JournalWrite, NewToken, PageRequest, TokenFilter
 from .postgres_base import TIME_OUT, Conn, Params, PostgresBase, affected, common_filters
-from .records import dump_json, late_completions, load_json, token_from_row
+from .records import (
+    LATE_COMPLETIONS_KEPT,
+    dump_json,
+    load_json,
+    matches_legacy_hash,
+    token_from_row,
+    with_late_completions,
+)
 
 
 class PostgresTokens(PostgresBase):
@@ -81,13 +89,22 @@ class PostgresTokens(PostgresBase):
         if token.is_waiting:
             return token
         late = await self._read(
-            "SELECT via, attempted_at FROM late_completions WHERE token_id = $1"
-            " ORDER BY attempted_at",
+            "SELECT l.via, l.attempted_at, w.late_completion_count FROM late_completions l"
+            " JOIN waitpoints w ON w.id = l.token_id WHERE l.token_id = $1 ORDER BY l.n",
             token_id,
         )
-        if not late:
-            return token
-        return token.model_copy(update={"late_completions": late_completions(late)})
+        return with_late_completions(token, late)
+
+    async def verify_callback(self, token_id: str, signature: str) -> bool:
+        if self.signer.verify(token_id, signature):
+            return True
+        if not well_formed(signature):
+            return False
+        rows = await self._read(
+            "SELECT legacy_signature_hash FROM waitpoints WHERE id = $1 AND kind = 'MANUAL'",
+            token_id,
+        )
+        return bool(rows) and matches_legacy_hash(rows[0]["legacy_signature_hash"], signature)
 
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
         params = Params()
@@ -159,19 +176,37 @@ class PostgresTokens(PostgresBase):
             if token.status is status:
                 return CompletionResult(applied=False, token=token)
             if status is WaitpointStatus.COMPLETED:
-                await conn.execute(
-                    "INSERT INTO late_completions (token_id, via, attempted_at)"
-                    " VALUES ($1, $2, $3)",
-                    token_id,
-                    source.value,
-                    now,
-                )
+                await self._record_late_completion(conn, token_id, source, now)
             return TokenNotWaitingError(token_id, token.status.value, token.completed_at)
 
         outcome = await self._write(op)
         if isinstance(outcome, TokenNotWaitingError):
             raise outcome
         return outcome
+
+    async def _record_late_completion(
+        self, conn: Conn, token_id: str, source: CompletionSource, now: int
+    ) -> None:
+        """Count the refused completion and keep it among the token's last few: a callback URL
+        may be posted to any number of times, and the token must not grow with them. The
+        count's UPDATE locks the token's row, so racing refusals number their rows in turn."""
+        n = await conn.fetchval(
+            "UPDATE waitpoints SET late_completion_count = late_completion_count + 1"
+            " WHERE id = $1 RETURNING late_completion_count",
+            token_id,
+        )
+        await conn.execute(
+            "INSERT INTO late_completions (token_id, n, via, attempted_at) VALUES ($1, $2, $3, $4)",
+            token_id,
+            n,
+            source.value,
+            now,
+        )
+        await conn.execute(
+            "DELETE FROM late_completions WHERE token_id = $1 AND n <= $2",
+            token_id,
+            n - LATE_COMPLETIONS_KEPT,
+        )
 
     async def _time_out_tokens(self, limit: int) -> int:
         if not await self._read(

@@ -6,6 +6,7 @@ and JSON columns are text.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
@@ -15,6 +16,7 @@ from pydantic_core import to_jsonable_python
 from ..callbacks import CallbackSigner
 from ..clock import from_ms, from_ms_or_none
 from ..errors import ValidationError
+from ..keys import hash_signature
 from ..models import (
     ClaimedRun,
     CompletionSource,
@@ -47,6 +49,11 @@ def dump_json(value: Any, what: str = "value") -> str:
 
 def load_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def matches_legacy_hash(stored: str | None, signature: str) -> bool:
+    """Whether ``signature`` is the one whose hash migration 4 kept for a token (constant time)."""
+    return stored is not None and hmac.compare_digest(stored, hash_signature(signature))
 
 
 def token_from_row(row: RowLike, signer: CallbackSigner) -> Token:
@@ -143,10 +150,20 @@ def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[Cl
     ]
 
 
-def late_completions(rows: Sequence[RowLike]) -> list[LateCompletion]:
-    return [
+LATE_COMPLETIONS_KEPT = 10
+"""Late completions a token keeps (the last ones); older ones only count."""
+
+
+def with_late_completions(token: Token, rows: Sequence[RowLike]) -> Token:
+    """``token`` with its late completions, from rows of ``via``, ``attempted_at`` and the
+    token's ``late_completion_count`` (read in one statement, so the two agree)."""
+    if not rows:
+        return token
+    late = [
         LateCompletion(via=CompletionSource(r["via"]), at=from_ms(r["attempted_at"])) for r in rows
     ]
+    count = int(rows[0]["late_completion_count"])
+    return token.model_copy(update={"late_completions": late, "late_completion_count": count})
 
 
 def page_slice(

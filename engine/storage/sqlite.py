@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import secrets
 import sqlite3
 from pathlib import Path
 
@@ -20,6 +19,9 @@ import anyio.to_thread
 from ..callbacks import CallbackSigner
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError
+from ..keys import SigningSecrets, legacy_signature_hash
+from ..private_files import private_dirs, private_file
+from .signing import SIGNING_CHECK, log_outcome, settle
 from .sqlite_base import Conn, _first
 from .sqlite_runs import SQLiteRuns
 from .sqlite_schema import MIGRATIONS
@@ -49,13 +51,14 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
         url: str,
         *,
         public_url: str,
-        signing_secret: str | None = None,
+        signing_secret: str,
+        previous_signing_secret: str | None = None,
         synchronous: str = "FULL",
         clock: Clock | None = None,
     ) -> None:
         self.path = sqlite_path(url)
-        self._public_url = public_url
-        self._secret = signing_secret
+        self._signing = SigningSecrets(signing_secret, previous_signing_secret)
+        self.signing_key_matches = True
         self._synchronous = synchronous.upper()
         if self._synchronous not in {"FULL", "NORMAL", "EXTRA"}:
             raise ConfigurationError("synchronous must be FULL, EXTRA or NORMAL")
@@ -66,21 +69,19 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
         self._change = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._seq = itertools.count(1)
-        self.signer = CallbackSigner(public_url, signing_secret or "")
+        self.signer = CallbackSigner(public_url, signing_secret, previous_signing_secret)
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the same mode
+        private_dirs(self.path.parent)
+        with contextlib.suppress(OSError):  # say, a read-only folder: SQLite says it its way
+            private_file(self.path)
         try:
             self._writer_conn = await anyio.to_thread.run_sync(self._open_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             self._reader.row_factory = sqlite3.Row
             for pragma in _pragmas(self._synchronous):
                 await self._reader.execute(pragma)
-            if self._secret is None:
-                rows = await self._reader.execute_fetchall(
-                    "SELECT value FROM meta WHERE key = 'signing_secret'"
-                )
-                self.signer = CallbackSigner(self._public_url, _first(rows)["value"])
         except sqlite3.Error as exc:
             await self.close()
             raise translate(exc) from exc
@@ -116,6 +117,7 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
             for pragma in _pragmas(self._synchronous):
                 conn.execute(pragma)
             _migrate(conn)
+            self.signing_key_matches = _settle_signing_check(conn, self._signing, self.path)
         except BaseException:
             conn.close()
             raise
@@ -154,16 +156,56 @@ def _migrate(conn: Conn) -> None:
             for statement in script.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            if number == 1:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('signing_secret', ?)",
-                    (secrets.token_hex(32),),
-                )
+            if number == 4:
+                _forget_signing_secret(conn)
             conn.execute(f"PRAGMA user_version = {number}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _forget_signing_secret(conn: Conn) -> None:
+    """Migration 4: keep a hash of each token's signature instead of the plaintext secret.
+
+    Before it, the callback signing secret was a row of ``meta``: whoever could read the
+    database could sign a URL for any token. URLs already handed out must keep working, so
+    each token keeps the SHA-256 of the signature its URL carries (which verifies that URL
+    and signs nothing else); the secret itself is deleted, with ``secure_delete`` so that its
+    bytes do not linger in the page.
+    """
+    rows = conn.execute("SELECT value FROM meta WHERE key = 'signing_secret'").fetchall()
+    if not rows:
+        return
+    secret = str(rows[0][0])
+    ids = [row[0] for row in conn.execute("SELECT id FROM waitpoints WHERE kind = 'MANUAL'")]
+    conn.executemany(
+        "UPDATE waitpoints SET legacy_signature_hash = ? WHERE id = ?",
+        [(legacy_signature_hash(secret, token_id), token_id) for token_id in ids],
+    )
+    was = int(_first(conn.execute("PRAGMA secure_delete").fetchall())[0])
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute("DELETE FROM meta WHERE key = 'signing_secret'")
+    conn.execute(f"PRAGMA secure_delete = {was}")
+
+
+def _settle_signing_check(conn: Conn, signing: SigningSecrets, path: Path) -> bool:
+    """Record which key signs this database's URLs (``signing.settle``); False when this
+    process signs with another one than the recorded key."""
+    conn.execute("BEGIN IMMEDIATE")  # processes starting at once settle it in turn
+    try:
+        rows = conn.execute("SELECT value FROM meta WHERE key = ?", (SIGNING_CHECK,)).fetchall()
+        outcome, value = settle(str(rows[0][0]) if rows else None, signing)
+        if value is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (SIGNING_CHECK, value)
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log_outcome(outcome, database=str(path))
+    return outcome != "mismatch"
 
 
 __all__ = ["SQLiteStorage", "sqlite_path"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..callbacks import well_formed
 from ..errors import TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
@@ -16,7 +17,14 @@ from ..models import (
     WaitpointStatus,
 )
 from .base import JournalWrite, NewToken, PageRequest, TokenFilter
-from .records import dump_json, late_completions, load_json, token_from_row
+from .records import (
+    LATE_COMPLETIONS_KEPT,
+    dump_json,
+    load_json,
+    matches_legacy_hash,
+    token_from_row,
+    with_late_completions,
+)
 from .sqlite_base import TIME_OUT, Conn, SQLiteBase, _common_filters, _first, _first_or_none
 
 
@@ -79,13 +87,22 @@ class SQLiteTokens(SQLiteBase):
         if token.is_waiting:
             return token
         late = await self._read(
-            "SELECT via, attempted_at FROM late_completions WHERE token_id = ?"
-            " ORDER BY attempted_at",
+            "SELECT l.via, l.attempted_at, w.late_completion_count FROM late_completions l"
+            " JOIN waitpoints w ON w.id = l.token_id WHERE l.token_id = ? ORDER BY l.n",
             (token_id,),
         )
-        if not late:
-            return token
-        return token.model_copy(update={"late_completions": late_completions(late)})
+        return with_late_completions(token, late)
+
+    async def verify_callback(self, token_id: str, signature: str) -> bool:
+        if self.signer.verify(token_id, signature):
+            return True
+        if not well_formed(signature):
+            return False
+        rows = await self._read(
+            "SELECT legacy_signature_hash FROM waitpoints WHERE id = ? AND kind = 'MANUAL'",
+            (token_id,),
+        )
+        return bool(rows) and matches_legacy_hash(rows[0]["legacy_signature_hash"], signature)
 
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
         where, params = _common_filters(
@@ -152,16 +169,33 @@ class SQLiteTokens(SQLiteBase):
             if token.status is status:
                 return CompletionResult(applied=False, token=token)
             if status is WaitpointStatus.COMPLETED:
-                conn.execute(
-                    "INSERT INTO late_completions (token_id, via, attempted_at) VALUES (?, ?, ?)",
-                    (token_id, source.value, self.now_ms()),
-                )
+                self._record_late_completion(conn, token_id, source, now)
             return TokenNotWaitingError(token_id, token.status.value, token.completed_at)
 
         outcome = await self._write(op)
         if isinstance(outcome, TokenNotWaitingError):
             raise outcome
         return outcome
+
+    def _record_late_completion(
+        self, conn: Conn, token_id: str, source: CompletionSource, now: int
+    ) -> None:
+        """Count the refused completion and keep it among the token's last few: a callback URL
+        may be posted to any number of times, and the token must not grow with them."""
+        rows = conn.execute(
+            "UPDATE waitpoints SET late_completion_count = late_completion_count + 1"
+            " WHERE id = ? RETURNING late_completion_count",
+            (token_id,),
+        ).fetchall()
+        n = int(_first(rows)[0])
+        conn.execute(
+            "INSERT INTO late_completions (token_id, n, via, attempted_at) VALUES (?, ?, ?, ?)",
+            (token_id, n, source.value, now),
+        )
+        conn.execute(
+            "DELETE FROM late_completions WHERE token_id = ? AND n <= ?",
+            (token_id, n - LATE_COMPLETIONS_KEPT),
+        )
 
     async def _time_out_tokens(self, limit: int) -> int:
         now = self.now_ms()

@@ -41,6 +41,6 @@ def mount_ui(app: FastAPI, *, secret_key: str) -> None:
 
 
 def _warm_up() -> None:
-    """Build the JSON Schema meta-validator now, so the first completion is not the slow one."""
+    """Build a validator now, so the first completion is not the slow one."""
     check_schema({"type": "object"})
     validator_for({"type": "object", "properties": {"approved": {"type": "boolean"}}})

@@ -6,12 +6,14 @@ one-link approval page (the link's public access token, ``completedVia: public-t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..client import Engine
 from ..errors import ValidationError
 from ..models import CompletionResult, CompletionSource, Token
+from ..validation import off_the_loop
 from .forms import FORM_ERROR, Form, Reading, form_for, read_form, schema_errors, validator_for
 
 
@@ -35,7 +37,13 @@ async def submit(
 ) -> Submission:
     form = form_for(token.data_schema)
     reading = read_form(form, pairs)
-    for name, message in schema_errors(form, token.data_schema, reading.data).items():
+    try:
+        found = await off_the_loop(
+            functools.partial(schema_errors, form, token.data_schema, reading.data), "the answer"
+        )
+    except ValidationError as exc:
+        found = {FORM_ERROR: str(exc)}
+    for name, message in found.items():
         reading.errors.setdefault(name, message)  # a field's own reading error says more
     if reading.errors:
         return Submission(form, reading, None)

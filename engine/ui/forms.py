@@ -14,19 +14,21 @@ when it completes the token; this pass only decides where each message goes.
 from __future__ import annotations
 
 import contextlib
-import functools
+import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
-from jsonschema.exceptions import ValidationError as JSONSchemaError
+import jsonschema_rs
+from jsonschema_rs import ValidationErrorKind
 
-from ..validation import check_schema
+from ..api.body import too_many_digits
+from ..errors import ValidationError
+from ..validation import MAX_SCHEMA_ERRORS, path_key, validator
 
 Kind = Literal["boolean", "choice", "text", "integer", "number", "json"]
 APPROVED = "approved"
@@ -244,6 +246,9 @@ def _field_value(item: Field, raw: str | None, errors: dict[str, str]) -> Any:
                 return json.loads(choice.value)
         errors[item.name] = "choose one of the options"
         return _MISSING
+    if item.kind in ("integer", "number") and (problem := _too_long(text)):
+        errors[item.name] = problem
+        return _MISSING
     if item.kind == "integer":
         try:
             return int(text)
@@ -276,61 +281,76 @@ def _json_value(text: str, errors: dict[str, str], key: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         errors[key] = f"not valid JSON: {exc}"
-        return _MISSING
+    except ValueError:
+        errors[key] = f"not acceptable JSON: {too_many_digits()}"
+    return _MISSING
 
 
-@functools.lru_cache(maxsize=256)
-def _validator(schema_text: str) -> Draft202012Validator:
-    return Draft202012Validator(check_schema(json.loads(schema_text)))
+def _too_long(text: str) -> str | None:
+    """The message for a number Python will not convert (over 4,300 digits), else None."""
+    digits = text.lstrip("+-")
+    if len(digits) > sys.get_int_max_str_digits() > 0:
+        return too_many_digits()
+    return None
 
 
-def validator_for(schema: dict[str, Any]) -> Draft202012Validator | None:
-    """The (cached) validator of a token's schema; built when its page is first shown."""
+def validator_for(schema: dict[str, Any]) -> jsonschema_rs.Validator | None:
+    """The (cached) validator of a token's schema, as the engine builds it (None: unusable).
+
+    The same rules as everywhere: local ``$ref``s only, nothing fetched, linear-time patterns.
+    """
     try:
-        return _validator(json.dumps(schema, sort_keys=True))
-    except (SchemaError, ValueError, TypeError):
+        return validator(schema)
+    except ValidationError:
         return None
 
 
-def _clearest(error: JSONSchemaError) -> JSONSchemaError:
+_WEAK = ("anyOf", "oneOf")
+
+
+def _is_null_type(error: jsonschema_rs.ValidationError) -> bool:
+    kind = error.kind
+    return isinstance(kind, ValidationErrorKind.Type) and list(kind.types) == ["null"]
+
+
+def _clearest(error: jsonschema_rs.ValidationError) -> jsonschema_rs.ValidationError:
     """For ``anyOf``/``oneOf`` (pydantic's ``X | None``), the reason the non-null branch failed,
     rather than "is not valid under any of the given schemas"."""
-    options = [
-        e
-        for e in error.context or []
-        if not (e.validator == "type" and e.validator_value == "null")
-    ]
+    kind = error.kind
+    if not isinstance(kind, ValidationErrorKind.AnyOf | ValidationErrorKind.OneOfNotValid):
+        return error
+    options = [e for branch in kind.context for e in branch if not _is_null_type(e)]
     if not options:
         return error
-    best = best_match(options)
-    return error if best is None else _clearest(best)
+    best = min(options, key=lambda e: (len(e.instance_path), e.kind.name in _WEAK))
+    return _clearest(best)
 
 
 def schema_errors(form: Form, schema: dict[str, Any] | None, data: Any) -> dict[str, str]:
     """Where ``data`` breaks ``schema``: messages keyed by field name ("" for the whole)."""
     if schema is None:
         return {}
-    validator = validator_for(schema)
-    if validator is None:
+    check = validator_for(schema)
+    if check is None:
         return {}
     names = {f.name for f in form.fields}
     errors: dict[str, str] = {}
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
+    found = itertools.islice(check.iter_errors(data), MAX_SCHEMA_ERRORS)
+    for error in sorted(found, key=path_key):
         error = _clearest(error)
-        path = list(error.absolute_path)
+        path = list(error.instance_path)
         key = FORM_ERROR
         message = error.message
         if path and str(path[0]) in names:
             key = str(path[0])
             if len(path) > 1:
                 message = f"{'.'.join(str(p) for p in path[1:])}: {message}"
-        elif not path and error.validator == "required" and isinstance(error.instance, dict):
-            listed = error.validator_value if isinstance(error.validator_value, list) else []
-            for name in (str(p) for p in listed if p not in error.instance):
-                if message.startswith(repr(name)) and name in names:
-                    key, message = name, "this field is required"
-                    if form.approval and name == APPROVED:
-                        key, message = FORM_ERROR, "choose Approve or Reject"
+        elif not path and isinstance(error.kind, ValidationErrorKind.Required):
+            name = error.kind.property
+            if name in names:
+                key, message = name, "this field is required"
+                if form.approval and name == APPROVED:
+                    key, message = FORM_ERROR, "choose Approve or Reject"
         if form.whole_json:
             key = WHOLE
             where = ".".join(str(p) for p in path)

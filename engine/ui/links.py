@@ -18,6 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
+from .. import keys
 from ..api.auth import KEY_FILE, Auth
 from ..api.body import JSONGuardRoute
 from ..api.deps import EngineDep, SecretCaller, auth_of
@@ -45,10 +46,9 @@ def approval_url(public_url: str, auth: Auth, token_id: str, expires_in: str | t
 
 def local_secret_key(settings: Settings) -> str:
     """The key a local engine signs links with: configured, or the one ``waitpoint dev`` made."""
-    if settings.secret_key:
-        return settings.secret_key
-    if KEY_FILE.exists():
-        return KEY_FILE.read_text().strip()
+    key = keys.secret_key(settings, create=False)
+    if key is not None:
+        return key.value
     raise ConfigurationError(
         "approval links are signed with the API's secret key: set WAITPOINT_SECRET_KEY, or "
         f"start `waitpoint dev` once so that it creates {KEY_FILE}"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from engine import Engine
+from engine import Engine, Settings
 from engine.api import create_app
 
 KEY = "sk_test_waitpoint_ui_tests_0123456789abcdef"
@@ -33,7 +33,8 @@ class Decision(BaseModel):
 
 @pytest.fixture
 async def ui_engine(sqlite_url: str) -> AsyncIterator[Engine]:
-    async with Engine(sqlite_url) as opened:
+    # the key the app gets: as in a server, the engine signs callback URLs with it too
+    async with Engine(sqlite_url, settings=Settings(secret_key=KEY)) as opened:
         yield opened
 
 

@@ -193,7 +193,9 @@ async def test_approval_link_without_any_key_is_a_configuration_error(
     sqlite_url: str, token_id: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(str(tmp_path))  # no .waitpoint/secret_key here
-    async with Engine(sqlite_url, settings=Settings(secret_key=None)) as engine:
+    # and none made: an engine with a signing secret of its own needs no secret key to open
+    settings = Settings(secret_key=None, signing_secret="approve-tests-signing-secret-0123456789")
+    async with Engine(sqlite_url, settings=settings) as engine:
         with pytest.raises(ConfigurationError, match="WAITPOINT_SECRET_KEY"):
             await engine.tokens.approval_link(token_id)
 

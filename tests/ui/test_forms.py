@@ -141,7 +141,7 @@ def test_schema_messages_are_put_next_to_the_property_they_are_about() -> None:
     errors = schema_errors(form, SCHEMA, reading.data)
     assert errors["reviewer"] == "this field is required"
     assert errors[FORM_ERROR] == "choose Approve or Reject"
-    assert errors["nested"] == "a: 'x' is not of type 'integer'"
+    assert errors["nested"] == 'a: "x" is not of type "integer"'
 
 
 def test_the_whole_json_editor_reads_any_json_and_reports_where_it_breaks_the_schema() -> None:
@@ -151,4 +151,4 @@ def test_the_whole_json_editor_reads_any_json_and_reports_where_it_breaks_the_sc
     assert reading.data == [1, 2] and reading.errors == {}
     assert read_form(form, [("json", "")]).data is None
     errors = schema_errors(form, schema, ["x"])
-    assert errors == {"json": "0: 'x' is not of type 'integer'"}
+    assert errors == {"json": '0: "x" is not of type "integer"'}

@@ -74,8 +74,19 @@ POLL_SECONDS = 0.5
 PUBLIC_URL = "http://127.0.0.1:8030"
 
 
+SIGNING_SECRET = "simulation-signing-secret-" + "0" * 40
+"""Callback URLs are signed with it (the simulator never calls them back)."""
+
+
 def open_sim_storage(url: str, clock: Any) -> Storage:
-    return open_storage(url, public_url=PUBLIC_URL, synchronous="NORMAL", pool_size=2, clock=clock)
+    return open_storage(
+        url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        synchronous="NORMAL",
+        pool_size=2,
+        clock=clock,
+    )
 
 
 class FaultyStorage:

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from . import grammar as g
@@ -131,14 +132,32 @@ def _avoid(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _postgres_ready() -> bool:
-    from tests.postgres import unavailable_reason
+def _postgres_ready(patience: float = 600.0) -> bool:
+    """Whether the test server answers; a server out of connections (other test suites on a
+    shared machine) is waited for, up to ``patience`` seconds."""
+    import asyncpg
 
-    reason = unavailable_reason()
-    if reason is None:
-        return True
-    print(f"PostgreSQL: {reason}", file=sys.stderr)
-    return False
+    from tests.postgres import SERVER_URL
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(SERVER_URL, timeout=5)
+        await conn.close()
+
+    waited = 0.0
+    while True:
+        try:
+            asyncio.run(probe())
+            return True
+        except asyncpg.TooManyConnectionsError:
+            if waited >= patience:
+                print("PostgreSQL: still too many clients; giving up", file=sys.stderr)
+                return False
+            print("PostgreSQL: too many clients for now, waiting", file=sys.stderr)
+            time.sleep(15)
+            waited += 15
+        except Exception as exc:
+            print(f"PostgreSQL is not reachable at {SERVER_URL}: {exc}", file=sys.stderr)
+            return False
 
 
 def _single(args: argparse.Namespace, backends: list[str], avoid: frozenset[str]) -> int:

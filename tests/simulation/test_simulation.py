@@ -21,7 +21,7 @@ from .generator import Profile, generate
 from .invariants import check
 from .reference import predict
 
-SEEDS = {"sqlite": range(0, 240), "postgres": range(0, 80)}
+SEEDS = {"sqlite": range(0, 200), "postgres": range(0, 70)}
 """About a minute per backend on a shared 2-core machine."""
 
 

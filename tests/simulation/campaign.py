@@ -141,10 +141,17 @@ async def campaign(
             except RuntimeError:
                 summary.skipped.append(seed)
                 continue
-            try:
-                result = await run_scenario(db, scenario, timeout=timeout)
-            except Exception as exc:  # the simulator or the database server, not the engine
-                result = _broken(scenario, backend, exc)
+            for pause in (5, 15, 30, 0):  # a shared server out of connections: try it again
+                try:
+                    result = await run_scenario(db, scenario, timeout=timeout)
+                except Exception as exc:  # the simulator or the database server, not the engine
+                    result = _broken(scenario, backend, exc)
+                if result.rules() != {"infrastructure"} or not pause:
+                    break
+                with contextlib.suppress(Exception):
+                    await db.close()
+                await asyncio.sleep(pause)
+                db = await _open(backend)
             result.replay = mode
             result.avoid = profile.avoid if profile else frozenset()
             result.profile = profile.name if profile else "default"

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
@@ -49,6 +50,8 @@ from .world import FaultState, World
 IDLE_STORAGES = 3
 """Open storages a database keeps for the next processes (PostgreSQL: 5 connections each)."""
 TASK_IDS = [g.task_id(n) for n in g.ATTEMPTS]
+NOT_YET = sys.maxsize
+"""The due time of an agenda item that waits for something (a token not made yet)."""
 TERMINAL = {s.value for s in RunStatus if s.is_terminal}
 
 
@@ -282,16 +285,19 @@ class Executor:
                 await self._apply(item)
 
     def _time_of(self, item: _Item) -> int:
+        """When an agenda item is due; a completion racing a token's deadline waits for the
+        token (the reference places it by the token's own deadline, whenever it is made)."""
         event = item.data
         if item.kind == "event" and event.get("race") is not None:
             token = self.world.tokens.get((event["token"][0], event["token"][1]))
-            if token is not None and token.expires_at is not None:
-                return to_ms(token.expires_at) + int(event["race"])
+            if token is None or token.expires_at is None:
+                return NOT_YET
+            return to_ms(token.expires_at) + int(event["race"])
         return item.at
 
     async def _next_instant(self) -> int | None:
         now = self.clock.now_ms()
-        candidates = [self._time_of(item) for item in self.agenda]
+        candidates = [t for t in map(self._time_of, self.agenda) if t != NOT_YET]
         timer = await self.storage.next_timer_ms()
         if timer is not None and timer > now:
             candidates.append(timer)

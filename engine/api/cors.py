@@ -1,15 +1,19 @@
 """Cross-origin access, only on the routes a browser is meant to call from another origin.
 
-Trigger.dev's React hook ``useWaitToken`` (``@trigger.dev/react-hooks``) completes a token
-from a user's frontend, with the token's public access token (``write:waitpoints:<id>``):
+Trigger.dev's React hooks (``@trigger.dev/react-hooks``) call two of our routes from a
+user's frontend, each with a public access token scoped to one object:
 
-    POST /api/v1/waitpoints/tokens/{id}/complete
+    POST /api/v1/waitpoints/tokens/{id}/complete   useWaitToken  (write:waitpoints:<id>)
+    GET  /api/v3/runs/{id}                         useRun        (read:runs:<id>, which
+                                                                  trigger returns)
 
-That route answers every origin (``Access-Control-Allow-Origin: *``), errors included, so the
-hook can read why a completion failed. No other route does: not the rest of the API (the
-secret key belongs on a server, never in a page), not the browser UI under ``/ui`` (its
-cookie session must stay same-site; its own ``/ui/tokens/{id}/complete`` form post is not
-this route), not ``/docs``.
+Those two answer every origin (``Access-Control-Allow-Origin: *``), errors included, so a
+hook can read why a call failed; only for their own method. No other route does: not the rest
+of the API (the secret key belongs on a server, never in a page), not the browser UI under
+``/ui`` (its cookie session must stay same-site; its own ``/ui/tokens/{id}/complete`` form
+post is not the token route), not ``/docs``. The other hooks call routes this server does not
+open to public tokens (trigger with a ``trigger:tasks`` token, Trigger.dev's realtime API), so
+they get nothing here either.
 
 The preflight names the headers it allows instead of answering ``*``: the Fetch standard says
 the wildcard never covers ``Authorization``, which is how every hook sends its token. Firefox
@@ -29,10 +33,11 @@ import re
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ALLOWED_HEADERS", "PublicRoutesCORS", "cross_origin_methods"]
+__all__ = ["ALLOWED_HEADERS", "PublicRoutesCORS", "cross_origin_method"]
 
 _PUBLIC_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"/api/v1/waitpoints/tokens/[^/]+/complete"), "POST"),
+    (re.compile(r"/api/v3/runs/[^/]+"), "GET"),
 )
 
 ALLOWED_HEADERS: tuple[str, ...] = (
@@ -52,7 +57,7 @@ _SDK_HEADER = re.compile(r"x-trigger-[a-z0-9-]{1,64}")
 MAX_AGE_SECONDS = 7200  # Chromium's ceiling: a longer cache is cut to this anyway
 
 
-def cross_origin_methods(path: str) -> str | None:
+def cross_origin_method(path: str) -> str | None:
     """The method another origin may use on ``path``, or None: no CORS there."""
     for pattern, method in _PUBLIC_ROUTES:
         if pattern.fullmatch(path):
@@ -82,13 +87,18 @@ class PublicRoutesCORS:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = (
-            cross_origin_methods(str(scope.get("path", ""))) if scope["type"] == "http" else None
+            cross_origin_method(str(scope.get("path", ""))) if scope["type"] == "http" else None
         )
         if method is None:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+        preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+        wanted = headers["access-control-request-method"] if preflight else scope["method"]
+        if wanted.upper() != method:  # another method, its 405 included, stays same-origin
+            await self.app(scope, receive, send)
+            return
+        if preflight:
             await self._preflight(method, headers, send)
             return
 

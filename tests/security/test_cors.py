@@ -1,11 +1,12 @@
 """CORS on a real ``waitpoint serve``: by the standard, and only where meant.
 
-The preflight of the public-token routes names ``Authorization`` (the Fetch standard's ``*``
-does not cover it), ``Content-Type`` and the SDK's headers, and never answers ``*``. Only
-those routes answer other origins: the rest of the API, the browser UI under ``/ui`` (a
-``/ui/.../complete`` form post included), ``/docs`` and ``/openapi.json`` send no
-``Access-Control-Allow-Origin``, to simple requests and preflights alike. What Chromium does
-with these answers is tested in ``test_react_hooks_cors.py``.
+The preflight of the public-token routes (complete a token, retrieve a run: what
+``useWaitToken`` and ``useRun`` call) names ``Authorization`` (the Fetch standard's ``*`` does
+not cover it), ``Content-Type`` and the SDK's headers, and never answers ``*``. Only those
+routes, and only for their own method, answer other origins: the rest of the API, the
+browser UI under ``/ui`` (a ``/ui/.../complete`` form post included), ``/docs`` and
+``/openapi.json`` send no ``Access-Control-*`` header, to simple requests and preflights
+alike. What Chromium does with these answers is tested in ``test_react_hooks_cors.py``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,23 @@ def test_every_answer_of_the_complete_route_is_readable_cross_origin(
         assert answer.headers.get("access-control-allow-origin") == "*", answer.headers
 
 
+def test_the_run_route_answers_other_origins_for_reading(
+    server: ServeProcess, anonymous: httpx.Client
+) -> None:
+    """``useRun`` reads a run with the run's public access token (trigger returns it); its
+    refusals are readable too (test_react_hooks_cors.py reads a real run in Chromium)."""
+    path = "/api/v3/runs/run_unknown"
+    asked = preflight(anonymous, path, "GET", ",".join(SDK_HEADERS))
+    assert asked.status_code == 204
+    assert asked.headers["access-control-allow-origin"] == "*"
+    assert asked.headers["access-control-allow-methods"] == "GET"
+    assert set(SDK_HEADERS) <= set(allowed_headers(asked)), asked.headers
+    for headers in ({}, {"Authorization": f"Bearer {server.secret_key}"}):
+        answer = anonymous.get(path, headers={"Origin": ORIGIN, **headers})
+        assert answer.status_code in (401, 404), answer.text
+        assert answer.headers.get("access-control-allow-origin") == "*", answer.headers
+
+
 def _everything_else(server: ServeProcess) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, request options) for every other kind of route, with real ids."""
     token = server.new_token()
@@ -124,6 +142,10 @@ def _everything_else(server: ServeProcess) -> list[tuple[str, str, dict[str, Any
         ("GET", "/ui/static/app.css", {}),
         ("GET", approve, {}),
         ("POST", approve, form),
+        # The public-token routes with another method than their own.
+        ("GET", f"{token_path}/complete", {}),
+        ("DELETE", f"{token_path}/complete", {}),
+        ("POST", "/api/v3/runs/run_nope", {"json": {}}),
         # Paths that end in /complete but are not the token route.
         ("POST", "/api/v2/runs/run_nope/complete", {}),
         ("POST", f"{token_path}/complete/extra", {}),

@@ -2,10 +2,11 @@
 Chromium, from a page on another origin, against a real ``waitpoint dev``.
 
 The page (tests/react, built with vite) completes a token with ``useWaitToken`` and its public
-access token, as a Trigger.dev user's frontend does. Chromium runs with the Fetch standard's
-rule that ``Access-Control-Allow-Headers: *`` does not cover ``Authorization``
-(``STRICT_CORS``): a server that answers the preflight with ``*`` gets every completion
-blocked there (and in Firefox and Safari), so the preflight must name the headers. A control
+access token, and follows a run with ``useRun`` and the run's public access token, as a
+Trigger.dev user's frontend does. Chromium runs with the Fetch standard's rule that
+``Access-Control-Allow-Headers: *`` does not cover ``Authorization`` (``STRICT_CORS``): a
+server that answers the preflight with ``*`` gets every hook's call blocked there (and in
+Firefox and Safari), so the preflight must name the headers. A control
 test shows that this browser does enforce the rule, so the other tests cannot pass because
 the flag did nothing.
 
@@ -214,6 +215,35 @@ def test_use_wait_token_completes_a_token_from_another_origin(
     assert token["data"] == {"approved": True, "reviewer": "react-hooks"}
     done = poll(lambda: get_run(api, run_id), lambda r: r["status"] == "COMPLETED", "done", 30)
     assert done["output"]["decision"] == {"approved": True, "reviewer": "react-hooks"}
+
+
+def test_use_run_follows_a_run_with_its_public_token_from_another_origin(
+    server: DevServer, api: httpx.Client, site: str, page: Page
+) -> None:
+    run_id, run_token, token_id = park(api, 2)
+    console = Console(page)
+    page.goto(page_url(site, api=server.base_url, run=run_id, runJwt=run_token))
+    shown(page, console, "run-status", "WAITING")
+
+    answer = api.post(f"/api/v1/waitpoints/tokens/{token_id}/complete", json={"data": "ok"})
+    assert answer.status_code == 200, answer.text
+    shown(page, console, "run-status", "COMPLETED")
+    assert not console.cors_errors(), str(console)
+
+
+def test_use_run_reads_why_another_runs_token_is_refused(
+    server: DevServer, api: httpx.Client, site: str, page: Page
+) -> None:
+    """The 403 carries ``Access-Control-Allow-Origin`` too: the hook shows the server's reason
+    instead of a network error."""
+    run_id, _, _ = park(api, 3)
+    _, other_runs_token, _ = park(api, 4)
+    console = Console(page)
+    page.goto(page_url(site, api=server.base_url, run=run_id, runJwt=other_runs_token))
+    error = page.get_by_test_id("run-error")
+    error.wait_for()
+    assert f"does not grant read:runs:{run_id}" in error.inner_text(), str(console)
+    assert not console.cors_errors(), str(console)
 
 
 class _WildcardPreflight(BaseHTTPRequestHandler):

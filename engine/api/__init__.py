@@ -16,6 +16,7 @@ from ..settings import Settings
 from .auth import Auth
 from .body import BodyLimitMiddleware
 from .cors import PublicRoutesCORS
+from .docs import router as docs_router
 from .problems import install_problem_handlers
 from .runs import router as runs_router
 from .streams import router as streams_router
@@ -31,7 +32,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
         title="Waitpoint",
         summary="Durable runs and waitpoint tokens, wire-compatible with the Trigger.dev SDK.",
         version="0.1.0",
-        docs_url="/docs",
+        docs_url=None,  # ours, in .docs: FastAPI's loads Swagger UI from a CDN
         openapi_url="/openapi.json",
         redoc_url=None,
     )
@@ -42,6 +43,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
     app.include_router(tokens_router)
     app.include_router(runs_router)
+    app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 
     mount_ui(app, secret_key=secret_key)

@@ -194,6 +194,15 @@ def shown(page: Page, console: Console, test_id: str, text: str) -> None:
     )
 
 
+def press(page: Page, console: Console, button: str) -> None:
+    """Click ``button``; when the page never shows it (the bundle failed), say what the
+    console said."""
+    try:
+        page.get_by_role("button", name=button).click()
+    except playwright_api.Error as exc:
+        raise AssertionError(f"no {button!r} button: {exc}\n--- console\n{console}") from None
+
+
 def page_url(site: str, **params: str) -> str:
     return f"{site}/?{urlencode(params)}"
 
@@ -205,7 +214,7 @@ def test_use_wait_token_completes_a_token_from_another_origin(
     public = Auth(server.secret_key).public_token([f"write:waitpoints:{token_id}"])
     console = Console(page)
     page.goto(page_url(site, api=server.base_url, token=token_id, tokenJwt=public))
-    page.get_by_role("button", name="Approve").click()
+    press(page, console, "Approve")
 
     shown(page, console, "completed", "completed")
     assert not console.cors_errors(), str(console)

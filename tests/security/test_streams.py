@@ -33,6 +33,7 @@ from .conftest import TOKENS, ServeProcess
 if TYPE_CHECKING:
     from engine.api.watchers import StreamHub
 
+CHROMIUM = "/usr/bin/chromium"
 KEY = "sk_test_streams_0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TOKEN_STREAM = f"{TOKENS}/stream"
@@ -368,3 +369,41 @@ async def test_a_shared_run_stream_stays_correct_and_ends_when_the_run_finishes(
     assert late[0][1]["status"] == "COMPLETED"
     await until(lambda: hub(app).watchers == 0, "a finished run's watcher is still running")
     await until(lambda: hub(app).slots.open == 0, "ended streams still hold their slots")
+
+
+# --- the dashboard, in a real browser ---------------------------------------------------------
+
+
+def test_a_page_whose_stream_was_refused_tries_again_and_goes_live(tmp_path: Path) -> None:
+    """With one stream per address held elsewhere, the inbox's EventSource is refused (429),
+    which a browser never retries by itself; the page does, and once a slot is free it shows
+    a new token without being reloaded."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    server = ServeProcess(tmp_path, WAITPOINT_MAX_STREAMS_PER_CLIENT="1")
+    server.start()
+    try:
+        with sync_api.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_context().new_page()
+            page.set_default_timeout(20_000)
+            with (
+                server.client() as client,
+                client.stream("GET", TOKEN_STREAM) as held,
+            ):
+                assert held.status_code == 200
+                page.goto(f"{server.base_url}/ui/tokens")
+                page.get_by_label("Secret key").fill(server.secret_key)
+                with page.expect_response(lambda r: "/tokens/stream" in r.url) as refused:
+                    page.get_by_role("button", name="Sign in").click()
+                assert refused.value.status == 429
+            page.evaluate("window.__notReloaded = true")
+            token = server.new_token(tags=["after-the-refusal"])
+            sync_api.expect(page.get_by_text(token["id"]).first).to_be_visible(timeout=30_000)
+            assert page.evaluate("window.__notReloaded") is True
+            browser.close()
+    finally:
+        server.stop()

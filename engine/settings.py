@@ -60,3 +60,8 @@ class Settings(BaseSettings):
     it, new requests get 503 at once. Kept under the process's open-file limit."""
     backlog: int = Field(default=1024, gt=0)
     """Connections the kernel queues for the API before it accepts them (``listen`` backlog)."""
+    max_streams: int = Field(default=200, gt=0)
+    """Live-update streams (server-sent events) the API keeps open at once; past it, 503. Each
+    holds a connection for as long as its client likes: keep it well under max_connections."""
+    max_streams_per_client: int = Field(default=20, gt=0)
+    """Live-update streams one client address may keep open at once; past it, 429."""

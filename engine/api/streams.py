@@ -45,7 +45,7 @@ def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def stream_caller(request: Request, scope: str | None = None) -> Caller:
+async def stream_caller(request: Request, scope: str | None = None) -> Caller:
     """Whoever may watch: the secret key or a scoped token (header), or a dashboard session."""
     header = request.headers.get("authorization")
     if header:
@@ -57,7 +57,7 @@ def stream_caller(request: Request, scope: str | None = None) -> Caller:
         return who
     ui = getattr(request.app.state, "ui", None)
     if ui is not None:
-        ui.sessions.check(request.cookies.get(SESSION_COOKIE), "session")
+        await ui.sessions.verify(request.cookies.get(SESSION_COOKIE), "session")
         return Caller(is_secret=True)
     raise AuthError(401, "Invalid API key: send Authorization: Bearer <secret key>")
 
@@ -107,7 +107,7 @@ async def runs_stream(
     tag: Annotated[str | None, Query(alias="filter[tag]")] = None,
     size: Annotated[str | None, Query(alias="page[size]")] = None,
 ) -> StreamingResponse:
-    stream_caller(request)
+    await stream_caller(request)
     wanted = run_statuses(status)
     limit = page_size(size)
 
@@ -127,7 +127,7 @@ async def runs_stream(
 
 @router.get("/api/v1/runs/{run_id}/stream", summary="Follow one run until it ends (ours, SSE)")
 async def run_stream(run_id: str, request: Request, engine: EngineDep) -> StreamingResponse:
-    stream_caller(request, f"read:runs:{run_id}")
+    await stream_caller(request, f"read:runs:{run_id}")
     first = await engine.runs.retrieve(run_id)  # 404 before the stream starts
 
     async def read() -> Run:
@@ -150,7 +150,7 @@ async def tokens_stream(
     tags: Annotated[str | None, Query(alias="filter[tags]")] = None,
     size: Annotated[str | None, Query(alias="page[size]")] = None,
 ) -> StreamingResponse:
-    stream_caller(request)
+    await stream_caller(request)
     wanted = statuses(status, WaitpointStatus)
     limit = page_size(size)
 

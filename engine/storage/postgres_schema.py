@@ -154,4 +154,17 @@ MIGRATIONS: list[str] = [
         WHERE runs.id = journal.run_id AND journal.is_error
         AND journal.attempt < runs.attempt_count;
     """,
+    # 3 and 4: no-ops here; another branch (late completions, the signing secret) takes these
+    # numbers, and this branch's migration keeps its own when both are merged
+    "SELECT 1",
+    "SELECT 1",
+    # 5: dashboard credentials that ended before their time: one-click sign-in links already
+    # used and sessions signed out. Rows go a day after the credential would have expired.
+    """
+    CREATE TABLE spent_credentials (
+        key text COLLATE "C" PRIMARY KEY,
+        expires_at bigint NOT NULL
+    );
+    CREATE INDEX spent_credentials_expiry ON spent_credentials (expires_at);
+    """,
 ]

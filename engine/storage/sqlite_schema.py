@@ -153,4 +153,17 @@ MIGRATIONS: list[str] = [
     UPDATE journal SET rerun = 1 WHERE is_error = 1
         AND attempt < (SELECT attempt_count FROM runs WHERE runs.id = journal.run_id);
     """,
+    # 3 and 4: no-ops here; another branch (late completions, the signing secret) takes these
+    # numbers, and this branch's migration keeps its own when both are merged
+    "SELECT 1",
+    "SELECT 1",
+    # 5: dashboard credentials that ended before their time: one-click sign-in links already
+    # used and sessions signed out. Rows go a day after the credential would have expired.
+    """
+    CREATE TABLE spent_credentials (
+        key TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX spent_credentials_expiry ON spent_credentials (expires_at);
+    """,
 ]

@@ -31,7 +31,7 @@ from ..errors import (
     ValidationError,
 )
 from .render import Renderer
-from .sessions import Sessions
+from .sessions import COOKIE, Sessions
 
 APPROVE_PREFIX = "/ui/approve/"
 MAX_FORM_FIELDS = 200
@@ -138,9 +138,10 @@ class PageRoute(APIRoute):
         return page
 
 
-def signed_in(request: Request) -> None:
-    """Dependency of every dashboard page: a valid session cookie, else the sign-in page."""
-    ui_of(request).sessions.check(request.cookies.get("waitpoint_session"), "session")
+async def signed_in(request: Request) -> None:
+    """Dependency of every dashboard page: a live session cookie (signed, unexpired, not
+    signed out), else the sign-in page."""
+    await ui_of(request).sessions.verify(request.cookies.get(COOKIE), "session")
     request.state.signed_in = True
 
 

@@ -18,7 +18,7 @@ from ..api.auth import AuthError
 from ..models import CompletionSource, Token, WaitpointStatus
 from .completion import prepare, submit
 from .forms import Reading
-from .routing import PageError, PageRoute, engine_of, form_pairs, ui_of
+from .routing import PageError, PageRoute, engine_of, form_pairs, same_site, ui_of
 
 router = APIRouter(prefix="/ui/approve", route_class=PageRoute, include_in_schema=False)
 
@@ -76,6 +76,7 @@ async def approval_page(request: Request, token_id: str, t: str | None = None) -
 @router.post("/{token_id}")
 async def approve(request: Request, token_id: str, t: str | None = None) -> Response:
     token = await _token(request, token_id, t)
+    same_site(request)  # after the link: without one the answer stays 401, whoever sent it
     if not token.is_waiting:
         return _show(request, token)
     pairs = await form_pairs(request)

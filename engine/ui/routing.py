@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -146,9 +146,51 @@ async def signed_in(request: Request) -> None:
 
 
 def same_site(request: Request) -> None:
-    """Refuse form posts another site makes the browser send (on top of SameSite cookies)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+    """Refuse form posts another site makes the browser send (on top of SameSite cookies).
+
+    A browser that sends ``Sec-Fetch-Site`` says where the post came from. One that does not
+    (older browsers; some proxies and privacy tools strip it) still sends ``Origin`` with a
+    form post, and the post is accepted only when that is this server's own origin: the
+    public URL's (``WAITPOINT_PUBLIC_URL``) or the one the request was addressed to (its
+    ``Host``, which a page on another site cannot choose). Without ``Origin`` a same-origin
+    ``Referer`` will do. A post that shows neither is refused: it cannot be told apart from
+    a forged one, and no browser that submits our own forms sends it.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        if fetch_site not in ("same-origin", "none"):
+            raise PageError(403, "Not allowed", "this form can only be sent from this site")
+        return
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if claimed is None or _origin(claimed) not in _own_origins(request):
         raise PageError(403, "Not allowed", "this form can only be sent from this site")
+
+
+def _own_origins(request: Request) -> set[str | None]:
+    public_url: str = request.app.state.settings.public_url
+    own = {_origin(public_url)}
+    host = request.headers.get("host")
+    if host:
+        own.add(_origin(f"{request.url.scheme}://{host}"))
+    own.discard(None)
+    return own
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, lower case, default port left out."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = 80 if scheme == "http" else 443
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
 
 SignedIn = Annotated[None, Depends(signed_in)]

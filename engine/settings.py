@@ -55,3 +55,10 @@ class Settings(BaseSettings):
     it, new requests get 503 at once. Kept under the process's open-file limit."""
     backlog: int = Field(default=1024, gt=0)
     """Connections the kernel queues for the API before it accepts them (``listen`` backlog)."""
+    auth_failures_per_minute: int = Field(default=10, gt=0)
+    """Wrong credentials (API key, public access token, dashboard sign-in, approval link) one
+    client address may send a minute, in a burst or spread out; past that it gets 429 with
+    ``Retry-After``, for the right key too, until its budget refills. Counted per process."""
+    trusted_proxies: str = ""
+    """Addresses (or networks, comma-separated) of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` the API believes. Empty: the client is the socket peer."""

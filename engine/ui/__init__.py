@@ -39,6 +39,7 @@ def mount_ui(app: FastAPI, *, secret_key: str) -> None:
         renderer=Renderer(),
         sessions=Sessions(secret_key, storage=lambda: engine.storage),
         auth=auth,
+        limiter=app.state.credential_limiter,
     )
     _warm_up()
     app.include_router(links.router)

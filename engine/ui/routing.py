@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from ..api.auth import Auth, AuthError
+from ..api.limits import FailureLimiter, client_address, too_many_message
 from ..api.problems import Problem
 from ..client import Engine
 from ..errors import (
@@ -39,11 +40,13 @@ MAX_FORM_FIELDS = 200
 
 @dataclass(frozen=True)
 class UI:
-    """The UI's share of the app state: templates, sessions, and the API's auth."""
+    """The UI's share of the app state: templates, sessions, the API's auth and the limit on
+    wrong credentials (one budget per address for the API and the dashboard alike)."""
 
     renderer: Renderer
     sessions: Sessions
     auth: Auth
+    limiter: FailureLimiter
 
 
 def ui_of(request: Request) -> UI:
@@ -59,11 +62,14 @@ def engine_of(request: Request) -> Engine:
 class PageError(Exception):
     """An error page: status, a short title, and what the person can do about it."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(
+        self, status: int, title: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.title = title
         self.message = message
+        self.headers = headers or {}
 
 
 def _page_error(exc: Exception) -> PageError:
@@ -101,7 +107,7 @@ def error_page(request: Request, exc: Exception) -> Response:
     problem = _page_error(exc)
     ui = ui_of(request)
     on_approval_page = request.url.path.startswith(APPROVE_PREFIX)
-    return ui.renderer.page(
+    response = ui.renderer.page(
         request,
         "error.html",
         status_code=problem.status,
@@ -111,6 +117,8 @@ def error_page(request: Request, exc: Exception) -> Response:
         show_login=problem.status == 401 and not on_approval_page,
         next=request.url.path if request.method == "GET" else "/ui",
     )
+    response.headers.update(problem.headers)
+    return response
 
 
 _PAGE_ERRORS = (
@@ -191,6 +199,18 @@ def _origin(url: str) -> str | None:
         host = f"[{host}]"
     default = 80 if scheme == "http" else 443
     return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def refuse_if_limited(request: Request) -> str:
+    """A 429 page (with ``Retry-After``) when the client's address sent too many wrong
+    credentials; else its address, to count a failure against."""
+    address = client_address(request.client.host if request.client else None)
+    wait = ui_of(request).limiter.retry_after(address)
+    if wait is not None:
+        raise PageError(
+            429, "Too many attempts", too_many_message(wait), {"Retry-After": str(wait)}
+        )
+    return address
 
 
 SignedIn = Annotated[None, Depends(signed_in)]

@@ -5,6 +5,9 @@ a ``SameSite=Strict`` cookie set on a navigation that began on another site (a c
 mail) is not sent on a redirect from it, but is on the next navigation this page starts.
 The link signs in once (a copy of it in a terminal's scrollback or a shell history is spent);
 signing out ends the session for good, copies of its cookie included (``sessions``).
+
+Wrong keys on the form count against the sender's address like wrong API keys do
+(``engine.api.limits``): past the limit the form answers 429 without looking at the key.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from fastapi.responses import RedirectResponse
 
 from ..api.auth import AuthError
 from .render import PAGE_HEADERS
-from .routing import PageRoute, SameSite, form_pairs, safe_next, ui_of
+from .routing import PageRoute, SameSite, form_pairs, refuse_if_limited, safe_next, ui_of
 from .sessions import COOKIE, Sessions
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -46,9 +49,11 @@ async def login_page(request: Request, t: str | None = None, next: str | None = 
 @router.post("/login")
 async def login(request: Request, _: SameSite) -> Response:
     ui = ui_of(request)
+    address = refuse_if_limited(request)  # before the body: a limited sender is not heard
     fields = dict(await form_pairs(request))
     target = safe_next(fields.get("next"))
     if not ui.sessions.is_secret_key(fields.get("key", "")):
+        ui.limiter.failed(address)
         return ui.renderer.page(
             request,
             "login.html",

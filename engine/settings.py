@@ -65,3 +65,10 @@ class Settings(BaseSettings):
     holds a connection for as long as its client likes: keep it well under max_connections."""
     max_streams_per_client: int = Field(default=20, gt=0)
     """Live-update streams one client address may keep open at once; past it, 429."""
+    auth_failures_per_minute: int = Field(default=10, gt=0)
+    """Wrong credentials (API key, public access token, dashboard sign-in, approval link) one
+    client address may send a minute, in a burst or spread out; past that it gets 429 with
+    ``Retry-After``, for the right key too, until its budget refills. Counted per process."""
+    trusted_proxies: str = ""
+    """Addresses (or networks, comma-separated) of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` the API believes. Empty: the client is the socket peer."""

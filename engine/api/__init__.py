@@ -17,6 +17,7 @@ from .auth import Auth
 from .body import BodyLimitMiddleware
 from .cors import PublicRoutesCORS
 from .docs import router as docs_router
+from .limits import CredentialLimitMiddleware, FailureLimiter
 from .problems import install_problem_handlers
 from .runs import router as runs_router
 from .streams import router as streams_router
@@ -39,6 +40,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.state.engine = engine
     app.state.auth = Auth(secret_key, previous_key=settings.previous_secret_key)
     app.state.settings = settings
+    app.state.credential_limiter = FailureLimiter(settings.auth_failures_per_minute)
     install_problem_handlers(app)
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
     app.include_router(tokens_router)
@@ -57,5 +59,6 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
         max_bytes=settings.max_body_bytes,
         timeout=settings.body_timeout_seconds,
     )
+    app.add_middleware(CredentialLimitMiddleware, limiter=app.state.credential_limiter)
     app.add_middleware(PublicRoutesCORS)  # outermost: a 413 from a browser is readable too
     return app

@@ -55,7 +55,7 @@ LIST_RUN_BODIES = ("payload", "output")
 """Left out of runs in the run-list stream: what went in and what came out."""
 
 
-def stream_caller(request: Request, scope: str | None = None) -> Caller:
+async def stream_caller(request: Request, scope: str | None = None) -> Caller:
     """Whoever may watch: the secret key or a scoped token (header), or a dashboard session."""
     header = request.headers.get("authorization")
     if header:
@@ -67,7 +67,7 @@ def stream_caller(request: Request, scope: str | None = None) -> Caller:
         return who
     ui = getattr(request.app.state, "ui", None)
     if ui is not None:
-        ui.sessions.check(request.cookies.get(SESSION_COOKIE), "session")
+        await ui.sessions.verify(request.cookies.get(SESSION_COOKIE), "session")
         return Caller(is_secret=True)
     raise AuthError(401, "Invalid API key: send Authorization: Bearer <secret key>")
 
@@ -191,7 +191,7 @@ async def runs_stream(
     tag: Annotated[str | None, Query(alias="filter[tag]")] = None,
     size: Annotated[str | None, Query(alias="page[size]")] = None,
 ) -> StreamingResponse:
-    who = stream_caller(request)
+    who = await stream_caller(request)
     wanted = run_statuses(status)
     tasks, tags = comma_list(task), comma_list(tag)
     limit = page_size(size)
@@ -211,7 +211,7 @@ async def runs_stream(
 
 @router.get("/api/v1/runs/{run_id}/stream", summary="Follow one run until it ends (ours, SSE)")
 async def run_stream(run_id: str, request: Request, engine: EngineDep) -> StreamingResponse:
-    who = stream_caller(request, f"read:runs:{run_id}")
+    who = await stream_caller(request, f"read:runs:{run_id}")
 
     async def read() -> Run:
         return await engine.runs.retrieve(run_id)  # 404 (first read) before the stream starts
@@ -234,7 +234,7 @@ async def tokens_stream(
     tags: Annotated[str | None, Query(alias="filter[tags]")] = None,
     size: Annotated[str | None, Query(alias="page[size]")] = None,
 ) -> StreamingResponse:
-    who = stream_caller(request)
+    who = await stream_caller(request)
     wanted = statuses(status, WaitpointStatus)
     tagged = comma_list(tags)
     limit = page_size(size)

@@ -275,8 +275,9 @@ async def follow(
 
     Waits on the storage's change event (taken before each read, so no commit is missed)
     and re-reads at least every few seconds; a burst of commits is read once. With ``idle``
-    it yields None after that many seconds without a change (server-sent events use it to
-    send keep-alives).
+    it yields None after that many seconds without a change (time for a keep-alive). Each
+    call reads on its own: the API's streams share one reader per query instead
+    (``engine.api.watchers``), with the same timing constants.
     """
     loop = asyncio.get_running_loop()
     last: object = object()

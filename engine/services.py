@@ -46,6 +46,9 @@ def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bo
         lifespan="off",
         limit_concurrency=connection_limit(settings.max_connections),
         backlog=settings.backlog,
+        # the client address (rate limits) is the socket peer unless proxies are named
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
     return APIServer(config), key, created
 

@@ -60,3 +60,15 @@ class Settings(BaseSettings):
     it, new requests get 503 at once. Kept under the process's open-file limit."""
     backlog: int = Field(default=1024, gt=0)
     """Connections the kernel queues for the API before it accepts them (``listen`` backlog)."""
+    max_streams: int = Field(default=200, gt=0)
+    """Live-update streams (server-sent events) the API keeps open at once; past it, 503. Each
+    holds a connection for as long as its client likes: keep it well under max_connections."""
+    max_streams_per_client: int = Field(default=20, gt=0)
+    """Live-update streams one client address may keep open at once; past it, 429."""
+    auth_failures_per_minute: int = Field(default=10, gt=0)
+    """Wrong credentials (API key, public access token, dashboard sign-in, approval link) one
+    client address may send a minute, in a burst or spread out; past that it gets 429 with
+    ``Retry-After``, for the right key too, until its budget refills. Counted per process."""
+    trusted_proxies: str = ""
+    """Addresses (or networks, comma-separated) of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` the API believes. Empty: the client is the socket peer."""

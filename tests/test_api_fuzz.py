@@ -134,6 +134,9 @@ def fuzzed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedApp]:
         public_url="http://testserver",
         secret_key=SECRET_KEY,
         sqlite_synchronous="NORMAL",
+        # the fuzzer sends wrong credentials by the hundred from one address, and every later
+        # request would get 429; the limit has tests of its own (tests/security)
+        auth_failures_per_minute=1_000_000,
     )
     engine = Engine(settings=settings)
     app = create_app(engine, secret_key=SECRET_KEY)

@@ -106,6 +106,8 @@ async def test_a_child_awaited_across_a_worker_restart(engine: Engine) -> None:
     running = asyncio.create_task(first.run())
     run = await engine.trigger("ch-parent", {"n": 7, "token": token.id})
     await wait_for_status(engine, run.id, "WAITING")
+    [child] = (await engine.runs.retrieve(run.id)).children
+    await wait_for_status(engine, child, "WAITING")  # it ran up to its own wait
     first.stop(graceful=False)
     await running
     await engine.tokens.complete(token.id)  # the child can go on, no worker runs

@@ -352,5 +352,7 @@ async def test_a_worker_killed_mid_run_is_taken_over_without_redoing_journaled_s
     assert taken_over > 0, "the kill found no run in flight: the test proved nothing"
     steps = Counter(fields[1] for fields in cluster.oracle_lines() if fields[0] == "step")
     for run_id, times in steps.items():
-        # a step runs twice only when the worker died between running it and journaling it
-        assert times == 2 or (times == 3 and run_id in cut_short), (run_id, times)
+        # a step runs again only in an attempt that took over from one cut short between
+        # running it and journaling it: by the kill, or by its worker stopping it because it
+        # could not renew the lease in time (a loaded machine)
+        assert times == 2 or len(attempts[run_id]) > 2, (run_id, times, attempts[run_id])

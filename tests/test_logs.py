@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from structlog.testing import capture_logs
 
@@ -26,6 +28,11 @@ async def test_run_state_changes_are_logged_with_run_task_and_attempt(
         token_id = (await engine.runs.retrieve(run.id)).waiting_on[0]
         await engine.tokens.complete(token_id, {"ok": 1})
         await engine.wait_for_run(run.id, timeout=10)
+        # the worker logs the end after the commit that readers saw: wait for the line too
+        for _ in range(500):
+            if any(e["event"] == "run.completed" for e in events):
+                break
+            await asyncio.sleep(0.01)
     names = [e["event"] for e in events if e.get("run_id") == run.id]
     assert names == [
         "run.triggered",

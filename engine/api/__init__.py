@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..client import Engine
 from ..settings import Settings
 from .auth import Auth
 from .body import BodyLimitMiddleware
+from .cors import PublicRoutesCORS
+from .docs import router as docs_router
+from .limits import CredentialLimitMiddleware, FailureLimiter
 from .problems import install_problem_handlers
 from .runs import router as runs_router
 from .streams import router as streams_router
@@ -31,17 +33,19 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
         title="Waitpoint",
         summary="Durable runs and waitpoint tokens, wire-compatible with the Trigger.dev SDK.",
         version="0.1.0",
-        docs_url="/docs",
+        docs_url=None,  # ours, in .docs: FastAPI's loads Swagger UI from a CDN
         openapi_url="/openapi.json",
         redoc_url=None,
     )
     app.state.engine = engine
     app.state.auth = Auth(secret_key, previous_key=settings.previous_secret_key)
     app.state.settings = settings
+    app.state.credential_limiter = FailureLimiter(settings.auth_failures_per_minute)
     install_problem_handlers(app)
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
     app.include_router(tokens_router)
     app.include_router(runs_router)
+    app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 
     mount_ui(app, secret_key=secret_key)
@@ -55,28 +59,6 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
         max_bytes=settings.max_body_bytes,
         timeout=settings.body_timeout_seconds,
     )
-    app.add_middleware(_CompleteCORS)  # outermost: the 413 of a complete call is readable too
+    app.add_middleware(CredentialLimitMiddleware, limiter=app.state.credential_limiter)
+    app.add_middleware(PublicRoutesCORS)  # outermost: a 413 from a browser is readable too
     return app
-
-
-class _CompleteCORS:
-    """Every answer of a ``.../complete`` route, errors included, may be read cross-origin."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).endswith("/complete"):
-            await self.app(scope, receive, send)
-            return
-
-        async def with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [
-                    h for h in message.get("headers", []) if h[0] != b"access-control-allow-origin"
-                ]
-                headers.append((b"access-control-allow-origin", b"*"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_cors)

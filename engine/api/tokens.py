@@ -32,13 +32,6 @@ from .wire import SDK_VERSION_HEADER, page_json, token_json
 router = APIRouter(prefix="/api/v1/waitpoints/tokens", tags=["waitpoint tokens"])
 router.route_class = JSONGuardRoute
 
-_CORS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, OPTIONS",
-    "Access-Control-Allow-Headers": "*",
-    "Access-Control-Max-Age": "86400",
-}
-
 
 class CreateTokenBody(BaseModel):
     """Options for a new token; ``{}`` makes one that never times out."""
@@ -127,12 +120,6 @@ async def retrieve_token(
 ) -> dict[str, Any]:
     token = await engine.tokens.retrieve(token_id)
     return token_json(token, for_sdk=_for_sdk(request))
-
-
-@router.options("/{token_id}/complete", include_in_schema=False)
-async def complete_preflight(token_id: str) -> Response:
-    """CORS preflight: browsers complete tokens with a public access token from any origin."""
-    return Response(status_code=204, headers=_CORS)
 
 
 @router.post("/{token_id}/complete", summary="Complete a waitpoint token")

@@ -242,6 +242,16 @@ class Storage(Protocol):
 
     async def save_request_reply(self, key: str, route: str, reply: Any) -> None: ...
 
+    async def spend_credential(self, key: str, expires_at_ms: int) -> bool:
+        """Record that a dashboard credential (a one-click sign-in link, a session) is used up,
+        for every process of this database; False if it already was. ``expires_at_ms`` is when
+        it would have expired anyway: the record may go some time after that."""
+        ...
+
+    async def credential_spent(self, key: str) -> bool:
+        """Whether ``spend_credential`` recorded ``key`` (and has not dropped it yet)."""
+        ...
+
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]: ...
 
     async def complete_token(

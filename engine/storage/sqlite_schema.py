@@ -185,4 +185,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE waitpoints ADD COLUMN legacy_signature_hash TEXT;
     """,
+    # 5: dashboard credentials that ended before their time: one-click sign-in links already
+    # used and sessions signed out. Rows go a day after the credential would have expired.
+    """
+    CREATE TABLE spent_credentials (
+        key TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX spent_credentials_expiry ON spent_credentials (expires_at);
+    """,
 ]

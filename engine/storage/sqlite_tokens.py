@@ -27,9 +27,13 @@ from .records import (
 )
 from .sqlite_base import TIME_OUT, Conn, SQLiteBase, _common_filters, _first, _first_or_none
 
+SPENT_KEPT_MS = 86_400_000
+"""How long past its expiry a spent credential is remembered (clock skew between processes)."""
+
 
 class SQLiteTokens(SQLiteBase):
-    """Waitpoint tokens, the runs blocked on them, and replies kept for retried API requests."""
+    """Waitpoint tokens, the runs blocked on them, replies kept for retried API requests,
+    and the dashboard credentials used up before their time."""
 
     async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
         schema = None if new.data_schema is None else dump_json(new.data_schema)
@@ -242,3 +246,29 @@ class SQLiteTokens(SQLiteBase):
             )
 
         await self._write(op, notify=False)
+
+    async def spend_credential(self, key: str, expires_at_ms: int) -> bool:
+        """Record that a dashboard credential is used up; False if it already was.
+
+        One row per one-click sign-in link used and per session signed out, so that every
+        process of this database refuses it, after restarts too. A row is dropped a day after
+        the credential expires (it is refused for its age by then; the day covers clock skew).
+        """
+
+        def op(conn: Conn) -> bool:
+            conn.execute(
+                "DELETE FROM spent_credentials WHERE expires_at < ?",
+                (self.now_ms() - SPENT_KEPT_MS,),
+            )
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO spent_credentials (key, expires_at) VALUES (?, ?)",
+                (key, expires_at_ms),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(op, notify=False)
+
+    async def credential_spent(self, key: str) -> bool:
+        """Whether ``spend_credential`` recorded ``key``."""
+        rows = await self._read("SELECT 1 FROM spent_credentials WHERE key = ?", (key,))
+        return bool(rows)

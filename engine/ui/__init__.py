@@ -20,6 +20,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..api.auth import Auth
+from ..client import Engine
 from ..validation import check_schema
 from . import approve, assets, links, run_pages, signin, token_pages
 from .forms import validator_for
@@ -33,7 +34,13 @@ __all__ = ["login_link", "mount_ui"]
 def mount_ui(app: FastAPI, *, secret_key: str) -> None:
     """Add the UI's routes to ``app`` (after the API's own state is set)."""
     auth: Auth = app.state.auth
-    app.state.ui = UI(renderer=Renderer(), sessions=Sessions(secret_key), auth=auth)
+    engine: Engine = app.state.engine
+    app.state.ui = UI(
+        renderer=Renderer(),
+        sessions=Sessions(secret_key, storage=lambda: engine.storage),
+        auth=auth,
+        limiter=app.state.credential_limiter,
+    )
     _warm_up()
     app.include_router(links.router)
     for module in (signin, token_pages, run_pages, approve, assets):  # assets last: catch-all

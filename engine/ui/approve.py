@@ -18,7 +18,15 @@ from ..api.auth import AuthError
 from ..models import CompletionSource, Token, WaitpointStatus
 from .completion import prepare, submit
 from .forms import Reading
-from .routing import PageError, PageRoute, engine_of, form_pairs, ui_of
+from .routing import (
+    PageError,
+    PageRoute,
+    engine_of,
+    form_pairs,
+    refuse_if_limited,
+    same_site,
+    ui_of,
+)
 
 router = APIRouter(prefix="/ui/approve", route_class=PageRoute, include_in_schema=False)
 
@@ -27,9 +35,14 @@ _CLOSED = (WaitpointStatus.TIMED_OUT, WaitpointStatus.CANCELLED)
 
 async def _token(request: Request, token_id: str, t: str | None) -> Token:
     """The token, once the link proved it may complete exactly this one."""
-    auth = ui_of(request).auth
+    ui = ui_of(request)
+    auth = ui.auth
     if not t:
         raise PageError(401, "Link incomplete", "This link has no access token; copy it whole.")
+    # ``t`` is checked as a bearer credential (the key, or a token signed with it), so a wrong
+    # one counts against the sender like a wrong API key: else this page would be the place
+    # to guess the key at full speed
+    address = refuse_if_limited(request)
     try:
         caller = auth.caller(f"Bearer {t}")
         if caller.is_secret:  # never put the key in a URL; this page is for links only
@@ -38,8 +51,9 @@ async def _token(request: Request, token_id: str, t: str | None) -> Token:
     except AuthError as exc:
         if exc.status == 403:
             raise PageError(403, "Not allowed", "This link is for another request.") from None
-        if "expired" in exc.message:
+        if "expired" in exc.message:  # signed with the key: not a guess
             raise PageError(401, "Link expired", "This link has expired.") from None
+        ui.limiter.failed(address)
         raise PageError(401, "Link not valid", "This link is not valid.") from None
     return await engine_of(request).tokens.retrieve(token_id)
 
@@ -76,6 +90,7 @@ async def approval_page(request: Request, token_id: str, t: str | None = None) -
 @router.post("/{token_id}")
 async def approve(request: Request, token_id: str, t: str | None = None) -> Response:
     token = await _token(request, token_id, t)
+    same_site(request)  # after the link: without one the answer stays 401, whoever sent it
     if not token.is_waiting:
         return _show(request, token)
     pairs = await form_pairs(request)

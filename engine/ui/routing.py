@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from ..api.auth import Auth, AuthError
+from ..api.limits import FailureLimiter, client_address, too_many_message
 from ..api.problems import Problem
 from ..client import Engine
 from ..errors import (
@@ -31,7 +32,7 @@ from ..errors import (
     ValidationError,
 )
 from .render import Renderer
-from .sessions import Sessions
+from .sessions import COOKIE, Sessions
 
 APPROVE_PREFIX = "/ui/approve/"
 MAX_FORM_FIELDS = 200
@@ -39,11 +40,13 @@ MAX_FORM_FIELDS = 200
 
 @dataclass(frozen=True)
 class UI:
-    """The UI's share of the app state: templates, sessions, and the API's auth."""
+    """The UI's share of the app state: templates, sessions, the API's auth and the limit on
+    wrong credentials (one budget per address for the API and the dashboard alike)."""
 
     renderer: Renderer
     sessions: Sessions
     auth: Auth
+    limiter: FailureLimiter
 
 
 def ui_of(request: Request) -> UI:
@@ -59,11 +62,14 @@ def engine_of(request: Request) -> Engine:
 class PageError(Exception):
     """An error page: status, a short title, and what the person can do about it."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(
+        self, status: int, title: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.title = title
         self.message = message
+        self.headers = headers or {}
 
 
 def _page_error(exc: Exception) -> PageError:
@@ -101,7 +107,7 @@ def error_page(request: Request, exc: Exception) -> Response:
     problem = _page_error(exc)
     ui = ui_of(request)
     on_approval_page = request.url.path.startswith(APPROVE_PREFIX)
-    return ui.renderer.page(
+    response = ui.renderer.page(
         request,
         "error.html",
         status_code=problem.status,
@@ -111,6 +117,8 @@ def error_page(request: Request, exc: Exception) -> Response:
         show_login=problem.status == 401 and not on_approval_page,
         next=request.url.path if request.method == "GET" else "/ui",
     )
+    response.headers.update(problem.headers)
+    return response
 
 
 _PAGE_ERRORS = (
@@ -138,16 +146,71 @@ class PageRoute(APIRoute):
         return page
 
 
-def signed_in(request: Request) -> None:
-    """Dependency of every dashboard page: a valid session cookie, else the sign-in page."""
-    ui_of(request).sessions.check(request.cookies.get("waitpoint_session"), "session")
+async def signed_in(request: Request) -> None:
+    """Dependency of every dashboard page: a live session cookie (signed, unexpired, not
+    signed out), else the sign-in page."""
+    await ui_of(request).sessions.verify(request.cookies.get(COOKIE), "session")
     request.state.signed_in = True
 
 
 def same_site(request: Request) -> None:
-    """Refuse form posts another site makes the browser send (on top of SameSite cookies)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+    """Refuse form posts another site makes the browser send (on top of SameSite cookies).
+
+    A browser that sends ``Sec-Fetch-Site`` says where the post came from. One that does not
+    (older browsers; some proxies and privacy tools strip it) still sends ``Origin`` with a
+    form post, and the post is accepted only when that is this server's own origin: the
+    public URL's (``WAITPOINT_PUBLIC_URL``) or the one the request was addressed to (its
+    ``Host``, which a page on another site cannot choose). Without ``Origin`` a same-origin
+    ``Referer`` will do. A post that shows neither is refused: it cannot be told apart from
+    a forged one, and no browser that submits our own forms sends it.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        if fetch_site not in ("same-origin", "none"):
+            raise PageError(403, "Not allowed", "this form can only be sent from this site")
+        return
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if claimed is None or _origin(claimed) not in _own_origins(request):
         raise PageError(403, "Not allowed", "this form can only be sent from this site")
+
+
+def _own_origins(request: Request) -> set[str | None]:
+    public_url: str = request.app.state.settings.public_url
+    own = {_origin(public_url)}
+    host = request.headers.get("host")
+    if host:
+        own.add(_origin(f"{request.url.scheme}://{host}"))
+    own.discard(None)
+    return own
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, lower case, default port left out."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = 80 if scheme == "http" else 443
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def refuse_if_limited(request: Request) -> str:
+    """A 429 page (with ``Retry-After``) when the client's address sent too many wrong
+    credentials; else its address, to count a failure against."""
+    address = client_address(request.client.host if request.client else None)
+    wait = ui_of(request).limiter.retry_after(address)
+    if wait is not None:
+        raise PageError(
+            429, "Too many attempts", too_many_message(wait), {"Retry-After": str(wait)}
+        )
+    return address
 
 
 SignedIn = Annotated[None, Depends(signed_in)]

@@ -3,6 +3,11 @@
 The one-click link answers with a small page that moves on by itself instead of a redirect:
 a ``SameSite=Strict`` cookie set on a navigation that began on another site (a chat, a
 mail) is not sent on a redirect from it, but is on the next navigation this page starts.
+The link signs in once (a copy of it in a terminal's scrollback or a shell history is spent);
+signing out ends the session for good, copies of its cookie included (``sessions``).
+
+Wrong keys on the form count against the sender's address like wrong API keys do
+(``engine.api.limits``): past the limit the form answers 429 without looking at the key.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from fastapi.responses import RedirectResponse
 
 from ..api.auth import AuthError
 from .render import PAGE_HEADERS
-from .routing import PageRoute, SameSite, form_pairs, safe_next, ui_of
-from .sessions import Sessions
+from .routing import PageRoute, SameSite, form_pairs, refuse_if_limited, safe_next, ui_of
+from .sessions import COOKIE, Sessions
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
@@ -31,7 +36,7 @@ async def login_page(request: Request, t: str | None = None, next: str | None = 
     if t is None:
         return ui.renderer.page(request, "login.html", next=target)
     try:
-        ui.sessions.check(t, "login")
+        await ui.sessions.redeem(t)
     except AuthError as exc:
         return ui.renderer.page(
             request, "login.html", status_code=401, next=target, login_error=exc.message
@@ -44,9 +49,11 @@ async def login_page(request: Request, t: str | None = None, next: str | None = 
 @router.post("/login")
 async def login(request: Request, _: SameSite) -> Response:
     ui = ui_of(request)
+    address = refuse_if_limited(request)  # before the body: a limited sender is not heard
     fields = dict(await form_pairs(request))
     target = safe_next(fields.get("next"))
     if not ui.sessions.is_secret_key(fields.get("key", "")):
+        ui.limiter.failed(address)
         return ui.renderer.page(
             request,
             "login.html",
@@ -60,7 +67,9 @@ async def login(request: Request, _: SameSite) -> Response:
 
 
 @router.post("/logout")
-async def logout(_: SameSite) -> Response:
+async def logout(request: Request, _: SameSite) -> Response:
+    """Spend the session (every process refuses it from now on), then drop the cookie."""
+    await ui_of(request).sessions.revoke(request.cookies.get(COOKIE))
     response = RedirectResponse("/ui/login", status_code=303, headers=PAGE_HEADERS)
     Sessions.end(response)
     return response

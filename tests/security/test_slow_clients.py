@@ -45,7 +45,8 @@ def _approval_form(server: ServeProcess) -> tuple[str, dict[str, str]]:
     token = server.new_token()
     with server.client() as client:
         link = urlsplit(client.post(f"{TOKENS}/{token['id']}/approval-link", json={}).json()["url"])
-    return f"{link.path}?{link.query}", {"content-type": "application/x-www-form-urlencoded"}
+    form = {"content-type": "application/x-www-form-urlencoded", "origin": server.base_url}
+    return f"{link.path}?{link.query}", form  # a browser posts the form with its Origin
 
 
 ROUTES: dict[str, Opening] = {

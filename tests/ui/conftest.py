@@ -39,8 +39,11 @@ async def ui_engine(sqlite_url: str) -> AsyncIterator[Engine]:
 
 
 def client_for(engine: Engine, key: str = KEY) -> httpx.AsyncClient:
+    """Like a browser, the client sends its ``Origin`` (form posts without one are refused)."""
     app = create_app(engine, secret_key=key)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers={"origin": BASE_URL}
+    )
 
 
 @pytest.fixture

@@ -63,9 +63,12 @@
   }
 
   // Live pages: <main data-stream="/api/.../stream">. On each event the page is fetched
-  // again and its <main> swapped in, unless someone is typing in a form on it.
+  // again and its <main> swapped in, unless someone is typing in a form on it. Events only
+  // say that something changed (list events leave bodies out): the page shows the rest.
   let source = null;
   let pending = null;
+  let retrying = null;
+  let retryMs = 5000;
 
   async function refresh() {
     const main = document.getElementById("content");
@@ -83,30 +86,41 @@
     const stream = fresh.getAttribute("data-stream");
     if (stream !== main.getAttribute("data-stream")) {
       if (stream) main.setAttribute("data-stream", stream); else main.removeAttribute("data-stream");
-      follow();
+      follow(false);
     }
   }
 
-  function follow() {
+  // again: a retry after the server refused the stream (429/503: too many open). The browser
+  // gives up on a refused EventSource for good, so the page tries again itself, less often
+  // each time, and refreshes on the first event: things may have changed meanwhile.
+  function follow(again) {
     if (source) { source.close(); source = null; }
+    clearTimeout(retrying);
     const main = document.getElementById("content");
     const url = main && main.getAttribute("data-stream");
     if (!url || !window.EventSource) return;
-    source = new EventSource(url);
-    let first = true;
+    const current = source = new EventSource(url);
+    let first = !again;
     const changed = () => {
       if (first) { first = false; return; }  // the state the page was rendered from
       clearTimeout(pending);
       pending = setTimeout(refresh, 150);
     };
-    for (const kind of ["run", "runs", "tokens"]) source.addEventListener(kind, changed);
-    source.addEventListener("end", () => { source.close(); source = null; clearTimeout(pending); pending = setTimeout(refresh, 50); });
+    for (const kind of ["run", "runs", "tokens"]) current.addEventListener(kind, changed);
+    current.addEventListener("open", () => { retryMs = 5000; });
+    current.addEventListener("error", () => {
+      if (current !== source || current.readyState !== EventSource.CLOSED) return;
+      source = null;
+      retrying = setTimeout(() => follow(true), retryMs);
+      retryMs = Math.min(retryMs * 2, 60000);
+    });
+    current.addEventListener("end", () => { current.close(); source = null; clearTimeout(pending); pending = setTimeout(refresh, 50); });
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     trackChanges(document);
     tick();
     setInterval(tick, 1000);
-    follow();
+    follow(false);
   });
 })();

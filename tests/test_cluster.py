@@ -18,14 +18,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from engine import Engine, RunStatus
-from engine.models import TaskInfo
+from engine.models import Run, TaskInfo
 
 from .postgres import fresh_schema_url
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(300)
 
 TASKS = textwrap.dedent(
     """
-    import asyncio, os, time
+    import asyncio, os, time, uuid
 
     from engine import create_token, step, task, wait_for_token
     from engine.context import RunContext
@@ -49,21 +49,23 @@ TASKS = textwrap.dedent(
         finally:
             os.close(fd)
 
-    async def side_effect(run_id: str) -> str:
-        record("step", run_id, os.getpid(), time.time())
+    async def side_effect(run_id: str, name: str) -> str:
+        execution = uuid.uuid4().hex  # journaled as the step's result: names this execution
+        record("step", run_id, os.getpid(), name, execution, time.time())
         await asyncio.sleep(STEP_SECONDS)  # a kill in here leaves the step unjournaled
-        return run_id
+        return execution
 
     @task("cluster-flow")
     async def cluster_flow(payload: dict) -> dict:
         run = RunContext.current().run
         record("start", run.id, run.epoch, os.getpid(), time.time())
         try:
-            await step("before", side_effect, run.id)
+            before = await step("before", side_effect, run.id, "before")
             token = await create_token(timeout="10m", tags=["cluster"])
             result = await wait_for_token(token)
-            await step("after", side_effect, run.id)
-            return {"n": payload["n"], "data": result.unwrap()}
+            after = await step("after", side_effect, run.id, "after")
+            steps = {"before": before, "after": after}
+            return {"n": payload["n"], "data": result.unwrap(), "steps": steps}
         finally:
             record("end", run.id, run.epoch, os.getpid(), time.time())
     """
@@ -160,6 +162,15 @@ class Cluster:
                 process.kill()
                 process.wait(10)
 
+    def log_lines_about(self, run_id: str) -> list[str]:
+        """The workers' log lines that name ``run_id`` (for failure messages)."""
+        return [
+            line
+            for log in sorted(self.root.glob("worker-*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if run_id in line
+        ]
+
     def oracle_lines(self) -> list[list[str]]:
         return [line.split() for line in self.oracle.read_text().splitlines()]
 
@@ -247,6 +258,43 @@ async def listener_backends(engine: Engine) -> list[int]:
     return [row["pid"] for row in rows]
 
 
+async def retrieve_all(engine: Engine, run_ids: list[str]) -> list[Run]:
+    runs: list[Run] = []
+    for first in range(0, len(run_ids), 50):
+        batch = run_ids[first : first + 50]
+        runs += await asyncio.gather(*(engine.runs.retrieve(run_id) for run_id in batch))
+    return runs
+
+
+def check_no_journaled_step_redone(
+    cluster: Cluster, runs: list[Run], attempts: dict[str, list[tuple[float, float, int]]]
+) -> set[str]:
+    """Fail if a step ran again after an execution of it was journaled; return the runs that
+    ran a step more than once.
+
+    Each execution of a step returns a fresh id, so the id in the run's output names the one
+    execution that was journaled. A step may run again only while none of its executions is
+    journaled (an attempt cut short by the kill, by a lost lease or by a failed write, between
+    running it and journaling it): the journaled execution must be the last one.
+    """
+    executions: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for fields in cluster.oracle_lines():
+        if fields[0] == "step":
+            executions[(fields[1], fields[3])].append(fields[4])
+    redone: set[str] = set()
+    for run in runs:
+        for name, journaled in run.output["steps"].items():
+            ran = executions[(run.id, name)]
+            assert ran and ran[-1] == journaled, (
+                f"run {run.id}: step {name!r} ran {len(ran)} times, the journaled execution"
+                f" {journaled} is not the last of {ran}; attempts {attempts[run.id]};"
+                f" its workers said: {cluster.log_lines_about(run.id)}"
+            )
+            if len(ran) > 1:
+                redone.add(run.id)
+    return redone
+
+
 def check_attempts(cluster: Cluster) -> dict[str, list[tuple[float, float, int]]]:
     """Attempts per run as (start, end, epoch); fails if two of one run ever overlapped.
 
@@ -299,7 +347,7 @@ async def test_four_workers_drain_token_waits_with_no_overlap_and_a_lost_listene
         assert completer.wait(30) == 0
         assert all(worker.poll() is None for worker in workers)  # none died on the way
 
-        runs = [await engine.runs.retrieve(run_id) for run_id in run_ids[:50]]
+        runs = await retrieve_all(engine, run_ids)
         assert all(run.status is RunStatus.COMPLETED for run in runs)
         assert {run.output["data"]["approved"] for run in runs} == {True}
         assert await count_runs(engine, "COMPLETED") == count
@@ -309,11 +357,7 @@ async def test_four_workers_drain_token_waits_with_no_overlap_and_a_lost_listene
 
     attempts = check_attempts(cluster)
     assert len(attempts) == count
-    steps = Counter(fields[1] for fields in cluster.oracle_lines() if fields[0] == "step")
-    for run_id, times in steps.items():
-        # "before" and "after" once each; a step runs again only in an attempt that took over
-        # from one stopped mid-step (its worker could not renew the lease in time)
-        assert times == 2 or len(attempts[run_id]) > 2, (run_id, times, attempts[run_id])
+    check_no_journaled_step_redone(cluster, runs, attempts)
     workers_used = {fields[3] for fields in cluster.oracle_lines() if fields[0] == "start"}
     assert len(workers_used) == 4  # the work was shared
 
@@ -342,6 +386,7 @@ async def test_a_worker_killed_mid_run_is_taken_over_without_redoing_journaled_s
         for run_id in run_ids:
             events = await engine.storage.get_events(run_id)
             taken_over += any(event.kind == "worker_lost" for event in events)
+        runs = await retrieve_all(engine, run_ids)
 
     attempts = check_attempts(cluster)
     assert len(attempts) == count
@@ -350,9 +395,5 @@ async def test_a_worker_killed_mid_run_is_taken_over_without_redoing_journaled_s
     cut_short = {f[1] for f in lines if f[0] == "start" and (f[1], f[2]) not in ended}
     assert cut_short, "the kill found no attempt in flight: the test proved nothing"
     assert taken_over > 0, "the kill found no run in flight: the test proved nothing"
-    steps = Counter(fields[1] for fields in cluster.oracle_lines() if fields[0] == "step")
-    for run_id, times in steps.items():
-        # a step runs again only in an attempt that took over from one cut short between
-        # running it and journaling it: by the kill, or by its worker stopping it because it
-        # could not renew the lease in time (a loaded machine)
-        assert times == 2 or len(attempts[run_id]) > 2, (run_id, times, attempts[run_id])
+    redone = check_no_journaled_step_redone(cluster, runs, attempts)
+    assert redone & cut_short, "no step cut short by the kill was run again: it proved nothing"

@@ -29,6 +29,7 @@ from .errors import (
     ConfigurationError,
     RunFailedError,
     RunWaitTimeoutError,
+    StorageError,
     TaskNotFoundError,
 )
 from .keys import SecretKey, signing_secrets
@@ -47,6 +48,7 @@ from .registry import REGISTRY
 from .requests import moment_ms, page_request, run_request, timeline, token_request
 from .settings import Settings
 from .storage import (
+    DataToCheck,
     RunFilter,
     Storage,
     TokenFilter,
@@ -229,6 +231,8 @@ class Engine:
         if local is not None:
             return local.validate_payload(payload), local.queue_name
         registered = {info.id: info for info in await self.storage.list_tasks()}
+        if task_id not in registered:  # registered a moment ago? ask the database itself
+            registered = {info.id: info for info in await self.storage.list_tasks(fresh=True)}
         info = registered.get(task_id)
         if info is None:
             raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
@@ -431,11 +435,13 @@ class Tokens:
         token stays WAITING). A timed-out or cancelled token raises ``TokenNotWaitingError``.
         """
         storage = self._engine.storage
-        token = await storage.get_token(token_id)
-        if token.data_schema is not None and token.is_waiting:
-            what = f"completion data for {token_id}"
-            data = await validate_against_schema(token.data_schema, data, what)
         result = await storage.complete_token(token_id, data, source)
+        if isinstance(result, DataToCheck):  # a typed token: its data is checked outside
+            what = f"completion data for {token_id}"
+            data = await validate_against_schema(result.json_schema, data, what)
+            result = await storage.complete_token(token_id, data, source, checked=result.schema)
+            if isinstance(result, DataToCheck):  # pragma: no cover - a schema never changes
+                raise StorageError(f"the data schema of {token_id} changed while checked")
         log.info("token.completed", token_id=token_id, applied=result.applied, via=source.value)
         return result
 

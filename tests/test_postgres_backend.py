@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 
-from engine import Engine, RunStatus, Worker, create_token, task, wait_for_tokens
+from engine import Engine, Queue, RunStatus, Worker, create_token, task, wait_for_tokens
 from engine.errors import ConfigurationError, StorageError
 from engine.models import TaskInfo
 from engine.storage import display_url, open_storage
@@ -73,17 +74,26 @@ async def test_processes_starting_at_once_migrate_once(postgres_url: str) -> Non
         await asyncio.gather(*(engine.close() for engine in engines))
 
 
-async def test_times_come_from_the_database_clock(postgres_url: str) -> None:
+async def test_times_come_from_the_database_clock(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with Engine(postgres_url) as engine:
         storage = engine.storage
         pool = storage._pool  # type: ignore[attr-defined]
         await storage.register_tasks([TaskInfo("clocked")])
-        storage._offset_ms = 3_600_000  # type: ignore[attr-defined]  # this host runs an hour late
-        run = await engine.trigger("clocked", {})  # stamped inside the transaction
+        # this host's wall clock is set an hour back (say, by hand, after the engine opened)
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() - 3600)
+        run = await engine.trigger("clocked", {})
         db_now = await pool.fetchval("SELECT (extract(epoch FROM now()) * 1000)::bigint")
         assert abs(run.created_at.timestamp() * 1000 - db_now) < 5_000
-        await storage._measure_clock()  # type: ignore[attr-defined]
         assert abs(storage.now_ms() - db_now) < 5_000
+        # a transaction reads the database's clock again once its last reading is old
+        storage._clock_measured -= 60  # type: ignore[attr-defined]
+        storage._db_ms_measured -= 3_600_000  # type: ignore[attr-defined]  # a wrong reading
+        run = await engine.trigger("clocked", {})
+        db_now = await pool.fetchval("SELECT (extract(epoch FROM now()) * 1000)::bigint")
+        assert abs(run.created_at.timestamp() * 1000 - db_now) < 5_000
 
 
 async def test_concurrent_idempotent_triggers_make_one_run(postgres_url: str) -> None:
@@ -133,3 +143,67 @@ async def test_two_completions_racing_never_leave_a_run_waiting(postgres_url: st
         finally:
             worker.stop()
             await asyncio.wait_for(running, 10)
+
+
+@task("pg-limited", queue=Queue("pg-limited", concurrency_limit=2))
+async def limited(payload: dict[str, int]) -> int:
+    token = await create_token(idempotency_key=f"limited-{payload['n']}")
+    await wait_for_tokens([token], mode="all")
+    return payload["n"]
+
+
+async def test_pooled_connections_keep_no_session_state(postgres_url: str) -> None:
+    """The pools reset nothing when a connection goes back (that reset was a round trip after
+    every transaction), so nothing the engine does may leave state on a pooled connection:
+    no LISTEN, no session-level advisory lock, no SET, no open cursor or temporary table,
+    no transaction left open."""
+    async with Engine(postgres_url) as engine:
+        storage = engine.storage
+        worker = Worker(engine, {limited.id: limited}, poll_seconds=0.05)
+        running = asyncio.create_task(worker.run())
+        try:
+            runs = [await engine.trigger(limited.id, {"n": n}) for n in range(6)]
+            canceled = await engine.trigger(limited.id, {"n": 99})
+            await engine.runs.cancel(canceled.id)
+            for n in range(6):
+                page = await engine.tokens.list(idempotency_key=f"limited-{n}")
+                while not page.data:  # the run has not made its token yet
+                    await engine.storage.wait_for_change(0.05)
+                    page = await engine.tokens.list(idempotency_key=f"limited-{n}")
+                await engine.tokens.complete(page.data[0].id, {"n": n})
+            for run in runs:
+                assert (await engine.wait_for_run(run.id, timeout=20)).output == run.payload["n"]
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10)
+
+        for pool in (storage._pool, storage._control):  # type: ignore[attr-defined]
+            # every connection of the pool at once: those the workload used among them
+            conns = [await pool.acquire() for _ in range(pool.get_max_size())]
+            try:
+                for conn in conns:
+                    assert not conn.is_in_transaction()
+                    # (the unnamed cursor in pg_cursors is this query's own)
+                    state = await conn.fetchrow(
+                        "SELECT"
+                        " (SELECT count(*) FROM pg_listening_channels()) AS listening,"
+                        " (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()"
+                        "   AND locktype = 'advisory') AS advisory,"
+                        " (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors,"
+                        " (SELECT count(*) FROM pg_class"
+                        "   WHERE relnamespace = pg_my_temp_schema()) AS temporary,"
+                        " (SELECT array_agg(name) FROM pg_settings WHERE source = 'session')"
+                        "   AS settings,"
+                        " current_setting('search_path') AS search_path"
+                    )
+                    assert dict(state) == {
+                        "listening": 0,
+                        "advisory": 0,
+                        "cursors": 0,
+                        "temporary": 0,
+                        "settings": None,
+                        "search_path": storage.schema,  # type: ignore[attr-defined]
+                    }
+            finally:
+                for conn in conns:
+                    await pool.release(conn)

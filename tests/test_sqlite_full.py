@@ -43,7 +43,7 @@ async def set_max_pages(engine: Engine, extra: int | None) -> None:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages + extra if extra else 1_073_741_823}")
 
-    await engine.storage._write(op)  # type: ignore[attr-defined]
+    await engine.storage._writer.run(op)  # type: ignore[attr-defined]
 
 
 async def test_a_run_whose_write_does_not_fit_is_handed_back_and_the_others_go_on(
@@ -110,7 +110,7 @@ async def test_a_run_whose_write_meets_another_process_holding_the_lock_is_tried
     async with Engine(sqlite_url) as engine:
         # give up on the lock after about half a second (the defaults wait a minute)
         engine.storage._writer._busy_seconds = 0.3  # type: ignore[attr-defined]
-        await engine.storage._write(  # type: ignore[attr-defined]
+        await engine.storage._writer.run(  # type: ignore[attr-defined]
             lambda conn: conn.execute("PRAGMA busy_timeout = 100")
         )
         worker = Worker(engine, {"sf-locked": locked}, poll_seconds=0.05, lease_seconds=2)

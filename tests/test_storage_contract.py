@@ -33,6 +33,7 @@ from engine.errors import (
 )
 from engine.models import (
     ClaimedRun,
+    CompletionResult,
     CompletionSource,
     JournalEntry,
     LateCompletion,
@@ -45,6 +46,7 @@ from engine.models import (
     WaitpointStatus,
 )
 from engine.storage import (
+    DataToCheck,
     JournalWrite,
     NewRun,
     NewToken,
@@ -203,6 +205,29 @@ async def test_register_tasks_upserts_and_list_tasks_is_sorted_by_id(storage: St
     assert await storage.list_tasks() == [TaskInfo("a"), TaskInfo("b", schema, "emails", 2)]
     await storage.register_tasks([TaskInfo("b", None, "sms", 5)])
     assert await storage.list_tasks() == [TaskInfo("a"), TaskInfo("b", None, "sms", 5)]
+
+
+async def test_a_task_registered_by_another_process_reaches_a_cached_registry(
+    storage: Storage, db_url: str
+) -> None:
+    """The registry is kept between reads (a trigger of a task this process did not import
+    reads it), and dropped when another process registers a task: the change shows up as
+    soon as that process's commit reaches this one."""
+    assert await storage.list_tasks() == []
+    other = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET)
+    await other.open()
+    try:
+        await other.register_tasks([TaskInfo("late")])
+        assert await storage.list_tasks(fresh=True) == [TaskInfo("late")]
+        await other.register_tasks([TaskInfo("late", queue="q", concurrency_limit=3)])
+        wanted = [TaskInfo("late", None, "q", 3)]
+        for _ in range(200):
+            if await storage.list_tasks() == wanted:
+                break
+            await storage.wait_for_change(0.05)
+        assert await storage.list_tasks() == wanted
+    finally:
+        await other.close()
 
 
 # create_run --------------------------------------------------------------------------------------
@@ -899,6 +924,30 @@ async def test_create_token_and_get_token(storage: Storage, clock: StepClock) ->
     ):
         with pytest.raises(TokenNotFoundError):
             await call
+
+
+async def test_a_typed_token_is_completed_only_with_its_schema_checked(storage: Storage) -> None:
+    """One call completes an untyped token; a typed one comes back with its schema (and stays
+    WAITING) until the caller says it checked the data against that very schema."""
+    schema = {"type": "object", "required": ["ok"]}
+    typed = await storage.create_token(NewToken(data_schema=schema))
+    to_check = await storage.complete_token(typed.id, {"ok": True}, PY)
+    assert isinstance(to_check, DataToCheck) and to_check.json_schema == schema
+    assert (await storage.get_token(typed.id)).is_waiting
+    wrong = await storage.complete_token(typed.id, {"ok": True}, PY, checked='{"type":"null"}')
+    assert isinstance(wrong, DataToCheck) and (await storage.get_token(typed.id)).is_waiting
+    done = await storage.complete_token(typed.id, {"ok": True}, PY, checked=to_check.schema)
+    assert isinstance(done, CompletionResult) and done.applied and done.token.data == {"ok": True}
+    again = await storage.complete_token(typed.id, {"ok": False}, PY)  # closed: no check needed
+    assert isinstance(again, CompletionResult) and not again.applied
+    plain = await storage.create_token(NewToken())
+    first = await storage.complete_token(plain.id, 1, PY)
+    assert isinstance(first, CompletionResult) and first.applied
+    # a cancellation needs no check, whatever the schema
+    cancelled = await storage.cancel_token(
+        (await storage.create_token(NewToken(data_schema=schema))).id, PY
+    )
+    assert cancelled.applied and cancelled.token.status is WaitpointStatus.CANCELLED
 
 
 async def test_a_token_idempotency_key_gives_one_token_until_it_expires(

@@ -6,7 +6,16 @@ from urllib.parse import urlsplit
 
 from ..clock import Clock
 from ..errors import ConfigurationError
-from .base import JournalWrite, NewRun, NewToken, PageRequest, RunFilter, Storage, TokenFilter
+from .base import (
+    DataToCheck,
+    JournalWrite,
+    NewRun,
+    NewToken,
+    PageRequest,
+    RunFilter,
+    Storage,
+    TokenFilter,
+)
 
 
 def open_storage(
@@ -62,6 +71,7 @@ def display_url(url: str) -> str:
 
 
 __all__ = [
+    "DataToCheck",
     "JournalWrite",
     "NewRun",
     "NewToken",

@@ -9,6 +9,7 @@ lease epoch and raise ``LeaseLostError`` when the caller no longer owns the run.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -80,6 +81,18 @@ class JournalWrite:
 
 
 @dataclass(frozen=True)
+class DataToCheck:
+    """``complete_token`` found a WAITING token whose data must match this schema first."""
+
+    schema: str
+    """The schema as stored (JSON text): pass it back as ``checked`` once the data matched."""
+
+    @property
+    def json_schema(self) -> Any:
+        return json.loads(self.schema)
+
+
+@dataclass(frozen=True)
 class PageRequest:
     """Newest first: ``after`` pages towards older items, ``before`` towards newer ones."""
 
@@ -130,7 +143,10 @@ class Storage(Protocol):
     # tasks
     async def register_tasks(self, tasks: list[TaskInfo]) -> None: ...
 
-    async def list_tasks(self) -> list[TaskInfo]: ...
+    async def list_tasks(self, *, fresh: bool = False) -> list[TaskInfo]:
+        """The registered tasks (possibly as this process last saw them, a notification ago;
+        ``fresh``: as the database has them now)."""
+        ...
 
     # runs
     async def create_run(self, new: NewRun) -> Run:
@@ -255,8 +271,13 @@ class Storage(Protocol):
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]: ...
 
     async def complete_token(
-        self, token_id: str, data: Any, source: CompletionSource
-    ) -> CompletionResult: ...
+        self, token_id: str, data: Any, source: CompletionSource, checked: str | None = None
+    ) -> CompletionResult | DataToCheck:
+        """Complete a WAITING token whose data schema is ``checked`` (the schema's stored
+        text; None: a token with no schema). A WAITING token with another schema is left
+        alone and its schema returned (``DataToCheck``): validate the data against it, then
+        complete again with ``checked`` set. So an untyped token completes in one call."""
+        ...
 
     async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult: ...
 

@@ -3,23 +3,33 @@
 ``postgresql://user@host:5432/db?schema=name`` selects it (the tables live in their own schema,
 ``waitpoint`` by default; other query parameters go to the server as settings). Migrations are
 applied on open under an advisory lock, so processes starting at once are safe. The operations
-live in ``postgres_runs``, ``postgres_tokens`` and ``postgres_waits``; this module opens,
-migrates, listens and closes.
+live in ``runs``, ``tokens`` and ``waits``, written once for both databases; this module opens,
+migrates, listens and closes, and runs each operation (``sql.drive_async``) in one READ
+COMMITTED transaction on a pooled connection, where ``now`` is the database's clock read at
+the start of the transaction: leases and timers never depend on the clocks of the machines the
+workers run on. A transaction that deadlocks or loses an idempotency-key race is retried from
+the start. Committed writes that may have made work send one ``NOTIFY`` per transaction;
+listeners treat it as a hint (callers poll too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import random
 import re
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
 from ..callbacks import CallbackSigner
 from ..clock import Clock
-from ..errors import ConfigurationError, StorageError, StorageUnavailableError
+from ..errors import ConfigurationError, EngineError, StorageError, StorageUnavailableError
+from ..faults import crash_point
 from ..keys import SigningSecrets, legacy_signature_hash
 
 try:
@@ -29,17 +39,51 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
     ) from exc
 
-from .postgres_base import NOW_MS, translate
-from .postgres_runs import PostgresRuns
 from .postgres_schema import MIGRATIONS
-from .postgres_tokens import PostgresTokens
-from .postgres_waits import PostgresWaits
+from .records import RowLike
+from .runs import Runs
 from .signing import SIGNING_CHECK, log_outcome, settle
+from .sql import POSTGRES, Op, Sql, drive_async, execute_async, rows
+from .timers import Timers
+from .tokens import Tokens
+from .waits import Waits
+
+T = TypeVar("T")
 
 log = structlog.get_logger("engine.storage")
 
+NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+_RETRYABLE = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.UniqueViolationError,  # two first-time creations with one key: one wins
+)
+_MAX_TRIES = 8
+# the server cannot take us right now: nothing was done, so trying again (for a while) is safe
+_UNREACHABLE = (
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    OSError,
+)
+_UNREACHABLE_SECONDS = 15.0
+
+
+def translate(exc: BaseException) -> Exception:
+    """Driver errors become ``StorageError``; the engine's own errors pass through."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, (*_UNREACHABLE, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+        return StorageUnavailableError(f"PostgreSQL unavailable: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return StorageError(f"PostgreSQL error: {exc}")
+    if isinstance(exc, Exception):
+        return exc
+    return StorageError(repr(exc))
+
+
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 _LISTENER_PROBE_SECONDS = 5.0  # how often the listener checks its connection and the clock
+_CLOCK_SECONDS = 10.0  # how old a measure of the database's clock a transaction may use
 _POOL_SIZE = 10
 
 
@@ -59,8 +103,14 @@ def postgres_dsn(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
+class PostgresStorage(Runs, Tokens, Waits, Timers):
     """The backend for many workers on many machines."""
+
+    q = POSTGRES
+    _pool: asyncpg.Pool[asyncpg.Record] | None
+    _control: asyncpg.Pool[asyncpg.Record] | None
+    """A small pool of its own for claims, leases and timers: they never queue behind the
+    writes of a hundred running attempts (a renewal that waits too long loses the lease)."""
 
     def __init__(
         self,
@@ -82,7 +132,8 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         self._channel = f"waitpoint_{self.schema}"
         self._change = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
-        self._offset_ms = 0
+        self._db_ms_measured = 0
+        self._clock_measured = -math.inf
         self.commits = 0
         self.signer = CallbackSigner(public_url, signing_secret, previous_signing_secret)
 
@@ -96,11 +147,19 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         }
         try:
             await self._migrate()
+            # nothing to reset when a connection goes back to its pool: the engine leaves no
+            # session state on one (no LISTEN, no session advisory lock, no SET, no cursor;
+            # tests/test_postgres_backend.py checks), and asyncpg's reset was a round trip
+            # after every transaction
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_size, server_settings=settings
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                server_settings=settings,
+                reset=_nothing_to_reset,
             )
             self._control = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=2, server_settings=settings
+                self._dsn, min_size=1, max_size=2, server_settings=settings, reset=_nothing_to_reset
             )
             await self._measure_clock()
             await self._settle_signing_check()
@@ -192,46 +251,94 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         return int(value)
 
     async def _measure_clock(self, conn: asyncpg.Connection | None = None) -> None:
-        """``now_ms`` follows the database's clock: keep the offset from this machine's."""
-        before = time.time() * 1000
+        """Read the database's clock: ``now_ms`` counts on from it by this process's
+        monotonic clock, which no change of this machine's wall clock moves."""
+        before = time.monotonic()
         if conn is not None:
             db_now = await conn.fetchval(f"SELECT {NOW_MS}")
         else:
             db_now = await self._require_pool().fetchval(f"SELECT {NOW_MS}")
-        after = time.time() * 1000
-        self._offset_ms = int(db_now - (before + after) / 2)
+        after = time.monotonic()
+        self._clock_measured = (before + after) / 2
+        self._db_ms_measured = int(db_now)
 
-    async def fire_due_timers(self, limit: int) -> int:
-        return await self._start_delayed_runs() + await self._time_out_tokens(limit)
+    def now_ms(self) -> int:
+        """The database's clock: its last reading plus the time this process counted since."""
+        if self.clock is not None:
+            return self.clock.now_ms()
+        return self._db_ms_measured + int((time.monotonic() - self._clock_measured) * 1000)
 
-    async def next_timer_ms(self) -> int | None:
-        rows = await self._read(
-            "SELECT least("
-            " (SELECT min(timeout_at) FROM waitpoints"
-            "   WHERE status = 'WAITING' AND timeout_at IS NOT NULL),"
-            " (SELECT min(available_at) FROM runs WHERE status = 'DELAYED'),"
-            " (SELECT min(expires_at) FROM runs"
-            "   WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL)) AS t",
-            control=True,
-        )
-        value = rows[0]["t"] if rows else None
-        return None if value is None else int(value)
+    def _require_pool(self, control: bool = False) -> asyncpg.Pool[asyncpg.Record]:
+        pool = self._control if control else self._pool
+        if pool is None:
+            raise ConfigurationError("the storage is not open")
+        return pool
 
-    def change_event(self) -> asyncio.Event:
-        """An event set at the next commit that may have made work (here or in another process).
+    async def _write(
+        self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
+    ) -> T:
+        """Run ``op`` in its own transaction; a cancelled caller does not abandon it half-way."""
+        return await asyncio.shield(self._transaction(op, notify, control))
 
-        Take it *before* looking for work, then wait on it. Other processes' commits arrive
-        through LISTEN (started here, on first use); callers poll as well, so a listener that
-        is down costs latency, never a run.
-        """
+    async def _transaction(self, op: Callable[[int], Op[T]], notify: bool, control: bool) -> T:
+        pool = self._require_pool(control)
+        delay = 0.002
+        tries = 0
+        unreachable_since: float | None = None
+        while True:
+            tries += 1
+            began = False
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    began = True
+                    now = await self._transaction_now(conn)
+                    result = await drive_async(conn, op(now))
+                    if notify:
+                        await conn.execute("SELECT pg_notify($1, '')", self._channel)
+                    crash_point("commit.before")
+            except _RETRYABLE as exc:
+                if tries == _MAX_TRIES:
+                    raise StorageError(f"PostgreSQL error after {tries} tries: {exc}") from exc
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.1)
+                continue
+            except _UNREACHABLE as exc:
+                moment = time.monotonic()
+                unreachable_since = unreachable_since or moment
+                if began or moment - unreachable_since > _UNREACHABLE_SECONDS:
+                    raise translate(exc) from exc
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.5)
+                continue
+            except EngineError:
+                raise
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise translate(exc) from exc
+            crash_point("commit.after")
+            self.commits += 1
+            if notify:
+                self._notify()
+            return result
+
+    async def _transaction_now(self, conn: Any) -> int:
+        """The database's clock for this transaction, read at most ``_CLOCK_SECONDS`` ago (read
+        again here when it is older: one round trip now and then instead of one per
+        transaction)."""
+        if self.clock is None and time.monotonic() - self._clock_measured > _CLOCK_SECONDS:
+            await self._measure_clock(conn)
+        return self.now_ms()
+
+    async def _read(self, sql: Sql, *, control: bool = False) -> list[RowLike]:
+        try:
+            async with self._require_pool(control).acquire() as conn:
+                found: list[RowLike] = await execute_async(conn, sql)
+                return found
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise translate(exc) from exc
+
+    def _watch_other_processes(self) -> None:
         if self._listener is None and self._pool is not None:
             self._listener = asyncio.create_task(self._listen(), name="waitpoint-pg-listen")
-        return self._change
-
-    async def wait_for_change(self, timeout: float) -> None:
-        event = self.change_event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
 
     async def _listen(self) -> None:
         """LISTEN on a connection of its own; reconnect with back-off whenever it is lost."""
@@ -252,7 +359,9 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(self._channel, lambda *_: self._notify())
+            await conn.add_listener(self._channel, self._notified)
+            self._following = True
+            self._forget_task_registry()  # registered while nobody here was listening
             self._notify()  # whatever was committed while nobody here was listening
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -261,8 +370,21 @@ class PostgresStorage(PostgresRuns, PostgresTokens, PostgresWaits):
                     await self._measure_clock(conn)
             log.warning("storage.listener_lost", channel=self._channel)
         finally:
+            self._following = False
             if not conn.is_closed():
                 conn.terminate()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        if payload == "tasks":
+            self._forget_task_registry()
+        self._notify()
+
+    def _announce(self, what: str) -> Op[None]:
+        yield rows("SELECT pg_notify(:channel, :what)", channel=self._channel, what=what)
+
+
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """The pools' ``reset``: see ``PostgresStorage.open``."""
 
 
 async def _forget_signing_secret(conn: asyncpg.Connection) -> None:

@@ -1,8 +1,13 @@
 """SQLite storage: WAL, ``BEGIN IMMEDIATE`` for every write, group commit, one file per engine.
 
+Two connections per process: the writer (every write operation goes through
+``GroupCommitWriter``, driven by ``sql.drive_sync`` in one thread hop per batch) and a reader
+(WAL lets it read while the writer writes). ``PRAGMA data_version`` tells a process that
+another one committed, so workers wake up when the CLI or another worker completes a token.
 Several processes may share one file: ``busy_timeout`` plus the writer's retry on
 ``BEGIN IMMEDIATE`` keep "database is locked" from reaching a caller. The operations live in
-``sqlite_runs`` and ``sqlite_tokens``; this module opens, migrates and closes the file.
+``runs``, ``tokens`` and ``waits``, written once for both databases; this module opens,
+migrates and closes the file and runs them.
 """
 
 from __future__ import annotations
@@ -11,23 +16,32 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 import anyio.to_thread
 
 from ..callbacks import CallbackSigner
 from ..clock import Clock, SystemClock
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StorageError
 from ..keys import SigningSecrets, legacy_signature_hash
 from ..private_files import private_dirs, private_file
+from .records import RowLike
+from .runs import Runs
 from .signing import SIGNING_CHECK, log_outcome, settle
-from .sqlite_base import Conn, _first
-from .sqlite_runs import SQLiteRuns
+from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_params
 from .sqlite_schema import MIGRATIONS
-from .sqlite_tokens import SQLiteTokens
-from .sqlite_waits import SQLiteWaits
+from .timers import Timers
+from .tokens import Tokens
+from .waits import Waits
 from .writer import GroupCommitWriter, translate
+
+T = TypeVar("T")
+Conn = sqlite3.Connection
+
+_POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
 def sqlite_path(url: str) -> Path:
@@ -43,8 +57,10 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
-class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
+class SQLiteStorage(Runs, Tokens, Waits, Timers):
     """The embedded default backend."""
+
+    q = SQLITE
 
     def __init__(
         self,
@@ -106,8 +122,8 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
 
     async def migrate(self) -> int:
         """Migrations ran when the file was opened; the schema version they reached."""
-        rows = await self._read("PRAGMA user_version")
-        return int(rows[0][0])
+        found = await self._read(rows("PRAGMA user_version"))
+        return int(found[0]["user_version"])
 
     def _open_writer(self) -> sqlite3.Connection:
         """The writer connection (used by one thread at a time), with migrations applied."""
@@ -123,20 +139,58 @@ class SQLiteStorage(SQLiteRuns, SQLiteTokens, SQLiteWaits):
             raise
         return conn
 
-    async def fire_due_timers(self, limit: int) -> int:
-        return await self._start_delayed_runs() + await self._time_out_tokens(limit)
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
 
-    async def next_timer_ms(self) -> int | None:
-        rows = await self._read(
-            "SELECT min(t) AS t FROM ("
-            " SELECT min(timeout_at) AS t FROM waitpoints"
-            "  WHERE status = 'WAITING' AND timeout_at IS NOT NULL"
-            " UNION ALL SELECT min(available_at) FROM runs WHERE status = 'DELAYED'"
-            " UNION ALL SELECT min(expires_at) FROM runs"
-            "  WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL)"
-        )
-        value = rows[0]["t"] if rows else None
-        return None if value is None else int(value)
+    @property
+    def commits(self) -> int:
+        """How many write transactions this process committed (for benchmarks)."""
+        return self._writer.commits if self._writer else 0
+
+    async def _write(
+        self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
+    ) -> T:
+        if self._writer is None:
+            raise ConfigurationError("the storage is not open")
+        result = await self._writer.run(lambda conn: drive_sync(conn, op(self.now_ms())))
+        if notify:
+            self._notify()
+        return result
+
+    async def _read(self, sql: Sql, *, control: bool = False) -> list[RowLike]:
+        reader = self._reader
+        if reader is None:
+            raise ConfigurationError("the storage is not open")
+        try:
+            return list(await reader.execute_fetchall(sql.text, sqlite_params(sql.params)))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def _next_seq(self) -> int:
+        return next(self._seq)
+
+    def _watch_other_processes(self) -> None:
+        if self._poller is None and self._reader is not None:
+            self._poller = asyncio.create_task(self._poll_data_version(), name="waitpoint-poll")
+
+    async def _poll_data_version(self) -> None:
+        """``PRAGMA data_version`` moves when any other connection commits to the file."""
+        last: int | None = None
+        try:
+            while self._reader is not None:
+                try:
+                    found = await self._read(rows("PRAGMA data_version"))
+                except Exception:  # closing; the loop ends with the reader
+                    return
+                version = int(found[0]["data_version"])
+                if last is not None and version != last:
+                    self._forget_task_registry()
+                    self._notify()
+                last = version
+                self._following = True
+                await asyncio.sleep(_POLL_SECONDS)
+        finally:
+            self._following = False
 
 
 def _pragmas(synchronous: str) -> list[str]:
@@ -206,6 +260,12 @@ def _settle_signing_check(conn: Conn, signing: SigningSecrets, path: Path) -> bo
         raise
     log_outcome(outcome, database=str(path))
     return outcome != "mismatch"
+
+
+def _first(found: Iterable[sqlite3.Row]) -> sqlite3.Row:
+    for row in found:
+        return row
+    raise StorageError("the database returned no row where one was expected")
 
 
 __all__ = ["SQLiteStorage", "sqlite_path"]

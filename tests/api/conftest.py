@@ -25,6 +25,7 @@ from jsonschema import Draft7Validator, FormatChecker
 from engine import Engine, Settings
 from engine.api import create_app
 from engine.api.auth import AUDIENCE, ISSUER
+from engine.storage.sql import rows
 
 KEY = "sk_test_waitpoint_api_tests_0123456789abcdef"  # >= 32 bytes: PyJWT does not warn
 BASE_URL = "http://testserver"
@@ -206,5 +207,6 @@ async def get_token(api: httpx.AsyncClient, token_id: str, **headers: str) -> di
 
 
 async def token_row_count(engine: Engine) -> int:
-    rows = await engine.storage._read("SELECT count(*) AS n FROM waitpoints")  # type: ignore[attr-defined]
-    return int(rows[0]["n"])
+    query = rows("SELECT count(*) AS n FROM waitpoints")
+    found = await engine.storage._read(query)  # type: ignore[attr-defined]
+    return int(found[0]["n"])

@@ -1,0 +1,426 @@
+"""What every storage operation stands on, written once for SQLite and PostgreSQL.
+
+An operation is a generator of statements (``sql.py``) that a backend's driver runs in one
+write transaction: ``SQLiteStorage`` on its group-commit writer, ``PostgresStorage`` in a
+READ COMMITTED transaction that it retries on deadlocks. The pieces here are the steps many
+operations share (the lease fence, journaling, blocking a run, re-queueing the runs a closed
+waitpoint unblocks), composed with ``yield from``.
+
+Concurrency (PostgreSQL; SQLite has one writer at a time) is handled by row locks taken in
+the transaction, always in this order, so two transactions never wait on each other in a
+cycle:
+
+1. a run's row: by the fence (``FOR UPDATE``) of every write its lease holder makes, and by
+   every change made from outside (cancel, rescue, re-queue), so a lease that moved on is seen;
+2. the waitpoints a run blocks on (``FOR SHARE``), while a completion locks the rows of the
+   runs it may re-queue (``FOR UPDATE``, ordered by id) before it looks at their other
+   waitpoints, so a completion can never miss a run that is blocking at the same moment;
+3. claims skip the rows others hold (``SKIP LOCKED``); lease renewals and rescues touch run
+   rows in id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from ..callbacks import CallbackSigner
+from ..errors import LeaseLostError, StorageError
+from ..faults import crash_point
+from ..ids import new_run_id
+from ..models import TaskInfo, Token
+from .base import JournalWrite, NewRun, PageRequest
+from .records import RowLike, dump_json, page_slice, token_from_row
+from .sql import Dialect, Op, Sql, count, many, rows
+
+T = TypeVar("T")
+
+
+class StorageCore:
+    """The operations' shared steps; a backend supplies the driver (``_write``, ``_read``)."""
+
+    q: Dialect
+    signer: CallbackSigner
+    _change: asyncio.Event
+    _following = False
+    """Whether other processes' commits reach this one now (its watcher is up): only then
+    may it keep what they could change, such as the task registry."""
+    _task_registry: list[TaskInfo] | None = None
+    _registry_generation = 0
+
+    # -- what a backend provides -----------------------------------------------------------
+
+    def now_ms(self) -> int:
+        raise NotImplementedError
+
+    async def _write(
+        self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
+    ) -> T:
+        """Run ``op(now)`` in one write transaction and return its result once committed.
+
+        ``now`` is the database's clock, read once per transaction. ``notify`` tells the
+        other processes that work may have appeared; ``control`` (PostgreSQL) runs it on the
+        small pool kept for claims, leases and timers, which never queue behind the writes of
+        a hundred running attempts.
+        """
+        raise NotImplementedError
+
+    async def _read(self, sql: Sql, *, control: bool = False) -> list[RowLike]:
+        raise NotImplementedError
+
+    def _next_seq(self) -> int | None:
+        """SQLite: the next number of this process's counter for ``seq`` columns."""
+        return None
+
+    def _watch_other_processes(self) -> None:
+        """Start following other processes' commits, if not yet (SQLite: ``PRAGMA
+        data_version``; PostgreSQL: ``LISTEN``)."""
+        raise NotImplementedError
+
+    # -- change notifications ----------------------------------------------------------------
+
+    def change_event(self) -> asyncio.Event:
+        """An event set at the next commit that may have made work (here or in another process).
+
+        Take it *before* looking for work, then wait on it: nothing committed in between is
+        missed. Other processes' commits are followed from the first call on; callers poll as
+        well, so a watcher that is down costs latency, never a run.
+        """
+        self._watch_other_processes()
+        return self._change
+
+    async def wait_for_change(self, timeout: float) -> None:
+        event = self.change_event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _notify(self) -> None:
+        """Wake this process's waiters (``change_event``)."""
+        event, self._change = self._change, asyncio.Event()
+        event.set()
+
+    def _announce(self, what: str) -> Op[None]:
+        """Tell the other processes, when this transaction commits, that ``what`` changed
+        (PostgreSQL: a notification; SQLite's processes see every commit anyway)."""
+        return
+        yield  # pragma: no cover - a generator that yields nothing
+
+    def _forget_task_registry(self) -> None:
+        """A task was registered (here or elsewhere), or changes may have been missed."""
+        self._task_registry = None
+        self._registry_generation += 1
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _fence(self, run_id: str, epoch: int) -> Op[int]:
+        """Refuse the write unless this epoch still holds the run; returns the run's depth."""
+        found = yield rows(
+            f"SELECT status, lease_epoch, depth FROM runs WHERE id = :id{self.q.for_update}",
+            id=run_id,
+        )
+        row = found[0] if found else None
+        if row is None or row["status"] != "EXECUTING" or row["lease_epoch"] != epoch:
+            raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+        return int(row["depth"])
+
+    def _journal(self, write: JournalWrite, value: Any, now: int) -> Op[None]:
+        yield count(
+            "INSERT INTO journal (run_id, key, attempt, position, is_error, value, duration_ms,"
+            f" created_at{self._seq_column}) VALUES (:run_id, :key, :attempt, :position,"
+            f" :is_error, :value, :duration_ms, :now{self._seq_value})",
+            run_id=write.run_id,
+            key=write.key,
+            attempt=write.attempt,
+            position=write.position,
+            is_error=write.is_error,
+            value=dump_json(value, f"the result of {write.key}"),
+            duration_ms=write.duration_ms,
+            now=now,
+            seq=self._next_seq(),
+        )
+        crash_point("journal.before_commit")
+
+    @property
+    def _seq_column(self) -> str:
+        return ", seq" if self.q.has_seq else ""
+
+    @property
+    def _seq_value(self) -> str:
+        return ", :seq" if self.q.has_seq else ""
+
+    def _wait(
+        self, row: RowLike, journal: JournalWrite, elapsed_ms: int, now: int
+    ) -> Op[Token | None]:
+        """Journal the closed waitpoint in ``row`` and return it, or block the run on it."""
+        if row["status"] == "WAITING":  # the common case: no Token (and no URL signing) needed
+            yield from self._block(journal, {row["id"]: "all"}, elapsed_ms, now)
+            return None
+        waitpoint = token_from_row(row, self.signer)
+        yield from self._journal(journal, waitpoint.model_dump(mode="json", by_alias=True), now)
+        yield from self._unblock(journal.run_id, [waitpoint.id])
+        return waitpoint
+
+    def _time_out(self, where: str, returning: str = "") -> str:
+        """The statement a timer runs on due waitpoints: a token's deadline is a timeout, a
+        sleep's deadline is its completion."""
+        q = self.q
+        data = q.json_object(
+            "'code', 'TRIGGER_WAITPOINT_TIMEOUT'",
+            f"'message', 'Waitpoint timed out at ' || {q.iso_time('timeout_at')}",
+        )
+        return (
+            "UPDATE waitpoints SET completed_at = :now,"
+            " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"
+            " completed_via = CASE kind WHEN 'DATETIME' THEN NULL ELSE 'timeout' END,"
+            f" data = CASE kind WHEN 'DATETIME' THEN NULL ELSE {data} END"
+            f" WHERE {where}{returning}"
+        )
+
+    def _closed_when_due(self, found: list[RowLike], now: int) -> Op[list[RowLike]]:
+        """``found`` waitpoints, those past their deadline closed now as a timer would close
+        them: what a wait sees never depends on whether a worker's timer got there first."""
+        due = [
+            r["id"]
+            for r in found
+            if r["status"] == "WAITING" and r["timeout_at"] is not None and r["timeout_at"] <= now
+        ]
+        if not due:
+            return found
+        closed_rows = yield rows(
+            self._time_out(f"id {self.q.in_('ids')} AND status = 'WAITING'", " RETURNING *"),
+            now=now,
+            ids=due,
+        )
+        closed = {r["id"]: r for r in closed_rows}
+        yield from self._requeue_blocked(list(closed), now)
+        return [closed.get(r["id"], r) for r in found]
+
+    def _block(
+        self, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int, now: int
+    ) -> Op[None]:
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept."""
+        yield many(
+            "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
+            " VALUES (:run_id, :waitpoint_id, :key, :mode, :now) ON CONFLICT DO NOTHING",
+            [
+                {"run_id": journal.run_id, "waitpoint_id": wid, "key": journal.key}
+                | {"mode": mode, "now": now}
+                for wid, mode in modes.items()
+            ],
+        )
+        # the lease stays with the attempt until it unwound (``release_run``)
+        yield count(
+            "UPDATE runs SET status = 'WAITING', updated_at = :now,"
+            " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :id",
+            now=now,
+            elapsed=elapsed_ms,
+            id=journal.run_id,
+        )
+        yield from self._event([journal.run_id], "waiting", now, {"on": sorted(modes)})
+        crash_point("suspend.before_commit")
+
+    def _unblock(self, run_id: str, waitpoint_ids: list[str]) -> Op[None]:
+        yield count(
+            f"DELETE FROM run_waits WHERE run_id = :run_id AND waitpoint_id {self.q.in_('ids')}",
+            run_id=run_id,
+            ids=waitpoint_ids,
+        )
+
+    def _lock_waitpoints(self, ids: Sequence[str], kind: str) -> Op[list[RowLike]]:
+        """The waitpoints' rows, share-locked: a completion of one waits for this transaction."""
+        found: list[RowLike] = yield rows(
+            f"SELECT * FROM waitpoints WHERE id {self.q.in_('ids')} AND kind = :kind"
+            f" ORDER BY id{self.q.for_share}",
+            ids=list(ids),
+            kind=kind,
+        )
+        return found
+
+    def _insert_run(
+        self, new: NewRun, now: int, parent_key: str | None = None, depth: int = 0
+    ) -> Op[RowLike]:
+        """Insert a QUEUED (or DELAYED) run; a child carries its parent and the parent's key."""
+        delayed = new.delayed_until_ms is not None and new.delayed_until_ms > now
+        start = new.delayed_until_ms if delayed and new.delayed_until_ms else now
+        inserted = yield rows(
+            "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
+            " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
+            " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
+            " queue, concurrency_key, created_at, updated_at)"
+            f" VALUES (:id, :task_id, :status, :payload, {self.q.jsonb('tags')}, :key,"
+            " :key_expires, :max_attempts, :start, :delayed_until, :ttl, :expires_at,"
+            " :metadata, :max_duration_ms, :parent_run_id, :parent_key, :depth, :queue,"
+            " :concurrency_key, :now, :now) RETURNING *",
+            id=new_run_id(),
+            task_id=new.task_id,
+            status="DELAYED" if delayed else "QUEUED",
+            payload=dump_json(new.payload, "the payload"),
+            tags=json.dumps(new.tags),
+            key=new.idempotency_key,
+            key_expires=new.idempotency_key_expires_ms,
+            max_attempts=new.max_attempts,
+            start=start,
+            delayed_until=start if delayed else None,
+            ttl=new.ttl,
+            expires_at=None if new.ttl_ms is None else start + new.ttl_ms,
+            metadata=None if new.metadata is None else dump_json(new.metadata, "the metadata"),
+            max_duration_ms=new.max_duration_ms,
+            parent_run_id=new.parent_run_id,
+            parent_key=parent_key,
+            depth=depth,
+            queue=new.queue or new.task_id,
+            concurrency_key=new.concurrency_key,
+            now=now,
+        )
+        if not inserted:  # pragma: no cover - INSERT ... RETURNING always returns the row
+            raise StorageError("the database returned no row for a new run")
+        row: RowLike = inserted[0]
+        parent = {"parent": new.parent_run_id} if new.parent_run_id else None
+        yield from self._event([row["id"]], "created", now, parent)
+        return row
+
+    def _event(
+        self, run_ids: list[str], kind: str, now: int, detail: dict[str, Any] | None = None
+    ) -> Op[None]:
+        """Record a lifecycle event of these runs (their timeline besides the journal)."""
+        if not run_ids:
+            return
+        yield count(
+            f"INSERT INTO run_events (run_id, at, kind, attempt, detail{self._seq_column})"
+            f" SELECT id, :now, :kind, attempt_count, :detail{self._seq_value} FROM runs"
+            f" WHERE id {self.q.in_('ids')}",
+            now=now,
+            kind=kind,
+            detail=None if detail is None else json.dumps(detail),
+            ids=run_ids,
+            seq=self._next_seq(),
+        )
+
+    def _runs_finished(self, run_ids: list[str], now: int) -> Op[None]:
+        """Runs reached a final status: they wait on nothing, and their parents may go on."""
+        if not run_ids:
+            return
+        q = self.q
+        yield count(f"DELETE FROM run_waits WHERE run_id {q.in_('ids')}", ids=run_ids)
+        result = q.json_object(
+            "'runId', r.id",
+            "'status', r.status",
+            f"'output', {q.as_json('r.output')}",
+            f"'error', {q.as_json('r.error')}",
+        )
+        closed = yield rows(
+            f"UPDATE waitpoints SET status = 'COMPLETED', completed_at = :now,"
+            f" data = (SELECT {result} FROM runs r WHERE r.id = waitpoints.child_run_id)"
+            f" WHERE kind = 'RUN' AND status = 'WAITING' AND child_run_id {q.in_('ids')}"
+            " RETURNING id",
+            now=now,
+            ids=run_ids,
+        )
+        if closed:
+            yield from self._requeue_blocked([r["id"] for r in closed], now)
+
+    def _requeue_blocked(self, waitpoint_ids: Iterable[str], now: int) -> Op[None]:
+        """Re-queue the runs these closed waitpoints unblock: a run goes back to the queue when
+        one of its 'any' waitpoints closed, or when none of its 'all' waitpoints is still
+        WAITING (a group's timer is an 'any' edge beside 'all' tokens)."""
+        q = self.q
+        ids = list(waitpoint_ids)
+        if q.row_locks:
+            # lock the runs first (see the module docstring); OFFSET 0 keeps the edge lookup
+            # a subquery of its own: joined, PostgreSQL scanned every waiting run per completion
+            locked = yield rows(
+                "SELECT id FROM runs WHERE status = 'WAITING' AND id IN"
+                f" (SELECT run_id FROM run_waits WHERE waitpoint_id {q.in_('ids')} OFFSET 0)"
+                " ORDER BY id FOR UPDATE",
+                ids=ids,
+            )
+            if not locked:
+                return
+            blocked = f"id {q.in_('runs')}"
+            any_edge = "rw.waitpoint_id"
+        else:
+            blocked = f"id IN (SELECT run_id FROM run_waits WHERE waitpoint_id {q.in_('ids')})"
+            locked = []
+            # the unary + keeps SQLite on the (run_id, ...) key for the 'any' probe: through
+            # the waitpoint index it would cost closed x blocked runs
+            any_edge = "+rw.waitpoint_id"
+        yield count(
+            "UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now"
+            f" WHERE status = 'WAITING' AND {blocked}"
+            " AND (EXISTS (SELECT 1 FROM run_waits rw"
+            "              WHERE rw.run_id = runs.id AND rw.mode = 'any'"
+            f"               AND {any_edge} {q.in_('ids')})"
+            "      OR NOT EXISTS (SELECT 1 FROM run_waits rw"
+            "                     JOIN waitpoints w ON w.id = rw.waitpoint_id"
+            "                     WHERE rw.run_id = runs.id AND rw.mode = 'all'"
+            "                       AND w.status = 'WAITING'))",
+            now=now,
+            ids=ids,
+            runs=[r["id"] for r in locked],
+        )
+
+    def _existing_by_key(self, table: str, key_where: str, now: int, **params: Any) -> Op[Any]:
+        """The row holding a live idempotency key (``key_where`` finds it, locked), or None;
+        an expired key is let go, so a new row can take it."""
+        found = yield rows(f"SELECT * FROM {table} WHERE {key_where}{self.q.for_update}", **params)
+        if not found:
+            return None
+        row = found[0]
+        expires = row["idempotency_key_expires_at"]
+        if expires is None or expires > now:
+            return row
+        yield count(f"UPDATE {table} SET idempotency_key = NULL WHERE id = :id", id=row["id"])
+        return None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _filters(
+        self,
+        statuses: list[str],
+        tags: list[str],
+        created_from_ms: int | None,
+        created_to_ms: int | None,
+    ) -> tuple[list[str], dict[str, Any]]:
+        """The WHERE terms (and their parameters) that runs and tokens are listed by."""
+        where: list[str] = []
+        params: dict[str, Any] = {}
+        if statuses:
+            where.append(f"status {self.q.in_('statuses')}")
+            params["statuses"] = statuses
+        if tags:
+            where.append(self.q.tags_overlap("tags"))
+            params["tags"] = tags
+        if created_from_ms is not None:
+            where.append("created_at >= :created_from")
+            params["created_from"] = created_from_ms
+        if created_to_ms is not None:
+            where.append("created_at <= :created_to")
+            params["created_to"] = created_to_ms
+        return where, params
+
+    async def _page(
+        self, table: str, where: list[str], params: dict[str, Any], page: PageRequest
+    ) -> tuple[list[RowLike], str | None, str | None]:
+        """One page, newest first, with the cursors of the older and the newer pages."""
+        params = {**params, "limit": page.limit + 1}
+        if page.before is not None:
+            clause = " AND ".join([*where, "id > :before"])
+            found = await self._read(
+                rows(
+                    f"SELECT * FROM {table} WHERE {clause} ORDER BY id ASC LIMIT :limit",
+                    **params,
+                    before=page.before,
+                )
+            )
+            return page_slice(found, page.limit, before=True, after=False)
+        if page.after is not None:
+            where = [*where, "id < :after"]
+            params["after"] = page.after
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        found = await self._read(
+            rows(f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT :limit", **params)
+        )
+        return page_slice(found, page.limit, before=False, after=page.after is not None)

@@ -1,0 +1,499 @@
+"""Operations on runs: trigger, claim with leases, journal, finish, retry, cancel, rescue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import LeaseLostError, RunNotFoundError
+from ..faults import crash_point
+from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
+from .base import JournalWrite, NewRun, PageRequest, RunFilter
+from .core import StorageCore
+from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
+from .sql import FINAL, Op, count, many, rows
+
+_CLAIM_COLUMNS = (
+    "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
+    " max_duration_ms, metadata"
+)
+
+
+class Runs(StorageCore):
+    """Runs, their leases and journals, and the task registry."""
+
+    async def register_tasks(self, tasks: list[TaskInfo]) -> None:
+        def op(now: int) -> Op[None]:
+            yield many(
+                "INSERT INTO tasks (id, payload_schema, queue, concurrency_limit, updated_at)"
+                " VALUES (:id, :schema, :queue, :limit, :now)"
+                " ON CONFLICT (id) DO UPDATE SET payload_schema = excluded.payload_schema,"
+                " queue = excluded.queue, concurrency_limit = excluded.concurrency_limit,"
+                " updated_at = excluded.updated_at",
+                [
+                    {
+                        "id": t.id,
+                        "schema": None if t.payload_schema is None else dump_json(t.payload_schema),
+                        "queue": t.queue,
+                        "limit": t.concurrency_limit,
+                        "now": now,
+                    }
+                    for t in sorted(tasks, key=lambda t: t.id)  # one lock order for all workers
+                ],
+            )
+            yield from self._announce("tasks")
+
+        await self._write(op, notify=False)
+        self._forget_task_registry()
+
+    async def list_tasks(self, *, fresh: bool = False) -> list[TaskInfo]:
+        """The task registry. Kept while this process follows the others' commits (a
+        trigger of a task this process did not import reads it), and dropped whenever a task
+        is registered anywhere; ``fresh`` reads it from the database all the same."""
+        self._watch_other_processes()
+        if self._task_registry is not None and not fresh:
+            return list(self._task_registry)
+        generation = self._registry_generation
+        found = await self._read(
+            rows("SELECT id, payload_schema, queue, concurrency_limit FROM tasks ORDER BY id")
+        )
+        tasks = [
+            TaskInfo(r["id"], load_json(r["payload_schema"]), r["queue"], r["concurrency_limit"])
+            for r in found
+        ]
+        if self._following and generation == self._registry_generation:
+            self._task_registry = tasks
+        return list(tasks)
+
+    async def create_run(self, new: NewRun) -> Run:
+        dump_json(new.payload, "the payload")  # refuse a bad payload before the transaction
+
+        def op(now: int) -> Op[Run]:
+            if new.idempotency_key is not None:
+                row = yield from self._existing_by_key(
+                    "runs",
+                    "task_id = :task_id AND idempotency_key = :key",
+                    now,
+                    task_id=new.task_id,
+                    key=new.idempotency_key,
+                )
+                if row is not None:
+                    return run_from_row(row).model_copy(update={"is_cached": True})
+            return run_from_row((yield from self._insert_run(new, now)))
+
+        return await self._write(op)
+
+    async def get_run(self, run_id: str) -> Run:
+        found = await self._read(rows("SELECT * FROM runs WHERE id = :id", id=run_id))
+        if not found:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        waits = await self._waiting_on([run_id])
+        children = await self._read(
+            rows("SELECT id FROM runs WHERE parent_run_id = :id ORDER BY id", id=run_id)
+        )
+        run = run_from_row(found[0], waits.get(run_id))
+        return run.model_copy(update={"children": [row["id"] for row in children]})
+
+    async def _waiting_on(self, run_ids: list[str]) -> dict[str, list[str]]:
+        found = await self._read(
+            rows(
+                "SELECT rw.run_id, rw.waitpoint_id FROM run_waits rw"
+                " JOIN waitpoints w ON w.id = rw.waitpoint_id"
+                f" WHERE w.status = 'WAITING' AND rw.run_id {self.q.in_('ids')}"
+                " ORDER BY rw.created_at, rw.waitpoint_id",
+                ids=run_ids,
+            )
+        )
+        waiting: dict[str, list[str]] = {}
+        for row in found:
+            waiting.setdefault(row["run_id"], []).append(row["waitpoint_id"])
+        return waiting
+
+    async def list_runs(self, filter: RunFilter, page: PageRequest) -> Page[Run]:
+        where, params = self._filters(
+            [s.value for s in filter.status],
+            filter.tags,
+            filter.created_from_ms,
+            filter.created_to_ms,
+        )
+        if filter.task_id:
+            where.append(f"task_id {self.q.in_('task_ids')}")
+            params["task_ids"] = filter.task_id
+        found, next_cursor, previous_cursor = await self._page("runs", where, params, page)
+        waits = await self._waiting_on([r["id"] for r in found])
+        runs = [run_from_row(r, waits.get(r["id"])) for r in found]
+        return Page(data=runs, next_cursor=next_cursor, previous_cursor=previous_cursor)
+
+    async def get_events(self, run_id: str) -> list[RunEvent]:
+        found = await self._read(
+            rows("SELECT * FROM run_events WHERE run_id = :id ORDER BY at, seq", id=run_id)
+        )
+        return [
+            RunEvent(r["kind"], r["attempt"], r["at"], r["seq"], load_json(r["detail"]))
+            for r in found
+        ]
+
+    async def get_journal(self, run_id: str) -> list[JournalEntry]:
+        await self.get_run(run_id)  # RunNotFoundError for an unknown id
+        found = await self._read(
+            rows(
+                f"SELECT * FROM journal WHERE run_id = :id ORDER BY {self.q.journal_order}",
+                id=run_id,
+            )
+        )
+        return [journal_from_row(r) for r in found]
+
+    async def cancel_run(self, run_id: str) -> Run:
+        def op(now: int) -> Op[None]:
+            if not (yield rows("SELECT 1 FROM runs WHERE id = :id", id=run_id)):
+                raise RunNotFoundError(f"no run with id {run_id!r}")
+            canceled: list[str] = []
+            pending = [run_id]
+            while pending:  # the children a canceled run waits on are canceled too
+                current = pending.pop()
+                # runs canceled so far are CANCELED in this transaction, so a child still
+                # awaited here is awaited by a run that goes on; if that run is canceled later
+                # in this loop, the child is pushed again as one of its children
+                if current != run_id and (yield from self._awaited(current)):
+                    continue
+                changed = yield count(
+                    "UPDATE runs SET status = 'CANCELED', finished_at = :now, updated_at = :now,"
+                    " lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1"
+                    f" WHERE id = :id AND status NOT IN {FINAL}",
+                    now=now,
+                    id=current,
+                )
+                if changed == 0:
+                    continue
+                canceled.append(current)
+                children = yield rows(
+                    "SELECT w.child_run_id FROM run_waits rw JOIN waitpoints w"
+                    " ON w.id = rw.waitpoint_id WHERE rw.run_id = :id AND w.kind = 'RUN'"
+                    " AND w.status = 'WAITING'",
+                    id=current,
+                )
+                pending.extend(row["child_run_id"] for row in children)
+            yield from self._event(canceled, "canceled", now)
+            yield from self._runs_finished(canceled, now)
+
+        await self._write(op)
+        return await self.get_run(run_id)
+
+    def _awaited(self, run_id: str) -> Op[bool]:
+        """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it).
+
+        PostgreSQL: the run's row is locked first: a parent that starts waiting on it by its
+        idempotency key locks that row too (``FOR UPDATE``), so its edge is either committed
+        and seen by the query that follows (READ COMMITTED: a new snapshot per statement), or
+        made after this transaction, when the run is already CANCELED and the waitpoint is
+        made closed.
+        """
+        if self.q.row_locks:
+            yield rows("SELECT 1 FROM runs WHERE id = :id FOR UPDATE", id=run_id)
+        found = yield rows(
+            "SELECT 1 FROM waitpoints w JOIN run_waits rw ON rw.waitpoint_id = w.id"
+            " JOIN runs r ON r.id = rw.run_id"
+            " WHERE w.child_run_id = :id AND w.kind = 'RUN' AND w.status = 'WAITING'"
+            f" AND r.status NOT IN {FINAL} LIMIT 1",
+            id=run_id,
+        )
+        return bool(found)
+
+    def _lock_runs(self, where: str, **params: object) -> Op[None]:
+        """PostgreSQL: lock the runs ``where`` selects, in id order (the lock order of many
+        runs, see ``core.py``), before an UPDATE that would lock them in its scan's order."""
+        if self.q.row_locks:
+            yield rows(f"SELECT id FROM runs WHERE {where} ORDER BY id FOR UPDATE", **params)
+
+    async def claim_runs(
+        self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
+    ) -> list[ClaimedRun]:
+        def op(now: int) -> Op[list[ClaimedRun]]:
+            picked = yield from self._within_limits(task_ids, now, limit)
+            if not picked:
+                return []
+            claimed = yield rows(
+                "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
+                " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
+                f" attempt_count = {self.q.greatest('attempt_count', '1')},"
+                " started_at = coalesce(started_at, :now), updated_at = :now, expires_at = NULL"
+                f" WHERE id {self.q.in_('ids')} RETURNING {_CLAIM_COLUMNS}",
+                owner=owner,
+                expires=now + lease_ms,
+                now=now,
+                ids=picked,
+            )
+            if not claimed:
+                return []
+            ids = [r["id"] for r in claimed]
+            yield from self._event(ids, "attempt_started", now, {"worker": owner})
+            entries = yield rows(
+                f"SELECT * FROM journal WHERE run_id {self.q.in_('ids')}"
+                f" ORDER BY {self.q.journal_order}",
+                ids=ids,
+            )
+            return claimed_runs(claimed, entries)
+
+        return await self._write(op, notify=False, control=True)
+
+    def _within_limits(self, task_ids: list[str], now: int, limit: int) -> Op[list[str]]:
+        """Due runs to claim, oldest first, that keep every queue within its concurrency limit.
+
+        Counted in the claim's own write transaction, so the limits hold however many worker
+        processes share the database (PostgreSQL: candidates are locked with ``SKIP LOCKED``,
+        so workers claiming at once take different runs instead of queueing behind each other,
+        and a limited queue is counted under a transaction-scoped advisory lock of that
+        queue: two workers cannot both see the last free slot). Only EXECUTING runs count: a
+        waiting run holds no slot. A queue already at its limit is left out of the scan, so
+        the runs queued behind it never hide younger runs of other queues.
+        """
+        q = self.q
+        caps = {
+            row["queue"]: row["cap"]
+            for row in (
+                yield rows(
+                    "SELECT coalesce(queue, id) AS queue, min(concurrency_limit) AS cap"
+                    f" FROM tasks WHERE id {q.in_('tasks')} AND concurrency_limit IS NOT NULL"
+                    " GROUP BY coalesce(queue, id)",
+                    tasks=task_ids,
+                )
+            )
+        }
+        busy: dict[tuple[str, str | None], int] = {}
+        if caps:
+            if q.row_locks:
+                for queue in sorted(caps):  # one lock order for every worker
+                    yield rows(
+                        "SELECT pg_advisory_xact_lock(hashtext('waitpoint-queue:' || :queue))",
+                        queue=queue,
+                    )
+            for row in (
+                yield rows(
+                    "SELECT queue, concurrency_key, count(*) AS n FROM runs"
+                    f" WHERE status = 'EXECUTING' AND queue {q.in_('queues')}"
+                    " GROUP BY queue, concurrency_key",
+                    queues=sorted(caps),
+                )
+            ):
+                busy[(row["queue"], row["concurrency_key"])] = row["n"]
+        full = [(queue, key) for (queue, key), n in busy.items() if n >= caps[queue]]
+        candidates: list[RowLike] = yield rows(
+            "SELECT r.id, r.queue, r.concurrency_key FROM runs r"
+            " WHERE r.status = 'QUEUED' AND r.available_at <= :now"
+            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= :now)"
+            f" AND r.task_id {q.in_('tasks')}"
+            " AND (r.expires_at IS NULL OR r.expires_at > :now)"
+            f" AND {q.not_in_pairs('full_queues', 'full_keys', 'r.queue', 'r.concurrency_key')}"
+            f" ORDER BY r.available_at, r.id LIMIT :scan{q.skip_locked('r')}",
+            now=now,
+            tasks=task_ids,
+            full_queues=[queue for queue, _ in full],
+            full_keys=[key for _, key in full],
+            scan=max(limit * 10, 100) if caps else limit,
+        )
+        picked: list[str] = []
+        for row in candidates:
+            if len(picked) >= limit:
+                break
+            cap = caps.get(row["queue"])
+            if cap is not None:
+                slot = (row["queue"], row["concurrency_key"])
+                if busy.get(slot, 0) >= cap:
+                    continue
+                busy[slot] = busy.get(slot, 0) + 1
+            picked.append(row["id"])
+        return picked
+
+    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
+        def op(now: int) -> Op[None]:
+            crash_point("lease.renew")
+            where = f"lease_owner = :owner AND id {self.q.in_('ids')}"
+            yield from self._lock_runs(where, owner=owner, ids=run_ids)
+            yield count(
+                f"UPDATE runs SET lease_expires_at = :expires WHERE {where}",
+                expires=now + lease_ms,
+                owner=owner,
+                ids=run_ids,
+            )
+
+        await self._write(op, notify=False, control=True)
+
+    async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
+        found = await self._read(
+            rows(
+                f"SELECT id FROM runs WHERE id {self.q.in_('ids')}"
+                " AND (status = 'CANCELED' OR lease_owner IS NULL OR lease_owner != :owner)",
+                ids=run_ids,
+                owner=owner,
+            ),
+            control=True,
+        )
+        return [row["id"] for row in found]
+
+    async def set_metadata(self, run_id: str, epoch: int, metadata: dict[str, Any]) -> None:
+        text = dump_json(metadata, "the metadata")
+
+        def op(now: int) -> Op[None]:
+            yield from self._fence(run_id, epoch)
+            yield count(
+                "UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :id",
+                metadata=text,
+                now=now,
+                id=run_id,
+            )
+
+        await self._write(op)
+
+    async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
+        def op(now: int) -> Op[None]:
+            yield count(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,"
+                " available_at = CASE status WHEN 'EXECUTING' THEN :available"
+                "   ELSE available_at END,"
+                " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
+                " WHERE id = :id AND lease_epoch = :epoch AND lease_owner IS NOT NULL"
+                " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
+                now=now,
+                id=run_id,
+                epoch=epoch,
+                available=now + delay_ms,
+            )
+
+        await self._write(op)
+
+    async def append_journal(self, write: JournalWrite) -> None:
+        def op(now: int) -> Op[None]:
+            yield from self._fence(write.run_id, write.epoch)
+            yield from self._journal(write, write.value, now)
+
+        await self._write(op, notify=False)
+
+    async def finish_run(
+        self,
+        run_id: str,
+        epoch: int,
+        status: RunStatus,
+        output: Any,
+        error: RunError | None,
+        elapsed_ms: int = 0,
+    ) -> None:
+        output_json = None if output is None else dump_json(output, "the task's return value")
+        error_json = None if error is None else error.model_dump_json(by_alias=True)
+
+        def op(now: int) -> Op[None]:
+            # WAITING/QUEUED with the same epoch: this attempt parked the run and must still
+            # fail it (a wait made concurrently with another); no other worker claimed it since,
+            # and no rescue or cancel took it (both move the epoch on, like a claim)
+            changed = yield count(
+                "UPDATE runs SET status = :status, output = :output, error = :error,"
+                " finished_at = :now, updated_at = :now, lease_owner = NULL,"
+                " lease_expires_at = NULL, executing_ms = executing_ms + :elapsed"
+                " WHERE id = :id AND lease_epoch = :epoch"
+                " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
+                status=status.value,
+                output=output_json,
+                error=error_json,
+                now=now,
+                elapsed=elapsed_ms,
+                id=run_id,
+                epoch=epoch,
+            )
+            if changed == 0:
+                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+            detail = {"status": status.value}
+            if error is not None:
+                detail["error"] = error.message
+            yield from self._event([run_id], "finished", now, detail)
+            yield from self._runs_finished([run_id], now)
+
+        await self._write(op)
+
+    async def retry_run(
+        self,
+        run_id: str,
+        epoch: int,
+        delay_ms: int,
+        error: RunError,
+        elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
+    ) -> None:
+        def op(now: int) -> Op[None]:
+            yield from self._fence(run_id, epoch)  # this epoch still holds the run, here
+            detail = {"error": error.message, "delayMs": delay_ms}
+            yield from self._event([run_id], "retrying", now, detail)
+            if rerun:
+                yield count(
+                    "UPDATE journal SET rerun = TRUE WHERE run_id = :id AND is_error = TRUE"
+                    f" AND key {self.q.in_('keys')}",
+                    id=run_id,
+                    keys=list(rerun),
+                )
+            yield count(
+                "UPDATE runs SET status = 'QUEUED', available_at = :available,"
+                " updated_at = :now, attempt_count = attempt_count + 1, error = :error,"
+                " executing_ms = executing_ms + :elapsed,"
+                " lease_owner = NULL, lease_expires_at = NULL WHERE id = :id",
+                available=now + delay_ms,
+                now=now,
+                error=error.model_dump_json(by_alias=True),
+                elapsed=elapsed_ms,
+                id=run_id,
+            )
+
+        await self._write(op)
+
+    async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
+        if not await self._read(
+            rows(
+                "SELECT 1 FROM runs WHERE status = 'EXECUTING' AND lease_expires_at < :now LIMIT 1",
+                now=self.now_ms(),
+            ),
+            control=True,
+        ):
+            return 0
+        message = self.q.json_object(
+            "'name', 'CRASHED'",
+            "'stackTrace', ''",
+            "'message', 'the worker running it stopped answering ' || (recovery_count + 1)"
+            " || ' times (killed, out of memory, or blocked); it was not tried again'",
+        )
+
+        def op(now: int) -> Op[int]:
+            yield from self._lock_runs("status = 'EXECUTING' AND lease_expires_at < :now", now=now)
+            crashed = yield rows(
+                "UPDATE runs SET status = 'CRASHED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
+                " finished_at = :now, updated_at = :now, recovery_count = recovery_count + 1,"
+                f" error = {message}"
+                " WHERE status = 'EXECUTING' AND lease_expires_at < :now"
+                " AND recovery_count + 1 >= :limit RETURNING id",
+                now=now,
+                limit=max_recoveries,
+            )
+            crashed_ids = [r["id"] for r in crashed]
+            yield from self._event(crashed_ids, "crashed", now)
+            yield from self._runs_finished(crashed_ids, now)
+            rescued = yield rows(
+                "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                " lease_epoch = lease_epoch + 1,"
+                " available_at = :now, updated_at = :now, recovery_count = recovery_count + 1"
+                " WHERE status = 'EXECUTING' AND lease_expires_at < :now RETURNING id",
+                now=now,
+            )
+            yield from self._event([r["id"] for r in rescued], "worker_lost", now)
+            return len(rescued) + len(crashed)
+
+        return await self._write(op, control=True)
+
+    async def has_due_runs(self, task_ids: list[str]) -> bool:
+        found = await self._read(
+            rows(
+                "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
+                " AND (lease_owner IS NULL OR lease_expires_at <= :now)"
+                f" AND task_id {self.q.in_('tasks')} LIMIT 1",
+                now=self.now_ms(),
+                tasks=task_ids,
+            ),
+            control=True,
+        )
+        return bool(found)

@@ -1,0 +1,236 @@
+"""Statements written once for both databases, and the small dialect where they differ.
+
+Every storage operation is a *sans-I/O generator* (the style of h11 and wsproto): it yields
+``Sql`` statements and receives what each returned, and never touches a connection itself.
+Two drivers run it: a synchronous one on SQLite's writer thread (``drive_sync``, inside the
+group-commit transaction) and an asynchronous one on an asyncpg connection (``drive_async``).
+So the logic of an operation (what it reads, what it decides, what it writes, which error it
+raises) exists once, and each ``yield`` is one round trip on PostgreSQL, visible in the code.
+
+Statement text uses ``:name`` parameters. A list value is an array: SQLite receives it as JSON
+text for ``json_each``, PostgreSQL as an array. The ``Dialect`` supplies the few fragments
+the two databases spell differently (``q.in_("ids")``, ``q.for_update``, ...), so a
+statement reads the same for both where the SQL is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, TypeAlias, TypeVar
+
+from ..models import RunStatus
+from .records import RowLike
+
+T = TypeVar("T")
+
+Want = Literal["rows", "count", "many"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sql:
+    """One statement: its text, its named parameters, and what the operation wants back
+    (``rows``: the rows; ``count``: how many rows it changed; ``many``: nothing, run once per
+    parameter set in ``batch``)."""
+
+    text: str
+    params: Mapping[str, Any]
+    want: Want = "rows"
+    batch: Sequence[Mapping[str, Any]] = ()
+
+
+def rows(text: str, **params: Any) -> Sql:
+    """A statement whose rows the operation reads (a SELECT, or a write with RETURNING)."""
+    return Sql(text, params)
+
+
+def count(text: str, **params: Any) -> Sql:
+    """A write whose affected-row count the operation reads."""
+    return Sql(text, params, "count")
+
+
+def many(text: str, batch: Sequence[Mapping[str, Any]]) -> Sql:
+    """One statement run once per parameter set."""
+    return Sql(text, {}, "many", batch)
+
+
+Op: TypeAlias = Generator[Sql, Any, T]
+"""An operation: yields statements, receives each one's rows (or count), returns its result."""
+
+FINAL = "(" + ", ".join(f"'{s.value}'" for s in RunStatus if s.is_terminal) + ")"
+"""The terminal run statuses as an SQL list, from ``RunStatus``."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What SQLite and PostgreSQL spell differently; everything else is written once."""
+
+    name: str
+    row_locks: bool
+    """PostgreSQL: concurrent writers, so operations lock the rows they decide on. SQLite
+    has one writer at a time (``BEGIN IMMEDIATE``): there is nothing to lock."""
+    has_seq: bool
+    """SQLite orders journal entries and events with a per-process counter (``seq``);
+    PostgreSQL numbers them with a sequence."""
+
+    def in_(self, param: str) -> str:
+        """``<column> {q.in_("ids")}``: membership in a list parameter."""
+        if self.name == "postgres":
+            return f"= ANY(:{param}::text[])"
+        return f"IN (SELECT value FROM json_each(:{param}))"
+
+    @property
+    def for_update(self) -> str:
+        return " FOR UPDATE" if self.row_locks else ""
+
+    @property
+    def for_share(self) -> str:
+        return " FOR SHARE" if self.row_locks else ""
+
+    def skip_locked(self, of: str = "") -> str:
+        """Rows other claimers hold are passed over (``FOR UPDATE [OF t] SKIP LOCKED``)."""
+        if not self.row_locks:
+            return ""
+        return f" FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
+
+    def greatest(self, a: str, b: str) -> str:
+        return f"greatest({a}, {b})" if self.name == "postgres" else f"max({a}, {b})"
+
+    def json_object(self, *pairs: str) -> str:
+        """A JSON object built in SQL, as text (the JSON columns are text on both)."""
+        args = ", ".join(pairs)
+        if self.name == "postgres":
+            return f"json_build_object({args})::text"
+        return f"json_object({args})"
+
+    def as_json(self, column: str) -> str:
+        """A JSON text column as a JSON value inside ``json_object``."""
+        return f"{column}::json" if self.name == "postgres" else f"json({column})"
+
+    def jsonb(self, param: str) -> str:
+        """A parameter holding JSON text, for the ``tags`` columns (jsonb on PostgreSQL)."""
+        return f"CAST(:{param} AS jsonb)" if self.name == "postgres" else f":{param}"
+
+    def tags_overlap(self, param: str) -> str:
+        """The row's ``tags`` share one with the list parameter."""
+        if self.name == "postgres":
+            return f"tags ?| :{param}::text[]"
+        return (
+            "EXISTS (SELECT 1 FROM json_each(tags) t"
+            f" WHERE t.value IN (SELECT value FROM json_each(:{param})))"
+        )
+
+    def iso_time(self, ms: str) -> str:
+        """Milliseconds since the epoch as ``2026-01-02T03:04:05.678Z``."""
+        if self.name == "postgres":
+            return (
+                f"to_char(to_timestamp({ms} / 1000.0) AT TIME ZONE 'UTC',"
+                ' \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\')'
+            )
+        return f"strftime('%Y-%m-%dT%H:%M:%fZ', {ms} / 1000.0, 'unixepoch')"
+
+    def not_in_pairs(self, queues: str, keys: str, queue: str, key: str) -> str:
+        """``(queue, key)`` is none of the pairs given as two parallel list parameters (a
+        key may be NULL, and then matches NULL)."""
+        if self.name == "postgres":
+            return (
+                f"NOT EXISTS (SELECT 1 FROM unnest(:{queues}::text[], :{keys}::text[]) AS f(q, k)"
+                f" WHERE f.q = {queue} AND f.k IS NOT DISTINCT FROM {key})"
+            )
+        return (
+            f"NOT EXISTS (SELECT 1 FROM json_each(:{queues}) fq JOIN json_each(:{keys}) fk"
+            f" ON fk.key = fq.key WHERE fq.value = {queue} AND fk.value IS {key})"
+        )
+
+    @property
+    def journal_order(self) -> str:
+        """The order entries were journaled in (processes sharing a SQLite file each count
+        their own ``seq``; the time orders them)."""
+        return "seq" if self.name == "postgres" else "created_at, seq"
+
+
+SQLITE = Dialect("sqlite", row_locks=False, has_seq=True)
+POSTGRES = Dialect("postgres", row_locks=True, has_seq=False)
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+
+def sqlite_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(list(v)) if isinstance(v, list | tuple) else v for k, v in params.items()}
+
+
+def drive_sync(conn: sqlite3.Connection, op: Op[T]) -> T:
+    """Run ``op`` on a SQLite connection (the writer's, inside its transaction)."""
+    reply: Any = None
+    while True:
+        try:
+            sql = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply = execute_sync(conn, sql)
+
+
+def execute_sync(conn: sqlite3.Connection, sql: Sql) -> Any:
+    if sql.want == "many":
+        conn.executemany(sql.text, [sqlite_params(p) for p in sql.batch])
+        return None
+    cursor = conn.execute(sql.text, sqlite_params(sql.params))
+    if sql.want == "count":
+        return cursor.rowcount
+    return cursor.fetchall()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|:([A-Za-z_]\w*)")
+
+
+@lru_cache(maxsize=2048)
+def numbered(text: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` parameters as ``$1, $2, ...`` (a repeated name reuses its number), and the
+    names in number order. Quoted text and ``::`` casts are left alone."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _TOKEN.sub(number, text), tuple(names)
+
+
+def _pg_args(names: tuple[str, ...], params: Mapping[str, Any]) -> list[Any]:
+    return [list(v) if isinstance(v := params[n], tuple) else v for n in names]
+
+
+async def drive_async(conn: Any, op: Op[T]) -> T:
+    """Run ``op`` on an asyncpg connection (inside the caller's transaction)."""
+    reply: Any = None
+    while True:
+        try:
+            sql = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply = await execute_async(conn, sql)
+
+
+async def execute_async(conn: Any, sql: Sql) -> Any:
+    text, names = numbered(sql.text)
+    if sql.want == "many":
+        await conn.executemany(text, [_pg_args(names, p) for p in sql.batch])
+        return None
+    args = _pg_args(names, sql.params)
+    if sql.want == "count":
+        status: str = await conn.execute(text, *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+    result: list[RowLike] = await conn.fetch(text, *args)
+    return result

@@ -1,0 +1,85 @@
+"""Timers: delayed runs that fall due, runs whose time to live ran out, tokens and sleeps
+whose deadline passed. Each worker's timer loop fires them (``fire_due_timers``) and sleeps
+until the next one (``next_timer_ms``)."""
+
+from __future__ import annotations
+
+from ..faults import crash_point
+from .core import StorageCore
+from .sql import Op, count, rows
+
+
+class Timers(StorageCore):
+    """What falls due by the clock."""
+
+    async def fire_due_timers(self, limit: int) -> int:
+        return await self._start_delayed_runs() + await self._time_out_tokens(limit)
+
+    async def next_timer_ms(self) -> int | None:
+        found = await self._read(
+            rows(
+                "SELECT min(t) AS t FROM ("
+                " SELECT min(timeout_at) AS t FROM waitpoints"
+                "  WHERE status = 'WAITING' AND timeout_at IS NOT NULL"
+                " UNION ALL SELECT min(available_at) FROM runs WHERE status = 'DELAYED'"
+                " UNION ALL SELECT min(expires_at) FROM runs"
+                "  WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL) AS due"
+            ),
+            control=True,
+        )
+        value = found[0]["t"] if found else None
+        return None if value is None else int(value)
+
+    async def _start_delayed_runs(self) -> int:
+        """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE."""
+        if not await self._read(
+            rows(
+                "SELECT 1 FROM runs WHERE (status = 'DELAYED' AND available_at <= :now)"
+                " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now) LIMIT 1",
+                now=self.now_ms(),
+            ),
+            control=True,
+        ):
+            return 0
+
+        def op(now: int) -> Op[int]:
+            expired = yield rows(
+                "UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now"
+                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now RETURNING id",
+                now=now,
+            )
+            expired_ids = [r["id"] for r in expired]
+            yield from self._event(expired_ids, "expired", now)
+            yield from self._runs_finished(expired_ids, now)
+            queued = yield count(
+                "UPDATE runs SET status = 'QUEUED', updated_at = :now"
+                " WHERE status = 'DELAYED' AND available_at <= :now",
+                now=now,
+            )
+            return len(expired_ids) + int(queued)
+
+        return await self._write(op, control=True)
+
+    async def _time_out_tokens(self, limit: int) -> int:
+        if not await self._read(
+            rows(
+                "SELECT 1 FROM waitpoints WHERE status = 'WAITING' AND timeout_at <= :now LIMIT 1",
+                now=self.now_ms(),
+            ),
+            control=True,
+        ):
+            return 0
+
+        def op(now: int) -> Op[int]:
+            due = (
+                "id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
+                f" AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit{self.q.skip_locked()})"
+            )
+            closed = yield rows(self._time_out(due, " RETURNING id"), now=now, limit=limit)
+            ids = [r["id"] for r in closed]
+            if ids:
+                yield from self._requeue_blocked(ids, now)
+                crash_point("timers.before_commit")
+            return len(ids)
+
+        return await self._write(op, control=True)

@@ -1,0 +1,282 @@
+"""Operations on waitpoint tokens: create, close (first writer wins), time out; and the small
+records the API keeps: replies to retried requests, spent dashboard credentials."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..callbacks import well_formed
+from ..errors import StorageError, TokenNotFoundError, TokenNotWaitingError
+from ..faults import crash_point
+from ..ids import new_token_id
+from ..models import CompletionResult, CompletionSource, Page, Token, WaitpointStatus
+from .base import DataToCheck, JournalWrite, NewToken, PageRequest, TokenFilter
+from .core import StorageCore
+from .records import (
+    LATE_COMPLETIONS_KEPT,
+    dump_json,
+    load_json,
+    matches_legacy_hash,
+    token_from_row,
+    with_late_completions,
+)
+from .sql import Op, count, rows
+
+SPENT_KEPT_MS = 86_400_000
+"""How long past its expiry a spent credential is remembered (clock skew between processes)."""
+
+
+class Tokens(StorageCore):
+    """Waitpoint tokens, the runs blocked on them, replies kept for retried API requests,
+    and the dashboard credentials used up before their time."""
+
+    async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
+        schema = None if new.data_schema is None else dump_json(new.data_schema)
+
+        def op(now: int) -> Op[Token]:
+            if journal is not None:
+                yield from self._fence(journal.run_id, journal.epoch)
+            token = None
+            if new.idempotency_key is not None:
+                row = yield from self._existing_by_key(
+                    "waitpoints", "idempotency_key = :key", now, key=new.idempotency_key
+                )
+                if row is not None:
+                    token = token_from_row(row, self.signer).model_copy(update={"is_cached": True})
+            if token is None:
+                inserted = yield rows(
+                    "INSERT INTO waitpoints (id, status, tags, idempotency_key,"
+                    " idempotency_key_expires_at, ttl, timeout_at, created_at, data_schema,"
+                    f" created_by_run) VALUES (:id, 'WAITING', {self.q.jsonb('tags')}, :key,"
+                    " :key_expires, :ttl, :timeout_at, :now, :schema, :run_id) RETURNING *",
+                    id=new_token_id(),
+                    tags=json.dumps(new.tags),
+                    key=new.idempotency_key,
+                    key_expires=new.idempotency_key_expires_ms,
+                    ttl=new.ttl,
+                    timeout_at=new.timeout_ms,
+                    now=now,
+                    schema=schema,
+                    run_id=journal.run_id if journal else None,
+                )
+                if not inserted:  # pragma: no cover - INSERT ... RETURNING returns the row
+                    raise StorageError("the database returned no row for a new token")
+                token = token_from_row(inserted[0], self.signer)
+            if journal is not None:
+                value = token.model_dump(mode="json", by_alias=True)
+                yield from self._journal(journal, value, now)
+            return token
+
+        return await self._write(op)
+
+    async def get_token(self, token_id: str) -> Token:
+        found = await self._read(
+            rows("SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id)
+        )
+        if not found:
+            raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+        token = token_from_row(found[0], self.signer)
+        if token.is_waiting:
+            return token
+        late = await self._read(
+            rows(
+                "SELECT l.via, l.attempted_at, w.late_completion_count FROM late_completions l"
+                " JOIN waitpoints w ON w.id = l.token_id WHERE l.token_id = :id ORDER BY l.n",
+                id=token_id,
+            )
+        )
+        return with_late_completions(token, late)
+
+    async def verify_callback(self, token_id: str, signature: str) -> bool:
+        if self.signer.verify(token_id, signature):
+            return True
+        if not well_formed(signature):
+            return False
+        found = await self._read(
+            rows(
+                "SELECT legacy_signature_hash FROM waitpoints WHERE id = :id AND kind = 'MANUAL'",
+                id=token_id,
+            )
+        )
+        return bool(found) and matches_legacy_hash(found[0]["legacy_signature_hash"], signature)
+
+    async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
+        where, params = self._filters(
+            [s.value for s in filter.status],
+            filter.tags,
+            filter.created_from_ms,
+            filter.created_to_ms,
+        )
+        if filter.idempotency_key is not None:
+            where.append("idempotency_key = :key")
+            params["key"] = filter.idempotency_key
+        where.append("kind = 'MANUAL'")
+        found, next_cursor, previous_cursor = await self._page("waitpoints", where, params, page)
+        tokens = [token_from_row(r, self.signer) for r in found]
+        return Page(data=tokens, next_cursor=next_cursor, previous_cursor=previous_cursor)
+
+    async def complete_token(
+        self, token_id: str, data: Any, source: CompletionSource, checked: str | None = None
+    ) -> CompletionResult | DataToCheck:
+        text = dump_json(data, "the completion data")
+        schema_is = "data_schema IS NULL" if checked is None else "data_schema = :schema"
+        return await self._close_token(
+            token_id, WaitpointStatus.COMPLETED, text, source, schema_is, checked
+        )
+
+    async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult:
+        data = {"code": "WAITPOINT_CANCELLED", "message": f"Waitpoint {token_id} was cancelled"}
+        outcome = await self._close_token(
+            token_id, WaitpointStatus.CANCELLED, dump_json(data), source, "TRUE", None
+        )
+        assert isinstance(outcome, CompletionResult)  # whatever its schema: nothing to check
+        return outcome
+
+    async def _close_token(
+        self,
+        token_id: str,
+        status: WaitpointStatus,
+        data: str,
+        source: CompletionSource,
+        schema_is: str,
+        schema: str | None,
+    ) -> CompletionResult | DataToCheck:
+        """First writer wins: close a WAITING token and re-queue the runs it unblocks.
+
+        Only a token whose data schema passes ``schema_is`` is closed; a WAITING one with
+        another schema is returned to be checked first (``DataToCheck``). A completion that
+        finds the token timed out or cancelled is refused, and the attempt is recorded on the
+        token (the refusal is raised after that record committed).
+        """
+
+        def op(now: int) -> Op[CompletionResult | DataToCheck | TokenNotWaitingError]:
+            # past its deadline a token is timed out here and now, whether or not a worker's
+            # timer got to it yet: the outcome never depends on which processes are running
+            timed_out = yield count(
+                self._time_out(
+                    "id = :id AND kind = 'MANUAL' AND status = 'WAITING' AND timeout_at <= :now"
+                ),
+                now=now,
+                id=token_id,
+            )
+            if timed_out:
+                yield from self._requeue_blocked([token_id], now)
+            closed = yield rows(
+                "UPDATE waitpoints SET status = :status, data = :data, completed_at = :now,"
+                " completed_via = :via"
+                f" WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING' AND {schema_is}"
+                " RETURNING *",
+                status=status.value,
+                data=data,
+                now=now,
+                via=source.value,
+                id=token_id,
+                schema=schema,
+            )
+            if closed:
+                yield from self._requeue_blocked([token_id], now)
+                crash_point("complete.before_commit")
+                return CompletionResult(applied=True, token=token_from_row(closed[0], self.signer))
+            found = yield rows(
+                "SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id
+            )
+            if not found:
+                raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+            if found[0]["status"] == "WAITING":  # its schema is not the one checked
+                return DataToCheck(found[0]["data_schema"])
+            token = token_from_row(found[0], self.signer)
+            if token.status is status:
+                return CompletionResult(applied=False, token=token)
+            if status is WaitpointStatus.COMPLETED:
+                yield from self._record_late_completion(token_id, source, now)
+            return TokenNotWaitingError(token_id, token.status.value, token.completed_at)
+
+        outcome = await self._write(op)
+        if isinstance(outcome, TokenNotWaitingError):
+            raise outcome
+        return outcome
+
+    def _record_late_completion(
+        self, token_id: str, source: CompletionSource, now: int
+    ) -> Op[None]:
+        """Count the refused completion and keep it among the token's last few: a callback URL
+        may be posted to any number of times, and the token must not grow with them. The
+        count's UPDATE locks the token's row, so racing refusals number their rows in turn."""
+        counted = yield rows(
+            "UPDATE waitpoints SET late_completion_count = late_completion_count + 1"
+            " WHERE id = :id RETURNING late_completion_count",
+            id=token_id,
+        )
+        n = int(counted[0]["late_completion_count"])
+        yield count(
+            "INSERT INTO late_completions (token_id, n, via, attempted_at)"
+            " VALUES (:id, :n, :via, :now)",
+            id=token_id,
+            n=n,
+            via=source.value,
+            now=now,
+        )
+        yield count(
+            "DELETE FROM late_completions WHERE token_id = :id AND n <= :oldest",
+            id=token_id,
+            oldest=n - LATE_COMPLETIONS_KEPT,
+        )
+
+    async def get_request_reply(self, key: str, route: str) -> Any:
+        """The reply stored for a request idempotency key on this route, or None."""
+        found = await self._read(
+            rows(
+                "SELECT reply FROM request_replies WHERE key = :key AND route = :route",
+                key=key,
+                route=route,
+            )
+        )
+        return load_json(found[0]["reply"]) if found else None
+
+    async def save_request_reply(self, key: str, route: str, reply: Any) -> None:
+        """Keep a reply for 24 hours so that a retried request gets the same answer."""
+        text = dump_json(reply)
+
+        def op(now: int) -> Op[None]:
+            yield count(
+                "DELETE FROM request_replies WHERE created_at < :oldest", oldest=now - 86_400_000
+            )
+            yield count(
+                "INSERT INTO request_replies (key, route, reply, created_at)"
+                " VALUES (:key, :route, :reply, :now) ON CONFLICT DO NOTHING",
+                key=key,
+                route=route,
+                reply=text,
+                now=now,
+            )
+
+        await self._write(op, notify=False)
+
+    async def spend_credential(self, key: str, expires_at_ms: int) -> bool:
+        """Record that a dashboard credential is used up; False if it already was.
+
+        One row per one-click sign-in link used and per session signed out, so that every
+        process of this database refuses it, after restarts too. A row is dropped a day after
+        the credential expires (it is refused for its age by then; the day covers clock skew).
+        """
+
+        def op(now: int) -> Op[bool]:
+            yield count(
+                "DELETE FROM spent_credentials WHERE expires_at < :oldest",
+                oldest=now - SPENT_KEPT_MS,
+            )
+            inserted = yield count(
+                "INSERT INTO spent_credentials (key, expires_at) VALUES (:key, :expires)"
+                " ON CONFLICT DO NOTHING",
+                key=key,
+                expires=expires_at_ms,
+            )
+            return bool(inserted == 1)
+
+        return await self._write(op, notify=False)
+
+    async def credential_spent(self, key: str) -> bool:
+        """Whether ``spend_credential`` recorded ``key``."""
+        found = await self._read(rows("SELECT 1 FROM spent_credentials WHERE key = :key", key=key))
+        return bool(found)

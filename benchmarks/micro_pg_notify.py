@@ -3,10 +3,11 @@
     python benchmarks/micro_pg_notify.py [--url postgresql://postgres@127.0.0.1:5432/test]
 
 Every engine write that may make work runs ``SELECT pg_notify(...)`` inside its transaction
-(``engine/storage/postgres_base.py``). PostgreSQL serialises the commits of notifying
-transactions: ``PreCommit_Notify`` takes a cluster-wide lock that is held until the commit
-(and its WAL flush) is done, so that notifications queue in commit order. Plain commits from
-several connections share WAL flushes (group commit); notifying ones cannot.
+(``PostgresStorage._transaction`` and ``_announce`` in ``engine/storage/postgres.py``).
+PostgreSQL serialises the commits of notifying transactions: ``PreCommit_Notify`` takes a
+cluster-wide lock that is held until the commit (and its WAL flush) is done, so that
+notifications queue in commit order. Plain commits from several connections share WAL flushes
+(group commit); notifying ones cannot.
 
 This script commits one-row INSERTs from 1, 2, 4, 8 and 16 connections at once (asyncpg, no
 engine, a schema of its own, dropped at the end), plain and with one ``pg_notify`` each, and

@@ -7,21 +7,23 @@ Parks N ``bench-timer`` runs (a worker in this process) on tokens due in one hou
 of its own (dropped at the end), and stops the worker. Then, each in a transaction that is
 rolled back, with the clock two hours ahead:
 
-- closes a batch of due tokens as ``_time_out_tokens`` does (``TIME_OUT`` of
-  ``engine/storage/postgres_tokens.py``, at most 1,000, the worker's batch), then times the
-  engine's re-queue (``_LOCK_BLOCKED`` and ``_REQUEUE_BLOCKED`` of ``postgres_base.py``),
-  with the plan of the re-queue;
-- times the same re-queue with ``rw.waitpoint_id = ANY($1)`` in its ``mode = 'any'`` EXISTS
-  written ``(rw.waitpoint_id || '') = ANY($1)``, which keeps PostgreSQL from probing the
+- closes a batch of due tokens with the statement of ``Timers._time_out_tokens``
+  (``engine/storage/timers.py``, built by ``StorageCore._time_out`` of ``core.py``; at most
+  1,000, the worker's batch), then times the engine's re-queue (the lock of the runs and the
+  UPDATE that ``StorageCore._requeue_blocked`` of ``engine/storage/core.py`` yields), with the
+  plan of the re-queue; the statements come from the engine through ``engine_sql.py``;
+- times the same re-queue with ``rw.waitpoint_id = ANY(:ids)`` in its ``mode = 'any'`` EXISTS
+  written ``(rw.waitpoint_id || '') = ANY(:ids)``, which keeps PostgreSQL from probing the
   ``(run_id, waitpoint_id)`` key once per closed id for every run (quadratic in the batch).
 
 It also times one completion's re-queue (one token closed, as ``complete_token`` does) with the
 engine's statement and with ``OFFSET 0`` in its ``NOT EXISTS``, against the number of runs
 WAITING. It prints the re-queue's plan with ``plan_cache_mode`` forced to custom and to generic (the
-plan a prepared statement may get from its 6th execution on). Finally it calls the engine's own
-``storage.fire_due_timers(1000)`` until done (committed), as the worker's timer loop does, and
-prints each call's time; then parks N runs again in a second schema and does the same with
-``plan_cache_mode=force_custom_plan`` in the database URL. The engine is not modified.
+plan a prepared statement may get from its 6th execution on). A variant whose fragment is no
+longer in the engine's text is reported as not applying and left out. Finally it calls the
+engine's own ``storage.fire_due_timers(1000)`` until done (committed), as the worker's timer
+loop does, and prints each call's time; then parks N runs again in a second schema and does the
+same with ``plan_cache_mode=force_custom_plan`` in the database URL. The engine is not modified.
 """
 
 from __future__ import annotations
@@ -39,21 +41,47 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backends import DEFAULT_PG_URL, drop_schema, with_schema
+from engine_sql import POSTGRES, Sql, pg, pg_names, requeue, time_out_due, vary
 from micro_timers import Shifted, fire, park
 
 from engine.logs import configure_logging
 
 
-async def time_requeue(url: str, schema: str, batch: int) -> None:
-    from engine.storage import postgres_base, postgres_tokens
+def _variant(engine: Sql, name: str, old: str, new: str) -> dict[str, Sql]:
+    variant = vary(engine, old, new)
+    if variant is None:
+        print(f"  variant {name} does not apply: the engine's re-queue has no {old!r}")
+        return {}
+    return {name: variant}
 
-    engine_sql = postgres_base._REQUEUE_BLOCKED
-    variant = engine_sql.replace(
-        "AND rw.waitpoint_id = ANY($1::text[])", "AND (rw.waitpoint_id || '') = ANY($1::text[])"
+
+def _print_plan(plan: list[Any]) -> None:
+    for line in plan:  # the id arrays make some lines very long
+        text = line[0]
+        print("      " + (text if len(text) <= 140 else text[:137] + "..."))
+
+
+async def _lock(conn: Any, lock: Sql | None, ids: list[str]) -> list[str]:
+    """The engine's lock of the runs to re-queue, as ``_requeue_blocked`` takes it."""
+    if lock is None:  # pragma: no cover - the engine locks on PostgreSQL
+        return []
+    return [r["id"] for r in await conn.fetch(*_args(lock, ids=ids))]
+
+
+def _args(sql: Sql, **params: Any) -> list[Any]:
+    text, args = pg(sql, **params)
+    return [text, *args]
+
+
+async def time_requeue(url: str, schema: str, batch: int) -> None:
+    lock, engine_sql = requeue(POSTGRES)
+    close = time_out_due(POSTGRES)
+    variants = {"engine": engine_sql} | _variant(
+        engine_sql,
+        "(rw.waitpoint_id || '')",
+        "AND rw.waitpoint_id = ANY(:ids::text[])",
+        "AND (rw.waitpoint_id || '') = ANY(:ids::text[])",
     )
-    variants = {"engine": engine_sql}
-    if variant != engine_sql:
-        variants["(rw.waitpoint_id || '')"] = variant
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
         for name, sql in variants.items():
@@ -62,23 +90,17 @@ async def time_requeue(url: str, schema: str, batch: int) -> None:
             await tx.start()
             try:
                 t = time.perf_counter()
-                rows = await conn.fetch(
-                    postgres_tokens.TIME_OUT
-                    + " WHERE id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
-                    "  AND timeout_at <= $1 ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                    " RETURNING id",
-                    now,
-                    batch,
-                )
+                rows = await conn.fetch(*_args(close, now=now, limit=batch))
                 close_ms = (time.perf_counter() - t) * 1000
                 ids = [r["id"] for r in rows]
                 t = time.perf_counter()
-                locked = [r["id"] for r in await conn.fetch(postgres_base._LOCK_BLOCKED, ids)]
+                locked = await _lock(conn, lock, ids)
                 lock_ms = (time.perf_counter() - t) * 1000
                 t = time.perf_counter()
-                status = await conn.execute(sql, ids, locked, now)
+                status = await conn.execute(*_args(sql, ids=ids, runs=locked, now=now))
                 requeue_ms = (time.perf_counter() - t) * 1000
-                plan = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, ids, locked, now)
+                text, args = pg(sql, ids=ids, runs=locked, now=now)
+                plan = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + text, *args)
             finally:
                 await tx.rollback()
             print(
@@ -86,9 +108,7 @@ async def time_requeue(url: str, schema: str, batch: int) -> None:
                 f" lock runs {lock_ms:7.1f} ms, re-queue {requeue_ms:8.1f} ms ({status})"
             )
             if name == "engine":
-                for line in plan:  # the id arrays make some lines very long
-                    text = line[0]
-                    print("      " + (text if len(text) <= 140 else text[:137] + "..."))
+                _print_plan(plan)
     finally:
         await conn.close()
 
@@ -98,16 +118,13 @@ async def time_completion(url: str, schema: str, repeat: int = 20) -> None:
     and the re-queue with ``OFFSET 0`` in its ``NOT EXISTS`` (which keeps PostgreSQL from
     turning it into a hashed subplan: a join of every ``run_waits`` row with every WAITING
     waitpoint, built once per statement, so once per completion)."""
-    from engine.storage import postgres_base
-
-    engine_sql = postgres_base._REQUEUE_BLOCKED
-    variant = engine_sql.replace(
-        "WHERE rw.run_id = runs.id AND w.status = 'WAITING'))",
-        "WHERE rw.run_id = runs.id AND w.status = 'WAITING' OFFSET 0))",
+    lock, engine_sql = requeue(POSTGRES)
+    variants = {"engine": engine_sql} | _variant(
+        engine_sql,
+        "OFFSET 0",
+        "AND w.status = 'WAITING'))",
+        "AND w.status = 'WAITING' OFFSET 0))",
     )
-    variants = {"engine": engine_sql}
-    if variant != engine_sql:
-        variants["OFFSET 0"] = variant
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
         waiting = await conn.fetchval("SELECT count(*) FROM runs WHERE status = 'WAITING'")
@@ -129,16 +146,13 @@ async def time_completion(url: str, schema: str, repeat: int = 20) -> None:
                         now,
                         token,
                     )
-                    locked = [
-                        r["id"] for r in await conn.fetch(postgres_base._LOCK_BLOCKED, [token])
-                    ]
+                    locked = await _lock(conn, lock, [token])
+                    text, args = pg(sql, ids=[token], runs=locked, now=now)
                     t = time.perf_counter()
-                    await conn.execute(sql, [token], locked, now)
+                    await conn.execute(text, *args)
                     times.append((time.perf_counter() - t) * 1000)
                     if not plan:
-                        plan = await conn.fetch(
-                            "EXPLAIN (ANALYZE, COSTS OFF) " + sql, [token], locked, now
-                        )
+                        plan = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + text, *args)
                 finally:
                     await tx.rollback()
             times.sort()
@@ -146,24 +160,28 @@ async def time_completion(url: str, schema: str, repeat: int = 20) -> None:
                 f"  one completion's re-queue, {waiting:,} runs WAITING, {name:>8}:"
                 f" median {times[len(times) // 2]:.2f} ms over {len(times)} tokens"
             )
-            for line in plan:
-                text = line[0]
-                print("      " + (text if len(text) <= 140 else text[:137] + "..."))
+            _print_plan(plan)
     finally:
         await conn.close()
+
+
+_TYPES = {"ids": "text[]", "runs": "text[]", "now": "bigint"}
+"""The SQL types of the re-queue's parameters, for ``PREPARE``."""
 
 
 async def generic_plan(url: str, schema: str, batch: int = 1000) -> None:
     """The re-queue of one batch with a custom plan and with the generic plan PostgreSQL
     switches to after a prepared statement's 5th execution (``force_generic_plan`` shows it at
     once), each ``EXPLAIN ANALYZE``d in a transaction that is rolled back."""
-    from engine.storage import postgres_base, postgres_tokens
+    lock, engine_sql = requeue(POSTGRES)
+    close = time_out_due(POSTGRES)
+    text, names = pg(engine_sql)[0], pg_names(engine_sql)
 
-    close = (
-        postgres_tokens.TIME_OUT + " WHERE id IN (SELECT id FROM waitpoints WHERE status ="
-        " 'WAITING' AND timeout_at <= $1 ORDER BY timeout_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-        " RETURNING id"
-    )
+    def literal(value: Any) -> str:
+        if isinstance(value, list):
+            return "ARRAY[" + ",".join(f"'{v}'" for v in value) + "]::text[]"
+        return str(int(value))
+
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
     try:
         for mode in ("force_custom_plan", "force_generic_plan"):
@@ -171,27 +189,22 @@ async def generic_plan(url: str, schema: str, batch: int = 1000) -> None:
             tx = conn.transaction()
             await tx.start()
             try:
-                ids = [r["id"] for r in await conn.fetch(close, now, batch)]
-                locked = [r["id"] for r in await conn.fetch(postgres_base._LOCK_BLOCKED, ids)]
+                ids = [r["id"] for r in await conn.fetch(*_args(close, now=now, limit=batch))]
+                locked = await _lock(conn, lock, ids)
                 await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
-                await conn.execute(
-                    f"PREPARE requeue_{mode}(text[], text[], bigint) AS"  # outlives a rollback
-                    f" {postgres_base._REQUEUE_BLOCKED}"
+                types = ", ".join(_TYPES[n] for n in names)
+                await conn.execute(  # a prepared statement outlives a rollback
+                    f"PREPARE requeue_{mode}({types}) AS {text}"
                 )
-
-                def array(values: list[str]) -> str:
-                    return "ARRAY[" + ",".join(f"'{v}'" for v in values) + "]::text[]"
-
+                values = {"ids": ids, "runs": locked, "now": now}
                 plan = await conn.fetch(
                     f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE requeue_{mode}"
-                    f"({array(ids)}, {array(locked)}, {now})"
+                    f"({', '.join(literal(values[n]) for n in names)})"
                 )
             finally:
                 await tx.rollback()
             print(f"  re-queue of {len(ids):,} runs, plan_cache_mode = {mode}:")
-            for line in plan:
-                text = line[0]
-                print("      " + (text if len(text) <= 140 else text[:137] + "..."))
+            _print_plan(plan)
     finally:
         await conn.close()
 

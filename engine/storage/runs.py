@@ -443,13 +443,7 @@ class Runs(StorageCore):
         await self._write(op)
 
     async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
-        if not await self._read(
-            rows(
-                "SELECT 1 FROM runs WHERE status = 'EXECUTING' AND lease_expires_at < :now LIMIT 1",
-                now=self.now_ms(),
-            ),
-            control=True,
-        ):
+        if not await self._any_due("runs", "status = 'EXECUTING' AND lease_expires_at < :now"):
             return 0
         message = self.q.json_object(
             "'name', 'CRASHED'",

@@ -32,14 +32,11 @@ class Timers(StorageCore):
 
     async def _start_delayed_runs(self) -> int:
         """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE."""
-        if not await self._read(
-            rows(
-                "SELECT 1 FROM runs WHERE (status = 'DELAYED' AND available_at <= :now)"
-                " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now) LIMIT 1",
-                now=self.now_ms(),
-            ),
-            control=True,
-        ):
+        due = (
+            "(status = 'DELAYED' AND available_at <= :now)"
+            " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now)"
+        )
+        if not await self._any_due("runs", due):
             return 0
 
         def op(now: int) -> Op[int]:
@@ -61,13 +58,7 @@ class Timers(StorageCore):
         return await self._write(op, control=True)
 
     async def _time_out_tokens(self, limit: int) -> int:
-        if not await self._read(
-            rows(
-                "SELECT 1 FROM waitpoints WHERE status = 'WAITING' AND timeout_at <= :now LIMIT 1",
-                now=self.now_ms(),
-            ),
-            control=True,
-        ):
+        if not await self._any_due("waitpoints", "status = 'WAITING' AND timeout_at <= :now"):
             return 0
 
         def op(now: int) -> Op[int]:

@@ -232,8 +232,8 @@ class StorageCore:
     def _lock_waitpoints(self, ids: Sequence[str], kind: str) -> Op[list[RowLike]]:
         """The waitpoints' rows, share-locked: a completion of one waits for this transaction."""
         found: list[RowLike] = yield rows(
-            f"SELECT * FROM waitpoints WHERE id {self.q.in_('ids')} AND kind = :kind"
-            f" ORDER BY id{self.q.for_share}",
+            f"SELECT * FROM waitpoints WHERE id {self.q.in_('ids')}"
+            f" AND {self.q.unindexed('kind')} = :kind ORDER BY id{self.q.for_share}",
             ids=list(ids),
             kind=kind,
         )
@@ -340,13 +340,12 @@ class StorageCore:
             if not locked:
                 return
             blocked = f"id {q.in_('runs')}"
-            any_edge = "rw.waitpoint_id"
         else:
             blocked = f"id IN (SELECT run_id FROM run_waits WHERE waitpoint_id {q.in_('ids')})"
             locked = []
-            # the unary + keeps SQLite on the (run_id, ...) key for the 'any' probe: through
-            # the waitpoint index it would cost closed x blocked runs
-            any_edge = "+rw.waitpoint_id"
+        # unindexed: SQLite stays on the (run_id, ...) key for the 'any' probe (through the
+        # waitpoint index it would cost closed x blocked runs)
+        any_edge = q.unindexed("rw.waitpoint_id")
         yield count(
             "UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now"
             f" WHERE status = 'WAITING' AND {blocked}"

@@ -146,6 +146,11 @@ class Dialect:
             f" ON fk.key = fq.key WHERE fq.value = {queue} AND fk.value IS {key})"
         )
 
+    def unindexed(self, column: str) -> str:
+        """``column`` in a form SQLite's planner uses no index for (a unary ``+``): where the
+        rows are found by id, an index on a column of few values would scan instead."""
+        return column if self.name == "postgres" else f"+{column}"
+
     @property
     def journal_order(self) -> str:
         """The order entries were journaled in (processes sharing a SQLite file each count

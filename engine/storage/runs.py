@@ -50,7 +50,8 @@ class Runs(StorageCore):
         """The task registry. Kept while this process follows the others' commits (a
         trigger of a task this process did not import reads it), and dropped whenever a task
         is registered anywhere; ``fresh`` reads it from the database all the same."""
-        self._watch_other_processes()
+        if self.q.remote:  # worth following the other processes for (SQLite would poll the
+            self._watch_other_processes()  # file 100 times a second to save local reads)
         if self._task_registry is not None and not fresh:
             return list(self._task_registry)
         generation = self._registry_generation

@@ -76,6 +76,9 @@ class Dialect:
     has_seq: bool
     """SQLite orders journal entries and events with a per-process counter (``seq``);
     PostgreSQL numbers them with a sequence."""
+    remote: bool
+    """PostgreSQL: every read is a round trip to a server, worth a cache; SQLite reads a
+    local file."""
 
     def in_(self, param: str) -> str:
         """``<column> {q.in_("ids")}``: membership in a list parameter."""
@@ -158,8 +161,8 @@ class Dialect:
         return "seq" if self.name == "postgres" else "created_at, seq"
 
 
-SQLITE = Dialect("sqlite", row_locks=False, has_seq=True)
-POSTGRES = Dialect("postgres", row_locks=True, has_seq=False)
+SQLITE = Dialect("sqlite", row_locks=False, has_seq=True, remote=False)
+POSTGRES = Dialect("postgres", row_locks=True, has_seq=False, remote=True)
 
 
 # -- SQLite -------------------------------------------------------------------------------

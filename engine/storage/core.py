@@ -299,11 +299,15 @@ class StorageCore:
             seq=self._next_seq(),
         )
 
-    def _runs_finished(self, run_ids: list[str], now: int) -> Op[None]:
-        """Runs reached a final status: they wait on nothing, and their parents may go on."""
+    def _runs_finished(
+        self, run_ids: list[str], now: int, event: str, detail: dict[str, Any] | None = None
+    ) -> Op[None]:
+        """Runs reached a final status: the ``event`` that ended them goes on their timeline,
+        they wait on nothing, and their parents may go on."""
         if not run_ids:
             return
         q = self.q
+        yield from self._event(run_ids, event, now, detail)
         yield count(f"DELETE FROM run_waits WHERE run_id {q.in_('ids')}", ids=run_ids)
         result = q.json_object(
             "'runId', r.id",

@@ -174,8 +174,7 @@ class Runs(StorageCore):
                     id=current,
                 )
                 pending.extend(row["child_run_id"] for row in children)
-            yield from self._event(canceled, "canceled", now)
-            yield from self._runs_finished(canceled, now)
+            yield from self._runs_finished(canceled, now, "canceled")
 
         await self._write(op)
         return await self.get_run(run_id)
@@ -404,8 +403,7 @@ class Runs(StorageCore):
             detail = {"status": status.value}
             if error is not None:
                 detail["error"] = error.message
-            yield from self._event([run_id], "finished", now, detail)
-            yield from self._runs_finished([run_id], now)
+            yield from self._runs_finished([run_id], now, "finished", detail)
 
         await self._write(op)
 
@@ -466,8 +464,7 @@ class Runs(StorageCore):
                 limit=max_recoveries,
             )
             crashed_ids = [r["id"] for r in crashed]
-            yield from self._event(crashed_ids, "crashed", now)
-            yield from self._runs_finished(crashed_ids, now)
+            yield from self._runs_finished(crashed_ids, now, "crashed")
             rescued = yield rows(
                 "UPDATE runs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
                 " lease_epoch = lease_epoch + 1,"

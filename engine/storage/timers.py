@@ -46,8 +46,7 @@ class Timers(StorageCore):
                 now=now,
             )
             expired_ids = [r["id"] for r in expired]
-            yield from self._event(expired_ids, "expired", now)
-            yield from self._runs_finished(expired_ids, now)
+            yield from self._runs_finished(expired_ids, now, "expired")
             queued = yield count(
                 "UPDATE runs SET status = 'QUEUED', updated_at = :now"
                 " WHERE status = 'DELAYED' AND available_at <= :now",

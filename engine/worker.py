@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import uuid
@@ -132,12 +133,12 @@ class Worker:
         """Claim what is due and start it; or wait for a commit, a wake-up or the poll."""
         storage = self.engine.storage
         task_ids = sorted(self.tasks)
-        changed = storage.change_event()
+        changed = storage.work_event(task_ids)
         self._wake.clear()
         free = self.concurrency - len(self._running)
         claimed: list[ClaimedRun] = []
         asked = anyio.current_time()
-        if free > 0 and await storage.has_due_runs(task_ids):
+        if free > 0:
             # a claim cut short by a hard stop would strand its runs until their leases
             # ran out: finish it, and let the (cancelled) attempts hand the runs back
             with anyio.CancelScope(shield=True):
@@ -149,7 +150,7 @@ class Worker:
             self._running[run.id] = run.epoch
             self._lease_until[run.id] = asked + self.lease_ms / 1000
             attempts.start_soon(self._attempt, run)
-        if not claimed:
+        if len(claimed) < max(free, 1):  # all that is due now was claimed: wait for more
             await _first_of([changed, self._wake], self.poll_seconds)
 
     async def _attempt(self, run: ClaimedRun) -> None:
@@ -168,6 +169,7 @@ class Worker:
         except Exception:  # a bug in the engine must not take the worker down with it
             log.exception("worker.attempt_crashed", run_id=run.id)
         finally:
+            full = len(self._running) >= self.concurrency
             if self._running.get(run.id) == run.epoch:  # not a newer attempt's bookkeeping
                 del self._running[run.id]
                 self._scopes.pop(run.id, None)
@@ -176,7 +178,8 @@ class Worker:
                 # only now: a claim of the released run must not meet this attempt's bookkeeping
                 with anyio.CancelScope(shield=True):
                     await hand_back(self.engine.storage, run)
-            self._wake.set()
+            if full:  # a slot is free again (work this attempt made wakes the claim loop anyway)
+                self._wake.set()
 
     async def _timer_loop(self) -> None:
         """Fire due token timeouts and rescue runs whose worker went silent."""
@@ -188,7 +191,7 @@ class Worker:
 
     async def _timer_turn(self) -> None:
         storage = self.engine.storage
-        changed = storage.change_event()
+        any_deadline = storage.deadline_event(math.inf)  # taken first: nothing set is missed
         while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
             pass
         rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
@@ -198,8 +201,12 @@ class Worker:
         pause = self.poll_seconds
         if next_ms is not None:
             pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
+        # from here on, only a deadline before the one slept to wakes this loop (a token
+        # made with an hour's timeout does not); none set meanwhile slipped through
+        until = storage.now_ms() + pause * 1000
+        earlier = any_deadline if any_deadline.is_set() else storage.deadline_event(until)
         await anyio.sleep(_MIN_TIMER_PAUSE)
-        await _first_of([changed], pause)
+        await _first_of([earlier], pause)
 
     async def _lease_loop(self) -> None:
         """Renew the leases of running attempts; stop attempts whose run was canceled.

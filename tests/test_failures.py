@@ -235,7 +235,7 @@ async def test_a_worker_survives_an_unexpected_error_in_each_of_its_loops(
         monkeypatch.setattr(storage, name, failing)
 
     INJECTED.clear()
-    for name in ("has_due_runs", "fire_due_timers", "lost_runs"):  # claim, timer, lease loop
+    for name in ("claim_runs", "fire_due_timers", "lost_runs"):  # claim, timer, lease loop
         fail_once(name)
     with capture_logs() as events:
         await start_worker([held, nap])

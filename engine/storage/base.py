@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -345,7 +345,15 @@ class Storage(Protocol):
     async def has_due_runs(self, task_ids: list[str]) -> bool: ...
 
     def change_event(self) -> asyncio.Event:
-        """Set at the next commit that may have made work; take it before looking for work."""
+        """Set at the next commit that changed something; take it before looking."""
+        ...
+
+    def work_event(self, task_ids: Iterable[str]) -> asyncio.Event:
+        """Set at the next commit that may have made a run of these tasks claimable."""
+        ...
+
+    def deadline_event(self, before_ms: float) -> asyncio.Event:
+        """Set at the next commit that may have set a deadline earlier than ``before_ms``."""
         ...
 
     async def wait_for_change(self, timeout: float) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -50,6 +51,14 @@ class StorageCore:
     may it keep what they could change, such as the task registry."""
     _task_registry: list[TaskInfo] | None = None
     _registry_generation = 0
+    _work_waiters: dict[frozenset[str], asyncio.Event]
+    _deadline_waiters: weakref.WeakKeyDictionary[asyncio.Event, float]
+    """A timer loop that stopped waiting drops its event, and with it its entry."""
+
+    def _init_waiters(self) -> None:
+        self._change = asyncio.Event()
+        self._work_waiters = {}
+        self._deadline_waiters = weakref.WeakKeyDictionary()
 
     # -- what a backend provides -----------------------------------------------------------
 
@@ -83,14 +92,34 @@ class StorageCore:
     # -- change notifications ----------------------------------------------------------------
 
     def change_event(self) -> asyncio.Event:
-        """An event set at the next commit that may have made work (here or in another process).
+        """An event set at the next commit that changed something (here or in another process).
 
-        Take it *before* looking for work, then wait on it: nothing committed in between is
-        missed. Other processes' commits are followed from the first call on; callers poll as
-        well, so a watcher that is down costs latency, never a run.
+        Take it *before* looking, then wait on it: nothing committed in between is missed.
+        Other processes' commits are followed from the first call on; callers poll as well,
+        so a watcher that is down costs latency, never a run.
         """
         self._watch_other_processes()
         return self._change
+
+    def work_event(self, task_ids: Iterable[str]) -> asyncio.Event:
+        """An event set at the next commit that may have made a run of these tasks claimable
+        (SQLite: any commit; PostgreSQL: one that queued a run of one of them). Taken before
+        a claim, like ``change_event``."""
+        self._watch_other_processes()
+        key = frozenset(task_ids)
+        event = self._work_waiters.get(key)
+        if event is None:
+            event = self._work_waiters[key] = asyncio.Event()
+        return event
+
+    def deadline_event(self, before_ms: float) -> asyncio.Event:
+        """An event set at the next commit that may have set a deadline earlier than
+        ``before_ms`` (a token's timeout, a delayed run, a time to live): the timer loop
+        sleeps until its next deadline unless this wakes it."""
+        self._watch_other_processes()
+        event = asyncio.Event()
+        self._deadline_waiters[event] = before_ms
+        return event
 
     async def wait_for_change(self, timeout: float) -> None:
         event = self.change_event()
@@ -98,15 +127,29 @@ class StorageCore:
             await asyncio.wait_for(event.wait(), timeout)
 
     def _notify(self) -> None:
-        """Wake this process's waiters (``change_event``)."""
+        """Wake every waiter of this process: something may have changed, whatever it was."""
+        self._changed()
+        self._work_queued(None)
+        self._deadline_set(None)
+
+    def _changed(self) -> None:
+        """Wake the waiters of ``change_event``."""
         event, self._change = self._change, asyncio.Event()
         event.set()
 
-    def _announce(self, what: str) -> Op[None]:
-        """Tell the other processes, when this transaction commits, that ``what`` changed
-        (PostgreSQL: a notification; SQLite's processes see every commit anyway)."""
-        return
-        yield  # pragma: no cover - a generator that yields nothing
+    def _work_queued(self, task_id: str | None) -> None:
+        """Wake the waiters of work of ``task_id`` (None: of every task)."""
+        for key, event in list(self._work_waiters.items()):
+            if task_id is None or task_id in key:
+                del self._work_waiters[key]
+                event.set()
+
+    def _deadline_set(self, at_ms: int | None) -> None:
+        """Wake the timer loops whose next deadline is later than ``at_ms`` (None: all)."""
+        for event, before in list(self._deadline_waiters.items()):
+            if at_ms is None or at_ms < before:
+                self._deadline_waiters.pop(event, None)
+                event.set()
 
     def _forget_task_registry(self) -> None:
         """A task was registered (here or elsewhere), or changes may have been missed."""
@@ -127,10 +170,37 @@ class StorageCore:
         return int(row["depth"])
 
     def _journal(self, write: JournalWrite, value: Any, now: int) -> Op[None]:
-        yield count(
-            "INSERT INTO journal (run_id, key, attempt, position, is_error, value, duration_ms,"
-            f" created_at{self._seq_column}) VALUES (:run_id, :key, :attempt, :position,"
-            f" :is_error, :value, :duration_ms, :now{self._seq_value})",
+        crash_point("journal.before_commit")
+        yield self._journal_entry(write, value, now)
+
+    def _journal_entry(
+        self, write: JournalWrite, value: Any, now: int, *, fenced: bool = False
+    ) -> Sql:
+        """The INSERT of a journal entry; ``fenced``: only while ``write.epoch`` holds the
+        run (row locked, as ``_fence`` does), so that the fence costs no statement of its own
+        (it inserted nothing when the lease moved on)."""
+        columns = (
+            "run_id, key, attempt, position, is_error, value, duration_ms,"
+            f" created_at{self._seq_column}"
+        )
+        values = (
+            ":run_id, :key, :attempt, :position, :is_error, :value, :duration_ms,"
+            f" :now{self._seq_value}"
+        )
+        source = f"VALUES ({values})"
+        if fenced:  # typed: a SELECT's parameters take no type from the columns they fill
+            typed = (
+                "CAST(:run_id AS text), CAST(:key AS text), CAST(:attempt AS integer),"
+                " CAST(:position AS integer), CAST(:is_error AS boolean), CAST(:value AS text),"
+                " CAST(:duration_ms AS bigint), CAST(:now AS bigint)"
+                + (", CAST(:seq AS bigint)" if self.q.has_seq else "")
+            )
+            source = (
+                f"SELECT {typed} FROM runs WHERE id = :run_id AND status = 'EXECUTING'"
+                f" AND lease_epoch = :epoch{self.q.for_update}"
+            )
+        return count(
+            f"INSERT INTO journal ({columns}) {source}",
             run_id=write.run_id,
             key=write.key,
             attempt=write.attempt,
@@ -140,8 +210,8 @@ class StorageCore:
             duration_ms=write.duration_ms,
             now=now,
             seq=self._next_seq(),
+            epoch=write.epoch,
         )
-        crash_point("journal.before_commit")
 
     @property
     def _seq_column(self) -> str:
@@ -243,9 +313,21 @@ class StorageCore:
         self, new: NewRun, now: int, parent_key: str | None = None, depth: int = 0
     ) -> Op[RowLike]:
         """Insert a QUEUED (or DELAYED) run; a child carries its parent and the parent's key."""
+        inserted = yield self._new_run(new, now, parent_key, depth)
+        if not inserted:  # pragma: no cover - INSERT ... RETURNING always returns the row
+            raise StorageError("the database returned no row for a new run")
+        row: RowLike = inserted[0]
+        if not self.q.writes_in_with:
+            parent = {"parent": new.parent_run_id} if new.parent_run_id else None
+            yield from self._event([row["id"]], "created", now, parent)
+        return row
+
+    def _new_run(self, new: NewRun, now: int, parent_key: str | None = None, depth: int = 0) -> Sql:
+        """The INSERT of a new run, returning its row; where a statement can write twice
+        (``writes_in_with``), its ``created`` event too (``_insert_run`` adds it elsewhere)."""
         delayed = new.delayed_until_ms is not None and new.delayed_until_ms > now
         start = new.delayed_until_ms if delayed and new.delayed_until_ms else now
-        inserted = yield rows(
+        insert = (
             "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
             " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
             " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
@@ -253,7 +335,17 @@ class StorageCore:
             f" VALUES (:id, :task_id, :status, :payload, {self.q.jsonb('tags')}, :key,"
             " :key_expires, :max_attempts, :start, :delayed_until, :ttl, :expires_at,"
             " :metadata, :max_duration_ms, :parent_run_id, :parent_key, :depth, :queue,"
-            " :concurrency_key, :now, :now) RETURNING *",
+            " :concurrency_key, :now, :now) RETURNING *"
+        )
+        if self.q.writes_in_with:
+            insert = (
+                f"WITH inserted AS ({insert}), created AS (INSERT INTO run_events"
+                " (run_id, at, kind, attempt, detail)"
+                " SELECT id, :now, 'created', attempt_count, :detail FROM inserted)"
+                " SELECT * FROM inserted"
+            )
+        return rows(
+            insert,
             id=new_run_id(),
             task_id=new.task_id,
             status="DELAYED" if delayed else "QUEUED",
@@ -274,13 +366,8 @@ class StorageCore:
             queue=new.queue or new.task_id,
             concurrency_key=new.concurrency_key,
             now=now,
+            detail=json.dumps({"parent": new.parent_run_id}) if new.parent_run_id else None,
         )
-        if not inserted:  # pragma: no cover - INSERT ... RETURNING always returns the row
-            raise StorageError("the database returned no row for a new run")
-        row: RowLike = inserted[0]
-        parent = {"parent": new.parent_run_id} if new.parent_run_id else None
-        yield from self._event([row["id"]], "created", now, parent)
-        return row
 
     def _event(
         self, run_ids: list[str], kind: str, now: int, detail: dict[str, Any] | None = None

@@ -43,7 +43,7 @@ from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .runs import Runs
 from .signing import SIGNING_CHECK, log_outcome, settle
-from .sql import POSTGRES, Op, Sql, drive_async, execute_async, rows
+from .sql import POSTGRES, Op, Sql, drive_async, execute_async, first_statement
 from .timers import Timers
 from .tokens import Tokens
 from .waits import Waits
@@ -130,7 +130,7 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         self._pool = None
         self._control = None
         self._channel = f"waitpoint_{self.schema}"
-        self._change = asyncio.Event()
+        self._init_waiters()
         self._listener: asyncio.Task[None] | None = None
         self._db_ms_measured = 0
         self._clock_measured = -math.inf
@@ -289,13 +289,21 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             tries += 1
             began = False
             try:
-                async with pool.acquire() as conn, conn.transaction():
-                    began = True
+                async with pool.acquire() as conn:
                     now = await self._transaction_now(conn)
-                    result = await drive_async(conn, op(now))
-                    if notify:
-                        await conn.execute("SELECT pg_notify($1, '')", self._channel)
-                    crash_point("commit.before")
+                    operation = op(now)
+                    first = first_statement(operation)
+                    if not isinstance(first, Sql):
+                        result = first  # an operation that found nothing to do
+                    elif first.alone:  # one statement: its own transaction
+                        began = True
+                        crash_point("commit.before")
+                        result = await drive_async(conn, operation, first)
+                    else:
+                        async with conn.transaction():
+                            began = True
+                            result = await drive_async(conn, operation, first)
+                            crash_point("commit.before")
             except _RETRYABLE as exc:
                 if tries == _MAX_TRIES:
                     raise StorageError(f"PostgreSQL error after {tries} tries: {exc}") from exc
@@ -317,8 +325,17 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             crash_point("commit.after")
             self.commits += 1
             if notify:
-                self._notify()
+                self._committed()
             return result
+
+    def _committed(self) -> None:
+        """After a commit that may have made work: this process's readers look again at
+        once. The rows it changed told every listener what they changed (migration 6); while
+        nobody here listens, this process's own claim and timer loops are woken too."""
+        if self._following:
+            self._changed()
+        else:
+            self._notify()
 
     async def _transaction_now(self, conn: Any) -> int:
         """The database's clock for this transaction, read at most ``_CLOCK_SECONDS`` ago (read
@@ -375,12 +392,21 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
                 conn.terminate()
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        if payload == "tasks":
+        """A notification of migration 6's triggers: what it says changed decides whom it
+        wakes (a queued run, its task's claim loops; a deadline, the timer loops it comes
+        before); every one wakes the readers of ``change_event``."""
+        text = str(payload)
+        kind, _, detail = text.partition(":")
+        if kind == "q":
+            self._work_queued(detail)
+        elif kind == "t" and detail.isdigit():
+            self._deadline_set(int(detail))
+        elif text == "tasks":
             self._forget_task_registry()
-        self._notify()
-
-    def _announce(self, what: str) -> Op[None]:
-        yield rows("SELECT pg_notify(:channel, :what)", channel=self._channel, what=what)
+        elif text not in {"r", "w"}:  # from an engine that notified without saying what
+            self._notify()
+            return
+        self._changed()
 
 
 async def _nothing_to_reset(conn: asyncpg.Connection) -> None:

@@ -196,4 +196,53 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX spent_credentials_expiry ON spent_credentials (expires_at);
     """,
+    # 6: notifications that say what changed, sent by the rows that change (so that no
+    # operation spends a round trip on a NOTIFY, and every change is told, whoever made it).
+    # Payloads: 'q:<task>' a run of the task became QUEUED (work may be claimable);
+    # 't:<ms>' a deadline was set (a token's timeout, a delayed run's start, a time to live);
+    # 'r' another change of a run's status (not a claim); 'w' a waitpoint closed; 'tasks'
+    # the registry changed. PostgreSQL sends a payload once per transaction however many
+    # rows repeat it. The channel is the schema's: one database may hold several engines.
+    """
+    CREATE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        channel text := 'waitpoint_' || TG_TABLE_SCHEMA;
+    BEGIN
+        IF TG_TABLE_NAME = 'runs' THEN
+            IF NEW.status = 'QUEUED' THEN
+                PERFORM pg_notify(channel, 'q:' || NEW.task_id);
+            ELSIF NEW.status = 'DELAYED' THEN
+                PERFORM pg_notify(channel, 't:' || NEW.available_at);
+            ELSIF NEW.status <> 'EXECUTING' THEN
+                PERFORM pg_notify(channel, 'r');
+            END IF;
+            IF NEW.expires_at IS NOT NULL AND NEW.status IN ('QUEUED', 'DELAYED') THEN
+                PERFORM pg_notify(channel, 't:' || NEW.expires_at);
+            END IF;
+        ELSIF TG_TABLE_NAME = 'waitpoints' THEN
+            IF NEW.status = 'WAITING' THEN
+                IF NEW.timeout_at IS NOT NULL THEN
+                    PERFORM pg_notify(channel, 't:' || NEW.timeout_at);
+                END IF;
+            ELSE
+                PERFORM pg_notify(channel, 'w');
+            END IF;
+        ELSE
+            PERFORM pg_notify(channel, 'tasks');
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER runs_inserted AFTER INSERT ON runs
+        FOR EACH ROW EXECUTE FUNCTION notify_change();
+    CREATE TRIGGER runs_changed AFTER UPDATE OF status ON runs
+        FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION notify_change();
+    CREATE TRIGGER waitpoints_inserted AFTER INSERT ON waitpoints
+        FOR EACH ROW EXECUTE FUNCTION notify_change();
+    CREATE TRIGGER waitpoints_changed AFTER UPDATE OF status ON waitpoints
+        FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION notify_change();
+    CREATE TRIGGER tasks_changed AFTER INSERT OR UPDATE ON tasks
+        FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
+    """,
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,12 +12,13 @@ from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, Ru
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
 from .core import StorageCore
 from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
-from .sql import FINAL, Op, count, many, rows
+from .sql import FINAL, Op, alone, count, many, rows
 
 _CLAIM_COLUMNS = (
     "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
     " max_duration_ms, metadata"
 )
+_CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.split(","))
 
 
 class Runs(StorageCore):
@@ -41,7 +43,6 @@ class Runs(StorageCore):
                     for t in sorted(tasks, key=lambda t: t.id)  # one lock order for all workers
                 ],
             )
-            yield from self._announce("tasks")
 
         await self._write(op, notify=False)
         self._forget_task_registry()
@@ -80,6 +81,8 @@ class Runs(StorageCore):
                 )
                 if row is not None:
                     return run_from_row(row).model_copy(update={"is_cached": True})
+            elif self.q.writes_in_with:  # the run and its event in one statement
+                return run_from_row((yield alone(self._new_run(new, now)))[0])
             return run_from_row((yield from self._insert_run(new, now)))
 
         return await self._write(op)
@@ -208,6 +211,16 @@ class Runs(StorageCore):
     async def claim_runs(
         self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
     ) -> list[ClaimedRun]:
+        if not self.q.remote:  # a local read spares the writer a transaction that finds nothing
+            if not await self.has_due_runs(task_ids):
+                return []
+        elif not await self._limited(task_ids):  # the usual claim: one statement
+            return await self._write(
+                lambda now: self._claim_in_one(owner, limit, lease_ms, task_ids, now),
+                notify=False,
+                control=True,
+            )
+
         def op(now: int) -> Op[list[ClaimedRun]]:
             picked = yield from self._within_limits(task_ids, now, limit)
             if not picked:
@@ -235,6 +248,47 @@ class Runs(StorageCore):
             return claimed_runs(claimed, entries)
 
         return await self._write(op, notify=False, control=True)
+
+    async def _limited(self, task_ids: list[str]) -> bool:
+        """Whether a concurrency limit applies to one of these tasks (by the cached registry:
+        a limit set since is seen once its notification came, a moment later)."""
+        wanted = set(task_ids)
+        return any(
+            t.concurrency_limit is not None for t in await self.list_tasks() if t.id in wanted
+        )
+
+    def _claim_in_one(
+        self, owner: str, limit: int, lease_ms: int, task_ids: list[str], now: int
+    ) -> Op[list[ClaimedRun]]:
+        """PostgreSQL, no concurrency limit: the claim as one statement (pick, lease, record
+        the event, read the journals), the steps of ``claim_runs`` in writable CTEs."""
+        claimed = yield alone(
+            rows(
+                "WITH picked AS (SELECT id FROM runs"
+                " WHERE status = 'QUEUED' AND available_at <= :now"
+                " AND (lease_owner IS NULL OR lease_expires_at <= :now)"
+                f" AND task_id {self.q.in_('tasks')}"
+                " AND (expires_at IS NULL OR expires_at > :now)"
+                " ORDER BY available_at, id LIMIT :limit FOR UPDATE SKIP LOCKED),"
+                " claimed AS (UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
+                " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
+                " attempt_count = greatest(attempt_count, 1),"
+                " started_at = coalesce(started_at, :now), updated_at = :now, expires_at = NULL"
+                f" FROM picked WHERE runs.id = picked.id RETURNING {_CLAIM_COLUMNS_OF_RUNS}),"
+                " started AS (INSERT INTO run_events (run_id, at, kind, attempt, detail)"
+                " SELECT id, :now, 'attempt_started', attempt_count, :detail FROM claimed)"
+                " SELECT c.*, (SELECT json_agg(j ORDER BY j.seq) FROM journal j"
+                " WHERE j.run_id = c.id)::text AS journal FROM claimed c",
+                now=now,
+                tasks=task_ids,
+                limit=limit,
+                owner=owner,
+                expires=now + lease_ms,
+                detail=json.dumps({"worker": owner}),
+            )
+        )
+        entries = [entry for row in claimed for entry in load_json(row["journal"]) or []]
+        return claimed_runs(claimed, entries)
 
     def _within_limits(self, task_ids: list[str], now: int, limit: int) -> Op[list[str]]:
         """Due runs to claim, oldest first, that keep every queue within its concurrency limit.
@@ -334,37 +388,49 @@ class Runs(StorageCore):
         text = dump_json(metadata, "the metadata")
 
         def op(now: int) -> Op[None]:
-            yield from self._fence(run_id, epoch)
-            yield count(
-                "UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :id",
-                metadata=text,
-                now=now,
-                id=run_id,
+            changed = yield alone(
+                count(
+                    "UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :id"
+                    " AND status = 'EXECUTING' AND lease_epoch = :epoch",
+                    metadata=text,
+                    now=now,
+                    id=run_id,
+                    epoch=epoch,
+                )
             )
+            if not changed:
+                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
 
         await self._write(op)
 
     async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         def op(now: int) -> Op[None]:
-            yield count(
-                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,"
-                " available_at = CASE status WHEN 'EXECUTING' THEN :available"
-                "   ELSE available_at END,"
-                " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
-                " WHERE id = :id AND lease_epoch = :epoch AND lease_owner IS NOT NULL"
-                " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
-                now=now,
-                id=run_id,
-                epoch=epoch,
-                available=now + delay_ms,
+            yield alone(
+                count(
+                    "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL,"
+                    " updated_at = :now,"
+                    " available_at = CASE status WHEN 'EXECUTING' THEN :available"
+                    "   ELSE available_at END,"
+                    " status = CASE status WHEN 'EXECUTING' THEN 'QUEUED' ELSE status END"
+                    " WHERE id = :id AND lease_epoch = :epoch AND lease_owner IS NOT NULL"
+                    " AND status IN ('EXECUTING', 'WAITING', 'QUEUED')",
+                    now=now,
+                    id=run_id,
+                    epoch=epoch,
+                    available=now + delay_ms,
+                )
             )
 
         await self._write(op)
 
     async def append_journal(self, write: JournalWrite) -> None:
         def op(now: int) -> Op[None]:
-            yield from self._fence(write.run_id, write.epoch)
-            yield from self._journal(write, write.value, now)
+            crash_point("journal.before_commit")
+            entry = self._journal_entry(write, write.value, now, fenced=True)
+            if not (yield alone(entry)):
+                raise LeaseLostError(
+                    f"run {write.run_id}: lease epoch {write.epoch} is no longer current"
+                )
 
         await self._write(op, notify=False)
 

@@ -19,10 +19,11 @@ import json
 import re
 import sqlite3
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from ..errors import StorageError
 from ..models import RunStatus
 from .records import RowLike
 
@@ -41,6 +42,9 @@ class Sql:
     params: Mapping[str, Any]
     want: Want = "rows"
     batch: Sequence[Mapping[str, Any]] = ()
+    alone: bool = False
+    """The operation's only statement (``alone``): PostgreSQL runs it as its own
+    transaction, without the two round trips of ``BEGIN`` and ``COMMIT``."""
 
 
 def rows(text: str, **params: Any) -> Sql:
@@ -56,6 +60,12 @@ def count(text: str, **params: Any) -> Sql:
 def many(text: str, batch: Sequence[Mapping[str, Any]]) -> Sql:
     """One statement run once per parameter set."""
     return Sql(text, {}, "many", batch)
+
+
+def alone(sql: Sql) -> Sql:
+    """``sql`` is the whole operation: it is the first statement the operation yields and
+    the last (a driver refuses an operation that goes on after it)."""
+    return replace(sql, alone=True)
 
 
 Op: TypeAlias = Generator[Sql, Any, T]
@@ -79,6 +89,9 @@ class Dialect:
     remote: bool
     """PostgreSQL: every read is a round trip to a server, worth a cache; SQLite reads a
     local file."""
+    writes_in_with: bool
+    """PostgreSQL: a statement may write to several tables (``WITH ... AS (INSERT ...)``),
+    one round trip where SQLite takes several statements."""
 
     def in_(self, param: str) -> str:
         """``<column> {q.in_("ids")}``: membership in a list parameter."""
@@ -161,8 +174,8 @@ class Dialect:
         return "seq" if self.name == "postgres" else "created_at, seq"
 
 
-SQLITE = Dialect("sqlite", row_locks=False, has_seq=True, remote=False)
-POSTGRES = Dialect("postgres", row_locks=True, has_seq=False, remote=True)
+SQLITE = Dialect("sqlite", row_locks=False, has_seq=True, remote=False, writes_in_with=False)
+POSTGRES = Dialect("postgres", row_locks=True, has_seq=False, remote=True, writes_in_with=True)
 
 
 # -- SQLite -------------------------------------------------------------------------------
@@ -175,12 +188,23 @@ def sqlite_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def drive_sync(conn: sqlite3.Connection, op: Op[T]) -> T:
     """Run ``op`` on a SQLite connection (the writer's, inside its transaction)."""
     reply: Any = None
+    previous: Sql | None = None
     while True:
         try:
             sql = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        if previous is not None:
+            _check_alone(previous, sql)
+        previous = sql
         reply = execute_sync(conn, sql)
+
+
+def _check_alone(previous: Sql, sql: Sql) -> None:
+    """``sql`` follows ``previous``: neither may be ``alone`` (a programming error, which
+    the tests catch on either database)."""
+    if previous.alone or sql.alone:
+        raise StorageError(f"a statement marked alone is not the operation's only one: {sql.text}")
 
 
 def execute_sync(conn: sqlite3.Connection, sql: Sql) -> Any:
@@ -219,15 +243,26 @@ def _pg_args(names: tuple[str, ...], params: Mapping[str, Any]) -> list[Any]:
     return [list(v) if isinstance(v := params[n], tuple) else v for n in names]
 
 
-async def drive_async(conn: Any, op: Op[T]) -> T:
-    """Run ``op`` on an asyncpg connection (inside the caller's transaction)."""
-    reply: Any = None
+def first_statement(op: Op[T]) -> Sql | T:
+    """Start ``op``: its first statement, or its result if it has none."""
+    try:
+        return next(op)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def drive_async(conn: Any, op: Op[T], first: Sql) -> T:
+    """Run ``op``, started with ``first_statement`` (which gave ``first``), on an asyncpg
+    connection: inside the caller's transaction, or as its own if ``first`` is ``alone``."""
+    sql = first
     while True:
+        reply = await execute_async(conn, sql)
         try:
-            sql = op.send(reply)
+            following = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-        reply = await execute_async(conn, sql)
+        _check_alone(sql, following)
+        sql = following
 
 
 async def execute_async(conn: Any, sql: Sql) -> Any:

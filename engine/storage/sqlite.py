@@ -82,7 +82,7 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
         self._writer_conn: Conn | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
-        self._change = asyncio.Event()
+        self._init_waiters()
         self._poller: asyncio.Task[None] | None = None
         self._seq = itertools.count(1)
         self.signer = CallbackSigner(public_url, signing_secret, previous_signing_secret)

@@ -1605,6 +1605,54 @@ async def test_a_commit_that_makes_work_sets_the_change_event(
     await asyncio.wait_for(waiting, 2)
 
 
+async def test_another_process_wakes_the_claims_of_a_task_it_queued_work_for(
+    storage: Storage, db_url: str
+) -> None:
+    """Another process's trigger wakes the claim loops of its task here, never those of
+    other tasks on PostgreSQL (a notification says which task has work); on SQLite every
+    commit wakes every waiter (a process sees that the file changed, not what changed)."""
+    postgres = not db_url.startswith("sqlite")
+    storage.change_event()
+    await asyncio.sleep(0.3)  # this process follows the others' commits now
+    other = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET)
+    await other.open()
+    try:
+        mine, theirs = storage.work_event(["mine"]), storage.work_event(["theirs", "x"])
+        await new_run(other, "mine")
+        await asyncio.wait_for(mine.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert theirs.is_set() is not postgres
+        again = storage.work_event(["theirs", "x"])
+        await new_run(other, "x")
+        await asyncio.wait_for(again.wait(), 5)
+    finally:
+        await other.close()
+
+
+async def test_another_process_wakes_a_timer_loop_only_for_an_earlier_deadline(
+    storage: Storage, db_url: str, clock: StepClock
+) -> None:
+    postgres = not db_url.startswith("sqlite")
+    storage.change_event()
+    await asyncio.sleep(0.3)
+    other = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET)
+    await other.open()
+    try:
+        now = clock.now_ms()
+        before_an_hour = storage.deadline_event(now + 3_600_000)
+        await other.create_token(NewToken(timeout_ms=now + 7_200_000))  # two hours: later
+        await asyncio.sleep(0.3)
+        assert before_an_hour.is_set() is not postgres
+        before_an_hour = storage.deadline_event(now + 3_600_000)
+        await other.create_token(NewToken(timeout_ms=now + 60_000))  # a minute: earlier
+        await asyncio.wait_for(before_an_hour.wait(), 5)
+        before_an_hour = storage.deadline_event(now + 3_600_000)
+        await new_run(other, "later", delayed_until_ms=now + 60_000)
+        await asyncio.wait_for(before_an_hour.wait(), 5)
+    finally:
+        await other.close()
+
+
 # bugs this suite found, fixed: they stay as tests ---------------------------------------------
 
 

@@ -35,7 +35,7 @@ from ..ids import new_run_id
 from ..models import TaskInfo, Token
 from .base import JournalWrite, NewRun, PageRequest
 from .records import RowLike, dump_json, page_slice, token_from_row
-from .sql import Dialect, Op, Sql, count, many, rows
+from .sql import Dialect, Op, Sql, combined, count, many, rows
 
 T = TypeVar("T")
 
@@ -229,9 +229,24 @@ class StorageCore:
             yield from self._block(journal, {row["id"]: "all"}, elapsed_ms, now)
             return None
         waitpoint = token_from_row(row, self.signer)
-        yield from self._journal(journal, waitpoint.model_dump(mode="json", by_alias=True), now)
-        yield from self._unblock(journal.run_id, [waitpoint.id])
+        value = waitpoint.model_dump(mode="json", by_alias=True)
+        yield from self._journal_and_unblock(journal, value, [waitpoint.id], now)
         return waitpoint
+
+    def _journal_and_unblock(
+        self, journal: JournalWrite, value: Any, waitpoint_ids: list[str], now: int
+    ) -> Op[None]:
+        """A wait's outcome journaled, and the run's edges to its waitpoints gone."""
+        if not self.q.writes_in_with:
+            yield from self._journal(journal, value, now)
+            yield self._unblock(journal.run_id, waitpoint_ids)
+            return
+        crash_point("journal.before_commit")
+        parts = {
+            "entry": self._journal_entry(journal, value, now),
+            "gone": self._unblock(journal.run_id, waitpoint_ids),
+        }
+        yield combined(parts, "SELECT 1", "count")
 
     def _time_out(self, where: str, returning: str = "") -> str:
         """The statement a timer runs on due waitpoints: a token's deadline is a timeout, a
@@ -271,33 +286,65 @@ class StorageCore:
     def _block(
         self, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int, now: int
     ) -> Op[None]:
-        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept."""
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept (the
+        attempt releases it once it unwound: ``release_run``)."""
+        crash_point("suspend.before_commit")
+        params = {"run_id": journal.run_id, "key": journal.key, "now": now}
+        waiting = (
+            "UPDATE runs SET status = 'WAITING', updated_at = :now,"
+            " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :run_id"
+        )
+        detail = {"on": sorted(modes)}
+        if self.q.writes_in_with:
+            edges = count(
+                "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
+                " SELECT :run_id, e.w, :key, e.m, :now"
+                " FROM unnest(:waitpoints::text[], :modes::text[]) AS e(w, m)"
+                " ON CONFLICT DO NOTHING",
+                waitpoints=list(modes),
+                modes=list(modes.values()),
+                **params,
+            )
+            parked = count(f"{waiting} RETURNING id, attempt_count", elapsed=elapsed_ms, **params)
+            event = self._event_of("parked", "waiting", now, detail)
+            parts = {"edges": edges, "parked": parked, "waiting": event}
+            yield combined(parts, "SELECT 1", "count")
+            return
         yield many(
             "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
             " VALUES (:run_id, :waitpoint_id, :key, :mode, :now) ON CONFLICT DO NOTHING",
-            [
-                {"run_id": journal.run_id, "waitpoint_id": wid, "key": journal.key}
-                | {"mode": mode, "now": now}
-                for wid, mode in modes.items()
-            ],
+            [params | {"waitpoint_id": wid, "mode": mode} for wid, mode in modes.items()],
         )
-        # the lease stays with the attempt until it unwound (``release_run``)
-        yield count(
-            "UPDATE runs SET status = 'WAITING', updated_at = :now,"
-            " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :id",
-            now=now,
-            elapsed=elapsed_ms,
-            id=journal.run_id,
-        )
-        yield from self._event([journal.run_id], "waiting", now, {"on": sorted(modes)})
-        crash_point("suspend.before_commit")
+        yield count(waiting, elapsed=elapsed_ms, **params)
+        yield from self._event([journal.run_id], "waiting", now, detail)
 
-    def _unblock(self, run_id: str, waitpoint_ids: list[str]) -> Op[None]:
-        yield count(
+    def _unblock(self, run_id: str, waitpoint_ids: list[str]) -> Sql:
+        return count(
             f"DELETE FROM run_waits WHERE run_id = :run_id AND waitpoint_id {self.q.in_('ids')}",
             run_id=run_id,
             ids=waitpoint_ids,
         )
+
+    def _fenced_waitpoints(
+        self, journal: JournalWrite, ids: Sequence[str], kind: str
+    ) -> Op[list[RowLike]]:
+        """``_fence`` and ``_lock_waitpoints`` in one statement: the waitpoints' rows, found
+        only while this epoch holds the run (none found: the two apart say which failed)."""
+        q = self.q
+        found: list[RowLike] = yield rows(
+            f"SELECT w.* FROM runs r JOIN waitpoints w ON w.id {q.in_('ids')}"
+            f" AND {q.unindexed('w.kind')} = :kind WHERE r.id = :run_id"
+            " AND r.status = 'EXECUTING' AND r.lease_epoch = :epoch"
+            f" ORDER BY w.id{q.locking('r', 'w')}",
+            ids=list(ids),
+            kind=kind,
+            run_id=journal.run_id,
+            epoch=journal.epoch,
+        )
+        if found:
+            return found
+        yield from self._fence(journal.run_id, journal.epoch)
+        return (yield from self._lock_waitpoints(ids, kind))
 
     def _lock_waitpoints(self, ids: Sequence[str], kind: str) -> Op[list[RowLike]]:
         """The waitpoints' rows, share-locked: a completion of one waits for this transaction."""
@@ -375,15 +422,27 @@ class StorageCore:
         """Record a lifecycle event of these runs (their timeline besides the journal)."""
         if not run_ids:
             return
-        yield count(
+        yield self._event_of(f"runs WHERE id {self.q.in_('ids')}", kind, now, detail, ids=run_ids)
+
+    def _event_of(
+        self,
+        source: str,
+        kind: str,
+        now: int,
+        detail: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> Sql:
+        """The INSERT of an event of the runs ``source`` gives (``runs WHERE ...``, or a
+        ``WITH`` item returning runs' ``id`` and ``attempt_count``)."""
+        return count(
             f"INSERT INTO run_events (run_id, at, kind, attempt, detail{self._seq_column})"
-            f" SELECT id, :now, :kind, attempt_count, :detail{self._seq_value} FROM runs"
-            f" WHERE id {self.q.in_('ids')}",
+            f" SELECT id, :now, :event_kind, attempt_count, :event_detail{self._seq_value}"
+            f" FROM {source}",
             now=now,
-            kind=kind,
-            detail=None if detail is None else json.dumps(detail),
-            ids=run_ids,
+            event_kind=kind,
+            event_detail=None if detail is None else json.dumps(detail),
             seq=self._next_seq(),
+            **params,
         )
 
     def _runs_finished(
@@ -394,15 +453,15 @@ class StorageCore:
         if not run_ids:
             return
         q = self.q
-        yield from self._event(run_ids, event, now, detail)
-        yield count(f"DELETE FROM run_waits WHERE run_id {q.in_('ids')}", ids=run_ids)
+        ended = self._event_of(f"runs WHERE id {q.in_('ids')}", event, now, detail, ids=run_ids)
+        gone = count(f"DELETE FROM run_waits WHERE run_id {q.in_('ids')}", ids=run_ids)
         result = q.json_object(
             "'runId', r.id",
             "'status', r.status",
             f"'output', {q.as_json('r.output')}",
             f"'error', {q.as_json('r.error')}",
         )
-        closed = yield rows(
+        close = rows(
             f"UPDATE waitpoints SET status = 'COMPLETED', completed_at = :now,"
             f" data = (SELECT {result} FROM runs r WHERE r.id = waitpoints.child_run_id)"
             f" WHERE kind = 'RUN' AND status = 'WAITING' AND child_run_id {q.in_('ids')}"
@@ -410,6 +469,13 @@ class StorageCore:
             now=now,
             ids=run_ids,
         )
+        if q.writes_in_with:  # three independent writes, one statement
+            parts = {"ended": ended, "gone": gone, "closed": close}
+            closed = yield combined(parts, "SELECT id FROM closed")
+        else:
+            yield ended
+            yield gone
+            closed = yield close
         if closed:
             yield from self._requeue_blocked([r["id"] for r in closed], now)
 

@@ -62,6 +62,21 @@ def many(text: str, batch: Sequence[Mapping[str, Any]]) -> Sql:
     return Sql(text, {}, "many", batch)
 
 
+def combined(parts: Mapping[str, Sql], then: str, want: Want = "rows") -> Sql:
+    """Several statements as one (PostgreSQL's writable ``WITH``; ``writes_in_with``): each
+    part a named ``WITH`` item, ``then`` the statement after them. All parts see the database
+    as it was when the statement began (not each other's writes), so only statements that do
+    not read what another part writes may be combined. Their parameters must agree."""
+    params: dict[str, Any] = {}
+    for sql in parts.values():
+        for name, value in sql.params.items():
+            if name in params and params[name] != value:
+                raise ValueError(f"combined statements give :{name} two values")
+            params[name] = value
+    items = ", ".join(f"{name} AS ({sql.text})" for name, sql in parts.items())
+    return Sql(f"WITH {items} {then}", params, want)
+
+
 def alone(sql: Sql) -> Sql:
     """``sql`` is the whole operation: it is the first statement the operation yields and
     the last (a driver refuses an operation that goes on after it)."""
@@ -112,6 +127,10 @@ class Dialect:
         if not self.row_locks:
             return ""
         return f" FOR UPDATE{f' OF {of}' if of else ''} SKIP LOCKED"
+
+    def locking(self, update: str, share: str) -> str:
+        """Lock the rows of one table for update and of another for share, in one SELECT."""
+        return f" FOR UPDATE OF {update} FOR SHARE OF {share}" if self.row_locks else ""
 
     def greatest(self, a: str, b: str) -> str:
         return f"greatest({a}, {b})" if self.name == "postgres" else f"max({a}, {b})"

@@ -33,8 +33,7 @@ class Waits(StorageCore):
         self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
     ) -> Token | None:
         def op(now: int) -> Op[Token | None]:
-            yield from self._fence(journal.run_id, journal.epoch)
-            found = yield from self._lock_waitpoints([token_id], "MANUAL")
+            found = yield from self._fenced_waitpoints(journal, [token_id], "MANUAL")
             if not found:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
             [row] = yield from self._closed_when_due(found, now)
@@ -89,8 +88,7 @@ class Waits(StorageCore):
                 yield from self._block(journal, dict.fromkeys(waiting, "all"), elapsed_ms, now)
                 return None
             values = [t.model_dump(mode="json", by_alias=True) for t in tokens]
-            yield from self._journal(journal, values, now)
-            yield from self._unblock(journal.run_id, [t.id for t in tokens])
+            yield from self._journal_and_unblock(journal, values, [t.id for t in tokens], now)
             return tokens
 
         return await self._write(op)  # new children are queued: notify
@@ -104,8 +102,7 @@ class Waits(StorageCore):
         elapsed_ms: int = 0,
     ) -> dict[str, Any] | None:
         def op(now: int) -> Op[dict[str, Any] | None]:
-            yield from self._fence(journal.run_id, journal.epoch)
-            found = yield from self._lock_waitpoints(token_ids, "MANUAL")
+            found = yield from self._fenced_waitpoints(journal, token_ids, "MANUAL")
             found = yield from self._closed_when_due(found, now)
             by_id = {row["id"]: token_from_row(row, self.signer) for row in found}
             missing = [tid for tid in token_ids if tid not in by_id]
@@ -124,8 +121,7 @@ class Waits(StorageCore):
             if outcome.snapshot is None:
                 yield from self._block(journal, modes, elapsed_ms, now)
                 return None
-            yield from self._journal(journal, outcome.snapshot, now)
-            yield from self._unblock(journal.run_id, ids)
+            yield from self._journal_and_unblock(journal, outcome.snapshot, ids, now)
             return outcome.snapshot
 
         return await self._write(op, notify=False)

@@ -146,7 +146,7 @@ async def test_a_database_made_before_migration_5_migrates_and_keeps_its_session
     backend = "sqlite" if db_url.startswith("sqlite") else "postgres"
     module = f"engine.storage.{backend}"
     migrations = __import__(module, fromlist=["MIGRATIONS"]).MIGRATIONS
-    assert len(migrations) == 5
+    assert len(migrations) >= 5
     with monkeypatch.context() as patch:
         patch.setattr(f"{module}.MIGRATIONS", migrations[:2])
         async with Engine(db_url) as old:
@@ -154,7 +154,7 @@ async def test_a_database_made_before_migration_5_migrates_and_keeps_its_session
             token = await old.tokens.create(timeout="1h")
     session = Sessions(KEY).issue("session", 3600)
     async with Engine(db_url) as new:
-        assert await new.storage.migrate() == 5
+        assert await new.storage.migrate() == len(migrations)
         assert (await new.tokens.retrieve(token.id)).is_waiting
         sessions = Sessions(KEY, storage=lambda: new.storage)
         await sessions.verify(session)

@@ -174,11 +174,11 @@ class StorageCore:
         yield self._journal_entry(write, value, now)
 
     def _journal_entry(
-        self, write: JournalWrite, value: Any, now: int, *, fenced: bool = False
+        self, write: JournalWrite, value: Any, now: int, *, where: str | None = None
     ) -> Sql:
-        """The INSERT of a journal entry; ``fenced``: only while ``write.epoch`` holds the
-        run (row locked, as ``_fence`` does), so that the fence costs no statement of its own
-        (it inserted nothing when the lease moved on)."""
+        """The INSERT of a journal entry; with ``where`` (a FROM clause: ``self._fenced``, or a
+        ``WITH`` item) only if that finds a row: fenced, the fence costs no statement of its
+        own (it inserted nothing when the lease moved on)."""
         columns = (
             "run_id, key, attempt, position, is_error, value, duration_ms,"
             f" created_at{self._seq_column}"
@@ -188,17 +188,14 @@ class StorageCore:
             f" :now{self._seq_value}"
         )
         source = f"VALUES ({values})"
-        if fenced:  # typed: a SELECT's parameters take no type from the columns they fill
+        if where:  # typed: a SELECT's parameters take no type from the columns they fill
             typed = (
                 "CAST(:run_id AS text), CAST(:key AS text), CAST(:attempt AS integer),"
                 " CAST(:position AS integer), CAST(:is_error AS boolean), CAST(:value AS text),"
                 " CAST(:duration_ms AS bigint), CAST(:now AS bigint)"
                 + (", CAST(:seq AS bigint)" if self.q.has_seq else "")
             )
-            source = (
-                f"SELECT {typed} FROM runs WHERE id = :run_id AND status = 'EXECUTING'"
-                f" AND lease_epoch = :epoch{self.q.for_update}"
-            )
+            source = f"SELECT {typed} FROM {where}"
         return count(
             f"INSERT INTO journal ({columns}) {source}",
             run_id=write.run_id,
@@ -211,6 +208,15 @@ class StorageCore:
             now=now,
             seq=self._next_seq(),
             epoch=write.epoch,
+        )
+
+    @property
+    def _fenced(self) -> str:
+        """A FROM clause that finds the run only while ``:epoch`` holds it, and locks it
+        (``_fence`` in a statement that writes)."""
+        return (
+            "runs WHERE id = :run_id AND status = 'EXECUTING' AND lease_epoch = :epoch"
+            + self.q.for_update
         )
 
     @property
@@ -248,14 +254,19 @@ class StorageCore:
         }
         yield combined(parts, "SELECT 1", "count")
 
-    def _time_out(self, where: str, returning: str = "") -> str:
-        """The statement a timer runs on due waitpoints: a token's deadline is a timeout, a
-        sleep's deadline is its completion."""
+    @property
+    def _timed_out_data(self) -> str:
+        """The data of a token that timed out, from its row."""
         q = self.q
-        data = q.json_object(
+        return q.json_object(
             "'code', 'TRIGGER_WAITPOINT_TIMEOUT'",
             f"'message', 'Waitpoint timed out at ' || {q.iso_time('timeout_at')}",
         )
+
+    def _time_out(self, where: str, returning: str = "") -> str:
+        """The statement a timer runs on due waitpoints: a token's deadline is a timeout, a
+        sleep's deadline is its completion."""
+        data = self._timed_out_data
         return (
             "UPDATE waitpoints SET completed_at = :now,"
             " status = CASE kind WHEN 'DATETIME' THEN 'COMPLETED' ELSE 'TIMED_OUT' END,"

@@ -426,7 +426,7 @@ class Runs(StorageCore):
     async def append_journal(self, write: JournalWrite) -> None:
         def op(now: int) -> Op[None]:
             crash_point("journal.before_commit")
-            entry = self._journal_entry(write, write.value, now, fenced=True)
+            entry = self._journal_entry(write, write.value, now, where=self._fenced)
             if not (yield alone(entry)):
                 raise LeaseLostError(
                     f"run {write.run_id}: lease epoch {write.epoch} is no longer current"

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..callbacks import well_formed
-from ..errors import StorageError, TokenNotFoundError, TokenNotWaitingError
+from ..errors import LeaseLostError, TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
 from ..models import CompletionResult, CompletionSource, Page, Token, WaitpointStatus
@@ -21,7 +21,7 @@ from .records import (
     token_from_row,
     with_late_completions,
 )
-from .sql import Op, count, rows
+from .sql import Op, Sql, alone, combined, count, rows
 
 SPENT_KEPT_MS = 86_400_000
 """How long past its expiry a spent credential is remembered (clock skew between processes)."""
@@ -35,40 +35,86 @@ class Tokens(StorageCore):
         schema = None if new.data_schema is None else dump_json(new.data_schema)
 
         def op(now: int) -> Op[Token]:
-            if journal is not None:
-                yield from self._fence(journal.run_id, journal.epoch)
-            token = None
             if new.idempotency_key is not None:
+                if journal is not None:
+                    yield from self._fence(journal.run_id, journal.epoch)
                 row = yield from self._existing_by_key(
                     "waitpoints", "idempotency_key = :key", now, key=new.idempotency_key
                 )
                 if row is not None:
                     token = token_from_row(row, self.signer).model_copy(update={"is_cached": True})
-            if token is None:
-                inserted = yield rows(
-                    "INSERT INTO waitpoints (id, status, tags, idempotency_key,"
-                    " idempotency_key_expires_at, ttl, timeout_at, created_at, data_schema,"
-                    f" created_by_run) VALUES (:id, 'WAITING', {self.q.jsonb('tags')}, :key,"
-                    " :key_expires, :ttl, :timeout_at, :now, :schema, :run_id) RETURNING *",
-                    id=new_token_id(),
-                    tags=json.dumps(new.tags),
-                    key=new.idempotency_key,
-                    key_expires=new.idempotency_key_expires_ms,
-                    ttl=new.ttl,
-                    timeout_at=new.timeout_ms,
-                    now=now,
-                    schema=schema,
-                    run_id=journal.run_id if journal else None,
-                )
-                if not inserted:  # pragma: no cover - INSERT ... RETURNING returns the row
-                    raise StorageError("the database returned no row for a new token")
-                token = token_from_row(inserted[0], self.signer)
-            if journal is not None:
-                value = token.model_dump(mode="json", by_alias=True)
-                yield from self._journal(journal, value, now)
+                    if journal is not None:
+                        value = token.model_dump(mode="json", by_alias=True)
+                        yield from self._journal(journal, value, now)
+                    return token
+            row = {  # the row the INSERT makes: the token (and its journal entry) is known first
+                "id": new_token_id(),
+                "status": "WAITING",
+                "tags": json.dumps(new.tags),
+                "idempotency_key": new.idempotency_key,
+                "idempotency_key_expires_at": new.idempotency_key_expires_ms,
+                "ttl": new.ttl,
+                "timeout_at": new.timeout_ms,
+                "created_at": now,
+                "data_schema": schema,
+                "created_by_run": journal.run_id if journal else None,
+                "completed_at": None,
+                "data": None,
+                "completed_via": None,
+            }
+            token = token_from_row(row, self.signer)
+            if journal is None:
+                insert = self._insert_token(row)
+                yield insert if new.idempotency_key is not None else alone(insert)
+                return token
+            value = token.model_dump(mode="json", by_alias=True)
+            if self.q.writes_in_with and new.idempotency_key is None:
+                # fence, token and journal entry: one statement, and nothing if the lease moved
+                parts = {
+                    "token": self._insert_token(
+                        row, where=self._fenced, run_id=journal.run_id, epoch=journal.epoch
+                    ),
+                    "entry": self._journal_entry(journal, value, now, where="token"),
+                }
+                crash_point("journal.before_commit")
+                made = yield alone(combined(parts, "SELECT count(*) AS n FROM token"))
+                if not made[0]["n"]:
+                    raise LeaseLostError(
+                        f"run {journal.run_id}: lease epoch {journal.epoch} is no longer current"
+                    )
+                return token
+            if new.idempotency_key is None:
+                yield from self._fence(journal.run_id, journal.epoch)
+            yield self._insert_token(row)
+            yield from self._journal(journal, value, now)
             return token
 
         return await self._write(op)
+
+    def _insert_token(self, row: dict[str, Any], where: str | None = None, **params: Any) -> Sql:
+        """The INSERT of a new token's ``row``; with ``where`` (a FROM clause) only if that
+        finds a row, returning the token's id."""
+        columns = (
+            "id, status, tags, idempotency_key, idempotency_key_expires_at, ttl, timeout_at,"
+            " created_at, data_schema, created_by_run"
+        )
+        values = {name: row[name] for name in columns.split(", ")}
+        if where is None:
+            return count(
+                f"INSERT INTO waitpoints ({columns}) VALUES (:id, :status,"
+                f" {self.q.jsonb('tags')}, :token_key, :key_expires, :ttl, :timeout_at,"
+                " :created_at, :data_schema, :created_by_run)",
+                **_token_params(values),
+            )
+        return count(  # typed: a SELECT's parameters take no type from the columns they fill
+            f"INSERT INTO waitpoints ({columns}) SELECT CAST(:id AS text),"
+            " CAST(:status AS text), CAST(:tags AS jsonb), CAST(:token_key AS text),"
+            " CAST(:key_expires AS bigint), CAST(:ttl AS text), CAST(:timeout_at AS bigint),"
+            " CAST(:created_at AS bigint), CAST(:data_schema AS text),"
+            f" CAST(:created_by_run AS text) FROM {where} RETURNING id",
+            **_token_params(values),
+            **params,
+        )
 
     async def get_token(self, token_id: str) -> Token:
         found = await self._read(
@@ -153,20 +199,14 @@ class Tokens(StorageCore):
         def op(now: int) -> Op[CompletionResult | DataToCheck | TokenNotWaitingError]:
             # past its deadline a token is timed out here and now, whether or not a worker's
             # timer got to it yet: the outcome never depends on which processes are running
-            timed_out = yield count(
-                self._time_out(
-                    "id = :id AND kind = 'MANUAL' AND status = 'WAITING' AND timeout_at <= :now"
-                ),
-                now=now,
-                id=token_id,
-            )
-            if timed_out:
-                yield from self._requeue_blocked([token_id], now)
+            due = "timeout_at <= :now"
             closed = yield rows(
-                "UPDATE waitpoints SET status = :status, data = :data, completed_at = :now,"
-                " completed_via = :via"
-                f" WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING' AND {schema_is}"
-                " RETURNING *",
+                f"UPDATE waitpoints SET completed_at = :now,"
+                f" status = CASE WHEN {due} THEN 'TIMED_OUT' ELSE :status END,"
+                f" completed_via = CASE WHEN {due} THEN 'timeout' ELSE :via END,"
+                f" data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END"
+                " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
+                f" AND ({due} OR {schema_is}) RETURNING *",
                 status=status.value,
                 data=data,
                 now=now,
@@ -176,11 +216,15 @@ class Tokens(StorageCore):
             )
             if closed:
                 yield from self._requeue_blocked([token_id], now)
-                crash_point("complete.before_commit")
-                return CompletionResult(applied=True, token=token_from_row(closed[0], self.signer))
-            found = yield rows(
-                "SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id
-            )
+                if closed[0]["status"] == status.value:
+                    crash_point("complete.before_commit")
+                    token = token_from_row(closed[0], self.signer)
+                    return CompletionResult(applied=True, token=token)
+                found = closed  # timed out just now, instead
+            else:
+                found = yield rows(
+                    "SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id
+                )
             if not found:
                 raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
             if found[0]["status"] == "WAITING":  # its schema is not the one checked
@@ -280,3 +324,12 @@ class Tokens(StorageCore):
         """Whether ``spend_credential`` recorded ``key``."""
         found = await self._read(rows("SELECT 1 FROM spent_credentials WHERE key = :key", key=key))
         return bool(found)
+
+
+def _token_params(values: dict[str, Any]) -> dict[str, Any]:
+    """A token row's values under the parameter names ``_insert_token`` uses (``key`` is a
+    journal entry's, in a statement that writes both)."""
+    named = dict(values)
+    named["token_key"] = named.pop("idempotency_key")
+    named["key_expires"] = named.pop("idempotency_key_expires_at")
+    return named

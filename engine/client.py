@@ -139,6 +139,7 @@ class Engine:
                 synchronous=self.settings.sqlite_synchronous,
                 pool_size=self.settings.postgres_pool_size,
                 clock=self._clock,
+                listen_url=self.settings.listen_url,
             )
             await storage.open()
             self._storage = storage

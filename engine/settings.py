@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     """The module (or package) whose @task functions a worker runs."""
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     """FULL survives power loss; NORMAL is faster but may lose the latest acknowledged writes."""
+    listen_url: str | None = None
+    """PostgreSQL: where the one connection that LISTENs for other processes' commits goes,
+    when ``database_url`` leads through a pooler in transaction mode (``?pgbouncer=true``),
+    which cannot keep a LISTEN. Default: ``database_url``."""
     postgres_pool_size: int = Field(default=10, gt=0)
     """Connections per process for PostgreSQL operations (plus 2 for claims, leases and timers,
     and 1 that listens): size the server's max_connections for every process."""

@@ -1,7 +1,9 @@
 """Shared fixtures: a real database per test, an open Engine, and workers run in-process.
 
 ``db_url`` runs each test that uses it twice: on a SQLite file of its own and on a PostgreSQL
-schema of its own (see ``tests/postgres.py``). ``sqlite_url`` is for tests about SQLite itself.
+schema of its own (see ``tests/postgres.py``); the storage contract and the crash points also
+run through PgBouncer in transaction mode (``tests/pgbouncer.py``). ``sqlite_url`` is for tests
+about SQLite itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pytest
 from engine import Engine, TaskDefinition, Worker
 from engine.settings import Settings
 
+from .pgbouncer import pooled_schema_url
+from .pgbouncer import stop as stop_pgbouncer
 from .postgres import fresh_schema_url
 
 StartWorker = Callable[..., Awaitable[Worker]]
@@ -54,10 +58,20 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def pgbouncer_url() -> Iterator[str]:
+    """A schema of its own through PgBouncer in transaction mode (``tests/pgbouncer.py``)."""
+    with pooled_schema_url() as url:
+        yield url
+
+
+def pytest_sessionfinish() -> None:
+    stop_pgbouncer()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest) -> str:
-    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
-    url: str = request.getfixturevalue(fixture)
+    url: str = request.getfixturevalue(f"{request.param}_url")
     return url
 
 

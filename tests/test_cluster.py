@@ -27,6 +27,7 @@ import pytest
 from engine import Engine, RunStatus
 from engine.models import Run, TaskInfo
 
+from .pgbouncer import pooled_schema_url
 from .postgres import fresh_schema_url
 
 pytestmark = pytest.mark.timeout(300)
@@ -117,6 +118,8 @@ class Cluster:
             WAITPOINT_POSTGRES_POOL_SIZE="4",  # six processes share the server's connections
             PYTHONUNBUFFERED="1",
         )
+        if "WAITPOINT_LISTEN_URL" in os.environ:  # through PgBouncer: LISTEN past it
+            self.env["WAITPOINT_LISTEN_URL"] = os.environ["WAITPOINT_LISTEN_URL"]
         self.processes: list[subprocess.Popen[bytes]] = []
         self.killed: dict[int, float] = {}  # pid -> when it was killed
 
@@ -175,12 +178,15 @@ class Cluster:
         return [line.split() for line in self.oracle.read_text().splitlines()]
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", "pgbouncer", "sqlite"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    """Workers sharing a PostgreSQL schema or, as on one host, a SQLite file."""
+    """Workers sharing a PostgreSQL schema (directly or through PgBouncer in transaction
+    mode) or, as on one host, a SQLite file."""
     with contextlib.ExitStack() as stack:
         if request.param == "postgres":
             url = stack.enter_context(fresh_schema_url())
+        elif request.param == "pgbouncer":
+            url = stack.enter_context(pooled_schema_url())
         else:
             url = f"sqlite:///{tmp_path}/engine.db"
         started = Cluster(tmp_path, url)

@@ -77,6 +77,13 @@ WORKER_POINTS = [
 ]
 
 
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """SQLite, PostgreSQL, and PostgreSQL through PgBouncer in transaction mode."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     (tmp_path / "cp_tasks.py").write_text(TASKS)

@@ -58,13 +58,20 @@ async def noop() -> str:
 
 @task("fl-leftover")
 async def leftover(payload: None) -> None:
+    marked = asyncio.Event()
+
     async def slow_sibling() -> None:
         await step("mark", noop)  # a durable call: the runtime knows this coroutine
+        marked.set()
         await asyncio.sleep(0.5)
         LEFTOVER["finished"] += 1
 
+    async def wait_once_marked() -> None:  # the step journaled first, whichever write is faster
+        await marked.wait()
+        await wait_for_token(token)
+
     token = await create_token()
-    await asyncio.gather(slow_sibling(), wait_for_token(token))
+    await asyncio.gather(slow_sibling(), wait_once_marked())
 
 
 async def test_coroutines_still_running_when_the_run_parks_are_cancelled(

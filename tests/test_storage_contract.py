@@ -58,6 +58,8 @@ from engine.storage import (
 )
 from engine.testing import ManualClock
 
+from .pgbouncer import listen_url_for
+
 PUBLIC_URL = "http://127.0.0.1:8030"
 SIGNING_SECRET = "contract-tests-signing-secret-0123456789abcdef"
 LEASE_MS = 30_000
@@ -84,6 +86,13 @@ class StepClock:
         return self._ms
 
 
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """SQLite, PostgreSQL, and PostgreSQL through PgBouncer in transaction mode."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
 @pytest.fixture
 def clock() -> StepClock:
     return StepClock()
@@ -91,7 +100,13 @@ def clock() -> StepClock:
 
 @pytest.fixture
 async def storage(db_url: str, clock: StepClock) -> AsyncIterator[Storage]:
-    opened = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET, clock=clock)
+    opened = open_storage(
+        db_url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        clock=clock,
+        listen_url=listen_url_for(db_url),
+    )
     await opened.open()
     try:
         yield opened
@@ -214,7 +229,12 @@ async def test_a_task_registered_by_another_process_reaches_a_cached_registry(
     reads it), and dropped when another process registers a task: the change shows up as
     soon as that process's commit reaches this one."""
     assert await storage.list_tasks() == []
-    other = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET)
+    other = open_storage(
+        db_url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        listen_url=listen_url_for(db_url),
+    )
     await other.open()
     try:
         await other.register_tasks([TaskInfo("late")])
@@ -1614,7 +1634,12 @@ async def test_another_process_wakes_the_claims_of_a_task_it_queued_work_for(
     postgres = not db_url.startswith("sqlite")
     storage.change_event()
     await asyncio.sleep(0.3)  # this process follows the others' commits now
-    other = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET)
+    other = open_storage(
+        db_url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        listen_url=listen_url_for(db_url),
+    )
     await other.open()
     try:
         mine, theirs = storage.work_event(["mine"]), storage.work_event(["theirs", "x"])
@@ -1635,7 +1660,12 @@ async def test_another_process_wakes_a_timer_loop_only_for_an_earlier_deadline(
     postgres = not db_url.startswith("sqlite")
     storage.change_event()
     await asyncio.sleep(0.3)
-    other = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET)
+    other = open_storage(
+        db_url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        listen_url=listen_url_for(db_url),
+    )
     await other.open()
     try:
         now = clock.now_ms()

@@ -27,6 +27,7 @@ def open_storage(
     synchronous: str = "FULL",
     pool_size: int = 10,
     clock: Clock | None = None,
+    listen_url: str | None = None,
 ) -> Storage:
     """The backend for ``url`` (not yet opened: ``await storage.open()``).
 
@@ -54,6 +55,7 @@ def open_storage(
             previous_signing_secret=previous_signing_secret,
             clock=clock,
             pool_size=pool_size,
+            listen_url=listen_url,
         )
     raise ConfigurationError(
         f"unsupported database URL {url!r}: use sqlite:///path/to/file.db"

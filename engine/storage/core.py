@@ -40,6 +40,12 @@ from .sql import Dialect, Op, Sql, combined, count, many, rows
 T = TypeVar("T")
 
 
+_WAITING = (
+    "UPDATE runs SET status = 'WAITING', updated_at = :now,"
+    " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :run_id"
+)
+
+
 class StorageCore:
     """The operations' shared steps; a backend supplies the driver (``_write``, ``_read``)."""
 
@@ -174,7 +180,13 @@ class StorageCore:
         yield self._journal_entry(write, value, now)
 
     def _journal_entry(
-        self, write: JournalWrite, value: Any, now: int, *, where: str | None = None
+        self,
+        write: JournalWrite,
+        value: Any,
+        now: int,
+        *,
+        where: str | None = None,
+        returning: str = "",
     ) -> Sql:
         """The INSERT of a journal entry; with ``where`` (a FROM clause: ``self._fenced``, or a
         ``WITH`` item) only if that finds a row: fenced, the fence costs no statement of its
@@ -197,7 +209,7 @@ class StorageCore:
             )
             source = f"SELECT {typed} FROM {where}"
         return count(
-            f"INSERT INTO journal ({columns}) {source}",
+            f"INSERT INTO journal ({columns}) {source}{returning}",
             run_id=write.run_id,
             key=write.key,
             attempt=write.attempt,
@@ -300,34 +312,50 @@ class StorageCore:
         """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept (the
         attempt releases it once it unwound: ``release_run``)."""
         crash_point("suspend.before_commit")
-        params = {"run_id": journal.run_id, "key": journal.key, "now": now}
-        waiting = (
-            "UPDATE runs SET status = 'WAITING', updated_at = :now,"
-            " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :run_id"
-        )
         detail = {"on": sorted(modes)}
         if self.q.writes_in_with:
-            edges = count(
-                "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
-                " SELECT :run_id, e.w, :key, e.m, :now"
-                " FROM unnest(:waitpoints::text[], :modes::text[]) AS e(w, m)"
-                " ON CONFLICT DO NOTHING",
-                waitpoints=list(modes),
-                modes=list(modes.values()),
-                **params,
+            edges = "unnest(:waitpoints::text[], :modes::text[]) AS e(w, m)"
+            parts = self._blocking(journal, elapsed_ms, now, detail, edges)
+            yield combined(
+                parts, "SELECT 1", "count", waitpoints=list(modes), modes=list(modes.values())
             )
-            parked = count(f"{waiting} RETURNING id, attempt_count", elapsed=elapsed_ms, **params)
-            event = self._event_of("parked", "waiting", now, detail)
-            parts = {"edges": edges, "parked": parked, "waiting": event}
-            yield combined(parts, "SELECT 1", "count")
             return
+        params = {"run_id": journal.run_id, "key": journal.key, "now": now}
         yield many(
             "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
             " VALUES (:run_id, :waitpoint_id, :key, :mode, :now) ON CONFLICT DO NOTHING",
             [params | {"waitpoint_id": wid, "mode": mode} for wid, mode in modes.items()],
         )
-        yield count(waiting, elapsed=elapsed_ms, **params)
+        yield count(_WAITING, elapsed=elapsed_ms, **params)
         yield from self._event([journal.run_id], "waiting", now, detail)
+
+    def _blocking(
+        self,
+        journal: JournalWrite,
+        elapsed_ms: int,
+        now: int,
+        detail: dict[str, Any],
+        edges: str,
+        only_if: str = "TRUE",
+    ) -> dict[str, Sql]:
+        """``_block`` as ``WITH`` items (``writes_in_with``): the edges ``edges`` gives (a
+        FROM item of waitpoint ids ``w`` and modes ``m``), the run WAITING and its event,
+        if ``only_if``."""
+        params = {"run_id": journal.run_id, "key": journal.key, "now": now}
+        return {
+            "edges": count(
+                "INSERT INTO run_waits (run_id, waitpoint_id, journal_key, mode, created_at)"
+                f" SELECT :run_id, e.w, :key, e.m, :now FROM {edges}"
+                " ON CONFLICT DO NOTHING",
+                **params,
+            ),
+            "parked": count(
+                f"{_WAITING} AND {only_if} RETURNING id, attempt_count",
+                elapsed=elapsed_ms,
+                **params,
+            ),
+            "waiting": self._event_of("parked", "waiting", now, detail),
+        }
 
     def _unblock(self, run_id: str, waitpoint_ids: list[str]) -> Sql:
         return count(

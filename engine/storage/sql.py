@@ -62,13 +62,14 @@ def many(text: str, batch: Sequence[Mapping[str, Any]]) -> Sql:
     return Sql(text, {}, "many", batch)
 
 
-def combined(parts: Mapping[str, Sql], then: str, want: Want = "rows") -> Sql:
+def combined(parts: Mapping[str, Sql], then: str, want: Want = "rows", **more: Any) -> Sql:
     """Several statements as one (PostgreSQL's writable ``WITH``; ``writes_in_with``): each
     part a named ``WITH`` item, ``then`` the statement after them. All parts see the database
     as it was when the statement began (not each other's writes), so only statements that do
-    not read what another part writes may be combined. Their parameters must agree."""
+    not read what another part writes may be combined. Their parameters must agree
+    (``more``: parameters of ``then``, or of several parts)."""
     params: dict[str, Any] = {}
-    for sql in parts.values():
+    for sql in [*parts.values(), Sql(then, more)]:
         for name, value in sql.params.items():
             if name in params and params[name] != value:
                 raise ValueError(f"combined statements give :{name} two values")
@@ -241,10 +242,30 @@ def execute_sync(conn: sqlite3.Connection, sql: Sql) -> Any:
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|:([A-Za-z_]\w*)")
 
 
+TABLES = (
+    "journal",
+    "late_completions",
+    "meta",
+    "migrations",
+    "request_replies",
+    "run_events",
+    "run_waits",
+    "runs",
+    "spent_credentials",
+    "tasks",
+    "waitpoints",
+)
+_TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE)\s+(" + "|".join(TABLES) + r")\b(?![.(])")
+
+
 @lru_cache(maxsize=2048)
-def numbered(text: str) -> tuple[str, tuple[str, ...]]:
+def numbered(text: str, schema: str | None = None) -> tuple[str, tuple[str, ...]]:
     """``:name`` parameters as ``$1, $2, ...`` (a repeated name reuses its number), and the
-    names in number order. Quoted text and ``::`` casts are left alone."""
+    names in number order. Quoted text and ``::`` casts are left alone. With ``schema``, the
+    engine's tables are named in it (``FROM "schema".runs``): no connection depends on a
+    ``search_path``, which a pooler in transaction mode would not keep (PgBouncer)."""
+    if schema is not None:
+        text = _TABLE.sub(lambda m: f'{m.group(1)} "{schema}".{m.group(2)}', text)
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -270,12 +291,12 @@ def first_statement(op: Op[T]) -> Sql | T:
         return done.value  # type: ignore[no-any-return]
 
 
-async def drive_async(conn: Any, op: Op[T], first: Sql) -> T:
+async def drive_async(conn: Any, op: Op[T], first: Sql, schema: str | None = None) -> T:
     """Run ``op``, started with ``first_statement`` (which gave ``first``), on an asyncpg
     connection: inside the caller's transaction, or as its own if ``first`` is ``alone``."""
     sql = first
     while True:
-        reply = await execute_async(conn, sql)
+        reply = await execute_async(conn, sql, schema)
         try:
             following = op.send(reply)
         except StopIteration as done:
@@ -284,8 +305,8 @@ async def drive_async(conn: Any, op: Op[T], first: Sql) -> T:
         sql = following
 
 
-async def execute_async(conn: Any, sql: Sql) -> Any:
-    text, names = numbered(sql.text)
+async def execute_async(conn: Any, sql: Sql, schema: str | None = None) -> Any:
+    text, names = numbered(sql.text, schema)
     if sql.want == "many":
         await conn.executemany(text, [_pg_args(names, p) for p in sql.batch])
         return None

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..clock import from_ms
 from ..durations import Deadline
-from ..errors import StorageError, TokenNotFoundError
+from ..errors import LeaseLostError, StorageError, TokenNotFoundError
+from ..faults import crash_point
 from ..ids import new_token_id
 from ..journal import child_key
 from ..models import Run, RunStatus, Token
@@ -23,7 +24,7 @@ from .base import JournalWrite, NewRun
 from .core import StorageCore
 from .groups import group_outcome
 from .records import RowLike, child_result_json, run_from_row, token_from_row
-from .sql import Op, rows
+from .sql import Op, Sql, alone, combined, rows
 
 
 class Waits(StorageCore):
@@ -32,6 +33,20 @@ class Waits(StorageCore):
     async def wait_on_token(
         self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
     ) -> Token | None:
+        if self.q.writes_in_with:
+            seen = await self._write(
+                lambda now: self._park_if_waiting(token_id, journal, elapsed_ms, now),
+                notify=False,
+            )
+            if seen is not None and seen["parked"]:
+                return None
+            if seen is not None and seen["status"] != "WAITING":
+                token = token_from_row(seen, self.signer)
+                await self._write(lambda now: self._journal_closed(token, journal, now))
+                return token
+            # the token is missing, past its deadline or the lease lost: the general way,
+            # which says which (and times the token out)
+
         def op(now: int) -> Op[Token | None]:
             found = yield from self._fenced_waitpoints(journal, [token_id], "MANUAL")
             if not found:
@@ -40,6 +55,59 @@ class Waits(StorageCore):
             return (yield from self._wait(row, journal, elapsed_ms, now))
 
         return await self._write(op, notify=False)
+
+    def _park_if_waiting(
+        self, token_id: str, journal: JournalWrite, elapsed_ms: int, now: int
+    ) -> Op[RowLike | None]:
+        """PostgreSQL, the usual wait in one statement: the fence and the token's lock, and
+        if the token is WAITING (not past its deadline) the run blocked on it. Returns the
+        token's row and whether the run ``parked``; None if the fence or the token failed
+        (nothing was written then, nor when the token was closed)."""
+        q = self.q
+        found = rows(
+            "SELECT w.* FROM runs r JOIN waitpoints w ON w.id = :token"
+            f" AND w.kind = 'MANUAL' WHERE r.id = :run_id AND r.status = 'EXECUTING'"
+            f" AND r.lease_epoch = :epoch{q.locking('r', 'w')}",
+            token=token_id,
+            run_id=journal.run_id,
+            epoch=journal.epoch,
+        )
+        still = rows(
+            "SELECT id FROM found WHERE status = 'WAITING'"
+            " AND (timeout_at IS NULL OR timeout_at > :now)",
+            now=now,
+        )
+        detail = {"on": [token_id]}
+        edges = "(SELECT id AS w, 'all' AS m FROM open) AS e"
+        blocking = self._blocking(
+            journal, elapsed_ms, now, detail, edges, "EXISTS (SELECT 1 FROM open)"
+        )
+        crash_point("suspend.before_commit")
+        seen = yield alone(
+            combined(
+                {"found": found, "open": still, **blocking},
+                "SELECT found.*, EXISTS (SELECT 1 FROM parked) AS parked FROM found",
+            )
+        )
+        return seen[0] if seen else None
+
+    def _journal_closed(self, token: Token, journal: JournalWrite, now: int) -> Op[None]:
+        """A wait on a closed token (``_park_if_waiting`` found it so): its outcome
+        journaled and the run's edge to it gone, while the epoch holds the run."""
+        value = token.model_dump(mode="json", by_alias=True)
+        entry = self._journal_entry(
+            journal, value, now, where=self._fenced, returning=" RETURNING run_id"
+        )
+        gone = self._unblock(journal.run_id, [token.id])
+        gone = Sql(f"{gone.text} AND EXISTS (SELECT 1 FROM entry)", gone.params, gone.want)
+        crash_point("journal.before_commit")
+        made = yield alone(
+            combined({"entry": entry, "gone": gone}, "SELECT count(*) AS n FROM entry")
+        )
+        if not made[0]["n"]:
+            raise LeaseLostError(
+                f"run {journal.run_id}: lease epoch {journal.epoch} is no longer current"
+            )
 
     async def sleep_until(
         self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0

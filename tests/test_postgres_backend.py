@@ -67,7 +67,9 @@ async def test_processes_starting_at_once_migrate_once(postgres_url: str) -> Non
         versions = {await engine.storage.migrate() for engine in engines}
         assert versions == {len(MIGRATIONS)}
         pool = engines[0].storage._pool  # type: ignore[attr-defined]
-        assert await pool.fetchval("SELECT count(*) FROM migrations") == len(MIGRATIONS)
+        schema = engines[0].storage.schema  # type: ignore[attr-defined]
+        count = await pool.fetchval(f'SELECT count(*) FROM "{schema}".migrations')
+        assert count == len(MIGRATIONS)
         secrets = {engine.storage.signer.url("t") for engine in engines}
         assert len(secrets) == 1  # every process signs callback URLs with the same secret
     finally:

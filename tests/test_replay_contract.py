@@ -318,7 +318,9 @@ FAIL_JOURNAL_WRITES = {
     ],
     "postgres": [
         "CREATE TABLE failing (key text)",
-        "CREATE FUNCTION fail_journal() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        # the engine's sessions have no search_path to the schema: the function keeps its own
+        "CREATE FUNCTION fail_journal() RETURNS trigger LANGUAGE plpgsql"
+        " SET search_path FROM CURRENT AS $$ BEGIN"
         " IF EXISTS (SELECT 1 FROM failing WHERE key = NEW.key) THEN"
         " RAISE EXCEPTION 'the disk is failing'; END IF; RETURN NEW; END $$",
         "CREATE TRIGGER fail_journal BEFORE INSERT ON journal"

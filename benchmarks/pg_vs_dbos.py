@@ -15,8 +15,11 @@ The three sides alternate, in a different order each repeat; the table gives med
 The workload is the same on both engines, in one process each (DBOS runs workflows in the
 process that starts them): N runs started with at most 100 in flight; each runs a step, makes
 its wait (a token; DBOS: ``recv``), announces it on an in-memory queue and waits; a sender
-completes each announced wait (``tokens.complete``; DBOS: ``send``). The clock runs from the
-first start to the last result. Waitpoint runs one in-process ``Worker``.
+completes each announced wait (``tokens.complete``; DBOS: ``send``); once woken, a run
+announces its end on another queue. The clock runs from the first start to the last end;
+the process lets the last runs' ends commit (Waitpoint: a graceful ``worker.stop()``; DBOS:
+``destroy`` waiting for its workflows) and exits, and the driver checks that every run
+completed. Waitpoint runs one in-process ``Worker``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ async def run_waitpoint(url: str, n: int) -> float:
     configure_logging("json", logging.WARNING)  # as DBOS's, below: no log line per run
 
     announced: asyncio.Queue[str] = asyncio.Queue()
+    finished: asyncio.Queue[int] = asyncio.Queue()
 
     async def prepare(i: int) -> int:
         return i
@@ -67,6 +71,7 @@ async def run_waitpoint(url: str, n: int) -> float:
         token = await create_token(timeout="1h")
         announced.put_nowait(token.id)
         result = await wait_for_token(token)
+        finished.put_nowait(payload["i"])
         return {"ok": result.ok}
 
     async with Engine(url) as engine:
@@ -74,11 +79,16 @@ async def run_waitpoint(url: str, n: int) -> float:
         working = asyncio.create_task(worker.run())
         await worker.started.wait()
         gate = asyncio.Semaphore(CONCURRENCY)
+        ended: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(n)}
 
         async def one(i: int) -> None:
             async with gate:
-                run = await engine.trigger("pgvs-wait", {"i": i})
-                await engine.wait_for_run(run.id, timeout=600)
+                await engine.trigger("pgvs-wait", {"i": i})
+                await ended[i].wait()
+
+        async def ends() -> None:
+            while True:
+                ended[await finished.get()].set()
 
         async def sender() -> None:
             seen: set[str] = set()  # a run that resumes runs its code again (replay), and
@@ -92,10 +102,11 @@ async def run_waitpoint(url: str, n: int) -> float:
             await asyncio.gather(*sent)
 
         started = time.perf_counter()
-        sending = asyncio.create_task(sender())
+        sending, ending = asyncio.create_task(sender()), asyncio.create_task(ends())
         await asyncio.gather(sending, *(one(i) for i in range(n)))
         seconds = time.perf_counter() - started
-        worker.stop()
+        ending.cancel()
+        worker.stop()  # graceful: the last attempts' ends commit
         await working
     return seconds
 
@@ -104,6 +115,7 @@ async def run_dbos(url: str, n: int) -> float:
     from dbos import DBOS
 
     announced: asyncio.Queue[str] = asyncio.Queue()
+    finished: asyncio.Queue[int] = asyncio.Queue()
 
     @DBOS.step()
     async def prepare(i: int) -> int:
@@ -116,6 +128,7 @@ async def run_dbos(url: str, n: int) -> float:
         assert workflow_id is not None
         announced.put_nowait(workflow_id)
         message = await DBOS.recv_async("done", timeout_seconds=3600)
+        finished.put_nowait(i)
         return {"ok": message is not None}
 
     os.environ.setdefault("DBOS__APPVERSION", "bench")
@@ -123,11 +136,16 @@ async def run_dbos(url: str, n: int) -> float:
     DBOS.launch()
     try:
         gate = asyncio.Semaphore(CONCURRENCY)
+        ended: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(n)}
 
         async def one(i: int) -> None:
             async with gate:
-                handle = await DBOS.start_workflow_async(wait_workflow, i)
-                await handle.get_result()
+                await DBOS.start_workflow_async(wait_workflow, i)
+                await ended[i].wait()
+
+        async def ends() -> None:
+            while True:
+                ended[await finished.get()].set()
 
         async def sender() -> None:
             sent = [
@@ -137,11 +155,12 @@ async def run_dbos(url: str, n: int) -> float:
             await asyncio.gather(*sent)
 
         started = time.perf_counter()
-        sending = asyncio.create_task(sender())
+        sending, ending = asyncio.create_task(sender()), asyncio.create_task(ends())
         await asyncio.gather(sending, *(one(i) for i in range(n)))
         seconds = time.perf_counter() - started
+        ending.cancel()
     finally:
-        DBOS.destroy(destroy_registry=False)
+        DBOS.destroy(destroy_registry=False, workflow_completion_timeout_sec=30)
     return seconds
 
 
@@ -236,6 +255,7 @@ async def measure(side: str, url: str, n: int) -> dict[str, Any]:
         await asyncio.sleep(1.0)
         commits = await xact_commit(admin, database) - commits0
         logged = statements_logged(offset, database) if offset >= 0 else None
+        await check_completed(target, side, n + 1)  # and the warm-up's
         return {
             "runs_per_s": n / seconds,
             "xact_per_run": commits / n,
@@ -245,6 +265,20 @@ async def measure(side: str, url: str, n: int) -> dict[str, Any]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
+
+
+async def check_completed(url: str, side: str, n: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        if side == "dbos":
+            query = "SELECT count(*) FROM dbos.workflow_status WHERE status = 'SUCCESS'"
+        else:
+            query = "SELECT count(*) FROM bench.runs WHERE status = 'COMPLETED'"
+        done = await conn.fetchval(query)
+    finally:
+        await conn.close()
+    if done != n:
+        raise RuntimeError(f"{side}: {done} of {n} runs completed")
 
 
 async def _watch_cpu(conn: asyncpg.Connection, database: str, out: dict[str, float]) -> None:

@@ -249,7 +249,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            changed = self.storage.change_event()
+            changed = self.storage.run_event(run_id)
             run = await self.storage.get_run(run_id)
             if run.is_finished:
                 if run.status is not RunStatus.COMPLETED:

@@ -1654,6 +1654,32 @@ async def test_another_process_wakes_the_claims_of_a_task_it_queued_work_for(
         await other.close()
 
 
+async def test_another_process_wakes_the_waiters_of_a_run_it_finished(
+    storage: Storage, db_url: str
+) -> None:
+    postgres = not db_url.startswith("sqlite")
+    storage.change_event()
+    await asyncio.sleep(0.3)
+    other = open_storage(
+        db_url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        listen_url=listen_url_for(db_url),
+    )
+    await other.open()
+    try:
+        ending, staying = await new_run(other, "a"), await new_run(other, "b")
+        [claimed] = await other.claim_runs("w", 1, 60_000, ["a"])
+        await asyncio.sleep(0.3)  # the claim's own notification (none on PostgreSQL) is past
+        ends, stays = storage.run_event(ending.id), storage.run_event(staying.id)
+        await other.finish_run(claimed.id, claimed.epoch, RunStatus.COMPLETED, 1, None)
+        await asyncio.wait_for(ends.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert stays.is_set() is not postgres
+    finally:
+        await other.close()
+
+
 async def test_another_process_wakes_a_timer_loop_only_for_an_earlier_deadline(
     storage: Storage, db_url: str, clock: StepClock
 ) -> None:

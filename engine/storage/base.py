@@ -352,6 +352,10 @@ class Storage(Protocol):
         """Set at the next commit that may have made a run of these tasks claimable."""
         ...
 
+    def run_event(self, run_id: str) -> asyncio.Event:
+        """Set at the next commit that may have changed this run's status."""
+        ...
+
     def deadline_event(self, before_ms: float) -> asyncio.Event:
         """Set at the next commit that may have set a deadline earlier than ``before_ms``."""
         ...

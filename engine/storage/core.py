@@ -58,12 +58,14 @@ class StorageCore:
     _task_registry: list[TaskInfo] | None = None
     _registry_generation = 0
     _work_waiters: dict[frozenset[str], asyncio.Event]
+    _run_waiters: dict[str, asyncio.Event]
     _deadline_waiters: weakref.WeakKeyDictionary[asyncio.Event, float]
     """A timer loop that stopped waiting drops its event, and with it its entry."""
 
     def _init_waiters(self) -> None:
         self._change = asyncio.Event()
         self._work_waiters = {}
+        self._run_waiters = {}
         self._deadline_waiters = weakref.WeakKeyDictionary()
 
     # -- what a backend provides -----------------------------------------------------------
@@ -118,6 +120,15 @@ class StorageCore:
             event = self._work_waiters[key] = asyncio.Event()
         return event
 
+    def run_event(self, run_id: str) -> asyncio.Event:
+        """An event set at the next commit that may have changed this run's status (SQLite:
+        any commit; PostgreSQL: one that changed it, but for a claim): ``wait_for_run``."""
+        self._watch_other_processes()
+        event = self._run_waiters.get(run_id)
+        if event is None:
+            event = self._run_waiters[run_id] = asyncio.Event()
+        return event
+
     def deadline_event(self, before_ms: float) -> asyncio.Event:
         """An event set at the next commit that may have set a deadline earlier than
         ``before_ms`` (a token's timeout, a delayed run, a time to live): the timer loop
@@ -137,6 +148,7 @@ class StorageCore:
         self._changed()
         self._work_queued(None)
         self._deadline_set(None)
+        self._run_changed(None)
 
     def _changed(self) -> None:
         """Wake the waiters of ``change_event``."""
@@ -149,6 +161,15 @@ class StorageCore:
             if task_id is None or task_id in key:
                 del self._work_waiters[key]
                 event.set()
+
+    def _run_changed(self, run_id: str | None) -> None:
+        """Wake the waiters of this run (None: of every run)."""
+        if run_id is None:
+            waiters, self._run_waiters = self._run_waiters, {}
+            for event in waiters.values():
+                event.set()
+        elif (waiter := self._run_waiters.pop(run_id, None)) is not None:
+            waiter.set()
 
     def _deadline_set(self, at_ms: int | None) -> None:
         """Wake the timer loops whose next deadline is later than ``at_ms`` (None: all)."""

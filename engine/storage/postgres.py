@@ -430,9 +430,11 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             self._work_queued(detail)
         elif kind == "t" and detail.isdigit():
             self._deadline_set(int(detail))
+        elif kind == "r":
+            self._run_changed(detail)
         elif text == "tasks":
             self._forget_task_registry()
-        elif text not in {"r", "w"}:  # from an engine that notified without saying what
+        elif text != "w":  # from an engine that notified without saying what
             self._notify()
             return
         self._changed()

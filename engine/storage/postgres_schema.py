@@ -200,7 +200,7 @@ MIGRATIONS: list[str] = [
     # operation spends a round trip on a NOTIFY, and every change is told, whoever made it).
     # Payloads: 'q:<task>' a run of the task became QUEUED (work may be claimable);
     # 't:<ms>' a deadline was set (a token's timeout, a delayed run's start, a time to live);
-    # 'r' another change of a run's status (not a claim); 'w' a waitpoint closed; 'tasks'
+    # 'r:<run>' another change of the run's status (not a claim); 'w' a waitpoint closed; 'tasks'
     # the registry changed. PostgreSQL sends a payload once per transaction however many
     # rows repeat it. The channel is the schema's: one database may hold several engines.
     """
@@ -214,7 +214,7 @@ MIGRATIONS: list[str] = [
             ELSIF NEW.status = 'DELAYED' THEN
                 PERFORM pg_notify(channel, 't:' || NEW.available_at);
             ELSIF NEW.status <> 'EXECUTING' THEN
-                PERFORM pg_notify(channel, 'r');
+                PERFORM pg_notify(channel, 'r:' || NEW.id);
             END IF;
             IF NEW.expires_at IS NOT NULL AND NEW.status IN ('QUEUED', 'DELAYED') THEN
                 PERFORM pg_notify(channel, 't:' || NEW.expires_at);

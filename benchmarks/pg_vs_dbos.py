@@ -299,11 +299,13 @@ async def _watch_cpu(conn: asyncpg.Connection, database: str, out: dict[str, flo
         raise
 
 
-def run_side(side: str, url: str, n: int) -> float:
+def run_side(side: str, url: str, n: int, engine_path: str | None = None) -> float:
+    """One measurement in a fresh process (``engine_path``: the folder that holds the
+    ``engine`` package to measure, such as an export of another commit)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])
+            filter(None, [engine_path or str(HERE.parent), os.environ.get("PYTHONPATH")])
         ),
         "WAITPOINT_LOG_FORMAT": "json",
     }

@@ -13,6 +13,7 @@ commit also sets ``change_event``). The bugs this suite found stay as tests at t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -115,6 +116,26 @@ async def storage(db_url: str, clock: StepClock) -> AsyncIterator[Storage]:
 
 
 # helpers ---------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def another_process(db_url: str, following: Storage | None = None) -> AsyncIterator[Storage]:
+    """A second storage on the same database, as another process would open it; with
+    ``following``, once that storage follows the others' commits."""
+    if following is not None:
+        following.change_event()
+        await asyncio.sleep(0.3)
+    other = open_storage(
+        db_url,
+        public_url=PUBLIC_URL,
+        signing_secret=SIGNING_SECRET,
+        listen_url=listen_url_for(db_url),
+    )
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.close()
 
 
 async def new_run(storage: Storage, task: str = "t", payload: Any = None, **options: Any) -> Run:
@@ -229,14 +250,7 @@ async def test_a_task_registered_by_another_process_reaches_a_cached_registry(
     reads it), and dropped when another process registers a task: the change shows up as
     soon as that process's commit reaches this one."""
     assert await storage.list_tasks() == []
-    other = open_storage(
-        db_url,
-        public_url=PUBLIC_URL,
-        signing_secret=SIGNING_SECRET,
-        listen_url=listen_url_for(db_url),
-    )
-    await other.open()
-    try:
+    async with another_process(db_url) as other:
         await other.register_tasks([TaskInfo("late")])
         assert await storage.list_tasks(fresh=True) == [TaskInfo("late")]
         await other.register_tasks([TaskInfo("late", queue="q", concurrency_limit=3)])
@@ -246,8 +260,6 @@ async def test_a_task_registered_by_another_process_reaches_a_cached_registry(
                 break
             await storage.wait_for_change(0.05)
         assert await storage.list_tasks() == wanted
-    finally:
-        await other.close()
 
 
 # create_run --------------------------------------------------------------------------------------
@@ -1632,16 +1644,7 @@ async def test_another_process_wakes_the_claims_of_a_task_it_queued_work_for(
     other tasks on PostgreSQL (a notification says which task has work); on SQLite every
     commit wakes every waiter (a process sees that the file changed, not what changed)."""
     postgres = not db_url.startswith("sqlite")
-    storage.change_event()
-    await asyncio.sleep(0.3)  # this process follows the others' commits now
-    other = open_storage(
-        db_url,
-        public_url=PUBLIC_URL,
-        signing_secret=SIGNING_SECRET,
-        listen_url=listen_url_for(db_url),
-    )
-    await other.open()
-    try:
+    async with another_process(db_url, following=storage) as other:
         mine, theirs = storage.work_event(["mine"]), storage.work_event(["theirs", "x"])
         await new_run(other, "mine")
         await asyncio.wait_for(mine.wait(), 5)
@@ -1650,24 +1653,13 @@ async def test_another_process_wakes_the_claims_of_a_task_it_queued_work_for(
         again = storage.work_event(["theirs", "x"])
         await new_run(other, "x")
         await asyncio.wait_for(again.wait(), 5)
-    finally:
-        await other.close()
 
 
 async def test_another_process_wakes_the_waiters_of_a_run_it_finished(
     storage: Storage, db_url: str
 ) -> None:
     postgres = not db_url.startswith("sqlite")
-    storage.change_event()
-    await asyncio.sleep(0.3)
-    other = open_storage(
-        db_url,
-        public_url=PUBLIC_URL,
-        signing_secret=SIGNING_SECRET,
-        listen_url=listen_url_for(db_url),
-    )
-    await other.open()
-    try:
+    async with another_process(db_url, following=storage) as other:
         ending, staying = await new_run(other, "a"), await new_run(other, "b")
         [claimed] = await other.claim_runs("w", 1, 60_000, ["a"])
         await asyncio.sleep(0.3)  # the claim's own notification (none on PostgreSQL) is past
@@ -1676,24 +1668,13 @@ async def test_another_process_wakes_the_waiters_of_a_run_it_finished(
         await asyncio.wait_for(ends.wait(), 5)
         await asyncio.sleep(0.2)
         assert stays.is_set() is not postgres
-    finally:
-        await other.close()
 
 
 async def test_another_process_wakes_a_timer_loop_only_for_an_earlier_deadline(
     storage: Storage, db_url: str, clock: StepClock
 ) -> None:
     postgres = not db_url.startswith("sqlite")
-    storage.change_event()
-    await asyncio.sleep(0.3)
-    other = open_storage(
-        db_url,
-        public_url=PUBLIC_URL,
-        signing_secret=SIGNING_SECRET,
-        listen_url=listen_url_for(db_url),
-    )
-    await other.open()
-    try:
+    async with another_process(db_url, following=storage) as other:
         now = clock.now_ms()
         before_an_hour = storage.deadline_event(now + 3_600_000)
         await other.create_token(NewToken(timeout_ms=now + 7_200_000))  # two hours: later
@@ -1705,8 +1686,6 @@ async def test_another_process_wakes_a_timer_loop_only_for_an_earlier_deadline(
         before_an_hour = storage.deadline_event(now + 3_600_000)
         await new_run(other, "later", delayed_until_ms=now + 60_000)
         await asyncio.wait_for(before_an_hour.wait(), 5)
-    finally:
-        await other.close()
 
 
 # bugs this suite found, fixed: they stay as tests ---------------------------------------------

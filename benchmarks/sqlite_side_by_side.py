@@ -25,10 +25,11 @@ from pg_vs_dbos import HERE, run_side
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--other", required=True, help="a folder holding another engine package")
+    parser.add_argument("--this", default=str(HERE.parent), help="default: this tree's engine")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    engines = {"this": str(HERE.parent), "other": args.other}
+    engines = {"this": args.this, "other": args.other}
     rates: dict[str, list[float]] = {name: [] for name in engines}
     loads = []
     for r in range(args.repeat):

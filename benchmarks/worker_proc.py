@@ -47,7 +47,10 @@ def count_calls(storage: Any, calls: Counter[str]) -> None:
         @functools.wraps(fn)
         async def call(*args: Any, **kwargs: Any) -> Any:
             calls[name] += 1
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
+            if name == "claim_runs" and not result:  # a claim that found nothing
+                calls["claim_runs_empty"] += 1
+            return result
 
         return call
 

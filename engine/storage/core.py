@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -59,14 +58,14 @@ class StorageCore:
     _registry_generation = 0
     _work_waiters: dict[frozenset[str], asyncio.Event]
     _run_waiters: dict[str, asyncio.Event]
-    _deadline_waiters: weakref.WeakKeyDictionary[asyncio.Event, float]
-    """A timer loop that stopped waiting drops its event, and with it its entry."""
+    _deadline_waiters: dict[asyncio.Event, float]
+    """Each timer loop's event and the deadline it sleeps to (dropped once that passed)."""
 
     def _init_waiters(self) -> None:
         self._change = asyncio.Event()
         self._work_waiters = {}
         self._run_waiters = {}
-        self._deadline_waiters = weakref.WeakKeyDictionary()
+        self._deadline_waiters = {}
 
     # -- what a backend provides -----------------------------------------------------------
 
@@ -134,6 +133,10 @@ class StorageCore:
         ``before_ms`` (a token's timeout, a delayed run, a time to live): the timer loop
         sleeps until its next deadline unless this wakes it."""
         self._watch_other_processes()
+        now = self.now_ms()
+        for waiter, before in list(self._deadline_waiters.items()):
+            if before <= now:  # its loop woke by then anyway: no longer anyone's
+                del self._deadline_waiters[waiter]
         event = asyncio.Event()
         self._deadline_waiters[event] = before_ms
         return event
@@ -157,6 +160,8 @@ class StorageCore:
 
     def _work_queued(self, task_id: str | None) -> None:
         """Wake the waiters of work of ``task_id`` (None: of every task)."""
+        if not self._work_waiters:
+            return
         for key, event in list(self._work_waiters.items()):
             if task_id is None or task_id in key:
                 del self._work_waiters[key]
@@ -164,6 +169,8 @@ class StorageCore:
 
     def _run_changed(self, run_id: str | None) -> None:
         """Wake the waiters of this run (None: of every run)."""
+        if not self._run_waiters:
+            return
         if run_id is None:
             waiters, self._run_waiters = self._run_waiters, {}
             for event in waiters.values():
@@ -173,6 +180,8 @@ class StorageCore:
 
     def _deadline_set(self, at_ms: int | None) -> None:
         """Wake the timer loops whose next deadline is later than ``at_ms`` (None: all)."""
+        if not self._deadline_waiters:
+            return
         for event, before in list(self._deadline_waiters.items()):
             if at_ms is None or at_ms < before:
                 self._deadline_waiters.pop(event, None)

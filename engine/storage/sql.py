@@ -201,7 +201,37 @@ POSTGRES = Dialect("postgres", row_locks=True, has_seq=False, remote=True, write
 # -- SQLite -------------------------------------------------------------------------------
 
 
+def sqlite_statement(sql: Sql) -> tuple[str, Mapping[str, Any]]:
+    """``sql``'s text and parameters for sqlite3: a list as JSON text for ``json_each``, but a
+    list of one value in ``q.in_`` as that value (``= :ids``): most lists hold one id, and
+    neither the JSON nor ``json_each`` is then worth its cost."""
+    params = sql.params
+    lists = [k for k, v in params.items() if isinstance(v, list | tuple)]
+    if not lists:
+        return sql.text, params
+    singles = tuple(k for k in lists if len(params[k]) == 1)
+    text, scalars = _singles(sql.text, singles) if singles else (sql.text, frozenset[str]())
+    converted = dict(params)
+    for k in lists:
+        converted[k] = params[k][0] if k in scalars else json.dumps(list(params[k]))
+    return text, converted
+
+
+@lru_cache(maxsize=4096)
+def _singles(text: str, names: tuple[str, ...]) -> tuple[str, frozenset[str]]:
+    """``text`` with ``IN (SELECT value FROM json_each(:name))`` as ``= :name`` for these
+    names, where that is their only use; and the names so changed."""
+    changed = set()
+    for name in names:
+        pattern = f" IN (SELECT value FROM json_each(:{name}))"
+        if text.count(pattern) and text.count(pattern) == len(re.findall(f":{name}\\b", text)):
+            text = text.replace(pattern, f" = :{name}")
+            changed.add(name)
+    return text, frozenset(changed)
+
+
 def sqlite_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters for sqlite3: a list as JSON text (``json_each``)."""
     return {k: json.dumps(list(v)) if isinstance(v, list | tuple) else v for k, v in params.items()}
 
 
@@ -231,7 +261,7 @@ def execute_sync(conn: sqlite3.Connection, sql: Sql) -> Any:
     if sql.want == "many":
         conn.executemany(sql.text, [sqlite_params(p) for p in sql.batch])
         return None
-    cursor = conn.execute(sql.text, sqlite_params(sql.params))
+    cursor = conn.execute(*sqlite_statement(sql))
     if sql.want == "count":
         return cursor.rowcount
     return cursor.fetchall()

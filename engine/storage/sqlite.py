@@ -31,7 +31,7 @@ from ..private_files import private_dirs, private_file
 from .records import RowLike
 from .runs import Runs
 from .signing import SIGNING_CHECK, log_outcome, settle
-from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_params
+from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_statement
 from .sqlite_schema import MIGRATIONS
 from .timers import Timers
 from .tokens import Tokens
@@ -162,7 +162,7 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
         if reader is None:
             raise ConfigurationError("the storage is not open")
         try:
-            return list(await reader.execute_fetchall(sql.text, sqlite_params(sql.params)))
+            return list(await reader.execute_fetchall(*sqlite_statement(sql)))
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 

@@ -161,12 +161,9 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
 
     async def open(self) -> None:
         # no search_path: statements name the schema of their tables (sql.numbered), which a
-        # pooler cannot lose. Custom plans: a generic plan of the re-queue statement is
-        # quadratic in the tokens closed at once (measured: 10,000 due tokens 3.2 s instead of
-        # 0.4 s); behind PgBouncer, unnamed statements are planned for their values anyway.
+        # pooler cannot lose; the plans of prepared statements are PostgreSQL's choice (the
+        # timers, which need custom plans, ask for them: Dialect.custom_plans)
         settings = {"application_name": "waitpoint"}
-        if not self._pgbouncer:
-            settings["plan_cache_mode"] = "force_custom_plan"
         try:
             await self._migrate()
             # nothing to reset when a connection goes back to its pool: the engine leaves no

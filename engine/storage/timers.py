@@ -61,6 +61,7 @@ class Timers(StorageCore):
             return 0
 
         def op(now: int) -> Op[int]:
+            yield from self.q.custom_plans()
             due = (
                 "id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
                 f" AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit{self.q.skip_locked()})"

@@ -62,6 +62,8 @@ class Worker:
         self._lease_until: dict[str, float] = {}
         """When each running attempt's lease may expire at the earliest (this loop's clock)."""
         self.started = asyncio.Event()
+        self._timers_planned_ms = -math.inf
+        """When the timer loop last planned to wake (the database's clock)."""
 
     @property
     def running(self) -> frozenset[str]:
@@ -191,7 +193,9 @@ class Worker:
 
     async def _timer_turn(self) -> None:
         storage = self.engine.storage
-        any_deadline = storage.deadline_event(math.inf)  # taken first: nothing set is missed
+        # taken first, for a deadline set during this turn before the one this loop planned
+        # to wake at (a later one is in what next_timer_ms reads, below)
+        sooner = storage.deadline_event(self._timers_planned_ms)
         while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
             pass
         rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
@@ -202,9 +206,10 @@ class Worker:
         if next_ms is not None:
             pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
         # from here on, only a deadline before the one slept to wakes this loop (a token
-        # made with an hour's timeout does not); none set meanwhile slipped through
+        # made with an hour's timeout does not)
         until = storage.now_ms() + pause * 1000
-        earlier = any_deadline if any_deadline.is_set() else storage.deadline_event(until)
+        self._timers_planned_ms = until
+        earlier = sooner if sooner.is_set() else storage.deadline_event(until)
         await anyio.sleep(_MIN_TIMER_PAUSE)
         await _first_of([earlier], pause)
 

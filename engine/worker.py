@@ -193,9 +193,9 @@ class Worker:
 
     async def _timer_turn(self) -> None:
         storage = self.engine.storage
-        # taken first, for a deadline set during this turn before the one this loop planned
-        # to wake at (a later one is in what next_timer_ms reads, below)
-        sooner = storage.deadline_event(self._timers_planned_ms)
+        # taken first: it tells the deadlines set during this turn, which next_timer_ms,
+        # below, may not have seen
+        during = storage.deadline_event(self._timers_planned_ms)
         while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
             pass
         rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
@@ -205,13 +205,14 @@ class Worker:
         pause = self.poll_seconds
         if next_ms is not None:
             pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
-        # from here on, only a deadline before the one slept to wakes this loop (a token
-        # made with an hour's timeout does not)
         until = storage.now_ms() + pause * 1000
         self._timers_planned_ms = until
-        earlier = sooner if sooner.is_set() else storage.deadline_event(until)
         await anyio.sleep(_MIN_TIMER_PAUSE)
-        await _first_of([earlier], pause)
+        if during.earliest < until:  # a deadline set meanwhile comes first: look again now
+            return
+        # from here on, only a deadline before the one slept to wakes this loop (a token
+        # made with an hour's timeout does not)
+        await _first_of([storage.deadline_event(until)], pause)
 
     async def _lease_loop(self) -> None:
         """Renew the leases of running attempts; stop attempts whose run was canceled.

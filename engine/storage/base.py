@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +31,24 @@ from ..models import (
     Token,
     WaitpointStatus,
 )
+
+
+class DeadlineEvent(asyncio.Event):
+    """``StorageCore.deadline_event``: set when a deadline earlier than ``before`` is told;
+    ``earliest`` is the earliest told so far (-inf: a commit that did not say which)."""
+
+    def __init__(self, before: float) -> None:
+        super().__init__()
+        self.before = before
+        self.earliest = math.inf
+
+    def told(self, at_ms: float) -> bool:
+        """A deadline was set at ``at_ms``; True if that wakes this event's loop."""
+        self.earliest = min(self.earliest, at_ms)
+        if at_ms < self.before:
+            self.set()
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -356,8 +375,9 @@ class Storage(Protocol):
         """Set at the next commit that may have changed this run's status."""
         ...
 
-    def deadline_event(self, before_ms: float) -> asyncio.Event:
-        """Set at the next commit that may have set a deadline earlier than ``before_ms``."""
+    def deadline_event(self, before_ms: float) -> DeadlineEvent:
+        """Set at the next commit that may have set a deadline earlier than ``before_ms``;
+        its ``earliest`` tells the earliest deadline set while it waited."""
         ...
 
     async def wait_for_change(self, timeout: float) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -32,11 +33,15 @@ from ..errors import LeaseLostError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import TaskInfo, Token
-from .base import JournalWrite, NewRun, PageRequest
+from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest
 from .records import RowLike, dump_json, page_slice, token_from_row
 from .sql import Dialect, Op, Sql, combined, count, many, rows
 
 T = TypeVar("T")
+
+
+_DEADLINE_GRACE_MS = 5_000
+"""How long after its deadline a timer loop's event stays registered (its turn is over)."""
 
 
 _WAITING = (
@@ -58,8 +63,8 @@ class StorageCore:
     _registry_generation = 0
     _work_waiters: dict[frozenset[str], asyncio.Event]
     _run_waiters: dict[str, asyncio.Event]
-    _deadline_waiters: dict[asyncio.Event, float]
-    """Each timer loop's event and the deadline it sleeps to (dropped once that passed)."""
+    _deadline_waiters: dict[DeadlineEvent, None]
+    """The timer loops' events (in order; dropped once set, or long after their deadline)."""
 
     def _init_waiters(self) -> None:
         self._change = asyncio.Event()
@@ -128,17 +133,17 @@ class StorageCore:
             event = self._run_waiters[run_id] = asyncio.Event()
         return event
 
-    def deadline_event(self, before_ms: float) -> asyncio.Event:
+    def deadline_event(self, before_ms: float) -> DeadlineEvent:
         """An event set at the next commit that may have set a deadline earlier than
-        ``before_ms`` (a token's timeout, a delayed run, a time to live): the timer loop
-        sleeps until its next deadline unless this wakes it."""
+        ``before_ms`` (a token's timeout, a delayed run, a time to live); its ``earliest`` is
+        the earliest deadline told while it was registered. The timer loop sleeps until its
+        next deadline unless this wakes it."""
         self._watch_other_processes()
-        now = self.now_ms()
-        for waiter, before in list(self._deadline_waiters.items()):
-            if before <= now:  # its loop woke by then anyway: no longer anyone's
-                del self._deadline_waiters[waiter]
-        event = asyncio.Event()
-        self._deadline_waiters[event] = before_ms
+        stale = self.now_ms() - _DEADLINE_GRACE_MS
+        for waiter in [w for w in self._deadline_waiters if w.before <= stale]:
+            del self._deadline_waiters[waiter]  # its loop woke by then anyway
+        event = DeadlineEvent(before_ms)
+        self._deadline_waiters[event] = None
         return event
 
     async def wait_for_change(self, timeout: float) -> None:
@@ -179,13 +184,18 @@ class StorageCore:
             waiter.set()
 
     def _deadline_set(self, at_ms: int | None) -> None:
-        """Wake the timer loops whose next deadline is later than ``at_ms`` (None: all)."""
+        """Tell the timer loops a deadline was set at ``at_ms`` (None: perhaps any): those
+        sleeping to a later one wake."""
         if not self._deadline_waiters:
             return
-        for event, before in list(self._deadline_waiters.items()):
-            if at_ms is None or at_ms < before:
-                self._deadline_waiters.pop(event, None)
-                event.set()
+        if at_ms is None:  # every waiter learns the most it could: it is done
+            waiters, self._deadline_waiters = self._deadline_waiters, {}
+            for event in waiters:
+                event.told(-math.inf)
+            return
+        for event in list(self._deadline_waiters):
+            if event.told(at_ms) and event.before != math.inf:
+                del self._deadline_waiters[event]
 
     def _forget_task_registry(self) -> None:
         """A task was registered (here or elsewhere), or changes may have been missed."""

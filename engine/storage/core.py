@@ -44,6 +44,11 @@ _DEADLINE_GRACE_MS = 5_000
 """How long after its deadline a timer loop's event stays registered (its turn is over)."""
 
 
+def lease_lost(run_id: str, epoch: int) -> LeaseLostError:
+    """The refusal of a write whose attempt no longer holds the run (every fenced write)."""
+    return LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+
+
 _WAITING = (
     "UPDATE runs SET status = 'WAITING', updated_at = :now,"
     " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :run_id"
@@ -212,7 +217,7 @@ class StorageCore:
         )
         row = found[0] if found else None
         if row is None or row["status"] != "EXECUTING" or row["lease_epoch"] != epoch:
-            raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+            raise lease_lost(run_id, epoch)
         return int(row["depth"])
 
     def _journal(self, write: JournalWrite, value: Any, now: int) -> Op[None]:
@@ -409,8 +414,16 @@ class StorageCore:
     ) -> Op[list[RowLike]]:
         """``_fence`` and ``_lock_waitpoints`` in one statement: the waitpoints' rows, found
         only while this epoch holds the run (none found: the two apart say which failed)."""
+        found: list[RowLike] = yield self._fenced_waitpoints_of(journal, ids, kind)
+        if found:
+            return found
+        yield from self._fence(journal.run_id, journal.epoch)
+        return (yield from self._lock_waitpoints(ids, kind))
+
+    def _fenced_waitpoints_of(self, journal: JournalWrite, ids: Sequence[str], kind: str) -> Sql:
+        """The SELECT of ``_fenced_waitpoints`` (also a ``WITH`` item of a longer statement)."""
         q = self.q
-        found: list[RowLike] = yield rows(
+        return rows(
             f"SELECT w.* FROM runs r JOIN waitpoints w ON w.id {q.in_('ids')}"
             f" AND {q.unindexed('w.kind')} = :kind WHERE r.id = :run_id"
             " AND r.status = 'EXECUTING' AND r.lease_epoch = :epoch"
@@ -420,10 +433,6 @@ class StorageCore:
             run_id=journal.run_id,
             epoch=journal.epoch,
         )
-        if found:
-            return found
-        yield from self._fence(journal.run_id, journal.epoch)
-        return (yield from self._lock_waitpoints(ids, kind))
 
     def _lock_waitpoints(self, ids: Sequence[str], kind: str) -> Op[list[RowLike]]:
         """The waitpoints' rows, share-locked: a completion of one waits for this transaction."""
@@ -444,8 +453,7 @@ class StorageCore:
             raise StorageError("the database returned no row for a new run")
         row: RowLike = inserted[0]
         if not self.q.writes_in_with:
-            parent = {"parent": new.parent_run_id} if new.parent_run_id else None
-            yield from self._event([row["id"]], "created", now, parent)
+            yield from self._event([row["id"]], "created", now, _created_detail(new))
         return row
 
     def _new_run(self, new: NewRun, now: int, parent_key: str | None = None, depth: int = 0) -> Sql:
@@ -463,14 +471,7 @@ class StorageCore:
             " :metadata, :max_duration_ms, :parent_run_id, :parent_key, :depth, :queue,"
             " :concurrency_key, :now, :now) RETURNING *"
         )
-        if self.q.writes_in_with:
-            insert = (
-                f"WITH inserted AS ({insert}), created AS (INSERT INTO run_events"
-                " (run_id, at, kind, attempt, detail)"
-                " SELECT id, :now, 'created', attempt_count, :detail FROM inserted)"
-                " SELECT * FROM inserted"
-            )
-        return rows(
+        inserted = rows(
             insert,
             id=new_run_id(),
             task_id=new.task_id,
@@ -492,8 +493,11 @@ class StorageCore:
             queue=new.queue or new.task_id,
             concurrency_key=new.concurrency_key,
             now=now,
-            detail=json.dumps({"parent": new.parent_run_id}) if new.parent_run_id else None,
         )
+        if not self.q.writes_in_with:
+            return inserted
+        created = self._event_of("inserted", "created", now, _created_detail(new))
+        return combined({"inserted": inserted, "created": created}, "SELECT * FROM inserted")
 
     def _event(
         self, run_ids: list[str], kind: str, now: int, detail: dict[str, Any] | None = None
@@ -665,3 +669,8 @@ class StorageCore:
             rows(f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT :limit", **params)
         )
         return page_slice(found, page.limit, before=False, after=page.after is not None)
+
+
+def _created_detail(new: NewRun) -> dict[str, Any] | None:
+    """The detail of a run's ``created`` event: its parent, if it has one."""
+    return {"parent": new.parent_run_id} if new.parent_run_id else None

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import LeaseLostError, RunNotFoundError
+from ..errors import RunNotFoundError
 from ..faults import crash_point
 from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
 from .base import JournalWrite, NewRun, PageRequest, RunFilter
-from .core import StorageCore
+from .core import StorageCore, lease_lost
 from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
-from .sql import FINAL, Op, alone, count, many, rows
+from .sql import FINAL, Op, Sql, alone, combined, count, many, rows
 
 _CLAIM_COLUMNS = (
     "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
@@ -225,15 +224,11 @@ class Runs(StorageCore):
             picked = yield from self._within_limits(task_ids, now, limit)
             if not picked:
                 return []
-            claimed = yield rows(
-                "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
-                " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
-                f" attempt_count = {self.q.greatest('attempt_count', '1')},"
-                " started_at = coalesce(started_at, :now), updated_at = :now, expires_at = NULL"
-                f" WHERE id {self.q.in_('ids')} RETURNING {_CLAIM_COLUMNS}",
-                owner=owner,
-                expires=now + lease_ms,
-                now=now,
+            claimed = yield self._leasing(
+                owner,
+                lease_ms,
+                now,
+                f"WHERE id {self.q.in_('ids')} RETURNING {_CLAIM_COLUMNS}",
                 ids=picked,
             )
             if not claimed:
@@ -262,33 +257,54 @@ class Runs(StorageCore):
     ) -> Op[list[ClaimedRun]]:
         """PostgreSQL, no concurrency limit: the claim as one statement (pick, lease, record
         the event, read the journals), the steps of ``claim_runs`` in writable CTEs."""
+        picked = rows(
+            f"SELECT id FROM runs WHERE {self._claimable()}"
+            f" ORDER BY available_at, id LIMIT :limit{self.q.skip_locked()}",
+            now=now,
+            tasks=task_ids,
+            limit=limit,
+        )
+        leased = self._leasing(
+            owner,
+            lease_ms,
+            now,
+            f"FROM picked WHERE runs.id = picked.id RETURNING {_CLAIM_COLUMNS_OF_RUNS}",
+        )
+        started = self._event_of("claimed", "attempt_started", now, {"worker": owner})
         claimed = yield alone(
-            rows(
-                "WITH picked AS (SELECT id FROM runs"
-                " WHERE status = 'QUEUED' AND available_at <= :now"
-                " AND (lease_owner IS NULL OR lease_expires_at <= :now)"
-                f" AND task_id {self.q.in_('tasks')}"
-                " AND (expires_at IS NULL OR expires_at > :now)"
-                " ORDER BY available_at, id LIMIT :limit FOR UPDATE SKIP LOCKED),"
-                " claimed AS (UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
-                " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
-                " attempt_count = greatest(attempt_count, 1),"
-                " started_at = coalesce(started_at, :now), updated_at = :now, expires_at = NULL"
-                f" FROM picked WHERE runs.id = picked.id RETURNING {_CLAIM_COLUMNS_OF_RUNS}),"
-                " started AS (INSERT INTO run_events (run_id, at, kind, attempt, detail)"
-                " SELECT id, :now, 'attempt_started', attempt_count, :detail FROM claimed)"
-                " SELECT c.*, (SELECT json_agg(j ORDER BY j.seq) FROM journal j"
+            combined(
+                {"picked": picked, "claimed": leased, "started": started},
+                "SELECT c.*, (SELECT json_agg(j ORDER BY j.seq) FROM journal j"
                 " WHERE j.run_id = c.id)::text AS journal FROM claimed c",
-                now=now,
-                tasks=task_ids,
-                limit=limit,
-                owner=owner,
-                expires=now + lease_ms,
-                detail=json.dumps({"worker": owner}),
             )
         )
         entries = [entry for row in claimed for entry in load_json(row["journal"]) or []]
         return claimed_runs(claimed, entries)
+
+    def _claimable(self, alias: str = "") -> str:
+        """The runs a claim may take now (``:now``) among those of its tasks (``:tasks``)."""
+        r = alias
+        return (
+            f"{r}status = 'QUEUED' AND {r}available_at <= :now"
+            f" AND ({r}lease_owner IS NULL OR {r}lease_expires_at <= :now)"
+            f" AND {r}task_id {self.q.in_('tasks')}"
+            f" AND ({r}expires_at IS NULL OR {r}expires_at > :now)"
+        )
+
+    def _leasing(self, owner: str, lease_ms: int, now: int, rest: str, **params: Any) -> Sql:
+        """The UPDATE that gives claimed runs a new lease; ``rest`` selects them and says
+        what it returns."""
+        return rows(
+            "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
+            " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
+            f" attempt_count = {self.q.greatest('attempt_count', '1')},"
+            " started_at = coalesce(started_at, :now), updated_at = :now, expires_at = NULL"
+            f" {rest}",
+            owner=owner,
+            expires=now + lease_ms,
+            now=now,
+            **params,
+        )
 
     def _within_limits(self, task_ids: list[str], now: int, limit: int) -> Op[list[str]]:
         """Due runs to claim, oldest first, that keep every queue within its concurrency limit.
@@ -333,10 +349,7 @@ class Runs(StorageCore):
         full = [(queue, key) for (queue, key), n in busy.items() if n >= caps[queue]]
         candidates: list[RowLike] = yield rows(
             "SELECT r.id, r.queue, r.concurrency_key FROM runs r"
-            " WHERE r.status = 'QUEUED' AND r.available_at <= :now"
-            " AND (r.lease_owner IS NULL OR r.lease_expires_at <= :now)"
-            f" AND r.task_id {q.in_('tasks')}"
-            " AND (r.expires_at IS NULL OR r.expires_at > :now)"
+            f" WHERE {self._claimable('r.')}"
             f" AND {q.not_in_pairs('full_queues', 'full_keys', 'r.queue', 'r.concurrency_key')}"
             f" ORDER BY r.available_at, r.id LIMIT :scan{q.skip_locked('r')}",
             now=now,
@@ -399,7 +412,7 @@ class Runs(StorageCore):
                 )
             )
             if not changed:
-                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+                raise lease_lost(run_id, epoch)
 
         await self._write(op)
 
@@ -428,9 +441,7 @@ class Runs(StorageCore):
             crash_point("journal.before_commit")
             entry = self._journal_entry(write, write.value, now, where=self._fenced)
             if not (yield alone(entry)):
-                raise LeaseLostError(
-                    f"run {write.run_id}: lease epoch {write.epoch} is no longer current"
-                )
+                raise lease_lost(write.run_id, write.epoch)
 
         await self._write(op, notify=False)
 
@@ -465,7 +476,7 @@ class Runs(StorageCore):
                 epoch=epoch,
             )
             if changed == 0:
-                raise LeaseLostError(f"run {run_id}: lease epoch {epoch} is no longer current")
+                raise lease_lost(run_id, epoch)
             detail = {"status": status.value}
             if error is not None:
                 detail["error"] = error.message

@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 from ..callbacks import well_formed
-from ..errors import LeaseLostError, TokenNotFoundError, TokenNotWaitingError
+from ..errors import TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
 from ..models import CompletionResult, CompletionSource, Page, Token, WaitpointStatus
 from .base import DataToCheck, JournalWrite, NewToken, PageRequest, TokenFilter
-from .core import StorageCore
+from .core import StorageCore, lease_lost
 from .records import (
     LATE_COMPLETIONS_KEPT,
     dump_json,
@@ -79,9 +79,7 @@ class Tokens(StorageCore):
                 crash_point("journal.before_commit")
                 made = yield alone(combined(parts, "SELECT count(*) AS n FROM token"))
                 if not made[0]["n"]:
-                    raise LeaseLostError(
-                        f"run {journal.run_id}: lease epoch {journal.epoch} is no longer current"
-                    )
+                    raise lease_lost(journal.run_id, journal.epoch)
                 return token
             if new.idempotency_key is None:
                 yield from self._fence(journal.run_id, journal.epoch)

@@ -15,13 +15,13 @@ from typing import Any
 
 from ..clock import from_ms
 from ..durations import Deadline
-from ..errors import LeaseLostError, StorageError, TokenNotFoundError
+from ..errors import StorageError, TokenNotFoundError
 from ..faults import crash_point
 from ..ids import new_token_id
 from ..journal import child_key
 from ..models import Run, RunStatus, Token
 from .base import JournalWrite, NewRun
-from .core import StorageCore
+from .core import StorageCore, lease_lost
 from .groups import group_outcome
 from .records import RowLike, child_result_json, run_from_row, token_from_row
 from .sql import Op, Sql, alone, combined, rows
@@ -63,15 +63,7 @@ class Waits(StorageCore):
         if the token is WAITING (not past its deadline) the run blocked on it. Returns the
         token's row and whether the run ``parked``; None if the fence or the token failed
         (nothing was written then, nor when the token was closed)."""
-        q = self.q
-        found = rows(
-            "SELECT w.* FROM runs r JOIN waitpoints w ON w.id = :token"
-            f" AND w.kind = 'MANUAL' WHERE r.id = :run_id AND r.status = 'EXECUTING'"
-            f" AND r.lease_epoch = :epoch{q.locking('r', 'w')}",
-            token=token_id,
-            run_id=journal.run_id,
-            epoch=journal.epoch,
-        )
+        found = self._fenced_waitpoints_of(journal, [token_id], "MANUAL")
         still = rows(
             "SELECT id FROM found WHERE status = 'WAITING'"
             " AND (timeout_at IS NULL OR timeout_at > :now)",
@@ -105,9 +97,7 @@ class Waits(StorageCore):
             combined({"entry": entry, "gone": gone}, "SELECT count(*) AS n FROM entry")
         )
         if not made[0]["n"]:
-            raise LeaseLostError(
-                f"run {journal.run_id}: lease epoch {journal.epoch} is no longer current"
-            )
+            raise lease_lost(journal.run_id, journal.epoch)
 
     async def sleep_until(
         self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0

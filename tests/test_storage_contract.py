@@ -101,6 +101,16 @@ def clock() -> StepClock:
 
 @pytest.fixture
 async def storage(db_url: str, clock: StepClock) -> AsyncIterator[Storage]:
+    async with opened_storage(db_url, clock) as opened:
+        yield opened
+
+
+# helpers ---------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def opened_storage(db_url: str, clock: StepClock | None = None) -> AsyncIterator[Storage]:
+    """A storage on the test's database, opened as a process opens it, closed on exit."""
     opened = open_storage(
         db_url,
         public_url=PUBLIC_URL,
@@ -115,9 +125,6 @@ async def storage(db_url: str, clock: StepClock) -> AsyncIterator[Storage]:
         await opened.close()
 
 
-# helpers ---------------------------------------------------------------------------------------
-
-
 @contextlib.asynccontextmanager
 async def another_process(db_url: str, following: Storage | None = None) -> AsyncIterator[Storage]:
     """A second storage on the same database, as another process would open it; with
@@ -125,17 +132,8 @@ async def another_process(db_url: str, following: Storage | None = None) -> Asyn
     if following is not None:
         following.change_event()
         await asyncio.sleep(0.3)
-    other = open_storage(
-        db_url,
-        public_url=PUBLIC_URL,
-        signing_secret=SIGNING_SECRET,
-        listen_url=listen_url_for(db_url),
-    )
-    await other.open()
-    try:
+    async with opened_storage(db_url) as other:
         yield other
-    finally:
-        await other.close()
 
 
 async def new_run(storage: Storage, task: str = "t", payload: Any = None, **options: Any) -> Run:

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -78,34 +79,13 @@ async def run_waitpoint(url: str, n: int) -> float:
         worker = Worker(engine, {"pgvs-wait": wait_task})
         working = asyncio.create_task(worker.run())
         await worker.started.wait()
-        gate = asyncio.Semaphore(CONCURRENCY)
-        ended: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(n)}
-
-        async def one(i: int) -> None:
-            async with gate:
-                await engine.trigger("pgvs-wait", {"i": i})
-                await ended[i].wait()
-
-        async def ends() -> None:
-            while True:
-                ended[await finished.get()].set()
-
-        async def sender() -> None:
-            seen: set[str] = set()  # a run that resumes runs its code again (replay), and
-            sent = []  # announces its token again
-            while len(seen) < n:
-                token_id = await announced.get()
-                if token_id not in seen:
-                    seen.add(token_id)
-                    complete = engine.tokens.complete(token_id, {"ok": True})
-                    sent.append(asyncio.create_task(complete))
-            await asyncio.gather(*sent)
-
-        started = time.perf_counter()
-        sending, ending = asyncio.create_task(sender()), asyncio.create_task(ends())
-        await asyncio.gather(sending, *(one(i) for i in range(n)))
-        seconds = time.perf_counter() - started
-        ending.cancel()
+        seconds = await drive(
+            n,
+            lambda i: engine.trigger("pgvs-wait", {"i": i}),
+            lambda token_id: engine.tokens.complete(token_id, {"ok": True}),
+            announced,
+            finished,
+        )
         worker.stop()  # graceful: the last attempts' ends commit
         await working
     return seconds
@@ -135,32 +115,55 @@ async def run_dbos(url: str, n: int) -> float:
     DBOS(config={"name": "pgvs", "system_database_url": url, "log_level": "WARNING"})
     DBOS.launch()
     try:
-        gate = asyncio.Semaphore(CONCURRENCY)
-        ended: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(n)}
-
-        async def one(i: int) -> None:
-            async with gate:
-                await DBOS.start_workflow_async(wait_workflow, i)
-                await ended[i].wait()
-
-        async def ends() -> None:
-            while True:
-                ended[await finished.get()].set()
-
-        async def sender() -> None:
-            sent = [
-                asyncio.create_task(DBOS.send_async(await announced.get(), {"ok": 1}, "done"))
-                for _ in range(n)
-            ]
-            await asyncio.gather(*sent)
-
-        started = time.perf_counter()
-        sending, ending = asyncio.create_task(sender()), asyncio.create_task(ends())
-        await asyncio.gather(sending, *(one(i) for i in range(n)))
-        seconds = time.perf_counter() - started
-        ending.cancel()
+        seconds = await drive(
+            n,
+            lambda i: DBOS.start_workflow_async(wait_workflow, i),
+            lambda workflow_id: DBOS.send_async(workflow_id, {"ok": 1}, "done"),
+            announced,
+            finished,
+        )
     finally:
         DBOS.destroy(destroy_registry=False, workflow_completion_timeout_sec=30)
+    return seconds
+
+
+async def drive(
+    n: int,
+    start: Callable[[int], Awaitable[Any]],
+    complete: Callable[[str], Awaitable[Any]],
+    announced: asyncio.Queue[str],
+    finished: asyncio.Queue[int],
+) -> float:
+    """The workload on either engine: start runs 0..n-1 (at most ``CONCURRENCY`` unfinished),
+    complete each wait announced (once: a Waitpoint run that resumes runs its code again, by
+    replay, and announces its token again), until every run announced its end. Seconds."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+    ended = {i: asyncio.Event() for i in range(n)}
+
+    async def one(i: int) -> None:
+        async with gate:
+            await start(i)
+            await ended[i].wait()
+
+    async def ends() -> None:
+        while True:
+            ended[await finished.get()].set()
+
+    async def sender() -> None:
+        seen: set[str] = set()
+        sent = []
+        while len(seen) < n:
+            wait_id = await announced.get()
+            if wait_id not in seen:
+                seen.add(wait_id)
+                sent.append(asyncio.create_task(complete(wait_id)))
+        await asyncio.gather(*sent)
+
+    started = time.perf_counter()
+    ending = asyncio.create_task(ends())
+    await asyncio.gather(sender(), *(one(i) for i in range(n)))
+    seconds = time.perf_counter() - started
+    ending.cancel()
     return seconds
 
 

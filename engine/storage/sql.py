@@ -219,10 +219,7 @@ def sqlite_statement(sql: Sql) -> tuple[str, Mapping[str, Any]]:
         return sql.text, params
     singles = tuple(k for k in lists if len(params[k]) == 1)
     text, scalars = _singles(sql.text, singles) if singles else (sql.text, frozenset[str]())
-    converted = dict(params)
-    for k in lists:
-        converted[k] = params[k][0] if k in scalars else json.dumps(list(params[k]))
-    return text, converted
+    return text, sqlite_params({k: v[0] if k in scalars else v for k, v in params.items()})
 
 
 @lru_cache(maxsize=4096)

@@ -44,7 +44,6 @@ from .errors import (
     WaitpointError,
     WaitpointTimeoutError,
 )
-from .logs import configure_default_logging
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -62,8 +61,6 @@ from .models import (
 from .registry import Queue, Retry, TaskDefinition, task
 from .settings import Settings
 from .worker import Worker
-
-configure_default_logging()
 
 __all__ = [
     "AbortTaskRunError",

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from .client import current_engine
 from .context import Recorded, RunContext
+from .logs import get_logger
 from .models import Run, RunResult, Token
 from .registry import TaskDefinition
 from .requests import run_request
 from .storage import JournalWrite
 
-log = structlog.get_logger("engine.children")
+log = get_logger("engine.children")
 
 
 async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[str, Any]) -> Run:

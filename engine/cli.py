@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import pydantic
-import structlog
 import typer
 
 from . import keys
@@ -105,6 +104,8 @@ def _setup(ctx: typer.Context) -> None:
     The previous structlog set-up comes back when the command ends, so invoking the CLI
     in-process (tests, scripts) leaves the caller's logging as it was.
     """
+    import structlog  # late: not for --help
+
     saved = structlog.get_config() if structlog.is_configured() else None
     configure_logging("auto", logging.WARNING)
     ctx.call_on_close(

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import structlog
 from pydantic import BaseModel
 
 from .clock import Clock
@@ -33,6 +32,7 @@ from .errors import (
     TaskNotFoundError,
 )
 from .keys import SecretKey, signing_secrets
+from .logs import get_logger
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -60,7 +60,7 @@ from .validation import (
     validate_against_schema,
 )
 
-log = structlog.get_logger("engine.client")
+log = get_logger("engine.client")
 
 T = TypeVar("T")
 FOLLOW_RECHECK_SECONDS = 5.0

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
-import structlog
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
@@ -29,6 +28,7 @@ from .context import Recorded, RunContext
 from .durations import Deadline, Timeout, duration_ms
 from .errors import AbortTaskRunError, DurableCallInStepError, StorageError, ValidationError
 from .journal import encode_error
+from .logs import get_logger
 from .models import (
     CompletionResult,
     CompletionSource,
@@ -40,7 +40,7 @@ from .registry import Retry
 from .requests import token_request
 from .storage import JournalWrite
 
-log = structlog.get_logger("engine.durable")
+log = get_logger("engine.durable")
 
 
 async def step(

@@ -1,17 +1,113 @@
-"""structlog set-up: readable lines in a terminal, one JSON object per line otherwise.
+"""The engine's log events, silent until the application asks for them.
 
-Every state change is logged as an event with ``run_id``, ``task`` and ``attempt`` bound
-(the runtime binds them once per attempt through ``structlog.contextvars``).
+Every state change is logged as an event (``run.started``, ``token.completed``, ...) with
+``run_id``, ``task`` and ``attempt`` bound while an attempt runs. Like any library, importing
+or using the engine configures no logging; where its events go is the application's choice:
+
+- the application configured structlog (``structlog.configure(...)``, or
+  ``configure_logging()`` below, which the ``waitpoint`` CLI calls): through structlog, as
+  configured there;
+- otherwise through the standard library's ``logging``, under the logger ``engine``, which has
+  a ``NullHandler``: nothing is printed until the application configures ``logging``
+  (``logging.basicConfig(level=logging.INFO)`` shows every event on stderr).
+
+structlog itself is imported when it is configured, never by ``import engine``: it pulls in
+rich, and a library user who logs nothing should not wait for it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
-from typing import Literal
+from typing import Any, Literal
 
-import structlog
+logging.getLogger("engine").addHandler(logging.NullHandler())
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+}
+
+_BOUND: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("engine_log_context")
+"""The fields bound to every event of the current attempt (``bind``)."""
+
+
+def _structlog() -> Any:
+    """structlog's module if the application configured it, else None (never imports it)."""
+    module = sys.modules.get("structlog")
+    return module if module is not None and module.is_configured() else None
+
+
+class EngineLogger:
+    """``log.info("run.started", resumed=True)``: one logger per engine module.
+
+    Each event goes to structlog when structlog is configured at that moment, to the standard
+    library's logger of the same name otherwise (so a later ``structlog.configure`` or
+    ``capture_logs`` is followed at once).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._stdlib = logging.getLogger(name)
+        self._structlog: Any = None  # structlog's lazy proxy, made at the first structlog event
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error event with the exception being handled."""
+        self._emit("exception", event, fields)
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        bound = _BOUND.get(None)
+        if bound:
+            fields = {**bound, **fields}
+        structlog = _structlog()
+        if structlog is not None:
+            if self._structlog is None:
+                self._structlog = structlog.get_logger(self.name)
+            getattr(self._structlog, method)(event, **fields)
+            return
+        level = _LEVELS[method]
+        if self._stdlib.isEnabledFor(level):
+            pairs = " ".join(f"{key}={value!r}" for key, value in fields.items())
+            message = f"{event} {pairs}" if pairs else event
+            self._stdlib.log(level, message, exc_info=method == "exception")
+
+
+def get_logger(name: str) -> EngineLogger:
+    """The logger of an engine module (``engine.worker``, ...); cheap, imports nothing."""
+    return EngineLogger(name)
+
+
+def bind(**fields: Any) -> tuple[contextvars.Token[dict[str, Any]], dict[str, Any] | None]:
+    """Bind ``fields`` to every event until ``unbind``; also to the application's own structlog
+    events (through ``structlog.contextvars``) when it uses structlog."""
+    token = _BOUND.set({**_BOUND.get({}), **fields})
+    structlog = sys.modules.get("structlog")
+    tokens = structlog.contextvars.bind_contextvars(**fields) if structlog is not None else None
+    return token, tokens
+
+
+def unbind(bound: tuple[contextvars.Token[dict[str, Any]], dict[str, Any] | None]) -> None:
+    token, tokens = bound
+    if tokens is not None:
+        sys.modules["structlog"].contextvars.reset_contextvars(**tokens)
+    _BOUND.reset(token)
 
 
 class _Stderr:
@@ -29,18 +125,16 @@ def _colors() -> bool:
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
-def configure_default_logging() -> None:
-    """Unless the application configured structlog, send the engine's events to stderr.
-
-    structlog's own default prints to stdout, where it would mix with a program's output.
-    """
-    if not structlog.is_configured():
-        configure_logging("auto")
-
-
 def configure_logging(
     fmt: Literal["auto", "console", "json"] = "auto", level: int = logging.INFO
 ) -> None:
+    """Configure structlog to print every event to stderr: readable lines in a terminal
+    (``console``), one JSON object per line otherwise (``json``).
+
+    The CLI calls it; an application may too (it configures structlog for the whole process).
+    """
+    import structlog
+
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=_colors())

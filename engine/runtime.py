@@ -27,8 +27,8 @@ import enum
 from typing import Any
 
 import anyio
-import structlog
 
+from . import logs
 from .context import AttemptInterrupted, ReplayRequested, RunContext
 from .errors import (
     AbortTaskRunError,
@@ -47,7 +47,7 @@ from .models import ClaimedRun, RunStatus
 from .registry import TaskDefinition
 from .storage import Storage
 
-log = structlog.get_logger("engine.runtime")
+log = logs.get_logger("engine.runtime")
 
 STORAGE_RETRY_MS = 1000
 """A run the database failed is claimable again after this long: retried, never in a loop."""
@@ -88,9 +88,7 @@ async def run_attempt(
     """
     context = RunContext(storage, run, always_replay=always_replay)
     entered = context.enter()
-    bound = structlog.contextvars.bind_contextvars(
-        run_id=run.id, task=run.task_id, attempt=run.attempt
-    )
+    bound = logs.bind(run_id=run.id, task=run.task_id, attempt=run.attempt)
     log.info("run.started", resumed=bool(run.journal))
     try:
         try:
@@ -109,7 +107,7 @@ async def run_attempt(
             await context.cancel_leftovers()
         return await _end(storage, context, definition, ended)
     finally:
-        structlog.contextvars.reset_contextvars(**bound)
+        logs.unbind(bound)
         RunContext.leave(entered)
 
 

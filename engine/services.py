@@ -7,16 +7,16 @@ import signal
 from collections.abc import Iterator
 
 import anyio
-import structlog
 import uvicorn
 from anyio.abc import TaskStatus
 
 from .api import create_app
 from .api.auth import resolve_secret_key
 from .client import Engine
+from .logs import get_logger
 from .worker import Worker
 
-log = structlog.get_logger("engine.services")
+log = get_logger("engine.services")
 
 
 class APIServer(uvicorn.Server):

@@ -16,15 +16,15 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
-import structlog
 
 from .client import Engine
 from .errors import StorageError
+from .logs import get_logger
 from .models import ClaimedRun
 from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
 
-log = structlog.get_logger("engine.worker")
+log = get_logger("engine.worker")
 
 _TIMER_BATCH = 1000
 _MIN_TIMER_PAUSE = 0.01

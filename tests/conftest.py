@@ -9,11 +9,13 @@ about SQLite itself.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import pytest
 
 from engine import Engine, TaskDefinition, Worker
+from engine.logs import configure_logging
 from engine.settings import Settings
 
 from .pgbouncer import pooled_schema_url
@@ -21,6 +23,11 @@ from .pgbouncer import stop as stop_pgbouncer
 from .postgres import fresh_schema_url
 
 StartWorker = Callable[..., Awaitable[Worker]]
+
+# The engine logs nothing unless the application asks; this suite asks, as `waitpoint worker`
+# does, so that a failing test's captured stderr tells what the engine did (and
+# tests/test_always_replay.py counts the hand-backs of a whole run of the suite from it)
+configure_logging(os.environ.get("WAITPOINT_LOG_FORMAT", "auto"))
 
 NORMAL_MODE_ONLY = {
     "tests/test_runtime.py::test_timeline_shows_steps_tokens_and_how_each_wait_ended": (
@@ -91,7 +98,7 @@ async def start_worker(engine: Engine) -> AsyncIterator[StartWorker]:
     ) -> Worker:
         mapping = {t.id: t for t in tasks} if isinstance(tasks, list) else dict(tasks)
         options.setdefault("poll_seconds", 0.2)
-        worker = Worker(engine, mapping, **options)  # type: ignore[arg-type]
+        worker = Worker(engine, mapping, **options)
         runner = asyncio.create_task(worker.run())
         await asyncio.wait_for(worker.started.wait(), 5)
         running.append((worker, runner))

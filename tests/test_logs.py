@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import structlog
 from structlog.testing import capture_logs
@@ -57,3 +61,59 @@ async def test_run_state_changes_are_logged_with_run_task_and_attempt(
         }
     ]
     assert not any("callback" in str(value) for e in events for value in e.values())
+
+
+LIBRARY_USER = """
+import asyncio, sys
+from engine import Engine, Worker, create_token, task, wait_for_token
+
+@task("quiet-flow")
+async def quiet_flow(payload: None) -> str:
+    await wait_for_token(await create_token(timeout="1h"))
+    return "done"
+
+async def main() -> None:
+    async with Engine("sqlite:///engine.db") as engine:
+        worker = Worker(engine)
+        running = asyncio.create_task(worker.run())
+        run = await engine.trigger("quiet-flow")
+        while not (await engine.runs.retrieve(run.id)).waiting_on:
+            await asyncio.sleep(0.02)
+        token_id = (await engine.runs.retrieve(run.id)).waiting_on[0]
+        await engine.tokens.complete(token_id, {"ok": 1})
+        done = await engine.wait_for_run(run.id, timeout=20)
+        worker.stop()
+        await running
+        print(done.status.value)
+
+SETUP
+asyncio.run(main())
+"""
+
+
+def _library_user(tmp_path: Path, setup: str) -> subprocess.CompletedProcess[str]:
+    """A plain script that uses the engine as a library: a worker, a run, a token completed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAITPOINT_")}
+    return subprocess.run(
+        [sys.executable, "-c", LIBRARY_USER.replace("SETUP", setup)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_library_logs_nothing_unless_asked(tmp_path: Path) -> None:
+    done = _library_user(tmp_path, "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "COMPLETED\n", "")
+
+
+def test_the_readme_line_shows_the_events_through_the_standard_logging(tmp_path: Path) -> None:
+    done = _library_user(tmp_path, "import logging; logging.basicConfig(level=logging.INFO)")
+    assert (done.returncode, done.stdout) == (0, "COMPLETED\n"), done.stderr
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("INFO:engine.runtime:run.started run_id=") for line in lines)
+    assert any("run.completed" in line and "task='quiet-flow'" in line for line in lines)
+    assert any(line.startswith("INFO:engine.client:token.completed") for line in lines)

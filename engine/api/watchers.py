@@ -23,13 +23,13 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from starlette.exceptions import HTTPException
 
 from ..client import FOLLOW_MIN_GAP_SECONDS, FOLLOW_RECHECK_SECONDS
+from ..logs import get_logger
 from ..storage import Storage
 
-log = structlog.get_logger("engine.api.watchers")
+log = get_logger("engine.api.watchers")
 
 RETRY_AFTER_SECONDS = 10
 """What a refused stream is told to wait before trying again (``Retry-After``)."""

@@ -24,13 +24,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import structlog
-
 from ..callbacks import CallbackSigner
 from ..clock import Clock
 from ..errors import ConfigurationError, EngineError, StorageError, StorageUnavailableError
 from ..faults import crash_point
 from ..keys import SigningSecrets, legacy_signature_hash
+from ..logs import get_logger
 
 try:
     import asyncpg
@@ -50,7 +49,7 @@ from .waits import Waits
 
 T = TypeVar("T")
 
-log = structlog.get_logger("engine.storage")
+log = get_logger("engine.storage")
 
 NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 _RETRYABLE = (

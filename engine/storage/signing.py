@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import structlog
-
 from ..keys import SigningSecrets, signing_check
+from ..logs import get_logger
 
 SIGNING_CHECK = "signing_key_check"
 """The ``meta`` key of the check value."""
 
 Outcome = Literal["same", "recorded", "rotated", "mismatch"]
 
-log = structlog.get_logger("engine.storage")
+log = get_logger("engine.storage")
 
 
 def settle(stored: str | None, signing: SigningSecrets) -> tuple[Outcome, str | None]:

@@ -24,16 +24,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
-import structlog
 
 from ..errors import EngineError, StorageError, StorageUnavailableError
 from ..faults import crash_point
+from ..logs import get_logger
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
 Outcome = tuple[bool, Any]
 
-log = structlog.get_logger("engine.storage")
+log = get_logger("engine.storage")
 
 _BUSY_RETRY_SECONDS = 60.0
 

@@ -86,7 +86,9 @@ class CompletionSource(StrEnum):
 class WireModel(BaseModel):
     """camelCase on the wire; fields named in ``omit_when_none`` vanish instead of being null."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, defer_build=True
+    )
     omit_when_none: ClassVar[frozenset[str]] = frozenset()
 
     @model_serializer(mode="wrap")
@@ -235,6 +237,8 @@ class TimelineEntry(WireModel):
 
 class Page(BaseModel, Generic[T]):
     """One page of a list; pass ``next_cursor`` as ``after`` to get the next one."""
+
+    model_config = ConfigDict(defer_build=True)
 
     data: list[T]
     next_cursor: str | None = None

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "WAITPOINT_"
 
 DEFAULT_DATABASE_URL = "sqlite:///.waitpoint/engine.db"
 SECRET_KEY_FILE = Path(".waitpoint/secret_key")
 """Where ``waitpoint dev``/``serve`` keep the key they generate when none is configured."""
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WAITPOINT_", extra="ignore")
+class Settings(BaseModel):
+    """Each field comes from the argument of that name, else from the environment variable
+    ``WAITPOINT_<NAME>`` (any case), else its default; values are validated either way.
+
+    The environment is read here, not with pydantic-settings: importing that costs every
+    command's start more than all the rest of the configuration.
+    """
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment(), **values})
 
     database_url: str = DEFAULT_DATABASE_URL
     """Where runs, tokens and journals live; every worker and client must use the same one."""
@@ -76,3 +88,14 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     """Addresses (or networks, comma-separated) of reverse proxies whose ``X-Forwarded-For`` and
     ``X-Forwarded-Proto`` the API believes. Empty: the client is the socket peer."""
+
+
+def _environment() -> dict[str, str]:
+    """The ``WAITPOINT_*`` variables that name a setting, by the setting's name."""
+    found = {}
+    for variable, value in os.environ.items():
+        if variable[: len(ENV_PREFIX)].upper() == ENV_PREFIX:
+            name = variable[len(ENV_PREFIX) :].lower()
+            if name in Settings.model_fields:
+                found[name] = value
+    return found

@@ -12,14 +12,16 @@ import itertools
 import json
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import jsonschema_rs
 from pydantic_core import to_jsonable_python
 
 from .errors import ValidationError
+
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 128
@@ -125,8 +127,11 @@ def _build(schema_text: str) -> jsonschema_rs.Validator:
     """The validator of a schema (given as canonical JSON text, the cache key).
 
     ``offline``: nothing is ever retrieved (jsonschema-rs fetches remote ``$ref``s by
-    default). ``RegexOptions``: Rust's ``regex`` crate, linear-time matching.
+    default). ``RegexOptions``: Rust's ``regex`` crate, linear-time matching. jsonschema-rs is
+    imported here, by the first schema, not by ``import engine``.
     """
+    import jsonschema_rs
+
     try:
         return jsonschema_rs.validator_for(
             json.loads(schema_text),

@@ -2,9 +2,9 @@
 
 The web stack (FastAPI, Starlette, uvicorn), the PostgreSQL driver, jsonschema and its format
 checkers (whose optional dependencies, such as ``rfc3987_syntax``, take over a second to
-import), and structlog (which imports rich) are each imported by the code that needs them:
-the server, a PostgreSQL storage, a configured log. A structural check, in a fresh
-interpreter; ``benchmarks/cli_startup.py`` measures the time.
+import), structlog (which imports rich) and jsonschema-rs are each imported by the code that
+needs them: the server, a PostgreSQL storage, a configured log, the first JSON Schema. A
+structural check, in a fresh interpreter; ``benchmarks/cli_startup.py`` measures the time.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ JSONSCHEMA_FORMATS = {
     "jsonpointer",
     "lark",
 }
-LIBRARY_ONLY = {"structlog", "rich", "typer", "click"}
+LIBRARY_ONLY = {"structlog", "rich", "typer", "click", "jsonschema_rs"}
 
 
 def imported_after(code: str) -> set[str]:

@@ -1,5 +1,6 @@
 # Two commands on a machine with only Python 3.11+:
 #   make dev    set up .venv and run `waitpoint dev` (worker on .waitpoint/engine.db, tasks in tasks/)
+#               on port 8030, or another: make dev PORT=8031
 #   make test   set up .venv, then lint, type-check and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 dev: $(BIN)/.installed
-	$(BIN)/waitpoint dev
+	$(BIN)/waitpoint dev $(if $(PORT),--port $(PORT))
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check engine tasks tests examples

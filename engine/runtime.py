@@ -42,7 +42,7 @@ from .errors import (
     Suspended,
     ValidationError,
 )
-from .journal import error_of
+from .journal import error_of, failure_site
 from .models import ClaimedRun, RunStatus
 from .registry import TaskDefinition
 from .storage import Storage
@@ -230,7 +230,13 @@ async def _fail(
             delay = definition.retry.delay_ms(run.attempt)
             rerun = context.escaped_steps(exc)
             await storage.retry_run(run.id, run.epoch, delay, error, elapsed, rerun)
-            log.warning("run.retrying", error=error.message, delay_ms=delay, rerun=rerun)
+            log.warning(
+                "run.retrying",
+                error=error.message,
+                where=failure_site(error.stack_trace),
+                delay_ms=delay,
+                rerun=rerun,
+            )
             return RunStatus.QUEUED
         await storage.finish_run(run.id, run.epoch, status, None, error, elapsed)
     except LeaseLostError as lost:
@@ -239,7 +245,13 @@ async def _fail(
     except StorageError as failed:
         log.error("run.fail_not_recorded", error=str(failed))
         return None
-    log.error("run.failed", status=status.value, error=error.message, error_type=error.name)
+    log.error(
+        "run.failed",
+        status=status.value,
+        error=error.message,
+        error_type=error.name,
+        where=failure_site(error.stack_trace),
+    )
     return status
 
 

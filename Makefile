@@ -1,6 +1,6 @@
 # Two commands on a machine with only Python 3.11+:
 #   make dev    set up .venv with what running needs and run `waitpoint dev` (worker on
-#               .waitpoint/engine.db, tasks in tasks/)
+#               .waitpoint/engine.db, tasks in tasks/) on port 8030, or another: make dev PORT=8031
 #   make test   add the test toolchain (the dev extras), then lint, type-check and run the
 #               whole test suite
 PYTHON ?= python3
@@ -22,7 +22,7 @@ $(BIN)/.installed-dev: $(BIN)/.installed
 	touch $@
 
 dev: $(BIN)/.installed
-	$(BIN)/waitpoint dev
+	$(BIN)/waitpoint dev $(if $(PORT),--port $(PORT))
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check engine tasks tests examples

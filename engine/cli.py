@@ -11,16 +11,20 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import pydantic
 import typer
 
 from . import keys
-from .client import Engine
+from .callbacks import UNKNOWN_PUBLIC_URL
+from .cli_words import Typer, in_cli_words, option_names
+from .client import NO_PUBLIC_URL, Engine
 from .console import (
     RUN_COLUMNS,
     TOKEN_COLUMNS,
@@ -31,10 +35,12 @@ from .console import (
     show_page,
     show_timeline,
 )
-from .durations import parse_duration
+from .durations import parse_duration, to_timedelta
 from .errors import ConfigurationError, EngineError, RunFailedError, ValidationError
+from .keys import SecretKey
 from .logs import configure_logging
 from .models import (
+    LIVE_LEASES,
     CompletionResult,
     CompletionSource,
     Page,
@@ -42,21 +48,26 @@ from .models import (
     RunStatus,
     TimelineEntry,
     Token,
+    WireModel,
+    ago,
 )
 from .registry import TaskDefinition, load_tasks
-from .settings import DEFAULT_DATABASE_URL, SECRET_KEY_FILE, Settings
+from .settings import DEFAULT_DATABASE_URL, Settings
 from .storage import display_url
 from .worker import Worker
 
+if TYPE_CHECKING:
+    from .services import APIServer
+
 T = TypeVar("T")
 
-app = typer.Typer(
+app = Typer(
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     help="Waitpoint: durable runs for Python asyncio.",
 )
-runs_app = typer.Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
-tokens_app = typer.Typer(no_args_is_help=True, help="Create, inspect, complete and cancel tokens.")
+runs_app = Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
+tokens_app = Typer(no_args_is_help=True, help="Create, inspect, complete and cancel tokens.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(tokens_app, name="tokens")
 
@@ -64,7 +75,8 @@ Database = Annotated[
     str | None,
     typer.Option(
         "--database",
-        help=f"Database URL [default: $WAITPOINT_DATABASE_URL or {DEFAULT_DATABASE_URL}]",
+        metavar="URL",
+        help=f"Database URL (default: $WAITPOINT_DATABASE_URL, else {DEFAULT_DATABASE_URL}).",
         show_default=False,
     ),
 ]
@@ -72,24 +84,67 @@ ApiUrl = Annotated[
     str | None,
     typer.Option(
         "--api-url",
-        help="Use the REST API at this URL instead of a database [default: $WAITPOINT_API_URL]; "
-        "the key comes from $WAITPOINT_SECRET_KEY",
+        metavar="URL",
+        help="Use the REST API at this URL instead of a database (default: $WAITPOINT_API_URL).",
+        show_default=False,
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        help="The API's secret key, for --api-url (default: $WAITPOINT_SECRET_KEY, which keeps"
+        " it out of the process list).",
         show_default=False,
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Tags = Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")]
-Statuses = Annotated[list[str] | None, typer.Option("--status", help="Filter (repeatable).")]
-Limit = Annotated[int, typer.Option("--limit", help="Page size (1-100).")]
-After = Annotated[str | None, typer.Option("--after", help="Cursor from the previous page.")]
-Host = Annotated[str, typer.Option("--host", help="Address the API listens on.")]
-Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the API listens on.")]
+Tags = Annotated[
+    list[str] | None,
+    typer.Option("--tag", metavar="TAG", help="Tag it (repeat for several, at most 10)."),
+]
+TagFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tag",
+        metavar="TAG",
+        help="Only those with this tag; repeated, those with any of the tags"
+        " (--tag a --tag b: tagged a, b or both).",
+    ),
+]
+Statuses = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        metavar="STATUS",
+        help="Only those in this status; repeated, in any of them.",
+    ),
+]
+Limit = Annotated[int, typer.Option("--limit", metavar="N", help="Page size (1-100).")]
+After = Annotated[
+    str | None, typer.Option("--after", metavar="CURSOR", help="Cursor from the previous page.")
+]
+Host = Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address the API listens on.")]
+Port = Annotated[
+    int, typer.Option("--port", min=1, max=65535, metavar="PORT", help="Port the API listens on.")
+]
 TasksModule = Annotated[
     str | None,
     typer.Option(
-        "--tasks", help="Module with @task functions [default: $WAITPOINT_TASKS or tasks]"
+        "--tasks",
+        metavar="MODULE",
+        help="Module with @task functions (default: $WAITPOINT_TASKS, else tasks).",
+        show_default=False,
     ),
 ]
+TaskId = Annotated[
+    str, typer.Argument(metavar="TASK_ID", help='The task\'s id, as in @task("...").')
+]
+RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (run_...).")]
+TokenId = Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The token's id (waitpoint_...).")]
+Duration = "DURATION"
+"""The metavar of a duration option: 30s, 10m, 1h30m, 7d."""
 
 
 def main() -> None:
@@ -97,13 +152,41 @@ def main() -> None:
     app()
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib import metadata  # late: only --version reads it
+
+        try:
+            version = metadata.version("waitpoint")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"waitpoint {version}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(ctx: typer.Context) -> None:
+def _setup(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Keep stdout for results: engine log lines go to stderr, warnings only.
 
     The previous structlog set-up comes back when the command ends, so invoking the CLI
     in-process (tests, scripts) leaves the caller's logging as it was.
     """
+    try:  # relative paths (the default database, its key, the tasks module) start from it
+        os.getcwd()
+    except FileNotFoundError:
+        raise _fail("the working directory no longer exists: cd to one that does") from None
+
     import structlog  # late: not for --help
 
     saved = structlog.get_config() if structlog.is_configured() else None
@@ -137,26 +220,46 @@ def _user_errors() -> Iterator[None]:
     except Exception as raised:
         exc = _innermost(raised)
         if isinstance(exc, EngineError | json.JSONDecodeError):
-            raise _fail(str(exc)) from None
+            raise _fail(_cli_words(str(exc))) from None
         if isinstance(exc, pydantic.ValidationError):
             problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
             raise _fail(f"invalid WAITPOINT_* setting: {problems}") from None
+        if isinstance(exc, OSError):  # the environment (a file, the network), not a bug
+            where = f": {exc.filename}" if exc.filename else ""
+            raise _fail(f"{exc.strerror or exc}{where}") from None
         raise
+
+
+def _cli_words(message: str) -> str:
+    """The engine's message with the options named as the CLI spells them (``cli_words``)."""
+    return in_cli_words(message, option_names(typer.main.get_command(app)))
 
 
 def _run(
     database: str | None,
     action: Callable[[Engine], Awaitable[T]],
     settings: Settings | None = None,
+    *,
+    api_key: str | None = None,
 ) -> T:
-    """Run ``action`` on an Engine opened for this one command."""
+    """Run ``action`` on an Engine opened for this one command (``api_key``: --api-key)."""
 
     async def body() -> T:
-        async with Engine(database, settings=settings) as engine:
+        async with Engine(database, api_key=api_key, settings=settings) as engine:
             return await action(engine)
 
     with _user_errors():
         return asyncio.run(body())
+
+
+def _duration_option(text: str | None, option: str) -> str | None:
+    """A duration option as given, once it reads as one; the message names the option."""
+    if text is not None:
+        try:
+            to_timedelta(text)
+        except ValidationError as exc:
+            raise ValidationError(f"{option}: {exc}") from None
+    return text
 
 
 def _json_option(text: str | None, option: str) -> Any:
@@ -172,15 +275,58 @@ def _json_option(text: str | None, option: str) -> Any:
 # --- output ----------------------------------------------------------------------------
 
 
+def _note_unserved(reason: str | None, then: str) -> None:
+    """``note: no live worker serves task 'boom' (last seen 3 min ago): <then>`` on stderr."""
+    if reason is not None:
+        print(f"note: {reason}: {then}", file=sys.stderr)
+
+
 # --- workers ---------------------------------------------------------------------------
+
+
+def _local_url(host: str, port: int) -> str:
+    """Where this machine reaches a server listening on ``host:port``."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _api_settings(host: str, port: int) -> Settings:
     """Settings whose callback URLs point at this server unless WAITPOINT_PUBLIC_URL says else."""
     settings = Settings()
-    if "public_url" in settings.model_fields_set:
+    if settings.public_url:
         return settings
-    return settings.model_copy(update={"public_url": f"http://{host}:{port}"})
+    return settings.model_copy(update={"public_url": _local_url(host, port)})
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts (``services.listen``)."""
+    from .services import listen  # late: other commands start faster
+
+    return listen(host, port)
+
+
+async def _start_api(engine: Engine, listener: socket.socket) -> tuple[APIServer, SecretKey]:
+    """The API server on ``listener``, its public URL recorded in the database: every process
+    of the database that is not told another one makes its callback URLs and approval links
+    on it (``Storage.load_public_url``)."""
+    from .services import api_server  # late: other commands start faster
+
+    server, key = api_server(engine, listener)
+    public_url = engine.settings.public_url
+    assert public_url is not None  # _api_settings always gives one
+    await engine.storage.record_public_url(public_url)
+    return server, key
+
+
+def _api_lines(engine: Engine, host: str, port: int, key: SecretKey) -> list[str]:
+    url = _local_url(host, port)
+    lines = [f"API: {url}  (docs at {url}/docs)"]
+    if engine.settings.public_url != url:
+        lines.append(f"public URL (callback URLs, approval links): {engine.settings.public_url}")
+    return [*lines, key_line(key)]
 
 
 def _load(module: str | None, settings: Settings) -> tuple[str, dict[str, TaskDefinition]]:
@@ -203,34 +349,35 @@ def dev(
         settings = _api_settings(host, port)
         configure_logging("console")
         module, found = _load(tasks, settings)
+        listener = _listen(host, port)
 
     async def work(engine: Engine) -> None:
-        from .services import api_server, run_services  # late: other commands start faster
+        from .services import run_services  # late: other commands start faster
 
-        server, key, created = api_server(engine, host, port)
+        server, key = await _start_api(engine, listener)
         banner(
             [
                 f"waitpoint dev  database: {display_url(engine.settings.database_url)}",
                 f"tasks from {module!r}: {', '.join(sorted(found))}",
-                f"API: http://{host}:{port}  (docs at http://{host}:{port}/docs)",
-                key_line(key, created, engine.settings),
+                *_api_lines(engine, host, port, key),
             ]
         )
         # plain print: a link wrapped at the terminal's width could not be clicked or copied
         print(
-            f"dashboard (one-click sign-in, 24h): {_login_link(host, port, key)}", file=sys.stderr
+            f"dashboard (one-click sign-in, 24h): {_login_link(host, port, key.value)}",
+            file=sys.stderr,
         )
         await run_services(Worker(engine, found), server)
 
-    _run(database, work, settings)
+    with listener:
+        _run(database, work, settings)
 
 
 def _login_link(host: str, port: int, key: str) -> str:
     """A sign-in link for this terminal's user: a signed ticket, never the key itself."""
     from .ui import login_link  # late: other commands start faster
 
-    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return login_link(f"http://{local}:{port}", key)
+    return login_link(_local_url(host, port), key)
 
 
 @app.command()
@@ -239,15 +386,18 @@ def serve(database: Database = None, host: Host = "127.0.0.1", port: Port = 8030
     with _user_errors():
         settings = _api_settings(host, port)
         configure_logging(settings.log_format)
+        listener = _listen(host, port)
 
     async def work(engine: Engine) -> None:
-        from .services import api_server, run_services  # late: other commands start faster
+        from .services import run_services  # late: other commands start faster
 
-        server, key, created = api_server(engine, host, port)
-        banner([f"waitpoint API on http://{host}:{port}", key_line(key, created, engine.settings)])
+        server, key = await _start_api(engine, listener)
+        database_url = display_url(engine.settings.database_url)
+        banner([f"waitpoint API  database: {database_url}", *_api_lines(engine, host, port, key)])
         await run_services(None, server)
 
-    _run(database, work, settings)
+    with listener:
+        _run(database, work, settings)
 
 
 @app.command()
@@ -255,7 +405,8 @@ def worker(
     tasks: TasksModule = None,
     database: Database = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", min=1, help="Attempts run at once.")
+        int | None,
+        typer.Option("--concurrency", min=1, metavar="N", help="Attempts run at once."),
     ] = None,
 ) -> None:
     """Run a worker: claim queued runs of the loaded tasks until SIGINT/SIGTERM."""
@@ -284,20 +435,80 @@ def migrate(database: Database = None) -> None:
 
 
 @app.command("signing-secret")
-def signing_secret() -> None:
+def signing_secret(database: Database = None) -> None:
     """Print the callback signing secret derived from the secret key.
 
     For workers that make callback URLs but should not hold the API key: set their
     WAITPOINT_SIGNING_SECRET to it (it signs callback URLs and opens nothing else).
     """
     with _user_errors():
-        key = keys.secret_key(Settings(), create=False)
+        settings = Settings()
+        if database:
+            settings = settings.model_copy(update={"database_url": database})
+        key = keys.secret_key(settings, create=False)
         if key is None:
             raise ConfigurationError(
-                f"no secret key: set WAITPOINT_SECRET_KEY, or run this where {SECRET_KEY_FILE}"
-                " is (`waitpoint dev` makes it)"
+                "no secret key: set WAITPOINT_SECRET_KEY, or start `waitpoint dev` on this"
+                f" database once (it keeps its key in {keys.key_file(settings)})"
             )
         typer.echo(keys.derive_signing_secret(key.value))
+
+
+LIVE_RULE = (
+    "A worker records a heartbeat with its lease renewals, every third of its lease"
+    " (WAITPOINT_LEASE_SECONDS, 30 s by default). It is live while its last heartbeat is"
+    f" younger than {LIVE_LEASES} lease periods (90 s by default) and it has not stopped: one"
+    " that stops cleanly leaves the list at once, a killed one once its heartbeat is that old."
+)
+
+
+class _WorkerRow(WireModel):
+    """A worker as the table shows it."""
+
+    id: str
+    tasks: list[str]
+    in_use: str
+    last_heartbeat: str
+    state: str
+
+
+@app.command(
+    "workers",
+    help=f"List the live workers: their tasks, the attempts they run of"
+    f" their concurrency, and their last heartbeat.\n\n{LIVE_RULE}",
+)
+def workers_list(
+    include_gone: Annotated[
+        bool,
+        typer.Option("--all", help="Also workers that stopped or fell silent in the last week."),
+    ] = False,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    found = _run(
+        api_url or database, lambda e: e.workers.list(include_gone=include_gone), api_key=api_key
+    )
+    if as_json:
+        show_page(Page(data=found), True, {}, "workers")
+        return
+    now = datetime.now(UTC)
+    rows = [
+        _WorkerRow(
+            id=w.id,
+            tasks=w.tasks,
+            in_use=f"{w.running}/{w.concurrency}",
+            last_heartbeat=f"{ago((now - w.heartbeat_at).total_seconds())} ago",
+            state="live" if w.live else "stopped" if w.stopped_at else "silent",
+        )
+        for w in found
+    ]
+    columns = {"id": "worker", "tasks": "tasks", "inUse": "in use"}
+    columns["lastHeartbeat"] = "last heartbeat"
+    if include_gone:
+        columns["state"] = "state"
+    show_page(Page(data=rows), False, columns, "workers" if include_gone else "live workers")
 
 
 # --- runs ------------------------------------------------------------------------------
@@ -305,116 +516,188 @@ def signing_secret() -> None:
 
 @app.command()
 def trigger(
-    task_id: str,
-    payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    task_id: TaskId,
+    payload: Annotated[
+        str | None,
+        typer.Option(
+            "--payload",
+            metavar="JSON",
+            help="The run's payload, as JSON (a task with a typed payload needs one).",
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Trigger once per key: a repeat returns the run the first one made.",
+        ),
+    ] = None,
     idempotency_key_ttl: Annotated[
-        str | None, typer.Option("--idempotency-key-ttl", help="How long the key holds (1h).")
+        str | None,
+        typer.Option(
+            "--idempotency-key-ttl", metavar=Duration, help="How long the key holds (1h)."
+        ),
     ] = None,
     tag: Tags = None,
     delay: Annotated[
-        str | None, typer.Option("--delay", help="Start no sooner than this (10m, 1h).")
+        str | None,
+        typer.Option("--delay", metavar=Duration, help="Start no sooner than this (10m, 1h)."),
     ] = None,
     ttl: Annotated[
-        str | None, typer.Option("--ttl", help="Expire if not started within this (1h).")
+        str | None,
+        typer.Option("--ttl", metavar=Duration, help="Expire if not started within this (1h)."),
     ] = None,
     metadata: Annotated[
-        str | None, typer.Option("--metadata", help="A JSON object kept on the run.")
+        str | None,
+        typer.Option("--metadata", metavar="JSON", help="A JSON object kept on the run."),
     ] = None,
-    max_attempts: Annotated[int | None, typer.Option("--max-attempts", min=1)] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            metavar="N",
+            help="Attempts before the run fails (default: the task's retry policy).",
+        ),
+    ] = None,
     max_duration: Annotated[
-        str | None, typer.Option("--max-duration", help="Executing time allowed (10m).")
+        str | None,
+        typer.Option(
+            "--max-duration", metavar=Duration, help="Executing time allowed (10m; waits are free)."
+        ),
     ] = None,
     concurrency_key: Annotated[
         str | None,
-        typer.Option("--concurrency-key", help="Its own copy of the queue's limit (a tenant)."),
+        typer.Option(
+            "--concurrency-key",
+            metavar="KEY",
+            help="Its own copy of the queue's limit (a tenant).",
+        ),
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish.")] = False,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds to --wait at most.")
+        float | None,
+        typer.Option("--timeout", metavar="SECONDS", help="Seconds to --wait at most."),
     ] = None,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Queue a run of TASK_ID (a worker must have registered it)."""
 
     async def action(engine: Engine) -> Run:
         if timeout is not None and not wait:
             raise ValidationError("--timeout only applies with --wait")
-        run = await engine.trigger(
-            task_id,
-            _json_option(payload, "--payload"),
-            idempotency_key=idempotency_key,
-            idempotency_key_ttl=idempotency_key_ttl,
-            tags=tag,
-            delay=delay,
-            ttl=ttl,
-            metadata=_json_option(metadata, "--metadata"),
-            max_attempts=max_attempts,
-            max_duration=max_duration,
-            concurrency_key=concurrency_key,
-        )
+        try:
+            run = await engine.trigger(
+                task_id,
+                _json_option(payload, "--payload"),
+                idempotency_key=idempotency_key,
+                idempotency_key_ttl=_duration_option(idempotency_key_ttl, "--idempotency-key-ttl"),
+                tags=tag,
+                delay=_duration_option(delay, "--delay"),
+                ttl=_duration_option(ttl, "--ttl"),
+                metadata=_json_option(metadata, "--metadata"),
+                max_attempts=max_attempts,
+                max_duration=_duration_option(max_duration, "--max-duration"),
+                concurrency_key=concurrency_key,
+            )
+        except ValidationError as exc:
+            if payload is None and "payload" in str(exc):
+                raise _payload_needed(task_id, str(exc)) from None
+            raise
         if not wait:
             return run
+        if timeout is None:  # with one, the error at the end says why the run did not start
+            _note_unserved(await engine.workers.unserved(run), "the run waits until one starts")
         try:
             return await engine.wait_for_run(run.id, timeout=timeout)
         except RunFailedError:
             return await engine.runs.retrieve(run.id)
 
-    run = _run(api_url or database, action)
+    run = _run(api_url or database, action, api_key=api_key)
     show(run, as_json)
     if wait and run.status is not RunStatus.COMPLETED:
         raise _fail(f"run {run.id} ended {run.status.value}")
 
 
+_JSON_KINDS = {"object": "a JSON object", "array": "a JSON array"}
+
+
+def _payload_needed(task_id: str, refusal: str) -> ValidationError:
+    """A task's schema refused the missing payload: say that one is needed, and how."""
+    said = refusal.replace('"', "'")
+    kind = next((k for t, k in _JSON_KINDS.items() if f"type '{t}'" in said), "JSON")
+    return ValidationError(f"task {task_id!r} needs a payload: pass --payload with {kind}")
+
+
 @runs_app.command("list")
 def runs_list(
     status: Statuses = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
-    tag: Tags = None,
+    task: Annotated[
+        str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
+    ] = None,
+    tag: TagFilter = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only runs created in the last 24h, 7d...")
+        str | None,
+        typer.Option("--since", metavar=Duration, help="Only runs created in the last 24h, 7d..."),
     ] = None,
     limit: Limit = 25,
     after: After = None,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first.
+
+    Filters of different options all apply (--status QUEUED --tag a: queued and tagged a);
+    a repeated option matches any of its values.
+    """
 
     async def action(engine: Engine) -> Page[Run]:
-        start = datetime.now(UTC) - parse_duration(since) if since else None
+        since_text = _duration_option(since, "--since")
+        start = datetime.now(UTC) - parse_duration(since_text) if since_text else None
         return await engine.runs.list(
             status=status, task=task, tags=tag, created_after=start, limit=limit, after=after
         )
 
-    page = _run(api_url or database, action)
+    page = _run(api_url or database, action, api_key=api_key)
     show_page(page, as_json, RUN_COLUMNS, "runs")
 
 
 @runs_app.command("get")
 def runs_get(
-    run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+    run_id: RunId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Show one run and, for people, its timeline (what it did, and how each wait ended)."""
 
-    async def action(engine: Engine) -> tuple[Run, list[TimelineEntry]]:
-        return await engine.runs.retrieve(run_id), await engine.runs.timeline(run_id)
+    async def action(engine: Engine) -> tuple[Run, list[TimelineEntry], str | None]:
+        run = await engine.runs.retrieve(run_id)
+        unserved = await engine.workers.unserved(run)
+        return run, await engine.runs.timeline(run_id), unserved
 
-    run, timeline = _run(api_url or database, action)
-    show(run, as_json)
-    if not as_json:
-        show_timeline(timeline)
+    run, timeline, unserved = _run(api_url or database, action, api_key=api_key)
+    show(run, as_json, timeline)
+    _note_unserved(unserved, "the run stays QUEUED until one starts")
 
 
 @runs_app.command("timeline")
 def runs_timeline(
-    run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+    run_id: RunId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Show what a run did: steps, tokens, waits and how each completion arrived."""
-    timeline = _run(api_url or database, lambda e: e.runs.timeline(run_id))
+    timeline = _run(api_url or database, lambda e: e.runs.timeline(run_id), api_key=api_key)
     if as_json:
         print(json.dumps([entry.model_dump(mode="json", by_alias=True) for entry in timeline]))
     else:
@@ -423,67 +706,140 @@ def runs_timeline(
 
 @runs_app.command("cancel")
 def runs_cancel(
-    run_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+    run_id: RunId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Cancel a run that has not finished."""
-    show(_run(api_url or database, lambda e: e.runs.cancel(run_id)), as_json)
+    show(_run(api_url or database, lambda e: e.runs.cancel(run_id), api_key=api_key), as_json)
 
 
 # --- tokens ----------------------------------------------------------------------------
 
 
+async def _with_url_note(engine: Engine, found: Awaitable[T]) -> T:
+    """``found`` (tokens), and a note on stderr when their callback URLs lead nowhere: this
+    process knows no public URL (``callbacks.UNKNOWN_PUBLIC_URL``)."""
+    from .remote import RemoteTokens  # imported already: Engine() did
+
+    result = await found
+    if not isinstance(engine.tokens, RemoteTokens) and engine.storage.signer.public_url is None:
+        print(
+            f"note: {NO_PUBLIC_URL}; until then callback URLs point at {UNKNOWN_PUBLIC_URL}",
+            file=sys.stderr,
+        )
+    return result
+
+
 @tokens_app.command("create")
 def tokens_create(
-    timeout: Annotated[str | None, typer.Option("--timeout", help="Like 30s, 1h30m, 7d.")] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout", metavar=Duration, help="Time out if not completed within this (30s, 7d)."
+        ),
+    ] = None,
     tag: Tags = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Create once per key: a repeat returns the token the first one made.",
+        ),
+    ] = None,
+    title: Annotated[
+        str | None,
+        typer.Option("--title", help="What the reviewer is asked (at most 200 characters)."),
+    ] = None,
+    description: Annotated[
+        str | None,
+        typer.Option("--description", help="More about it, plain text (at most 4,000)."),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context", help='A JSON object the approval page lists, like {"amount": 19.99}.'
+        ),
+    ] = None,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Create a waitpoint token."""
 
     async def action(engine: Engine) -> Token:
-        return await engine.tokens.create(
-            timeout=timeout, tags=tag, idempotency_key=idempotency_key
+        made = engine.tokens.create(
+            timeout=_duration_option(timeout, "--timeout"),
+            tags=tag,
+            idempotency_key=idempotency_key,
+            title=title,
+            description=description,
+            context=_json_option(context, "--context"),
         )
+        return await _with_url_note(engine, made)
 
-    show(_run(api_url or database, action), as_json)
+    show(_run(api_url or database, action, api_key=api_key), as_json)
 
 
 @tokens_app.command("list")
 def tokens_list(
     status: Statuses = None,
-    tag: Tags = None,
+    tag: TagFilter = None,
     limit: Limit = 25,
     after: After = None,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
-    """List tokens, newest first."""
+    """List tokens, newest first.
+
+    Filters of different options all apply (--status WAITING --tag a: waiting and tagged a);
+    a repeated option matches any of its values.
+    """
     page = _run(
         api_url or database,
-        lambda e: e.tokens.list(status=status, tags=tag, limit=limit, after=after),
+        lambda e: _with_url_note(
+            e, e.tokens.list(status=status, tags=tag, limit=limit, after=after)
+        ),
     )
     show_page(page, as_json, TOKEN_COLUMNS, "tokens")
 
 
 @tokens_app.command("get")
 def tokens_get(
-    token_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+    token_id: TokenId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Show one token."""
-    show(_run(api_url or database, lambda e: e.tokens.retrieve(token_id)), as_json)
+    show(
+        _run(
+            api_url or database,
+            lambda e: _with_url_note(e, e.tokens.retrieve(token_id)),
+            api_key=api_key,
+        ),
+        as_json,
+    )
 
 
 @tokens_app.command("complete")
 def tokens_complete(
-    token_id: str,
-    data: Annotated[str | None, typer.Option("--data", help="JSON completion data.")] = None,
+    token_id: TokenId,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", metavar="JSON", help="The completion data, as JSON."),
+    ] = None,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Complete a WAITING token; the runs waiting on it resume with the data."""
 
@@ -491,30 +847,44 @@ def tokens_complete(
         value = _json_option(data, "--data")
         return await engine.tokens.complete(token_id, value, source=CompletionSource.CLI)
 
-    show_completion(_run(api_url or database, action), as_json)
+    show_completion(_run(api_url or database, action, api_key=api_key), as_json)
 
 
 @tokens_app.command("link")
 def tokens_link(
-    token_id: str,
+    token_id: TokenId,
     expires_in: Annotated[
-        str, typer.Option("--expires-in", help="How long the link works (at most 30d).")
+        str,
+        typer.Option(
+            "--expires-in", metavar=Duration, help="How long the link works (at most 30d)."
+        ),
     ] = "24h",
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Print a one-link approval page URL: whoever opens it can complete this token only."""
-    url = _run(api_url or database, lambda e: e.tokens.approval_link(token_id, expires_in))
+    url = _run(
+        api_url or database, lambda e: e.tokens.approval_link(token_id, expires_in), api_key=api_key
+    )
     print(json.dumps({"url": url}) if as_json else url)
 
 
 @tokens_app.command("cancel")
 def tokens_cancel(
-    token_id: str, as_json: AsJson = False, database: Database = None, api_url: ApiUrl = None
+    token_id: TokenId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError."""
     show_completion(
-        _run(api_url or database, lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI)),
+        _run(
+            api_url or database,
+            lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI),
+            api_key=api_key,
+        ),
         as_json,
     )

@@ -40,12 +40,14 @@ from .models import (
     Run,
     RunStatus,
     TaskInfo,
+    TaskWorkers,
     TimelineEntry,
     Token,
     WaitpointStatus,
+    WorkerInfo,
 )
 from .registry import REGISTRY
-from .requests import moment_ms, page_request, run_request, timeline, token_request
+from .requests import moment_ms, page_request, run_request, timeline, token_request, waited_on
 from .settings import Settings
 from .storage import (
     DataToCheck,
@@ -63,6 +65,10 @@ from .validation import (
 log = get_logger("engine.client")
 
 T = TypeVar("T")
+NO_PUBLIC_URL = (
+    "no public URL is known for this database: start `waitpoint dev` or `waitpoint serve` on"
+    " it (the server records the address it listens on), or set WAITPOINT_PUBLIC_URL"
+)
 FOLLOW_RECHECK_SECONDS = 5.0
 FOLLOW_MIN_GAP_SECONDS = 0.05
 
@@ -97,7 +103,7 @@ class Engine:
         settings: Settings | None = None,
         clock: Clock | None = None,
     ) -> None:
-        from .remote import RemoteAPI, RemoteRuns, RemoteTokens, is_api_url
+        from .remote import RemoteAPI, RemoteRuns, RemoteTokens, RemoteWorkers, is_api_url
 
         self.settings = settings or Settings()
         target = database_url or self.settings.api_url
@@ -111,14 +117,16 @@ class Engine:
         once open, on a database; None with ``WAITPOINT_SIGNING_SECRET`` or over HTTP)."""
         self.runs: Runs
         self.tokens: Tokens
+        self.workers: Workers
         if is_api_url(target):
             assert target is not None
             self._remote = RemoteAPI(target, api_key or self.settings.secret_key)
             self.runs, self.tokens = RemoteRuns(self._remote), RemoteTokens(self._remote)
+            self.workers = RemoteWorkers(self._remote)
             return
         if target is not None:
             self.settings = self.settings.model_copy(update={"database_url": target})
-        self.runs, self.tokens = Runs(self), Tokens(self)
+        self.runs, self.tokens, self.workers = Runs(self), Tokens(self), Workers(self)
 
     @classmethod
     def over(cls, storage: Storage) -> Engine:
@@ -259,8 +267,10 @@ class Engine:
                 return run
             wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
             if wait <= 0:
+                reason = await self.workers.unserved(run)
                 raise RunWaitTimeoutError(
                     f"run {run_id} is still {run.status.value} after {timeout} seconds"
+                    + (f": {reason}" if reason else "")
                 )
             try:
                 await asyncio.wait_for(changed.wait(), wait)
@@ -345,7 +355,9 @@ class Runs:
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         """What the run did, oldest first: steps, tokens created, waits and how they ended."""
         storage = self._engine.storage
-        return timeline(await storage.get_journal(run_id), await storage.get_events(run_id))
+        entries, events = await storage.get_journal(run_id), await storage.get_events(run_id)
+        targets = await storage.describe_waitpoints(waited_on(events))
+        return timeline(entries, events, {target.id: target for target in targets})
 
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""
@@ -385,8 +397,15 @@ class Tokens:
         idempotency_key_ttl: str | timedelta | None = None,
         tags: list[str] | str | None = None,
         schema: type[BaseModel] | dict[str, Any] | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        context: dict[str, Any] | None = None,
     ) -> Token:
-        """A new WAITING token (or the live one with the same idempotency key)."""
+        """A new WAITING token (or the live one with the same idempotency key).
+
+        ``title``, ``description`` (plain text) and ``context`` (a JSON object) tell the
+        reviewer what they approve; the approval page and the inbox show them.
+        """
         storage = self._engine.storage
         new = token_request(
             storage.now_ms(),
@@ -395,6 +414,9 @@ class Tokens:
             idempotency_key_ttl=idempotency_key_ttl,
             tags=tags,
             schema=schema,
+            title=title,
+            description=description,
+            context=context,
         )
         token = await storage.create_token(new)
         log.info("token.created", token_id=token.id, cached=token.is_cached)
@@ -455,17 +477,49 @@ class Tokens:
         return result
 
     async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
-        """``{WAITPOINT_PUBLIC_URL}/ui/approve/{id}?t=...``: a page that completes this token.
+        """``{public URL}/ui/approve/{id}?t=...``: a page that completes this token.
 
         Whoever opens the link can complete this one token (and nothing else) until it
         expires (at most 30 days); treat it like a password. Signed with the API's secret key
-        (``WAITPOINT_SECRET_KEY``, or the one ``waitpoint dev`` keeps in .waitpoint/).
+        (``WAITPOINT_SECRET_KEY``, or the one kept beside the database). The public URL is
+        ``WAITPOINT_PUBLIC_URL``, else the address the API server recorded in the database;
+        with neither, a ``ConfigurationError`` says so.
         """
         from .api.auth import Auth
         from .ui.links import approval_url, local_secret_key
 
         await self.retrieve(token_id)
-        settings = self._engine.settings
         known = self._engine.secret_key
-        auth = Auth(known.value if known else local_secret_key(settings))
-        return approval_url(settings.public_url, auth, token_id, expires_in)
+        auth = Auth(known.value if known else local_secret_key(self._engine.settings))
+        public_url = await self._engine.storage.load_public_url()
+        if public_url is None:
+            raise ConfigurationError(NO_PUBLIC_URL)
+        return approval_url(public_url, auth, token_id, expires_in)
+
+
+class Workers:
+    """``engine.workers``: the worker processes serving this database, and whom a task has.
+
+    A worker records a heartbeat with its lease renewals (every third of its lease); it is
+    live while that heartbeat is younger than three lease periods (90 s by default) and it
+    has not stopped.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def list(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
+        """The live workers, most recent heartbeat first (``include_gone``: also those that
+        stopped or fell silent in the last week)."""
+        return await self._engine.storage.list_workers(include_gone=include_gone)
+
+    async def for_task(self, task_id: str) -> TaskWorkers:
+        """The live workers serving ``task_id``, and when one was last seen."""
+        return await self._engine.storage.task_workers(task_id)
+
+    async def unserved(self, run: Run) -> str | None:
+        """Why a QUEUED run does not start (``no live worker serves task 'boom' (last seen 3
+        min ago)``), or None: it is not QUEUED, or a live worker serves its task."""
+        if run.status is not RunStatus.QUEUED:
+            return None
+        return (await self.for_task(run.task_identifier)).unserved

@@ -1,10 +1,17 @@
-"""How the CLI shows things to people: tables, key/value views, timelines (or plain JSON)."""
+"""How the CLI shows things to people: tables, key/value views, timelines (or plain JSON).
+
+In a terminal, tables fit its width (long cells fold). Anywhere else (a pipe, a file) every
+row is one line, tab-separated after a header line, so ``waitpoint runs list | grep refund``
+finds whole rows and ``cut -f1`` picks a column; notes such as the next page's cursor go to
+stderr there, leaving stdout to the data.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from rich import box
@@ -12,9 +19,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .models import CompletionResult, Page, TimelineEntry, WireModel
-from .settings import SECRET_KEY_FILE as KEY_FILE
-from .settings import Settings
+from .durations import format_duration
+from .keys import SecretKey
+from .models import CompletionResult, Page, Run, TimelineEntry, WaitTarget, WireModel
+
+
+def on_terminal() -> bool:
+    """True when people read stdout in a terminal; a pipe or a file gets one line per row."""
+    return sys.stdout.isatty()
 
 
 def cell(value: Any, *, short: bool = False) -> Text:
@@ -32,17 +44,66 @@ def cell(value: Any, *, short: bool = False) -> Text:
     return Text(json.dumps(value, separators=(",", ":"), default=str))
 
 
-def show(model: WireModel, as_json: bool) -> None:
-    """One object: its wire JSON, or a key/value view for people."""
+def field(value: Any) -> str:
+    """A value as one tab-separated field: whole times, tags joined by ",", JSON otherwise;
+    tabs and line breaks escaped, so that a row never spans two lines."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = ",".join(value)
+    else:
+        text = cell(value).plain
+    return text.replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def note(text: str) -> None:
+    """A line about the output (no items, more pages): dim below a table in a terminal; on
+    stderr elsewhere, so that stdout holds only rows."""
+    if on_terminal():
+        Console().print(Text(text, style="dim"))
+    else:
+        print(text, file=sys.stderr)
+
+
+def show(model: WireModel, as_json: bool, timeline: Sequence[TimelineEntry] | None = None) -> None:
+    """One object: its wire JSON, or a key/value view for people.
+
+    A run's view names its error in one line; the ``timeline`` (if given) follows, then the
+    error's stack trace as text.
+    """
     if as_json:
         print(model.model_dump_json(by_alias=True))
         return
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(overflow="fold")
-    for key, value in model.model_dump(mode="json", by_alias=True).items():
-        grid.add_row(key, cell(value))
-    Console().print(grid)
+    values = model.model_dump(mode="json", by_alias=True)
+    trace = ""
+    if isinstance(model, Run) and model.error is not None:
+        values["error"] = f"{model.error.name}: {model.error.message}"
+        trace = model.error.stack_trace
+    if on_terminal():
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column(overflow="fold")
+        for key, value in values.items():
+            grid.add_row(key, cell(value))
+        Console().print(grid)
+    else:
+        for key, value in values.items():
+            print(f"{key}\t{field(value)}")
+    if timeline is not None:
+        print()
+        show_timeline(timeline)
+    if trace:
+        show_trace(trace)
+
+
+def show_trace(trace: str) -> None:
+    """A stack trace kept as text, below what came before: highlighted in a terminal."""
+    print()
+    if not on_terminal():
+        print(trace.rstrip("\n"))
+        return
+    from rich.syntax import Syntax  # late: only a failed run has a trace to show
+
+    syntax = Syntax(trace.rstrip("\n"), "pytb", background_color="default", word_wrap=True)
+    Console().print(syntax)
 
 
 def show_page(page: Page[Any], as_json: bool, columns: dict[str, str], noun: str) -> None:
@@ -54,21 +115,36 @@ def show_page(page: Page[Any], as_json: bool, columns: dict[str, str], noun: str
         rows = [item.model_dump(mode="json", by_alias=True) for item in page.data]
         print(json.dumps({"data": rows, "nextCursor": page.next_cursor}))
         return
-    console = Console()
     if not page.data:
-        console.print(f"no {noun}")
+        note(f"no {noun}")
         return
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
-    for key, header in columns.items():  # ids are what people copy: never cut them short
-        is_time = key.endswith("At")  # wide enough to break between date and time
-        whole = key in ("id", "status")
-        table.add_column(header, no_wrap=whole, overflow="fold", min_width=10 if is_time else None)
-    for item in page.data:
-        row = item.model_dump(by_alias=True)
-        table.add_row(*(cell(row.get(column), short=True) for column in columns))
-    console.print(table)
+    items = [item.model_dump(by_alias=True) for item in page.data]
+    if not on_terminal():
+        _lines(list(columns.values()), [[row.get(c) for c in columns] for row in items])
+    else:
+        table = _table()
+        for key, header in columns.items():  # ids are what people copy: never cut them short
+            is_time = key.endswith("At")  # wide enough to break between date and time
+            whole = key in ("id", "status")
+            table.add_column(
+                header, no_wrap=whole, overflow="fold", min_width=10 if is_time else None
+            )
+        for row in items:
+            table.add_row(*(cell(row.get(column), short=True) for column in columns))
+        Console().print(table)
     if page.next_cursor:
-        console.print(Text(f"more: --after {page.next_cursor}", style="dim"))
+        note(f"more: --after {page.next_cursor}")
+
+
+def _table() -> Table:
+    return Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
+
+
+def _lines(headers: list[str], rows: list[list[Any]]) -> None:
+    """A header line, then one tab-separated line per row."""
+    print("\t".join(headers))
+    for row in rows:
+        print("\t".join(field(value) for value in row))
 
 
 RUN_COLUMNS = {
@@ -100,43 +176,152 @@ def show_completion(result: CompletionResult, as_json: bool) -> None:
     show(result.token, as_json)
 
 
-def show_timeline(timeline: list[TimelineEntry]) -> None:
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1, 0, 0), show_edge=False)
-    for header in ("at", "call", "attempt", "took", "outcome"):
+_TIMELINE_HEADERS = ["at", "call", "attempt", "took", "outcome"]
+
+
+def show_timeline(timeline: Sequence[TimelineEntry]) -> None:
+    rows = [
+        [
+            entry.at.isoformat(),
+            entry.key or entry.kind,
+            entry.attempt,
+            f"{entry.duration_ms} ms" if entry.duration_ms is not None else "",
+            outcome(entry),
+        ]
+        for entry in timeline
+    ]
+    if not on_terminal():
+        _lines(_TIMELINE_HEADERS, rows)
+        return
+    table = _table()
+    for header in _TIMELINE_HEADERS:
         table.add_column(header, overflow="fold")
-    for entry in timeline:
-        took = f"{entry.duration_ms} ms" if entry.duration_ms is not None else ""
-        table.add_row(
-            cell(entry.at.isoformat()),
-            cell(entry.key or entry.kind),
-            cell(entry.attempt),
-            cell(took),
-            cell(outcome(entry)),
-        )
+    for row in rows:
+        table.add_row(*(cell(value) for value in row))
     Console().print(table)
 
 
 def outcome(entry: TimelineEntry) -> str:
+    """What a timeline entry came to, in words: a sleep's length, what a wait was on, how
+    a token closed, what a child run returned."""
     if entry.error is not None:
         return f"{entry.error.name}: {entry.error.message}"
     if entry.key is None:  # a lifecycle event
-        return json.dumps(entry.detail) if entry.detail else ""
+        return _event(entry)
     token = entry.token
-    if token is None:
-        return json.dumps(entry.value)
-    if entry.kind == "create_token":
-        return f"created {token.id}"
-    via = f" via {token.completed_via.value}" if token.completed_via else ""
-    return f"{token.id} {token.status.value}{via}: {json.dumps(token.data)}"
+    value = entry.value
+    if entry.kind == "create_token" and token is not None:
+        return f"created token {token.id}"
+    if entry.kind == "wait_for_token" and token is not None:
+        via = f" via {token.completed_via.value}" if token.completed_via else ""
+        return f"token {token.id} {token.status.value}{via}: {_json(token.data)}"
+    if entry.kind == "sleep" and isinstance(value, dict):
+        return _slept(value, entry.at)
+    if entry.kind == "wait_for_tokens" and isinstance(value, dict):
+        return _group(value)
+    if entry.kind in ("trigger", "batch"):
+        return _children(value)
+    return _json(value)
+
+
+def _event(entry: TimelineEntry) -> str:
+    detail = entry.detail or {}
+    if entry.kind == "waiting":
+        return _waiting(entry)
+    if entry.kind == "created":
+        return f"child of run {detail['parent']}" if "parent" in detail else ""
+    if entry.kind == "attempt_started" and "worker" in detail:
+        return f"worker {detail['worker']}"
+    if entry.kind == "finished" and "status" in detail:
+        error = detail.get("error")
+        return f"{detail['status']}: {error}" if error else str(detail["status"])
+    if entry.kind == "retrying" and "delayMs" in detail:
+        return f"retry in {detail['delayMs'] / 1000:g}s: {detail.get('error', '')}"
+    return ", ".join(f"{key}: {_text(value)}" for key, value in detail.items())
+
+
+def _waiting(entry: TimelineEntry) -> str:
+    """The waitpoints of a ``waiting`` event, each with its kind and how to look it up."""
+    described = {target.id: target for target in entry.waiting_on or []}
+    ids = (entry.detail or {}).get("on", [])
+    return "; ".join(
+        _target(described[i], entry.at) if i in described else f"waitpoint {i}" for i in ids
+    )
+
+
+def _target(target: WaitTarget, at: datetime) -> str:
+    if target.kind == "token":
+        return f"token {target.id} (waitpoint tokens get {target.id})"
+    if target.kind == "run" and target.run_id:
+        return f"run {target.run_id} (waitpoint runs get {target.run_id})"
+    if target.kind == "sleep" and target.until is not None:
+        length = _length(target.until - target.created_at)
+        return f"sleeping {length} (until {_moment(target.until, at)})"
+    if target.kind == "deadline" and target.until is not None:
+        return f"deadline {_moment(target.until, at)}"
+    return f"{target.kind} {target.id}"
+
+
+def _slept(waitpoint: dict[str, Any], at: datetime) -> str:
+    """``slept 10s (until 12:00:03)``, from the sleep's waitpoint as journaled."""
+    try:
+        since = datetime.fromisoformat(waitpoint["createdAt"])
+        until = datetime.fromisoformat(waitpoint["expiresAt"])
+    except (KeyError, TypeError, ValueError):
+        return "slept"
+    return f"slept {_length(until - since)} (until {_moment(until, at)})"
+
+
+def _group(snapshot: dict[str, Any]) -> str:
+    """How a ``wait_for_tokens`` group closed: each token's status, and a timeout."""
+    tokens = snapshot.get("tokens") or []
+    states = ", ".join(f"token {t.get('id')} {t.get('status')}" for t in tokens)
+    return f"timed out: {states}" if snapshot.get("timedOut") else states
+
+
+def _children(value: Any) -> str:
+    """A child run started (``trigger``), or how the awaited children ended."""
+    if isinstance(value, dict) and "id" in value:
+        return f"started run {value['id']} (waitpoint runs get {value['id']})"
+    if not isinstance(value, list):
+        return _json(value)
+    ended = []
+    for waitpoint in value:
+        data = waitpoint.get("data") if isinstance(waitpoint, dict) else None
+        if not isinstance(data, dict):
+            continue
+        result = data.get("output") if data.get("status") == "COMPLETED" else data.get("error")
+        ended.append(f"run {data.get('runId')} {data.get('status')}: {_json(result)}")
+    return "; ".join(ended)
+
+
+def _length(delta: timedelta) -> str:
+    """``200ms``, ``10s``, ``1h30m``."""
+    if delta < timedelta(seconds=1):
+        return f"{delta // timedelta(milliseconds=1)}ms"
+    return format_duration(delta)
+
+
+def _moment(when: datetime, at: datetime) -> str:
+    """A time of day, with its date when that is not the date of the entry (``at``)."""
+    return f"{when:%H:%M:%S}" if when.date() == at.date() else f"{when:%Y-%m-%d %H:%M:%S}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _json(value)
 
 
 def banner(lines: list[str]) -> None:
     Console(stderr=True, highlight=False).print("\n".join(lines), markup=False)
 
 
-def key_line(key: str, created: bool, settings: Settings) -> str:
-    if settings.secret_key:
+def key_line(key: SecretKey) -> str:
+    if key.origin == "WAITPOINT_SECRET_KEY":
         return "secret key: from WAITPOINT_SECRET_KEY"
-    if created:
-        return f"secret key: {key}  (new; kept in {KEY_FILE}, shown only this once)"
-    return f"secret key: in {KEY_FILE}"
+    if key.created:
+        return f"secret key: {key.value}  (new; kept in {key.origin}, shown only this once)"
+    return f"secret key: in {key.origin}"

@@ -174,6 +174,9 @@ async def create_token(
     idempotency_key_ttl: str | timedelta | None = None,
     tags: list[str] | str | None = None,
     schema: type[BaseModel] | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Token:
     """Create a waitpoint token that a run can wait on until someone completes it.
 
@@ -181,7 +184,10 @@ async def create_token(
     and the first execution returns it as replays will (as journaled: ``is_cached`` and
     ``data_schema`` are not kept, so code cannot branch on them differently when replayed).
     ``schema`` makes completion data validated when it arrives and parsed into the model by
-    ``wait_for_token``.
+    ``wait_for_token``. ``title`` ("Refund order 42", at most 200 characters),
+    ``description`` (plain text, at most 4,000) and ``context`` (a JSON object such as
+    ``{"amount": 19.99}``, at most 16 KiB) tell the reviewer what they approve: the approval
+    page and the inbox show them.
     """
     options = dict(
         timeout=timeout,
@@ -189,11 +195,14 @@ async def create_token(
         idempotency_key_ttl=idempotency_key_ttl,
         tags=tags,
         schema=schema,
+        title=title,
+        description=description,
+        context=context,
     )
-    context = RunContext.find()
-    if context is None:
+    run = RunContext.find()
+    if run is None:
         return await current_engine().tokens.create(**options)  # type: ignore[arg-type]
-    storage = context.storage
+    storage = run.storage
 
     async def execute(write: JournalWrite) -> Recorded:
         new = token_request(storage.now_ms(), **options)  # type: ignore[arg-type]
@@ -201,7 +210,7 @@ async def create_token(
         log.info("token.created", token_id=made.id, cached=made.is_cached)
         return Recorded(_json_of(made))
 
-    token = await context.durable_call("create_token", execute=execute, decode=_token)
+    token = await run.durable_call("create_token", execute=execute, decode=_token)
     if schema is not None:
         token._data_model = schema
     return token

@@ -14,8 +14,11 @@ its first execution and on every replay.
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import json
+import os
+import re
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +66,48 @@ def error_of(exc: BaseException) -> RunError:
         message=str(exc),
         stack_trace="".join(traceback.format_exception(exc)),
     )
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def failure_site(stack_trace: str) -> str | None:
+    """Where a stack trace failed in the user's code: ``tasks/refund.py:42 in refund``.
+
+    The innermost frame outside the engine, the standard library and installed packages
+    (failing that, outside the engine and the standard library: a task installed as a
+    package); its path relative to the working directory when it lies below it. None when
+    every frame is the engine's or the standard library's.
+    """
+    frames = [m.groups() for m in _FRAME.finditer(stack_trace) if not m[1].startswith("<")]
+    engine_and_stdlib, installed = _library_dirs()
+    for skipped in (engine_and_stdlib + installed, engine_and_stdlib):
+        for path, line, function in reversed(frames):
+            full = os.path.abspath(path)
+            if not any(_below(full, folder) for folder in skipped):
+                return f"{_shown(full)}:{line} in {function}"
+    return None
+
+
+@functools.cache
+def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The engine's and the standard library's folders, and the installed packages'."""
+    import sysconfig  # late: only a failing run needs it
+
+    paths = sysconfig.get_paths()
+    own = [os.path.dirname(os.path.abspath(__file__))]
+    stdlib = [paths[name] for name in ("stdlib", "platstdlib") if name in paths]
+    installed = [paths[name] for name in ("purelib", "platlib") if name in paths]
+    return tuple(map(os.path.abspath, own + stdlib)), tuple(map(os.path.abspath, installed))
+
+
+def _below(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _shown(path: str) -> str:
+    cwd = os.getcwd()
+    return os.path.relpath(path, cwd) if _below(path, cwd) else path
 
 
 def encode_error(exc: BaseException) -> dict[str, Any]:

@@ -113,6 +113,9 @@ class Token(WireModel):
             "idempotency_key_expires_at",
             "late_completions",
             "late_completion_count",
+            "title",
+            "description",
+            "context",
         }
     )
 
@@ -120,6 +123,13 @@ class Token(WireModel):
     status: WaitpointStatus
     url: str
     tags: list[str] = Field(default_factory=list)
+    title: str | None = None
+    """What the reviewer is asked, in a line ("Refund order 42"); shown by the approval page."""
+    description: str | None = None
+    """More about it, as plain text (never markup)."""
+    context: dict[str, Any] | None = None
+    """Facts the reviewer decides on (``{"amount": 19.99}``), shown as a list of names and
+    values."""
     idempotency_key: str | None = None
     idempotency_key_expires_at: datetime | None = None
     ttl: str | None = None
@@ -218,7 +228,7 @@ class TimelineEntry(WireModel):
     """
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"key", "error", "token", "value", "duration_ms", "detail"}
+        {"key", "error", "token", "value", "duration_ms", "detail", "waiting_on"}
     )
 
     kind: str
@@ -233,6 +243,26 @@ class TimelineEntry(WireModel):
     detail: dict[str, Any] | None = None
     key: str | None = None
     """The durable call's journal key; None for lifecycle events."""
+    waiting_on: list[WaitTarget] | None = None
+    """For a ``waiting`` event: what each waitpoint of ``detail["on"]`` is."""
+
+
+class WaitTarget(WireModel):
+    """A waitpoint a run waited on, as its timeline names it.
+
+    ``kind`` is ``token`` (someone completes it; ``until`` is its timeout), ``run`` (it closes
+    when the child run ``run_id`` ends), ``sleep`` (a ``sleep`` or ``sleep_until`` that ends
+    at ``until``) or ``deadline`` (the timeout of a ``wait_for_tokens`` group, at ``until``).
+    """
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"run_id", "until"})
+
+    id: str
+    kind: str
+    status: WaitpointStatus
+    created_at: datetime
+    run_id: str | None = None
+    until: datetime | None = None
 
 
 class Page(BaseModel, Generic[T]):
@@ -326,6 +356,73 @@ class GroupResult:
     results: dict[str, WaitResult[Any] | None]
     first: str | None
     timed_out: bool
+
+
+class WorkerInfo(WireModel):
+    """A worker process as the database knows it: what it serves, and its last heartbeat.
+
+    A worker writes its heartbeat with its lease renewals (every third of its lease, 10 s by
+    default); it is ``live`` while that heartbeat is younger than ``LIVE_LEASES`` of its lease
+    periods and it has not stopped. A worker that stops cleanly says so (``stopped_at``); a
+    killed one falls silent and stops being live.
+    """
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"stopped_at"})
+
+    id: str
+    """``host:pid:random``, as in its log lines and the runs it leases."""
+    tasks: list[str]
+    concurrency: int
+    """How many attempts it runs at once at most."""
+    running: int
+    """The attempts it is executing now (runs it holds EXECUTING)."""
+    lease_ms: int
+    started_at: datetime
+    heartbeat_at: datetime
+    live: bool
+    stopped_at: datetime | None = None
+
+
+LIVE_LEASES = 3
+"""A worker is live while its last heartbeat is younger than this many of its lease periods
+(90 s with the default 30 s lease; it beats every third of one)."""
+
+
+class TaskWorkers(WireModel):
+    """Which live workers serve a task, and when one was last seen if none does."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"last_seen_at"})
+
+    task_id: str
+    live_workers: list[str]
+    """Ids of the live workers that serve the task."""
+    last_seen_at: datetime | None = None
+    """The last heartbeat of any worker that served the task (or when one registered it)."""
+    checked_at: datetime
+    """The database's time when this was read."""
+
+    @property
+    def unserved(self) -> str | None:
+        """Why no run of the task will start now, in one line; None while a live worker
+        serves it."""
+        if self.live_workers:
+            return None
+        if self.last_seen_at is None:
+            return f"no worker has ever served task {self.task_id!r}"
+        seconds = (self.checked_at - self.last_seen_at).total_seconds()
+        return f"no live worker serves task {self.task_id!r} (last seen {ago(seconds)} ago)"
+
+
+def ago(seconds: float) -> str:
+    """A span of time as people say it: ``45 s``, ``3 min``, ``5 h``, ``2 days``."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 
@@ -70,4 +71,33 @@ def write_once(path: Path, text: str) -> tuple[str, bool]:
     return (text, True) if written else (path.read_text(), False)
 
 
-__all__ = ["private_dirs", "private_file", "write_once"]
+def refusal(action: str, path: Path, exc: OSError) -> str:
+    """One line for a file the engine could not make, read or open: ``cannot {action}
+    {absolute path}: {reason}``, where the reason is the system's (``Read-only file system``,
+    ``Permission denied``, ``No space left on device``), or names the file that stands where
+    a folder on the way should be."""
+    return f"cannot {action} {path.absolute()}: {_reason(path, exc)}"
+
+
+def _reason(path: Path, exc: OSError) -> str:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return exc.strerror or str(exc)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why no file can be made in ``folder`` (the system's words), or None when one can.
+
+    Tried, not inferred from mode bits, which say nothing about a read-only mount and which
+    root ignores."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return _reason(folder / "x", exc)
+
+
+__all__ = ["folder_problem", "private_dirs", "private_file", "refusal", "write_once"]

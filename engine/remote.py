@@ -15,11 +15,12 @@ import builtins
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from .client import Runs, Tokens
+from .client import Runs, Tokens, Workers
 from .durations import Timeout, format_duration, to_timedelta
 from .errors import (
     ConfigurationError,
@@ -39,9 +40,11 @@ from .models import (
     Page,
     Run,
     RunStatus,
+    TaskWorkers,
     TimelineEntry,
     Token,
     WaitpointStatus,
+    WorkerInfo,
 )
 
 STREAM_READ_SECONDS = 60.0
@@ -159,8 +162,10 @@ class RemoteAPI:
                     raise RunFailedError(run.id, run.status.value, error)
                 return run
             if deadline is not None and loop.time() + pause > deadline:
+                reason = await RemoteWorkers(self).unserved(run)
                 raise RunWaitTimeoutError(
                     f"run {run_id} is still {run.status.value} after {timeout} seconds"
+                    + (f": {reason}" if reason else "")
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
@@ -240,6 +245,9 @@ class RemoteTokens(Tokens):
         idempotency_key_ttl: str | timedelta | None = None,
         tags: list[str] | str | None = None,
         schema: type[BaseModel] | dict[str, Any] | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        context: dict[str, Any] | None = None,
     ) -> Token:
         body: dict[str, Any] = {}
         for name, value in (
@@ -248,6 +256,9 @@ class RemoteTokens(Tokens):
             ("idempotencyKeyTTL", _duration(idempotency_key_ttl)),
             ("tags", tags),
             ("schema", _json_schema(schema)),
+            ("title", title),
+            ("description", description),
+            ("context", context),
         ):
             if value is not None:
                 body[name] = value
@@ -308,6 +319,22 @@ class RemoteTokens(Tokens):
         return CompletionResult(
             before.is_waiting and token.status is WaitpointStatus.CANCELLED, token
         )
+
+
+class RemoteWorkers(Workers):
+    """``engine.workers`` over HTTP."""
+
+    def __init__(self, api: RemoteAPI) -> None:
+        self._api = api
+
+    async def list(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
+        params = {"all": "true"} if include_gone else None
+        reply = await self._api.call("GET", "/api/v1/workers", params=params)
+        return [WorkerInfo.model_validate(item) for item in reply["data"]]
+
+    async def for_task(self, task_id: str) -> TaskWorkers:
+        reply = await self._api.call("GET", f"/api/v1/tasks/{quote(task_id, safe='')}/workers")
+        return TaskWorkers.model_validate(reply)
 
 
 def _error_of(response: httpx.Response, path: str) -> Exception:

@@ -6,6 +6,7 @@ the same ``ValidationError`` wherever it comes from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,9 +16,18 @@ from .clock import from_ms, to_ms
 from .durations import Timeout, duration_ms, format_duration, resolve_deadline
 from .errors import ValidationError
 from .journal import CallKey
-from .models import JournalEntry, RunError, RunEvent, TimelineEntry, Token
+from .models import JournalEntry, RunError, RunEvent, TimelineEntry, Token, WaitTarget
 from .storage import NewRun, NewToken, PageRequest
-from .validation import check_schema, clean_limit, clean_optional_text, clean_tags
+from .validation import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_TITLE_LENGTH,
+    check_schema,
+    clean_limit,
+    clean_optional_text,
+    clean_tags,
+    clean_token_context,
+    clean_token_text,
+)
 
 
 def token_request(
@@ -28,10 +38,15 @@ def token_request(
     idempotency_key_ttl: str | timedelta | None = None,
     tags: list[str] | str | None = None,
     schema: type[BaseModel] | dict[str, Any] | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    context: dict[str, Any] | None = None,
 ) -> NewToken:
     """Validate ``create_token`` arguments into what storage inserts.
 
     ``schema`` is a pydantic model class or a JSON Schema (what the REST API receives).
+    ``title`` (at most 200 characters), ``description`` (plain text, at most 4,000) and
+    ``context`` (a JSON object, at most 16 KiB as JSON) are shown to the reviewer.
     """
     now = from_ms(now_ms)
     timeout_ms = ttl = None
@@ -53,6 +68,9 @@ def token_request(
         idempotency_key=key,
         idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
         data_schema=data_schema,
+        title=clean_token_text(title, "title", MAX_TITLE_LENGTH),
+        description=clean_token_text(description, "description", MAX_DESCRIPTION_LENGTH),
+        context=clean_token_context(context),
     )
 
 
@@ -111,20 +129,35 @@ def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> in
     return now_ms + duration_ms(ttl)
 
 
-def timeline(entries: list[JournalEntry], events: list[RunEvent]) -> list[TimelineEntry]:
-    """Journal entries and lifecycle events merged in the order they were written."""
+def timeline(
+    entries: list[JournalEntry],
+    events: list[RunEvent],
+    targets: Mapping[str, WaitTarget] | None = None,
+) -> list[TimelineEntry]:
+    """Journal entries and lifecycle events merged in the order they were written; a
+    ``waiting`` event names what it waited on from ``targets`` (see ``waited_on``)."""
     items: list[tuple[int, int, TimelineEntry]] = [
         (e.recorded_ms, e.seq, timeline_entry(e)) for e in entries
     ]
-    items += [(event.recorded_ms, event.seq, event_entry(event)) for event in events]
+    items += [(event.recorded_ms, event.seq, event_entry(event, targets)) for event in events]
     return [item for _, _, item in sorted(items, key=lambda i: (i[0], i[1]))]
 
 
 _BAD_EVENTS = frozenset({"retrying", "crashed", "expired", "worker_lost", "canceled"})
 
 
-def event_entry(event: RunEvent) -> TimelineEntry:
+def waited_on(events: list[RunEvent]) -> list[str]:
+    """The waitpoints the run's ``waiting`` events name."""
+    ids = {i for e in events if e.kind == "waiting" for i in (e.detail or {}).get("on", [])}
+    return sorted(ids)
+
+
+def event_entry(event: RunEvent, targets: Mapping[str, WaitTarget] | None = None) -> TimelineEntry:
     status = (event.detail or {}).get("status", "COMPLETED")
+    waiting_on = None
+    if event.kind == "waiting" and targets is not None:
+        on = (event.detail or {}).get("on", [])
+        waiting_on = [targets[i] for i in on if i in targets]
     return TimelineEntry(
         key=None,
         kind=event.kind,
@@ -133,6 +166,7 @@ def event_entry(event: RunEvent) -> TimelineEntry:
         at=from_ms(event.recorded_ms),
         ok=event.kind not in _BAD_EVENTS and status == "COMPLETED",
         detail=event.detail,
+        waiting_on=waiting_on,
     )
 
 

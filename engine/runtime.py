@@ -42,7 +42,7 @@ from .errors import (
     Suspended,
     ValidationError,
 )
-from .journal import error_of
+from .journal import error_of, failure_site
 from .models import ClaimedRun, RunStatus
 from .registry import TaskDefinition
 from .storage import Storage
@@ -125,10 +125,8 @@ async def _end(
     if isinstance(stopped, ReplayRequested):
         log.info("run.replay_requested")
         return Handoff.REPLAY
-    if isinstance(stopped, Suspended):
+    if isinstance(stopped, Suspended):  # the park released the lease: nothing to write
         log.info("run.waiting")
-        with anyio.CancelScope(shield=True):
-            await _release(storage, run, None)
         return None
     if isinstance(ended, StorageError):  # e.g. complete_token from task code
         await _interrupted(storage, run, ended)
@@ -228,7 +226,13 @@ async def _fail(
             delay = definition.retry.delay_ms(run.attempt)
             rerun = context.escaped_steps(exc)
             await storage.retry_run(run.id, run.epoch, delay, error, elapsed, rerun)
-            log.warning("run.retrying", error=error.message, delay_ms=delay, rerun=rerun)
+            log.warning(
+                "run.retrying",
+                error=error.message,
+                where=failure_site(error.stack_trace),
+                delay_ms=delay,
+                rerun=rerun,
+            )
             return RunStatus.QUEUED
         await storage.finish_run(run.id, run.epoch, status, None, error, elapsed)
     except LeaseLostError as lost:
@@ -237,7 +241,13 @@ async def _fail(
     except StorageError as failed:
         log.error("run.fail_not_recorded", error=str(failed))
         return None
-    log.error("run.failed", status=status.value, error=error.message, error_type=error.name)
+    log.error(
+        "run.failed",
+        status=status.value,
+        error=error.message,
+        error_type=error.name,
+        where=failure_site(error.stack_trace),
+    )
     return status
 
 

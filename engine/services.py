@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
+import socket
 from collections.abc import Iterator
 
 import anyio
@@ -13,6 +15,8 @@ from anyio.abc import TaskStatus
 from .api import create_app
 from .api.auth import resolve_secret_key
 from .client import Engine
+from .errors import ConfigurationError
+from .keys import SecretKey
 from .logs import get_logger
 from .worker import Worker
 
@@ -20,25 +24,51 @@ log = get_logger("engine.services")
 
 
 class APIServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: ours stop the server and the worker together."""
+    """uvicorn on a socket bound beforehand (``listen``), without its own signal handlers:
+    ours stop the server and the worker together."""
+
+    def __init__(self, config: uvicorn.Config, listener: socket.socket) -> None:
+        super().__init__(config)
+        self.listener = listener
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().serve(sockets or [self.listener])
 
-def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bool]:
-    """The API on ``host:port`` (access log off: callback URLs are secrets), and its key.
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, made before the database is opened and the worker
+    started: a port in use ends ``waitpoint dev``/``serve`` at once, with one line, instead
+    of leaving a process up with a worker and no API (uvicorn binding it itself exits its
+    task, not the process). ``::`` also takes IPv4, as uvicorn's own socket would."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    dual = host == "::" and socket.has_dualstack_ipv6()
+    try:
+        return socket.create_server((host, port), family=family, dualstack_ipv6=dual)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            message = f"port {port} is in use: pass --port or stop the other process"
+        else:  # an address not on this machine, a name that does not resolve, a port < 1024
+            message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ConfigurationError(message) from None
+
+
+def api_server(engine: Engine, listener: socket.socket) -> tuple[APIServer, SecretKey]:
+    """The API on ``listener`` (access log off: callback URLs are secrets), and its key.
 
     At most ``max_connections`` connections and requests at once (more get 503 rather than
     a file descriptor each until the process runs out), and a ``backlog`` of connections
     waiting to be accepted.
     """
     settings = engine.settings
-    known = engine.secret_key  # the engine, when open, found (or made) it already
-    key, created = (known.value, known.created) if known else resolve_secret_key(settings)
+    # the engine, when open, found (or made) it already
+    key = engine.secret_key or resolve_secret_key(settings)
+    host, port = listener.getsockname()[:2]
     config = uvicorn.Config(
-        create_app(engine, secret_key=key),
+        create_app(engine, secret_key=key.value),
         host=host,
         port=port,
         access_log=False,
@@ -50,7 +80,7 @@ def api_server(engine: Engine, host: str, port: int) -> tuple[APIServer, str, bo
         proxy_headers=bool(settings.trusted_proxies.strip()),
         forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
-    return APIServer(config), key, created
+    return APIServer(config, listener), key
 
 
 RESERVED_FILES = 64

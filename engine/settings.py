@@ -8,11 +8,30 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import ConfigurationError
+
 ENV_PREFIX = "WAITPOINT_"
 
 DEFAULT_DATABASE_URL = "sqlite:///.waitpoint/engine.db"
-SECRET_KEY_FILE = Path(".waitpoint/secret_key")
-"""Where ``waitpoint dev``/``serve`` keep the key they generate when none is configured."""
+SECRET_KEY_NAME = "secret_key"
+"""The file, in a SQLite database's folder, that keeps the key generated for that database."""
+SECRET_KEY_FILE = Path(".waitpoint") / SECRET_KEY_NAME
+"""Where the key generated when none is configured lives for a PostgreSQL database (in the
+working directory), and where it lived for every database before it moved beside the SQLite
+file (still read there: ``engine.keys``)."""
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` to a path."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
+    path = url[len(prefix) :]
+    if not path or path == ":memory:":
+        raise ConfigurationError(
+            "SQLite needs a file (workers and clients share it); use sqlite:///path/to/file.db"
+        )
+    return Path(path)
 
 
 class Settings(BaseModel):
@@ -30,8 +49,10 @@ class Settings(BaseModel):
 
     database_url: str = DEFAULT_DATABASE_URL
     """Where runs, tokens and journals live; every worker and client must use the same one."""
-    public_url: str = "http://127.0.0.1:8030"
-    """Base of the callback URLs put on tokens (the address the API is reached at)."""
+    public_url: str | None = None
+    """Base of the callback URLs put on tokens and of approval links (the address the API is
+    reached at). Unset: the address the API server of this database recorded in it when it
+    started (``waitpoint dev``/``serve``: its ``--host`` and ``--port``)."""
     signing_secret: str | None = None
     """Key for callback URL signatures; by default derived from the secret key (for workers that
     should sign callback URLs without holding the API key: ``waitpoint signing-secret``)."""
@@ -57,7 +78,8 @@ class Settings(BaseModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     secret_key: str | None = None
     """The API key (``Authorization: Bearer``) and the key public access tokens are signed with.
-    Unset: the first process to need one generates it into ``.waitpoint/secret_key``. At least
+    Unset: the first process to need one generates it into ``secret_key`` beside the SQLite
+    database (``.waitpoint/secret_key`` in the working directory for PostgreSQL). At least
     32 characters."""
     previous_secret_key: str | None = None
     """During a key rotation's grace period, the key before ``secret_key``: callback URLs and

@@ -68,11 +68,12 @@ def clean_statuses(values: Any, enum: type[E]) -> list[E]:
         return []
     if isinstance(values, str | StrEnum):
         values = [values]
-    try:
-        return [enum(str(v).upper()) for v in values]
-    except ValueError:
-        allowed = ", ".join(e.value for e in enum)
-        raise ValidationError(f"unknown status in {list(values)!r}; use one of {allowed}") from None
+    known = {e.value for e in enum}
+    for value in values:
+        if str(value).upper() not in known:
+            allowed = ", ".join(e.value for e in enum)
+            raise ValidationError(f"unknown status {str(value)!r} (use one of {allowed})")
+    return [enum(str(v).upper()) for v in values]
 
 
 def clean_optional_text(value: str | None, what: str) -> str | None:
@@ -81,6 +82,44 @@ def clean_optional_text(value: str | None, what: str) -> str | None:
     if not isinstance(value, str) or not value or len(value) > 1024:
         raise ValidationError(f"{what} must be a non-empty string of at most 1024 characters")
     return value
+
+
+MAX_TITLE_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 4000
+MAX_CONTEXT_BYTES = 16_384
+"""A token's context, as compact JSON (UTF-8), is at most this long."""
+
+
+def clean_token_text(value: Any, what: str, limit: int) -> str | None:
+    """A token's title or description: a string of at most ``limit`` characters (an empty
+    one is no value)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ValidationError(f"{what} must be at most {limit} characters long, got {len(value)}")
+    return value or None
+
+
+def clean_token_context(value: Any) -> dict[str, Any] | None:
+    """A token's context: a JSON object of at most ``MAX_CONTEXT_BYTES`` as compact JSON."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError(f"context must be a JSON object (a dict), got {type(value).__name__}")
+    try:
+        text = json.dumps(
+            to_jsonable_python(value), separators=(",", ":"), allow_nan=False, ensure_ascii=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"context must be JSON-serialisable: {exc}") from None
+    size = len(text.encode())
+    if size > MAX_CONTEXT_BYTES:
+        raise ValidationError(
+            f"context must be at most {MAX_CONTEXT_BYTES} bytes as JSON, got {size}"
+        )
+    return value or None
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -17,16 +17,20 @@ from collections.abc import AsyncIterator, Mapping
 
 import anyio
 
+from .callbacks import UNKNOWN_PUBLIC_URL
 from .client import Engine
 from .errors import StorageError
 from .logs import get_logger
 from .models import ClaimedRun
 from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
+from .storage import NewWorker
 
 log = get_logger("engine.worker")
 
 _TIMER_BATCH = 1000
+PUBLIC_URL_SECONDS = 5.0
+"""How often a worker not given a public URL reads the one the API server recorded."""
 _MIN_TIMER_PAUSE = 0.01
 
 
@@ -79,24 +83,43 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Work until ``stop()``; returns once every attempt finished or was handed back."""
+        """Work until ``stop()``; returns once every attempt finished or was handed back.
+
+        The worker's row (``waitpoint workers``) is written with its tasks, its heartbeat with
+        its lease renewals, and it is marked stopped when this returns.
+        """
         storage = self.engine.storage
-        await storage.register_tasks([d.info for d in self.tasks.values()])
+        me = NewWorker(self.id, sorted(self.tasks), self.concurrency, self.lease_ms)
+        await storage.register_tasks([d.info for d in self.tasks.values()], me)
         log.info(
             "worker.started",
             worker=self.id,
             tasks=sorted(self.tasks),
             concurrency=self.concurrency,
         )
+        if not storage.public_url_configured and await storage.load_public_url() is None:
+            log.warning(
+                "worker.public_url_unknown",
+                worker=self.id,
+                problem="no API server recorded its address in the database and"
+                " WAITPOINT_PUBLIC_URL is unset: the URLs of the tokens made here point at"
+                f" {UNKNOWN_PUBLIC_URL} until `waitpoint dev`/`serve` starts on it",
+            )
         async with anyio.create_task_group() as services:
             services.start_soon(self._timer_loop)
             services.start_soon(self._lease_loop)
+            if not storage.public_url_configured:
+                services.start_soon(self._public_url_loop)
             async with anyio.create_task_group() as attempts:
                 self._attempts = attempts
                 self.started.set()
                 await self._claim_loop(attempts)
             self._attempts = None
             services.cancel_scope.cancel()
+        try:  # a worker that cannot say so falls silent instead: it stops being live all the same
+            await storage.stop_worker(self.id)
+        except Exception as exc:
+            log.warning("worker.stop_unrecorded", worker=self.id, error=str(exc))
         log.info("worker.stopped", worker=self.id)
 
     @contextlib.asynccontextmanager
@@ -214,8 +237,19 @@ class Worker:
         # made with an hour's timeout does not)
         await _first_of([storage.deadline_event(until)], pause)
 
+    async def _public_url_loop(self) -> None:
+        """Follow the address the API server records: callback URLs made here point at where
+        it listens, also when it started after this worker or moved to another port."""
+        while True:
+            await anyio.sleep(PUBLIC_URL_SECONDS)
+            async with self._surviving(
+                "worker.public_url_failed", "worker.public_url_loop_failed", pause=0.0
+            ):
+                await self.engine.storage.load_public_url()
+
     async def _lease_loop(self) -> None:
-        """Renew the leases of running attempts; stop attempts whose run was canceled.
+        """Renew the leases of running attempts (and the worker's heartbeat, in the same
+        transaction; an idle worker beats alone); stop attempts whose run was canceled.
 
         An attempt whose lease this worker could not renew in time is stopped here before the
         lease can run out in the database (a stalled database, an overloaded machine): another
@@ -238,15 +272,14 @@ class Worker:
         """Stop what this worker is losing; renew the leases if due. Returns the last renewal."""
         storage = self.engine.storage
         self._stop_expiring(anyio.current_time() + min(1.0, self.lease_ms / 4000))
-        if not self._running:
-            return renewed
         running = sorted(self._running)
-        for run_id in await storage.lost_runs(self.id, running):
-            self._cancel(run_id)
+        if running:
+            for run_id in await storage.lost_runs(self.id, running):
+                self._cancel(run_id)
         if anyio.current_time() - renewed < renew_every:
             return renewed
         sent = anyio.current_time()
-        await storage.renew_leases(self.id, running, self.lease_ms)
+        await storage.renew_leases(self.id, running, self.lease_ms)  # and the heartbeat
         for run_id in running:
             if run_id in self._lease_until:
                 self._lease_until[run_id] = sent + self.lease_ms / 1000

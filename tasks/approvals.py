@@ -73,6 +73,10 @@ async def approve_refund(refund: Refund) -> dict[str, Any]:
         tags=["refund", f"order:{refund.order_id}"],
         idempotency_key=f"refund-{refund.order_id}",
         schema=Decision,
+        # what the approval page and the inbox show the reviewer
+        title=f"Refund order {refund.order_id}",
+        description=refund.reason or "The customer asked for their money back.",
+        context={"order": refund.order_id, "amount": refund.amount, "ticket": ticket},
     )
     await step("notify", send_to_reviewer, ticket, token.id, token.url)
     result = await wait_for_token(token)  # the run parks here: no coroutine, no memory

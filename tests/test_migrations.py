@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from engine import Engine
+from engine.ids import new_token_id
 from engine.models import RunError, TaskInfo
-from engine.storage import JournalWrite, NewRun
+from engine.storage import JournalWrite, NewRun, NewToken, NewWorker
+from engine.storage.sql import Op, count
 
 
 async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migration_2(
@@ -38,3 +42,44 @@ async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migrati
         claimed = {c.id: c for c in await new.storage.claim_runs("w", 2, 60_000, ["t"])}
     assert [e.rerun for e in claimed[retried.id].journal] == [True]
     assert [e.rerun for e in claimed[resumed.id].journal] == [False]
+
+
+async def test_tokens_made_before_the_reviewer_details_and_worker_rows_carry_on(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last migration (SQLite 6, PostgreSQL 7) gives tokens a title, a description and
+    a context, and workers rows with heartbeats: a token made before has none of them (and
+    its JSON leaves them out), a task registered before was seen when it was registered."""
+    backend = "sqlite" if db_url.startswith("sqlite") else "postgres"
+    module = f"engine.storage.{backend}"
+    migrations = __import__(module, fromlist=["MIGRATIONS"]).MIGRATIONS
+    with monkeypatch.context() as patch:
+        patch.setattr(f"{module}.MIGRATIONS", migrations[:-1])
+        async with Engine(db_url) as old:
+            assert await old.storage.migrate() == len(migrations) - 1
+            await old.storage.register_tasks([TaskInfo("boom")])
+            before = new_token_id()
+            await old.storage._write(lambda now: _old_token(old.storage, before, now))
+    async with Engine(db_url) as new:
+        storage = new.storage
+        assert await storage.migrate() == len(migrations)
+        kept = await storage.get_token(before)
+        assert kept.title is kept.description is kept.context is None
+        assert not {"title", "description", "context"} & set(kept.model_dump(by_alias=True))
+        made = await storage.create_token(NewToken(title="Refund", context={"amount": 1}))
+        assert (await storage.get_token(made.id)).context == {"amount": 1}
+        unserved = (await storage.task_workers("boom")).unserved
+        assert unserved is not None and unserved.startswith("no live worker serves task 'boom'")
+        await storage.register_tasks([TaskInfo("boom")], NewWorker("w", ["boom"], 1, 30_000))
+        assert [w.id for w in await storage.list_workers()] == ["w"]
+
+
+def _old_token(storage: Any, token_id: str, now: int) -> Op[None]:
+    """A token as the code before the migration inserted it (its columns only)."""
+    yield count(
+        "INSERT INTO waitpoints (id, status, tags, created_at)"
+        f" VALUES (:id, 'WAITING', {storage.q.jsonb('tags')}, :now)",
+        id=token_id,
+        tags='["old"]',
+        now=now,
+    )

@@ -171,3 +171,20 @@ def test_cli_api_url_completes_a_token_without_the_database(server: str, tmp_pat
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
     assert not (tmp_path / ".waitpoint").exists()  # no local database was touched
+
+
+async def test_remote_engine_sends_token_details_and_lists_the_servers_workers(
+    server: str,
+) -> None:
+    async with Engine(server, api_key=KEY) as engine:
+        details = {"title": "Refund order 42", "description": "Why", "context": {"amount": 19.99}}
+        token = await engine.tokens.create(**details)  # type: ignore[arg-type]
+        assert (token.title, token.description, token.context) == tuple(details.values())
+        with pytest.raises(ValidationError, match="title must be at most 200 characters long"):
+            await engine.tokens.create(title="x" * 201)
+        [worker] = await engine.workers.list()  # the one `waitpoint dev` runs
+        assert worker.live and worker.tasks == ["remote-flow"] and worker.running == 0
+        served = await engine.workers.for_task("remote-flow")
+        assert served.live_workers == [worker.id] and served.unserved is None
+        never = await engine.workers.for_task("no such task")
+        assert never.unserved == "no worker has ever served task 'no such task'"

@@ -51,6 +51,7 @@ from engine.storage import (
     JournalWrite,
     NewRun,
     NewToken,
+    NewWorker,
     PageRequest,
     RunFilter,
     Storage,
@@ -582,7 +583,7 @@ async def test_parking_resets_the_take_over_count(storage: Storage, clock: StepC
     assert await status_of(storage, run.id) is RunStatus.QUEUED  # one take-over since parking
 
 
-async def test_a_parked_run_keeps_its_attempts_lease_until_the_attempt_released_it(
+async def test_a_park_releases_the_lease_so_a_completion_makes_the_run_claimable_at_once(
     storage: Storage,
 ) -> None:
     claimed = await started(storage, lease_ms=1000)
@@ -590,27 +591,15 @@ async def test_a_parked_run_keeps_its_attempts_lease_until_the_attempt_released_
     assert await storage.wait_on_token(token.id, jw(claimed, "wait#0")) is None
     await storage.complete_token(token.id, "fast", PY)  # before the attempt unwound
     assert await status_of(storage, claimed.id) is RunStatus.QUEUED
-    assert await storage.has_due_runs(["t"]) is False
-    assert await storage.claim_runs("w2", 1, LEASE_MS, ["t"]) == []
-    await storage.release_run(claimed.id, claimed.epoch)
     assert await storage.has_due_runs(["t"]) is True
     resumed = await claim_one(storage, owner="w2")
     assert resumed.epoch > claimed.epoch and resumed.attempt == 1
+    # the parked attempt, still unwinding, may write nothing more
+    with pytest.raises(LeaseLostError):
+        await storage.append_journal(jw(claimed, "step:late#1", 1, "late"))
     await storage.release_run(claimed.id, claimed.epoch)  # stale: changes nothing
     assert await status_of(storage, claimed.id) is RunStatus.EXECUTING
-
-
-async def test_a_parked_run_whose_attempt_died_unwinding_is_started_when_its_lease_ends(
-    storage: Storage, clock: StepClock
-) -> None:
-    claimed = await started(storage, lease_ms=1000)
-    token = await storage.create_token(NewToken())
-    assert await storage.wait_on_token(token.id, jw(claimed, "wait#0")) is None
-    await storage.complete_token(token.id, "fast", PY)
-    clock.advance(999)
-    assert await storage.claim_runs("w2", 1, LEASE_MS, ["t"]) == []
-    clock.advance(1)
-    assert (await claim_one(storage, owner="w2")).epoch > claimed.epoch
+    assert await storage.lost_runs("w1", [claimed.id]) == [claimed.id]
 
 
 # fencing -----------------------------------------------------------------------------------------
@@ -1754,6 +1743,146 @@ async def test_a_queue_at_its_limit_does_not_starve_other_tasks(storage: Storage
     other = await new_run(storage, "other")
     claimed = await storage.claim_runs("w1", 1, LEASE_MS, ["limited", "other"])
     assert [c.id for c in claimed] == [other.id]
+
+
+# what a token asks of its reviewer ----------------------------------------------------------
+
+
+DETAILS = {
+    "title": "Refund order 42",
+    "description": "The customer says the parcel never came.\n<script>x</script>",
+    "context": {"amount": 19.99, "order": {"id": 42, "items": ["mug"]}, "vip": True},
+}
+
+
+async def test_a_token_keeps_its_title_description_and_context(storage: Storage) -> None:
+    """Every way a token is made stores them (alone, by idempotency key, in a run's journal:
+    on PostgreSQL each is a different INSERT), and every way it is read returns them."""
+    plain = await storage.create_token(NewToken(**DETAILS))
+    keyed = await storage.create_token(NewToken(idempotency_key="k", **DETAILS))
+    claimed = await started(storage)
+    journaled = await storage.create_token(NewToken(**DETAILS), jw(claimed, "token#0"))
+    keyed_in_run = await storage.create_token(
+        NewToken(idempotency_key="k2", **DETAILS), jw(claimed, "token#1", 1)
+    )
+    made = [plain, keyed, journaled, keyed_in_run]
+    for token in made:
+        assert (token.title, token.description, token.context) == tuple(DETAILS.values())
+        assert await storage.get_token(token.id) == token
+        assert {k: as_json(token)[k] for k in DETAILS} == DETAILS
+    assert (await storage.create_token(NewToken(idempotency_key="k"))).context == DETAILS["context"]
+    titles = [e.value["title"] for e in await storage.get_journal(claimed.id)]
+    assert titles == [DETAILS["title"]] * 2
+    listed = await storage.list_tokens(TokenFilter(), PageRequest())
+    assert sorted(t.id for t in listed.data) == sorted(t.id for t in made)
+    assert all(t.context == DETAILS["context"] for t in listed.data)
+    done = await storage.complete_token(plain.id, {"approved": True}, PY)
+    assert isinstance(done, CompletionResult) and done.token.title == DETAILS["title"]
+    bare = as_json(await storage.create_token(NewToken()))
+    assert not set(DETAILS) & set(bare)  # absent, never null: the seed schema's shape
+
+
+# workers ---------------------------------------------------------------------------------------
+
+
+def worker(
+    worker_id: str = "w1", tasks: tuple[str, ...] = ("t",), concurrency: int = 4
+) -> NewWorker:
+    return NewWorker(worker_id, list(tasks), concurrency, LEASE_MS)
+
+
+async def test_a_registered_worker_is_live_with_its_tasks_until_it_stops(
+    storage: Storage, clock: StepClock
+) -> None:
+    start = clock.now_ms()
+    await storage.register_tasks([TaskInfo("t"), TaskInfo("u")], worker("w1", ("t", "u")))
+    [live] = await storage.list_workers()
+    assert (live.id, live.tasks, live.concurrency) == ("w1", ["t", "u"], 4)
+    assert live.live and live.running == 0
+    assert live.started_at == live.heartbeat_at == from_ms(start) and live.stopped_at is None
+    assert live.lease_ms == LEASE_MS
+    claimed = await started(storage)  # claimed by w1
+    assert [w.running for w in await storage.list_workers()] == [1]
+    served = await storage.task_workers("t")
+    assert (served.live_workers, served.unserved) == (["w1"], None)
+    await storage.finish_run(claimed.id, claimed.epoch, RunStatus.COMPLETED, None, None)
+    assert [w.running for w in await storage.list_workers()] == [0]
+
+    stopped_at = clock.advance(5_000)
+    await storage.stop_worker("w1")
+    assert await storage.list_workers() == []
+    [gone] = await storage.list_workers(include_gone=True)
+    assert not gone.live and gone.stopped_at == gone.heartbeat_at == from_ms(stopped_at)
+    clock.advance(180_000)
+    unserved = await storage.task_workers("t")
+    assert unserved.live_workers == [] and unserved.last_seen_at == from_ms(stopped_at)
+    assert unserved.unserved == "no live worker serves task 't' (last seen 3 min ago)"
+    await storage.renew_leases("w1", [], LEASE_MS)  # a stopped worker's beat revives nothing
+    assert await storage.list_workers() == []
+
+
+async def test_heartbeats_ride_on_lease_renewals_and_a_silent_worker_stops_being_live(
+    storage: Storage, clock: StepClock
+) -> None:
+    await storage.register_tasks([TaskInfo("t")], worker("w1"))
+    await storage.register_tasks([TaskInfo("t")], worker("w2"))
+    claimed_at = clock.now_ms()
+    claimed = await started(storage)
+    renewed_at = clock.advance(LEASE_MS // 3)
+    await storage.renew_leases("w1", [claimed.id], LEASE_MS)  # the lease and the heartbeat
+    clock.advance(LEASE_MS // 3)
+    await storage.renew_leases("w2", [], LEASE_MS)  # idle: the heartbeat alone
+    beats = {w.id: w.heartbeat_at for w in await storage.list_workers()}
+    assert beats == {"w1": from_ms(renewed_at), "w2": from_ms(clock.now_ms())}
+    # the lease was renewed too: not rescued at its first deadline
+    clock.advance(claimed_at + LEASE_MS + 1 - clock.now_ms())
+    assert await storage.rescue_expired_leases() == 0
+    # three lease periods after its last beat, w1 (killed: it never said it stopped) is gone
+    clock.advance(renewed_at + 3 * LEASE_MS - 1 - clock.now_ms())
+    assert {w.id for w in await storage.list_workers()} == {"w1", "w2"}
+    clock.advance(1)
+    assert [w.id for w in await storage.list_workers()] == ["w2"]
+    everyone = await storage.list_workers(include_gone=True)
+    assert [(w.id, w.live) for w in everyone] == [("w2", True), ("w1", False)]
+    assert everyone[1].stopped_at is None  # silent, not stopped
+    assert (await storage.task_workers("t")).live_workers == ["w2"]
+
+
+async def test_a_task_no_worker_ever_served_says_so(storage: Storage, clock: StepClock) -> None:
+    never = await storage.task_workers("boom")
+    assert never.last_seen_at is None and never.checked_at == from_ms(clock.now_ms())
+    assert never.unserved == "no worker has ever served task 'boom'"
+    # registered by a worker before workers had rows: seen then, at least
+    registered_at = clock.now_ms()
+    await storage.register_tasks([TaskInfo("boom")])
+    clock.advance(2 * 3_600_000)
+    assert (await storage.task_workers("boom")).unserved == (
+        "no live worker serves task 'boom' (last seen 2 h ago)"
+    )
+    assert (await storage.task_workers("boom")).last_seen_at == from_ms(registered_at)
+
+
+async def test_the_rows_of_workers_silent_for_a_week_go_at_the_next_registration(
+    storage: Storage, clock: StepClock
+) -> None:
+    await storage.register_tasks([TaskInfo("t")], worker("old"))
+    clock.advance(7 * 86_400_000 - 1)
+    await storage.register_tasks([TaskInfo("t")], worker("new"))
+    assert {w.id for w in await storage.list_workers(include_gone=True)} == {"old", "new"}
+    clock.advance(2)
+    await storage.register_tasks([TaskInfo("t")], worker("newer"))
+    assert {w.id for w in await storage.list_workers(include_gone=True)} == {"new", "newer"}
+
+
+async def test_a_worker_registering_again_under_its_id_is_live_again(
+    storage: Storage, clock: StepClock
+) -> None:
+    await storage.register_tasks([TaskInfo("t")], worker("w1"))
+    await storage.stop_worker("w1")
+    again = clock.advance(1000)
+    await storage.register_tasks([TaskInfo("t"), TaskInfo("u")], worker("w1", ("t", "u"), 8))
+    [live] = await storage.list_workers()
+    assert (live.tasks, live.concurrency, live.heartbeat_at) == (["t", "u"], 8, from_ms(again))
 
 
 def test_the_manual_clock_moves_by_exactly_the_given_step() -> None:

@@ -116,7 +116,7 @@ def test_clean_statuses_refuses_unknown_listing_allowed_values() -> None:
     message = str(info.value)
     assert "'DONE'" in message
     assert "use one of QUEUED, EXECUTING, WAITING, COMPLETED, FAILED, CANCELED" in message
-    assert message.endswith(", ".join(s.value for s in RunStatus))
+    assert message.endswith(", ".join(s.value for s in RunStatus) + ")")
 
 
 def test_clean_statuses_refuses_status_of_the_other_enum() -> None:

@@ -22,6 +22,7 @@ from .problems import install_problem_handlers
 from .runs import router as runs_router
 from .streams import router as streams_router
 from .tokens import router as tokens_router
+from .workers import router as workers_router
 
 __all__ = ["create_app"]
 
@@ -45,6 +46,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
     app.include_router(tokens_router)
     app.include_router(runs_router)
+    app.include_router(workers_router)
     app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 

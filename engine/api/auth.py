@@ -20,13 +20,12 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from .. import keys
-from ..settings import SECRET_KEY_FILE, Settings
+from ..settings import Settings
 
 ISSUER = "https://id.trigger.dev"
 AUDIENCE = "https://api.trigger.dev"
 SUBJECT = "waitpoint"
 PUBLIC_TOKEN_SECONDS = 24 * 3600
-KEY_FILE = SECRET_KEY_FILE
 
 
 class AuthError(Exception):
@@ -140,12 +139,12 @@ def _short_keys_allowed() -> Iterator[None]:
         yield
 
 
-def resolve_secret_key(settings: Settings) -> tuple[str, bool]:
-    """The configured key, or the one kept in ``.waitpoint/secret_key`` (made on first use).
+def resolve_secret_key(settings: Settings) -> keys.SecretKey:
+    """The configured key, or the one kept beside the database (made on first use).
 
-    Returns ``(key, created)``; ``created`` is True only the first time, the one time the key
-    is printed. A key shorter than 32 characters is a ConfigurationError (``engine.keys``).
+    Its ``created`` is True only the first time, the one time the key is printed. A key
+    shorter than 32 characters is a ConfigurationError (``engine.keys``).
     """
     key = keys.secret_key(settings, create=True)
     assert key is not None  # create=True always gives one
-    return key.value, key.created
+    return key

@@ -23,6 +23,14 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
+def public_url_of(request: Request) -> str:
+    """The base of the links this server hands out: its public URL (``waitpoint dev`` and
+    ``serve`` always have one: ``WAITPOINT_PUBLIC_URL``, else their own address), else, for
+    an app served some other way, the address this request was sent to."""
+    public_url: str | None = request.app.state.settings.public_url
+    return public_url or str(request.base_url)
+
+
 def auth_of(request: Request) -> Auth:
     auth: Auth = request.app.state.auth
     return auth

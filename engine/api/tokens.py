@@ -49,6 +49,19 @@ class CreateTokenBody(BaseModel):
         alias="schema",
         description="Ours: a JSON Schema that completion data must match (else 422)",
     )
+    title: str | None = Field(
+        default=None,
+        description="Ours: what the reviewer is asked, at most 200 characters (else 422)",
+    )
+    description: str | None = Field(
+        default=None,
+        description="Ours: more about it, plain text, at most 4,000 characters (else 422)",
+    )
+    context: dict[str, Any] | None = Field(
+        default=None,
+        description="Ours: facts the reviewer decides on, a JSON object of at most 16 KiB"
+        " (else 422); the approval page lists its names and values",
+    )
 
 
 class CompleteBody(BaseModel):
@@ -80,6 +93,9 @@ async def create_token(
             idempotency_key_ttl=options.idempotencyKeyTTL,
             tags=options.tags,
             schema=options.schema_,
+            title=options.title,
+            description=options.description,
+            context=options.context,
         )
         reply = {"id": token.id, "isCached": token.is_cached, "url": token.url}
         await remember(request, "create-token", reply)

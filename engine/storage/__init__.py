@@ -11,6 +11,7 @@ from .base import (
     JournalWrite,
     NewRun,
     NewToken,
+    NewWorker,
     PageRequest,
     RunFilter,
     Storage,
@@ -21,7 +22,7 @@ from .base import (
 def open_storage(
     url: str,
     *,
-    public_url: str,
+    public_url: str | None,
     signing_secret: str,
     previous_signing_secret: str | None = None,
     synchronous: str = "FULL",
@@ -31,8 +32,10 @@ def open_storage(
 ) -> Storage:
     """The backend for ``url`` (not yet opened: ``await storage.open()``).
 
-    ``signing_secret`` signs callback URLs (``engine.keys.signing_secrets`` finds a process's);
-    ``previous_signing_secret`` is still accepted on them, during a key rotation.
+    ``public_url`` is the base of callback URLs (None: the one the API server recorded in the
+    database, ``Storage.load_public_url``); ``signing_secret`` signs callback URLs
+    (``engine.keys.signing_secrets`` finds a process's); ``previous_signing_secret`` is still
+    accepted on them, during a key rotation.
     """
     if url.startswith("sqlite:"):
         from .sqlite import SQLiteStorage
@@ -77,6 +80,7 @@ __all__ = [
     "JournalWrite",
     "NewRun",
     "NewToken",
+    "NewWorker",
     "PageRequest",
     "RunFilter",
     "Storage",

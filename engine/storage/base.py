@@ -28,8 +28,11 @@ from ..models import (
     RunEvent,
     RunStatus,
     TaskInfo,
+    TaskWorkers,
     Token,
     WaitpointStatus,
+    WaitTarget,
+    WorkerInfo,
 )
 
 
@@ -82,6 +85,20 @@ class NewToken:
     idempotency_key: str | None = None
     idempotency_key_expires_ms: int | None = None
     data_schema: dict[str, Any] | None = None
+    title: str | None = None
+    description: str | None = None
+    context: dict[str, Any] | None = None
+    """Shown to the reviewer (``requests.token_request`` bounds them)."""
+
+
+@dataclass(frozen=True)
+class NewWorker:
+    """A worker starting: recorded with the tasks it registers (``register_tasks``)."""
+
+    id: str
+    tasks: list[str]
+    concurrency: int
+    lease_ms: int
 
 
 @dataclass(frozen=True)
@@ -143,11 +160,16 @@ class Storage(Protocol):
 
     signer: CallbackSigner
     """Signs and checks callback URLs with the secret every process of this database shares."""
+    public_url_configured: bool
+    """True when this process was given its public URL; False when it follows the one the
+    API server records in the database (``load_public_url``)."""
     signing_key_matches: bool
     """False when this process signs callback URLs with another key than the one the database
     recorded (see ``storage.signing``): an API server with that key refuses its URLs."""
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Open (and migrate) the database; read the public URL (``load_public_url``)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -159,8 +181,35 @@ class Storage(Protocol):
         """The database's clock, in milliseconds since the epoch."""
         ...
 
-    # tasks
-    async def register_tasks(self, tasks: list[TaskInfo]) -> None: ...
+    # the API server's address
+    async def record_public_url(self, url: str) -> None:
+        """Keep ``url`` in the database as the address its API server is reached at."""
+        ...
+
+    async def load_public_url(self) -> str | None:
+        """The base of this process's callback URLs from now on: the configured public URL,
+        else the one recorded in the database (read again), else None (unknown: URLs point
+        at ``callbacks.UNKNOWN_PUBLIC_URL``)."""
+        ...
+
+    # tasks and the workers serving them
+    async def register_tasks(self, tasks: list[TaskInfo], worker: NewWorker | None = None) -> None:
+        """Record the tasks; with ``worker``, in the same transaction, the worker that serves
+        them (its first heartbeat), and let go of workers silent for a week."""
+        ...
+
+    async def stop_worker(self, worker_id: str) -> None:
+        """The worker stopped cleanly: it is no longer live (its row stays, for "last seen")."""
+        ...
+
+    async def list_workers(self, *, include_gone: bool = False) -> list[WorkerInfo]:
+        """The live workers (with ``include_gone``, the stopped and silent ones too), most
+        recent heartbeat first, each with the attempts it is executing now."""
+        ...
+
+    async def task_workers(self, task_id: str) -> TaskWorkers:
+        """Which live workers serve ``task_id``, and when one was last seen."""
+        ...
 
     async def list_tasks(self, *, fresh: bool = False) -> list[TaskInfo]:
         """The registered tasks (possibly as this process last saw them, a notification ago;
@@ -203,7 +252,10 @@ class Storage(Protocol):
         commit order: replay returns racing calls in that order)."""
         ...
 
-    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None: ...
+    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
+        """Extend the leases ``owner`` holds on these runs, and record the heartbeat of the
+        worker ``owner`` (in the same transaction; with no runs, only the heartbeat)."""
+        ...
 
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         """Which of these runs this worker no longer holds: canceled, re-queued after its lease
@@ -219,9 +271,8 @@ class Storage(Protocol):
 
         An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back),
         claimable again after ``delay_ms`` (a database failure: not at once, not in a loop);
-        a run the attempt parked keeps its status. A parked run keeps the lease of the attempt
-        that parked it until then, so no other worker starts it while that attempt is still
-        unwinding (``finally`` blocks run after the wait committed).
+        a run in another status keeps it. A park needs no release: it released the lease in
+        the statement that parked the run.
         """
         ...
 
@@ -344,6 +395,11 @@ class Storage(Protocol):
     ) -> bool:
         """Park the run until ``deadline`` (a DATETIME waitpoint made once per journal key, its
         deadline resolved then); True once that time came."""
+        ...
+
+    async def describe_waitpoints(self, ids: list[str]) -> list[WaitTarget]:
+        """What each waitpoint is (a token, a child run's, a sleep's, a group's deadline), for
+        a run's timeline; ids of no waitpoint are left out."""
         ...
 
     # scheduling

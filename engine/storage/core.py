@@ -35,10 +35,13 @@ from ..ids import new_run_id
 from ..models import TaskInfo, Token
 from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest
 from .records import RowLike, dump_json, page_slice, token_from_row
-from .sql import Dialect, Op, Sql, combined, count, many, rows
+from .sql import Dialect, Op, Sql, alone, combined, count, many, rows
 
 T = TypeVar("T")
 
+
+PUBLIC_URL = "public_url"
+"""The ``meta`` key of the address the API server of this database recorded at its start."""
 
 _DEADLINE_GRACE_MS = 5_000
 """How long after its deadline a timer loop's event stays registered (its turn is over)."""
@@ -50,9 +53,14 @@ def lease_lost(run_id: str, epoch: int) -> LeaseLostError:
 
 
 _WAITING = (
-    "UPDATE runs SET status = 'WAITING', updated_at = :now,"
-    " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :run_id"
+    "UPDATE runs SET status = 'WAITING', updated_at = :now, lease_owner = NULL,"
+    " lease_expires_at = NULL, executing_ms = executing_ms + :elapsed, recovery_count = 0"
+    " WHERE id = :run_id"
 )
+"""A park: the run WAITING and its lease released in the same statement. The attempt still
+unwinds after it commits, but may write nothing more: a completion can re-queue the run and a
+claim (this worker's too: it keys its bookkeeping by epoch) take it at once, moving the epoch
+on, so the unwinding attempt's fenced writes are refused."""
 
 
 class StorageCore:
@@ -60,6 +68,7 @@ class StorageCore:
 
     q: Dialect
     signer: CallbackSigner
+    public_url_configured: bool
     _change: asyncio.Event
     _following = False
     """Whether other processes' commits reach this one now (its watcher is up): only then
@@ -206,6 +215,40 @@ class StorageCore:
         """A task was registered (here or elsewhere), or changes may have been missed."""
         self._task_registry = None
         self._registry_generation += 1
+
+    # -- the public URL ----------------------------------------------------------------------
+
+    def _init_signer(self, public_url: str | None, secret: str, previous: str | None) -> None:
+        """Sign callback URLs on ``public_url``; None: on the one the API server recorded."""
+        self.signer = CallbackSigner(public_url, secret, previous)
+        self.public_url_configured = public_url is not None
+
+    async def record_public_url(self, url: str) -> None:
+        """Record ``url`` as the address of this database's API server (``waitpoint dev``
+        and ``serve`` do at start): processes not configured with a public URL make their
+        callback URLs and approval links on it."""
+
+        def op(now: int) -> Op[None]:
+            yield alone(
+                count(
+                    "INSERT INTO meta (key, value) VALUES (:key, :url)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    key=PUBLIC_URL,
+                    url=url,
+                )
+            )
+
+        await self._write(op, notify=False)
+
+    async def load_public_url(self) -> str | None:
+        """The public URL callback URLs are made on from now: the configured one, else the
+        one recorded in the database (read again at each call; ``open`` reads it first), else
+        None (``callbacks.UNKNOWN_PUBLIC_URL``)."""
+        if not self.public_url_configured:
+            sql = rows("SELECT value FROM meta WHERE key = :key", key=PUBLIC_URL)
+            found = await self._read(sql)
+            self.signer.public_url = str(found[0]["value"]) if found else None
+        return self.signer.public_url
 
     # -- shared steps ----------------------------------------------------------------------
 
@@ -354,8 +397,8 @@ class StorageCore:
     def _block(
         self, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int, now: int
     ) -> Op[None]:
-        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept (the
-        attempt releases it once it unwound: ``release_run``)."""
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, its lease released
+        (``_WAITING``)."""
         crash_point("suspend.before_commit")
         detail = {"on": sorted(modes)}
         if self.q.writes_in_with:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..callbacks import CallbackSigner
 from ..clock import Clock
 from ..errors import ConfigurationError, EngineError, StorageError, StorageUnavailableError
 from ..faults import crash_point
@@ -38,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
     ) from exc
 
+from . import display_url
 from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .runs import Runs
@@ -78,6 +80,19 @@ def translate(exc: BaseException) -> Exception:
     if isinstance(exc, Exception):
         return exc
     return StorageError(repr(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in words: the server's message, or the system's for a
+    connection that never reached one (``Connection refused``, not ``[Errno 111] Connect
+    call failed ('127.0.0.1', 1)``)."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc)
 
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
@@ -131,7 +146,7 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         self,
         url: str,
         *,
-        public_url: str,
+        public_url: str | None,
         signing_secret: str,
         previous_signing_secret: str | None = None,
         clock: Clock | None = None,
@@ -156,7 +171,7 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         self._db_ms_measured = 0
         self._clock_measured = -math.inf
         self.commits = 0
-        self.signer = CallbackSigner(public_url, signing_secret, previous_signing_secret)
+        self._init_signer(public_url, signing_secret, previous_signing_secret)
 
     async def open(self) -> None:
         # no search_path: statements name the schema of their tables (sql.numbered), which a
@@ -187,6 +202,7 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             )
             await self._measure_clock()
             await self._settle_signing_check()
+            await self.load_public_url()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             await self.close()
             kind = (
@@ -194,7 +210,8 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
                 if isinstance(translate(exc), StorageUnavailableError)
                 else StorageError
             )
-            raise kind(f"cannot open PostgreSQL database: {exc}") from exc
+            where = display_url(self._dsn)
+            raise kind(f"cannot open PostgreSQL database {where}: {_reason(exc)}") from exc
 
     async def close(self) -> None:
         if self._listener is not None:

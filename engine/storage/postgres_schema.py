@@ -245,4 +245,24 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER tasks_changed AFTER INSERT OR UPDATE ON tasks
         FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
     """,
+    # 7 (6 on SQLite): what a token asks of its reviewer (a title, a plain-text description,
+    # a JSON object of context); and the workers serving this database, each with a heartbeat
+    # written with its lease renewals (``tasks`` is a JSON list of task ids). A worker that
+    # stops cleanly sets ``stopped_at``; rows go a week after their last heartbeat. No trigger
+    # notifies of workers: a heartbeat is nobody's work.
+    """
+    ALTER TABLE waitpoints ADD COLUMN title text;
+    ALTER TABLE waitpoints ADD COLUMN description text;
+    ALTER TABLE waitpoints ADD COLUMN context text;
+    CREATE TABLE workers (
+        id text COLLATE "C" PRIMARY KEY,
+        tasks text NOT NULL,
+        concurrency integer NOT NULL,
+        lease_ms bigint NOT NULL,
+        started_at bigint NOT NULL,
+        heartbeat_at bigint NOT NULL,
+        stopped_at bigint
+    );
+    CREATE INDEX workers_heartbeat ON workers (heartbeat_at);
+    """,
 ]

@@ -73,7 +73,20 @@ def token_from_row(row: RowLike, signer: CallbackSigner) -> Token:
         data=load_json(row["data"]),
         completed_via=CompletionSource(via) if via else None,
         data_schema=load_json(schema),
+        title=_added(row, "title"),
+        description=_added(row, "description"),
+        context=load_json(_added(row, "context")),
     )
+
+
+def _added(row: RowLike, column: str) -> Any:
+    """A column a later migration added (a token's title, description, context): None in a
+    row of a schema from before it, which an engine still writes tokens to while it has not
+    migrated (the upgrade tests make tokens with an old schema, then migrate)."""
+    try:
+        return row[column]
+    except (KeyError, IndexError):
+        return None
 
 
 def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:

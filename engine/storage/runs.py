@@ -8,10 +8,11 @@ from typing import Any
 from ..errors import RunNotFoundError
 from ..faults import crash_point
 from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
-from .base import JournalWrite, NewRun, PageRequest, RunFilter
-from .core import StorageCore, lease_lost
+from .base import JournalWrite, NewRun, NewWorker, PageRequest, RunFilter
+from .core import lease_lost
 from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sql import FINAL, Op, Sql, alone, combined, count, many, rows
+from .workers import Workers
 
 _CLAIM_COLUMNS = (
     "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
@@ -20,10 +21,10 @@ _CLAIM_COLUMNS = (
 _CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.split(","))
 
 
-class Runs(StorageCore):
-    """Runs, their leases and journals, and the task registry."""
+class Runs(Workers):
+    """Runs, their leases and journals, and the task registry (and the workers serving it)."""
 
-    async def register_tasks(self, tasks: list[TaskInfo]) -> None:
+    async def register_tasks(self, tasks: list[TaskInfo], worker: NewWorker | None = None) -> None:
         def op(now: int) -> Op[None]:
             yield many(
                 "INSERT INTO tasks (id, payload_schema, queue, concurrency_limit, updated_at)"
@@ -42,6 +43,8 @@ class Runs(StorageCore):
                     for t in sorted(tasks, key=lambda t: t.id)  # one lock order for all workers
                 ],
             )
+            if worker is not None:
+                yield from self._record_worker(worker, now)
 
         await self._write(op, notify=False)
         self._forget_task_registry()
@@ -373,15 +376,24 @@ class Runs(StorageCore):
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
         def op(now: int) -> Op[None]:
+            beat = self._heartbeat(owner, now)  # the worker's, in the same transaction
+            if not run_ids:  # an idle worker: its heartbeat alone
+                yield alone(beat)
+                return
             crash_point("lease.renew")
             where = f"lease_owner = :owner AND id {self.q.in_('ids')}"
             yield from self._lock_runs(where, owner=owner, ids=run_ids)
-            yield count(
+            renew = count(
                 f"UPDATE runs SET lease_expires_at = :expires WHERE {where}",
                 expires=now + lease_ms,
                 owner=owner,
                 ids=run_ids,
             )
+            if self.q.writes_in_with:  # the heartbeat rides in the renewal's statement
+                yield combined({"renewed": renew, "beat": beat}, "SELECT 1", "count")
+            else:
+                yield renew
+                yield beat
 
         await self._write(op, notify=False, control=True)
 

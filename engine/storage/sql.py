@@ -289,6 +289,7 @@ TABLES = (
     "spent_credentials",
     "tasks",
     "waitpoints",
+    "workers",
 )
 _TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE)\s+(" + "|".join(TABLES) + r")\b(?![.(])")
 

@@ -23,11 +23,11 @@ from typing import TypeVar
 import aiosqlite
 import anyio.to_thread
 
-from ..callbacks import CallbackSigner
 from ..clock import Clock, SystemClock
-from ..errors import ConfigurationError, StorageError
+from ..errors import ConfigurationError, StorageError, StorageUnavailableError
 from ..keys import SigningSecrets, legacy_signature_hash
-from ..private_files import private_dirs, private_file
+from ..private_files import folder_problem, private_dirs, private_file, refusal
+from ..settings import sqlite_path
 from .records import RowLike
 from .runs import Runs
 from .signing import SIGNING_CHECK, log_outcome, settle
@@ -44,19 +44,6 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-def sqlite_path(url: str) -> Path:
-    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` to a path."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
-    path = url[len(prefix) :]
-    if not path or path == ":memory:":
-        raise ConfigurationError(
-            "SQLite needs a file (workers and clients share it); use sqlite:///path/to/file.db"
-        )
-    return Path(path)
-
-
 class SQLiteStorage(Runs, Tokens, Waits, Timers):
     """The embedded default backend."""
 
@@ -66,7 +53,7 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
         self,
         url: str,
         *,
-        public_url: str,
+        public_url: str | None,
         signing_secret: str,
         previous_signing_secret: str | None = None,
         synchronous: str = "FULL",
@@ -85,13 +72,15 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
         self._init_waiters()
         self._poller: asyncio.Task[None] | None = None
         self._seq = itertools.count(1)
-        self.signer = CallbackSigner(public_url, signing_secret, previous_signing_secret)
+        self._init_signer(public_url, signing_secret, previous_signing_secret)
 
     async def open(self) -> None:
         # made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the same mode
-        private_dirs(self.path.parent)
-        with contextlib.suppress(OSError):  # say, a read-only folder: SQLite says it its way
+        try:
+            private_dirs(self.path.parent)
             private_file(self.path)
+        except OSError as exc:  # a read-only folder, a file where a folder should be, ...
+            raise StorageError(refusal("open the SQLite database", self.path, exc)) from exc
         try:
             self._writer_conn = await anyio.to_thread.run_sync(self._open_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -100,9 +89,24 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
                 await self._reader.execute(pragma)
         except sqlite3.Error as exc:
             await self.close()
-            raise translate(exc) from exc
+            raise self._open_failed(exc) from exc
         self._writer = GroupCommitWriter(self._writer_conn)
         self._writer.start()
+        await self.load_public_url()
+
+    def _open_failed(self, exc: sqlite3.Error) -> Exception:
+        """The error of a file SQLite could not open, naming it (SQLite's own message does
+        not) and, when the folder is the reason (say, a read-only mount), that reason."""
+        error = translate(exc)
+        if isinstance(error, StorageUnavailableError):  # busy: transient, said as such
+            return error
+        message = f"cannot open the SQLite database {self.path.absolute()}: {exc}"
+        if self.path.is_dir():
+            return StorageError(f"{message} (it is a folder, not a file)")
+        problem = folder_problem(self.path.absolute().parent)
+        if problem is not None:
+            message += f" (its folder: {problem})"
+        return StorageError(message)
 
     async def close(self) -> None:
         if self._poller is not None:

@@ -194,4 +194,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX spent_credentials_expiry ON spent_credentials (expires_at);
     """,
+    # 6 (7 on PostgreSQL, whose 6 is its notifications): what a token asks of its reviewer (a
+    # title, a plain-text description, a JSON object of context); and the workers serving this
+    # database, each with a heartbeat written with its lease renewals (``tasks`` is a JSON list
+    # of task ids). A worker that stops cleanly sets ``stopped_at``; rows go a week after
+    # their last heartbeat.
+    """
+    ALTER TABLE waitpoints ADD COLUMN title TEXT;
+    ALTER TABLE waitpoints ADD COLUMN description TEXT;
+    ALTER TABLE waitpoints ADD COLUMN context TEXT;
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        tasks TEXT NOT NULL,
+        concurrency INTEGER NOT NULL,
+        lease_ms INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        stopped_at INTEGER
+    );
+    CREATE INDEX workers_heartbeat ON workers (heartbeat_at);
+    """,
 ]

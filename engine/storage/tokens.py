@@ -23,6 +23,9 @@ from .records import (
 )
 from .sql import Op, Sql, alone, combined, count, rows
 
+_DETAILS = ("title", "description", "context")
+"""A token's columns that say what its reviewer is asked."""
+
 SPENT_KEPT_MS = 86_400_000
 """How long past its expiry a spent credential is remembered (clock skew between processes)."""
 
@@ -33,6 +36,7 @@ class Tokens(StorageCore):
 
     async def create_token(self, new: NewToken, journal: JournalWrite | None = None) -> Token:
         schema = None if new.data_schema is None else dump_json(new.data_schema)
+        context = None if new.context is None else dump_json(new.context, "the token's context")
 
         def op(now: int) -> Op[Token]:
             if new.idempotency_key is not None:
@@ -58,6 +62,9 @@ class Tokens(StorageCore):
                 "created_at": now,
                 "data_schema": schema,
                 "created_by_run": journal.run_id if journal else None,
+                "title": new.title,
+                "description": new.description,
+                "context": context,
                 "completed_at": None,
                 "data": None,
                 "completed_via": None,
@@ -96,20 +103,31 @@ class Tokens(StorageCore):
             "id, status, tags, idempotency_key, idempotency_key_expires_at, ttl, timeout_at,"
             " created_at, data_schema, created_by_run"
         )
+        # what the reviewer is shown, named only when the token has some of it (a token
+        # without any is written as before migration 6/7)
+        details = any(row[name] is not None for name in _DETAILS)
+        if details:
+            columns += ", " + ", ".join(_DETAILS)
         values = {name: row[name] for name in columns.split(", ")}
         if where is None:
+            more = ", :title, :description, :context" if details else ""
             return count(
                 f"INSERT INTO waitpoints ({columns}) VALUES (:id, :status,"
                 f" {self.q.jsonb('tags')}, :token_key, :key_expires, :ttl, :timeout_at,"
-                " :created_at, :data_schema, :created_by_run)",
+                f" :created_at, :data_schema, :created_by_run{more})",
                 **_token_params(values),
             )
+        typed_more = (
+            ", CAST(:title AS text), CAST(:description AS text), CAST(:context AS text)"
+            if details
+            else ""
+        )
         return count(  # typed: a SELECT's parameters take no type from the columns they fill
             f"INSERT INTO waitpoints ({columns}) SELECT CAST(:id AS text),"
             " CAST(:status AS text), CAST(:tags AS jsonb), CAST(:token_key AS text),"
             " CAST(:key_expires AS bigint), CAST(:ttl AS text), CAST(:timeout_at AS bigint),"
             " CAST(:created_at AS bigint), CAST(:data_schema AS text),"
-            f" CAST(:created_by_run AS text) FROM {where} RETURNING id",
+            f" CAST(:created_by_run AS text){typed_more} FROM {where} RETURNING id",
             **_token_params(values),
             **params,
         )

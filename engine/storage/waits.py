@@ -2,10 +2,11 @@
 
 Every wait is the same transaction: fenced by the lease epoch, it either finds the
 waitpoint(s) closed and journals the outcome (the run goes on), or inserts the blocking
-edges and sets the run WAITING (the run suspends; its attempt releases the lease once it
-unwound). On PostgreSQL it share-locks the waitpoints it looks at, so that a completion
-committing at the same moment either is seen here or sees the run blocked (``core.py``). The
-completion side is ``_requeue_blocked``, shared by tokens, timers and child runs.
+edges and sets the run WAITING with its lease released (the run suspends; the unwinding
+attempt may write nothing more: a resumed attempt takes the run with a new epoch). On
+PostgreSQL it share-locks the waitpoints it looks at, so that a completion committing at the
+same moment either is seen here or sees the run blocked (``core.py``). The completion side is
+``_requeue_blocked``, shared by tokens, timers and child runs.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..clock import from_ms
+from ..clock import from_ms, from_ms_or_none
 from ..durations import Deadline
 from ..errors import StorageError, TokenNotFoundError
 from ..faults import crash_point
 from ..ids import new_token_id
-from ..journal import child_key
-from ..models import Run, RunStatus, Token
+from ..journal import CallKey, child_key
+from ..models import Run, RunStatus, Token, WaitpointStatus, WaitTarget
 from .base import JournalWrite, NewRun
 from .core import StorageCore, lease_lost
 from .groups import group_outcome
@@ -29,6 +30,18 @@ from .sql import Op, Sql, alone, combined, rows
 
 class Waits(StorageCore):
     """Blocking a run on waitpoints."""
+
+    async def describe_waitpoints(self, ids: list[str]) -> list[WaitTarget]:
+        if not ids:
+            return []
+        found = await self._read(
+            rows(
+                "SELECT id, kind, status, created_at, timeout_at, child_run_id, created_by_key"
+                f" FROM waitpoints WHERE id {self.q.in_('ids')} ORDER BY id",
+                ids=list(ids),
+            )
+        )
+        return [_wait_target(row) for row in found]
 
     async def wait_on_token(
         self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
@@ -288,3 +301,22 @@ class Waits(StorageCore):
             raise StorageError("the database returned no row for a new waitpoint")
         made: RowLike = inserted[0]
         return made
+
+
+_TARGET_KINDS = {"MANUAL": "token", "RUN": "run"}
+
+
+def _wait_target(row: RowLike) -> WaitTarget:
+    """A DATETIME waitpoint is a sleep's, or the deadline of the group that made it."""
+    kind = _TARGET_KINDS.get(row["kind"])
+    if kind is None:
+        made_by = CallKey.parse(row["created_by_key"] or "")
+        kind = "sleep" if made_by.kind == "sleep" else "deadline"
+    return WaitTarget(
+        id=row["id"],
+        kind=kind,
+        status=WaitpointStatus(row["status"]),
+        created_at=from_ms(row["created_at"]),
+        run_id=row["child_run_id"],
+        until=from_ms_or_none(row["timeout_at"]),
+    )

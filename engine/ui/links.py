@@ -19,9 +19,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from .. import keys
-from ..api.auth import KEY_FILE, Auth
+from ..api.auth import Auth
 from ..api.body import JSONGuardRoute
-from ..api.deps import EngineDep, SecretCaller, auth_of
+from ..api.deps import EngineDep, SecretCaller, auth_of, public_url_of
 from ..durations import to_timedelta
 from ..errors import ConfigurationError, ValidationError
 from ..settings import Settings
@@ -51,7 +51,7 @@ def local_secret_key(settings: Settings) -> str:
         return key.value
     raise ConfigurationError(
         "approval links are signed with the API's secret key: set WAITPOINT_SECRET_KEY, or "
-        f"start `waitpoint dev` once so that it creates {KEY_FILE}"
+        f"start `waitpoint dev` once so that it creates {keys.key_file(settings)}"
     )
 
 
@@ -78,5 +78,4 @@ async def create_approval_link(
 ) -> dict[str, Any]:
     await engine.tokens.retrieve(token_id)  # 404 for an unknown id
     expires_in = (body or LinkBody()).expiresIn
-    settings: Settings = request.app.state.settings
-    return {"url": approval_url(settings.public_url, auth_of(request), token_id, expires_in)}
+    return {"url": approval_url(public_url_of(request), auth_of(request), token_id, expires_in)}

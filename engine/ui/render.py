@@ -58,6 +58,11 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 
+def compact_json(value: Any) -> str:
+    """A JSON value on one line, as written (escaped by the template like any text)."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
 def iso(moment: datetime | None) -> str:
     if moment is None:
         return ""
@@ -98,7 +103,9 @@ class Renderer:
             lstrip_blocks=True,
         )
         self.assets = _load_assets()
-        self.env.filters.update(pretty_json=pretty_json, iso=iso, when=when, took=took)
+        self.env.filters.update(
+            pretty_json=pretty_json, compact_json=compact_json, iso=iso, when=when, took=took
+        )
         self.env.globals["asset"] = self.asset_url
         for name in self.env.list_templates(extensions=["html"]):
             self.env.get_template(name)  # compile now, not on the first request

@@ -175,8 +175,8 @@ def same_site(request: Request) -> None:
 
 
 def _own_origins(request: Request) -> set[str | None]:
-    public_url: str = request.app.state.settings.public_url
-    own = {_origin(public_url)}
+    public_url: str | None = request.app.state.settings.public_url
+    own = {_origin(public_url) if public_url else None}
     host = request.headers.get("host")
     if host:
         own.add(_origin(f"{request.url.scheme}://{host}"))

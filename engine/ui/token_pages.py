@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
+from ..api.deps import public_url_of
 from ..models import CompletionSource, Token, WaitpointStatus
-from ..settings import Settings
 from .completion import prepare, submit
 from .forms import Reading
 from .links import DEFAULT_EXPIRES_IN, approval_url
@@ -100,6 +100,5 @@ async def cancel(request: Request, token_id: str, _: SignedIn, __: SameSite) -> 
 async def share(request: Request, token_id: str, _: SignedIn, __: SameSite) -> Response:
     token = await engine_of(request).tokens.retrieve(token_id)
     expires_in = dict(await form_pairs(request)).get("expires_in") or DEFAULT_EXPIRES_IN
-    settings: Settings = request.app.state.settings
-    link = approval_url(settings.public_url, ui_of(request).auth, token_id, expires_in)
+    link = approval_url(public_url_of(request), ui_of(request).auth, token_id, expires_in)
     return _token_page(request, token, link=link)

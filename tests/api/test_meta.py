@@ -14,6 +14,8 @@ PATHS = [
     "/api/v3/runs/{run_id}",
     "/api/v2/runs/{run_id}/cancel",
     "/api/v1/runs",
+    "/api/v1/workers",
+    "/api/v1/tasks/{task_id}/workers",
     "/healthz",
 ]
 

@@ -63,7 +63,8 @@ async def test_the_sqlite_files_and_their_new_folders_are_private_whatever_the_u
         async with Engine(f"sqlite:///{database}") as engine:
             await engine.tokens.create()  # a write: the -wal and -shm files exist now
             files = {p.name: mode(p) for p in database.parent.iterdir()}
-    assert files == {"engine.db": 0o600, "engine.db-wal": 0o600, "engine.db-shm": 0o600}
+    private = {"engine.db": 0o600, "engine.db-wal": 0o600, "engine.db-shm": 0o600}
+    assert files == {**private, "secret_key": 0o600}  # the key generated for it lives beside it
     assert mode(tmp_path / "made") == 0o700 and mode(tmp_path / "made" / "here") == 0o700
     assert mode(tmp_path) == before  # a folder that existed is left as it was
 
@@ -74,11 +75,13 @@ def test_the_generated_key_file_and_its_folder_are_private_whatever_the_umask(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with umask(mask):
-        key, created = resolve_secret_key(Settings(secret_key=None))
+        made = resolve_secret_key(Settings(secret_key=None))
+    key, created = made.value, made.created
     assert created and len(key) >= 32
     assert mode(tmp_path / ".waitpoint") == 0o700
     assert mode(tmp_path / ".waitpoint" / "secret_key") == 0o600
-    assert resolve_secret_key(Settings(secret_key=None)) == (key, False)
+    again = resolve_secret_key(Settings(secret_key=None))
+    assert (again.value, again.created) == (key, False)
     assert os.listdir(tmp_path / ".waitpoint") == ["secret_key"]  # no scratch file left
 
 
@@ -91,7 +94,8 @@ def test_processes_racing_to_generate_the_key_all_get_the_same_one(
 
     def resolve() -> None:
         start.wait()
-        results.append(resolve_secret_key(Settings(secret_key=None)))
+        found = resolve_secret_key(Settings(secret_key=None))
+        results.append((found.value, found.created))
 
     threads = [threading.Thread(target=resolve) for _ in range(8)]
     for thread in threads:

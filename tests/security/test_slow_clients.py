@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from engine import Engine, Settings
-from engine.services import api_server
+from engine.services import api_server, listen
 from tests.api.conftest import TOKENS
 
 from .conftest import ServeProcess, read_response, status_of
@@ -223,7 +223,8 @@ def test_uvicorn_gets_the_connection_limit_and_backlog_from_the_settings(tmp_pat
         max_connections=42,
         backlog=77,
     )
-    server, _, _ = api_server(Engine(settings=settings), "127.0.0.1", 0)
+    with listen("127.0.0.1", 0) as listener:
+        server, _ = api_server(Engine(settings=settings), listener)
     assert server.config.limit_concurrency == 42
     assert server.config.backlog == 77
     defaults = Settings()

@@ -251,7 +251,7 @@ async def test_subscribe_over_http_follows_a_run_too(
             async for _ in remote.runs.subscribe("run_missing"):
                 pass
         link = await remote.tokens.approval_link(await _new_token(remote), "1h")
-        assert link.startswith("http://127.0.0.1:8030/ui/approve/waitpoint_")
+        assert link.startswith(f"{served}/ui/approve/waitpoint_")  # where the server was asked
 
 
 async def _new_token(remote: Engine) -> str:

@@ -1,0 +1,132 @@
+"""The CLI's words: help that names values as one types them, messages that name options.
+
+The engine's messages name Python parameters (``expires_in``, ``api_key=``), which is right
+for the Python API and wrong in a shell, where the same thing is ``--expires-in``. The CLI
+translates them here, on the way out, and leaves the engine's messages alone.
+
+Typer labels each option in the help with its Python type (``<str>``, ``<list[str]>``, and
+``<bool>`` for flags, which take no value at all). ``HelpGroup`` and ``HelpCommand`` show
+the metavar an option declares (``JSON``, ``DURATION``, ``URL``) and nothing for a flag.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer.core
+from pydantic.alias_generators import to_camel
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
+
+_VALUE_NAMES = {"int": "N", "integer": "N", "integer range": "N", "float": "NUMBER"}
+"""The metavar of an option that declares none, by its type's name (else ``TEXT``)."""
+
+
+def value_named(param: Any) -> None:
+    """Give ``param`` help that shows what to type, never a Python type (idempotent)."""
+    if param.param_type_name == "argument":
+        if isinstance(param, typer.core.TyperArgument):
+            param.__class__ = _Argument  # shows its metavar alone: TASK_ID, not TASK_ID <str>
+        if param.metavar is None:
+            param.metavar = param.name.upper()
+        return
+    if param.metavar is not None:
+        return
+    if getattr(param, "is_flag", False):
+        param.metavar = ""  # a flag takes no value
+        return
+    param.metavar = _VALUE_NAMES.get(_type_name(param), "TEXT")
+
+
+def _type_name(param: Any) -> str:
+    """``int``, ``float``, ``str``...: from click's type, or typer's own description of it."""
+    kind = getattr(getattr(param, "type", None), "name", None)
+    if isinstance(kind, str):
+        return kind
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return str(getattr(annotation, "__name__", ""))
+
+
+class _Argument(typer.core.TyperArgument):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+class HelpCommand(typer.core.TyperCommand):
+    """A command whose help names values (see ``value_named``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        for param in params:
+            value_named(param)
+        return params
+
+
+class HelpGroup(typer.core.TyperGroup):
+    """A group (its own options: ``--version``, ``--help``...) whose help names values."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        for param in params:
+            value_named(param)
+        return params
+
+
+class Typer(typer.Typer):
+    """``typer.Typer`` whose groups and commands are ``HelpGroup`` and ``HelpCommand``."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(cls=HelpGroup, **options)
+
+    def command(self, *args: Any, **options: Any) -> Callable[[F], F]:
+        return super().command(*args, cls=HelpCommand, **options)
+
+
+def walk(command: Any) -> Iterator[tuple[str, Any]]:
+    """Every command below ``command`` (a click group), with its path: ``runs list``."""
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield name, sub
+        for path, deeper in walk(sub):
+            yield f"{name} {path}", deeper
+
+
+def option_names(command: Any) -> dict[str, str]:
+    """Python parameter names (and their camelCase wire forms) -> the option that sets them.
+
+    Taken from every option of every command: ``expires_in`` and ``expiresIn`` ->
+    ``--expires-in``. A name given two options (``timeout``) keeps the first one found.
+    """
+    names: dict[str, str] = {}
+    for _, sub in [("", command), *walk(command)]:
+        for param in sub.params:
+            if param.param_type_name != "option" or not param.name or not param.opts:
+                continue
+            long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+            names.setdefault(param.name, long)
+            names.setdefault(to_camel(param.name), long)
+    return names
+
+
+def in_cli_words(message: str, options: dict[str, str]) -> str:
+    """``message`` with the Python names in it replaced by the options that set them.
+
+    A name of several words (``expires_in``, ``api_key=``) is replaced wherever it stands; a
+    one-word name only where it opens a rule (``limit must be between 1 and 100``), since
+    ``task`` or ``data`` in a sentence are mostly plain words. Quoted text (an id, a value
+    the user gave) is never changed.
+    """
+    several = sorted((n for n in options if "_" in n or n != n.lower()), key=len, reverse=True)
+    if several:
+        pattern = re.compile(rf"(?<![\w-])({'|'.join(map(re.escape, several))})\b=?")
+        parts = _QUOTED.split(message)
+        for i in range(0, len(parts), 2):  # the odd parts are the quoted ones
+            parts[i] = pattern.sub(lambda m: options[m[1]], parts[i])
+        message = "".join(parts)
+    first, _, rest = message.partition(" ")
+    if first in options and rest.startswith("must "):
+        return f"{options[first]} {rest}"
+    return message

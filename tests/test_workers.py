@@ -1,0 +1,127 @@
+"""Workers record themselves and a heartbeat; a run's task without a live worker is named.
+
+The heartbeat rides on the lease loop: while attempts run it is in the renewal's transaction,
+while the worker idles it is written alone, once per third of a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from engine import (
+    Engine,
+    RunWaitTimeoutError,
+    ValidationError,
+    create_token,
+    task,
+    wait_for_token,
+)
+
+from .conftest import StartWorker, wait_for_status
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+@task("wk-held")
+async def held(payload: None) -> str:
+    await GATE["open"].wait()
+    return "done"
+
+
+@task("wk-approve")
+async def approve(payload: dict[str, float]) -> object:
+    token = await create_token(
+        title=f"Refund {payload['amount']}",
+        description="Plain text",
+        context={"amount": payload["amount"]},
+    )
+    return (await wait_for_token(token)).output
+
+
+async def test_a_worker_is_listed_with_its_running_attempts_and_stops_cleanly(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    GATE["open"] = asyncio.Event()
+    worker = await start_worker([held], concurrency=3, lease_seconds=0.3)
+    [listed] = await engine.workers.list()
+    assert (listed.id, listed.tasks) == (worker.id, ["wk-held"])
+    assert (listed.concurrency, listed.lease_ms) == (3, 300)
+    run = await engine.trigger("wk-held")
+    await wait_for_status(engine, run.id, "EXECUTING")
+    first = listed.heartbeat_at
+    await asyncio.sleep(0.5)  # renewals every 0.1 s: the heartbeat moved with them
+    [busy] = await engine.workers.list()
+    assert busy.running == 1 and busy.heartbeat_at > first
+    GATE["open"].set()
+    await wait_for_status(engine, run.id, "COMPLETED")
+    beat = (await engine.workers.list())[0].heartbeat_at
+    await asyncio.sleep(0.5)  # idle: it still beats
+    [idle] = await engine.workers.list()
+    assert idle.running == 0 and idle.heartbeat_at > beat
+    assert (await engine.workers.for_task("wk-held")).live_workers == [worker.id]
+
+    worker.stop()
+    for _ in range(100):
+        if not await engine.workers.list():
+            break
+        await asyncio.sleep(0.05)
+    assert await engine.workers.list() == []
+    [stopped] = await engine.workers.list(include_gone=True)
+    assert stopped.stopped_at is not None and not stopped.live
+
+
+async def test_wait_for_run_says_when_no_live_worker_serves_the_task(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    worker = await start_worker([held])
+    worker.stop()
+    for _ in range(100):
+        if not await engine.workers.list():
+            break
+        await asyncio.sleep(0.05)
+    run = await engine.trigger("wk-held")
+    with pytest.raises(RunWaitTimeoutError) as raised:
+        await engine.wait_for_run(run.id, timeout=0.1)
+    assert str(raised.value).endswith(
+        "is still QUEUED after 0.1 seconds: no live worker serves task 'wk-held'"
+        " (last seen 0 s ago)"
+    )
+    assert await engine.workers.unserved(run) is not None
+
+
+async def test_a_run_creates_a_token_with_details_that_its_journal_keeps(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker([approve])
+    run = await engine.trigger("wk-approve", {"amount": 19.99})
+    await wait_for_status(engine, run.id, "WAITING")
+    [token] = (await engine.tokens.list(status="WAITING")).data
+    assert (token.title, token.description) == ("Refund 19.99", "Plain text")
+    assert token.context == {"amount": 19.99}
+    await engine.tokens.complete(token.id, {"approved": True})
+    done = await engine.wait_for_run(run.id, timeout=10)
+    assert done.output == {"approved": True}
+    [created] = [e for e in await engine.runs.timeline(run.id) if e.kind == "create_token"]
+    assert created.token is not None and created.token.context == {"amount": 19.99}
+
+
+@pytest.mark.parametrize(
+    ("details", "message"),
+    [
+        ({"title": "x" * 201}, "title must be at most 200 characters long, got 201"),
+        ({"description": "x" * 4001}, "description must be at most 4000 characters long, got 4001"),
+        ({"context": ["amount"]}, "context must be a JSON object (a dict), got list"),
+        ({"context": {"x": "y" * 20_000}}, "context must be at most 16384 bytes as JSON, got "),
+        ({"context": {"x": object()}}, "context must be JSON-serialisable"),
+        ({"title": 42}, "title must be a string, got int"),
+    ],
+)
+async def test_token_details_are_bounded(
+    engine: Engine, details: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        await engine.tokens.create(**details)  # type: ignore[arg-type]
+    assert (await engine.tokens.list()).data == []

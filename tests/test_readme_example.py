@@ -26,21 +26,24 @@ def readme_blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", section, flags=re.M | re.S)
 
 
-def test_the_readme_test_example_passes_in_a_fresh_project(tmp_path: Path) -> None:
+def run_readme_example(folder: Path) -> str:
+    """Write the README's example and configuration into ``folder`` and run pytest there;
+    returns its output once it passed with at least one test."""
     [configuration] = readme_blocks("toml")
     [example] = readme_blocks("python")
     first_line = example.splitlines()[0]
     name = re.match(r"# (test_\w+\.py)", first_line)
     assert name is not None, f"the example's first line names its file: {first_line!r}"
-    (tmp_path / "pyproject.toml").write_text(configuration)
-    (tmp_path / name.group(1)).write_text(example)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(configuration)
+    (folder / name.group(1)).write_text(example)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WAITPOINT_", "PYTEST_"))}
     env.pop("PYTHONPATH", None)  # the installed package, not this checkout's folder
     done = subprocess.run(
         # -W error: the configuration the README shows leaves pytest nothing to warn about
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "error"],
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
@@ -49,6 +52,11 @@ def test_the_readme_test_example_passes_in_a_fresh_project(tmp_path: Path) -> No
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert f"rootdir: {tmp_path}" in output, output  # nothing of this repository configured it
+    assert f"rootdir: {folder}" in output, output  # nothing of this repository configured it
     passed = re.search(r"(\d+) passed", output)
     assert passed is not None and int(passed.group(1)) >= 1, output
+    return output
+
+
+def test_the_readme_test_example_passes_in_a_fresh_project(tmp_path: Path) -> None:
+    run_readme_example(tmp_path)

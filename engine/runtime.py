@@ -125,8 +125,10 @@ async def _end(
     if isinstance(stopped, ReplayRequested):
         log.info("run.replay_requested")
         return Handoff.REPLAY
-    if isinstance(stopped, Suspended):  # the park released the lease: nothing to write
+    if isinstance(stopped, Suspended):
         log.info("run.waiting")
+        with anyio.CancelScope(shield=True):
+            await _release(storage, run, None)
         return None
     if isinstance(ended, StorageError):  # e.g. complete_token from task code
         await _interrupted(storage, run, ended)

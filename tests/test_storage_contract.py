@@ -583,7 +583,7 @@ async def test_parking_resets_the_take_over_count(storage: Storage, clock: StepC
     assert await status_of(storage, run.id) is RunStatus.QUEUED  # one take-over since parking
 
 
-async def test_a_park_releases_the_lease_so_a_completion_makes_the_run_claimable_at_once(
+async def test_a_parked_run_keeps_its_attempts_lease_until_the_attempt_released_it(
     storage: Storage,
 ) -> None:
     claimed = await started(storage, lease_ms=1000)
@@ -591,15 +591,27 @@ async def test_a_park_releases_the_lease_so_a_completion_makes_the_run_claimable
     assert await storage.wait_on_token(token.id, jw(claimed, "wait#0")) is None
     await storage.complete_token(token.id, "fast", PY)  # before the attempt unwound
     assert await status_of(storage, claimed.id) is RunStatus.QUEUED
+    assert await storage.has_due_runs(["t"]) is False
+    assert await storage.claim_runs("w2", 1, LEASE_MS, ["t"]) == []
+    await storage.release_run(claimed.id, claimed.epoch)
     assert await storage.has_due_runs(["t"]) is True
     resumed = await claim_one(storage, owner="w2")
     assert resumed.epoch > claimed.epoch and resumed.attempt == 1
-    # the parked attempt, still unwinding, may write nothing more
-    with pytest.raises(LeaseLostError):
-        await storage.append_journal(jw(claimed, "step:late#1", 1, "late"))
     await storage.release_run(claimed.id, claimed.epoch)  # stale: changes nothing
     assert await status_of(storage, claimed.id) is RunStatus.EXECUTING
-    assert await storage.lost_runs("w1", [claimed.id]) == [claimed.id]
+
+
+async def test_a_parked_run_whose_attempt_died_unwinding_is_started_when_its_lease_ends(
+    storage: Storage, clock: StepClock
+) -> None:
+    claimed = await started(storage, lease_ms=1000)
+    token = await storage.create_token(NewToken())
+    assert await storage.wait_on_token(token.id, jw(claimed, "wait#0")) is None
+    await storage.complete_token(token.id, "fast", PY)
+    clock.advance(999)
+    assert await storage.claim_runs("w2", 1, LEASE_MS, ["t"]) == []
+    clock.advance(1)
+    assert (await claim_one(storage, owner="w2")).epoch > claimed.epoch
 
 
 # fencing -----------------------------------------------------------------------------------------

@@ -271,8 +271,9 @@ class Storage(Protocol):
 
         An EXECUTING run goes back to the queue (graceful shutdown, always-replay hand-back),
         claimable again after ``delay_ms`` (a database failure: not at once, not in a loop);
-        a run in another status keeps it. A park needs no release: it released the lease in
-        the statement that parked the run.
+        a run the attempt parked keeps its status. A parked run keeps the lease of the attempt
+        that parked it until then, so no other worker starts it while that attempt is still
+        unwinding (``finally`` blocks run after the wait committed).
         """
         ...
 

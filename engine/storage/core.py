@@ -53,14 +53,9 @@ def lease_lost(run_id: str, epoch: int) -> LeaseLostError:
 
 
 _WAITING = (
-    "UPDATE runs SET status = 'WAITING', updated_at = :now, lease_owner = NULL,"
-    " lease_expires_at = NULL, executing_ms = executing_ms + :elapsed, recovery_count = 0"
-    " WHERE id = :run_id"
+    "UPDATE runs SET status = 'WAITING', updated_at = :now,"
+    " executing_ms = executing_ms + :elapsed, recovery_count = 0 WHERE id = :run_id"
 )
-"""A park: the run WAITING and its lease released in the same statement. The attempt still
-unwinds after it commits, but may write nothing more: a completion can re-queue the run and a
-claim (this worker's too: it keys its bookkeeping by epoch) take it at once, moving the epoch
-on, so the unwinding attempt's fenced writes are refused."""
 
 
 class StorageCore:
@@ -397,8 +392,8 @@ class StorageCore:
     def _block(
         self, journal: JournalWrite, modes: dict[str, str], elapsed_ms: int, now: int
     ) -> Op[None]:
-        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, its lease released
-        (``_WAITING``)."""
+        """Block the run on waitpoints (``{id: "all" | "any"}``): WAITING, lease kept (the
+        attempt releases it once it unwound: ``release_run``)."""
         crash_point("suspend.before_commit")
         detail = {"on": sorted(modes)}
         if self.q.writes_in_with:

@@ -2,11 +2,10 @@
 
 Every wait is the same transaction: fenced by the lease epoch, it either finds the
 waitpoint(s) closed and journals the outcome (the run goes on), or inserts the blocking
-edges and sets the run WAITING with its lease released (the run suspends; the unwinding
-attempt may write nothing more: a resumed attempt takes the run with a new epoch). On
-PostgreSQL it share-locks the waitpoints it looks at, so that a completion committing at the
-same moment either is seen here or sees the run blocked (``core.py``). The completion side is
-``_requeue_blocked``, shared by tokens, timers and child runs.
+edges and sets the run WAITING (the run suspends; its attempt releases the lease once it
+unwound). On PostgreSQL it share-locks the waitpoints it looks at, so that a completion
+committing at the same moment either is seen here or sees the run blocked (``core.py``). The
+completion side is ``_requeue_blocked``, shared by tokens, timers and child runs.
 """
 
 from __future__ import annotations

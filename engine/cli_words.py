@@ -56,24 +56,22 @@ class _Argument(typer.core.TyperArgument):
         return None
 
 
-class HelpCommand(typer.core.TyperCommand):
-    """A command whose help names values (see ``value_named``)."""
+class _ValuesNamed:
+    """Help that names values (see ``value_named``), for a command or a group."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params: list[Any] = super().get_params(ctx)
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             value_named(param)
         return params
 
 
-class HelpGroup(typer.core.TyperGroup):
+class HelpCommand(_ValuesNamed, typer.core.TyperCommand):
+    """A command whose help names values."""
+
+
+class HelpGroup(_ValuesNamed, typer.core.TyperGroup):
     """A group (its own options: ``--version``, ``--help``...) whose help names values."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        params: list[Any] = super().get_params(ctx)
-        for param in params:
-            value_named(param)
-        return params
 
 
 class Typer(typer.Typer):

@@ -31,8 +31,10 @@ def commands(python: str) -> list[tuple[str, list[str]]]:
     )
     return [
         ("python -c pass", [python, "-c", "pass"]),
-        ("import engine", [python, "-c", "import engine"]),
+        ("import engine", [python, "-c", "import engine"]),  # names load on use (PEP 562)
+        ("from engine import Engine, task", [python, "-c", "from engine import Engine, task"]),
         ("waitpoint --help", [*cli, "--help"]),
+        ("waitpoint runs list --help", [*cli, "runs", "list", "--help"]),
     ]
 
 
@@ -54,14 +56,14 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"{args.python} ({args.runs} runs each)")
-    print(f"{'command':<20} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'CPU ms':>8}")
+    print(f"{'command':<32} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'CPU ms':>8}")
     for label, command in commands(args.python):
         timed(command)  # warm-up: file cache, __pycache__
         samples = [timed(command) for _ in range(args.runs)]
         walls = [wall for wall, _ in samples]
         cpu = statistics.median(cpu for _, cpu in samples)
         median, low, high = statistics.median(walls), min(walls), max(walls)
-        print(f"{label:<20} {median:>10.0f} {low:>8.0f} {high:>8.0f} {cpu:>8.0f}")
+        print(f"{label:<32} {median:>10.0f} {low:>8.0f} {high:>8.0f} {cpu:>8.0f}")
 
 
 if __name__ == "__main__":

@@ -3,64 +3,130 @@
 Tasks are ``async def`` functions; inside one, ``await wait_for_token(token)`` parks the run
 until someone completes the token, with nothing of the run left in memory. Runs, tokens and
 journals live in SQLite, so a run resumes exactly where it left off after restarts and crashes.
+
+The names below load on first use (PEP 562), so that ``import engine`` and the CLI's
+``--help`` do not pay for the storage, the models and asyncio before anything needs them.
 """
 
-from .client import Engine
-from .durable import (
-    RunInfo,
-    complete_token,
-    create_token,
-    current_run,
-    sleep,
-    sleep_until,
-    step,
-    update_metadata,
-    wait_for_token,
-    wait_for_tokens,
-)
-from .errors import (
-    AbortTaskRunError,
-    ChildRunError,
-    ConcurrentWaitError,
-    ConfigurationError,
-    DurableCallInStepError,
-    EngineError,
-    LeaseLostError,
-    MaxDurationExceededError,
-    NondeterminismError,
-    NotFoundError,
-    NotInRunError,
-    RunFailedError,
-    RunNotFoundError,
-    RunWaitTimeoutError,
-    StepFailedError,
-    StorageError,
-    StorageUnavailableError,
-    TaskNotFoundError,
-    TokenNotFoundError,
-    TokenNotWaitingError,
-    ValidationError,
-    WaitpointCancelledError,
-    WaitpointError,
-    WaitpointTimeoutError,
-)
-from .models import (
-    CompletionResult,
-    CompletionSource,
-    GroupResult,
-    Page,
-    Run,
-    RunError,
-    RunResult,
-    RunStatus,
-    TimelineEntry,
-    Token,
-    WaitpointStatus,
-    WaitResult,
-)
-from .registry import Queue, Retry, TaskDefinition, task
-from .settings import Settings
-from .worker import Worker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Engine
+    from .durable import (
+        RunInfo,
+        complete_token,
+        create_token,
+        current_run,
+        sleep,
+        sleep_until,
+        step,
+        update_metadata,
+        wait_for_token,
+        wait_for_tokens,
+    )
+    from .errors import (
+        AbortTaskRunError,
+        ChildRunError,
+        ConcurrentWaitError,
+        ConfigurationError,
+        DurableCallInStepError,
+        EngineError,
+        LeaseLostError,
+        MaxDurationExceededError,
+        NondeterminismError,
+        NotFoundError,
+        NotInRunError,
+        RunFailedError,
+        RunNotFoundError,
+        RunWaitTimeoutError,
+        StepFailedError,
+        StorageError,
+        StorageUnavailableError,
+        TaskNotFoundError,
+        TokenNotFoundError,
+        TokenNotWaitingError,
+        ValidationError,
+        WaitpointCancelledError,
+        WaitpointError,
+        WaitpointTimeoutError,
+    )
+    from .models import (
+        CompletionResult,
+        CompletionSource,
+        GroupResult,
+        Page,
+        Run,
+        RunError,
+        RunResult,
+        RunStatus,
+        TimelineEntry,
+        Token,
+        WaitpointStatus,
+        WaitResult,
+    )
+    from .registry import Queue, Retry, TaskDefinition, task
+    from .settings import Settings
+    from .worker import Worker
+
+_WHERE = {
+    "AbortTaskRunError": "errors",
+    "ChildRunError": "errors",
+    "CompletionResult": "models",
+    "CompletionSource": "models",
+    "ConcurrentWaitError": "errors",
+    "ConfigurationError": "errors",
+    "DurableCallInStepError": "errors",
+    "Engine": "client",
+    "EngineError": "errors",
+    "GroupResult": "models",
+    "LeaseLostError": "errors",
+    "MaxDurationExceededError": "errors",
+    "NondeterminismError": "errors",
+    "NotFoundError": "errors",
+    "NotInRunError": "errors",
+    "Page": "models",
+    "Queue": "registry",
+    "Retry": "registry",
+    "Run": "models",
+    "RunError": "models",
+    "RunFailedError": "errors",
+    "RunInfo": "durable",
+    "RunNotFoundError": "errors",
+    "RunResult": "models",
+    "RunStatus": "models",
+    "RunWaitTimeoutError": "errors",
+    "Settings": "settings",
+    "StepFailedError": "errors",
+    "StorageError": "errors",
+    "StorageUnavailableError": "errors",
+    "TaskDefinition": "registry",
+    "TaskNotFoundError": "errors",
+    "TimelineEntry": "models",
+    "Token": "models",
+    "TokenNotFoundError": "errors",
+    "TokenNotWaitingError": "errors",
+    "ValidationError": "errors",
+    "WaitResult": "models",
+    "WaitpointCancelledError": "errors",
+    "WaitpointError": "errors",
+    "WaitpointStatus": "models",
+    "WaitpointTimeoutError": "errors",
+    "Worker": "worker",
+    "complete_token": "durable",
+    "create_token": "durable",
+    "current_run": "durable",
+    "sleep": "durable",
+    "sleep_until": "durable",
+    "step": "durable",
+    "task": "registry",
+    "update_metadata": "durable",
+    "wait_for_token": "durable",
+    "wait_for_tokens": "durable",
+}
+"""Each public name and the module (under ``engine``) that defines it."""
 
 __all__ = [
     "AbortTaskRunError",
@@ -117,3 +183,18 @@ __all__ = [
     "wait_for_token",
     "wait_for_tokens",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` and keep the name here, as an eager import would."""
+    try:
+        module = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

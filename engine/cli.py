@@ -7,7 +7,6 @@ command with exit code 1 and one ``error: ...`` line on stderr, never a tracebac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -18,46 +17,22 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import pydantic
 import typer
 
-from . import keys
 from .callbacks import UNKNOWN_PUBLIC_URL
 from .cli_words import Typer, in_cli_words, option_names
-from .client import NO_PUBLIC_URL, Engine
-from .console import (
-    RUN_COLUMNS,
-    TOKEN_COLUMNS,
-    banner,
-    key_line,
-    show,
-    show_completion,
-    show_page,
-    show_timeline,
-)
+from .defaults import DEFAULT_DATABASE_URL, LIVE_LEASES
 from .durations import parse_duration, to_timedelta
 from .errors import ConfigurationError, EngineError, RunFailedError, ValidationError
-from .keys import SecretKey
 from .logs import configure_logging
-from .models import (
-    LIVE_LEASES,
-    CompletionResult,
-    CompletionSource,
-    Page,
-    Run,
-    RunStatus,
-    TimelineEntry,
-    Token,
-    WireModel,
-    ago,
-)
-from .registry import TaskDefinition, load_tasks
-from .settings import DEFAULT_DATABASE_URL, Settings
-from .storage import display_url
-from .worker import Worker
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only the above
+    from .client import Engine
+    from .keys import SecretKey
+    from .models import CompletionResult, Page, Run, TimelineEntry, Token
+    from .registry import TaskDefinition
     from .services import APIServer
+    from .settings import Settings
 
 T = TypeVar("T")
 
@@ -187,7 +162,9 @@ def _setup(
     except FileNotFoundError:
         raise _fail("the working directory no longer exists: cd to one that does") from None
 
-    import structlog  # late: not for --help
+    if "--help" in sys.argv[1:]:  # `waitpoint runs list --help`: help only, no log to set up
+        return
+    import structlog  # late: importing it would double the time --help takes
 
     saved = structlog.get_config() if structlog.is_configured() else None
     configure_logging("auto", logging.WARNING)
@@ -215,6 +192,8 @@ def _innermost(exc: BaseException) -> BaseException:
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn every error the user can fix into one stderr line and exit code 1."""
+    import pydantic
+
     try:
         yield
     except Exception as raised:
@@ -243,6 +222,10 @@ def _run(
     api_key: str | None = None,
 ) -> T:
     """Run ``action`` on an Engine opened for this one command (``api_key``: --api-key)."""
+
+    import asyncio
+
+    from .client import Engine
 
     async def body() -> T:
         async with Engine(database, api_key=api_key, settings=settings) as engine:
@@ -295,6 +278,8 @@ def _local_url(host: str, port: int) -> str:
 
 def _api_settings(host: str, port: int) -> Settings:
     """Settings whose callback URLs point at this server unless WAITPOINT_PUBLIC_URL says else."""
+    from .settings import Settings
+
     settings = Settings()
     if settings.public_url:
         return settings
@@ -322,6 +307,8 @@ async def _start_api(engine: Engine, listener: socket.socket) -> tuple[APIServer
 
 
 def _api_lines(engine: Engine, host: str, port: int, key: SecretKey) -> list[str]:
+    from .console import key_line
+
     url = _local_url(host, port)
     lines = [f"API: {url}  (docs at {url}/docs)"]
     if engine.settings.public_url != url:
@@ -330,6 +317,8 @@ def _api_lines(engine: Engine, host: str, port: int, key: SecretKey) -> list[str
 
 
 def _load(module: str | None, settings: Settings) -> tuple[str, dict[str, TaskDefinition]]:
+    from .registry import load_tasks
+
     module = module or settings.tasks
     tasks = load_tasks(module)
     if not tasks:
@@ -345,6 +334,10 @@ def dev(
     port: Port = 8030,
 ) -> None:
     """Run a worker and the API for local development, with readable logs."""
+    from .console import banner
+    from .storage import display_url
+    from .worker import Worker
+
     with _user_errors():
         settings = _api_settings(host, port)
         configure_logging("console")
@@ -383,6 +376,9 @@ def _login_link(host: str, port: int, key: str) -> str:
 @app.command()
 def serve(database: Database = None, host: Host = "127.0.0.1", port: Port = 8030) -> None:
     """Run the REST API alone (workers run elsewhere, on the same database)."""
+    from .console import banner
+    from .storage import display_url
+
     with _user_errors():
         settings = _api_settings(host, port)
         configure_logging(settings.log_format)
@@ -410,6 +406,9 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker: claim queued runs of the loaded tasks until SIGINT/SIGTERM."""
+    from .settings import Settings
+    from .worker import Worker
+
     with _user_errors():
         settings = Settings()
         configure_logging(settings.log_format)
@@ -427,6 +426,8 @@ def worker(
 def migrate(database: Database = None) -> None:
     """Create or upgrade the database's schema (workers and the API also do it on start)."""
 
+    from .storage import display_url
+
     async def work(engine: Engine) -> str:
         version = await engine.storage.migrate()
         return f"{display_url(engine.settings.database_url)}: schema version {version}"
@@ -441,6 +442,9 @@ def signing_secret(database: Database = None) -> None:
     For workers that make callback URLs but should not hold the API key: set their
     WAITPOINT_SIGNING_SECRET to it (it signs callback URLs and opens nothing else).
     """
+    from . import keys
+    from .settings import Settings
+
     with _user_errors():
         settings = Settings()
         if database:
@@ -462,16 +466,6 @@ LIVE_RULE = (
 )
 
 
-class _WorkerRow(WireModel):
-    """A worker as the table shows it."""
-
-    id: str
-    tasks: list[str]
-    in_use: str
-    last_heartbeat: str
-    state: str
-
-
 @app.command(
     "workers",
     help=f"List the live workers: their tasks, the attempts they run of"
@@ -487,28 +481,12 @@ def workers_list(
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
+    from .console import show_workers
+
     found = _run(
         api_url or database, lambda e: e.workers.list(include_gone=include_gone), api_key=api_key
     )
-    if as_json:
-        show_page(Page(data=found), True, {}, "workers")
-        return
-    now = datetime.now(UTC)
-    rows = [
-        _WorkerRow(
-            id=w.id,
-            tasks=w.tasks,
-            in_use=f"{w.running}/{w.concurrency}",
-            last_heartbeat=f"{ago((now - w.heartbeat_at).total_seconds())} ago",
-            state="live" if w.live else "stopped" if w.stopped_at else "silent",
-        )
-        for w in found
-    ]
-    columns = {"id": "worker", "tasks": "tasks", "inUse": "in use"}
-    columns["lastHeartbeat"] = "last heartbeat"
-    if include_gone:
-        columns["state"] = "state"
-    show_page(Page(data=rows), False, columns, "workers" if include_gone else "live workers")
+    show_workers(found, as_json=as_json, include_gone=include_gone)
 
 
 # --- runs ------------------------------------------------------------------------------
@@ -587,6 +565,9 @@ def trigger(
 ) -> None:
     """Queue a run of TASK_ID (a worker must have registered it)."""
 
+    from .console import show
+    from .models import RunStatus
+
     async def action(engine: Engine) -> Run:
         if timeout is not None and not wait:
             raise ValidationError("--timeout only applies with --wait")
@@ -657,6 +638,8 @@ def runs_list(
     a repeated option matches any of its values.
     """
 
+    from .console import RUN_COLUMNS, show_page
+
     async def action(engine: Engine) -> Page[Run]:
         since_text = _duration_option(since, "--since")
         start = datetime.now(UTC) - parse_duration(since_text) if since_text else None
@@ -678,6 +661,8 @@ def runs_get(
 ) -> None:
     """Show one run and, for people, its timeline (what it did, and how each wait ended)."""
 
+    from .console import show
+
     async def action(engine: Engine) -> tuple[Run, list[TimelineEntry], str | None]:
         run = await engine.runs.retrieve(run_id)
         unserved = await engine.workers.unserved(run)
@@ -697,6 +682,8 @@ def runs_timeline(
     api_key: ApiKey = None,
 ) -> None:
     """Show what a run did: steps, tokens, waits and how each completion arrived."""
+    from .console import show_timeline
+
     timeline = _run(api_url or database, lambda e: e.runs.timeline(run_id), api_key=api_key)
     if as_json:
         print(json.dumps([entry.model_dump(mode="json", by_alias=True) for entry in timeline]))
@@ -713,6 +700,8 @@ def runs_cancel(
     api_key: ApiKey = None,
 ) -> None:
     """Cancel a run that has not finished."""
+    from .console import show
+
     show(_run(api_url or database, lambda e: e.runs.cancel(run_id), api_key=api_key), as_json)
 
 
@@ -722,6 +711,7 @@ def runs_cancel(
 async def _with_url_note(engine: Engine, found: Awaitable[T]) -> T:
     """``found`` (tokens), and a note on stderr when their callback URLs lead nowhere: this
     process knows no public URL (``callbacks.UNKNOWN_PUBLIC_URL``)."""
+    from .client import NO_PUBLIC_URL
     from .remote import RemoteTokens  # imported already: Engine() did
 
     result = await found
@@ -771,6 +761,8 @@ def tokens_create(
 ) -> None:
     """Create a waitpoint token."""
 
+    from .console import show
+
     async def action(engine: Engine) -> Token:
         made = engine.tokens.create(
             timeout=_duration_option(timeout, "--timeout"),
@@ -801,6 +793,8 @@ def tokens_list(
     Filters of different options all apply (--status WAITING --tag a: waiting and tagged a);
     a repeated option matches any of its values.
     """
+    from .console import TOKEN_COLUMNS, show_page
+
     page = _run(
         api_url or database,
         lambda e: _with_url_note(
@@ -819,6 +813,8 @@ def tokens_get(
     api_key: ApiKey = None,
 ) -> None:
     """Show one token."""
+    from .console import show
+
     show(
         _run(
             api_url or database,
@@ -842,6 +838,9 @@ def tokens_complete(
     api_key: ApiKey = None,
 ) -> None:
     """Complete a WAITING token; the runs waiting on it resume with the data."""
+
+    from .console import show_completion
+    from .models import CompletionSource
 
     async def action(engine: Engine) -> CompletionResult:
         value = _json_option(data, "--data")
@@ -880,6 +879,9 @@ def tokens_cancel(
     api_key: ApiKey = None,
 ) -> None:
     """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError."""
+    from .console import show_completion
+    from .models import CompletionSource
+
     show_completion(
         _run(
             api_url or database,

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer.core
-from pydantic.alias_generators import to_camel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +104,7 @@ def option_names(command: Any) -> dict[str, str]:
                 continue
             long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
             names.setdefault(param.name, long)
-            names.setdefault(to_camel(param.name), long)
+            names.setdefault(_camel(param.name), long)
     return names
 
 
@@ -128,3 +127,10 @@ def in_cli_words(message: str, options: dict[str, str]) -> str:
     if first in options and rest.startswith("must "):
         return f"{options[first]} {rest}"
     return message
+
+
+def _camel(name: str) -> str:
+    """``expires_in`` -> ``expiresIn``: the wire form the models' aliases give a field (done
+    here, not with pydantic's ``to_camel``, because importing pydantic would slow ``--help``)."""
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich import box
@@ -21,7 +21,16 @@ from rich.text import Text
 
 from .durations import format_duration
 from .keys import SecretKey
-from .models import CompletionResult, Page, Run, TimelineEntry, WaitTarget, WireModel
+from .models import (
+    CompletionResult,
+    Page,
+    Run,
+    TimelineEntry,
+    WaitTarget,
+    WireModel,
+    WorkerInfo,
+    ago,
+)
 
 
 def on_terminal() -> bool:
@@ -134,6 +143,39 @@ def show_page(page: Page[Any], as_json: bool, columns: dict[str, str], noun: str
         Console().print(table)
     if page.next_cursor:
         note(f"more: --after {page.next_cursor}")
+
+
+class _WorkerRow(WireModel):
+    """A worker as the table shows it."""
+
+    id: str
+    tasks: list[str]
+    in_use: str
+    last_heartbeat: str
+    state: str
+
+
+def show_workers(found: list[WorkerInfo], *, as_json: bool, include_gone: bool) -> None:
+    """Workers as JSON (the API's objects), or a table of their load and last heartbeat."""
+    if as_json:
+        show_page(Page(data=found), True, {}, "workers")
+        return
+    now = datetime.now(UTC)
+    rows = [
+        _WorkerRow(
+            id=w.id,
+            tasks=w.tasks,
+            in_use=f"{w.running}/{w.concurrency}",
+            last_heartbeat=f"{ago((now - w.heartbeat_at).total_seconds())} ago",
+            state="live" if w.live else "stopped" if w.stopped_at else "silent",
+        )
+        for w in found
+    ]
+    columns = {"id": "worker", "tasks": "tasks", "inUse": "in use"}
+    columns["lastHeartbeat"] = "last heartbeat"
+    if include_gone:
+        columns["state"] = "state"
+    show_page(Page(data=rows), False, columns, "workers" if include_gone else "live workers")
 
 
 def _table() -> Table:

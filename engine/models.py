@@ -383,11 +383,6 @@ class WorkerInfo(WireModel):
     stopped_at: datetime | None = None
 
 
-LIVE_LEASES = 3
-"""A worker is live while its last heartbeat is younger than this many of its lease periods
-(90 s with the default 30 s lease; it beats every third of one)."""
-
-
 class TaskWorkers(WireModel):
     """Which live workers serve a task, and when one was last seen if none does."""
 

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .defaults import DEFAULT_DATABASE_URL
 from .errors import ConfigurationError
 
 ENV_PREFIX = "WAITPOINT_"
 
-DEFAULT_DATABASE_URL = "sqlite:///.waitpoint/engine.db"
 SECRET_KEY_NAME = "secret_key"
 """The file, in a SQLite database's folder, that keeps the key generated for that database."""
 SECRET_KEY_FILE = Path(".waitpoint") / SECRET_KEY_NAME

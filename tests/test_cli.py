@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import structlog
 import typer.main
+from pydantic.alias_generators import to_camel
 from structlog.testing import capture_logs
 from typer.testing import CliRunner, Result
 
 from engine import Engine
 from engine.cli import app
-from engine.cli_words import in_cli_words, walk
+from engine.cli_words import in_cli_words, option_names, walk
 from engine.models import TaskInfo
 
 from .cli_runs import (
@@ -446,6 +447,15 @@ def test_python_names_become_options_outside_quotes_only() -> None:
     assert in_cli_words("unknown task 'expires_in'", options) == "unknown task 'expires_in'"
     assert in_cli_words("limit must be 1-100", options) == "--limit must be 1-100"
     assert in_cli_words("no limit here", options) == "no limit here"
+
+
+def test_options_are_named_by_the_wire_forms_the_models_give_fields() -> None:
+    """cli_words spells camelCase itself (pydantic's import would slow --help): every option's
+    wire form is the one the models' alias generator gives."""
+    options = option_names(typer.main.get_command(app))
+    for name, option in options.items():
+        if "_" in name:
+            assert options[to_camel(name)] == option
 
 
 # --- failures, stack traces and the timeline -------------------------------------------

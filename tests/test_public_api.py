@@ -73,6 +73,14 @@ def test_all_is_sorted_without_duplicates() -> None:
     assert engine.__all__ == sorted(set(engine.__all__))
 
 
+def test_the_lazy_exports_are_exactly_all() -> None:
+    """``engine`` loads its names on first use (PEP 562): each public name has a module to
+    load it from, and nothing else does."""
+    assert sorted(engine._WHERE) == EXPECTED_ALL
+    assert engine.Engine.__module__ == "engine.client"
+    assert "Engine" in dir(engine)
+
+
 @pytest.mark.parametrize("name", EXPECTED_ALL)
 def test_every_public_name_is_importable(name: str) -> None:
     module = importlib.import_module("engine")

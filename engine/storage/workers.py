@@ -11,13 +11,12 @@ lease periods. Rows go a week after their last heartbeat.
 
 from __future__ import annotations
 
-import json
-
 from ..clock import from_ms, from_ms_or_none
-from ..models import LIVE_LEASES, TaskWorkers, WorkerInfo
+from ..defaults import LIVE_LEASES
+from ..models import TaskWorkers, WorkerInfo
 from .base import NewWorker
 from .core import StorageCore
-from .records import RowLike
+from .records import RowLike, dump_json, load_json
 from .sql import Op, Sql, alone, count, rows
 
 GONE_KEPT_MS = 7 * 86_400_000
@@ -40,7 +39,7 @@ class Workers(StorageCore):
             " concurrency = excluded.concurrency, lease_ms = excluded.lease_ms,"
             " heartbeat_at = excluded.heartbeat_at, stopped_at = NULL",
             id=worker.id,
-            tasks=json.dumps(sorted(worker.tasks)),
+            tasks=dump_json(sorted(worker.tasks)),
             concurrency=worker.concurrency,
             lease_ms=worker.lease_ms,
             now=now,
@@ -98,7 +97,7 @@ class Workers(StorageCore):
                 now=now,
             )
         )
-        serving = [r for r in found if task_id in json.loads(r["tasks"])]
+        serving = [r for r in found if task_id in load_json(r["tasks"])]
         # a worker registered the task then, at least (its row may be gone since, or the task
         # registered before workers had rows)
         registered = await self._read(
@@ -116,7 +115,7 @@ class Workers(StorageCore):
 def _worker_from_row(row: RowLike, running: int) -> WorkerInfo:
     return WorkerInfo(
         id=row["id"],
-        tasks=json.loads(row["tasks"]),
+        tasks=load_json(row["tasks"]),
         concurrency=row["concurrency"],
         running=running,
         lease_ms=row["lease_ms"],

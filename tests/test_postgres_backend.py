@@ -76,6 +76,31 @@ async def test_processes_starting_at_once_migrate_once(postgres_url: str) -> Non
         await asyncio.gather(*(engine.close() for engine in engines))
 
 
+async def test_an_engine_makes_the_server_functions_it_calls_when_it_opens(
+    postgres_url: str,
+) -> None:
+    """A token's close is one call of a function on the server (``ServerFunction``), named by
+    a hash of its definition: an engine opening a database that lacks its version of the
+    function (made by another engine version, or dropped) creates it, migrated or not."""
+    async with Engine(postgres_url) as engine:
+        storage = engine.storage
+        name = storage.close_token_function.name  # type: ignore[attr-defined]
+        schema = storage.schema  # type: ignore[attr-defined]
+        pool = storage._pool  # type: ignore[attr-defined]
+        find = (
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = $1 AND p.proname = $2"
+        )
+        assert await pool.fetchval(find, schema, name) == 1
+        await pool.execute(f'DROP FUNCTION "{schema}".{name}')
+    async with Engine(postgres_url) as engine:
+        pool = engine.storage._pool  # type: ignore[attr-defined]
+        assert await pool.fetchval(find, schema, name) == 1
+        token = await engine.tokens.create()
+        completed = await engine.tokens.complete(token.id, {"ok": True})
+        assert completed.applied and completed.token.data == {"ok": True}
+
+
 async def test_times_come_from_the_database_clock(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -604,27 +604,37 @@ class StorageCore:
         """Re-queue the runs these closed waitpoints unblock: a run goes back to the queue when
         one of its 'any' waitpoints closed, or when none of its 'all' waitpoints is still
         WAITING (a group's timer is an 'any' edge beside 'all' tokens)."""
-        q = self.q
         ids = list(waitpoint_ids)
+        lock, requeue = self._requeue_statements()
+        locked: list[RowLike] = []
+        if lock is not None:
+            locked = yield rows(lock, ids=ids)
+            if not locked:
+                return
+        yield count(requeue, now=now, ids=ids, runs=[r["id"] for r in locked])
+
+    def _requeue_statements(self) -> tuple[str | None, str]:
+        """``_requeue_blocked``'s statements: the lock of the blocked runs (PostgreSQL; SQLite
+        has one writer) and, in a statement of its own that sees what committed while it
+        waited for those locks, their re-queue (``:ids`` the closed waitpoints, ``:runs``
+        the runs locked)."""
+        q = self.q
+        lock = None
         if q.row_locks:
             # lock the runs first (see the module docstring); OFFSET 0 keeps the edge lookup
             # a subquery of its own: joined, PostgreSQL scanned every waiting run per completion
-            locked = yield rows(
+            lock = (
                 "SELECT id FROM runs WHERE status = 'WAITING' AND id IN"
                 f" (SELECT run_id FROM run_waits WHERE waitpoint_id {q.in_('ids')} OFFSET 0)"
-                " ORDER BY id FOR UPDATE",
-                ids=ids,
+                " ORDER BY id FOR UPDATE"
             )
-            if not locked:
-                return
             blocked = f"id {q.in_('runs')}"
         else:
             blocked = f"id IN (SELECT run_id FROM run_waits WHERE waitpoint_id {q.in_('ids')})"
-            locked = []
         # unindexed: SQLite stays on the (run_id, ...) key for the 'any' probe (through the
         # waitpoint index it would cost closed x blocked runs)
         any_edge = q.unindexed("rw.waitpoint_id")
-        yield count(
+        requeue = (
             "UPDATE runs SET status = 'QUEUED', available_at = :now, updated_at = :now"
             f" WHERE status = 'WAITING' AND {blocked}"
             " AND (EXISTS (SELECT 1 FROM run_waits rw"
@@ -633,11 +643,9 @@ class StorageCore:
             "      OR NOT EXISTS (SELECT 1 FROM run_waits rw"
             "                     JOIN waitpoints w ON w.id = rw.waitpoint_id"
             "                     WHERE rw.run_id = runs.id AND rw.mode = 'all'"
-            "                       AND w.status = 'WAITING'))",
-            now=now,
-            ids=ids,
-            runs=[r["id"] for r in locked],
+            "                       AND w.status = 'WAITING'))"
         )
+        return lock, requeue
 
     def _existing_by_key(self, table: str, key_where: str, now: int, **params: Any) -> Op[Any]:
         """The row holding a live idempotency key (``key_where`` finds it, locked), or None;

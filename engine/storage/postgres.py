@@ -44,7 +44,7 @@ from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .runs import Runs
 from .signing import SIGNING_CHECK, log_outcome, settle
-from .sql import POSTGRES, Op, Sql, drive_async, execute_async, first_statement
+from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, first_statement
 from .timers import Timers
 from .tokens import Tokens
 from .waits import Waits
@@ -231,9 +231,11 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
     async def _migrate(self) -> int:
         """Create the schema and apply pending migrations, one process at a time."""
         conn = await asyncpg.connect(self._dsn, **self._connect)
+        functions = [self.close_token_function]
         try:
             current = await self._schema_version(conn)
-            if current >= len(MIGRATIONS):  # the usual start: nothing to lock, nothing to create
+            missing = await self._missing_functions(conn, functions)
+            if current >= len(MIGRATIONS) and not missing:  # the usual start: nothing to do
                 return current
             async with conn.transaction():
                 await conn.execute(
@@ -255,6 +257,8 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
                         await _forget_signing_secret(conn)
                     await conn.execute("INSERT INTO migrations (version) VALUES ($1)", number)
                     log.info("storage.migrated", schema=self.schema, version=number)
+                for function in functions:  # this engine's: made here once per definition
+                    await conn.execute(function.create(self.schema))
                 return max(version, len(MIGRATIONS))
         finally:
             await conn.close()
@@ -279,6 +283,19 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
                 )
         log_outcome(outcome, schema=self.schema)
         self.signing_key_matches = outcome != "mismatch"
+
+    async def _missing_functions(
+        self, conn: asyncpg.Connection, functions: list[ServerFunction]
+    ) -> list[str]:
+        """The names of ``functions`` (``ServerFunction``) not yet in the schema."""
+        names = [f.name for f in functions]
+        found = await conn.fetch(
+            "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = $1 AND p.proname = ANY($2::text[])",
+            self.schema,
+            names,
+        )
+        return sorted(set(names) - {row["proname"] for row in found})
 
     async def _schema_version(self, conn: asyncpg.Connection) -> int:
         """How far migrations got (0 for a schema that does not exist yet)."""

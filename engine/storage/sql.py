@@ -15,6 +15,7 @@ statement reads the same for both where the SQL is the same.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -108,6 +109,10 @@ class Dialect:
     writes_in_with: bool
     """PostgreSQL: a statement may write to several tables (``WITH ... AS (INSERT ...)``),
     one round trip where SQLite takes several statements."""
+    server_functions: bool
+    """PostgreSQL: an operation whose statements must each see what committed before it
+    began (lock, then look) runs them in a function on the server (``ServerFunction``), one
+    round trip; SQLite runs the same statements one by one, in-process."""
 
     def in_(self, param: str) -> str:
         """``<column> {q.in_("ids")}``: membership in a list parameter."""
@@ -202,8 +207,61 @@ class Dialect:
         return "seq" if self.name == "postgres" else "created_at, seq"
 
 
-SQLITE = Dialect("sqlite", row_locks=False, has_seq=True, remote=False, writes_in_with=False)
-POSTGRES = Dialect("postgres", row_locks=True, has_seq=False, remote=True, writes_in_with=True)
+SQLITE = Dialect(
+    "sqlite",
+    row_locks=False,
+    has_seq=True,
+    remote=False,
+    writes_in_with=False,
+    server_functions=False,
+)
+POSTGRES = Dialect(
+    "postgres",
+    row_locks=True,
+    has_seq=False,
+    remote=True,
+    writes_in_with=True,
+    server_functions=True,
+)
+
+
+SCHEMA = "{schema}"
+"""Where a ``ServerFunction``'s text names the engine's schema (its types, say); its tables
+are qualified as every statement's are (``numbered``)."""
+
+
+@dataclass(frozen=True)
+class ServerFunction:
+    """A PL/pgSQL function made of an operation's statements (``:name`` parameters become
+    its arguments ``p_name``), created in the engine's schema when the storage opens.
+
+    Its name carries a hash of its text, so a changed definition is a new function: engines
+    of two versions on one database each call their own, and none needs a migration."""
+
+    base: str
+    params: tuple[tuple[str, str], ...]
+    """The arguments in order: (parameter name, PostgreSQL type)."""
+    returns: str
+    body: str
+    """``DECLARE ... BEGIN ... END``; ``SCHEMA`` where a type must name the schema."""
+
+    @property
+    def name(self) -> str:
+        text = repr((self.params, self.returns, self.body)).encode()
+        return f"{FUNCTION_PREFIX}{self.base}_{hashlib.sha256(text).hexdigest()[:12]}"
+
+    def create(self, schema: str) -> str:
+        """The ``CREATE OR REPLACE FUNCTION`` statement, for ``schema``."""
+        args = ", ".join(f"p_{name} {kind}" for name, kind in self.params)
+        body = _TOKEN.sub(lambda m: f"p_{m.group(1)}" if m.group(1) else m.group(0), self.body)
+        body = _TABLE.sub(lambda m: f'{m.group(1)} "{schema}".{m.group(2)}', body)
+        quoted = f'"{schema}"'
+        returns = self.returns.replace(SCHEMA, quoted)
+        body = body.replace(SCHEMA, quoted)
+        return (
+            f"CREATE OR REPLACE FUNCTION {quoted}.{self.name}({args}) RETURNS {returns}"
+            f" LANGUAGE plpgsql VOLATILE AS $function${body}$function$"
+        )
 
 
 # -- SQLite -------------------------------------------------------------------------------
@@ -292,6 +350,8 @@ TABLES = (
     "workers",
 )
 _TABLE = re.compile(r"\b(FROM|JOIN|INTO|UPDATE)\s+(" + "|".join(TABLES) + r")\b(?![.(])")
+FUNCTION_PREFIX = "waitpoint_"
+_FUNCTION = re.compile(r"\bFROM\s+(" + FUNCTION_PREFIX + r"\w+)\(")
 
 
 @lru_cache(maxsize=2048)
@@ -302,6 +362,7 @@ def numbered(text: str, schema: str | None = None) -> tuple[str, tuple[str, ...]
     ``search_path``, which a pooler in transaction mode would not keep (PgBouncer)."""
     if schema is not None:
         text = _TABLE.sub(lambda m: f'{m.group(1)} "{schema}".{m.group(2)}', text)
+        text = _FUNCTION.sub(lambda m: f'FROM "{schema}".{m.group(1)}(', text)
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:

@@ -4,6 +4,7 @@ records the API keeps: replies to retried requests, spent dashboard credentials.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Any
 
 from ..callbacks import well_formed
@@ -15,16 +16,29 @@ from .base import DataToCheck, JournalWrite, NewToken, PageRequest, TokenFilter
 from .core import StorageCore, lease_lost
 from .records import (
     LATE_COMPLETIONS_KEPT,
+    RowLike,
     dump_json,
     load_json,
     matches_legacy_hash,
     token_from_row,
     with_late_completions,
 )
-from .sql import Op, Sql, alone, combined, count, rows
+from .sql import SCHEMA, Op, ServerFunction, Sql, alone, combined, count, rows
 
 _DETAILS = ("title", "description", "context")
 """A token's columns that say what its reviewer is asked."""
+
+_PARAMS = (
+    ("id", "text"),
+    ("status", "text"),
+    ("data", "text"),
+    ("via", "text"),
+    ("schema", "text"),
+    ("any_schema", "boolean"),
+    ("now", "bigint"),
+)
+"""The arguments of ``close_token_function``: the parameters of the statements it runs."""
+_ARGS = ", ".join(f":{name}" for name, _ in _PARAMS)
 
 SPENT_KEPT_MS = 86_400_000
 """How long past its expiry a spent credential is remembered (clock skew between processes)."""
@@ -182,15 +196,14 @@ class Tokens(StorageCore):
         self, token_id: str, data: Any, source: CompletionSource, checked: str | None = None
     ) -> CompletionResult | DataToCheck:
         text = dump_json(data, "the completion data")
-        schema_is = "data_schema IS NULL" if checked is None else "data_schema = :schema"
         return await self._close_token(
-            token_id, WaitpointStatus.COMPLETED, text, source, schema_is, checked
+            token_id, WaitpointStatus.COMPLETED, text, source, any_schema=False, schema=checked
         )
 
     async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult:
         data = {"code": "WAITPOINT_CANCELLED", "message": f"Waitpoint {token_id} was cancelled"}
         outcome = await self._close_token(
-            token_id, WaitpointStatus.CANCELLED, dump_json(data), source, "TRUE", None
+            token_id, WaitpointStatus.CANCELLED, dump_json(data), source, any_schema=True
         )
         assert isinstance(outcome, CompletionResult)  # whatever its schema: nothing to check
         return outcome
@@ -201,61 +214,100 @@ class Tokens(StorageCore):
         status: WaitpointStatus,
         data: str,
         source: CompletionSource,
-        schema_is: str,
-        schema: str | None,
+        *,
+        any_schema: bool,
+        schema: str | None = None,
     ) -> CompletionResult | DataToCheck:
         """First writer wins: close a WAITING token and re-queue the runs it unblocks.
 
-        Only a token whose data schema passes ``schema_is`` is closed; a WAITING one with
-        another schema is returned to be checked first (``DataToCheck``). A completion that
-        finds the token timed out or cancelled is refused, and the attempt is recorded on the
-        token (the refusal is raised after that record committed).
-        """
+        Only a token whose data schema is ``schema`` (or any, with ``any_schema``) is closed;
+        a WAITING one with another schema is returned to be checked first (``DataToCheck``).
+        A completion that finds the token timed out or cancelled is refused, and the attempt
+        is recorded on the token (the refusal is raised after that record committed).
 
-        def op(now: int) -> Op[CompletionResult | DataToCheck | TokenNotWaitingError]:
-            # past its deadline a token is timed out here and now, whether or not a worker's
-            # timer got to it yet: the outcome never depends on which processes are running
-            due = "timeout_at <= :now"
-            closed = yield rows(
-                f"UPDATE waitpoints SET completed_at = :now,"
-                f" status = CASE WHEN {due} THEN 'TIMED_OUT' ELSE :status END,"
-                f" completed_via = CASE WHEN {due} THEN 'timeout' ELSE :via END,"
-                f" data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END"
-                " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
-                f" AND ({due} OR {schema_is}) RETURNING *",
-                status=status.value,
-                data=data,
-                now=now,
-                via=source.value,
-                id=token_id,
-                schema=schema,
-            )
+        The close is one write (on PostgreSQL one call of ``close_token_function``: a single
+        round trip); what a refusal needs (the token as it is, the record of a late
+        completion) is read and written after it, which only the rare refusal pays for.
+        """
+        params = {
+            "id": token_id,
+            "status": status.value,
+            "data": data,
+            "via": source.value,
+            "schema": schema,
+            "any_schema": any_schema,
+        }
+
+        def op(now: int) -> Op[list[RowLike]]:
+            crash_point("complete.before_commit")
+            closed: list[RowLike]
+            if self.q.server_functions:
+                call = f"SELECT * FROM {self.close_token_function.name}({_ARGS})"
+                closed = yield alone(rows(call, now=now, **params))
+                return closed
+            closed = yield rows(self._closing(), now=now, **params)
             if closed:
                 yield from self._requeue_blocked([token_id], now)
-                if closed[0]["status"] == status.value:
-                    crash_point("complete.before_commit")
-                    token = token_from_row(closed[0], self.signer)
-                    return CompletionResult(applied=True, token=token)
-                found = closed  # timed out just now, instead
-            else:
-                found = yield rows(
-                    "SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id
-                )
-            if not found:
-                raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
-            if found[0]["status"] == "WAITING":  # its schema is not the one checked
-                return DataToCheck(found[0]["data_schema"])
-            token = token_from_row(found[0], self.signer)
-            if token.status is status:
-                return CompletionResult(applied=False, token=token)
-            if status is WaitpointStatus.COMPLETED:
-                yield from self._record_late_completion(token_id, source, now)
-            return TokenNotWaitingError(token_id, token.status.value, token.completed_at)
+            return closed
 
-        outcome = await self._write(op)
-        if isinstance(outcome, TokenNotWaitingError):
-            raise outcome
-        return outcome
+        closed = await self._write(op)
+        if closed and closed[0]["status"] == status.value:
+            return CompletionResult(applied=True, token=token_from_row(closed[0], self.signer))
+        # timed out just now, instead; or closed already, or unknown, or of another schema
+        found = closed or await self._read(
+            rows("SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id)
+        )
+        if not found:
+            raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
+        if found[0]["status"] == "WAITING":  # its schema is not the one checked
+            return DataToCheck(found[0]["data_schema"])
+        token = token_from_row(found[0], self.signer)
+        if token.status is status:
+            return CompletionResult(applied=False, token=token)
+        if status is WaitpointStatus.COMPLETED:
+            await self._write(lambda now: self._record_late_completion(token_id, source, now))
+        raise TokenNotWaitingError(token_id, token.status.value, token.completed_at)
+
+    def _closing(self) -> str:
+        """The close of a WAITING token (``RETURNING *``): past its deadline a token is timed
+        out here and now, whether or not a worker's timer got to it yet, so the outcome never
+        depends on which processes are running."""
+        due = "timeout_at <= :now"
+        return (
+            f"UPDATE waitpoints SET completed_at = :now,"
+            f" status = CASE WHEN {due} THEN 'TIMED_OUT' ELSE :status END,"
+            f" completed_via = CASE WHEN {due} THEN 'timeout' ELSE :via END,"
+            f" data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END"
+            " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
+            f" AND ({due} OR :any_schema OR data_schema = :schema"
+            " OR (data_schema IS NULL AND :schema IS NULL)) RETURNING *"
+        )
+
+    @cached_property
+    def close_token_function(self) -> ServerFunction:
+        """``_close_token`` as one PostgreSQL function: the close, the lock of the runs it may
+        unblock, their re-queue, each statement with a snapshot of its own (a VOLATILE
+        function's statements see what committed before each began: the lock-then-look
+        ``_requeue_blocked`` relies on), in one round trip instead of five. Its statements
+        are the ones SQLite runs (``_closing``, ``_requeue_statements``)."""
+        lock, requeue = self._requeue_statements()
+        body = f"""
+            DECLARE
+                closed {SCHEMA}.waitpoints;
+                p_ids text[] := ARRAY[p_id];
+                p_runs text[];
+            BEGIN
+                {self._closing()} INTO closed;
+                IF NOT FOUND THEN
+                    RETURN;
+                END IF;
+                SELECT array_agg(id) INTO p_runs FROM ({lock}) AS locked;
+                IF p_runs IS NOT NULL THEN
+                    {requeue};
+                END IF;
+                RETURN NEXT closed;
+            END"""
+        return ServerFunction("close_token", _PARAMS, f"SETOF {SCHEMA}.waitpoints", body)
 
     def _record_late_completion(
         self, token_id: str, source: CompletionSource, now: int

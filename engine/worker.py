@@ -68,6 +68,8 @@ class Worker:
         self.started = asyncio.Event()
         self._timers_planned_ms = -math.inf
         """When the timer loop last planned to wake (the database's clock)."""
+        self._peers: dict[str, list[str]] = {}
+        """Each task's live workers, as the heartbeats last said (``_takes``)."""
 
     @property
     def running(self) -> frozenset[str]:
@@ -91,6 +93,7 @@ class Worker:
         storage = self.engine.storage
         me = NewWorker(self.id, sorted(self.tasks), self.concurrency, self.lease_ms)
         await storage.register_tasks([d.info for d in self.tasks.values()], me)
+        self._peers = await storage.serving()
         log.info(
             "worker.started",
             worker=self.id,
@@ -158,7 +161,7 @@ class Worker:
         """Claim what is due and start it; or wait for a commit, a wake-up or the poll."""
         storage = self.engine.storage
         task_ids = sorted(self.tasks)
-        changed = storage.work_event(task_ids)
+        changed = storage.work_event(task_ids, self._takes)
         self._wake.clear()
         free = self.concurrency - len(self._running)
         claimed: list[ClaimedRun] = []
@@ -177,6 +180,21 @@ class Worker:
             attempts.start_soon(self._attempt, run)
         if len(claimed) < max(free, 1):  # all that is due now was claimed: wait for more
             await _first_of([changed, self._wake], self.poll_seconds)
+
+    def _takes(self, task_id: str, number: int) -> bool:
+        """Whether this worker claims at a notification that a run of ``task_id`` was queued
+        by transaction ``number``: the live workers serving the task take turns by that
+        number, so that one of them claims instead of all (with all but one finding nothing).
+
+        The others claim at their next poll, at a notification that is their turn, or when a
+        slot of theirs frees after they were full: so a run whose turn fell to a worker that
+        is full, stopping or dead waits at most a poll. A worker that does not know itself
+        among the task's workers (its heartbeat not read yet) takes every notification.
+        """
+        peers = self._peers.get(task_id)
+        if not peers or self.id not in peers:
+            return True
+        return peers[number % len(peers)] == self.id
 
     async def _attempt(self, run: ClaimedRun) -> None:
         outcome = None
@@ -283,7 +301,9 @@ class Worker:
         for run_id in running:
             if run_id in self._lease_until:
                 self._lease_until[run_id] = sent + self.lease_ms / 1000
-        return anyio.current_time()
+        renewed_at = anyio.current_time()
+        self._peers = await storage.serving()  # whose turn a notification is (_takes)
+        return renewed_at
 
     def _stop_expiring(self, horizon: float) -> None:
         for run_id, until in list(self._lease_until.items()):

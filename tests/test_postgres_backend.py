@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -99,6 +100,46 @@ async def test_an_engine_makes_the_server_functions_it_calls_when_it_opens(
         token = await engine.tokens.create()
         completed = await engine.tokens.complete(token.id, {"ok": True})
         assert completed.applied and completed.token.data == {"ok": True}
+
+
+async def test_a_queued_run_wakes_only_the_worker_whose_turn_it_is(postgres_url: str) -> None:
+    """A queued run's notification is numbered by its transaction (migration 8): of the
+    workers serving the task, the one whose turn the number is claims; the others sleep on
+    (each would otherwise claim, and all but one find nothing)."""
+    async with Engine(postgres_url) as engine:
+        storage = engine.storage
+        await storage.register_tasks([TaskInfo("turns")])
+        told: list[int] = []
+
+        def turn(parity: int) -> Callable[[str, int], bool]:
+            def takes(task_id: str, number: int) -> bool:
+                assert task_id == "turns"
+                told.append(number)
+                return number % 2 == parity
+
+            return takes
+
+        storage.change_event()  # starts the listener; until it follows, every commit wakes all
+        for _ in range(500):
+            if storage._following:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        events = [storage.work_event(["turns"], turn(0)), storage.work_event(["turns"], turn(1))]
+        unnumbered = storage.work_event(["turns"])  # a waiter without turns: every one
+        await engine.trigger("turns", {})
+        await asyncio.wait_for(unnumbered.wait(), 10)
+        await asyncio.sleep(0.1)  # the one notification reached both waiters by now
+        assert len(set(told)) == 1
+        assert [event.is_set() for event in events] == [told[0] % 2 == 0, told[0] % 2 == 1]
+
+
+def test_workers_take_turns_at_notifications_once_they_know_each_other() -> None:
+    worker = Worker(Engine("sqlite:///unused.db"), {})
+    assert worker._takes("t", 7)  # no heartbeat read yet: every notification
+    worker._peers = {"t": sorted([worker.id, "~another"])}
+    mine = [worker._takes("t", n) for n in range(6)]
+    assert mine == [worker.id < "~another", worker.id > "~another"] * 3
+    assert worker._takes("u", 1)  # a task whose workers it does not know
 
 
 async def test_times_come_from_the_database_clock(

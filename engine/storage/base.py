@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +34,11 @@ from ..models import (
     WaitTarget,
     WorkerInfo,
 )
+
+Takes = Callable[[str, int], bool]
+"""Whether a waiter of work takes a notification that a run of a task (the ``str``) was
+queued, numbered by the transaction that queued it (the ``int``): each worker takes its share,
+so that one claims where every worker serving the task would have tried (PostgreSQL)."""
 
 
 class DeadlineEvent(asyncio.Event):
@@ -209,6 +214,10 @@ class Storage(Protocol):
 
     async def task_workers(self, task_id: str) -> TaskWorkers:
         """Which live workers serve ``task_id``, and when one was last seen."""
+        ...
+
+    async def serving(self) -> dict[str, list[str]]:
+        """Each task's live workers, their ids in order (``Worker`` shares notifications)."""
         ...
 
     async def list_tasks(self, *, fresh: bool = False) -> list[TaskInfo]:
@@ -424,8 +433,9 @@ class Storage(Protocol):
         """Set at the next commit that changed something; take it before looking."""
         ...
 
-    def work_event(self, task_ids: Iterable[str]) -> asyncio.Event:
-        """Set at the next commit that may have made a run of these tasks claimable."""
+    def work_event(self, task_ids: Iterable[str], takes: Takes | None = None) -> asyncio.Event:
+        """Set at the next commit that may have made a run of these tasks claimable; with
+        ``takes``, only if it takes that notification (``Takes``)."""
         ...
 
     def run_event(self, run_id: str) -> asyncio.Event:

@@ -33,7 +33,7 @@ from ..errors import LeaseLostError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import TaskInfo, Token
-from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest
+from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest, Takes
 from .records import RowLike, dump_json, page_slice, token_from_row
 from .sql import Dialect, Op, Sql, alone, combined, count, many, rows
 
@@ -70,7 +70,7 @@ class StorageCore:
     may it keep what they could change, such as the task registry."""
     _task_registry: list[TaskInfo] | None = None
     _registry_generation = 0
-    _work_waiters: dict[frozenset[str], asyncio.Event]
+    _work_waiters: dict[tuple[frozenset[str], Takes | None], asyncio.Event]
     _run_waiters: dict[str, asyncio.Event]
     _deadline_waiters: dict[DeadlineEvent, None]
     """The timer loops' events (in order; dropped once set, or long after their deadline)."""
@@ -122,12 +122,12 @@ class StorageCore:
         self._watch_other_processes()
         return self._change
 
-    def work_event(self, task_ids: Iterable[str]) -> asyncio.Event:
+    def work_event(self, task_ids: Iterable[str], takes: Takes | None = None) -> asyncio.Event:
         """An event set at the next commit that may have made a run of these tasks claimable
-        (SQLite: any commit; PostgreSQL: one that queued a run of one of them). Taken before
-        a claim, like ``change_event``."""
+        (SQLite: any commit; PostgreSQL: one that queued a run of one of them, and that
+        ``takes``, if given, takes). Taken before a claim, like ``change_event``."""
         self._watch_other_processes()
-        key = frozenset(task_ids)
+        key = (frozenset(task_ids), takes)
         event = self._work_waiters.get(key)
         if event is None:
             event = self._work_waiters[key] = asyncio.Event()
@@ -172,12 +172,17 @@ class StorageCore:
         event, self._change = self._change, asyncio.Event()
         event.set()
 
-    def _work_queued(self, task_id: str | None) -> None:
-        """Wake the waiters of work of ``task_id`` (None: of every task)."""
+    def _work_queued(self, task_id: str | None, number: int | None = None) -> None:
+        """Wake the waiters of work of ``task_id`` (None: of every task) that take it: a
+        notification ``number``ed by its transaction goes to the waiters whose ``takes`` say
+        so (``Takes``); without a number, to all."""
         if not self._work_waiters:
             return
         for key, event in list(self._work_waiters.items()):
-            if task_id is None or task_id in key:
+            tasks, takes = key
+            if task_id is None or (
+                task_id in tasks and (takes is None or number is None or takes(task_id, number))
+            ):
                 del self._work_waiters[key]
                 event.set()
 

@@ -265,4 +265,38 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX workers_heartbeat ON workers (heartbeat_at);
     """,
+    # 8: a queued run's notification is numbered by the transaction that queued it
+    # ('q<txid>:<task>'), so that of the workers serving the task, the one whose turn that
+    # number is claims, instead of all of them at once with all but one finding nothing
+    # (``Worker``'s share of notifications). Still once per transaction and task.
+    """
+    CREATE OR REPLACE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        channel text := 'waitpoint_' || TG_TABLE_SCHEMA;
+    BEGIN
+        IF TG_TABLE_NAME = 'runs' THEN
+            IF NEW.status = 'QUEUED' THEN
+                PERFORM pg_notify(channel, 'q' || txid_current() || ':' || NEW.task_id);
+            ELSIF NEW.status = 'DELAYED' THEN
+                PERFORM pg_notify(channel, 't:' || NEW.available_at);
+            ELSIF NEW.status <> 'EXECUTING' THEN
+                PERFORM pg_notify(channel, 'r:' || NEW.id);
+            END IF;
+            IF NEW.expires_at IS NOT NULL AND NEW.status IN ('QUEUED', 'DELAYED') THEN
+                PERFORM pg_notify(channel, 't:' || NEW.expires_at);
+            END IF;
+        ELSIF TG_TABLE_NAME = 'waitpoints' THEN
+            IF NEW.status = 'WAITING' THEN
+                IF NEW.timeout_at IS NOT NULL THEN
+                    PERFORM pg_notify(channel, 't:' || NEW.timeout_at);
+                END IF;
+            ELSE
+                PERFORM pg_notify(channel, 'w');
+            END IF;
+        ELSE
+            PERFORM pg_notify(channel, 'tasks');
+        END IF;
+        RETURN NULL;
+    END $$;
+    """,
 ]

@@ -111,6 +111,16 @@ class Workers(StorageCore):
             checked_at=from_ms(now),
         )
 
+    async def serving(self) -> dict[str, list[str]]:
+        found = await self._read(
+            rows(f"SELECT id, tasks FROM workers WHERE {_LIVE} ORDER BY id", now=self.now_ms())
+        )
+        by_task: dict[str, list[str]] = {}
+        for row in found:
+            for task_id in load_json(row["tasks"]):
+                by_task.setdefault(task_id, []).append(row["id"])
+        return by_task
+
 
 def _worker_from_row(row: RowLike, running: int) -> WorkerInfo:
     return WorkerInfo(

@@ -290,6 +290,7 @@ class Worker:
         """Stop what this worker is losing; renew the leases if due. Returns the last renewal."""
         storage = self.engine.storage
         self._stop_expiring(anyio.current_time() + min(1.0, self.lease_ms / 4000))
+        self._peers = await storage.serving()  # whose turn a notification is (_takes)
         running = sorted(self._running)
         if running:
             for run_id in await storage.lost_runs(self.id, running):
@@ -301,9 +302,7 @@ class Worker:
         for run_id in running:
             if run_id in self._lease_until:
                 self._lease_until[run_id] = sent + self.lease_ms / 1000
-        renewed_at = anyio.current_time()
-        self._peers = await storage.serving()  # whose turn a notification is (_takes)
-        return renewed_at
+        return anyio.current_time()
 
     def _stop_expiring(self, horizon: float) -> None:
         for run_id, until in list(self._lease_until.items()):

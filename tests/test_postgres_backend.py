@@ -16,6 +16,7 @@ from engine import Engine, Queue, RunStatus, Worker, create_token, task, wait_fo
 from engine.errors import ConfigurationError, StorageError
 from engine.models import TaskInfo
 from engine.storage import display_url, open_storage
+from engine.storage.base import NewWorker
 from engine.storage.postgres_schema import MIGRATIONS
 
 
@@ -131,6 +132,34 @@ async def test_a_queued_run_wakes_only_the_worker_whose_turn_it_is(postgres_url:
         await asyncio.sleep(0.1)  # the one notification reached both waiters by now
         assert len(set(told)) == 1
         assert [event.is_set() for event in events] == [told[0] % 2 == 0, told[0] % 2 == 1]
+
+
+async def test_whose_turn_it_is_follows_workers_starting_and_stopping(postgres_url: str) -> None:
+    """``serving()`` is read once and kept while notifications come; a worker that starts or
+    stops tells every process (a 'workers' notification), a heartbeat does not."""
+    async with Engine(postgres_url) as engine, Engine(postgres_url) as other:
+        storage = engine.storage
+        storage.change_event()  # starts the listener
+        for _ in range(500):
+            if storage._following:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        first = NewWorker("w-1", ["turns"], 10, 30_000)
+        await other.storage.register_tasks([TaskInfo("turns")], first)
+        for _ in range(200):  # 2 s: before the 5 s after which it is read again anyway
+            if await storage.serving() == {"turns": ["w-1"]}:
+                break
+            await asyncio.sleep(0.01)
+        assert await storage.serving() == {"turns": ["w-1"]}
+        await other.storage.register_tasks(
+            [TaskInfo("turns")], NewWorker("w-2", ["turns"], 10, 30_000)
+        )
+        await other.storage.stop_worker("w-1")
+        for _ in range(200):  # 2 s: before the 5 s after which it is read again anyway
+            if await storage.serving() == {"turns": ["w-2"]}:
+                break
+            await asyncio.sleep(0.01)
+        assert await storage.serving() == {"turns": ["w-2"]}
 
 
 def test_workers_take_turns_at_notifications_once_they_know_each_other() -> None:

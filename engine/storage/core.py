@@ -69,6 +69,8 @@ class StorageCore:
     """Whether other processes' commits reach this one now (its watcher is up): only then
     may it keep what they could change, such as the task registry."""
     _task_registry: list[TaskInfo] | None = None
+    _serving: tuple[float, dict[str, list[str]]] | None = None
+    """``serving()`` as last read, and when (``time.monotonic``)."""
     _registry_generation = 0
     _work_waiters: dict[tuple[frozenset[str], Takes | None], asyncio.Event]
     _run_waiters: dict[str, asyncio.Event]
@@ -214,6 +216,7 @@ class StorageCore:
     def _forget_task_registry(self) -> None:
         """A task was registered (here or elsewhere), or changes may have been missed."""
         self._task_registry = None
+        self._serving = None
         self._registry_generation += 1
 
     # -- the public URL ----------------------------------------------------------------------

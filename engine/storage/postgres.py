@@ -466,6 +466,8 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             self._run_changed(detail)
         elif text == "tasks":
             self._forget_task_registry()
+        elif text == "workers":
+            self._serving = None
         elif text != "w":  # from an engine that notified without saying what
             self._notify()
             return

@@ -268,7 +268,9 @@ MIGRATIONS: list[str] = [
     # 8: a queued run's notification is numbered by the transaction that queued it
     # ('q<txid>:<task>'), so that of the workers serving the task, the one whose turn that
     # number is claims, instead of all of them at once with all but one finding nothing
-    # (``Worker``'s share of notifications). Still once per transaction and task.
+    # (``Worker._takes``). Still once per transaction and task. Whose turn it is depends on
+    # who serves the task: a worker that starts or stops says so ('workers'; a heartbeat
+    # does not, it changes no one's turn).
     """
     CREATE OR REPLACE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
@@ -293,10 +295,14 @@ MIGRATIONS: list[str] = [
             ELSE
                 PERFORM pg_notify(channel, 'w');
             END IF;
+        ELSIF TG_TABLE_NAME = 'workers' THEN
+            PERFORM pg_notify(channel, 'workers');
         ELSE
             PERFORM pg_notify(channel, 'tasks');
         END IF;
         RETURN NULL;
     END $$;
+    CREATE TRIGGER workers_changed AFTER INSERT OR UPDATE OF stopped_at ON workers
+        FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
     """,
 ]

@@ -11,6 +11,8 @@ lease periods. Rows go a week after their last heartbeat.
 
 from __future__ import annotations
 
+import time
+
 from ..clock import from_ms, from_ms_or_none
 from ..defaults import LIVE_LEASES
 from ..models import TaskWorkers, WorkerInfo
@@ -24,6 +26,10 @@ GONE_KEPT_MS = 7 * 86_400_000
 
 _LIVE = f"stopped_at IS NULL AND heartbeat_at > :now - {LIVE_LEASES} * lease_ms"
 """The live workers (``:now``: the database's time)."""
+
+SERVING_SECONDS = 5.0
+"""How long ``serving()`` keeps what it read while notifications come: a worker that fell
+silent leaves the turns within this of its heartbeat's ageing out."""
 
 
 class Workers(StorageCore):
@@ -112,6 +118,15 @@ class Workers(StorageCore):
         )
 
     async def serving(self) -> dict[str, list[str]]:
+        """Read again once ``SERVING_SECONDS`` old, or when a worker started or stopped
+        (PostgreSQL tells: a 'workers' notification), so a worker may ask every second.
+        Only PostgreSQL numbers its notifications: elsewhere there are no turns to take."""
+        if not self.q.remote:
+            return {}
+        cached = self._serving
+        if self._following and cached and time.monotonic() - cached[0] < SERVING_SECONDS:
+            return cached[1]
+        read_at = time.monotonic()
         found = await self._read(
             rows(f"SELECT id, tasks FROM workers WHERE {_LIVE} ORDER BY id", now=self.now_ms())
         )
@@ -119,6 +134,7 @@ class Workers(StorageCore):
         for row in found:
             for task_id in load_json(row["tasks"]):
                 by_task.setdefault(task_id, []).append(row["id"])
+        self._serving = (read_at, by_task)
         return by_task
 
 

@@ -70,6 +70,11 @@ class Worker:
         """When the timer loop last planned to wake (the database's clock)."""
         self._peers: dict[str, list[str]] = {}
         """Each task's live workers, as the heartbeats last said (``_takes``)."""
+        self._work = asyncio.Event()
+        self._owed = 0
+        """Runs queued at this worker's turns that it has not claimed yet."""
+        self._owed_all = True
+        """Whether the next claim takes all that is due (at start, after a poll, ...)."""
 
     @property
     def running(self) -> frozenset[str]:
@@ -113,10 +118,14 @@ class Worker:
             services.start_soon(self._lease_loop)
             if not storage.public_url_configured:
                 services.start_soon(self._public_url_loop)
-            async with anyio.create_task_group() as attempts:
-                self._attempts = attempts
-                self.started.set()
-                await self._claim_loop(attempts)
+            unfollow = storage.follow_work(sorted(self.tasks), self._queued)
+            try:
+                async with anyio.create_task_group() as attempts:
+                    self._attempts = attempts
+                    self.started.set()
+                    await self._claim_loop(attempts)
+            finally:
+                unfollow()
             self._attempts = None
             services.cancel_scope.cancel()
         try:  # a worker that cannot say so falls silent instead: it stops being live all the same
@@ -158,19 +167,28 @@ class Worker:
                 await self._claim_turn(attempts)
 
     async def _claim_turn(self, attempts: anyio.abc.TaskGroup) -> None:
-        """Claim what is due and start it; or wait for a commit, a wake-up or the poll."""
+        """Claim what is due and start it; or wait for work, a wake-up or the poll.
+
+        A claim takes as many runs as were queued at this worker's turns (``_queued``), so
+        that it does not take the runs whose turn is another worker's (who would then find
+        nothing); after a poll, a wake-up, or a commit that did not say what it queued, it
+        takes all that is due, as far as it has room.
+        """
         storage = self.engine.storage
         task_ids = sorted(self.tasks)
-        changed = storage.work_event(task_ids, self._takes)
+        self._work.clear()
         self._wake.clear()
         free = self.concurrency - len(self._running)
+        everything, owed = self._owed_all, self._owed
+        self._owed_all, self._owed = False, 0  # taken: what is told during the claim adds anew
+        limit = max(free, 0) if everything else min(free, owed)
         claimed: list[ClaimedRun] = []
         asked = anyio.current_time()
-        if free > 0:
+        if limit > 0:
             # a claim cut short by a hard stop would strand its runs until their leases
             # ran out: finish it, and let the (cancelled) attempts hand the runs back
             with anyio.CancelScope(shield=True):
-                claimed = await storage.claim_runs(self.id, free, self.lease_ms, task_ids)
+                claimed = await storage.claim_runs(self.id, limit, self.lease_ms, task_ids)
         for run in claimed:
             # this worker's own earlier attempt of the run lost it (its lease was rescued)
             # and may still be unwinding: it must stop, and its bookkeeping is the new one's
@@ -178,18 +196,39 @@ class Worker:
             self._running[run.id] = run.epoch
             self._lease_until[run.id] = asked + self.lease_ms / 1000
             attempts.start_soon(self._attempt, run)
-        if len(claimed) < max(free, 1):  # all that is due now was claimed: wait for more
-            await _first_of([changed, self._wake], self.poll_seconds)
+        # a claim that filled the room it had may have left runs due (all, or some of those
+        # owed): they are claimed as soon as there is room again
+        filled = len(claimed) == limit
+        if filled and everything:
+            self._owed_all = True
+        elif filled:
+            self._owed += owed - limit
+        if limit > 0 and filled and (self._owed_all or self._owed):
+            return  # claim again at once, as far as there is room
+        await _first_of([self._work, self._wake], self.poll_seconds)
+        if self._wake.is_set() or not self._work.is_set():  # a wake-up or the poll
+            self._owed_all = True
+
+    def _queued(self, task_id: str | None, number: int | None) -> None:
+        """``Storage.follow_work``: a run may have been queued; claim it if it is this
+        worker's turn (``_takes``), or all that is due if the commit did not say what."""
+        if task_id is None or number is None:
+            self._owed_all = True
+        elif self._takes(task_id, number):
+            self._owed += 1
+        else:
+            return
+        self._work.set()
 
     def _takes(self, task_id: str, number: int) -> bool:
-        """Whether this worker claims at a notification that a run of ``task_id`` was queued
-        by transaction ``number``: the live workers serving the task take turns by that
-        number, so that one of them claims instead of all (with all but one finding nothing).
+        """Whether run ``number`` of ``task_id`` (a hash of its id), just queued, is this
+        worker's to claim: the live workers serving the task take turns by that number, so
+        that one of them claims it instead of all (with all but one finding nothing).
 
-        The others claim at their next poll, at a notification that is their turn, or when a
-        slot of theirs frees after they were full: so a run whose turn fell to a worker that
-        is full, stopping or dead waits at most a poll. A worker that does not know itself
-        among the task's workers (its heartbeat not read yet) takes every notification.
+        The others claim at their next poll, at their own turns (the oldest due run first),
+        or when a slot of theirs frees after they were full: so a run whose turn fell to a
+        worker that is full, stopping or dead waits at most a poll. A worker that does not
+        know itself among the task's workers (its heartbeat not read yet) takes every run.
         """
         peers = self._peers.get(task_id)
         if not peers or self.id not in peers:

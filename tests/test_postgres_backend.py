@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -103,35 +102,30 @@ async def test_an_engine_makes_the_server_functions_it_calls_when_it_opens(
         assert completed.applied and completed.token.data == {"ok": True}
 
 
-async def test_a_queued_run_wakes_only_the_worker_whose_turn_it_is(postgres_url: str) -> None:
-    """A queued run's notification is numbered by its transaction (migration 8): of the
-    workers serving the task, the one whose turn the number is claims; the others sleep on
-    (each would otherwise claim, and all but one find nothing)."""
-    async with Engine(postgres_url) as engine:
-        storage = engine.storage
-        await storage.register_tasks([TaskInfo("turns")])
-        told: list[int] = []
-
-        def turn(parity: int) -> Callable[[str, int], bool]:
-            def takes(task_id: str, number: int) -> bool:
-                assert task_id == "turns"
-                told.append(number)
-                return number % 2 == parity
-
-            return takes
-
-        storage.change_event()  # starts the listener; until it follows, every commit wakes all
+async def test_a_queued_run_is_told_with_its_number(postgres_url: str) -> None:
+    """A queued run's notification is numbered by a hash of its id (migration 8), the same
+    for every process following the task's work: the number decides whose turn it is."""
+    async with Engine(postgres_url) as engine, Engine(postgres_url) as other:
+        told: list[tuple[str | None, int | None]] = []
+        heard: list[tuple[str | None, int | None]] = []
+        for storage, into in ((engine.storage, told), (other.storage, heard)):
+            storage.follow_work(["turns"], lambda task_id, n, into=into: into.append((task_id, n)))
+            for _ in range(500):  # until its listener follows, every commit is told unnumbered
+                if storage._following:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.01)
+        await engine.storage.register_tasks([TaskInfo("turns")])
+        told.clear()
+        heard.clear()
+        runs = [await engine.trigger("turns", {}) for _ in range(3)]
         for _ in range(500):
-            if storage._following:  # type: ignore[attr-defined]
+            if len(told) == len(heard) == 3:
                 break
             await asyncio.sleep(0.01)
-        events = [storage.work_event(["turns"], turn(0)), storage.work_event(["turns"], turn(1))]
-        unnumbered = storage.work_event(["turns"])  # a waiter without turns: every one
-        await engine.trigger("turns", {})
-        await asyncio.wait_for(unnumbered.wait(), 10)
-        await asyncio.sleep(0.1)  # the one notification reached both waiters by now
-        assert len(set(told)) == 1
-        assert [event.is_set() for event in events] == [told[0] % 2 == 0, told[0] % 2 == 1]
+        assert told == heard  # every process hears the same numbers
+        assert [task_id for task_id, _ in told] == ["turns"] * 3
+        assert len({n for _, n in told}) == len(runs)  # one per run
+        assert all(isinstance(n, int) and n >= 0 for _, n in told)
 
 
 async def test_whose_turn_it_is_follows_workers_starting_and_stopping(postgres_url: str) -> None:

@@ -1639,19 +1639,41 @@ async def test_a_commit_that_makes_work_sets_the_change_event(
 async def test_another_process_wakes_the_claims_of_a_task_it_queued_work_for(
     storage: Storage, db_url: str
 ) -> None:
-    """Another process's trigger wakes the claim loops of its task here, never those of
-    other tasks on PostgreSQL (a notification says which task has work); on SQLite every
-    commit wakes every waiter (a process sees that the file changed, not what changed)."""
+    """Another process's trigger tells the followers of its task's work here, never those of
+    other tasks on PostgreSQL (a notification says which task, and which run by a number); on
+    SQLite every commit tells every follower, unnumbered (a process sees that the file
+    changed, not what changed). A follower that stopped following is told nothing."""
     postgres = not db_url.startswith("sqlite")
+    told: dict[str, list[tuple[str | None, int | None]]] = {"mine": [], "theirs": []}
+
+    async def until_told(name: str) -> None:
+        for _ in range(500):
+            if told[name]:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{name} was not told of the run queued")
+
     async with another_process(db_url, following=storage) as other:
-        mine, theirs = storage.work_event(["mine"]), storage.work_event(["theirs", "x"])
+        unfollow = [
+            storage.follow_work(["mine"], lambda t, n: told["mine"].append((t, n))),
+            storage.follow_work(["theirs", "x"], lambda t, n: told["theirs"].append((t, n))),
+        ]
         await new_run(other, "mine")
-        await asyncio.wait_for(mine.wait(), 5)
+        await until_told("mine")
         await asyncio.sleep(0.2)
-        assert theirs.is_set() is not postgres
-        again = storage.work_event(["theirs", "x"])
+        assert bool(told["theirs"]) is not postgres
+        if postgres:
+            [(task_id, number)] = told["mine"]
+            assert task_id == "mine" and isinstance(number, int)
+        told["theirs"].clear()
         await new_run(other, "x")
-        await asyncio.wait_for(again.wait(), 5)
+        await until_told("theirs")
+        for stop in unfollow:
+            stop()
+        told["mine"].clear()
+        await new_run(other, "mine")
+        await asyncio.sleep(0.3)
+        assert told["mine"] == []
 
 
 async def test_another_process_wakes_the_waiters_of_a_run_it_finished(

@@ -35,10 +35,10 @@ from ..models import (
     WorkerInfo,
 )
 
-Takes = Callable[[str, int], bool]
-"""Whether a waiter of work takes a notification that a run of a task (the ``str``) was
-queued, numbered by the transaction that queued it (the ``int``): each worker takes its share,
-so that one claims where every worker serving the task would have tried (PostgreSQL)."""
+WorkQueued = Callable[[str | None, int | None], None]
+"""Told that a run of a task (the ``str``) was queued, with its number (the ``int``: a hash
+of the run's id, on PostgreSQL); or, with None for either, that some run may have been (SQLite,
+which sees that the file changed and not what; a listener that was down)."""
 
 
 class DeadlineEvent(asyncio.Event):
@@ -433,9 +433,9 @@ class Storage(Protocol):
         """Set at the next commit that changed something; take it before looking."""
         ...
 
-    def work_event(self, task_ids: Iterable[str], takes: Takes | None = None) -> asyncio.Event:
-        """Set at the next commit that may have made a run of these tasks claimable; with
-        ``takes``, only if it takes that notification (``Takes``)."""
+    def follow_work(self, task_ids: Iterable[str], queued: WorkQueued) -> Callable[[], None]:
+        """Call ``queued`` at every commit that may have made a run of these tasks claimable,
+        from now until the returned function is called."""
         ...
 
     def run_event(self, run_id: str) -> asyncio.Event:

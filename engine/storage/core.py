@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +34,7 @@ from ..errors import LeaseLostError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import TaskInfo, Token
-from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest, Takes
+from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest, WorkQueued
 from .records import RowLike, dump_json, page_slice, token_from_row
 from .sql import Dialect, Op, Sql, alone, combined, count, many, rows
 
@@ -42,6 +43,9 @@ T = TypeVar("T")
 
 PUBLIC_URL = "public_url"
 """The ``meta`` key of the address the API server of this database recorded at its start."""
+
+_FOLLOWERS = itertools.count()
+"""Numbers of ``follow_work`` registrations."""
 
 _DEADLINE_GRACE_MS = 5_000
 """How long after its deadline a timer loop's event stays registered (its turn is over)."""
@@ -72,14 +76,14 @@ class StorageCore:
     _serving: tuple[float, dict[str, list[str]]] | None = None
     """``serving()`` as last read, and when (``time.monotonic``)."""
     _registry_generation = 0
-    _work_waiters: dict[tuple[frozenset[str], Takes | None], asyncio.Event]
+    _work_followers: dict[int, tuple[frozenset[str], WorkQueued]]
     _run_waiters: dict[str, asyncio.Event]
     _deadline_waiters: dict[DeadlineEvent, None]
     """The timer loops' events (in order; dropped once set, or long after their deadline)."""
 
     def _init_waiters(self) -> None:
         self._change = asyncio.Event()
-        self._work_waiters = {}
+        self._work_followers = {}
         self._run_waiters = {}
         self._deadline_waiters = {}
 
@@ -124,16 +128,19 @@ class StorageCore:
         self._watch_other_processes()
         return self._change
 
-    def work_event(self, task_ids: Iterable[str], takes: Takes | None = None) -> asyncio.Event:
-        """An event set at the next commit that may have made a run of these tasks claimable
-        (SQLite: any commit; PostgreSQL: one that queued a run of one of them, and that
-        ``takes``, if given, takes). Taken before a claim, like ``change_event``."""
+    def follow_work(self, task_ids: Iterable[str], queued: WorkQueued) -> Callable[[], None]:
+        """Call ``queued`` at every commit that may have made a run of these tasks claimable
+        (SQLite: any commit, ``queued(None, None)``; PostgreSQL: one that queued a run of one
+        of them, ``queued(task_id, number)``), until the returned function is called. Follow
+        before the first claim: nothing committed after it is missed."""
         self._watch_other_processes()
-        key = (frozenset(task_ids), takes)
-        event = self._work_waiters.get(key)
-        if event is None:
-            event = self._work_waiters[key] = asyncio.Event()
-        return event
+        key = next(_FOLLOWERS)
+        self._work_followers[key] = (frozenset(task_ids), queued)
+
+        def unfollow() -> None:
+            self._work_followers.pop(key, None)
+
+        return unfollow
 
     def run_event(self, run_id: str) -> asyncio.Event:
         """An event set at the next commit that may have changed this run's status (SQLite:
@@ -175,18 +182,11 @@ class StorageCore:
         event.set()
 
     def _work_queued(self, task_id: str | None, number: int | None = None) -> None:
-        """Wake the waiters of work of ``task_id`` (None: of every task) that take it: a
-        notification ``number``ed by its transaction goes to the waiters whose ``takes`` say
-        so (``Takes``); without a number, to all."""
-        if not self._work_waiters:
-            return
-        for key, event in list(self._work_waiters.items()):
-            tasks, takes = key
-            if task_id is None or (
-                task_id in tasks and (takes is None or number is None or takes(task_id, number))
-            ):
-                del self._work_waiters[key]
-                event.set()
+        """Tell the followers of work of ``task_id`` (None: of every task) that a run of it,
+        ``number`` (None: unknown), was queued."""
+        for tasks, queued in list(self._work_followers.values()):
+            if task_id is None or task_id in tasks:
+                queued(task_id, number)
 
     def _run_changed(self, run_id: str | None) -> None:
         """Wake the waiters of this run (None: of every run)."""

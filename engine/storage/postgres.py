@@ -456,7 +456,7 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         before); every one wakes the readers of ``change_event``."""
         text = str(payload)
         kind, _, detail = text.partition(":")
-        if kind.startswith("q") and kind[1:].isdigit():  # numbered by its transaction
+        if kind.startswith("q") and kind[1:].isdigit():  # numbered: a hash of the run's id
             self._work_queued(detail, int(kind[1:]))
         elif kind == "q":  # from a schema before migration 8
             self._work_queued(detail)

@@ -265,12 +265,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX workers_heartbeat ON workers (heartbeat_at);
     """,
-    # 8: a queued run's notification is numbered by the transaction that queued it
-    # ('q<txid>:<task>'), so that of the workers serving the task, the one whose turn that
-    # number is claims, instead of all of them at once with all but one finding nothing
-    # (``Worker._takes``). Still once per transaction and task. Whose turn it is depends on
-    # who serves the task: a worker that starts or stops says so ('workers'; a heartbeat
-    # does not, it changes no one's turn).
+    # 8: a queued run's notification is numbered by a hash of the run's id ('q<n>:<task>',
+    # one per run, no longer one per transaction and task), so that of the workers serving
+    # the task, the one whose turn that number is claims it, instead of all of them at once
+    # with all but one finding nothing (``Worker._takes``). Whose turn it is depends on who
+    # serves the task: a worker that starts or stops says so ('workers'; a heartbeat does
+    # not, it changes no one's turn).
     """
     CREATE OR REPLACE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
@@ -278,7 +278,9 @@ MIGRATIONS: list[str] = [
     BEGIN
         IF TG_TABLE_NAME = 'runs' THEN
             IF NEW.status = 'QUEUED' THEN
-                PERFORM pg_notify(channel, 'q' || txid_current() || ':' || NEW.task_id);
+                PERFORM pg_notify(
+                    channel, 'q' || (hashtext(NEW.id) & 2147483647) || ':' || NEW.task_id
+                );
             ELSIF NEW.status = 'DELAYED' THEN
                 PERFORM pg_notify(channel, 't:' || NEW.available_at);
             ELSIF NEW.status <> 'EXECUTING' THEN

@@ -156,33 +156,6 @@ async def test_whose_turn_it_is_follows_workers_starting_and_stopping(postgres_u
         assert await storage.serving() == {"turns": ["w-2"]}
 
 
-async def test_a_process_that_only_works_hears_no_status_changes(postgres_url: str) -> None:
-    """Runs' and waitpoints' status changes go to a channel of their own (migration 8), which
-    a process listens to only once it waits for runs or changes: a worker's listener (and its
-    backend) is not woken by each run's every step."""
-    async with Engine(postgres_url) as engine:
-        storage = engine.storage
-        storage.follow_work(["x"], lambda task_id, n: None)
-        for _ in range(500):
-            if storage._following:  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
-        assert not storage._following_statuses  # type: ignore[attr-defined]
-        await storage.register_tasks([TaskInfo("x")])
-        run = await engine.trigger("x", {})
-        storage.run_event(run.id)  # from now on it listens to the statuses too
-        for _ in range(500):
-            if storage._following_statuses:  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.01)
-        assert storage._following_statuses  # type: ignore[attr-defined]
-        ended = storage.run_event(run.id)
-        async with Engine(postgres_url) as other:
-            await other.runs.cancel(run.id)
-        await asyncio.wait_for(ended.wait(), 5)
-
-
 def test_workers_take_turns_at_notifications_once_they_know_each_other() -> None:
     worker = Worker(Engine("sqlite:///unused.db"), {})
     assert worker._takes("t", 7)  # no heartbeat read yet: every notification

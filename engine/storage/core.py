@@ -113,14 +113,8 @@ class StorageCore:
 
     def _watch_other_processes(self) -> None:
         """Start following other processes' commits, if not yet (SQLite: ``PRAGMA
-        data_version``; PostgreSQL: ``LISTEN`` to the work they make)."""
+        data_version``; PostgreSQL: ``LISTEN``)."""
         raise NotImplementedError
-
-    def _watch_statuses(self) -> None:
-        """Also follow the other processes' changes of runs and waitpoints (for
-        ``change_event`` and ``run_event``; PostgreSQL: a channel of their own, which a
-        process that only works never listens to). SQLite sees every commit already."""
-        self._watch_other_processes()
 
     # -- change notifications ----------------------------------------------------------------
 
@@ -131,7 +125,7 @@ class StorageCore:
         Other processes' commits are followed from the first call on; callers poll as well,
         so a watcher that is down costs latency, never a run.
         """
-        self._watch_statuses()
+        self._watch_other_processes()
         return self._change
 
     def follow_work(self, task_ids: Iterable[str], queued: WorkQueued) -> Callable[[], None]:
@@ -151,7 +145,7 @@ class StorageCore:
     def run_event(self, run_id: str) -> asyncio.Event:
         """An event set at the next commit that may have changed this run's status (SQLite:
         any commit; PostgreSQL: one that changed it, but for a claim): ``wait_for_run``."""
-        self._watch_statuses()
+        self._watch_other_processes()
         event = self._run_waiters.get(run_id)
         if event is None:
             event = self._run_waiters[run_id] = asyncio.Event()

@@ -22,7 +22,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -166,9 +166,6 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         self._pool = None
         self._control = None
         self._channel = f"waitpoint_{self.schema}"
-        self._status_channel = f"{self._channel}:status"
-        self._statuses_wanted = asyncio.Event()
-        self._following_statuses = False
         self._init_waiters()
         self._listener: asyncio.Task[None] | None = None
         self._db_ms_measured = 0
@@ -392,15 +389,12 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
 
     def _committed(self) -> None:
         """After a commit that may have made work: this process's readers look again at
-        once. The rows it changed told every listener what they changed (migrations 6 and
-        8); while nobody here listens, this process's own claim and timer loops are woken
-        too, and its run waiters while nobody here listens to the statuses."""
-        if not self._following:
+        once. The rows it changed told every listener what they changed (migration 6); while
+        nobody here listens, this process's own claim and timer loops are woken too."""
+        if self._following:
+            self._changed()
+        else:
             self._notify()
-            return
-        self._changed()
-        if not self._following_statuses:
-            self._run_changed(None)
 
     async def _transaction_now(self, conn: Any) -> int:
         """The database's clock for this transaction, read at most ``_CLOCK_SECONDS`` ago (read
@@ -421,10 +415,6 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
     def _watch_other_processes(self) -> None:
         if self._listener is None and self._pool is not None:
             self._listener = asyncio.create_task(self._listen(), name="waitpoint-pg-listen")
-
-    def _watch_statuses(self) -> None:
-        self._statuses_wanted.set()  # the listener adds the channel (its connection, its task)
-        self._watch_other_processes()
 
     async def _listen(self) -> None:
         """LISTEN on a connection of its own; reconnect with back-off whenever it is lost."""
@@ -450,23 +440,13 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             self._forget_task_registry()  # registered while nobody here was listening
             self._notify()  # whatever was committed while nobody here was listening
             while not lost.is_set():
-                if self._statuses_wanted.is_set() and not self._following_statuses:
-                    await conn.add_listener(self._status_channel, self._notified)
-                    self._following_statuses = True
-                    self._changed()  # whatever changed while nobody here was listening
-                    self._run_changed(None)
-                waits = [lost.wait()]
-                if not self._following_statuses:
-                    waits.append(self._statuses_wanted.wait())
-                await _first(waits, _LISTENER_PROBE_SECONDS)
-                if not lost.is_set() and not (
-                    self._statuses_wanted.is_set() and not self._following_statuses
-                ):  # a silent network drop shows up here
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), _LISTENER_PROBE_SECONDS)
+                if not lost.is_set():  # a silent network drop shows up here
                     await self._measure_clock(conn)
             log.warning("storage.listener_lost", channel=self._channel)
         finally:
             self._following = False
-            self._following_statuses = False
             if not conn.is_closed():
                 conn.terminate()
 
@@ -492,16 +472,6 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             self._notify()
             return
         self._changed()
-
-
-async def _first(waits: list[Coroutine[Any, Any, Any]], timeout: float) -> None:
-    """Return once one of ``waits`` is done, or after ``timeout`` seconds."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 async def _nothing_to_reset(conn: asyncpg.Connection) -> None:

@@ -270,15 +270,11 @@ MIGRATIONS: list[str] = [
     # the task, the one whose turn that number is claims it, instead of all of them at once
     # with all but one finding nothing (``Worker._takes``). Whose turn it is depends on who
     # serves the task: a worker that starts or stops says so ('workers'; a heartbeat does
-    # not, it changes no one's turn). The changes of a run's status ('r:<run>') and of a
-    # waitpoint ('w') go to a channel of their own ('<channel>:status'), which only processes
-    # that wait for runs or changes listen to: a worker's listener no longer wakes (and its
-    # backend no longer commits a transaction) for each of them.
+    # not, it changes no one's turn).
     """
     CREATE OR REPLACE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         channel text := 'waitpoint_' || TG_TABLE_SCHEMA;
-        statuses text := channel || ':status';
     BEGIN
         IF TG_TABLE_NAME = 'runs' THEN
             IF NEW.status = 'QUEUED' THEN
@@ -288,7 +284,7 @@ MIGRATIONS: list[str] = [
             ELSIF NEW.status = 'DELAYED' THEN
                 PERFORM pg_notify(channel, 't:' || NEW.available_at);
             ELSIF NEW.status <> 'EXECUTING' THEN
-                PERFORM pg_notify(statuses, 'r:' || NEW.id);
+                PERFORM pg_notify(channel, 'r:' || NEW.id);
             END IF;
             IF NEW.expires_at IS NOT NULL AND NEW.status IN ('QUEUED', 'DELAYED') THEN
                 PERFORM pg_notify(channel, 't:' || NEW.expires_at);
@@ -299,7 +295,7 @@ MIGRATIONS: list[str] = [
                     PERFORM pg_notify(channel, 't:' || NEW.timeout_at);
                 END IF;
             ELSE
-                PERFORM pg_notify(statuses, 'w');
+                PERFORM pg_notify(channel, 'w');
             END IF;
         ELSIF TG_TABLE_NAME = 'workers' THEN
             PERFORM pg_notify(channel, 'workers');

@@ -21,7 +21,7 @@ import re
 import sqlite3
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, TypeAlias, TypeVar
 
 from ..errors import StorageError
@@ -245,8 +245,9 @@ class ServerFunction:
     body: str
     """``DECLARE ... BEGIN ... END``; ``SCHEMA`` where a type must name the schema."""
 
-    @property
+    @cached_property
     def name(self) -> str:
+        """``waitpoint_<base>_<hash>``: computed once (every call of the function names it)."""
         text = repr((self.params, self.returns, self.body)).encode()
         return f"{FUNCTION_PREFIX}{self.base}_{hashlib.sha256(text).hexdigest()[:12]}"
 
@@ -254,7 +255,7 @@ class ServerFunction:
         """The ``CREATE OR REPLACE FUNCTION`` statement, for ``schema``."""
         args = ", ".join(f"p_{name} {kind}" for name, kind in self.params)
         body = _TOKEN.sub(lambda m: f"p_{m.group(1)}" if m.group(1) else m.group(0), self.body)
-        body = _TABLE.sub(lambda m: f'{m.group(1)} "{schema}".{m.group(2)}', body)
+        body = _in_schema(body, schema)
         quoted = f'"{schema}"'
         returns = self.returns.replace(SCHEMA, quoted)
         body = body.replace(SCHEMA, quoted)
@@ -354,6 +355,11 @@ FUNCTION_PREFIX = "waitpoint_"
 _FUNCTION = re.compile(r"\bFROM\s+(" + FUNCTION_PREFIX + r"\w+)\(")
 
 
+def _in_schema(text: str, schema: str) -> str:
+    """``text`` with the engine's tables named in ``schema`` (``FROM "schema".runs``)."""
+    return _TABLE.sub(lambda m: f'{m.group(1)} "{schema}".{m.group(2)}', text)
+
+
 @lru_cache(maxsize=2048)
 def numbered(text: str, schema: str | None = None) -> tuple[str, tuple[str, ...]]:
     """``:name`` parameters as ``$1, $2, ...`` (a repeated name reuses its number), and the
@@ -361,7 +367,7 @@ def numbered(text: str, schema: str | None = None) -> tuple[str, tuple[str, ...]
     engine's tables are named in it (``FROM "schema".runs``): no connection depends on a
     ``search_path``, which a pooler in transaction mode would not keep (PgBouncer)."""
     if schema is not None:
-        text = _TABLE.sub(lambda m: f'{m.group(1)} "{schema}".{m.group(2)}', text)
+        text = _in_schema(text, schema)
         text = _FUNCTION.sub(lambda m: f'FROM "{schema}".{m.group(1)}(', text)
     names: list[str] = []
 

@@ -15,7 +15,7 @@ from engine import Engine, Queue, RunStatus, Worker, create_token, task, wait_fo
 from engine.errors import ConfigurationError, StorageError
 from engine.models import TaskInfo
 from engine.storage import display_url, open_storage
-from engine.storage.base import NewWorker
+from engine.storage.base import NewWorker, Storage
 from engine.storage.postgres_schema import MIGRATIONS
 
 
@@ -102,6 +102,15 @@ async def test_an_engine_makes_the_server_functions_it_calls_when_it_opens(
         assert completed.applied and completed.token.data == {"ok": True}
 
 
+async def until_following(storage: Storage) -> None:
+    """Wait (5 s at most) until ``storage``'s listener follows the other processes."""
+    for _ in range(500):
+        if storage._following:  # type: ignore[attr-defined]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the listener did not start within 5 s")
+
+
 async def test_a_queued_run_is_told_with_its_number(postgres_url: str) -> None:
     """A queued run's notification is numbered by a hash of its id (migration 8), the same
     for every process following the task's work: the number decides whose turn it is."""
@@ -110,10 +119,7 @@ async def test_a_queued_run_is_told_with_its_number(postgres_url: str) -> None:
         heard: list[tuple[str | None, int | None]] = []
         for storage, into in ((engine.storage, told), (other.storage, heard)):
             storage.follow_work(["turns"], lambda task_id, n, into=into: into.append((task_id, n)))
-            for _ in range(500):  # until its listener follows, every commit is told unnumbered
-                if storage._following:  # type: ignore[attr-defined]
-                    break
-                await asyncio.sleep(0.01)
+            await until_following(storage)  # until then, every commit is told unnumbered
         await engine.storage.register_tasks([TaskInfo("turns")])
         told.clear()
         heard.clear()
@@ -134,10 +140,7 @@ async def test_whose_turn_it_is_follows_workers_starting_and_stopping(postgres_u
     async with Engine(postgres_url) as engine, Engine(postgres_url) as other:
         storage = engine.storage
         storage.change_event()  # starts the listener
-        for _ in range(500):
-            if storage._following:  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.01)
+        await until_following(storage)
         first = NewWorker("w-1", ["turns"], 10, 30_000)
         await other.storage.register_tasks([TaskInfo("turns")], first)
         for _ in range(200):  # 2 s: before the 5 s after which it is read again anyway

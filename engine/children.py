@@ -9,20 +9,23 @@ expired. The waitpoint closes with the child's result when the child finishes, w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .client import current_engine
 from .context import Recorded, RunContext
+from .current import current_engine
 from .logs import get_logger
 from .models import Run, RunResult, Token
-from .registry import TaskDefinition
+from .options import TriggerOptions
 from .requests import run_request
 from .storage import JournalWrite
+
+if TYPE_CHECKING:
+    from .registry import TaskDefinition
 
 log = get_logger("engine.children")
 
 
-async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[str, Any]) -> Run:
+async def trigger_child(definition: TaskDefinition, payload: Any, options: TriggerOptions) -> Run:
     """``Task.trigger``: from a run, a journaled child; elsewhere, through the current Engine."""
     context = RunContext.find()
     if context is None:
@@ -45,7 +48,7 @@ async def trigger_child(definition: TaskDefinition, payload: Any, options: dict[
 
 
 async def trigger_children_and_wait(
-    definition: TaskDefinition, payloads: list[Any], options: dict[str, Any], *, batch: bool
+    definition: TaskDefinition, payloads: list[Any], options: TriggerOptions, *, batch: bool
 ) -> list[RunResult]:
     """Start the children and park until all finished: one transaction, once per key."""
     context = RunContext.current()

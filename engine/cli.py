@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .callbacks import UNKNOWN_PUBLIC_URL
 from .cli_words import Typer, in_cli_words, option_names
 from .defaults import DEFAULT_DATABASE_URL, LIVE_LEASES
 from .durations import parse_duration, to_timedelta
@@ -368,7 +367,7 @@ def dev(
 
 def _login_link(host: str, port: int, key: str) -> str:
     """A sign-in link for this terminal's user: a signed ticket, never the key itself."""
-    from .ui import login_link  # late: other commands start faster
+    from .signing import login_link
 
     return login_link(_local_url(host, port), key)
 
@@ -710,16 +709,11 @@ def runs_cancel(
 
 async def _with_url_note(engine: Engine, found: Awaitable[T]) -> T:
     """``found`` (tokens), and a note on stderr when their callback URLs lead nowhere: this
-    process knows no public URL (``callbacks.UNKNOWN_PUBLIC_URL``)."""
-    from .client import NO_PUBLIC_URL
-    from .remote import RemoteTokens  # imported already: Engine() did
-
+    process knows no public URL (``signing.UNKNOWN_PUBLIC_URL``)."""
     result = await found
-    if not isinstance(engine.tokens, RemoteTokens) and engine.storage.signer.public_url is None:
-        print(
-            f"note: {NO_PUBLIC_URL}; until then callback URLs point at {UNKNOWN_PUBLIC_URL}",
-            file=sys.stderr,
-        )
+    problem = await engine.tokens.unreachable_urls()
+    if problem is not None:
+        print(f"note: {problem}", file=sys.stderr)
     return result
 
 

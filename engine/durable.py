@@ -21,10 +21,12 @@ from typing import Any
 import anyio.to_thread
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
+from typing_extensions import Unpack
 
-from .client import current_engine
+from . import completion
 from .clock import to_ms
 from .context import Recorded, RunContext
+from .current import current_engine
 from .durations import Deadline, Timeout, duration_ms
 from .errors import AbortTaskRunError, DurableCallInStepError, StorageError, ValidationError
 from .journal import encode_error
@@ -36,6 +38,7 @@ from .models import (
     Token,
     WaitResult,
 )
+from .options import TokenOptions
 from .registry import Retry
 from .requests import token_request
 from .storage import JournalWrite
@@ -167,17 +170,7 @@ async def update_metadata(changes: dict[str, Any]) -> dict[str, Any]:
     return dict(merged)
 
 
-async def create_token(
-    *,
-    timeout: Timeout | None = None,
-    idempotency_key: str | None = None,
-    idempotency_key_ttl: str | timedelta | None = None,
-    tags: list[str] | str | None = None,
-    schema: type[BaseModel] | None = None,
-    title: str | None = None,
-    description: str | None = None,
-    context: dict[str, Any] | None = None,
-) -> Token:
+async def create_token(**options: Unpack[TokenOptions]) -> Token:
     """Create a waitpoint token that a run can wait on until someone completes it.
 
     Inside a run the token is journaled: replay returns the same token, never a second one,
@@ -189,29 +182,20 @@ async def create_token(
     ``{"amount": 19.99}``, at most 16 KiB) tell the reviewer what they approve: the approval
     page and the inbox show them.
     """
-    options = dict(
-        timeout=timeout,
-        idempotency_key=idempotency_key,
-        idempotency_key_ttl=idempotency_key_ttl,
-        tags=tags,
-        schema=schema,
-        title=title,
-        description=description,
-        context=context,
-    )
     run = RunContext.find()
     if run is None:
-        return await current_engine().tokens.create(**options)  # type: ignore[arg-type]
+        return await current_engine().tokens.create(**options)
     storage = run.storage
 
     async def execute(write: JournalWrite) -> Recorded:
-        new = token_request(storage.now_ms(), **options)  # type: ignore[arg-type]
+        new = token_request(storage.now_ms(), **options)
         made = await storage.create_token(new, write)
         log.info("token.created", token_id=made.id, cached=made.is_cached)
         return Recorded(_json_of(made))
 
     token = await run.durable_call("create_token", execute=execute, decode=_token)
-    if schema is not None:
+    schema = options.get("schema")
+    if isinstance(schema, type):
         token._data_model = schema
     return token
 
@@ -333,9 +317,7 @@ async def complete_token(
     """
     context = RunContext.find()
     if context is not None:
-        from .client import Engine
-
-        return await Engine.over(context.storage).tokens.complete(token_id, data, source=source)
+        return await completion.complete(context.storage, token_id, data, source)
     return await current_engine().tokens.complete(token_id, data, source=source)
 
 

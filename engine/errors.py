@@ -24,6 +24,9 @@
     └── StorageError                 the database failed; nothing above storage sees driver errors
         └── LeaseLostError           this worker no longer owns the run; its write was refused
 
+``AuthError`` is not an ``EngineError``: it is the API's answer to a caller (401 or 403), raised
+where a credential is checked (``engine.signing``, ``engine.api.auth``) and never by the engine.
+
 ``Suspended`` is not an error: it is control flow (a ``BaseException``, so that a task's
 ``except Exception:`` cannot swallow it) raised when an attempt ends before the task did (the
 run parks on a waitpoint, or the attempt is interrupted; see ``engine.context``) and handled in
@@ -193,6 +196,16 @@ class StorageUnavailableError(StorageError):
 
 class LeaseLostError(StorageError):
     """This worker's lease on the run expired or was taken over; its write was refused."""
+
+
+class AuthError(Exception):
+    """A caller without the right credential; the API answers ``status`` (401 or 403) with
+    this message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class Suspended(BaseException):

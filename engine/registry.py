@@ -19,10 +19,12 @@ from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from typing_extensions import Unpack
 
 from .durations import duration_ms, to_timedelta
 from .errors import ConfigurationError, ValidationError
 from .models import Run, RunResult, TaskInfo
+from .options import TriggerOptions
 
 TaskFunction = Callable[[Any], Awaitable[Any]]
 
@@ -93,21 +95,25 @@ class TaskDefinition:
     async def __call__(self, payload: Any) -> Any:
         return await self.fn(payload)
 
-    async def trigger(self, payload: Any = None, **options: Any) -> Run:
+    async def trigger(self, payload: Any = None, **options: Unpack[TriggerOptions]) -> Run:
         """Start a run of this task. Inside a run it is journaled: replay returns the same
         child; the child keeps running on its own (``trigger_and_wait`` waits for it)."""
         from .children import trigger_child
 
         return await trigger_child(self, payload, options)
 
-    async def trigger_and_wait(self, payload: Any = None, **options: Any) -> RunResult:
+    async def trigger_and_wait(
+        self, payload: Any = None, **options: Unpack[TriggerOptions]
+    ) -> RunResult:
         """Start a child run and park this run until it finishes (only inside a run)."""
         from .children import trigger_children_and_wait
 
         [result] = await trigger_children_and_wait(self, [payload], options, batch=False)
         return result
 
-    async def batch_trigger_and_wait(self, payloads: list[Any], **options: Any) -> list[RunResult]:
+    async def batch_trigger_and_wait(
+        self, payloads: list[Any], **options: Unpack[TriggerOptions]
+    ) -> list[RunResult]:
         """Start one child run per payload and park until all of them finished."""
         from .children import trigger_children_and_wait
 

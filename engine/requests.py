@@ -11,12 +11,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from .clock import from_ms, to_ms
-from .durations import Timeout, duration_ms, format_duration, resolve_deadline
+from .durations import duration_ms, format_duration, resolve_deadline
 from .errors import ValidationError
 from .journal import CallKey
 from .models import JournalEntry, RunError, RunEvent, TimelineEntry, Token, WaitTarget
+from .options import (
+    TOKEN_OPTION_NAMES,
+    TRIGGER_OPTION_NAMES,
+    TokenOptions,
+    TriggerOptions,
+    check_names,
+)
 from .storage import NewRun, NewToken, PageRequest
 from .validation import (
     MAX_DESCRIPTION_LENGTH,
@@ -30,24 +38,15 @@ from .validation import (
 )
 
 
-def token_request(
-    now_ms: int,
-    *,
-    timeout: Timeout | None = None,
-    idempotency_key: str | None = None,
-    idempotency_key_ttl: str | timedelta | None = None,
-    tags: list[str] | str | None = None,
-    schema: type[BaseModel] | dict[str, Any] | None = None,
-    title: str | None = None,
-    description: str | None = None,
-    context: dict[str, Any] | None = None,
-) -> NewToken:
+def token_request(now_ms: int, **options: Unpack[TokenOptions]) -> NewToken:
     """Validate ``create_token`` arguments into what storage inserts.
 
     ``schema`` is a pydantic model class or a JSON Schema (what the REST API receives).
     ``title`` (at most 200 characters), ``description`` (plain text, at most 4,000) and
     ``context`` (a JSON object, at most 16 KiB as JSON) are shown to the reviewer.
     """
+    check_names(dict(options), TOKEN_OPTION_NAMES, "create_token")
+    timeout, schema = options.get("timeout"), options.get("schema")
     now = from_ms(now_ms)
     timeout_ms = ttl = None
     if timeout is not None:
@@ -60,17 +59,19 @@ def token_request(
         data_schema = check_schema(schema)
     elif schema is not None:
         raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
-    key = clean_optional_text(idempotency_key, "idempotency_key")
+    key = clean_optional_text(options.get("idempotency_key"), "idempotency_key")
     return NewToken(
         timeout_ms=timeout_ms,
         ttl=ttl,
-        tags=clean_tags(tags),
+        tags=clean_tags(options.get("tags")),
         idempotency_key=key,
-        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
+        idempotency_key_expires_ms=_key_expiry(now_ms, key, options.get("idempotency_key_ttl")),
         data_schema=data_schema,
-        title=clean_token_text(title, "title", MAX_TITLE_LENGTH),
-        description=clean_token_text(description, "description", MAX_DESCRIPTION_LENGTH),
-        context=clean_token_context(context),
+        title=clean_token_text(options.get("title"), "title", MAX_TITLE_LENGTH),
+        description=clean_token_text(
+            options.get("description"), "description", MAX_DESCRIPTION_LENGTH
+        ),
+        context=clean_token_context(options.get("context")),
     )
 
 
@@ -79,25 +80,20 @@ def run_request(
     payload: Any,
     now_ms: int,
     *,
-    idempotency_key: str | None = None,
-    idempotency_key_ttl: str | timedelta | None = None,
-    tags: list[str] | str | None = None,
-    max_attempts: int | None = None,
-    delay: Timeout | None = None,
-    ttl: str | timedelta | None = None,
-    metadata: dict[str, Any] | None = None,
-    max_duration: str | timedelta | None = None,
-    concurrency_key: str | None = None,
     queue: str | None = None,
+    **options: Unpack[TriggerOptions],
 ) -> NewRun:
     """Validate trigger options into what storage inserts."""
+    check_names(dict(options), TRIGGER_OPTION_NAMES, "trigger")
+    max_attempts, metadata = options.get("max_attempts"), options.get("metadata")
+    delay, ttl, max_duration = options.get("delay"), options.get("ttl"), options.get("max_duration")
     if max_attempts is not None and (
         isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
     ):
         raise ValidationError("max_attempts must be a positive integer")
     if metadata is not None and not isinstance(metadata, dict):
         raise ValidationError("metadata must be a JSON object (a dict)")
-    key = clean_optional_text(idempotency_key, "idempotency_key")
+    key = clean_optional_text(options.get("idempotency_key"), "idempotency_key")
     delayed_until = None
     if delay is not None:
         if isinstance(delay, datetime):
@@ -107,9 +103,9 @@ def run_request(
     return NewRun(
         task_id=task_id,
         payload=payload,
-        tags=clean_tags(tags),
+        tags=clean_tags(options.get("tags")),
         idempotency_key=key,
-        idempotency_key_expires_ms=_key_expiry(now_ms, key, idempotency_key_ttl),
+        idempotency_key_expires_ms=_key_expiry(now_ms, key, options.get("idempotency_key_ttl")),
         max_attempts=max_attempts,
         delayed_until_ms=delayed_until,
         ttl=None if ttl is None else (ttl if isinstance(ttl, str) else format_duration(ttl)),
@@ -117,7 +113,7 @@ def run_request(
         metadata=metadata,
         max_duration_ms=None if max_duration is None else duration_ms(max_duration),
         queue=queue,
-        concurrency_key=clean_optional_text(concurrency_key, "concurrency_key"),
+        concurrency_key=clean_optional_text(options.get("concurrency_key"), "concurrency_key"),
     )
 
 

@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, Mapping
 
 import anyio
 
-from .callbacks import UNKNOWN_PUBLIC_URL
 from .client import Engine
 from .errors import StorageError
 from .logs import get_logger
 from .models import ClaimedRun
 from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
+from .signing import UNKNOWN_PUBLIC_URL
 from .storage import NewWorker
 
 log = get_logger("engine.worker")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from engine.callbacks import CallbackSigner
+from engine.signing import CallbackSigner
 
 TOKEN = "waitpoint_01jz3k4m5n6p7q8r9s0t1v2w3x"
 OTHER = "waitpoint_01jz3k4m5n6p7q8r9s0t1v2w3y"

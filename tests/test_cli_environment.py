@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from engine import Engine, Settings, keys, task
-from engine.callbacks import UNKNOWN_PUBLIC_URL
+from engine.signing import UNKNOWN_PUBLIC_URL
 from engine.client import NO_PUBLIC_URL
 from engine.settings import SECRET_KEY_FILE
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import (
+    AuthError,
     ConfigurationError,
     EngineError,
     NotFoundError,
@@ -24,7 +25,6 @@ from ..errors import (
     TokenNotWaitingError,
     ValidationError,
 )
-from .auth import AuthError
 
 
 class Problem(Exception):

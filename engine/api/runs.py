@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..options import TriggerOptions
 from .body import JSONGuardRoute, too_many_digits
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
 from .problems import Problem
@@ -20,8 +21,9 @@ router.route_class = JSONGuardRoute
 _NOT_YET = ("queue", "debounce")
 
 
-class TriggerOptions(BaseModel):
-    """Trigger options; unknown ones the SDK may send (``machine``, ``priority``...) are ignored."""
+class WireTriggerOptions(BaseModel):
+    """Trigger options as the SDK sends them; unknown ones (``machine``, ``priority``...) are
+    ignored. ``options`` gives the engine's ``TriggerOptions``."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -38,12 +40,25 @@ class TriggerOptions(BaseModel):
         default=None, description="Its own copy of the task queue's concurrency limit"
     )
 
+    def options(self) -> TriggerOptions:
+        return TriggerOptions(
+            idempotency_key=self.idempotencyKey,
+            idempotency_key_ttl=self.idempotencyKeyTTL,
+            tags=self.tags,
+            max_attempts=self.maxAttempts,
+            delay=deadline(self.delay) if self.delay else None,
+            ttl=f"{self.ttl}s" if isinstance(self.ttl, int) else self.ttl,
+            metadata=self.metadata,
+            max_duration=None if self.maxDuration is None else f"{self.maxDuration}s",
+            concurrency_key=self.concurrencyKey,
+        )
+
 
 class TriggerBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     payload: Any = None
-    options: TriggerOptions | None = None
+    options: WireTriggerOptions | None = None
 
 
 def decode_payload(payload: Any, payload_type: str | None) -> Any:
@@ -85,23 +100,12 @@ async def trigger(
     reply = await replayed(request, f"trigger:{task_id}")
     if reply is None:
         body = body or TriggerBody()
-        options = body.options or TriggerOptions()
+        options = body.options or WireTriggerOptions()
         unsupported = [name for name in _NOT_YET if (options.model_extra or {}).get(name)]
         if unsupported:
             raise Problem(422, f"options not supported yet: {', '.join(unsupported)}")
-        run = await engine.trigger(
-            task_id,
-            decode_payload(body.payload, options.payloadType),
-            idempotency_key=options.idempotencyKey,
-            idempotency_key_ttl=options.idempotencyKeyTTL,
-            tags=options.tags,
-            max_attempts=options.maxAttempts,
-            delay=deadline(options.delay) if options.delay else None,
-            ttl=f"{options.ttl}s" if isinstance(options.ttl, int) else options.ttl,
-            metadata=options.metadata,
-            max_duration=None if options.maxDuration is None else f"{options.maxDuration}s",
-            concurrency_key=options.concurrencyKey,
-        )
+        payload = decode_payload(body.payload, options.payloadType)
+        run = await engine.trigger(task_id, payload, **options.options())
         reply = {"id": run.id, "isCached": run.is_cached}
         await remember(request, f"trigger:{task_id}", reply)
     response.headers["x-trigger-jwt"] = auth_of(request).public_token(

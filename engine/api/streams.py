@@ -31,8 +31,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ..errors import AuthError
 from ..models import Page, Run, Token, WaitpointStatus
-from .auth import AuthError, Caller
+from .auth import Caller
 from .deps import EngineDep, auth_of
 from .queries import comma_list, page_size, run_statuses, statuses
 from .watchers import StreamHub, StreamSlots, Watcher

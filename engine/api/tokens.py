@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..faults import crash_point
 from ..models import CompletionSource, WaitpointStatus
+from ..options import TokenOptions
 from .auth import Caller
 from .body import JSONGuardRoute, parse_json
 from .deps import (
@@ -63,6 +64,18 @@ class CreateTokenBody(BaseModel):
         " (else 422); the approval page lists its names and values",
     )
 
+    def options(self) -> TokenOptions:
+        return TokenOptions(
+            timeout=deadline(self.timeout) if self.timeout else None,
+            idempotency_key=self.idempotencyKey,
+            idempotency_key_ttl=self.idempotencyKeyTTL,
+            tags=self.tags,
+            schema=self.schema_,
+            title=self.title,
+            description=self.description,
+            context=self.context,
+        )
+
 
 class CompleteBody(BaseModel):
     """The completion: ``data`` is what the waiting run receives (absent: null)."""
@@ -86,17 +99,7 @@ async def create_token(
 ) -> dict[str, Any]:
     reply = await replayed(request, "create-token")
     if reply is None:
-        options = body or CreateTokenBody()
-        token = await engine.tokens.create(
-            timeout=deadline(options.timeout) if options.timeout else None,
-            idempotency_key=options.idempotencyKey,
-            idempotency_key_ttl=options.idempotencyKeyTTL,
-            tags=options.tags,
-            schema=options.schema_,
-            title=options.title,
-            description=options.description,
-            context=options.context,
-        )
+        token = await engine.tokens.create(**(body or CreateTokenBody()).options())
         reply = {"id": token.id, "isCached": token.is_cached, "url": token.url}
         await remember(request, "create-token", reply)
     response.headers["x-trigger-jwt"] = auth_of(request).public_token(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from ..clock import Clock
 from ..errors import ConfigurationError
 from .base import (
@@ -17,6 +15,7 @@ from .base import (
     Storage,
     TokenFilter,
 )
+from .urls import display_url
 
 
 def open_storage(
@@ -64,15 +63,6 @@ def open_storage(
         f"unsupported database URL {url!r}: use sqlite:///path/to/file.db"
         " or postgresql://user@host:5432/database"
     )
-
-
-def display_url(url: str) -> str:
-    """The database URL with its password masked, for banners and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 __all__ = [

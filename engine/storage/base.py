@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..callbacks import CallbackSigner
 from ..durations import Deadline
 from ..models import (
     ClaimedRun,
@@ -34,6 +33,7 @@ from ..models import (
     WaitTarget,
     WorkerInfo,
 )
+from ..signing import CallbackSigner
 
 WorkQueued = Callable[[str | None, int | None], None]
 """Told that a run of a task (the ``str``) was queued, with its number (the ``int``: a hash
@@ -194,7 +194,7 @@ class Storage(Protocol):
     async def load_public_url(self) -> str | None:
         """The base of this process's callback URLs from now on: the configured public URL,
         else the one recorded in the database (read again), else None (unknown: URLs point
-        at ``callbacks.UNKNOWN_PUBLIC_URL``)."""
+        at ``signing.UNKNOWN_PUBLIC_URL``)."""
         ...
 
     # tasks and the workers serving them

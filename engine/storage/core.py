@@ -29,11 +29,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..callbacks import CallbackSigner
 from ..errors import LeaseLostError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import TaskInfo, Token
+from ..signing import CallbackSigner
 from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest, WorkQueued
 from .records import RowLike, dump_json, page_slice, token_from_row
 from .sql import Dialect, Op, Sql, alone, combined, count, many, rows
@@ -246,7 +246,7 @@ class StorageCore:
     async def load_public_url(self) -> str | None:
         """The public URL callback URLs are made on from now: the configured one, else the
         one recorded in the database (read again at each call; ``open`` reads it first), else
-        None (``callbacks.UNKNOWN_PUBLIC_URL``)."""
+        None (``signing.UNKNOWN_PUBLIC_URL``)."""
         if not self.public_url_configured:
             sql = rows("SELECT value FROM meta WHERE key = :key", key=PUBLIC_URL)
             found = await self._read(sql)

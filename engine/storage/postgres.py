@@ -39,7 +39,6 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
     ) from exc
 
-from . import display_url
 from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .runs import Runs
@@ -47,6 +46,7 @@ from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, first_statement
 from .timers import Timers
 from .tokens import Tokens
+from .urls import display_url
 from .waits import Waits
 
 T = TypeVar("T")

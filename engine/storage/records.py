@@ -13,7 +13,6 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic_core import to_jsonable_python
 
-from ..callbacks import CallbackSigner
 from ..clock import from_ms, from_ms_or_none
 from ..errors import ValidationError
 from ..keys import hash_signature
@@ -28,6 +27,7 @@ from ..models import (
     Token,
     WaitpointStatus,
 )
+from ..signing import CallbackSigner
 
 
 class RowLike(Protocol):

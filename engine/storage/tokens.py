@@ -7,11 +7,11 @@ import json
 from functools import cached_property
 from typing import Any
 
-from ..callbacks import well_formed
 from ..errors import TokenNotFoundError, TokenNotWaitingError
 from ..faults import crash_point
 from ..ids import new_token_id
 from ..models import CompletionResult, CompletionSource, Page, Token, WaitpointStatus
+from ..signing import well_formed
 from .base import DataToCheck, JournalWrite, NewToken, PageRequest, TokenFilter
 from .core import StorageCore, lease_lost
 from .records import (

@@ -21,12 +21,13 @@ from fastapi import FastAPI
 
 from ..api.auth import Auth
 from ..client import Engine
+from ..signing import login_link
 from ..validation import check_schema
 from . import approve, assets, links, run_pages, signin, token_pages
 from .forms import validator_for
 from .render import Renderer
 from .routing import UI
-from .sessions import Sessions, login_link
+from .sessions import Sessions
 
 __all__ = ["login_link", "mount_ui"]
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
-from ..api.auth import AuthError
+from ..errors import AuthError
 from ..models import CompletionSource, Token, WaitpointStatus
 from .completion import prepare, submit
 from .forms import Reading

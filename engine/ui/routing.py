@@ -18,11 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from ..api.auth import Auth, AuthError
+from ..api.auth import Auth
 from ..api.limits import FailureLimiter, client_address, too_many_message
 from ..api.problems import Problem
 from ..client import Engine
 from ..errors import (
+    AuthError,
     EngineError,
     NotFoundError,
     RunNotFoundError,

@@ -20,52 +20,27 @@ sessions stay signed claims, checked by one small read.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
-import secrets
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from fastapi import Request, Response
 
-from ..api.auth import AuthError
+from ..errors import AuthError
+from ..signing import (
+    LOGIN_TICKET_SECONDS,
+    SESSION_SECONDS,
+    Claims,
+    Purpose,
+    SignedCredentials,
+    login_link,
+)
 from ..storage import Storage
 
+__all__ = ["COOKIE", "LOGIN_TICKET_SECONDS", "SESSION_SECONDS", "Sessions", "login_link"]
+
 COOKIE = "waitpoint_session"
-SESSION_SECONDS = 12 * 3600
-LOGIN_TICKET_SECONDS = 24 * 3600
-
-Purpose = Literal["session", "login"]
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@dataclass(frozen=True)
-class Claims:
-    """What a valid credential says: its purpose, its nonce, and when it expires (seconds)."""
-
-    purpose: Purpose
-    nonce: str
-    expires: int
-
-    @property
-    def key(self) -> str:
-        """Its name among the spent credentials (a ticket's nonce is never a session's)."""
-        return f"{self.purpose}:{self.nonce}"
-
-
-class Sessions:
+class Sessions(SignedCredentials):
     """Issue and check signed sessions and login tickets for one secret key.
 
     ``storage`` gives the engine's storage at the time of the check (it is opened after the
@@ -73,40 +48,8 @@ class Sessions:
     """
 
     def __init__(self, secret_key: str, storage: Callable[[], Storage] | None = None) -> None:
-        self._secret = secret_key.encode()
-        self._key = hmac.new(self._secret, b"waitpoint-ui-session-v1", hashlib.sha256).digest()
+        super().__init__(secret_key)
         self._storage = storage
-
-    def is_secret_key(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.strip().encode(), self._secret)
-
-    def issue(self, purpose: Purpose, seconds: int) -> str:
-        claims = {"p": purpose, "exp": int(time.time()) + seconds, "n": secrets.token_urlsafe(16)}
-        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-        return f"{payload}.{self._sign(payload)}"
-
-    def claims(self, value: str | None, purpose: Purpose) -> Claims:
-        """The claims of ``value`` if it is a signed, unexpired ``purpose`` credential; else
-        raise a 401 saying why. Says nothing about whether it was spent: see ``verify``."""
-        what = _what(purpose)
-        if not value or value.count(".") != 1:
-            raise AuthError(401, f"no valid {what}: sign in with the secret key")
-        payload, signature = value.split(".")
-        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
-            raise AuthError(401, f"this {what} is not valid: sign in with the secret key")
-        try:
-            claims = json.loads(_unb64(payload))
-        except (ValueError, binascii.Error):
-            raise AuthError(401, f"this {what} is not valid: sign in with the secret key") from None
-        if not isinstance(claims, dict) or claims.get("p") != purpose:
-            raise AuthError(401, f"this {what} is not valid: sign in with the secret key")
-        nonce = claims.get("n")
-        if not isinstance(nonce, str) or not nonce:
-            raise AuthError(401, f"this {what} is not valid: sign in with the secret key")
-        expires = claims.get("exp")
-        if not isinstance(expires, int) or expires <= time.time():
-            raise AuthError(401, f"this {what} has expired: sign in again")
-        return Claims(purpose, nonce, expires)
 
     async def verify(self, value: str | None, purpose: Purpose = "session") -> Claims:
         """``claims``, and a 401 as well when the credential was spent (signed out, used)."""
@@ -147,17 +90,10 @@ class Sessions:
     def end(response: Response) -> None:
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
-
     def _require_storage(self) -> Storage:
         if self._storage is None:
             raise RuntimeError("these Sessions only issue credentials: they have no storage")
         return self._storage()
-
-
-def _what(purpose: Purpose) -> str:
-    return "sign-in link" if purpose == "login" else "session"
 
 
 def _spent_message(purpose: Purpose) -> str:
@@ -166,9 +102,3 @@ def _spent_message(purpose: Purpose) -> str:
             "this sign-in link was already used (a link signs in once): sign in with the secret key"
         )
     return "this session has ended (signed out): sign in again"
-
-
-def login_link(base_url: str, secret_key: str, seconds: int = LOGIN_TICKET_SECONDS) -> str:
-    """A one-click dashboard sign-in link for the terminal that started the server."""
-    ticket = Sessions(secret_key).issue("login", seconds)
-    return f"{base_url.rstrip('/')}/ui/login?t={ticket}"

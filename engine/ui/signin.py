@@ -15,7 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from ..api.auth import AuthError
+from ..errors import AuthError
 from .render import PAGE_HEADERS
 from .routing import PageRoute, SameSite, form_pairs, refuse_if_limited, safe_next, ui_of
 from .sessions import COOKIE, Sessions

@@ -24,7 +24,7 @@ from jsonschema import Draft7Validator, FormatChecker
 
 from engine import Engine, Settings
 from engine.api import create_app
-from engine.api.auth import AUDIENCE, ISSUER
+from engine.signing import AUDIENCE, ISSUER
 from engine.storage.sql import rows
 
 KEY = "sk_test_waitpoint_api_tests_0123456789abcdef"  # >= 32 bytes: PyJWT does not warn

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from engine import Engine
-from engine.api.auth import AUDIENCE, ISSUER
+from engine.signing import AUDIENCE, ISSUER
 from engine.models import TaskInfo
 
 from .conftest import KEY, TOKENS, api_client, bearer, get_token, path_of, token_row_count

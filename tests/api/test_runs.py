@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from engine import Engine, task
-from engine.api.auth import AUDIENCE, ISSUER
+from engine.signing import AUDIENCE, ISSUER
 from engine.models import TaskInfo
 
 from ..conftest import StartWorker, wait_for_status

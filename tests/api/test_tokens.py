@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from engine import Engine
-from engine.api.auth import AUDIENCE, ISSUER
+from engine.signing import AUDIENCE, ISSUER
 
 from .conftest import (
     AUTH,

@@ -26,7 +26,7 @@ from engine import Engine, Settings
 from engine.api import create_app
 from engine.api.auth import Auth
 from engine.models import RunStatus, TaskInfo
-from engine.ui.links import approval_url
+from engine.signing import approval_url
 from engine.ui.sessions import COOKIE
 
 KEY = "sk_test_waitpoint_csrf_tests_0123456789abcdef"

@@ -26,7 +26,7 @@ from engine import Engine, Settings
 from engine.api import create_app
 from engine.api.auth import Auth
 from engine.api.limits import FailureLimiter, client_address
-from engine.ui.links import approval_url
+from engine.signing import approval_url
 from engine.ui.sessions import COOKIE
 from tests.api.conftest import sign_jwt
 

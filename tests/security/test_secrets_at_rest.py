@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from engine import Engine
 from engine.api import create_app
 from engine.api.auth import Auth, resolve_secret_key
-from engine.callbacks import CallbackSigner
+from engine.signing import CallbackSigner
 from engine.cli import app as cli
 from engine.errors import ConfigurationError
 from engine.keys import derive_signing_secret

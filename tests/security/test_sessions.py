@@ -18,7 +18,7 @@ import pytest
 
 from engine import Engine
 from engine.api import create_app
-from engine.api.auth import AuthError
+from engine.errors import AuthError
 from engine.ui import login_link
 from engine.ui.sessions import COOKIE, Sessions
 

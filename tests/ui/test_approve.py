@@ -13,7 +13,7 @@ from engine import ConfigurationError, Engine, Settings, TokenNotFoundError, Val
 from engine.api.auth import Auth
 from engine.cli import app
 from engine.models import CompletionSource
-from engine.ui.links import approval_url
+from engine.signing import approval_url
 from tests.api.conftest import fire_timers_later
 
 from .conftest import KEY, Decision, client_for, field_errors, local_path

@@ -1,4 +1,5 @@
-"""The ``Engine`` facade over the REST API, for scripts that have no database access.
+"""The HTTP transport: ``engine.runs``, ``engine.tokens`` and ``engine.workers`` over the REST
+API, with httpx, for scripts that have no database access.
 
     async with Engine("http://waitpoint.internal:8030", api_key=key) as engine:
         await engine.tokens.complete(token_id, {"approved": True})
@@ -12,51 +13,55 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
-from .client import Runs, Tokens, Workers
-from .durations import Timeout, format_duration, to_timedelta
-from .errors import (
+from ..clock import from_ms
+from ..durations import Timeout, format_duration, to_timedelta
+from ..errors import (
     ConfigurationError,
     NotFoundError,
-    RunFailedError,
     RunNotFoundError,
-    RunWaitTimeoutError,
     StorageError,
     TaskNotFoundError,
     TokenNotFoundError,
     TokenNotWaitingError,
     ValidationError,
 )
-from .models import (
+from ..keys import SecretKey
+from ..models import (
     CompletionResult,
     CompletionSource,
     Page,
     Run,
-    RunStatus,
     TaskWorkers,
     TimelineEntry,
     Token,
     WaitpointStatus,
     WorkerInfo,
 )
+from ..options import (
+    TOKEN_OPTION_NAMES,
+    TRIGGER_OPTION_NAMES,
+    TokenOptions,
+    TriggerOptions,
+    check_names,
+)
+from ..storage import PageRequest, RunFilter, Storage, TokenFilter
+from .interfaces import Connection, Runs, Tokens, Workers
 
 STREAM_READ_SECONDS = 60.0
 """Longer than the server's keep-alive interval (15 s): a silent stream is a dead one."""
 STREAM_RECONNECTS = 5
 
 
-def is_api_url(url: str | None) -> bool:
-    return url is not None and url.startswith(("http://", "https://"))
-
-
-class RemoteAPI:
+class HttpAPI:
     """One HTTP client to a Waitpoint server, with errors mapped to engine errors."""
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 30.0) -> None:
@@ -85,46 +90,6 @@ class RemoteAPI:
             return response.json()
         raise _error_of(response, path)
 
-    async def trigger(
-        self,
-        task_id: str,
-        payload: Any,
-        *,
-        idempotency_key: str | None,
-        idempotency_key_ttl: str | timedelta | None,
-        tags: list[str] | str | None,
-        max_attempts: int | None,
-        delay: Timeout | None,
-        ttl: str | timedelta | None,
-        metadata: dict[str, Any] | None,
-        max_duration: str | timedelta | None,
-        concurrency_key: str | None,
-    ) -> Run:
-        options: dict[str, Any] = {"payloadType": "application/json"}
-        for name, value in (
-            ("idempotencyKey", idempotency_key),
-            ("idempotencyKeyTTL", _duration(idempotency_key_ttl)),
-            ("tags", tags),
-            ("maxAttempts", max_attempts),
-            ("delay", _deadline(delay)),
-            ("ttl", _duration(ttl)),
-            ("metadata", metadata),
-            ("maxDuration", _seconds(max_duration)),
-            ("concurrencyKey", concurrency_key),
-        ):
-            if value is not None:
-                options[name] = value
-        reply = await self.call(
-            "POST",
-            f"/api/v1/tasks/{task_id}/trigger",
-            json={"payload": payload, "options": options},
-        )
-        run = await self.retrieve_run(reply["id"])
-        return run.model_copy(update={"is_cached": bool(reply.get("isCached"))})
-
-    async def retrieve_run(self, run_id: str) -> Run:
-        return Run.model_validate(await self.call("GET", f"/api/v3/runs/{run_id}"))
-
     async def events(self, path: str) -> AsyncIterator[tuple[str, str]]:
         """``(event, data)`` pairs of a server-sent event stream, until the server closes it."""
         timeout = httpx.Timeout(30.0, read=STREAM_READ_SECONDS)
@@ -150,54 +115,71 @@ class RemoteAPI:
             message = f"lost the stream from the Waitpoint API at {self.base_url}: {exc}"
             raise StorageError(message) from exc
 
-    async def wait_for_run(self, run_id: str, timeout: float | None) -> Run:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.05
-        while True:
-            run = await self.retrieve_run(run_id)
-            if run.is_finished:
-                if run.status is not RunStatus.COMPLETED:
-                    error = run.error.model_dump() if run.error else None
-                    raise RunFailedError(run.id, run.status.value, error)
-                return run
-            if deadline is not None and loop.time() + pause > deadline:
-                reason = await RemoteWorkers(self).unserved(run)
-                raise RunWaitTimeoutError(
-                    f"run {run_id} is still {run.status.value} after {timeout} seconds"
-                    + (f": {reason}" if reason else "")
-                )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+
+class HttpConnection(Connection):
+    """The REST API at ``base_url``, for scripts that have no database access."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.api = HttpAPI(base_url, api_key)
+        self.runs = HttpRuns(self.api)
+        self.tokens = HttpTokens(self.api)
+        self.workers = HttpWorkers(self.api)
+
+    async def open(self) -> None:
+        """Nothing to open: httpx connects at the first call."""
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    @property
+    def storage(self) -> Storage:
+        raise ConfigurationError(
+            f"this Engine talks to the API at {self.api.base_url}; workers and storage "
+            "need a database URL"
+        )
+
+    @property
+    def secret_key(self) -> SecretKey | None:
+        return None
+
+    async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run:
+        check_names(dict(options), TRIGGER_OPTION_NAMES, "trigger")
+        wire: dict[str, Any] = {"payloadType": "application/json"}
+        for name, value in (
+            ("idempotencyKey", options.get("idempotency_key")),
+            ("idempotencyKeyTTL", _duration(options.get("idempotency_key_ttl"))),
+            ("tags", options.get("tags")),
+            ("maxAttempts", options.get("max_attempts")),
+            ("delay", _deadline(options.get("delay"))),
+            ("ttl", _duration(options.get("ttl"))),
+            ("metadata", options.get("metadata")),
+            ("maxDuration", _seconds(options.get("max_duration"))),
+            ("concurrencyKey", options.get("concurrency_key")),
+        ):
+            if value is not None:
+                wire[name] = value
+        reply = await self.api.call(
+            "POST",
+            f"/api/v1/tasks/{task_id}/trigger",
+            json={"payload": payload, "options": wire},
+        )
+        run = await self.runs.retrieve(reply["id"])
+        return run.model_copy(update={"is_cached": bool(reply.get("isCached"))})
 
 
-class RemoteRuns(Runs):
-    """``engine.runs`` over HTTP."""
-
-    def __init__(self, api: RemoteAPI) -> None:
+class HttpRuns(Runs):
+    def __init__(self, api: HttpAPI) -> None:
         self._api = api
 
     async def retrieve(self, run_id: str) -> Run:
-        return await self._api.retrieve_run(run_id)
+        return Run.model_validate(await self._api.call("GET", f"/api/v3/runs/{run_id}"))
 
-    async def list(
-        self,
-        *,
-        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
-        task: str | list[str] | None = None,
-        tags: list[str] | str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        limit: int = 25,
-        after: str | None = None,
-        before: str | None = None,
-    ) -> Page[Run]:
-        params = _list_params(status, tags, created_after, created_before, limit, after, before)
-        params.pop("filter[tags]", None)
-        if tags:
-            params["filter[tag]"] = _commas(tags)
-        if task:
-            params["filter[taskIdentifier]"] = _commas(task)
+    async def _list(self, filter: RunFilter, page: PageRequest) -> Page[Run]:
+        params = _list_params(filter, page)
+        if filter.tags:
+            params["filter[tag]"] = ",".join(filter.tags)
+        if filter.task_id:
+            params["filter[taskIdentifier]"] = ",".join(filter.task_id)
         reply = await self._api.call("GET", "/api/v1/runs", params=params)
         return _page(reply, Run)
 
@@ -230,35 +212,32 @@ class RemoteRuns(Runs):
                     raise
             await asyncio.sleep(min(0.25 * 2**failures, 5.0))
 
+    async def changes(self, run_id: str) -> AsyncGenerator[Run, None]:
+        """Polled: at once, then after 50 ms, doubling up to a second between reads."""
+        pause = 0.05
+        while True:
+            yield await self.retrieve(run_id)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
-class RemoteTokens(Tokens):
-    """``engine.tokens`` over HTTP."""
 
-    def __init__(self, api: RemoteAPI) -> None:
+class HttpTokens(Tokens):
+    def __init__(self, api: HttpAPI) -> None:
         self._api = api
 
-    async def create(
-        self,
-        *,
-        timeout: Timeout | None = None,
-        idempotency_key: str | None = None,
-        idempotency_key_ttl: str | timedelta | None = None,
-        tags: list[str] | str | None = None,
-        schema: type[BaseModel] | dict[str, Any] | None = None,
-        title: str | None = None,
-        description: str | None = None,
-        context: dict[str, Any] | None = None,
-    ) -> Token:
+    async def create(self, **options: Unpack[TokenOptions]) -> Token:
+        check_names(dict(options), TOKEN_OPTION_NAMES, "create")
+        schema = options.get("schema")
         body: dict[str, Any] = {}
         for name, value in (
-            ("timeout", _deadline(timeout)),
-            ("idempotencyKey", idempotency_key),
-            ("idempotencyKeyTTL", _duration(idempotency_key_ttl)),
-            ("tags", tags),
+            ("timeout", _deadline(options.get("timeout"))),
+            ("idempotencyKey", options.get("idempotency_key")),
+            ("idempotencyKeyTTL", _duration(options.get("idempotency_key_ttl"))),
+            ("tags", options.get("tags")),
             ("schema", _json_schema(schema)),
-            ("title", title),
-            ("description", description),
-            ("context", context),
+            ("title", options.get("title")),
+            ("description", options.get("description")),
+            ("context", options.get("context")),
         ):
             if value is not None:
                 body[name] = value
@@ -274,41 +253,23 @@ class RemoteTokens(Tokens):
             await self._api.call("GET", f"/api/v1/waitpoints/tokens/{token_id}")
         )
 
-    async def list(
-        self,
-        *,
-        status: WaitpointStatus | str | Sequence[WaitpointStatus | str] | None = None,
-        tags: list[str] | str | None = None,
-        idempotency_key: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        limit: int = 25,
-        after: str | None = None,
-        before: str | None = None,
-    ) -> Page[Token]:
-        params = _list_params(status, tags, created_after, created_before, limit, after, before)
-        if idempotency_key is not None:
-            params["filter[idempotencyKey]"] = idempotency_key
+    async def _list(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
+        params = _list_params(filter, page)
+        if filter.tags:
+            params["filter[tags]"] = ",".join(filter.tags)
+        if filter.idempotency_key is not None:
+            params["filter[idempotencyKey]"] = filter.idempotency_key
         reply = await self._api.call("GET", "/api/v1/waitpoints/tokens", params=params)
         return _page(reply, Token)
 
     async def complete(
         self, token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.API
     ) -> CompletionResult:
-        """Complete over HTTP; the server records the completion as arriving by ``api``."""
         payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
         reply = await self._api.call(
             "POST", f"/api/v1/waitpoints/tokens/{token_id}/complete", json={"data": payload}
         )
         return CompletionResult(bool(reply.get("applied", True)), await self.retrieve(token_id))
-
-    async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
-        """Asks the server, which signs the link and knows its own public URL."""
-        body = {"expiresIn": _duration(expires_in)}
-        reply = await self._api.call(
-            "POST", f"/api/v1/waitpoints/tokens/{token_id}/approval-link", json=body
-        )
-        return str(reply["url"])
 
     async def cancel(
         self, token_id: str, *, source: CompletionSource = CompletionSource.API
@@ -320,11 +281,21 @@ class RemoteTokens(Tokens):
             before.is_waiting and token.status is WaitpointStatus.CANCELLED, token
         )
 
+    async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
+        """Asks the server, which signs the link and knows its own public URL."""
+        body = {"expiresIn": _duration(expires_in)}
+        reply = await self._api.call(
+            "POST", f"/api/v1/waitpoints/tokens/{token_id}/approval-link", json=body
+        )
+        return str(reply["url"])
 
-class RemoteWorkers(Workers):
-    """``engine.workers`` over HTTP."""
+    async def unreachable_urls(self) -> str | None:
+        """The server makes the URLs, on the public URL it knows."""
+        return None
 
-    def __init__(self, api: RemoteAPI) -> None:
+
+class HttpWorkers(Workers):
+    def __init__(self, api: HttpAPI) -> None:
         self._api = api
 
     async def list(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
@@ -391,31 +362,23 @@ def _duration(value: str | timedelta | None) -> str | None:
     return format_duration(value) if isinstance(value, timedelta) else value
 
 
-def _commas(values: str | Sequence[str]) -> str:
-    return values if isinstance(values, str) else ",".join(str(v) for v in values)
-
-
-def _list_params(
-    status: Any,
-    tags: list[str] | str | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
-    limit: int,
-    after: str | None,
-    before: str | None,
-) -> dict[str, str]:
-    params = {"page[size]": str(limit)}
+def _list_params(filter: RunFilter | TokenFilter, page: PageRequest) -> dict[str, str]:
+    """The query both list routes share (the tags parameter's name differs: the caller's)."""
+    params = {"page[size]": str(page.limit)}
     for name, value in (
-        ("filter[status]", _commas(status) if status else None),
-        ("filter[tags]", _commas(tags) if tags else None),
-        ("filter[createdAt][from]", created_after.isoformat() if created_after else None),
-        ("filter[createdAt][to]", created_before.isoformat() if created_before else None),
-        ("page[after]", after),
-        ("page[before]", before),
+        ("filter[status]", ",".join(s.value for s in filter.status) or None),
+        ("filter[createdAt][from]", _iso(filter.created_from_ms)),
+        ("filter[createdAt][to]", _iso(filter.created_to_ms)),
+        ("page[after]", page.after),
+        ("page[before]", page.before),
     ):
         if value is not None:
             params[name] = value
     return params
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else from_ms(ms).isoformat()
 
 
 def _page(reply: dict[str, Any], model: type[Any]) -> Page[Any]:

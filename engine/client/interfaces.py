@@ -1,0 +1,220 @@
+"""What ``engine.runs``, ``engine.tokens`` and ``engine.workers`` promise, whatever the transport.
+
+Each is an abstract class with two implementations side by side: ``local`` (over a
+``Storage``, in this process) and ``http`` (over the REST API, with httpx). ``Connection``
+bundles one transport's three and what the facade needs besides (opening, closing,
+triggering), so ``Engine`` picks a connection once, at construction, and never asks which
+kind it has. What both transports do alike is written here, once: the arguments of the list
+calls are validated into a filter and a page before either transport sees them, and
+``Workers.unserved`` reads ``for_task``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from typing_extensions import Unpack
+
+from ..keys import SecretKey
+from ..models import (
+    CompletionResult,
+    CompletionSource,
+    Page,
+    Run,
+    RunStatus,
+    TaskWorkers,
+    TimelineEntry,
+    Token,
+    WaitpointStatus,
+    WorkerInfo,
+)
+from ..options import TokenOptions, TriggerOptions
+from ..requests import moment_ms, page_request
+from ..storage import PageRequest, RunFilter, Storage, TokenFilter
+from ..validation import clean_statuses, clean_tags
+
+
+class Runs(ABC):
+    """``engine.runs``: look runs up, list them, follow them, cancel them."""
+
+    @abstractmethod
+    async def retrieve(self, run_id: str) -> Run: ...
+
+    async def list(
+        self,
+        *,
+        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+        task: str | builtins.list[str] | None = None,
+        tags: builtins.list[str] | str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[Run]:
+        """Newest first; pass ``page.next_cursor`` as ``after`` for the next (older) page,
+        ``page.previous_cursor`` as ``before`` for the previous one."""
+        filter = RunFilter(
+            status=clean_statuses(status, RunStatus),
+            task_id=[task] if isinstance(task, str) else builtins.list(task or []),
+            tags=clean_tags(tags),
+            created_from_ms=moment_ms(created_after, "created_after"),
+            created_to_ms=moment_ms(created_before, "created_before"),
+        )
+        return await self._list(filter, page_request(limit, after, before))
+
+    @abstractmethod
+    async def _list(self, filter: RunFilter, page: PageRequest) -> Page[Run]: ...
+
+    @abstractmethod
+    async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
+        """What the run did, oldest first: steps, tokens created, waits and how they ended."""
+
+    @abstractmethod
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run that has not finished; a finished run is returned unchanged."""
+
+    @abstractmethod
+    def subscribe(self, run_id: str) -> AsyncIterator[Run]:
+        """The run now and after every change, ending with its final state.
+
+            async for run in engine.runs.subscribe(run.id):
+                print(run.status, run.metadata)
+
+        An unknown id raises ``RunNotFoundError`` before anything is yielded.
+        """
+
+    @abstractmethod
+    def changes(self, run_id: str) -> AsyncGenerator[Run, None]:
+        """The run now, then again whenever it may have changed, without end (and without
+        dropping repeats): what ``Engine.wait_for_run`` watches."""
+
+
+class Tokens(ABC):
+    """``engine.tokens``: create, look up, list, complete and cancel waitpoint tokens."""
+
+    @abstractmethod
+    async def create(self, **options: Unpack[TokenOptions]) -> Token:
+        """A new WAITING token (or the live one with the same idempotency key).
+
+        ``title``, ``description`` (plain text) and ``context`` (a JSON object) tell the
+        reviewer what they approve; the approval page and the inbox show them.
+        """
+
+    @abstractmethod
+    async def retrieve(self, token_id: str) -> Token: ...
+
+    async def list(
+        self,
+        *,
+        status: WaitpointStatus | str | Sequence[WaitpointStatus | str] | None = None,
+        tags: builtins.list[str] | str | None = None,
+        idempotency_key: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Page[Token]:
+        """Newest first; ``tags`` matches tokens carrying any of them."""
+        filter = TokenFilter(
+            status=clean_statuses(status, WaitpointStatus),
+            tags=clean_tags(tags),
+            idempotency_key=idempotency_key,
+            created_from_ms=moment_ms(created_after, "created_after"),
+            created_to_ms=moment_ms(created_before, "created_before"),
+        )
+        return await self._list(filter, page_request(limit, after, before))
+
+    @abstractmethod
+    async def _list(self, filter: TokenFilter, page: PageRequest) -> Page[Token]: ...
+
+    @abstractmethod
+    async def complete(
+        self, token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
+    ) -> CompletionResult:
+        """Complete a WAITING token; ``applied`` says whether this call was the one that won.
+
+        Data for a typed token must match its schema (``ValidationError`` otherwise, and the
+        token stays WAITING). A timed-out or cancelled token raises ``TokenNotWaitingError``.
+        Over HTTP the server records the completion as arriving by ``api``, whatever
+        ``source`` says.
+        """
+
+    @abstractmethod
+    async def cancel(
+        self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
+    ) -> CompletionResult:
+        """Cancel a WAITING token: runs waiting on it resume with ``WaitpointCancelledError``."""
+
+    @abstractmethod
+    async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
+        """``{public URL}/ui/approve/{id}?t=...``: a page that completes this token.
+
+        Whoever opens the link can complete this one token (and nothing else) until it
+        expires (at most 30 days); treat it like a password.
+        """
+
+    @abstractmethod
+    async def unreachable_urls(self) -> str | None:
+        """Why the callback URLs of tokens made here lead nowhere (no public URL is known),
+        or None when they lead to a server."""
+
+
+class Workers(ABC):
+    """``engine.workers``: the worker processes serving this database, and whom a task has.
+
+    A worker records a heartbeat with its lease renewals (every third of its lease); it is
+    live while that heartbeat is younger than three lease periods (90 s by default) and it
+    has not stopped.
+    """
+
+    @abstractmethod
+    async def list(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
+        """The live workers, most recent heartbeat first (``include_gone``: also those that
+        stopped or fell silent in the last week)."""
+
+    @abstractmethod
+    async def for_task(self, task_id: str) -> TaskWorkers:
+        """The live workers serving ``task_id``, and when one was last seen."""
+
+    async def unserved(self, run: Run) -> str | None:
+        """Why a QUEUED run does not start (``no live worker serves task 'boom' (last seen 3
+        min ago)``), or None: it is not QUEUED, or a live worker serves its task."""
+        if run.status is not RunStatus.QUEUED:
+            return None
+        return (await self.for_task(run.task_identifier)).unserved
+
+
+class Connection(ABC):
+    """One transport's ``runs``, ``tokens`` and ``workers``, and what ``Engine`` needs besides."""
+
+    runs: Runs
+    tokens: Tokens
+    workers: Workers
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def storage(self) -> Storage:
+        """The open storage (a ``ConfigurationError`` where there is none: over HTTP, or
+        before ``open``)."""
+
+    @property
+    @abstractmethod
+    def secret_key(self) -> SecretKey | None:
+        """The key this connection's callback URLs are signed with a secret derived from
+        (known once open, on a database; None with ``WAITPOINT_SIGNING_SECRET`` or over
+        HTTP)."""
+
+    @abstractmethod
+    async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run: ...

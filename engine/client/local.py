@@ -1,0 +1,267 @@
+"""The local transport: ``engine.runs``, ``engine.tokens`` and ``engine.workers`` over a
+``Storage`` this process opened (a SQLite file or a PostgreSQL database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from typing_extensions import Unpack
+
+from .. import completion
+from ..clock import Clock
+from ..errors import ConfigurationError, TaskNotFoundError
+from ..keys import SecretKey, signing_secrets
+from ..logs import get_logger
+from ..models import (
+    CompletionResult,
+    CompletionSource,
+    Page,
+    Run,
+    TaskWorkers,
+    TimelineEntry,
+    Token,
+    WorkerInfo,
+)
+from ..options import TokenOptions, TriggerOptions
+from ..registry import REGISTRY
+from ..requests import run_request, timeline, token_request, waited_on
+from ..settings import Settings
+from ..signing import UNKNOWN_PUBLIC_URL, PublicTokens, approval_url, local_secret_key
+from ..storage import PageRequest, RunFilter, Storage, TokenFilter, open_storage
+from ..validation import validate_against_schema
+from .interfaces import Connection, Runs, Tokens, Workers
+
+log = get_logger("engine.client")
+
+T = TypeVar("T")
+NO_PUBLIC_URL = (
+    "no public URL is known for this database: start `waitpoint dev` or `waitpoint serve` on"
+    " it (the server records the address it listens on), or set WAITPOINT_PUBLIC_URL"
+)
+FOLLOW_RECHECK_SECONDS = 5.0
+FOLLOW_MIN_GAP_SECONDS = 0.05
+RUN_RECHECK_SECONDS = 1.0
+"""``changes`` re-reads a run at least this often: PostgreSQL does not tell a claim."""
+
+
+class LocalConnection(Connection):
+    """A storage opened from ``settings`` (closed with the connection), or one already open
+    that it does not close (``storage=``)."""
+
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, storage: Storage | None = None
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._storage = storage
+        self._owns_storage = storage is None
+        self._secret_key: SecretKey | None = None
+        self.runs = LocalRuns(self)
+        self.tokens = LocalTokens(self)
+        self.workers = LocalWorkers(self)
+
+    async def open(self) -> None:
+        if self._storage is not None:
+            return
+        signing, self._secret_key = signing_secrets(self.settings)
+        storage = open_storage(
+            self.settings.database_url,
+            public_url=self.settings.public_url,
+            signing_secret=signing.current,
+            previous_signing_secret=signing.previous,
+            synchronous=self.settings.sqlite_synchronous,
+            pool_size=self.settings.postgres_pool_size,
+            clock=self._clock,
+            listen_url=self.settings.listen_url,
+        )
+        await storage.open()
+        self._storage = storage
+
+    async def close(self) -> None:
+        if self._storage is not None and self._owns_storage:
+            await self._storage.close()
+            self._storage = None
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise ConfigurationError("the Engine is not open: use `async with Engine() as engine:`")
+        return self._storage
+
+    @property
+    def secret_key(self) -> SecretKey | None:
+        return self._secret_key
+
+    async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run:
+        payload, queue = await self._checked_payload(task_id, payload)
+        new = run_request(task_id, payload, self.storage.now_ms(), queue=queue, **options)
+        run = await self.storage.create_run(new)
+        log.info("run.triggered", run_id=run.id, task=task_id, cached=run.is_cached)
+        return run
+
+    async def _checked_payload(self, task_id: str, payload: Any) -> tuple[Any, str | None]:
+        """The payload as stored, validated by the task's model or schema, and its queue."""
+        local = REGISTRY.get(task_id)
+        if local is not None:
+            return local.validate_payload(payload), local.queue_name
+        registered = {info.id: info for info in await self.storage.list_tasks()}
+        if task_id not in registered:  # registered a moment ago? ask the database itself
+            registered = {info.id: info for info in await self.storage.list_tasks(fresh=True)}
+        info = registered.get(task_id)
+        if info is None:
+            raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
+        if info.payload_schema is not None:
+            what = f"the payload of {task_id!r}"
+            payload = await validate_against_schema(info.payload_schema, payload, what)
+        return payload, info.queue
+
+
+async def follow(
+    storage: Storage,
+    read: Callable[[], Awaitable[T]],
+    *,
+    key: Callable[[T], object],
+    done: Callable[[T], bool] = lambda _: False,
+    idle: float | None = None,
+) -> AsyncIterator[T | None]:
+    """Yield ``read()`` now and again each time a commit changed it, until ``done`` says so.
+
+    Waits on the storage's change event (taken before each read, so no commit is missed)
+    and re-reads at least every few seconds; a burst of commits is read once. With ``idle``
+    it yields None after that many seconds without a change (time for a keep-alive). Each
+    call reads on its own: the API's streams share one reader per query instead
+    (``engine.api.watchers``), with the same timing constants.
+    """
+    loop = asyncio.get_running_loop()
+    last: object = object()
+    quiet_since = loop.time()
+    while True:
+        changed = storage.change_event()
+        value = await read()
+        marker = key(value)
+        if marker != last:
+            last, quiet_since = marker, loop.time()
+            yield value
+            if done(value):
+                return
+        elif idle is not None and loop.time() - quiet_since >= idle:
+            quiet_since = loop.time()
+            yield None
+        wait = FOLLOW_RECHECK_SECONDS
+        if idle is not None:
+            wait = max(0.0, min(wait, idle - (loop.time() - quiet_since)))
+        try:
+            await asyncio.wait_for(changed.wait(), wait)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(FOLLOW_MIN_GAP_SECONDS)
+
+
+class LocalRuns(Runs):
+    def __init__(self, connection: LocalConnection) -> None:
+        self._connection = connection
+
+    async def retrieve(self, run_id: str) -> Run:
+        return await self._connection.storage.get_run(run_id)
+
+    async def _list(self, filter: RunFilter, page: PageRequest) -> Page[Run]:
+        return await self._connection.storage.list_runs(filter, page)
+
+    async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
+        storage = self._connection.storage
+        entries, events = await storage.get_journal(run_id), await storage.get_events(run_id)
+        targets = await storage.describe_waitpoints(waited_on(events))
+        return timeline(entries, events, {target.id: target for target in targets})
+
+    async def cancel(self, run_id: str) -> Run:
+        return await self._connection.storage.cancel_run(run_id)
+
+    async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
+        storage = self._connection.storage
+        changes = follow(
+            storage,
+            lambda: storage.get_run(run_id),
+            key=lambda run: run.model_dump_json(),
+            done=lambda run: run.is_finished,
+        )
+        async for run in changes:
+            if run is not None:
+                yield run
+
+    async def changes(self, run_id: str) -> AsyncGenerator[Run, None]:
+        """Woken by the commits that may have changed the run's status (the event is taken
+        before each read, so none is missed), and at least every second."""
+        storage = self._connection.storage
+        while True:
+            changed = storage.run_event(run_id)
+            yield await storage.get_run(run_id)
+            try:
+                await asyncio.wait_for(changed.wait(), RUN_RECHECK_SECONDS)
+            except TimeoutError:
+                pass
+
+
+class LocalTokens(Tokens):
+    def __init__(self, connection: LocalConnection) -> None:
+        self._connection = connection
+
+    async def create(self, **options: Unpack[TokenOptions]) -> Token:
+        storage = self._connection.storage
+        token = await storage.create_token(token_request(storage.now_ms(), **options))
+        log.info("token.created", token_id=token.id, cached=token.is_cached)
+        schema = options.get("schema")
+        if isinstance(schema, type):
+            token._data_model = schema
+        return token
+
+    async def retrieve(self, token_id: str) -> Token:
+        return await self._connection.storage.get_token(token_id)
+
+    async def _list(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
+        return await self._connection.storage.list_tokens(filter, page)
+
+    async def complete(
+        self, token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
+    ) -> CompletionResult:
+        return await completion.complete(self._connection.storage, token_id, data, source)
+
+    async def cancel(
+        self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
+    ) -> CompletionResult:
+        result = await self._connection.storage.cancel_token(token_id, source)
+        log.info("token.cancelled", token_id=token_id, applied=result.applied, via=source.value)
+        return result
+
+    async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
+        """Signed here with the API's secret key (``WAITPOINT_SECRET_KEY``, or the one kept
+        beside the database). The public URL is ``WAITPOINT_PUBLIC_URL``, else the address the
+        API server recorded in the database; with neither, a ``ConfigurationError`` says so."""
+        await self.retrieve(token_id)
+        connection = self._connection
+        known = connection.secret_key
+        tokens = PublicTokens(known.value if known else local_secret_key(connection.settings))
+        public_url = await connection.storage.load_public_url()
+        if public_url is None:
+            raise ConfigurationError(NO_PUBLIC_URL)
+        return approval_url(public_url, tokens, token_id, expires_in)
+
+    async def unreachable_urls(self) -> str | None:
+        if self._connection.storage.signer.public_url is not None:
+            return None
+        return f"{NO_PUBLIC_URL}; until then callback URLs point at {UNKNOWN_PUBLIC_URL}"
+
+
+class LocalWorkers(Workers):
+    def __init__(self, connection: LocalConnection) -> None:
+        self._connection = connection
+
+    async def list(self, *, include_gone: bool = False) -> builtins.list[WorkerInfo]:
+        return await self._connection.storage.list_workers(include_gone=include_gone)
+
+    async def for_task(self, task_id: str) -> TaskWorkers:
+        return await self._connection.storage.task_workers(task_id)

@@ -101,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
                 "pid": os.getpid(),
                 "time": time.time(),
                 "commits": engine.storage.commits,  # type: ignore[attr-defined]
-                "running": len(worker._running),
+                "running": len(worker.running),
                 "rss_kb": _rss_kb("VmRSS"),
                 "hwm_kb": _rss_kb("VmHWM"),
                 "calls": dict(calls),

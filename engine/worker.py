@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -32,6 +33,26 @@ _TIMER_BATCH = 1000
 PUBLIC_URL_SECONDS = 5.0
 """How often a worker not given a public URL reads the one the API server recorded."""
 _MIN_TIMER_PAUSE = 0.01
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """What a worker keeps about one attempt it is executing, from its claim to its end.
+
+    One record instead of a map per field, so that a run is either wholly known as running
+    here or not at all: no path can stop an attempt, count it or renew its lease from a
+    leftover entry of a run that is gone, or miss one that is there. A record is told from
+    a later attempt of the same run (this worker may claim a run again while its earlier
+    attempt unwinds) by identity.
+    """
+
+    run_id: str
+    lease_until: float | None
+    """When the attempt's lease may expire at the earliest (the loop's clock); ``None`` once
+    it was stopped for it (``_stop_expiring``), so that it is stopped and logged once."""
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    """Made at the claim, before the attempt starts, so that stopping it works from the
+    claim on (a scope cancelled before it is entered cancels what runs in it)."""
 
 
 class Worker:
@@ -57,14 +78,12 @@ class Worker:
         )
         """Hand each run back after every new durable call, so it resumes by replay (tests)."""
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._running: dict[str, int] = {}
-        """The runs this worker is executing, with the lease epoch of its attempt of each."""
+        self._attempts_by_run: dict[str, _Attempt] = {}
+        """Each run this worker is executing, with the record of its attempt of it."""
         self._stopping = False
         self._wake = asyncio.Event()
-        self._attempts: anyio.abc.TaskGroup | None = None
-        self._scopes: dict[str, anyio.CancelScope] = {}
-        self._lease_until: dict[str, float] = {}
-        """When each running attempt's lease may expire at the earliest (this loop's clock)."""
+        self._attempt_group: anyio.abc.TaskGroup | None = None
+        """The task group the attempts run in, while the worker runs (a hard stop cancels it)."""
         self.started = asyncio.Event()
         self._timers_planned_ms = -math.inf
         """When the timer loop last planned to wake (the database's clock)."""
@@ -79,13 +98,13 @@ class Worker:
     @property
     def running(self) -> frozenset[str]:
         """Ids of the runs this worker is executing right now."""
-        return frozenset(self._running)
+        return frozenset(self._attempts_by_run)
 
     def stop(self, *, graceful: bool = True) -> None:
         """Stop claiming; unless ``graceful``, also cancel running attempts (runs go back)."""
         if self._stopping or not graceful:
-            if self._attempts is not None:
-                self._attempts.cancel_scope.cancel()
+            if self._attempt_group is not None:
+                self._attempt_group.cancel_scope.cancel()
         self._stopping = True
         self._wake.set()
 
@@ -121,12 +140,12 @@ class Worker:
             unfollow = storage.follow_work(sorted(self.tasks), self._queued)
             try:
                 async with anyio.create_task_group() as attempts:
-                    self._attempts = attempts
+                    self._attempt_group = attempts
                     self.started.set()
                     await self._claim_loop(attempts)
             finally:
                 unfollow()
-            self._attempts = None
+            self._attempt_group = None
             services.cancel_scope.cancel()
         try:  # a worker that cannot say so falls silent instead: it stops being live all the same
             await storage.stop_worker(self.id)
@@ -178,7 +197,7 @@ class Worker:
         task_ids = sorted(self.tasks)
         self._work.clear()
         self._wake.clear()
-        free = self.concurrency - len(self._running)
+        free = self.concurrency - len(self._attempts_by_run)
         everything, owed = self._owed_all, self._owed
         self._owed_all, self._owed = False, 0  # taken: what is told during the claim adds anew
         limit = max(free, 0) if everything else min(free, owed)
@@ -193,9 +212,9 @@ class Worker:
             # this worker's own earlier attempt of the run lost it (its lease was rescued)
             # and may still be unwinding: it must stop, and its bookkeeping is the new one's
             self._cancel(run.id)
-            self._running[run.id] = run.epoch
-            self._lease_until[run.id] = asked + self.lease_ms / 1000
-            attempts.start_soon(self._attempt, run)
+            attempt = _Attempt(run.id, lease_until=asked + self.lease_ms / 1000)
+            self._attempts_by_run[run.id] = attempt
+            attempts.start_soon(self._attempt, run, attempt)
         # a claim that filled the room it had may have left runs due (all, or some of those
         # owed): they are claimed as soon as there is room again
         filled = len(claimed) == limit
@@ -235,11 +254,10 @@ class Worker:
             return True
         return peers[number % len(peers)] == self.id
 
-    async def _attempt(self, run: ClaimedRun) -> None:
+    async def _attempt(self, run: ClaimedRun, attempt: _Attempt) -> None:
         outcome = None
         try:
-            with anyio.CancelScope() as scope:
-                self._scopes[run.id] = scope
+            with attempt.scope as scope:
                 outcome = await run_attempt(
                     self.engine.storage,
                     run,
@@ -251,11 +269,9 @@ class Worker:
         except Exception:  # a bug in the engine must not take the worker down with it
             log.exception("worker.attempt_crashed", run_id=run.id)
         finally:
-            full = len(self._running) >= self.concurrency
-            if self._running.get(run.id) == run.epoch:  # not a newer attempt's bookkeeping
-                del self._running[run.id]
-                self._scopes.pop(run.id, None)
-                self._lease_until.pop(run.id, None)
+            full = len(self._attempts_by_run) >= self.concurrency
+            if self._attempts_by_run.get(run.id) is attempt:  # not a newer attempt's record
+                del self._attempts_by_run[run.id]
             if outcome is Handoff.REPLAY:
                 # only now: a claim of the released run must not meet this attempt's bookkeeping
                 with anyio.CancelScope(shield=True):
@@ -330,7 +346,7 @@ class Worker:
         storage = self.engine.storage
         self._stop_expiring(anyio.current_time() + min(1.0, self.lease_ms / 4000))
         self._peers = await storage.serving()  # whose turn a notification is (_takes)
-        running = sorted(self._running)
+        running = sorted(self._attempts_by_run)
         if running:
             for run_id in await storage.lost_runs(self.id, running):
                 self._cancel(run_id)
@@ -339,21 +355,22 @@ class Worker:
         sent = anyio.current_time()
         await storage.renew_leases(self.id, running, self.lease_ms)  # and the heartbeat
         for run_id in running:
-            if run_id in self._lease_until:
-                self._lease_until[run_id] = sent + self.lease_ms / 1000
+            attempt = self._attempts_by_run.get(run_id)
+            if attempt is not None and attempt.lease_until is not None:
+                attempt.lease_until = sent + self.lease_ms / 1000
         return anyio.current_time()
 
     def _stop_expiring(self, horizon: float) -> None:
-        for run_id, until in list(self._lease_until.items()):
-            if until <= horizon:
-                log.warning("run.lease_expiring", run_id=run_id, worker=self.id)
-                self._lease_until.pop(run_id, None)
-                self._cancel(run_id)
+        for attempt in self._attempts_by_run.values():
+            if attempt.lease_until is not None and attempt.lease_until <= horizon:
+                log.warning("run.lease_expiring", run_id=attempt.run_id, worker=self.id)
+                attempt.lease_until = None
+                attempt.scope.cancel()
 
     def _cancel(self, run_id: str) -> None:
-        scope = self._scopes.get(run_id)
-        if scope is not None:
-            scope.cancel()
+        attempt = self._attempts_by_run.get(run_id)
+        if attempt is not None:
+            attempt.scope.cancel()
 
 
 async def _first_of(events: list[asyncio.Event], timeout: float) -> None:

@@ -1,8 +1,8 @@
 # Two commands on a machine with only Python 3.11+:
 #   make dev    set up .venv with what running needs and run `waitpoint dev` (worker on
 #               .waitpoint/engine.db, tasks in tasks/) on port 8030, or another: make dev PORT=8031
-#   make test   add the test toolchain (the dev extras), then lint, type-check and run the
-#               whole test suite
+#   make test   add the test toolchain (the dev extras), then lint, type-check, check the
+#               import layers (scripts/check_imports.py) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,6 +28,7 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check engine tasks tests examples
 	$(BIN)/ruff format --check engine tasks tests examples
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_imports.py
 
 test: lint
 	$(BIN)/pytest

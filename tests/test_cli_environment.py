@@ -29,9 +29,9 @@ import httpx
 import pytest
 
 from engine import Engine, Settings, keys, task
-from engine.signing import UNKNOWN_PUBLIC_URL
 from engine.client import NO_PUBLIC_URL
 from engine.settings import SECRET_KEY_FILE
+from engine.signing import UNKNOWN_PUBLIC_URL
 
 from .conftest import StartWorker
 from .postgres import SERVER_URL, require_postgres

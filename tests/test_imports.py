@@ -59,3 +59,11 @@ def test_cli_help_leaves_the_server_and_the_drivers_alone() -> None:
     loaded = imported_after(code)
     assert "typer" in loaded  # the command did run
     assert loaded & (WEB_AND_DRIVERS | JSONSCHEMA_FORMATS | {"structlog"}) == set()
+
+
+def test_the_facade_loads_neither_the_web_stack_nor_templates_nor_httpx() -> None:
+    """``engine.Engine`` (and a local Engine made from it) needs no FastAPI, Jinja2 or httpx:
+    signing lives in ``engine.signing``, and the HTTP transport loads only for an http URL."""
+    loaded = imported_after("import engine\nengine.Engine\nengine.Engine('sqlite:///:memory:')")
+    assert "engine" in loaded
+    assert loaded & {"fastapi", "starlette", "jinja2", "httpx", "jwt"} == set()

@@ -9,8 +9,8 @@ import jwt
 import pytest
 
 from engine import Engine
-from engine.signing import AUDIENCE, ISSUER
 from engine.models import TaskInfo
+from engine.signing import AUDIENCE, ISSUER
 
 from .conftest import KEY, TOKENS, api_client, bearer, get_token, path_of, token_row_count
 

@@ -11,8 +11,8 @@ import jwt
 import pytest
 
 from engine import Engine, task
-from engine.signing import AUDIENCE, ISSUER
 from engine.models import TaskInfo
+from engine.signing import AUDIENCE, ISSUER
 
 from ..conftest import StartWorker, wait_for_status
 from .conftest import AUTH, KEY, bearer, null_keys, sign_jwt

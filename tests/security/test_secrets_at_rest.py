@@ -28,11 +28,11 @@ from typer.testing import CliRunner
 from engine import Engine
 from engine.api import create_app
 from engine.api.auth import Auth, resolve_secret_key
-from engine.signing import CallbackSigner
 from engine.cli import app as cli
 from engine.errors import ConfigurationError
 from engine.keys import derive_signing_secret
 from engine.settings import Settings
+from engine.signing import CallbackSigner
 from engine.storage.sqlite import sqlite_path
 from engine.ui.sessions import Sessions
 

@@ -48,6 +48,7 @@ from .errors import (
 )
 from .journal import CallKey, call_base, decode_error
 from .models import ClaimedRun, JournalEntry
+from .signing import CallbackSigner
 from .storage import JournalWrite, Storage
 
 T = TypeVar("T")
@@ -96,8 +97,17 @@ Execute = Callable[[JournalWrite], Awaitable[Recorded | None]]
 class RunContext:
     """The state of one attempt, found by durable calls through a context variable."""
 
-    def __init__(self, storage: Storage, run: ClaimedRun, *, always_replay: bool = False) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        signer: CallbackSigner,
+        run: ClaimedRun,
+        *,
+        always_replay: bool = False,
+    ) -> None:
         self.storage = storage
+        self.signer = signer
+        """Presents the tokens the task makes with their callback URLs (storage makes none)."""
         self.run = run
         self.always_replay = always_replay
         self.journaled_new = False

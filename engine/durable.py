@@ -189,7 +189,7 @@ async def create_token(**options: Unpack[TokenOptions]) -> Token:
 
     async def execute(write: JournalWrite) -> Recorded:
         new = token_request(storage.now_ms(), **options)
-        made = await storage.create_token(new, write)
+        made = run.signer.present(await storage.create_token(new, write))
         log.info("token.created", token_id=made.id, cached=made.is_cached)
         return Recorded(_json_of(made))
 
@@ -317,7 +317,7 @@ async def complete_token(
     """
     context = RunContext.find()
     if context is not None:
-        return await completion.complete(context.storage, token_id, data, source)
+        return await completion.complete(context.storage, context.signer, token_id, data, source)
     return await current_engine().tokens.complete(token_id, data, source=source)
 
 

@@ -121,7 +121,10 @@ class Token(WireModel):
 
     id: str
     status: WaitpointStatus
-    url: str
+    url: str = ""
+    """The signed callback URL that completes it. Made by the layer that presents the token
+    (``engine.signing.CallbackSigner.present``: the facade, the runtime); storage leaves it
+    empty, since it holds nothing that signs."""
     tags: list[str] = Field(default_factory=list)
     title: str | None = None
     """What the reviewer is asked, in a line ("Refund order 42"); shown by the approval page."""

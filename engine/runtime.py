@@ -45,6 +45,7 @@ from .errors import (
 from .journal import error_of, failure_site
 from .models import ClaimedRun, RunStatus
 from .registry import TaskDefinition
+from .signing import CallbackSigner
 from .storage import Storage
 
 log = logs.get_logger("engine.runtime")
@@ -78,7 +79,12 @@ class _Returned:
 
 
 async def run_attempt(
-    storage: Storage, run: ClaimedRun, definition: TaskDefinition, *, always_replay: bool = False
+    storage: Storage,
+    signer: CallbackSigner,
+    run: ClaimedRun,
+    definition: TaskDefinition,
+    *,
+    always_replay: bool = False,
 ) -> RunStatus | Handoff | None:
     """Execute one attempt of ``run``; returns the status it reached, or None if it parked.
 
@@ -86,7 +92,7 @@ async def run_attempt(
     With ``always_replay`` it may return ``Handoff.REPLAY``: the caller must then
     ``hand_back`` the run (once it no longer counts the attempt as running).
     """
-    context = RunContext(storage, run, always_replay=always_replay)
+    context = RunContext(storage, signer, run, always_replay=always_replay)
     entered = context.enter()
     bound = logs.bind(run_id=run.id, task=run.task_id, attempt=run.attempt)
     log.info("run.started", resumed=bool(run.journal))

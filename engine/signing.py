@@ -37,6 +37,7 @@ from urllib.parse import quote
 from . import keys
 from .durations import to_timedelta
 from .errors import AuthError, ConfigurationError, ValidationError
+from .models import Token
 from .settings import Settings
 
 # --- callback URLs ---------------------------------------------------------------------
@@ -58,12 +59,22 @@ def well_formed(signature: str) -> bool:
 
 class CallbackSigner:
     """Signs with ``secret``; also accepts signatures under ``previous`` (a key rotation's
-    grace period: URLs handed out before it keep working until the previous key is dropped)."""
+    grace period: URLs handed out before it keep working until the previous key is dropped).
+
+    ``public_url`` given here is this process's configured one (``configured``); without it,
+    the owner follows the address the API server records in the database (``public_url`` is
+    set again as it changes).
+    """
 
     def __init__(self, public_url: str | None, secret: str, previous: str | None = None) -> None:
         self.public_url = public_url
+        self.configured = public_url is not None
         self._key = secret.encode()
         self._previous = previous.encode() if previous else None
+
+    def present(self, token: Token) -> Token:
+        """``token`` with its callback URL: storage returns tokens without one."""
+        return token.model_copy(update={"url": self.url(token.id)})
 
     @property
     def public_url(self) -> str | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .client import Engine
+from .client.local import follow_public_url
 from .errors import StorageError
 from .logs import get_logger
 from .models import ClaimedRun
@@ -124,7 +125,8 @@ class Worker:
             tasks=sorted(self.tasks),
             concurrency=self.concurrency,
         )
-        if not storage.public_url_configured and await storage.load_public_url() is None:
+        signer = self.engine.signer
+        if not signer.configured and await follow_public_url(signer, storage) is None:
             log.warning(
                 "worker.public_url_unknown",
                 worker=self.id,
@@ -135,7 +137,7 @@ class Worker:
         async with anyio.create_task_group() as services:
             services.start_soon(self._timer_loop)
             services.start_soon(self._lease_loop)
-            if not storage.public_url_configured:
+            if not signer.configured:
                 services.start_soon(self._public_url_loop)
             unfollow = storage.follow_work(sorted(self.tasks), self._queued)
             try:
@@ -260,6 +262,7 @@ class Worker:
             with attempt.scope as scope:
                 outcome = await run_attempt(
                     self.engine.storage,
+                    self.engine.signer,
                     run,
                     self.tasks[run.task_id],
                     always_replay=self.always_replay,
@@ -318,7 +321,7 @@ class Worker:
             async with self._surviving(
                 "worker.public_url_failed", "worker.public_url_loop_failed", pause=0.0
             ):
-                await self.engine.storage.load_public_url()
+                await follow_public_url(self.engine.signer, self.engine.storage)
 
     async def _lease_loop(self) -> None:
         """Renew the leases of running attempts (and the worker's heartbeat, in the same

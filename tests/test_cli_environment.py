@@ -30,6 +30,7 @@ import pytest
 
 from engine import Engine, Settings, keys, task
 from engine.client import NO_PUBLIC_URL
+from engine.client.local import verify_callback
 from engine.settings import SECRET_KEY_FILE
 from engine.signing import UNKNOWN_PUBLIC_URL
 
@@ -300,13 +301,17 @@ async def test_the_address_the_server_records_reaches_every_process_of_the_datab
             )
             # the signature is the base's business of none: the URL of either base verifies
             for url in (token.url, seen.url):
-                assert await second.storage.verify_callback(token.id, url.rsplit("/", 1)[1])
+                assert await verify_callback(
+                    second.signer, second.storage, token.id, url.rsplit("/", 1)[1]
+                )
         assert await first.storage.load_public_url() == "http://127.0.0.1:8160"
         configured = Settings(public_url="https://wp.example.com/base/")
         async with Engine(db_url, settings=configured) as third:
             url = (await third.tokens.retrieve(token.id)).url
             assert url.startswith("https://wp.example.com/base/api/v1/waitpoints/tokens/")
-            assert await third.storage.verify_callback(token.id, url.rsplit("/", 1)[1])
+            assert await verify_callback(
+                third.signer, third.storage, token.id, url.rsplit("/", 1)[1]
+            )
 
 
 @task("env-follow")
@@ -319,14 +324,14 @@ async def test_a_worker_follows_a_server_that_starts_after_it(
 ) -> None:
     monkeypatch.setattr("engine.worker.PUBLIC_URL_SECONDS", 0.05)
     await start_worker([env_follow])
-    assert engine.storage.signer.public_url is None
+    assert engine.signer.public_url is None
     async with Engine(engine.settings.database_url) as server:
         await server.storage.record_public_url("http://127.0.0.1:8161")
     for _ in range(200):
-        if engine.storage.signer.public_url is not None:
+        if engine.signer.public_url is not None:
             break
         await asyncio.sleep(0.02)
-    assert engine.storage.signer.public_url == "http://127.0.0.1:8161"
+    assert engine.signer.public_url == "http://127.0.0.1:8161"
 
 
 # 3. one line for every bad environment ------------------------------------------------------
@@ -653,7 +658,7 @@ def test_a_database_keyed_from_the_old_place_keeps_its_key(
         async with Engine(url, settings=Settings(secret_key=None)) as engine:
             token_id = old_url.split("/tokens/")[1].split("/")[0]
             signature = old_url.rsplit("/", 1)[1]
-            assert await engine.storage.verify_callback(token_id, signature)
+            assert await verify_callback(engine.signer, engine.storage, token_id, signature)
             return engine.storage.signing_key_matches, (await engine.tokens.create()).url
 
     matches, _ = asyncio.run(opened_here())

@@ -116,4 +116,4 @@ def test_the_readme_line_shows_the_events_through_the_standard_logging(tmp_path:
     lines = done.stderr.splitlines()
     assert any(line.startswith("INFO:engine.runtime:run.started run_id=") for line in lines)
     assert any("run.completed" in line and "task='quiet-flow'" in line for line in lines)
-    assert any(line.startswith("INFO:engine.client:token.completed") for line in lines)
+    assert any(line.startswith("INFO:engine.completion:token.completed") for line in lines)

@@ -38,9 +38,7 @@ def test_without_the_driver_a_postgres_url_says_how_to_install_it(
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # what an absent package looks like
     with pytest.raises(ConfigurationError, match=r"pip install 'waitpoint\[postgres\]'"):
-        open_storage(
-            "postgresql://postgres@127.0.0.1/test", public_url="http://x", signing_secret="s"
-        )
+        open_storage("postgresql://postgres@127.0.0.1/test", signing_secret="s")
 
 
 def test_banners_never_show_the_database_password() -> None:
@@ -71,7 +69,7 @@ async def test_processes_starting_at_once_migrate_once(postgres_url: str) -> Non
         schema = engines[0].storage.schema  # type: ignore[attr-defined]
         count = await pool.fetchval(f'SELECT count(*) FROM "{schema}".migrations')
         assert count == len(MIGRATIONS)
-        secrets = {engine.storage.signer.url("t") for engine in engines}
+        secrets = {engine.signer.url("t") for engine in engines}
         assert len(secrets) == 1  # every process signs callback URLs with the same secret
     finally:
         await asyncio.gather(*(engine.close() for engine in engines))

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..client.local import verify_callback
 from ..faults import crash_point
 from ..models import CompletionSource, WaitpointStatus
 from ..options import TokenOptions
@@ -169,7 +170,7 @@ async def callback(
         raise Problem(
             411, "send the callback body with a Content-Length header and no Transfer-Encoding"
         )
-    if not await engine.storage.verify_callback(token_id, signature):
+    if not await verify_callback(engine.signer, engine.storage, token_id, signature):
         raise Problem(401, "invalid callback signature")
     raw = await request.body()
     data = parse_json(raw, request.app.state.settings.max_json_depth) if raw.strip() else None

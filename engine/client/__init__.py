@@ -35,6 +35,7 @@ from ..models import Run, RunStatus, TaskInfo
 from ..options import TRIGGER_OPTION_NAMES, TriggerOptions, check_names
 from ..registry import REGISTRY
 from ..settings import Settings
+from ..signing import CallbackSigner
 from ..storage import Storage
 from .interfaces import Connection, Runs, Tokens, Workers
 from .local import (
@@ -98,10 +99,11 @@ class Engine:
         self.workers: Workers = self._connection.workers
 
     @classmethod
-    def over(cls, storage: Storage) -> Engine:
-        """An Engine on an already open storage, which it does not close."""
+    def over(cls, storage: Storage, signer: CallbackSigner) -> Engine:
+        """An Engine on an already open storage, which it does not close, presenting tokens
+        with ``signer``."""
         engine = cls(settings=Settings(api_url=None))  # local mode, whatever the environment
-        engine._connection = LocalConnection(engine.settings, storage=storage)
+        engine._connection = LocalConnection(engine.settings, storage=storage, signer=signer)
         engine.runs = engine._connection.runs
         engine.tokens = engine._connection.tokens
         engine.workers = engine._connection.workers
@@ -139,6 +141,12 @@ class Engine:
     def storage(self) -> Storage:
         """The open storage; a ``ConfigurationError`` over HTTP or before ``open``."""
         return self._connection.storage
+
+    @property
+    def signer(self) -> CallbackSigner:
+        """What signs the callback URLs of the tokens this engine presents (a
+        ``ConfigurationError`` over HTTP or before ``open``)."""
+        return self._connection.signer
 
     async def known_tasks(self) -> dict[str, TaskInfo]:
         """Tasks this process imported plus every task a worker registered in the database."""

@@ -53,6 +53,7 @@ from ..options import (
     TriggerOptions,
     check_names,
 )
+from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
 from .interfaces import Connection, Runs, Tokens, Workers
 
@@ -136,6 +137,12 @@ class HttpConnection(Connection):
         raise ConfigurationError(
             f"this Engine talks to the API at {self.api.base_url}; workers and storage "
             "need a database URL"
+        )
+
+    @property
+    def signer(self) -> CallbackSigner:
+        raise ConfigurationError(
+            f"this Engine talks to the API at {self.api.base_url}, which signs its tokens' URLs"
         )
 
     @property

@@ -34,6 +34,7 @@ from ..models import (
 )
 from ..options import TokenOptions, TriggerOptions
 from ..requests import moment_ms, page_request
+from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
 from ..validation import clean_statuses, clean_tags
 
@@ -208,6 +209,13 @@ class Connection(ABC):
     def storage(self) -> Storage:
         """The open storage (a ``ConfigurationError`` where there is none: over HTTP, or
         before ``open``)."""
+
+    @property
+    @abstractmethod
+    def signer(self) -> CallbackSigner:
+        """What presents this connection's tokens with their callback URLs and checks those
+        URLs' signatures (a ``ConfigurationError`` where there is none: over HTTP, where the
+        server presents them, or before ``open``)."""
 
     @property
     @abstractmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -31,7 +32,13 @@ from ..options import TokenOptions, TriggerOptions
 from ..registry import REGISTRY
 from ..requests import run_request, timeline, token_request, waited_on
 from ..settings import Settings
-from ..signing import UNKNOWN_PUBLIC_URL, PublicTokens, approval_url, local_secret_key
+from ..signing import (
+    UNKNOWN_PUBLIC_URL,
+    CallbackSigner,
+    PublicTokens,
+    approval_url,
+    local_secret_key,
+)
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter, open_storage
 from ..validation import validate_against_schema
 from .interfaces import Connection, Runs, Tokens, Workers
@@ -51,14 +58,24 @@ RUN_RECHECK_SECONDS = 1.0
 
 class LocalConnection(Connection):
     """A storage opened from ``settings`` (closed with the connection), or one already open
-    that it does not close (``storage=``)."""
+    that it does not close (``storage=``, with the ``signer`` its tokens are presented with).
+
+    The tokens it hands out are presented here: storage returns them without a callback URL,
+    and ``signer`` signs one on the configured public URL, else on the address the API server
+    recorded in the database (read at open; a worker follows it as it changes).
+    """
 
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, storage: Storage | None = None
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        storage: Storage | None = None,
+        signer: CallbackSigner | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._storage = storage
+        self._signer = signer
         self._owns_storage = storage is None
         self._secret_key: SecretKey | None = None
         self.runs = LocalRuns(self)
@@ -69,9 +86,9 @@ class LocalConnection(Connection):
         if self._storage is not None:
             return
         signing, self._secret_key = signing_secrets(self.settings)
+        signer = CallbackSigner(self.settings.public_url, signing.current, signing.previous)
         storage = open_storage(
             self.settings.database_url,
-            public_url=self.settings.public_url,
             signing_secret=signing.current,
             previous_signing_secret=signing.previous,
             synchronous=self.settings.sqlite_synchronous,
@@ -80,7 +97,8 @@ class LocalConnection(Connection):
             listen_url=self.settings.listen_url,
         )
         await storage.open()
-        self._storage = storage
+        await follow_public_url(signer, storage)
+        self._storage, self._signer = storage, signer
 
     async def close(self) -> None:
         if self._storage is not None and self._owns_storage:
@@ -92,6 +110,12 @@ class LocalConnection(Connection):
         if self._storage is None:
             raise ConfigurationError("the Engine is not open: use `async with Engine() as engine:`")
         return self._storage
+
+    @property
+    def signer(self) -> CallbackSigner:
+        if self._signer is None:
+            raise ConfigurationError("the Engine is not open: use `async with Engine() as engine:`")
+        return self._signer
 
     @property
     def secret_key(self) -> SecretKey | None:
@@ -119,6 +143,25 @@ class LocalConnection(Connection):
             what = f"the payload of {task_id!r}"
             payload = await validate_against_schema(info.payload_schema, payload, what)
         return payload, info.queue
+
+
+async def follow_public_url(signer: CallbackSigner, storage: Storage) -> str | None:
+    """Sign on the address the API server recorded, unless a public URL is configured; the
+    base URLs are made on now (None: unknown, they point at ``UNKNOWN_PUBLIC_URL``)."""
+    if not signer.configured:
+        signer.public_url = await storage.load_public_url()
+    return signer.public_url
+
+
+async def verify_callback(
+    signer: CallbackSigner, storage: Storage, token_id: str, signature: str
+) -> bool:
+    """Whether ``signature`` opens the callback URL of ``token_id``: signed with the current
+    or the previous signing secret, or the one a token made before migration 4 was handed out
+    with (the database keeps its hash)."""
+    return signer.verify(token_id, signature) or await storage.legacy_signature_matches(
+        token_id, signature
+    )
 
 
 async def follow(
@@ -173,10 +216,15 @@ class LocalRuns(Runs):
         return await self._connection.storage.list_runs(filter, page)
 
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
-        storage = self._connection.storage
+        storage, signer = self._connection.storage, self._connection.signer
         entries, events = await storage.get_journal(run_id), await storage.get_events(run_id)
         targets = await storage.describe_waitpoints(waited_on(events))
-        return timeline(entries, events, {target.id: target for target in targets})
+        return [
+            entry.model_copy(update={"token": signer.present(entry.token)})
+            if entry.token
+            else entry
+            for entry in timeline(entries, events, {target.id: target for target in targets})
+        ]
 
     async def cancel(self, run_id: str) -> Run:
         return await self._connection.storage.cancel_run(run_id)
@@ -212,7 +260,8 @@ class LocalTokens(Tokens):
 
     async def create(self, **options: Unpack[TokenOptions]) -> Token:
         storage = self._connection.storage
-        token = await storage.create_token(token_request(storage.now_ms(), **options))
+        made = await storage.create_token(token_request(storage.now_ms(), **options))
+        token = self._connection.signer.present(made)
         log.info("token.created", token_id=token.id, cached=token.is_cached)
         schema = options.get("schema")
         if isinstance(schema, type):
@@ -220,22 +269,27 @@ class LocalTokens(Tokens):
         return token
 
     async def retrieve(self, token_id: str) -> Token:
-        return await self._connection.storage.get_token(token_id)
+        return self._connection.signer.present(await self._connection.storage.get_token(token_id))
 
     async def _list(self, filter: TokenFilter, page: PageRequest) -> Page[Token]:
-        return await self._connection.storage.list_tokens(filter, page)
+        page_of = await self._connection.storage.list_tokens(filter, page)
+        present = self._connection.signer.present
+        return page_of.model_copy(update={"data": [present(token) for token in page_of.data]})
 
     async def complete(
         self, token_id: str, data: Any = None, *, source: CompletionSource = CompletionSource.PYTHON
     ) -> CompletionResult:
-        return await completion.complete(self._connection.storage, token_id, data, source)
+        connection = self._connection
+        return await completion.complete(
+            connection.storage, connection.signer, token_id, data, source
+        )
 
     async def cancel(
         self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
     ) -> CompletionResult:
         result = await self._connection.storage.cancel_token(token_id, source)
         log.info("token.cancelled", token_id=token_id, applied=result.applied, via=source.value)
-        return result
+        return replace(result, token=self._connection.signer.present(result.token))
 
     async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
         """Signed here with the API's secret key (``WAITPOINT_SECRET_KEY``, or the one kept
@@ -245,13 +299,13 @@ class LocalTokens(Tokens):
         connection = self._connection
         known = connection.secret_key
         tokens = PublicTokens(known.value if known else local_secret_key(connection.settings))
-        public_url = await connection.storage.load_public_url()
+        public_url = await follow_public_url(connection.signer, connection.storage)
         if public_url is None:
             raise ConfigurationError(NO_PUBLIC_URL)
         return approval_url(public_url, tokens, token_id, expires_in)
 
     async def unreachable_urls(self) -> str | None:
-        if self._connection.storage.signer.public_url is not None:
+        if self._connection.signer.public_url is not None:
             return None
         return f"{NO_PUBLIC_URL}; until then callback URLs point at {UNKNOWN_PUBLIC_URL}"
 

@@ -21,7 +21,6 @@ from .urls import display_url
 def open_storage(
     url: str,
     *,
-    public_url: str | None,
     signing_secret: str,
     previous_signing_secret: str | None = None,
     synchronous: str = "FULL",
@@ -31,17 +30,16 @@ def open_storage(
 ) -> Storage:
     """The backend for ``url`` (not yet opened: ``await storage.open()``).
 
-    ``public_url`` is the base of callback URLs (None: the one the API server recorded in the
-    database, ``Storage.load_public_url``); ``signing_secret`` signs callback URLs
-    (``engine.keys.signing_secrets`` finds a process's); ``previous_signing_secret`` is still
-    accepted on them, during a key rotation.
+    ``signing_secret`` is the secret this process signs callback URLs with
+    (``engine.keys.signing_secrets`` finds a process's; ``previous_signing_secret`` during a
+    key rotation): the storage signs nothing with it, but records a check value of it so that
+    a process signing with another key notices (``storage.signing``).
     """
     if url.startswith("sqlite:"):
         from .sqlite import SQLiteStorage
 
         return SQLiteStorage(
             url,
-            public_url=public_url,
             signing_secret=signing_secret,
             previous_signing_secret=previous_signing_secret,
             synchronous=synchronous,
@@ -52,7 +50,6 @@ def open_storage(
 
         return PostgresStorage(
             url,
-            public_url=public_url,
             signing_secret=signing_secret,
             previous_signing_secret=previous_signing_secret,
             clock=clock,

@@ -33,7 +33,6 @@ from ..models import (
     WaitTarget,
     WorkerInfo,
 )
-from ..signing import CallbackSigner
 
 WorkQueued = Callable[[str | None, int | None], None]
 """Told that a run of a task (the ``str``) was queued, with its number (the ``int``: a hash
@@ -163,17 +162,12 @@ class TokenFilter:
 class Storage(Protocol):
     """What the runtime, the scheduler and the client need from a database."""
 
-    signer: CallbackSigner
-    """Signs and checks callback URLs with the secret every process of this database shares."""
-    public_url_configured: bool
-    """True when this process was given its public URL; False when it follows the one the
-    API server records in the database (``load_public_url``)."""
     signing_key_matches: bool
     """False when this process signs callback URLs with another key than the one the database
     recorded (see ``storage.signing``): an API server with that key refuses its URLs."""
 
     async def open(self) -> None:
-        """Open (and migrate) the database; read the public URL (``load_public_url``)."""
+        """Open (and migrate) the database."""
         ...
 
     async def close(self) -> None: ...
@@ -192,9 +186,9 @@ class Storage(Protocol):
         ...
 
     async def load_public_url(self) -> str | None:
-        """The base of this process's callback URLs from now on: the configured public URL,
-        else the one recorded in the database (read again), else None (unknown: URLs point
-        at ``signing.UNKNOWN_PUBLIC_URL``)."""
+        """The address the API server recorded (``record_public_url``), read again; None
+        while none did. Storage makes no callback URL: the layer presenting a token signs it
+        (``engine.signing.CallbackSigner``), on its configured public URL or on this one."""
         ...
 
     # tasks and the workers serving them
@@ -328,10 +322,10 @@ class Storage(Protocol):
         (``late_completions``) and how many there were (``late_completion_count``)."""
         ...
 
-    async def verify_callback(self, token_id: str, signature: str) -> bool:
-        """Whether ``signature`` opens the callback URL of ``token_id``: signed with the current
-        or the previous signing secret, or the signature a token made before migration 4 was
-        handed out with (the database keeps its hash, not the secret)."""
+    async def legacy_signature_matches(self, token_id: str, signature: str) -> bool:
+        """Whether ``signature`` is the one a token made before migration 4 was handed out
+        with (the database keeps its hash, not the secret that made it). Signatures under the
+        current or the previous signing secret are checked by ``CallbackSigner.verify``."""
         ...
 
     async def get_request_reply(self, key: str, route: str) -> Any: ...

@@ -33,7 +33,6 @@ from ..errors import LeaseLostError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import TaskInfo, Token
-from ..signing import CallbackSigner
 from .base import DeadlineEvent, JournalWrite, NewRun, PageRequest, WorkQueued
 from .records import RowLike, dump_json, page_slice, token_from_row
 from .sql import Dialect, Op, Sql, alone, combined, count, many, rows
@@ -66,8 +65,6 @@ class StorageCore:
     """The operations' shared steps; a backend supplies the driver (``_write``, ``_read``)."""
 
     q: Dialect
-    signer: CallbackSigner
-    public_url_configured: bool
     _change: asyncio.Event
     _following = False
     """Whether other processes' commits reach this one now (its watcher is up): only then
@@ -221,11 +218,6 @@ class StorageCore:
 
     # -- the public URL ----------------------------------------------------------------------
 
-    def _init_signer(self, public_url: str | None, secret: str, previous: str | None) -> None:
-        """Sign callback URLs on ``public_url``; None: on the one the API server recorded."""
-        self.signer = CallbackSigner(public_url, secret, previous)
-        self.public_url_configured = public_url is not None
-
     async def record_public_url(self, url: str) -> None:
         """Record ``url`` as the address of this database's API server (``waitpoint dev``
         and ``serve`` do at start): processes not configured with a public URL make their
@@ -244,14 +236,9 @@ class StorageCore:
         await self._write(op, notify=False)
 
     async def load_public_url(self) -> str | None:
-        """The public URL callback URLs are made on from now: the configured one, else the
-        one recorded in the database (read again at each call; ``open`` reads it first), else
-        None (``signing.UNKNOWN_PUBLIC_URL``)."""
-        if not self.public_url_configured:
-            sql = rows("SELECT value FROM meta WHERE key = :key", key=PUBLIC_URL)
-            found = await self._read(sql)
-            self.signer.public_url = str(found[0]["value"]) if found else None
-        return self.signer.public_url
+        """The address the API server recorded, read again at each call; None while none did."""
+        found = await self._read(rows("SELECT value FROM meta WHERE key = :key", key=PUBLIC_URL))
+        return str(found[0]["value"]) if found else None
 
     # -- shared steps ----------------------------------------------------------------------
 
@@ -334,10 +321,10 @@ class StorageCore:
         self, row: RowLike, journal: JournalWrite, elapsed_ms: int, now: int
     ) -> Op[Token | None]:
         """Journal the closed waitpoint in ``row`` and return it, or block the run on it."""
-        if row["status"] == "WAITING":  # the common case: no Token (and no URL signing) needed
+        if row["status"] == "WAITING":  # the common case: no Token needed
             yield from self._block(journal, {row["id"]: "all"}, elapsed_ms, now)
             return None
-        waitpoint = token_from_row(row, self.signer)
+        waitpoint = token_from_row(row)
         value = waitpoint.model_dump(mode="json", by_alias=True)
         yield from self._journal_and_unblock(journal, value, [waitpoint.id], now)
         return waitpoint

@@ -146,7 +146,6 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         self,
         url: str,
         *,
-        public_url: str | None,
         signing_secret: str,
         previous_signing_secret: str | None = None,
         clock: Clock | None = None,
@@ -171,7 +170,6 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
         self._db_ms_measured = 0
         self._clock_measured = -math.inf
         self.commits = 0
-        self._init_signer(public_url, signing_secret, previous_signing_secret)
 
     async def open(self) -> None:
         # no search_path: statements name the schema of their tables (sql.numbered), which a
@@ -202,7 +200,6 @@ class PostgresStorage(Runs, Tokens, Waits, Timers):
             )
             await self._measure_clock()
             await self._settle_signing_check()
-            await self.load_public_url()
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             await self.close()
             kind = (

@@ -27,7 +27,6 @@ from ..models import (
     Token,
     WaitpointStatus,
 )
-from ..signing import CallbackSigner
 
 
 class RowLike(Protocol):
@@ -56,13 +55,13 @@ def matches_legacy_hash(stored: str | None, signature: str) -> bool:
     return stored is not None and hmac.compare_digest(stored, hash_signature(signature))
 
 
-def token_from_row(row: RowLike, signer: CallbackSigner) -> Token:
+def token_from_row(row: RowLike) -> Token:
+    """The token of a ``waitpoints`` row, without its callback URL (``Token.url``)."""
     schema = row["data_schema"]
     via = row["completed_via"]
     return Token(
         id=row["id"],
         status=WaitpointStatus(row["status"]),
-        url=signer.url(row["id"]),
         tags=json.loads(row["tags"]),
         idempotency_key=row["idempotency_key"],
         idempotency_key_expires_at=from_ms_or_none(row["idempotency_key_expires_at"]),

@@ -53,7 +53,6 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
         self,
         url: str,
         *,
-        public_url: str | None,
         signing_secret: str,
         previous_signing_secret: str | None = None,
         synchronous: str = "FULL",
@@ -72,7 +71,6 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
         self._init_waiters()
         self._poller: asyncio.Task[None] | None = None
         self._seq = itertools.count(1)
-        self._init_signer(public_url, signing_secret, previous_signing_secret)
 
     async def open(self) -> None:
         # made 0600 before SQLite opens it: SQLite gives the -wal and -shm files the same mode
@@ -92,7 +90,6 @@ class SQLiteStorage(Runs, Tokens, Waits, Timers):
             raise self._open_failed(exc) from exc
         self._writer = GroupCommitWriter(self._writer_conn)
         self._writer.start()
-        await self.load_public_url()
 
     def _open_failed(self, exc: sqlite3.Error) -> Exception:
         """The error of a file SQLite could not open, naming it (SQLite's own message does

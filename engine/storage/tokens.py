@@ -60,7 +60,7 @@ class Tokens(StorageCore):
                     "waitpoints", "idempotency_key = :key", now, key=new.idempotency_key
                 )
                 if row is not None:
-                    token = token_from_row(row, self.signer).model_copy(update={"is_cached": True})
+                    token = token_from_row(row).model_copy(update={"is_cached": True})
                     if journal is not None:
                         value = token.model_dump(mode="json", by_alias=True)
                         yield from self._journal(journal, value, now)
@@ -83,7 +83,7 @@ class Tokens(StorageCore):
                 "data": None,
                 "completed_via": None,
             }
-            token = token_from_row(row, self.signer)
+            token = token_from_row(row)
             if journal is None:
                 insert = self._insert_token(row)
                 yield insert if new.idempotency_key is not None else alone(insert)
@@ -152,7 +152,7 @@ class Tokens(StorageCore):
         )
         if not found:
             raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
-        token = token_from_row(found[0], self.signer)
+        token = token_from_row(found[0])
         if token.is_waiting:
             return token
         late = await self._read(
@@ -164,9 +164,7 @@ class Tokens(StorageCore):
         )
         return with_late_completions(token, late)
 
-    async def verify_callback(self, token_id: str, signature: str) -> bool:
-        if self.signer.verify(token_id, signature):
-            return True
+    async def legacy_signature_matches(self, token_id: str, signature: str) -> bool:
         if not well_formed(signature):
             return False
         found = await self._read(
@@ -189,7 +187,7 @@ class Tokens(StorageCore):
             params["key"] = filter.idempotency_key
         where.append("kind = 'MANUAL'")
         found, next_cursor, previous_cursor = await self._page("waitpoints", where, params, page)
-        tokens = [token_from_row(r, self.signer) for r in found]
+        tokens = [token_from_row(r) for r in found]
         return Page(data=tokens, next_cursor=next_cursor, previous_cursor=previous_cursor)
 
     async def complete_token(
@@ -252,7 +250,7 @@ class Tokens(StorageCore):
 
         closed = await self._write(op)
         if closed and closed[0]["status"] == status.value:
-            return CompletionResult(applied=True, token=token_from_row(closed[0], self.signer))
+            return CompletionResult(applied=True, token=token_from_row(closed[0]))
         # timed out just now, instead; or closed already, or unknown, or of another schema
         found = closed or await self._read(
             rows("SELECT * FROM waitpoints WHERE id = :id AND kind = 'MANUAL'", id=token_id)
@@ -261,7 +259,7 @@ class Tokens(StorageCore):
             raise TokenNotFoundError(f"no waitpoint token with id {token_id!r}")
         if found[0]["status"] == "WAITING":  # its schema is not the one checked
             return DataToCheck(found[0]["data_schema"])
-        token = token_from_row(found[0], self.signer)
+        token = token_from_row(found[0])
         if token.status is status:
             return CompletionResult(applied=False, token=token)
         if status is WaitpointStatus.COMPLETED:

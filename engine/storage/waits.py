@@ -53,7 +53,7 @@ class Waits(StorageCore):
             if seen is not None and seen["parked"]:
                 return None
             if seen is not None and seen["status"] != "WAITING":
-                token = token_from_row(seen, self.signer)
+                token = token_from_row(seen)
                 await self._write(lambda now: self._journal_closed(token, journal, now))
                 return token
             # the token is missing, past its deadline or the lease lost: the general way,
@@ -152,7 +152,7 @@ class Waits(StorageCore):
                     child = yield from self._child(new, journal.run_id, key, depth, now)
                     waitpoint = yield from self._run_waitpoint(journal.run_id, key, child, now)
                 waitpoints.append(waitpoint)
-            tokens = [token_from_row(row, self.signer) for row in waitpoints]
+            tokens = [token_from_row(row) for row in waitpoints]
             waiting = [t.id for t in tokens if t.is_waiting]
             if waiting:
                 yield from self._block(journal, dict.fromkeys(waiting, "all"), elapsed_ms, now)
@@ -174,7 +174,7 @@ class Waits(StorageCore):
         def op(now: int) -> Op[dict[str, Any] | None]:
             found = yield from self._fenced_waitpoints(journal, token_ids, "MANUAL")
             found = yield from self._closed_when_due(found, now)
-            by_id = {row["id"]: token_from_row(row, self.signer) for row in found}
+            by_id = {row["id"]: token_from_row(row) for row in found}
             missing = [tid for tid in token_ids if tid not in by_id]
             if missing:
                 raise TokenNotFoundError(f"no waitpoint token with id {missing[0]!r}")

@@ -24,7 +24,6 @@ from engine.testing import ManualClock
 from ..api.conftest import AUTH, SDK_HEADERS, TOKENS, api_client, path_of
 from .raw_database import migrations_module, sql
 
-PUBLIC_URL = "http://127.0.0.1:8030"
 SIGNING_SECRET = "late-completions-test-signing-secret-0123456789"
 API = CompletionSource.API
 CALLBACK = CompletionSource.CALLBACK
@@ -37,7 +36,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def storage(db_url: str, clock: ManualClock) -> AsyncIterator[Storage]:
-    opened = open_storage(db_url, public_url=PUBLIC_URL, signing_secret=SIGNING_SECRET, clock=clock)
+    opened = open_storage(db_url, signing_secret=SIGNING_SECRET, clock=clock)
     await opened.open()
     try:
         yield opened

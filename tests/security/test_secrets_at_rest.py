@@ -29,6 +29,7 @@ from engine import Engine
 from engine.api import create_app
 from engine.api.auth import Auth, resolve_secret_key
 from engine.cli import app as cli
+from engine.client.local import verify_callback
 from engine.errors import ConfigurationError
 from engine.keys import derive_signing_secret
 from engine.settings import Settings
@@ -178,7 +179,7 @@ async def test_the_database_keeps_no_signing_secret_urls_are_signed_with_one_der
     assert signature_of(token.url) == hmac_hex(derived, token.id)
     # nothing in the database goes into it: another database, the same key, the same URL
     async with Engine(f"sqlite:///{tmp_path}/other.db", settings=keyed()) as other:
-        assert other.storage.signer.url(token.id) == token.url
+        assert other.signer.url(token.id) == token.url
 
 
 async def test_processes_with_the_key_or_just_the_signing_secret_make_urls_the_api_accepts(
@@ -240,7 +241,7 @@ async def test_a_rotation_keeps_callback_urls_and_approval_links_of_the_previous
             )
             assert done.status_code == 200, done.text
             fresh = await after.tokens.create()
-            assert fresh.url == after.storage.signer.url(fresh.id)
+            assert fresh.url == after.signer.url(fresh.id)
             assert signature_of(fresh.url) == hmac_hex(derive_signing_secret(NEW_KEY), fresh.id)
             assert await callback(api, fresh.url) == 200
             # what the previous key does not open: the API itself, and UI sessions
@@ -293,9 +294,11 @@ async def test_a_database_made_before_migration_4_keeps_verifying_its_urls_and_f
         meta = await sql(db_url, "SELECT key, value FROM meta")
         assert [row["key"] for row in meta] == ["signing_key_check"]
         assert legacy not in [row["value"] for row in meta]
-        assert await new.storage.verify_callback(waiting, issued.signature(waiting))
-        assert not await new.storage.verify_callback(waiting, issued.signature(tampered))
-        assert not await new.storage.verify_callback(waiting, "0" * 64)
+        assert await verify_callback(new.signer, new.storage, waiting, issued.signature(waiting))
+        assert not await verify_callback(
+            new.signer, new.storage, waiting, issued.signature(tampered)
+        )
+        assert not await verify_callback(new.signer, new.storage, waiting, "0" * 64)
         assert await callback(api, issued.url(waiting)) == 200
         assert await callback(api, issued.url(cancelled)) == 410  # closed, not forged
         bad = issued.url(tampered)[:-1] + ("0" if issued.url(tampered)[-1] != "0" else "1")
@@ -303,7 +306,9 @@ async def test_a_database_made_before_migration_4_keeps_verifying_its_urls_and_f
         current = await new.tokens.retrieve(tampered)  # the URL it shows now works as well
         assert await callback(api, current.url) == 200
         later = await new.tokens.create()  # the old secret signs nothing made since
-        assert not await new.storage.verify_callback(later.id, issued.signature(later.id))
+        assert not await verify_callback(
+            new.signer, new.storage, later.id, issued.signature(later.id)
+        )
     if db_url.startswith("sqlite"):  # not even a freed page still holds it
         folder = sqlite_path(db_url).parent
         for path in folder.iterdir():

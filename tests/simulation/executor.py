@@ -43,7 +43,7 @@ from engine.storage import Storage
 from engine.testing import ManualClock
 
 from . import grammar as g
-from .processes import SimProcess, open_sim_storage
+from .processes import SimProcess, open_sim_storage, sim_signer
 from .program import payload_of, task_definitions
 from .world import FaultState, World
 
@@ -195,7 +195,7 @@ class Executor:
     def __init__(self, db: Database, scenario: g.Scenario, *, timeout: float = 120.0) -> None:
         assert db.client is not None
         self.db = db
-        self.client = Engine.over(db.client)
+        self.client = Engine.over(db.client, sim_signer())
         self.storage = db.client
         self.scenario = scenario
         self.clock = db.clock

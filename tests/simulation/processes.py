@@ -29,6 +29,7 @@ from typing import Any
 
 from engine import Engine, LeaseLostError, StorageError, StorageUnavailableError, Worker
 from engine.settings import Settings
+from engine.signing import CallbackSigner
 from engine.storage import Storage, open_storage
 
 from .program import PROCESS, ProcessDied
@@ -78,10 +79,13 @@ SIGNING_SECRET = "simulation-signing-secret-" + "0" * 40
 """Callback URLs are signed with it (the simulator never calls them back)."""
 
 
+def sim_signer() -> CallbackSigner:
+    return CallbackSigner(PUBLIC_URL, SIGNING_SECRET)
+
+
 def open_sim_storage(url: str, clock: Any) -> Storage:
     return open_storage(
         url,
-        public_url=PUBLIC_URL,
         signing_secret=SIGNING_SECRET,
         synchronous="NORMAL",
         pool_size=2,
@@ -134,7 +138,7 @@ class SimProcess:
     async def start(self, storage: Storage) -> None:
         """Run a worker on ``storage`` (open; the process hands it back when it stops)."""
         self.real = storage
-        engine = Engine.over(FaultyStorage(self.real, self))
+        engine = Engine.over(FaultyStorage(self.real, self), sim_signer())
         engine.settings = Settings(
             database_url=self.url,
             api_url=None,

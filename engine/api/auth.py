@@ -16,7 +16,7 @@ from ..errors import AuthError
 from ..settings import Settings
 from ..signing import PublicTokens
 
-__all__ = ["Auth", "AuthError", "Caller", "resolve_secret_key"]
+__all__ = ["Auth", "Caller", "resolve_secret_key"]
 
 
 @dataclass(frozen=True)

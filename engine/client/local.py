@@ -97,7 +97,11 @@ class LocalConnection(Connection):
             listen_url=self.settings.listen_url,
         )
         await storage.open()
-        await follow_public_url(signer, storage)
+        try:
+            await follow_public_url(signer, storage)
+        except BaseException:
+            await storage.close()
+            raise
         self._storage, self._signer = storage, signer
 
     async def close(self) -> None:

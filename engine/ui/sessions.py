@@ -8,7 +8,8 @@ session can never be replayed as an API credential, and changing the secret key 
 session out.
 
 The one-click link ``waitpoint dev`` prints carries a *login ticket* signed the same way
-(another purpose, so a ticket is not a session and a session is not a ticket).
+(another purpose, so a ticket is not a session and a session is not a ticket). The signing
+is ``engine.signing.SignedCredentials``; this module adds the cookie and the spent checks.
 
 Signatures say who issued a credential, not whether it is still wanted, so the database keeps
 the credentials that ended early (``Storage.spend_credential``): a ticket is recorded when it
@@ -25,17 +26,10 @@ from collections.abc import Callable
 from fastapi import Request, Response
 
 from ..errors import AuthError
-from ..signing import (
-    LOGIN_TICKET_SECONDS,
-    SESSION_SECONDS,
-    Claims,
-    Purpose,
-    SignedCredentials,
-    login_link,
-)
+from ..signing import SESSION_SECONDS, Claims, Purpose, SignedCredentials
 from ..storage import Storage
 
-__all__ = ["COOKIE", "LOGIN_TICKET_SECONDS", "SESSION_SECONDS", "Sessions", "login_link"]
+__all__ = ["COOKIE", "Sessions"]
 
 COOKIE = "waitpoint_session"
 
@@ -44,7 +38,7 @@ class Sessions(SignedCredentials):
     """Issue and check signed sessions and login tickets for one secret key.
 
     ``storage`` gives the engine's storage at the time of the check (it is opened after the
-    app is made); without it, this object can only issue (``login_link``).
+    app is made); without it, this object can only issue (``signing.login_link``).
     """
 
     def __init__(self, secret_key: str, storage: Callable[[], Storage] | None = None) -> None:

@@ -131,6 +131,8 @@ class RunContext:
         self._replaying: dict[int, asyncio.Event] = {}
         self._step_errors: list[tuple[BaseException, str]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.patches: dict[str, bool] = {}
+        """What ``patched`` answered for each patch id in this attempt: the same every time."""
 
     @staticmethod
     def current() -> RunContext:
@@ -249,6 +251,15 @@ class RunContext:
             if isinstance(current, BaseExceptionGroup):
                 pending += current.exceptions
         return sorted(keys)
+
+    def patch_state(self, patch_id: str) -> bool | None:
+        """Whether the run took patch ``patch_id``: True when its journal holds the marker,
+        False when it holds calls not replayed yet but no marker (the run got past this point
+        on code without the patch), None when nothing is left to replay (new code runs now:
+        the marker is to be recorded)."""
+        if str(CallKey("patch", patch_id, 0)) in self._entries:
+            return True
+        return False if self._unconsumed else None
 
     def check_finished_replay(self) -> None:
         """A run that returns must have made every call its journal recorded."""

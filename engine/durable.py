@@ -189,11 +189,15 @@ async def create_token(**options: Unpack[TokenOptions]) -> Token:
 
     async def execute(write: JournalWrite) -> Recorded:
         new = token_request(storage.now_ms(), **options)
-        made = run.signer.present(await storage.create_token(new, write))
+        made = await storage.create_token(new, write)  # journaled as storage returns it
         log.info("token.created", token_id=made.id, cached=made.is_cached)
         return Recorded(_json_of(made))
 
-    token = await run.durable_call("create_token", execute=execute, decode=_token)
+    def presented(value: Any) -> Token:
+        """The journaled token with its callback URL, the same on every execution."""
+        return run.signer.present(_token(value))
+
+    token = await run.durable_call("create_token", execute=execute, decode=presented)
     schema = options.get("schema")
     if isinstance(schema, type):
         token._data_model = schema
@@ -222,6 +226,59 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
         "wait_for_token", token_id, execute=execute, decode=_token, waits="wait_for_token"
     )
     return WaitResult.from_token(closed, model.model_validate if model else None)
+
+
+async def patched(patch_id: str) -> bool:
+    """Whether this run takes the new code of patch ``patch_id``: how to change a task's
+    durable calls while runs of it wait.
+
+        if await patched("use-new-pricing"):
+            price = await step("price-v2", price_v2, order)
+        else:
+            price = await step("price", price_v1, order)
+
+    A run that reaches this point on code with the patch records a marker and takes the new
+    branch, on this execution and on every replay. A run that got past this point before the
+    deploy (its journal holds later calls and no marker) takes the old branch, so its replay
+    meets the calls it recorded. A run answers the same for one id every time it asks. Once no
+    run that started before the patch is left, keep only the new branch and replace the call
+    by ``deprecate_patch``; remove that too once no run that recorded the marker is left.
+
+    It is awaited because the marker is journaled before any call after it: a run that crashes
+    later replays with the same answer.
+    """
+    context = RunContext.current()
+    known = context.patches.get(patch_id)
+    if known is not None:
+        return known
+    _check_patch_id(patch_id)
+    taken = context.patch_state(patch_id) is not False
+    if taken:  # replays the recorded marker (in its place in the journal), or records it now
+        await context.durable_call("patch", patch_id, execute=_record_marker, decode=_as_is)
+    context.patches[patch_id] = taken
+    return taken
+
+
+async def deprecate_patch(patch_id: str) -> None:
+    """Patch ``patch_id``'s old branch is gone from the code: a run that recorded the marker
+    replays past it, and a new run records none (see ``patched``)."""
+    context = RunContext.current()
+    if patch_id in context.patches:
+        return
+    _check_patch_id(patch_id)
+    if context.patch_state(patch_id) is True:
+        await context.durable_call("patch", patch_id, execute=_record_marker, decode=_as_is)
+    context.patches[patch_id] = True
+
+
+async def _record_marker(write: JournalWrite) -> Recorded:
+    await RunContext.current().storage.append_journal(replace(write, value=True))
+    return Recorded(True)
+
+
+def _check_patch_id(patch_id: str) -> None:
+    if not isinstance(patch_id, str) or not patch_id.strip() or "#" in patch_id:
+        raise ValidationError(f"a patch id is a non-empty string without '#': {patch_id!r}")
 
 
 async def sleep(duration: str | timedelta) -> None:
@@ -339,6 +396,8 @@ __all__ = [
     "complete_token",
     "create_token",
     "current_run",
+    "deprecate_patch",
+    "patched",
     "sleep",
     "sleep_until",
     "step",

@@ -55,6 +55,8 @@ EXPECTED_ALL = [
     "complete_token",
     "create_token",
     "current_run",
+    "deprecate_patch",
+    "patched",
     "sleep",
     "sleep_until",
     "step",

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
         WaitResult,
     )
     from .registry import Queue, Retry, TaskDefinition, task
+    from .replay_check import check_replay
     from .settings import Settings
     from .worker import Worker
 
@@ -117,6 +118,7 @@ _WHERE = {
     "WaitpointStatus": "models",
     "WaitpointTimeoutError": "errors",
     "Worker": "worker",
+    "check_replay": "replay_check",
     "complete_token": "durable",
     "create_token": "durable",
     "current_run": "durable",
@@ -176,6 +178,7 @@ __all__ = [
     "WaitpointStatus",
     "WaitpointTimeoutError",
     "Worker",
+    "check_replay",
     "complete_token",
     "create_token",
     "current_run",

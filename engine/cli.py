@@ -650,6 +650,59 @@ def runs_list(
     show_page(page, as_json, RUN_COLUMNS, "runs")
 
 
+@runs_app.command("check")
+def runs_check(
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[RUN_ID]...", help="Runs to check (default: by the filters)."),
+    ] = None,
+    tasks: TasksModule = None,
+    status: Statuses = None,
+    task: Annotated[
+        str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
+    ] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+) -> None:
+    """Replay runs against the code of --tasks (new code) without running or writing anything.
+
+    Without RUN_IDs, checks the runs the filters match (default: --status WAITING, the runs
+    that resume on the new code). Prints ok or the first divergence of each run; exits 1 if
+    any run diverges. Check, patch what diverges (patched()), then deploy.
+    """
+    from .replay_check import ReplayReport, check_replay
+    from .settings import Settings
+
+    settings = Settings()
+    _, definitions = _load(tasks, settings)
+
+    async def action(engine: Engine) -> list[ReplayReport]:
+        ids = list(run_ids or [])
+        if not ids:
+            after = None
+            while True:
+                page = await engine.runs.list(
+                    status=status or ["WAITING"], task=task, limit=100, after=after
+                )
+                ids += [run.id for run in page.data]
+                if page.next_cursor is None:
+                    break
+                after = page.next_cursor
+        return await check_replay(engine, ids, tasks=definitions)
+
+    reports = _run(database, action, settings)
+    if as_json:
+        print(json.dumps([{**vars(r), "verdict": r.verdict} for r in reports]))
+    else:
+        for report in reports:
+            done = f"ok ({report.replayed} calls replayed)" if report.ok else report.verdict
+            print(f"{report.run_id}  {report.task_id}  {'' if report.ok else 'DIVERGES: '}{done}")
+        if not reports:
+            print("no run to check", file=sys.stderr)
+    if any(not report.ok for report in reports):
+        raise typer.Exit(1)
+
+
 @runs_app.command("get")
 def runs_get(
     run_id: RunId,

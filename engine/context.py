@@ -80,6 +80,11 @@ class AttemptOver(Suspended):
     """A durable call made after this attempt ended: the task must unwind, nothing runs."""
 
 
+class ReachedNewCode(Suspended):
+    """A replay check (``checking``) met a call its journal does not hold: from here on the
+    code runs for the first time, so there is nothing more to check against the journal."""
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What a new durable call journaled: its value, or (``is_error``) a step's error."""
@@ -104,8 +109,13 @@ class RunContext:
         run: ClaimedRun,
         *,
         always_replay: bool = False,
+        checking: bool = False,
     ) -> None:
         self.storage = storage
+        self.checking = checking
+        """A replay check (``engine.replay_check``): journaled calls replay, and the first
+        call the journal does not hold ends the attempt (``ReachedNewCode``); nothing runs or
+        is written."""
         self.signer = signer
         """Presents the tokens the task makes with their callback URLs (storage makes none)."""
         self.run = run
@@ -131,6 +141,8 @@ class RunContext:
         self._replaying: dict[int, asyncio.Event] = {}
         self._step_errors: list[tuple[BaseException, str]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.replayed = 0
+        """Journaled calls this attempt made again (their outcomes replayed)."""
         self.patches: dict[str, bool] = {}
         """What ``patched`` answered for each patch id in this attempt: the same every time."""
 
@@ -196,7 +208,10 @@ class RunContext:
             entry = self._recorded(key, position)
             if entry is not None:
                 await self._replay_in_order(key)
+                self.replayed += 1
                 return self._outcome(key, entry.value, entry.is_error, decode)
+            if self.checking:
+                raise self._stop(ReachedNewCode())
             write = JournalWrite(
                 run_id=self.run.id,
                 epoch=self.run.epoch,
@@ -260,6 +275,11 @@ class RunContext:
         if str(CallKey("patch", patch_id, 0)) in self._entries:
             return True
         return False if self._unconsumed else None
+
+    def next_unreplayed(self) -> str | None:
+        """The key of the earliest journaled call not made again yet (None: all were)."""
+        left = sorted(self._unconsumed.values(), key=lambda e: e.position)
+        return left[0].key if left else None
 
     def check_finished_replay(self) -> None:
         """A run that returns must have made every call its journal recorded."""

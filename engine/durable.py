@@ -163,7 +163,8 @@ async def update_metadata(changes: dict[str, Any]) -> dict[str, Any]:
     context.refuse_when_stopped()
     merged = {**context.metadata, **changes}
     try:
-        await context.storage.set_metadata(context.run.id, context.run.epoch, merged)
+        if not context.checking:  # a replay check writes nothing
+            await context.storage.set_metadata(context.run.id, context.run.epoch, merged)
     except StorageError as exc:
         raise context.interrupted(exc) from exc
     context.metadata = merged
@@ -373,6 +374,9 @@ async def complete_token(
     inside a run, wrap it in a ``step`` if it must happen once.
     """
     context = RunContext.find()
+    if context is not None and context.checking:  # a replay check writes nothing
+        token = context.signer.present(await context.storage.get_token(token_id))
+        return CompletionResult(applied=False, token=token)
     if context is not None:
         return await completion.complete(context.storage, context.signer, token_id, data, source)
     return await current_engine().tokens.complete(token_id, data, source=source)

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ("engine.context", "engine.durable", "engine.children", "engine.registry", "engine.runtime"),
     ),
     ("client", ("engine.client",)),
-    ("worker", ("engine.worker",)),
+    ("worker", ("engine.worker", "engine.replay_check")),
     ("web", ("engine.api", "engine.ui")),
     (
         "entry points",

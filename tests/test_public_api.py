@@ -52,6 +52,7 @@ EXPECTED_ALL = [
     "WaitpointStatus",
     "WaitpointTimeoutError",
     "Worker",
+    "check_replay",
     "complete_token",
     "create_token",
     "current_run",

@@ -25,8 +25,8 @@ dev: $(BIN)/.installed
 	$(BIN)/waitpoint dev $(if $(PORT),--port $(PORT))
 
 lint: $(BIN)/.installed-dev
-	$(BIN)/ruff check engine tasks tests examples
-	$(BIN)/ruff format --check engine tasks tests examples
+	$(BIN)/ruff check engine tasks tests examples benchmarks scripts
+	$(BIN)/ruff format --check engine tasks tests examples benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
 

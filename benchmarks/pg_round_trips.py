@@ -137,14 +137,17 @@ async def one_run(client: Engine, harness: asyncpg.Connection, i: int) -> None:
     """Trigger, complete the token once the run parked on it, wait for the end (the harness
     watches on a connection of its own; its statements are not counted)."""
     run = await client.trigger("bench-wait", {"i": i})
-    while not (
+    # polled on the harness's own connection on purpose: no notification of the engine's
+    # may be taken, or its statements counted, to find out when to go on
+    while not (  # noqa: ASYNC110
         token := await harness.fetchval(
             "SELECT waitpoint_id FROM run_waits WHERE run_id = $1", run.id
         )
     ):
         await asyncio.sleep(0.001)
     await client.tokens.complete(token, {"ok": True})
-    while await harness.fetchval("SELECT status FROM runs WHERE id = $1", run.id) != "COMPLETED":
+    status = "SELECT status FROM runs WHERE id = $1"
+    while await harness.fetchval(status, run.id) != "COMPLETED":  # noqa: ASYNC110
         await asyncio.sleep(0.001)
 
 
@@ -153,9 +156,9 @@ def report(n: int, commits: float) -> None:
         print(f"\n{side}: per run")
         print(f"{'operation':<28}{'calls':>8}{'statements':>12}")
         total = 0.0
-        names = sorted({name for s, name in statements if s == side} | {
-            name for s, name in calls if s == side
-        })
+        names = sorted(
+            {name for s, name in statements if s == side} | {name for s, name in calls if s == side}
+        )
         for name in names:
             per = statements[(side, name)] / n
             total += per

@@ -190,7 +190,8 @@ async def backend_cpu(conn: asyncpg.Connection, database: str) -> dict[int, floa
     cpu = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            stat = Path(f"/proc/{pid}/stat").read_text()  # noqa: ASYNC240 - /proc never blocks
+            fields = stat.rsplit(")", 1)[1].split()
         except OSError:
             continue
         cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
@@ -359,7 +360,8 @@ def report(
         f" load average {min(load):.1f}-{max(load):.1f} (1 min, at each measurement's start)"
     )
     print(
-        f"{'':<26}{'runs/s':>9}{'statements/run':>16}{'xact_commit/run':>17}{'server CPU ms/run':>19}"
+        f"{'':<26}{'runs/s':>9}{'statements/run':>16}{'xact_commit/run':>17}"
+        f"{'server CPU ms/run':>19}"
     )
 
     def cell(value: float | None, width: int, digits: int = 1) -> str:
@@ -380,7 +382,8 @@ def report(
     wp, db, lite = (_median(results[s], "runs_per_s") for s in ("waitpoint", "dbos", "sqlite"))
     if wp and db and lite:
         print(
-            f"Waitpoint/DBOS on PostgreSQL: {wp / db:.2f}x; Waitpoint PostgreSQL/SQLite: {wp / lite:.2f}"
+            f"Waitpoint/DBOS on PostgreSQL: {wp / db:.2f}x;"
+            f" Waitpoint PostgreSQL/SQLite: {wp / lite:.2f}"
         )
 
 

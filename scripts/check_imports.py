@@ -44,7 +44,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("requests", ("engine.requests", "engine.completion")),
     (
         "runtime",
-        ("engine.context", "engine.durable", "engine.children", "engine.registry", "engine.runtime"),
+        (
+            "engine.context",
+            "engine.durable",
+            "engine.children",
+            "engine.registry",
+            "engine.runtime",
+        ),
     ),
     ("client", ("engine.client",)),
     ("worker", ("engine.worker", "engine.replay_check")),

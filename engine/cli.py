@@ -28,7 +28,7 @@ from .logs import configure_logging
 if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only the above
     from .client import Engine
     from .keys import SecretKey
-    from .models import CompletionResult, Page, Run, TimelineEntry, Token
+    from .models import BulkCancel, CompletionResult, Page, Run, TimelineEntry, Token
     from .registry import TaskDefinition
     from .services import APIServer
     from .settings import Settings
@@ -745,16 +745,69 @@ def runs_timeline(
 
 @runs_app.command("cancel")
 def runs_cancel(
-    run_id: RunId,
+    run_id: Annotated[
+        str | None,
+        typer.Argument(metavar="RUN_ID", help="The run's id; or filters, to cancel many."),
+    ] = None,
+    status: Statuses = None,
+    task: Annotated[
+        str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
+    ] = None,
+    tag: TagFilter = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar=Duration, help="Only runs created in the last 24h, 7d..."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the runs the filters match.")
+    ] = False,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Cancel a run that has not finished."""
+    """Cancel a run that has not finished, or every unfinished run the filters match.
+
+    With filters (--status, --task, --tag, --since) instead of RUN_ID, prints how many runs
+    match and cancels them in batches; running it again cancels nothing more.
+    """
     from .console import show
 
-    show(_run(api_url or database, lambda e: e.runs.cancel(run_id), api_key=api_key), as_json)
+    filtered = bool(status or task or tag or since)
+    if run_id is not None:
+        if filtered or dry_run:
+            raise _fail("pass either RUN_ID or filters (--status, --task, --tag, --since)")
+        show(_run(api_url or database, lambda e: e.runs.cancel(run_id), api_key=api_key), as_json)
+        return
+    if not filtered:
+        raise _fail(
+            "pass RUN_ID, or filters (--status, --task, --tag, --since) to cancel every"
+            " unfinished run they match"
+        )
+
+    def progress(done: int, matched: int) -> None:
+        if not as_json:
+            print(f"canceled {done} of {matched}", file=sys.stderr, flush=True)
+
+    async def action(engine: Engine) -> BulkCancel:
+        since_text = _duration_option(since, "--since")
+        start = datetime.now(UTC) - parse_duration(since_text) if since_text else None
+        return await engine.runs.cancel_matching(
+            status=status,
+            task=task,
+            tags=tag,
+            created_after=start,
+            dry_run=dry_run,
+            progress=progress,
+        )
+
+    done = _run(api_url or database, action, api_key=api_key)
+    if as_json:
+        print(json.dumps({"matched": done.matched, "canceled": done.canceled, "dryRun": dry_run}))
+    elif dry_run:
+        print(f"{done.matched} unfinished runs match; --dry-run: none canceled")
+    else:
+        print(f"canceled {done.canceled} of the {done.matched} unfinished runs that matched")
 
 
 # --- tokens ----------------------------------------------------------------------------

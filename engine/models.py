@@ -280,6 +280,16 @@ class Page(BaseModel, Generic[T]):
 
 
 @dataclass(frozen=True)
+class BulkCancel:
+    """What ``engine.runs.cancel_matching`` did: how many unfinished runs the filters matched,
+    and how many of them this call canceled (none with ``dry_run``)."""
+
+    matched: int
+    canceled: int
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class CompletionResult:
     """What ``complete_token`` did: ``applied`` is True only for the call that won."""
 

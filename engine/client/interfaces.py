@@ -11,16 +11,19 @@ calls are validated into a filter and a page before either transport sees them, 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from typing_extensions import Unpack
 
+from ..errors import ValidationError
 from ..keys import SecretKey
 from ..models import (
+    BulkCancel,
     CompletionResult,
     CompletionSource,
     Page,
@@ -37,6 +40,9 @@ from ..requests import moment_ms, page_request
 from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
 from ..validation import clean_statuses, clean_tags
+
+BULK_BATCH = 50
+"""Runs ``cancel_matching`` cancels at once."""
 
 
 class Runs(ABC):
@@ -70,6 +76,59 @@ class Runs(ABC):
 
     @abstractmethod
     async def _list(self, filter: RunFilter, page: PageRequest) -> Page[Run]: ...
+
+    async def cancel_matching(
+        self,
+        *,
+        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+        task: str | builtins.list[str] | None = None,
+        tags: builtins.list[str] | str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BulkCancel:
+        """Cancel every unfinished run the filters match (all of them without filters).
+
+        The matching runs are listed first, then canceled ``BULK_BATCH`` at a time;
+        ``progress(done, matched)`` is called after each batch. A run that finished meanwhile
+        is left as it is and not counted. Finished runs never match, so running the same call
+        again cancels nothing more. ``dry_run`` only counts.
+        """
+        unfinished = [s for s in RunStatus if not s.is_terminal]
+        wanted = clean_statuses(status, RunStatus) or unfinished
+        cancelable = [s for s in wanted if s in unfinished]
+        if not cancelable:
+            raise ValidationError(
+                "only unfinished runs can be canceled: ask for "
+                + ", ".join(s.value for s in unfinished)
+            )
+        ids: builtins.list[str] = []
+        after = None
+        while True:
+            page = await self.list(
+                status=cancelable,
+                task=task,
+                tags=tags,
+                created_after=created_after,
+                created_before=created_before,
+                limit=100,
+                after=after,
+            )
+            ids += [run.id for run in page.data]
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        if dry_run:
+            return BulkCancel(matched=len(ids), canceled=0, dry_run=True)
+        canceled = 0
+        for start in range(0, len(ids), BULK_BATCH):
+            batch = ids[start : start + BULK_BATCH]
+            runs = await asyncio.gather(*(self.cancel(run_id) for run_id in batch))
+            canceled += sum(run.status is RunStatus.CANCELED for run in runs)
+            if progress is not None:
+                progress(start + len(batch), len(ids))
+        return BulkCancel(matched=len(ids), canceled=canceled)
 
     @abstractmethod
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:

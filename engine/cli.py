@@ -95,6 +95,9 @@ Statuses = Annotated[
         help="Only those in this status; repeated, in any of them.",
     ),
 ]
+TaskFilter = Annotated[
+    str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
+]
 Limit = Annotated[int, typer.Option("--limit", metavar="N", help="Page size (1-100).")]
 After = Annotated[
     str | None, typer.Option("--after", metavar="CURSOR", help="Cursor from the previous page.")
@@ -119,6 +122,10 @@ RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (run_
 TokenId = Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The token's id (waitpoint_...).")]
 Duration = "DURATION"
 """The metavar of a duration option: 30s, 10m, 1h30m, 7d."""
+Since = Annotated[
+    str | None,
+    typer.Option("--since", metavar=Duration, help="Only runs created in the last 24h, 7d..."),
+]
 
 
 def main() -> None:
@@ -232,6 +239,12 @@ def _run(
 
     with _user_errors():
         return asyncio.run(body())
+
+
+def _created_since(since: str | None) -> datetime | None:
+    """The moment ``--since`` (a duration back from now) names, or None without it."""
+    text = _duration_option(since, "--since")
+    return datetime.now(UTC) - parse_duration(text) if text else None
 
 
 def _duration_option(text: str | None, option: str) -> str | None:
@@ -616,14 +629,9 @@ def _payload_needed(task_id: str, refusal: str) -> ValidationError:
 @runs_app.command("list")
 def runs_list(
     status: Statuses = None,
-    task: Annotated[
-        str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
-    ] = None,
+    task: TaskFilter = None,
     tag: TagFilter = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", metavar=Duration, help="Only runs created in the last 24h, 7d..."),
-    ] = None,
+    since: Since = None,
     limit: Limit = 25,
     after: After = None,
     as_json: AsJson = False,
@@ -640,8 +648,7 @@ def runs_list(
     from .console import RUN_COLUMNS, show_page
 
     async def action(engine: Engine) -> Page[Run]:
-        since_text = _duration_option(since, "--since")
-        start = datetime.now(UTC) - parse_duration(since_text) if since_text else None
+        start = _created_since(since)
         return await engine.runs.list(
             status=status, task=task, tags=tag, created_after=start, limit=limit, after=after
         )
@@ -658,9 +665,7 @@ def runs_check(
     ] = None,
     tasks: TasksModule = None,
     status: Statuses = None,
-    task: Annotated[
-        str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
-    ] = None,
+    task: TaskFilter = None,
     as_json: AsJson = False,
     database: Database = None,
 ) -> None:
@@ -677,17 +682,7 @@ def runs_check(
     _, definitions = _load(tasks, settings)
 
     async def action(engine: Engine) -> list[ReplayReport]:
-        ids = list(run_ids or [])
-        if not ids:
-            after = None
-            while True:
-                page = await engine.runs.list(
-                    status=status or ["WAITING"], task=task, limit=100, after=after
-                )
-                ids += [run.id for run in page.data]
-                if page.next_cursor is None:
-                    break
-                after = page.next_cursor
+        ids = run_ids or await engine.runs.ids(status=status or ["WAITING"], task=task)
         return await check_replay(engine, ids, tasks=definitions)
 
     reports = _run(database, action, settings)
@@ -750,14 +745,9 @@ def runs_cancel(
         typer.Argument(metavar="RUN_ID", help="The run's id; or filters, to cancel many."),
     ] = None,
     status: Statuses = None,
-    task: Annotated[
-        str | None, typer.Option("--task", metavar="TASK_ID", help="Only runs of this task.")
-    ] = None,
+    task: TaskFilter = None,
     tag: TagFilter = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", metavar=Duration, help="Only runs created in the last 24h, 7d..."),
-    ] = None,
+    since: Since = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only count the runs the filters match.")
     ] = False,
@@ -790,8 +780,7 @@ def runs_cancel(
             print(f"canceled {done} of {matched}", file=sys.stderr, flush=True)
 
     async def action(engine: Engine) -> BulkCancel:
-        since_text = _duration_option(since, "--since")
-        start = datetime.now(UTC) - parse_duration(since_text) if since_text else None
+        start = _created_since(since)
         return await engine.runs.cancel_matching(
             status=status,
             task=task,

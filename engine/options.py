@@ -1,4 +1,4 @@
-"""The options of a trigger and of a token, named once.
+"""The options of a trigger and of a token, and a query of runs, named once.
 
 ``TriggerOptions`` is what ``Engine.trigger``, ``Task.trigger``, the HTTP client, the REST API
 and the CLI accept (each passes it on with ``**options``); ``TokenOptions`` is what
@@ -8,12 +8,14 @@ mypy checks every caller's keywords and types against this one definition.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
 from .durations import Timeout
+from .models import RunStatus
 
 
 class TriggerOptions(TypedDict, total=False):
@@ -55,6 +57,18 @@ class TokenOptions(TypedDict, total=False):
     """A JSON object (at most 16 KiB) the approval page and the inbox show."""
 
 
+class RunQuery(TypedDict, total=False):
+    """Which runs a call is about (``engine.runs.list``, ``ids``, ``cancel_matching``); filters
+    of different keys all apply, a list matches any of its values."""
+
+    status: RunStatus | str | Sequence[RunStatus | str] | None
+    task: str | list[str] | None
+    tags: list[str] | str | None
+    """Runs carrying any of these tags."""
+    created_after: datetime | None
+    created_before: datetime | None
+
+
 TRIGGER_OPTION_NAMES = frozenset(TriggerOptions.__annotations__)
 TOKEN_OPTION_NAMES = frozenset(TokenOptions.__annotations__)
 
@@ -70,6 +84,7 @@ def check_names(options: dict[str, Any], names: frozenset[str], call: str) -> No
 __all__ = [
     "TOKEN_OPTION_NAMES",
     "TRIGGER_OPTION_NAMES",
+    "RunQuery",
     "TokenOptions",
     "TriggerOptions",
     "check_names",

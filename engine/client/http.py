@@ -48,7 +48,6 @@ from ..models import (
 )
 from ..options import (
     TOKEN_OPTION_NAMES,
-    TRIGGER_OPTION_NAMES,
     TokenOptions,
     TriggerOptions,
     check_names,
@@ -150,7 +149,6 @@ class HttpConnection(Connection):
         return None
 
     async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run:
-        check_names(dict(options), TRIGGER_OPTION_NAMES, "trigger")
         wire: dict[str, Any] = {"payloadType": "application/json"}
         for name, value in (
             ("idempotencyKey", options.get("idempotency_key")),

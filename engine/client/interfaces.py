@@ -35,7 +35,7 @@ from ..models import (
     WaitpointStatus,
     WorkerInfo,
 )
-from ..options import TokenOptions, TriggerOptions
+from ..options import RunQuery, TokenOptions, TriggerOptions
 from ..requests import moment_ms, page_request
 from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
@@ -54,41 +54,46 @@ class Runs(ABC):
     async def list(
         self,
         *,
-        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
-        task: str | builtins.list[str] | None = None,
-        tags: builtins.list[str] | str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
         limit: int = 25,
         after: str | None = None,
         before: str | None = None,
+        **query: Unpack[RunQuery],
     ) -> Page[Run]:
         """Newest first; pass ``page.next_cursor`` as ``after`` for the next (older) page,
-        ``page.previous_cursor`` as ``before`` for the previous one."""
+        ``page.previous_cursor`` as ``before`` for the previous one. ``query``: ``status``,
+        ``task``, ``tags``, ``created_after``, ``created_before`` (``options.RunQuery``)."""
+        task = query.get("task")
         filter = RunFilter(
-            status=clean_statuses(status, RunStatus),
+            status=clean_statuses(query.get("status"), RunStatus),
             task_id=[task] if isinstance(task, str) else builtins.list(task or []),
-            tags=clean_tags(tags),
-            created_from_ms=moment_ms(created_after, "created_after"),
-            created_to_ms=moment_ms(created_before, "created_before"),
+            tags=clean_tags(query.get("tags")),
+            created_from_ms=moment_ms(query.get("created_after"), "created_after"),
+            created_to_ms=moment_ms(query.get("created_before"), "created_before"),
         )
         return await self._list(filter, page_request(limit, after, before))
 
     @abstractmethod
     async def _list(self, filter: RunFilter, page: PageRequest) -> Page[Run]: ...
 
+    async def ids(self, **query: Unpack[RunQuery]) -> builtins.list[str]:
+        """The ids of every run the query matches, newest first, read a page at a time."""
+        found: builtins.list[str] = []
+        after = None
+        while True:
+            page = await self.list(limit=100, after=after, **query)
+            found += [run.id for run in page.data]
+            if page.next_cursor is None:
+                return found
+            after = page.next_cursor
+
     async def cancel_matching(
         self,
         *,
-        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
-        task: str | builtins.list[str] | None = None,
-        tags: builtins.list[str] | str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        **query: Unpack[RunQuery],
     ) -> BulkCancel:
-        """Cancel every unfinished run the filters match (all of them without filters).
+        """Cancel every unfinished run the query matches (all of them without one).
 
         The matching runs are listed first, then canceled ``BULK_BATCH`` at a time;
         ``progress(done, matched)`` is called after each batch. A run that finished meanwhile
@@ -96,29 +101,15 @@ class Runs(ABC):
         again cancels nothing more. ``dry_run`` only counts.
         """
         unfinished = [s for s in RunStatus if not s.is_terminal]
-        wanted = clean_statuses(status, RunStatus) or unfinished
+        wanted = clean_statuses(query.get("status"), RunStatus) or unfinished
         cancelable = [s for s in wanted if s in unfinished]
         if not cancelable:
             raise ValidationError(
                 "only unfinished runs can be canceled: ask for "
                 + ", ".join(s.value for s in unfinished)
             )
-        ids: builtins.list[str] = []
-        after = None
-        while True:
-            page = await self.list(
-                status=cancelable,
-                task=task,
-                tags=tags,
-                created_after=created_after,
-                created_before=created_before,
-                limit=100,
-                after=after,
-            )
-            ids += [run.id for run in page.data]
-            if page.next_cursor is None:
-                break
-            after = page.next_cursor
+        narrowed: RunQuery = {**query, "status": cancelable}
+        ids = await self.ids(**narrowed)
         if dry_run:
             return BulkCancel(matched=len(ids), canceled=0, dry_run=True)
         canceled = 0

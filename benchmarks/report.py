@@ -104,7 +104,32 @@ def _pair(pairs: list[tuple[float, ...]], spec: str) -> str:
     return "+".join(spec.format(statistics.median(p[k] for p in pairs)) for k in range(width))
 
 
-def fmt(value: float, unit: str = "") -> str:
+def quantile_rows(
+    results: Results,
+    m: dict[str, Any],
+    key: str,
+    *,
+    label: str,
+    worker: str,
+    quantiles: tuple[tuple[str, str, float | None], ...],
+) -> None:
+    """One lower-is-better row per ``(quantile, target, limit)``, from ``m[quantile + "_ms"]``,
+    keyed ``{key}.{quantile}``; a row with a limit is good under it."""
+    for q, target, limit in quantiles:
+        row = results.row(
+            f"{key}.{q}",
+            label=label,
+            metric=q,
+            worker=worker,
+            unit="ms",
+            target=target,
+            good=(lambda v, lim=limit: v < lim) if limit else None,
+            higher_is_better=False,
+        )
+        row.samples.append(m[f"{q}_ms"])
+
+
+def fmt(value: float | None, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if abs(value) >= 100:

@@ -12,17 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-
-def fmt(value: float | None, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if abs(value) >= 100:
-        text = f"{value:,.0f}"
-    elif abs(value) >= 10:
-        text = f"{value:.1f}"
-    else:
-        text = f"{value:.2f}"
-    return f"{text} {unit}".strip()
+from report import fmt
 
 
 def spread(row: dict[str, Any]) -> str:

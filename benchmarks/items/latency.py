@@ -34,7 +34,7 @@ from harness import (
     trigger_many,
     wait_for,
 )
-from report import Results
+from report import Results, quantile_rows
 
 from engine import Engine
 
@@ -161,33 +161,25 @@ async def run(ctx: Context, results: Results) -> None:
     s = ctx.sizes
     m = await bench_latency_in_process(ctx, s.latency_n)
     results.add_raw("latency_in_process", m)
-    for q, target, limit in (("p50", "< 5 ms", 5.0), ("p99", "", None)):
-        row = results.row(
-            f"3.in.{q}",
-            label=f"resume latency, completer in the worker's process, N={s.latency_n:,}",
-            metric=q,
-            worker=IN_PROCESS,
-            unit="ms",
-            target=target,
-            good=(lambda v, lim=limit: v < lim) if limit else None,
-            higher_is_better=False,
-        )
-        row.samples.append(m[f"{q}_ms"])
+    quantile_rows(
+        results,
+        m,
+        "3.in",
+        label=f"resume latency, completer in the worker's process, N={s.latency_n:,}",
+        worker=IN_PROCESS,
+        quantiles=(("p50", "< 5 ms", 5.0), ("p99", "", None)),
+    )
     say("  3 latency in-process: " + spread_text(m))
     m = await bench_latency_cross_process(ctx, s.latency_n)
     results.add_raw("latency_cross_process", m)
-    for q, target, limit in (("p50", "< 25 ms", 25.0), ("p99", "", None)):
-        row = results.row(
-            f"3.x.{q}",
-            label=f"resume latency, completer = Engine in another process, N={s.latency_n:,}",
-            metric=q,
-            worker=SUBPROCESS,
-            unit="ms",
-            target=target,
-            good=(lambda v, lim=limit: v < lim) if limit else None,
-            higher_is_better=False,
-        )
-        row.samples.append(m[f"{q}_ms"])
+    quantile_rows(
+        results,
+        m,
+        "3.x",
+        label=f"resume latency, completer = Engine in another process, N={s.latency_n:,}",
+        worker=SUBPROCESS,
+        quantiles=(("p50", "< 25 ms", 25.0), ("p99", "", None)),
+    )
     if "cli_wall_p50_ms" in m:
         row = results.row(
             "3.cli",

@@ -26,7 +26,7 @@ from harness import (
     trigger_many,
     wait_for,
 )
-from report import Results
+from report import Results, quantile_rows
 
 from engine import Engine
 
@@ -84,18 +84,14 @@ async def run(ctx: Context, results: Results, park_rates: dict[str, float]) -> N
     m = await bench_timers(ctx, ctx.sizes.timers, park_rates[ctx.backend])
     park_rates[ctx.backend] = 0.7 * m["park_rate"]
     results.add_raw("timers", m)
-    for q, target, limit in (("p50", "", None), ("p99", "< 250 ms", 250.0), ("max", "", None)):
-        row = results.row(
-            f"5.{q}",
-            label=f"timer lateness, {ctx.sizes.timers:,} tokens due the same ms",
-            metric=q,
-            worker=SUBPROCESS,
-            unit="ms",
-            target=target,
-            good=(lambda v, lim=limit: v < lim) if limit else None,
-            higher_is_better=False,
-        )
-        row.samples.append(m[f"{q}_ms"])
+    quantile_rows(
+        results,
+        m,
+        "5",
+        label=f"timer lateness, {ctx.sizes.timers:,} tokens due the same ms",
+        worker=SUBPROCESS,
+        quantiles=(("p50", "", None), ("p99", "< 250 ms", 250.0), ("max", "", None)),
+    )
     row = results.row(
         "5.early",
         label="timer lateness",

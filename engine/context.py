@@ -283,11 +283,9 @@ class RunContext:
 
     def check_finished_replay(self) -> None:
         """A run that returns must have made every call its journal recorded."""
-        leftover = sorted(self._unconsumed.values(), key=lambda e: e.position)
-        if leftover:
-            raise self._stop(
-                NondeterminismError(expected=leftover[0].key, actual="the task returning")
-            )
+        leftover = self.next_unreplayed()
+        if leftover is not None:
+            raise self._stop(NondeterminismError(expected=leftover, actual="the task returning"))
 
     async def cancel_leftovers(self) -> None:
         """Cancel coroutines of this attempt still running (e.g. siblings in a gather)."""

@@ -187,6 +187,10 @@ class Run(WireModel):
             "ttl",
             "metadata",
             "parent_run_id",
+            "version",
+            "paused_at",
+            "origin_run_id",
+            "origin",
         }
     )
 
@@ -213,6 +217,14 @@ class Run(WireModel):
     """Ids of the child runs it started (filled by ``runs.retrieve``)."""
     waiting_on: list[str] = Field(default_factory=list)
     """Ids of the waitpoints the run is blocked on while WAITING."""
+    version: str | None = None
+    """The version of the code the run started on (``@task(version=)``, ``--version``)."""
+    paused_at: datetime | None = None
+    """When the run was paused (``runs.pause``): no worker claims it until it is resumed."""
+    origin_run_id: str | None = None
+    """The run this one replays or was forked from (``origin`` says which)."""
+    origin: str | None = None
+    """``"replay"`` or ``"fork"`` when ``origin_run_id`` is set."""
     is_cached: bool = Field(default=False, exclude=True)
     """True when ``trigger`` returned an existing run for its idempotency key."""
 
@@ -486,3 +498,5 @@ class ClaimedRun:
     """This run's own limit (a trigger option), before the task's."""
     metadata: dict[str, Any] | None = None
     journal: list[JournalEntry] = field(default_factory=list)
+    attempt_base: int = 0
+    """The attempts it had before it was retried by hand: its retry policy counts from here."""

@@ -230,8 +230,9 @@ async def _fail(
     max_attempts = run.max_attempts or definition.retry.max_attempts
     elapsed = context.elapsed_ms()
     try:
-        if not isinstance(exc, _FINAL) and run.attempt < max_attempts:
-            delay = definition.retry.delay_ms(run.attempt)
+        attempt = run.attempt - run.attempt_base  # a retry by hand starts the count again
+        if not isinstance(exc, _FINAL) and attempt < max_attempts:
+            delay = definition.retry.delay_ms(attempt)
             rerun = context.escaped_steps(exc)
             await storage.retry_run(run.id, run.epoch, delay, error, elapsed, rerun)
             log.warning(

@@ -12,6 +12,11 @@ from engine.models import RunError, TaskInfo
 from engine.storage import JournalWrite, NewRun, NewToken, NewWorker
 from engine.storage.sql import Op, count
 
+_CLAIM_BEFORE_ATTEMPT_BASE = (
+    "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
+    " max_duration_ms, metadata"
+)
+
 
 async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migration_2(
     db_url: str, monkeypatch: pytest.MonkeyPatch
@@ -24,6 +29,12 @@ async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migrati
     boom = {"name": "ValueError", "message": "boom"}
     with monkeypatch.context() as patch:
         patch.setattr(f"{module}.MIGRATIONS", migrations[:1])
+        # the claim of that schema: attempt_base came with a later migration
+        patch.setattr("engine.storage.runs._CLAIM_COLUMNS", _CLAIM_BEFORE_ATTEMPT_BASE)
+        patch.setattr(
+            "engine.storage.runs._CLAIM_COLUMNS_OF_RUNS",
+            ", ".join(f"runs.{c.strip()}" for c in _CLAIM_BEFORE_ATTEMPT_BASE.split(",")),
+        )
         async with Engine(db_url) as old:
             storage = old.storage
             await storage.register_tasks([TaskInfo("t")])
@@ -47,23 +58,24 @@ async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migrati
 async def test_tokens_made_before_the_reviewer_details_and_worker_rows_carry_on(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The last migration (SQLite 6, PostgreSQL 7) gives tokens a title, a description and
-    a context, and workers rows with heartbeats: a token made before has none of them (and
-    its JSON leaves them out), a task registered before was seen when it was registered."""
+    """Migration 6 on SQLite (7 on PostgreSQL) gives tokens a title, a description and a
+    context, and workers rows with heartbeats: a token made before has none of them (and its
+    JSON leaves them out), a task registered before was seen when it was registered."""
     backend = "sqlite" if db_url.startswith("sqlite") else "postgres"
     module = f"engine.storage.{backend}"
     migrations = __import__(module, fromlist=["MIGRATIONS"]).MIGRATIONS
+    before = {"sqlite": 5, "postgres": 6}[backend]
     with monkeypatch.context() as patch:
-        patch.setattr(f"{module}.MIGRATIONS", migrations[:-1])
+        patch.setattr(f"{module}.MIGRATIONS", migrations[:before])
         async with Engine(db_url) as old:
-            assert await old.storage.migrate() == len(migrations) - 1
+            assert await old.storage.migrate() == before
             await old.storage.register_tasks([TaskInfo("boom")])
-            before = new_token_id()
-            await old.storage._write(lambda now: _old_token(old.storage, before, now))
+            token_id = new_token_id()
+            await old.storage._write(lambda now: _old_token(old.storage, token_id, now))
     async with Engine(db_url) as new:
         storage = new.storage
         assert await storage.migrate() == len(migrations)
-        kept = await storage.get_token(before)
+        kept = await storage.get_token(token_id)
         assert kept.title is kept.description is kept.context is None
         assert not {"title", "description", "context"} & set(kept.model_dump(by_alias=True))
         made = await storage.create_token(NewToken(title="Refund", context={"amount": 1}))

@@ -307,4 +307,19 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER workers_changed AFTER INSERT OR UPDATE OF stopped_at ON workers
         FOR EACH STATEMENT EXECUTE FUNCTION notify_change();
     """,
+    # 9 (7 on SQLite): operating runs: a run's version, pauses of runs and tasks, the
+    # attempts before a retry by hand, the run a replay or fork came from, the versions a
+    # worker serves, and the indexes retention deletes by (see the SQLite migration). Pausing
+    # and resuming change no status, so no trigger fires: ``resume`` notifies itself.
+    """
+    ALTER TABLE runs ADD COLUMN version text;
+    ALTER TABLE runs ADD COLUMN paused_at bigint;
+    ALTER TABLE runs ADD COLUMN attempt_base integer NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN origin_run_id text COLLATE "C";
+    ALTER TABLE runs ADD COLUMN origin text;
+    ALTER TABLE tasks ADD COLUMN paused_at bigint;
+    ALTER TABLE workers ADD COLUMN versions text;
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX waitpoints_closed ON waitpoints (completed_at) WHERE status <> 'WAITING';
+    """,
 ]

@@ -214,4 +214,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX workers_heartbeat ON workers (heartbeat_at);
     """,
+    # 7 (9 on PostgreSQL): operating runs. ``version``: the version of the code a run started
+    # on (recorded by its first claim, from the worker's ``@task(version=)`` or ``--version``);
+    # a worker claims runs of its own version and runs that recorded none. ``paused_at``: a
+    # paused run (or, on ``tasks``, every run of a paused task) is not claimed until resumed.
+    # ``attempt_base``: the attempts a run had before it was retried by hand (its retry policy
+    # counts from there). ``origin_run_id`` and ``origin``: the run a replay or fork was made
+    # from, and which of the two it is. ``versions`` on ``workers``: a JSON object of task id
+    # to the version the worker serves it at (NULL: none). Retention deletes finished runs and
+    # closed waitpoints by age, hence the two indexes.
+    """
+    ALTER TABLE runs ADD COLUMN version TEXT;
+    ALTER TABLE runs ADD COLUMN paused_at INTEGER;
+    ALTER TABLE runs ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN origin_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN origin TEXT;
+    ALTER TABLE tasks ADD COLUMN paused_at INTEGER;
+    ALTER TABLE workers ADD COLUMN versions TEXT;
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE INDEX waitpoints_closed ON waitpoints (completed_at) WHERE status <> 'WAITING';
+    """,
 ]

@@ -28,7 +28,7 @@ from .logs import configure_logging
 if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only the above
     from .client import Engine
     from .keys import SecretKey
-    from .models import BulkCancel, CompletionResult, Page, Run, TimelineEntry, Token
+    from .models import BulkResult, CompletionResult, Page, Run, TimelineEntry, Token
     from .registry import TaskDefinition
     from .services import APIServer
     from .settings import Settings
@@ -775,28 +775,135 @@ def runs_cancel(
             " unfinished run they match"
         )
 
+    _act_matching("cancel", status, task, tag, since, dry_run, as_json, database, api_url, api_key)
+
+
+def _act_matching(
+    verb: str,
+    status: list[str] | None,
+    task: str | None,
+    tag: list[str] | None,
+    since: str | None,
+    dry_run: bool,
+    as_json: bool,
+    database: str | None,
+    api_url: str | None,
+    api_key: str | None,
+) -> None:
+    """``runs cancel`` and ``runs retry`` with filters: count, act in batches, report."""
+    done_word, kind = {"cancel": ("canceled", "unfinished"), "retry": ("retried", "failed")}[verb]
+
     def progress(done: int, matched: int) -> None:
         if not as_json:
-            print(f"canceled {done} of {matched}", file=sys.stderr, flush=True)
+            print(f"{done_word} {done} of {matched}", file=sys.stderr, flush=True)
 
-    async def action(engine: Engine) -> BulkCancel:
-        start = _created_since(since)
-        return await engine.runs.cancel_matching(
+    async def action(engine: Engine) -> BulkResult:
+        act = engine.runs.cancel_matching if verb == "cancel" else engine.runs.retry_matching
+        return await act(
             status=status,
             task=task,
             tags=tag,
-            created_after=start,
+            created_after=_created_since(since),
             dry_run=dry_run,
             progress=progress,
         )
 
     done = _run(api_url or database, action, api_key=api_key)
     if as_json:
-        print(json.dumps({"matched": done.matched, "canceled": done.canceled, "dryRun": dry_run}))
+        print(json.dumps({"matched": done.matched, done_word: done.changed, "dryRun": dry_run}))
     elif dry_run:
-        print(f"{done.matched} unfinished runs match; --dry-run: none canceled")
+        print(f"{done.matched} {kind} runs match; --dry-run: none {done_word}")
     else:
-        print(f"canceled {done.canceled} of the {done.matched} unfinished runs that matched")
+        print(f"{done_word} {done.changed} of the {done.matched} {kind} runs that matched")
+
+
+@runs_app.command("retry")
+def runs_retry(
+    run_id: Annotated[
+        str | None,
+        typer.Argument(metavar="RUN_ID", help="The run's id; or filters, to retry many."),
+    ] = None,
+    status: Statuses = None,
+    task: TaskFilter = None,
+    tag: TagFilter = None,
+    since: Since = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the runs the filters match.")
+    ] = False,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Retry a FAILED, CRASHED or TIMED_OUT run from its journal, or every such run the
+    filters match.
+
+    Its journaled steps do not run again; the step that failed it does. With filters
+    (--status, --task, --tag, --since) instead of RUN_ID, prints how many runs match and
+    retries them in batches; running it again retries only runs that failed since.
+    """
+    from .console import show
+
+    if run_id is not None:
+        if status or task or tag or since or dry_run:
+            raise _fail("pass either RUN_ID or filters (--status, --task, --tag, --since)")
+        show(_run(api_url or database, lambda e: e.runs.retry(run_id), api_key=api_key), as_json)
+        return
+    if not (status or task or tag or since):
+        raise _fail(
+            "pass RUN_ID, or filters (--status, --task, --tag, --since) to retry every"
+            " failed run they match"
+        )
+    _act_matching("retry", status, task, tag, since, dry_run, as_json, database, api_url, api_key)
+
+
+@runs_app.command("replay")
+def runs_replay(
+    run_id: RunId,
+    payload: Annotated[
+        str | None,
+        typer.Option(
+            "--payload", metavar="JSON", help="A new payload, as JSON (default: the run's)."
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Run the task again as a new run, with the run's payload (or --payload): everything
+    runs anew. The new run names the original (and the original the new one)."""
+    from .console import show
+
+    async def action(engine: Engine) -> Run:  # a bad --payload is an error line, as others
+        return await engine.runs.replay(run_id, _json_option(payload, "--payload"))
+
+    show(_run(api_url or database, action, api_key=api_key), as_json)
+
+
+@runs_app.command("fork")
+def runs_fork(
+    run_id: RunId,
+    from_step: Annotated[
+        str,
+        typer.Option(
+            "--from-step",
+            metavar="STEP",
+            help="The step to run anew from (its name, or a journal key: step:notify#1).",
+        ),
+    ],
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """A new run that replays the run's journal up to STEP and runs anew from there."""
+    from .console import show
+
+    run = _run(
+        api_url or database, lambda e: e.runs.fork(run_id, from_step=from_step), api_key=api_key
+    )
+    show(run, as_json)
 
 
 # --- tokens ----------------------------------------------------------------------------

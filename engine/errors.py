@@ -103,6 +103,11 @@ class NotFoundError(EngineError):
     """No object with that id exists."""
 
 
+class RunStateError(EngineError):
+    """The run's status does not allow this (a retry of a run that did not fail, a pause of
+    a finished run); the message says what it is and what would."""
+
+
 class TaskNotFoundError(NotFoundError):
     """No task with that id is known to this process or to any worker's registry."""
 

@@ -53,6 +53,11 @@ class RunStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in _TERMINAL_RUN
 
+    @property
+    def is_failure(self) -> bool:
+        """It ended by failing: what ``runs.retry`` takes."""
+        return self in _FAILED_RUN
+
 
 _TERMINAL_RUN = {
     RunStatus.COMPLETED,
@@ -62,6 +67,8 @@ _TERMINAL_RUN = {
     RunStatus.EXPIRED,
     RunStatus.CRASHED,
 }
+
+_FAILED_RUN = {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CRASHED}
 
 
 class WaitpointStatus(StrEnum):
@@ -292,12 +299,13 @@ class Page(BaseModel, Generic[T]):
 
 
 @dataclass(frozen=True)
-class BulkCancel:
-    """What ``engine.runs.cancel_matching`` did: how many unfinished runs the filters matched,
-    and how many of them this call canceled (none with ``dry_run``)."""
+class BulkResult:
+    """What a bulk action by filter (``engine.runs.cancel_matching``, ``retry_matching``)
+    did: how many runs the filters matched among those it can act on, and how many of them
+    this call changed (none with ``dry_run``)."""
 
     matched: int
-    canceled: int
+    changed: int
     dry_run: bool = False
 
 

@@ -229,11 +229,11 @@ async def _fail(
     status = RunStatus.TIMED_OUT if isinstance(exc, MaxDurationExceededError) else RunStatus.FAILED
     max_attempts = run.max_attempts or definition.retry.max_attempts
     elapsed = context.elapsed_ms()
+    attempt = run.attempt - run.attempt_base  # a retry by hand starts the count again
+    rerun = context.escaped_steps(exc)  # run again by the next attempt, or a retry by hand
     try:
-        attempt = run.attempt - run.attempt_base  # a retry by hand starts the count again
         if not isinstance(exc, _FINAL) and attempt < max_attempts:
             delay = definition.retry.delay_ms(attempt)
-            rerun = context.escaped_steps(exc)
             await storage.retry_run(run.id, run.epoch, delay, error, elapsed, rerun)
             log.warning(
                 "run.retrying",
@@ -243,7 +243,7 @@ async def _fail(
                 rerun=rerun,
             )
             return RunStatus.QUEUED
-        await storage.finish_run(run.id, run.epoch, status, None, error, elapsed)
+        await storage.finish_run(run.id, run.epoch, status, None, error, elapsed, rerun)
     except LeaseLostError as lost:
         log.warning("run.lease_lost", reason=str(lost))
         return None

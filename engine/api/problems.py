@@ -19,6 +19,7 @@ from ..errors import (
     EngineError,
     NotFoundError,
     RunNotFoundError,
+    RunStateError,
     StorageError,
     TaskNotFoundError,
     TokenNotFoundError,
@@ -60,6 +61,8 @@ def _engine_error(exc: EngineError) -> Problem:
         return Problem(410, str(exc), status=exc.status, closedAt=closed)
     if isinstance(exc, ValidationError):
         return Problem(422, str(exc))
+    if isinstance(exc, RunStateError):
+        return Problem(409, str(exc))
     if isinstance(exc, StorageError | ConfigurationError):
         return Problem(503, f"the service cannot do this now: {exc}")
     return Problem(400, str(exc))

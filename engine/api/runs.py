@@ -1,4 +1,6 @@
-"""Runs and tasks: trigger a task, retrieve, list and cancel runs (Trigger.dev's paths)."""
+"""Runs and tasks: trigger a task, retrieve, list and cancel runs (Trigger.dev's paths);
+retry, replay, fork, and cancel or retry many runs by filter (replay in Trigger.dev's shape,
+the others ours)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..options import TriggerOptions
 from .body import JSONGuardRoute, too_many_digits
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
-from .problems import Problem
+from .problems import Problem, query_error
 from .queries import ListWindow, comma_list, deadline, run_statuses
 from .wire import page_json, run_json
 
@@ -133,6 +135,107 @@ async def run_timeline(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[
 async def cancel_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
     run = await engine.runs.cancel(run_id)
     return {"id": run.id}
+
+
+class ReplayBody(BaseModel):
+    """Optional: without a ``payload`` the replay takes the original's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Any = None
+
+
+class ForkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fromStep: str = Field(
+        min_length=1,
+        max_length=500,
+        description="A step's name (its first call) or a journal key (step:notify#1)",
+    )
+
+
+_BULK_ACTIONS = {
+    "cancel": lambda engine: engine.runs.cancel_matching,
+    "retry": lambda engine: engine.runs.retry_matching,
+}
+
+
+@router.post(
+    "/api/v1/runs/bulk/{action}",
+    summary="Cancel or retry every run the list filters match (ours)",
+)
+async def act_on_runs(
+    action: str,
+    engine: EngineDep,
+    _: SecretCaller,
+    status: Annotated[str | None, Query(alias="filter[status]")] = None,
+    task: Annotated[str | None, Query(alias="filter[taskIdentifier]")] = None,
+    tag: Annotated[str | None, Query(alias="filter[tag]")] = None,
+    dry_run: Annotated[bool, Query(alias="dryRun")] = False,
+    *,
+    listing: ListWindow,
+) -> dict[str, Any]:
+    """The filters of ``GET /api/v1/runs`` (no paging): ``cancel`` acts on the unfinished
+    runs among them, ``retry`` on the failed ones; ``dryRun=true`` only counts. Declared
+    before the routes of one run, which would take ``bulk`` for a run id."""
+    if action not in _BULK_ACTIONS:
+        raise Problem(404, f"no bulk action {action!r}: use one of {', '.join(_BULK_ACTIONS)}")
+    if listing.after or listing.before:
+        raise query_error("page[after] and page[before] do not apply to a bulk action")
+    wanted = run_statuses(status)
+    if wanted == []:  # only statuses this engine never gives a run
+        return {"matched": 0, "changed": 0, "dryRun": dry_run}
+    act = _BULK_ACTIONS[action](engine)
+    done = await act(
+        status=wanted,
+        task=comma_list(task),
+        tags=comma_list(tag),
+        created_after=listing.created_after,
+        created_before=listing.created_before,
+        dry_run=dry_run,
+    )
+    return {"matched": done.matched, "changed": done.changed, "dryRun": done.dry_run}
+
+
+@router.post(
+    "/api/v1/runs/{run_id}/retry",
+    summary="Retry a FAILED, CRASHED or TIMED_OUT run from its journal (ours)",
+)
+async def retry_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    run = await engine.runs.retry(run_id)
+    return {"id": run.id}
+
+
+@router.post("/api/v1/runs/{run_id}/replay", summary="Replay a run as a new run")
+async def replay_run(
+    run_id: str,
+    request: Request,
+    engine: EngineDep,
+    _: SecretCaller,
+    body: ReplayBody | None = None,
+) -> dict[str, Any]:
+    reply = await replayed(request, f"replay:{run_id}")
+    if reply is None:
+        run = await engine.runs.replay(run_id, None if body is None else body.payload)
+        reply = {"id": run.id}
+        await remember(request, f"replay:{run_id}", reply)
+    return reply
+
+
+@router.post(
+    "/api/v1/runs/{run_id}/fork",
+    summary="A new run with the run's journal up to a step, going on anew from there (ours)",
+)
+async def fork_run(
+    run_id: str, request: Request, body: ForkBody, engine: EngineDep, _: SecretCaller
+) -> dict[str, Any]:
+    reply = await replayed(request, f"fork:{run_id}")
+    if reply is None:
+        run = await engine.runs.fork(run_id, from_step=body.fromStep)
+        reply = {"id": run.id}
+        await remember(request, f"fork:{run_id}", reply)
+    return reply
 
 
 @router.get("/api/v1/runs", summary="List runs, newest first")

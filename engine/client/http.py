@@ -28,6 +28,7 @@ from ..errors import (
     ConfigurationError,
     NotFoundError,
     RunNotFoundError,
+    RunStateError,
     StorageError,
     TaskNotFoundError,
     TokenNotFoundError,
@@ -196,6 +197,20 @@ class HttpRuns(Runs):
         await self._api.call("POST", f"/api/v2/runs/{run_id}/cancel")
         return await self.retrieve(run_id)
 
+    async def retry(self, run_id: str) -> Run:
+        await self._api.call("POST", f"/api/v1/runs/{run_id}/retry")
+        return await self.retrieve(run_id)
+
+    async def replay(self, run_id: str, payload: Any = None) -> Run:
+        body = None if payload is None else {"payload": payload}
+        reply = await self._api.call("POST", f"/api/v1/runs/{run_id}/replay", json=body)
+        return await self.retrieve(reply["id"])
+
+    async def fork(self, run_id: str, *, from_step: str) -> Run:
+        body = {"fromStep": from_step}
+        reply = await self._api.call("POST", f"/api/v1/runs/{run_id}/fork", json=body)
+        return await self.retrieve(reply["id"])
+
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         """Follow ``GET /api/v1/runs/{id}/stream``; reconnects when the connection drops."""
         last: str | None = None
@@ -333,6 +348,8 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
         closed = body.get("closedAt")
         when = datetime.fromisoformat(closed.replace("Z", "+00:00")) if closed else None
         return TokenNotWaitingError(path.split("/")[5], str(body.get("status")), when)
+    if status == 409:
+        return RunStateError(message)
     if status in (401, 403):
         return ConfigurationError(f"the API refused the request ({status}): {message}")
     if status < 500:

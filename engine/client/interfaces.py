@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from typing_extensions import Unpack
 
-from ..errors import ValidationError
+from ..errors import RunStateError, ValidationError
 from ..keys import SecretKey
 from ..models import (
-    BulkCancel,
+    BulkResult,
     CompletionResult,
     CompletionSource,
     Page,
@@ -42,7 +42,7 @@ from ..storage import PageRequest, RunFilter, Storage, TokenFilter
 from ..validation import clean_statuses, clean_tags
 
 BULK_BATCH = 50
-"""Runs ``cancel_matching`` cancels at once."""
+"""Runs a bulk action (``cancel_matching``, ``retry_matching``) acts on at once."""
 
 
 class Runs(ABC):
@@ -92,7 +92,7 @@ class Runs(ABC):
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
         **query: Unpack[RunQuery],
-    ) -> BulkCancel:
+    ) -> BulkResult:
         """Cancel every unfinished run the query matches (all of them without one).
 
         The matching runs are listed first, then canceled ``BULK_BATCH`` at a time;
@@ -101,25 +101,64 @@ class Runs(ABC):
         again cancels nothing more. ``dry_run`` only counts.
         """
         unfinished = [s for s in RunStatus if not s.is_terminal]
-        wanted = clean_statuses(query.get("status"), RunStatus) or unfinished
-        cancelable = [s for s in wanted if s in unfinished]
-        if not cancelable:
+
+        async def cancel(run_id: str) -> bool:
+            return (await self.cancel(run_id)).status is RunStatus.CANCELED
+
+        return await self._act_matching("canceled", unfinished, cancel, dry_run, progress, query)
+
+    async def retry_matching(
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        **query: Unpack[RunQuery],
+    ) -> BulkResult:
+        """Retry every FAILED, CRASHED and TIMED_OUT run the query matches (``retry``).
+
+        In batches like ``cancel_matching``; a run retried meanwhile (it no longer failed) is
+        skipped and not counted, so running the same call again retries only the runs that
+        failed since.
+        """
+        failed = [s for s in RunStatus if s.is_failure]
+
+        async def retry(run_id: str) -> bool:
+            try:
+                await self.retry(run_id)
+            except RunStateError:  # retried (or replaced) by someone else meanwhile
+                return False
+            return True
+
+        return await self._act_matching("retried", failed, retry, dry_run, progress, query)
+
+    async def _act_matching(
+        self,
+        done: str,
+        eligible: builtins.list[RunStatus],
+        act: Callable[[str], Awaitable[bool]],
+        dry_run: bool,
+        progress: Callable[[int, int], None] | None,
+        query: RunQuery,
+    ) -> BulkResult:
+        """List the runs ``query`` matches among the ``eligible`` statuses, then ``act`` on
+        them ``BULK_BATCH`` at a time (``act`` says whether it changed the run)."""
+        wanted = clean_statuses(query.get("status"), RunStatus) or eligible
+        narrowed_statuses = [s for s in wanted if s in eligible]
+        if not narrowed_statuses:
             raise ValidationError(
-                "only unfinished runs can be canceled: ask for "
-                + ", ".join(s.value for s in unfinished)
+                f"only runs that are {', '.join(s.value for s in eligible)} can be {done}"
             )
-        narrowed: RunQuery = {**query, "status": cancelable}
+        narrowed: RunQuery = {**query, "status": narrowed_statuses}
         ids = await self.ids(**narrowed)
         if dry_run:
-            return BulkCancel(matched=len(ids), canceled=0, dry_run=True)
-        canceled = 0
+            return BulkResult(matched=len(ids), changed=0, dry_run=True)
+        changed = 0
         for start in range(0, len(ids), BULK_BATCH):
             batch = ids[start : start + BULK_BATCH]
-            runs = await asyncio.gather(*(self.cancel(run_id) for run_id in batch))
-            canceled += sum(run.status is RunStatus.CANCELED for run in runs)
+            changed += sum(await asyncio.gather(*(act(run_id) for run_id in batch)))
             if progress is not None:
                 progress(start + len(batch), len(ids))
-        return BulkCancel(matched=len(ids), canceled=canceled)
+        return BulkResult(matched=len(ids), changed=changed)
 
     @abstractmethod
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
@@ -128,6 +167,29 @@ class Runs(ABC):
     @abstractmethod
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""
+
+    @abstractmethod
+    async def retry(self, run_id: str) -> Run:
+        """A new attempt of a FAILED, CRASHED or TIMED_OUT run, from its journal.
+
+        Its journaled calls replay (the steps that succeeded do not run again); the step
+        that failed it runs again. Its retry policy counts afresh and it gets its whole
+        ``max_duration`` again. Any other status: ``RunStateError`` (``replay`` makes a new
+        run of any run).
+        """
+
+    @abstractmethod
+    async def replay(self, run_id: str, payload: Any = None) -> Run:
+        """A new run of the same task, with the same payload (or ``payload``, validated as a
+        trigger's is), tags and trigger options, and an empty journal: everything runs again.
+        The new run's ``origin_run_id`` is the original; both timelines say so."""
+
+    @abstractmethod
+    async def fork(self, run_id: str, *, from_step: str) -> Run:
+        """A new run whose journal is the original's up to (not including) the first call of
+        step ``from_step`` (or the call with that journal key, ``step:notify#1``): what came
+        before replays, and the run goes on anew from there. Pinned to the original's
+        version, whose code wrote that journal."""
 
     @abstractmethod
     def subscribe(self, run_id: str) -> AsyncIterator[Run]:

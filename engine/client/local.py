@@ -126,13 +126,13 @@ class LocalConnection(Connection):
         return self._secret_key
 
     async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run:
-        payload, queue = await self._checked_payload(task_id, payload)
+        payload, queue = await self.checked_payload(task_id, payload)
         new = run_request(task_id, payload, self.storage.now_ms(), queue=queue, **options)
         run = await self.storage.create_run(new)
         log.info("run.triggered", run_id=run.id, task=task_id, cached=run.is_cached)
         return run
 
-    async def _checked_payload(self, task_id: str, payload: Any) -> tuple[Any, str | None]:
+    async def checked_payload(self, task_id: str, payload: Any) -> tuple[Any, str | None]:
         """The payload as stored, validated by the task's model or schema, and its queue."""
         local = REGISTRY.get(task_id)
         if local is not None:
@@ -232,6 +232,27 @@ class LocalRuns(Runs):
 
     async def cancel(self, run_id: str) -> Run:
         return await self._connection.storage.cancel_run(run_id)
+
+    async def retry(self, run_id: str) -> Run:
+        run = await self._connection.storage.retry_finished_run(run_id)
+        log.info("run.retried_by_hand", run_id=run_id)
+        return run
+
+    async def replay(self, run_id: str, payload: Any = None) -> Run:
+        storage = self._connection.storage
+        if payload is None:
+            run = await storage.replay_run(run_id)
+        else:
+            task_id = (await storage.get_run(run_id)).task_identifier
+            checked, _ = await self._connection.checked_payload(task_id, payload)
+            run = await storage.replay_run(run_id, checked, new_payload=True)
+        log.info("run.replayed", run_id=run_id, new_run_id=run.id)
+        return run
+
+    async def fork(self, run_id: str, *, from_step: str) -> Run:
+        run = await self._connection.storage.fork_run(run_id, from_step)
+        log.info("run.forked", run_id=run_id, new_run_id=run.id, from_step=from_step)
+        return run
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         storage = self._connection.storage

@@ -79,6 +79,11 @@ class NewRun:
     """The queue whose concurrency limit the run counts against (default: its task's id)."""
     concurrency_key: str | None = None
     """Runs with different keys get separate copies of the queue's limit (e.g. per tenant)."""
+    origin_run_id: str | None = None
+    """The run a replay or fork copies (``origin`` says which: ``"replay"`` or ``"fork"``)."""
+    origin: str | None = None
+    version: str | None = None
+    """Set for a fork only: its journal came from the original's code."""
 
 
 @dataclass(frozen=True)
@@ -290,8 +295,11 @@ class Storage(Protocol):
         output: Any,
         error: RunError | None,
         elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
     ) -> None:
-        """Record the run's end; ``elapsed_ms`` is this attempt's executing time."""
+        """Record the run's end; ``elapsed_ms`` is this attempt's executing time. The step
+        errors journaled under the keys in ``rerun`` (the ones that failed the run) are run
+        again if the run is retried by hand (``retry_finished_run``)."""
         ...
 
     async def retry_run(
@@ -306,6 +314,22 @@ class Storage(Protocol):
         """Queue the run's next attempt after ``delay_ms``; the step errors journaled under
         the keys in ``rerun`` (the ones that failed this attempt) are run again by it, the
         others replayed."""
+        ...
+
+    # sent round again by hand (``repairs.py``)
+    async def retry_finished_run(self, run_id: str) -> Run:
+        """Queue a FAILED, CRASHED or TIMED_OUT run for a new attempt from its journal
+        (``RunStateError`` for any other status)."""
+        ...
+
+    async def replay_run(
+        self, run_id: str, payload: Any = None, *, new_payload: bool = False
+    ) -> Run:
+        """A new run of the same task, with the same payload (or ``payload``)."""
+        ...
+
+    async def fork_run(self, run_id: str, from_call: str) -> Run:
+        """A new run whose journal is the original's up to ``from_call``."""
         ...
 
     # tokens

@@ -498,11 +498,11 @@ class StorageCore:
             "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
             " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
             " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
-            " queue, concurrency_key, created_at, updated_at)"
+            " queue, concurrency_key, origin_run_id, origin, version, created_at, updated_at)"
             f" VALUES (:id, :task_id, :status, :payload, {self.q.jsonb('tags')}, :key,"
             " :key_expires, :max_attempts, :start, :delayed_until, :ttl, :expires_at,"
             " :metadata, :max_duration_ms, :parent_run_id, :parent_key, :depth, :queue,"
-            " :concurrency_key, :now, :now) RETURNING *"
+            " :concurrency_key, :origin_run_id, :origin, :version, :now, :now) RETURNING *"
         )
         inserted = rows(
             insert,
@@ -525,6 +525,9 @@ class StorageCore:
             depth=depth,
             queue=new.queue or new.task_id,
             concurrency_key=new.concurrency_key,
+            origin_run_id=new.origin_run_id,
+            origin=new.origin,
+            version=new.version,
             now=now,
         )
         if not self.q.writes_in_with:
@@ -713,5 +716,9 @@ class StorageCore:
 
 
 def _created_detail(new: NewRun) -> dict[str, Any] | None:
-    """The detail of a run's ``created`` event: its parent, if it has one."""
-    return {"parent": new.parent_run_id} if new.parent_run_id else None
+    """The detail of a run's ``created`` event: its parent, or the run it replays or forks."""
+    if new.parent_run_id:
+        return {"parent": new.parent_run_id}
+    if new.origin_run_id:
+        return {new.origin or "origin": new.origin_run_id}
+    return None

@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 from .postgres_schema import MIGRATIONS
 from .records import RowLike
-from .runs import Runs
+from .repairs import Repairs
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, first_statement
 from .timers import Timers
@@ -133,7 +133,7 @@ def behind_pgbouncer(url: str) -> bool:
     return value in {"true", "1"}
 
 
-class PostgresStorage(Runs, Tokens, Waits, Timers):
+class PostgresStorage(Repairs, Tokens, Waits, Timers):
     """The backend for many workers on many machines."""
 
     q = POSTGRES

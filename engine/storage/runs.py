@@ -465,6 +465,7 @@ class Runs(Workers):
         output: Any,
         error: RunError | None,
         elapsed_ms: int = 0,
+        rerun: Sequence[str] = (),
     ) -> None:
         output_json = None if output is None else dump_json(output, "the task's return value")
         error_json = None if error is None else error.model_dump_json(by_alias=True)
@@ -489,6 +490,7 @@ class Runs(Workers):
             )
             if changed == 0:
                 raise lease_lost(run_id, epoch)
+            yield from self._to_rerun(run_id, rerun)
             detail = {"status": status.value}
             if error is not None:
                 detail["error"] = error.message
@@ -509,13 +511,7 @@ class Runs(Workers):
             yield from self._fence(run_id, epoch)  # this epoch still holds the run, here
             detail = {"error": error.message, "delayMs": delay_ms}
             yield from self._event([run_id], "retrying", now, detail)
-            if rerun:
-                yield count(
-                    "UPDATE journal SET rerun = TRUE WHERE run_id = :id AND is_error = TRUE"
-                    f" AND key {self.q.in_('keys')}",
-                    id=run_id,
-                    keys=list(rerun),
-                )
+            yield from self._to_rerun(run_id, rerun)
             yield count(
                 "UPDATE runs SET status = 'QUEUED', available_at = :available,"
                 " updated_at = :now, attempt_count = attempt_count + 1, error = :error,"
@@ -529,6 +525,16 @@ class Runs(Workers):
             )
 
         await self._write(op)
+
+    def _to_rerun(self, run_id: str, keys: Sequence[str]) -> Op[None]:
+        """Mark the step errors journaled under ``keys`` to run again by the next attempt."""
+        if keys:
+            yield count(
+                "UPDATE journal SET rerun = TRUE WHERE run_id = :id AND is_error = TRUE"
+                f" AND key {self.q.in_('keys')}",
+                id=run_id,
+                keys=list(keys),
+            )
 
     async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
         if not await self._any_due("runs", "status = 'EXECUTING' AND lease_expires_at < :now"):

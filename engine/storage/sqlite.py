@@ -29,7 +29,7 @@ from ..keys import SigningSecrets, legacy_signature_hash
 from ..private_files import folder_problem, private_dirs, private_file, refusal
 from ..settings import sqlite_path
 from .records import RowLike
-from .runs import Runs
+from .repairs import Repairs
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_statement
 from .sqlite_schema import MIGRATIONS
@@ -44,7 +44,7 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-class SQLiteStorage(Runs, Tokens, Waits, Timers):
+class SQLiteStorage(Repairs, Tokens, Waits, Timers):
     """The embedded default backend."""
 
     q = SQLITE

@@ -29,6 +29,8 @@ JSON_ROUTES = {
     "POST /api/v1/waitpoints/tokens/{token_id}/callback/{signature}",
     "POST /api/v1/tasks/{task_id}/trigger",
     "POST /api/v1/waitpoints/tokens/{token_id}/approval-link",
+    "POST /api/v1/runs/{run_id}/replay",
+    "POST /api/v1/runs/{run_id}/fork",
 }
 BODIES = {
     "alone": BIG,
@@ -80,6 +82,7 @@ async def test_a_number_too_long_for_python_is_400_on_every_json_route(
     token_id, callback, public = await _waiting_token(api)
     path = route.split(" ", 1)[1]
     path = path.replace("{task_id}", TASK).replace("{token_id}", token_id)
+    path = path.replace("{run_id}", "run_never_reached")  # the body is refused first
     headers = {**AUTH, "content-type": "application/json"}
     if "{signature}" in path:
         path, headers = callback, {"content-type": "application/json"}

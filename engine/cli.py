@@ -124,7 +124,12 @@ Duration = "DURATION"
 """The metavar of a duration option: 30s, 10m, 1h30m, 7d."""
 Since = Annotated[
     str | None,
-    typer.Option("--since", metavar=Duration, help="Only runs created in the last 24h, 7d..."),
+    typer.Option(
+        "--since",
+        "--created-after",
+        metavar=Duration,
+        help="Only runs created in the last 24h, 7d...",
+    ),
 ]
 
 

@@ -271,7 +271,15 @@ def _event(entry: TimelineEntry) -> str:
     if entry.kind == "waiting":
         return _waiting(entry)
     if entry.kind == "created":
-        return f"child of run {detail['parent']}" if "parent" in detail else ""
+        for key, made_as in (("parent", "child"), ("replay", "replay"), ("fork", "fork")):
+            if key in detail:
+                return f"{made_as} of run {detail[key]}"
+        return ""
+    if entry.kind == "retried":
+        return f"retried by hand after it was {detail.get('status', 'finished')}"
+    if entry.kind in ("replayed", "forked") and "runId" in detail:
+        where = f" from {detail['from']}" if detail.get("from") else ""
+        return f"{entry.kind} as run {detail['runId']}{where}"
     if entry.kind == "attempt_started" and "worker" in detail:
         return f"worker {detail['worker']}"
     if entry.kind == "finished" and "status" in detail:

@@ -274,12 +274,17 @@ def test_the_commands_retry_replay_and_fork(database: str) -> None:
     replayed: Any = ok_json(database, "runs", "replay", made["id"], "--payload", '{"n": 2}')
     assert (replayed["originRunId"], replayed["origin"]) == (made["id"], "replay")
     assert replayed["payload"] == {"n": 2}
+    people = invoke(database, "runs", "get", made["id"])
+    assert f"replayed as run {replayed['id']}" in people.stdout
+    assert f"replay of run {made['id']}" in invoke(database, "runs", "get", replayed["id"]).stdout
     assert_one_line_error(
         invoke(database, "runs", "fork", made["id"], "--from-step", "x"), "journaled no call 'x'"
     )
     assert_one_line_error(
         invoke(database, "runs", "replay", made["id"], "--payload", "{"), "--payload is not valid"
     )
-    dry: Any = ok_json(database, "runs", "retry", "--task", "cli-repair", "--dry-run")
+    dry: Any = ok_json(
+        database, "runs", "retry", "--task", "cli-repair", "--created-after", "1h", "--dry-run"
+    )
     assert dry == {"matched": 0, "retried": 0, "dryRun": True}
     assert_one_line_error(invoke(database, "runs", "retry"), "pass RUN_ID, or filters")

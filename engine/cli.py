@@ -28,7 +28,7 @@ from .logs import configure_logging
 if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only the above
     from .client import Engine
     from .keys import SecretKey
-    from .models import BulkResult, CompletionResult, Page, Run, TimelineEntry, Token
+    from .models import BulkResult, CompletionResult, Page, Run, TaskState, TimelineEntry, Token
     from .registry import TaskDefinition
     from .services import APIServer
     from .settings import Settings
@@ -40,10 +40,12 @@ app = Typer(
     add_completion=True,
     help="Waitpoint: durable runs for Python asyncio.",
 )
-runs_app = Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
+runs_app = Typer(no_args_is_help=True, help="List, inspect, cancel, pause and resume runs.")
 tokens_app = Typer(no_args_is_help=True, help="Create, inspect, complete and cancel tokens.")
+tasks_app = Typer(no_args_is_help=True, help="Pause and resume tasks on every worker.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(tasks_app, name="tasks")
 
 Database = Annotated[
     str | None,
@@ -659,7 +661,10 @@ def runs_list(
         )
 
     page = _run(api_url or database, action, api_key=api_key)
-    show_page(page, as_json, RUN_COLUMNS, "runs")
+    columns = RUN_COLUMNS  # and since when a run was paused, on a page that has one
+    if any(run.paused_at is not None for run in page.data):
+        columns = {**RUN_COLUMNS, "pausedAt": "paused"}
+    show_page(page, as_json, columns, "runs")
 
 
 @runs_app.command("check")
@@ -909,6 +914,103 @@ def runs_fork(
         api_url or database, lambda e: e.runs.fork(run_id, from_step=from_step), api_key=api_key
     )
     show(run, as_json)
+
+
+@runs_app.command("pause")
+def runs_pause(
+    run_id: RunId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Keep workers from claiming a run until `runs resume`.
+
+    An attempt executing now finishes its work as usual: the run is held once it waits,
+    retries or is handed back. A waiting run still records what completes, but does not
+    start again until resumed.
+    """
+    from .console import show
+
+    show(_run(api_url or database, lambda e: e.runs.pause(run_id), api_key=api_key), as_json)
+
+
+@runs_app.command("resume")
+def runs_resume(
+    run_id: RunId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Let workers claim a paused run again (a queued one starts at once)."""
+    from .console import show
+
+    show(_run(api_url or database, lambda e: e.runs.resume(run_id), api_key=api_key), as_json)
+
+
+# --- tasks -----------------------------------------------------------------------------
+
+
+def _show_task(state: TaskState, as_json: bool) -> None:
+    """The task's state as JSON, or one sentence saying what now holds for its runs."""
+    if as_json:
+        print(state.model_dump_json(by_alias=True))
+    elif state.paused_at is not None:
+        print(
+            f"task {state.task_id} paused since {state.paused_at.isoformat()}: no worker"
+            f" starts its runs until `waitpoint tasks resume {state.task_id}`"
+        )
+    else:
+        print(f"task {state.task_id} is not paused: workers start its runs")
+
+
+@tasks_app.command("pause")
+def tasks_pause(
+    task_id: TaskId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Stop new claims of TASK_ID's runs on every worker (an incident switch).
+
+    Attempts running now go on; the task's runs are still triggered, queued and completed,
+    but none starts until `tasks resume`.
+    """
+    _show_task(
+        _run(api_url or database, lambda e: e.tasks.pause(task_id), api_key=api_key), as_json
+    )
+
+
+@tasks_app.command("resume")
+def tasks_resume(
+    task_id: TaskId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Let workers claim TASK_ID's runs again, at once."""
+    state = _run(api_url or database, lambda e: e.tasks.resume(task_id), api_key=api_key)
+    _show_task(state, as_json)
+
+
+@tasks_app.command("paused")
+def tasks_paused(
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List the paused tasks."""
+    from .console import show_page
+    from .models import Page
+
+    found = _run(api_url or database, lambda e: e.tasks.paused(), api_key=api_key)
+    show_page(
+        Page(data=found), as_json, {"taskId": "task", "pausedAt": "paused since"}, "paused tasks"
+    )
 
 
 # --- tokens ----------------------------------------------------------------------------

@@ -13,6 +13,8 @@
     │   ├── RunNotFoundError
     │   └── TokenNotFoundError
     ├── TokenNotWaitingError         completing a token that timed out or was cancelled
+    ├── RunStateError                the run's status forbids it: retrying a run that did not
+    │                                fail, pausing or resuming a finished one
     ├── WaitpointError               what a failed wait carries in ``WaitResult.error``
     │   ├── WaitpointTimeoutError
     │   └── WaitpointCancelledError

@@ -441,6 +441,17 @@ class TaskWorkers(WireModel):
         return f"no live worker serves task {self.task_id!r} (last seen {ago(seconds)} ago)"
 
 
+class TaskState(WireModel):
+    """Whether a task is paused (``engine.tasks.pause``): while it is, no worker claims a run
+    of it, on any machine; its runs keep being triggered, queued and completed meanwhile."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"paused_at"})
+
+    task_id: str
+    paused_at: datetime | None = None
+    """Since when (None: not paused)."""
+
+
 def ago(seconds: float) -> str:
     """A span of time as people say it: ``45 s``, ``3 min``, ``5 h``, ``2 days``."""
     seconds = max(0, int(seconds))

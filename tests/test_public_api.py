@@ -30,6 +30,7 @@ EXPECTED_ALL = [
     "Run",
     "RunError",
     "RunFailedError",
+    "RunStateError",
     "RunInfo",
     "RunNotFoundError",
     "RunResult",

@@ -1,6 +1,6 @@
 """Runs and tasks: trigger a task, retrieve, list and cancel runs (Trigger.dev's paths);
-retry, replay, fork, and cancel or retry many runs by filter (replay in Trigger.dev's shape,
-the others ours)."""
+retry, replay, fork, pause and resume runs, pause and resume tasks, and cancel or retry many
+runs by filter (replay in Trigger.dev's shape, the others ours)."""
 
 from __future__ import annotations
 
@@ -236,6 +236,39 @@ async def fork_run(
         reply = {"id": run.id}
         await remember(request, f"fork:{run_id}", reply)
     return reply
+
+
+@router.post(
+    "/api/v1/runs/{run_id}/pause",
+    summary="Pause a run: no worker claims it until it is resumed (ours)",
+)
+async def pause_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    return run_json(await engine.runs.pause(run_id))
+
+
+@router.post("/api/v1/runs/{run_id}/resume", summary="Resume a paused run (ours)")
+async def resume_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    return run_json(await engine.runs.resume(run_id))
+
+
+@router.post(
+    "/api/v1/tasks/{task_id}/pause",
+    summary="Pause a task: no worker claims its runs until it is resumed (ours)",
+)
+async def pause_task(task_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    state = await engine.tasks.pause(task_id)
+    return state.model_dump(mode="json", by_alias=True)
+
+
+@router.post("/api/v1/tasks/{task_id}/resume", summary="Resume a paused task (ours)")
+async def resume_task(task_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    state = await engine.tasks.resume(task_id)
+    return state.model_dump(mode="json", by_alias=True)
+
+
+@router.get("/api/v1/tasks/paused", summary="The tasks paused now (ours)")
+async def paused_tasks(engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    return {"data": [t.model_dump(mode="json", by_alias=True) for t in await engine.tasks.paused()]}
 
 
 @router.get("/api/v1/runs", summary="List runs, newest first")

@@ -37,7 +37,7 @@ from ..registry import REGISTRY
 from ..settings import Settings
 from ..signing import CallbackSigner
 from ..storage import Storage
-from .interfaces import Connection, Runs, Tokens, Workers
+from .interfaces import Connection, Runs, Tasks, Tokens, Workers
 from .local import (
     FOLLOW_MIN_GAP_SECONDS,
     FOLLOW_RECHECK_SECONDS,
@@ -53,6 +53,7 @@ __all__ = [
     "Connection",
     "Engine",
     "Runs",
+    "Tasks",
     "Tokens",
     "Workers",
     "current_engine",
@@ -97,6 +98,7 @@ class Engine:
         self.runs: Runs = self._connection.runs
         self.tokens: Tokens = self._connection.tokens
         self.workers: Workers = self._connection.workers
+        self.tasks: Tasks = self._connection.tasks
 
     @classmethod
     def over(cls, storage: Storage, signer: CallbackSigner) -> Engine:
@@ -107,6 +109,7 @@ class Engine:
         engine.runs = engine._connection.runs
         engine.tokens = engine._connection.tokens
         engine.workers = engine._connection.workers
+        engine.tasks = engine._connection.tasks
         return engine
 
     @property

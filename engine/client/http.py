@@ -1,5 +1,5 @@
-"""The HTTP transport: ``engine.runs``, ``engine.tokens`` and ``engine.workers`` over the REST
-API, with httpx, for scripts that have no database access.
+"""The HTTP transport: ``engine.runs``, ``engine.tokens``, ``engine.workers`` and
+``engine.tasks`` over the REST API, with httpx, for scripts that have no database access.
 
     async with Engine("http://waitpoint.internal:8030", api_key=key) as engine:
         await engine.tokens.complete(token_id, {"approved": True})
@@ -41,6 +41,7 @@ from ..models import (
     CompletionSource,
     Page,
     Run,
+    TaskState,
     TaskWorkers,
     TimelineEntry,
     Token,
@@ -55,7 +56,7 @@ from ..options import (
 )
 from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
-from .interfaces import Connection, Runs, Tokens, Workers
+from .interfaces import Connection, Runs, Tasks, Tokens, Workers
 
 STREAM_READ_SECONDS = 60.0
 """Longer than the server's keep-alive interval (15 s): a silent stream is a dead one."""
@@ -125,6 +126,7 @@ class HttpConnection(Connection):
         self.runs = HttpRuns(self.api)
         self.tokens = HttpTokens(self.api)
         self.workers = HttpWorkers(self.api)
+        self.tasks = HttpTasks(self.api)
 
     async def open(self) -> None:
         """Nothing to open: httpx connects at the first call."""
@@ -210,6 +212,12 @@ class HttpRuns(Runs):
         body = {"fromStep": from_step}
         reply = await self._api.call("POST", f"/api/v1/runs/{run_id}/fork", json=body)
         return await self.retrieve(reply["id"])
+
+    async def pause(self, run_id: str) -> Run:
+        return Run.model_validate(await self._api.call("POST", f"/api/v1/runs/{run_id}/pause"))
+
+    async def resume(self, run_id: str) -> Run:
+        return Run.model_validate(await self._api.call("POST", f"/api/v1/runs/{run_id}/resume"))
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         """Follow ``GET /api/v1/runs/{id}/stream``; reconnects when the connection drops."""
@@ -326,6 +334,23 @@ class HttpWorkers(Workers):
     async def for_task(self, task_id: str) -> TaskWorkers:
         reply = await self._api.call("GET", f"/api/v1/tasks/{quote(task_id, safe='')}/workers")
         return TaskWorkers.model_validate(reply)
+
+
+class HttpTasks(Tasks):
+    def __init__(self, api: HttpAPI) -> None:
+        self._api = api
+
+    async def pause(self, task_id: str) -> TaskState:
+        path = f"/api/v1/tasks/{quote(task_id, safe='')}/pause"
+        return TaskState.model_validate(await self._api.call("POST", path))
+
+    async def resume(self, task_id: str) -> TaskState:
+        path = f"/api/v1/tasks/{quote(task_id, safe='')}/resume"
+        return TaskState.model_validate(await self._api.call("POST", path))
+
+    async def paused(self) -> builtins.list[TaskState]:
+        reply = await self._api.call("GET", "/api/v1/tasks/paused")
+        return [TaskState.model_validate(item) for item in reply["data"]]
 
 
 def _error_of(response: httpx.Response, path: str) -> Exception:

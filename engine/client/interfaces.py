@@ -1,8 +1,9 @@
-"""What ``engine.runs``, ``engine.tokens`` and ``engine.workers`` promise, whatever the transport.
+"""What ``engine.runs``, ``engine.tokens``, ``engine.workers`` and ``engine.tasks`` promise,
+whatever the transport.
 
 Each is an abstract class with two implementations side by side: ``local`` (over a
 ``Storage``, in this process) and ``http`` (over the REST API, with httpx). ``Connection``
-bundles one transport's three and what the facade needs besides (opening, closing,
+bundles one transport's four and what the facade needs besides (opening, closing,
 triggering), so ``Engine`` picks a connection once, at construction, and never asks which
 kind it has. What both transports do alike is written here, once: the arguments of the list
 calls are validated into a filter and a page before either transport sees them, and
@@ -29,6 +30,7 @@ from ..models import (
     Page,
     Run,
     RunStatus,
+    TaskState,
     TaskWorkers,
     TimelineEntry,
     Token,
@@ -192,6 +194,21 @@ class Runs(ABC):
         version, whose code wrote that journal."""
 
     @abstractmethod
+    async def pause(self, run_id: str) -> Run:
+        """Keep workers from claiming the run until ``resume`` (``paused_at`` says since when).
+
+        An attempt executing now is not interrupted: the run is held once it parks, retries or
+        is handed back. A WAITING run still records the completions of what it waits on and
+        goes back to the queue, but starts again only once resumed. Pausing a paused run
+        changes nothing; a finished run raises ``RunStateError``.
+        """
+
+    @abstractmethod
+    async def resume(self, run_id: str) -> Run:
+        """Let workers claim a paused run again (a QUEUED one at once); a run that is not
+        paused is returned unchanged, a finished one raises ``RunStateError``."""
+
+    @abstractmethod
     def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         """The run now and after every change, ending with its final state.
 
@@ -303,12 +320,33 @@ class Workers(ABC):
         return (await self.for_task(run.task_identifier)).unserved
 
 
+class Tasks(ABC):
+    """``engine.tasks``: switch a task's runs off on every worker at once, and on again."""
+
+    @abstractmethod
+    async def pause(self, task_id: str) -> TaskState:
+        """Stop new claims of the task's runs on every worker (an incident switch) until
+        ``resume``: attempts running now go on, and its runs are still triggered, queued and
+        completed, but none starts. Pausing a paused task changes nothing; a task no worker
+        registered raises ``TaskNotFoundError``."""
+
+    @abstractmethod
+    async def resume(self, task_id: str) -> TaskState:
+        """Let workers claim the task's runs again, at once."""
+
+    @abstractmethod
+    async def paused(self) -> builtins.list[TaskState]:
+        """The tasks paused now, by id."""
+
+
 class Connection(ABC):
-    """One transport's ``runs``, ``tokens`` and ``workers``, and what ``Engine`` needs besides."""
+    """One transport's ``runs``, ``tokens``, ``workers`` and ``tasks``, and what ``Engine``
+    needs besides."""
 
     runs: Runs
     tokens: Tokens
     workers: Workers
+    tasks: Tasks
 
     @abstractmethod
     async def open(self) -> None: ...

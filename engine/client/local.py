@@ -1,5 +1,6 @@
-"""The local transport: ``engine.runs``, ``engine.tokens`` and ``engine.workers`` over a
-``Storage`` this process opened (a SQLite file or a PostgreSQL database).
+"""The local transport: ``engine.runs``, ``engine.tokens``, ``engine.workers`` and
+``engine.tasks`` over a ``Storage`` this process opened (a SQLite file or a PostgreSQL
+database).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..models import (
     CompletionSource,
     Page,
     Run,
+    TaskState,
     TaskWorkers,
     TimelineEntry,
     Token,
@@ -41,7 +43,7 @@ from ..signing import (
 )
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter, open_storage
 from ..validation import validate_against_schema
-from .interfaces import Connection, Runs, Tokens, Workers
+from .interfaces import Connection, Runs, Tasks, Tokens, Workers
 
 log = get_logger("engine.client")
 
@@ -81,6 +83,7 @@ class LocalConnection(Connection):
         self.runs = LocalRuns(self)
         self.tokens = LocalTokens(self)
         self.workers = LocalWorkers(self)
+        self.tasks = LocalTasks(self)
 
     async def open(self) -> None:
         if self._storage is not None:
@@ -254,6 +257,16 @@ class LocalRuns(Runs):
         log.info("run.forked", run_id=run_id, new_run_id=run.id, from_step=from_step)
         return run
 
+    async def pause(self, run_id: str) -> Run:
+        run = await self._connection.storage.pause_run(run_id)
+        log.info("run.paused", run_id=run_id)
+        return run
+
+    async def resume(self, run_id: str) -> Run:
+        run = await self._connection.storage.resume_run(run_id)
+        log.info("run.resumed", run_id=run_id)
+        return run
+
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         storage = self._connection.storage
         changes = follow(
@@ -344,3 +357,21 @@ class LocalWorkers(Workers):
 
     async def for_task(self, task_id: str) -> TaskWorkers:
         return await self._connection.storage.task_workers(task_id)
+
+
+class LocalTasks(Tasks):
+    def __init__(self, connection: LocalConnection) -> None:
+        self._connection = connection
+
+    async def pause(self, task_id: str) -> TaskState:
+        state = await self._connection.storage.pause_task(task_id)
+        log.info("task.paused", task=task_id)
+        return state
+
+    async def resume(self, task_id: str) -> TaskState:
+        state = await self._connection.storage.resume_task(task_id)
+        log.info("task.resumed", task=task_id)
+        return state
+
+    async def paused(self) -> builtins.list[TaskState]:
+        return await self._connection.storage.paused_tasks()

@@ -27,6 +27,7 @@ from ..models import (
     RunEvent,
     RunStatus,
     TaskInfo,
+    TaskState,
     TaskWorkers,
     Token,
     WaitpointStatus,
@@ -224,6 +225,20 @@ class Storage(Protocol):
         ``fresh``: as the database has them now)."""
         ...
 
+    async def pause_task(self, task_id: str) -> TaskState:
+        """Keep every worker from claiming runs of the task until ``resume_task`` (an incident
+        switch): attempts running now go on, new claims stop. ``TaskNotFoundError`` for a task
+        no worker registered."""
+        ...
+
+    async def resume_task(self, task_id: str) -> TaskState:
+        """Let workers claim runs of the task again, and wake them (their runs waited QUEUED)."""
+        ...
+
+    async def paused_tasks(self) -> list[TaskState]:
+        """The tasks paused now, by id."""
+        ...
+
     # runs
     async def create_run(self, new: NewRun) -> Run:
         """Insert a QUEUED run, or return the live one with the same idempotency key."""
@@ -252,12 +267,25 @@ class Storage(Protocol):
         """
         ...
 
+    async def pause_run(self, run_id: str) -> Run:
+        """Keep workers from claiming the run until ``resume_run`` (a ``paused`` event; pausing
+        a paused run changes nothing). An executing attempt is not interrupted; a WAITING run
+        still records its completions and goes back to the queue, where it stays.
+        ``RunStateError`` for a finished run."""
+        ...
+
+    async def resume_run(self, run_id: str) -> Run:
+        """Let workers claim the run again (a ``resumed`` event), and wake them if it is
+        QUEUED; a run not paused is left as it is. ``RunStateError`` for a finished run."""
+        ...
+
     async def claim_runs(
         self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
     ) -> list[ClaimedRun]:
-        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each), each
-        with its journal in the order the entries were recorded (a run's own entries in
-        commit order: replay returns racing calls in that order)."""
+        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each; paused
+        runs and runs of paused tasks are left), each with its journal in the order the
+        entries were recorded (a run's own entries in commit order: replay returns racing
+        calls in that order)."""
         ...
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:

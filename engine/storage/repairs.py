@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import RunNotFoundError, RunStateError, ValidationError
+from ..errors import RunStateError, ValidationError
 from ..journal import CallKey
 from ..models import Run, RunStatus
 from .base import NewRun
@@ -30,7 +30,8 @@ class Repairs(Runs):
         run again when it failed (``finish_run``'s ``rerun``), so the failing step runs again.
         The retry policy counts afresh from here (``attempt_base``), the run gets its whole
         ``max_duration`` again (``executing_ms``) and its crash count starts over; the lease
-        epoch moves on, so nothing an old attempt still writes lands.
+        epoch moves on, so nothing an old attempt still writes lands. A pause it kept after it
+        finished ends: a retry by hand asks for it to run.
         """
 
         def op(now: int) -> Op[None]:
@@ -47,7 +48,7 @@ class Repairs(Runs):
                 " finished_at = NULL, output = NULL, error = NULL, expires_at = NULL,"
                 " attempt_base = attempt_count, attempt_count = attempt_count + 1,"
                 " executing_ms = 0, recovery_count = 0, lease_epoch = lease_epoch + 1,"
-                " lease_owner = NULL, lease_expires_at = NULL WHERE id = :id",
+                " lease_owner = NULL, lease_expires_at = NULL, paused_at = NULL WHERE id = :id",
                 now=now,
                 id=run_id,
             )
@@ -106,16 +107,6 @@ class Repairs(Runs):
             return made
 
         return run_from_row(await self._write(op))
-
-    def _run_row(self, run_id: str, columns: str) -> Op[RowLike]:
-        """The run's row, locked (PostgreSQL) as every change made from outside locks it."""
-        found = yield rows(
-            f"SELECT {columns} FROM runs WHERE id = :id{self.q.for_update}", id=run_id
-        )
-        if not found:
-            raise RunNotFoundError(f"no run with id {run_id!r}")
-        row: RowLike = found[0]
-        return row
 
     @staticmethod
     def _copy(row: RowLike, origin: str, payload: Any) -> NewRun:

@@ -1,13 +1,25 @@
-"""Operations on runs: trigger, claim with leases, journal, finish, retry, cancel, rescue."""
+"""Operations on runs: trigger, claim with leases, journal, finish, retry, cancel, pause,
+rescue."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import RunNotFoundError
+from ..clock import from_ms, from_ms_or_none
+from ..errors import RunNotFoundError, RunStateError, TaskNotFoundError
 from ..faults import crash_point
-from ..models import ClaimedRun, JournalEntry, Page, Run, RunError, RunEvent, RunStatus, TaskInfo
+from ..models import (
+    ClaimedRun,
+    JournalEntry,
+    Page,
+    Run,
+    RunError,
+    RunEvent,
+    RunStatus,
+    TaskInfo,
+    TaskState,
+)
 from .base import JournalWrite, NewRun, NewWorker, PageRequest, RunFilter
 from .core import lease_lost
 from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
@@ -23,6 +35,11 @@ _CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.s
 
 class Runs(Workers):
     """Runs, their leases and journals, and the task registry (and the workers serving it)."""
+
+    _channel = ""
+    """PostgreSQL: the channel the rows' triggers notify on (``notify_change``), for the
+    changes no trigger sees (``_tell``); SQLite has none: its commits wake this process
+    (``_write``), and ``PRAGMA data_version`` the others."""
 
     async def register_tasks(self, tasks: list[TaskInfo], worker: NewWorker | None = None) -> None:
         def op(now: int) -> Op[None]:
@@ -68,6 +85,55 @@ class Runs(Workers):
         if self._following and generation == self._registry_generation:
             self._task_registry = tasks
         return list(tasks)
+
+    async def pause_task(self, task_id: str) -> TaskState:
+        """Keep every worker from claiming runs of the task until ``resume_task``; a paused
+        task keeps the moment it was first paused. Unknown task: ``TaskNotFoundError``."""
+
+        def op(now: int) -> Op[TaskState]:
+            found = yield rows(
+                "UPDATE tasks SET paused_at = coalesce(paused_at, :now) WHERE id = :id"
+                " RETURNING paused_at",
+                now=now,
+                id=task_id,
+            )
+            if not found:
+                raise (yield from self._unknown_task(task_id))
+            return TaskState(task_id=task_id, paused_at=from_ms_or_none(found[0]["paused_at"]))
+
+        return await self._write(op)
+
+    async def resume_task(self, task_id: str) -> TaskState:
+        """Let workers claim runs of the task again, at once (a task not paused is left as it
+        is). Unknown task: ``TaskNotFoundError``."""
+
+        def op(now: int) -> Op[TaskState]:
+            found = yield rows(
+                f"SELECT paused_at FROM tasks WHERE id = :id{self.q.for_update}", id=task_id
+            )
+            if not found:
+                raise (yield from self._unknown_task(task_id))
+            if found[0]["paused_at"] is not None:
+                yield count("UPDATE tasks SET paused_at = NULL WHERE id = :id", id=task_id)
+                # the runs it held are QUEUED already: no status changes, no trigger tells the
+                # workers; an unnumbered 'q:<task>' makes each worker of the task claim all
+                # that is due (as after a poll), not just the runs of its turn
+                yield from self._tell(":payload", payload=f"q:{task_id}")
+            return TaskState(task_id=task_id)
+
+        return await self._write(op)
+
+    async def paused_tasks(self) -> list[TaskState]:
+        """The tasks paused now, by id."""
+        found = await self._read(
+            rows("SELECT id, paused_at FROM tasks WHERE paused_at IS NOT NULL ORDER BY id")
+        )
+        return [TaskState(task_id=r["id"], paused_at=from_ms(r["paused_at"])) for r in found]
+
+    def _unknown_task(self, task_id: str) -> Op[TaskNotFoundError]:
+        """The error for a task no worker registered, naming the ones registered."""
+        known = yield rows("SELECT id FROM tasks ORDER BY id")
+        return TaskNotFoundError(task_id, [r["id"] for r in known])
 
     async def create_run(self, new: NewRun) -> Run:
         dump_json(new.payload, "the payload")  # refuse a bad payload before the transaction
@@ -210,6 +276,84 @@ class Runs(Workers):
         if self.q.row_locks:
             yield rows(f"SELECT id FROM runs WHERE {where} ORDER BY id FOR UPDATE", **params)
 
+    async def pause_run(self, run_id: str) -> Run:
+        """Keep workers from claiming the run until ``resume_run``, with a ``paused`` event on
+        its timeline (pausing a paused run changes nothing). An attempt executing now is not
+        interrupted: the run is held once it parks, retries or is handed back. A WAITING run
+        still takes its completions and goes back to the queue, where it stays."""
+
+        def op(now: int) -> Op[None]:
+            run = yield from self._unfinished(run_id)
+            if run["paused_at"] is not None:
+                return
+            yield count(
+                "UPDATE runs SET paused_at = :now, updated_at = :now WHERE id = :id",
+                now=now,
+                id=run_id,
+            )
+            yield from self._event([run_id], "paused", now)
+            yield from self._tell(":payload", payload=f"r:{run_id}")  # readers elsewhere
+
+        await self._write(op)
+        return await self.get_run(run_id)
+
+    async def resume_run(self, run_id: str) -> Run:
+        """Let workers claim the run again, with a ``resumed`` event on its timeline (a run not
+        paused is left as it is); a QUEUED run is claimed at once."""
+
+        def op(now: int) -> Op[None]:
+            run = yield from self._unfinished(run_id)
+            if run["paused_at"] is None:
+                return
+            yield count(
+                "UPDATE runs SET paused_at = NULL, updated_at = :now WHERE id = :id",
+                now=now,
+                id=run_id,
+            )
+            yield from self._event([run_id], "resumed", now)
+            yield from self._tell(":payload", payload=f"r:{run_id}")
+            if run["status"] == RunStatus.QUEUED:  # as notify_change() tells a queued run
+                yield from self._tell(
+                    "'q' || (hashtext(id) & 2147483647) || ':' || task_id",
+                    "runs WHERE id = :id",
+                    id=run_id,
+                )
+
+        await self._write(op)
+        return await self.get_run(run_id)
+
+    def _unfinished(self, run_id: str) -> Op[RowLike]:
+        """The run's status and pause, locked (``RunNotFoundError``; ``RunStateError`` once
+        it finished: a finished run is claimed by no one, so a pause would hold nothing)."""
+        row = yield from self._run_row(run_id, "status, paused_at")
+        status = RunStatus(row["status"])
+        if status.is_terminal:
+            raise RunStateError(
+                f"run {run_id} already finished ({status.value}): only an unfinished run can"
+                " be paused or resumed"
+            )
+        return row
+
+    def _run_row(self, run_id: str, columns: str) -> Op[RowLike]:
+        """The run's row, locked (PostgreSQL) as every change made from outside locks it."""
+        found = yield rows(
+            f"SELECT {columns} FROM runs WHERE id = :id{self.q.for_update}", id=run_id
+        )
+        if not found:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        row: RowLike = found[0]
+        return row
+
+    def _tell(self, expression: str, source: str | None = None, **params: Any) -> Op[None]:
+        """PostgreSQL: notify the payload ``expression`` gives (SQL, over the rows of
+        ``source`` if given) on the channel of migration 6's triggers, at commit, for a change
+        they do not see: pausing and resuming change no status. SQLite: nothing to send."""
+        if not self._channel:
+            return
+        where = f" FROM {source}" if source else ""
+        notify = f"SELECT pg_notify(:channel, {expression}){where}"
+        yield count(notify, channel=self._channel, **params)
+
     async def claim_runs(
         self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
     ) -> list[ClaimedRun]:
@@ -292,6 +436,17 @@ class Runs(Workers):
             f" AND ({r}lease_owner IS NULL OR {r}lease_expires_at <= :now)"
             f" AND {r}task_id {self.q.in_('tasks')}"
             f" AND ({r}expires_at IS NULL OR {r}expires_at > :now)"
+            f" AND {self._unpaused(alias)}"
+        )
+
+    @staticmethod
+    def _unpaused(alias: str = "") -> str:
+        """Neither the run (of ``runs``, or of ``alias``) nor its task is paused: one lookup
+        of the task by its key per candidate run."""
+        r = alias or "runs."
+        return (
+            f"{r}paused_at IS NULL AND NOT EXISTS (SELECT 1 FROM tasks t"
+            f" WHERE t.id = {r}task_id AND t.paused_at IS NOT NULL)"
         )
 
     def _leasing(self, owner: str, lease_ms: int, now: int, rest: str, **params: Any) -> Sql:
@@ -577,7 +732,7 @@ class Runs(Workers):
             rows(
                 "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
                 " AND (lease_owner IS NULL OR lease_expires_at <= :now)"
-                f" AND task_id {self.q.in_('tasks')} LIMIT 1",
+                f" AND task_id {self.q.in_('tasks')} AND {self._unpaused()} LIMIT 1",
                 now=self.now_ms(),
                 tasks=task_ids,
             ),

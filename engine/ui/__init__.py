@@ -10,7 +10,7 @@ server-signed session and the links hold public access tokens scoped to one toke
 
     signin       /ui/login, /ui/logout
     token_pages  /ui/tokens (the inbox), /ui/tokens/{id} (complete, cancel, share)
-    run_pages    /ui/runs, /ui/runs/{id} (timeline, cancel)
+    run_pages    /ui/runs, /ui/runs/{id} (timeline; cancel, pause, resume)
     approve      /ui/approve/{id}?t=... (standalone, no session)
     links        POST /api/v1/waitpoints/tokens/{id}/approval-link (for remote engines)
 """

@@ -27,6 +27,7 @@ from ..errors import (
     EngineError,
     NotFoundError,
     RunNotFoundError,
+    RunStateError,
     StorageError,
     TokenNotFoundError,
     TokenNotWaitingError,
@@ -87,6 +88,8 @@ def _page_error(exc: Exception) -> PageError:
         return PageError(404, "Not found", str(exc))
     if isinstance(exc, TokenNotWaitingError):
         return PageError(410, "Already closed", str(exc))
+    if isinstance(exc, RunStateError):
+        return PageError(409, "Not possible now", str(exc))
     if isinstance(exc, ValidationError):
         return PageError(422, "Not accepted", str(exc))
     if isinstance(exc, StorageError):

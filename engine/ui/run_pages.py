@@ -1,18 +1,69 @@
 """Runs: a filterable list and each run's page (status, payload, output, errors with their
-stack traces, and the timeline of steps, waits and how each wait ended). Signed-in only."""
+stack traces, the timeline of steps, waits and how each wait ended, and buttons that act on
+the run: ``RUN_ACTIONS``). Signed-in only."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from ..models import RunStatus
+from ..client import Engine
+from ..models import Run, RunStatus
 from .render import PAGE_HEADERS
-from .routing import PageRoute, SameSite, SignedIn, engine_of, ui_of
+from .routing import PageError, PageRoute, SameSite, SignedIn, engine_of, ui_of
 
 router = APIRouter(prefix="/ui/runs", route_class=PageRoute, include_in_schema=False)
+
+
+@dataclass(frozen=True)
+class RunAction:
+    """A button on a run's page: a form post to ``/ui/runs/{id}/{name}`` (signed in, from
+    this site) that calls the facade, then shows the run ``act`` returned (the same run, or
+    a new one it made) with ``done`` as a notice. One entry of ``RUN_ACTIONS`` is all an
+    action needs: its route, its button and its notice follow from it."""
+
+    name: str
+    label: str
+    shown: Callable[[Run], bool]
+    """Whether the run's page offers it (the facade still refuses what does not apply)."""
+    act: Callable[[Engine, str], Awaitable[Run]]
+    done: str
+    danger: bool = False
+
+
+def _paused(run: Run) -> bool:
+    return run.paused_at is not None and not run.is_finished
+
+
+RUN_ACTIONS: tuple[RunAction, ...] = (
+    RunAction(
+        "pause",
+        "Pause run",
+        lambda run: not run.is_finished and run.paused_at is None,
+        lambda engine, run_id: engine.runs.pause(run_id),
+        "Paused: no worker starts this run until it is resumed.",
+    ),
+    RunAction(
+        "resume",
+        "Resume run",
+        _paused,
+        lambda engine, run_id: engine.runs.resume(run_id),
+        "Resumed: a worker starts it when it is due.",
+    ),
+    RunAction(
+        "cancel",
+        "Cancel run",
+        lambda run: not run.is_finished,
+        lambda engine, run_id: engine.runs.cancel(run_id),
+        "Canceled.",
+        danger=True,
+    ),
+)
+_ACTIONS = {action.name: action for action in RUN_ACTIONS}
 
 
 @router.get("")
@@ -52,20 +103,35 @@ async def runs(
 
 
 @router.get("/{run_id}")
-async def run_page(request: Request, run_id: str, _: SignedIn) -> Response:
+async def run_page(request: Request, run_id: str, _: SignedIn, done: str = "") -> Response:
+    """``done``: the action just taken (``act`` sends here), whose notice the page shows."""
     engine = engine_of(request)
     run = await engine.runs.retrieve(run_id)
     timeline = await engine.runs.timeline(run_id)
+    task_paused = next(
+        (t.paused_at for t in await engine.tasks.paused() if t.task_id == run.task_identifier),
+        None,
+    )
     return ui_of(request).renderer.page(
         request,
         "run.html",
         run=run,
         timeline=timeline,
+        paused=_paused(run),
+        task_paused=None if run.is_finished else task_paused,
+        actions=[action for action in RUN_ACTIONS if action.shown(run)],
+        notice=_ACTIONS[done].done if done in _ACTIONS else None,
         stream=None if run.is_finished else f"/api/v1/runs/{run_id}/stream",
     )
 
 
-@router.post("/{run_id}/cancel")
-async def cancel(request: Request, run_id: str, _: SignedIn, __: SameSite) -> Response:
-    await engine_of(request).runs.cancel(run_id)
-    return RedirectResponse(f"/ui/runs/{run_id}", status_code=303, headers=PAGE_HEADERS)
+@router.post("/{run_id}/{action}")
+async def act(request: Request, run_id: str, action: str, _: SignedIn, __: SameSite) -> Response:
+    """One of ``RUN_ACTIONS``, then back to the page of the run it gave (post, redirect, get:
+    reloading that page sends nothing again)."""
+    chosen = _ACTIONS.get(action)
+    if chosen is None:
+        raise PageError(404, "Not found", f"a run has no action {action!r}")
+    run = await chosen.act(engine_of(request), run_id)
+    query = urlencode({"done": chosen.name})
+    return RedirectResponse(f"/ui/runs/{run.id}?{query}", status_code=303, headers=PAGE_HEADERS)

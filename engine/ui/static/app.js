@@ -118,6 +118,13 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    // the notice of what a button just did (?done=...) is shown once: the page's own
+    // refreshes and a reload leave it out
+    const here = new URL(location.href);
+    if (here.searchParams.has("done")) {
+      here.searchParams.delete("done");
+      history.replaceState(null, "", here);
+    }
     trackChanges(document);
     tick();
     setInterval(tick, 1000);

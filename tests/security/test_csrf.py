@@ -4,8 +4,8 @@ With ``Sec-Fetch-Site`` the browser's word decides (``same-origin`` or ``none``)
 post must carry an ``Origin`` equal to the server's own origin (the public URL's, or the one
 the request was addressed to), or, without ``Origin``, such a ``Referer``; anything else is a
 403 page and changes nothing. Every state-changing route under /ui is checked (sign-in,
-sign-out, completing, cancelling and sharing a token, cancelling a run, an approval link), and
-a test makes sure no such route is left out.
+sign-out, completing, cancelling and sharing a token, the run page's actions, an approval
+link), and a test makes sure no such route is left out.
 """
 
 from __future__ import annotations
@@ -137,6 +137,26 @@ async def cancel_run(engine: Engine, client: httpx.AsyncClient) -> Post:
     return Post(f"/ui/runs/{run.id}/cancel", {}, changed, await _session(client))
 
 
+async def pause_run(engine: Engine, client: httpx.AsyncClient) -> Post:
+    await engine.storage.register_tasks([TaskInfo("csrf-task")])
+    run = await engine.trigger("csrf-task", {})
+
+    async def changed(answer: httpx.Response) -> bool:
+        return (await engine.runs.retrieve(run.id)).paused_at is not None
+
+    return Post(f"/ui/runs/{run.id}/pause", {}, changed, await _session(client))
+
+
+async def resume_run(engine: Engine, client: httpx.AsyncClient) -> Post:
+    await engine.storage.register_tasks([TaskInfo("csrf-task")])
+    run = await engine.runs.pause((await engine.trigger("csrf-task", {})).id)
+
+    async def changed(answer: httpx.Response) -> bool:
+        return (await engine.runs.retrieve(run.id)).paused_at is None
+
+    return Post(f"/ui/runs/{run.id}/resume", {}, changed, await _session(client))
+
+
 async def approve(engine: Engine, client: httpx.AsyncClient) -> Post:
     token = await engine.tokens.create(timeout="1h")
     link = urlsplit(approval_url(BASE_URL, Auth(KEY), token.id, "1h"))
@@ -153,7 +173,10 @@ ROUTES: dict[str, tuple[str, Prepare]] = {
     "complete a token": ("/ui/tokens/{token_id}/complete", complete_token),
     "cancel a token": ("/ui/tokens/{token_id}/cancel", cancel_token),
     "share an approval link": ("/ui/tokens/{token_id}/link", share_token),
-    "cancel a run": ("/ui/runs/{run_id}/cancel", cancel_run),
+    # every action of the run page (engine.ui.run_pages.RUN_ACTIONS) is this one route
+    "cancel a run": ("/ui/runs/{run_id}/{action}", cancel_run),
+    "pause a run": ("/ui/runs/{run_id}/{action}", pause_run),
+    "resume a run": ("/ui/runs/{run_id}/{action}", resume_run),
     "answer an approval link": ("/ui/approve/{token_id}", approve),
 }
 

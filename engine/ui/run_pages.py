@@ -108,17 +108,17 @@ async def run_page(request: Request, run_id: str, _: SignedIn, done: str = "") -
     engine = engine_of(request)
     run = await engine.runs.retrieve(run_id)
     timeline = await engine.runs.timeline(run_id)
-    task_paused = next(
-        (t.paused_at for t in await engine.tasks.paused() if t.task_id == run.task_identifier),
-        None,
-    )
+    task_paused = None  # a finished run is no longer held by its task
+    if not run.is_finished:
+        paused_tasks = {t.task_id: t.paused_at for t in await engine.tasks.paused()}
+        task_paused = paused_tasks.get(run.task_identifier)
     return ui_of(request).renderer.page(
         request,
         "run.html",
         run=run,
         timeline=timeline,
         paused=_paused(run),
-        task_paused=None if run.is_finished else task_paused,
+        task_paused=task_paused,
         actions=[action for action in RUN_ACTIONS if action.shown(run)],
         notice=_ACTIONS[done].done if done in _ACTIONS else None,
         stream=None if run.is_finished else f"/api/v1/runs/{run_id}/stream",

@@ -20,8 +20,8 @@ import pytest
 
 from engine import (
     Engine,
-    RunFinishedError,
     RunNotFoundError,
+    RunStateError,
     RunStatus,
     TaskNotFoundError,
     create_token,
@@ -215,7 +215,7 @@ async def test_unknown_runs_and_tasks_and_finished_runs_are_refused_and_nothing_
     await engine.runs.pause(run.id)
     canceled = await engine.runs.cancel(run.id)
     for call in (engine.runs.pause, engine.runs.resume):
-        with pytest.raises(RunFinishedError, match=r"already finished \(CANCELED\)"):
+        with pytest.raises(RunStateError, match=r"already finished \(CANCELED\)"):
             await call(run.id)
     assert await engine.runs.retrieve(run.id) == canceled
     assert await paused_events(engine, run.id) == ["paused"]
@@ -273,7 +273,7 @@ async def test_the_http_transport_pauses_and_resumes_like_the_local_one(
         with pytest.raises(TaskNotFoundError, match="remote-flow"):
             await engine.tasks.pause("nope")
         await engine.runs.cancel(run.id)
-        with pytest.raises(RunFinishedError, match="already finished"):
+        with pytest.raises(RunStateError, match="already finished"):
             await engine.runs.pause(run.id)
 
 
@@ -341,7 +341,8 @@ async def test_the_run_page_pauses_resumes_and_cancels_with_its_buttons(engine: 
         canceled = await ui.post(f"{page}/cancel")
         assert (canceled.status_code, canceled.headers["location"]) == (303, f"{page}?done=cancel")
         shown = (await ui.get(page)).text
-        assert buttons(shown) == [] and "until it is resumed" not in shown  # nothing to hold
+        assert buttons(shown) == ["Replay as a new run"]  # nothing to hold
+        assert "until it is resumed" not in shown
         finished = await ui.post(f"{page}/pause")
         assert finished.status_code == 409 and "already finished" in finished.text
     assert (await engine.runs.retrieve(run.id)).status is RunStatus.CANCELED

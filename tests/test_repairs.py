@@ -21,6 +21,9 @@ from engine.models import TaskInfo
 
 from .conftest import StartWorker, wait_for_status
 from .test_cli import assert_one_line_error, invoke, ok_json, register
+from .test_pause import buttons
+from .ui.conftest import KEY as UI_KEY
+from .ui.conftest import client_for
 
 ran: Counter[str] = Counter()
 broken: set[str] = set()
@@ -96,7 +99,7 @@ async def test_a_failed_run_retried_runs_the_failed_step_again_and_replays_the_r
     assert ran == {"a": 1, "b": 1}
     broken.clear()  # the fix is deployed
     retried = await engine.runs.retry(run_id)
-    assert retried.status is RunStatus.QUEUED and retried.error is None
+    assert retried.status is not RunStatus.FAILED and retried.error is None  # queued, or taken
     done = await engine.wait_for_run(run_id, timeout=20)
     assert done.status is RunStatus.COMPLETED
     assert done.output == {"a": 1, "b": 2, "notify": "hi"}
@@ -259,6 +262,29 @@ async def test_failed_runs_are_retried_by_filter_and_only_once(
     assert (again.matched, again.changed) == (0, 0)
     with pytest.raises(ValidationError, match="only runs that are FAILED, TIMED_OUT, CRASHED"):
         await engine.runs.retry_matching(status="COMPLETED")
+
+
+async def test_the_run_page_retries_a_failed_run_and_replays_it_as_a_new_one(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    run_id = await _failed(engine, FLOW, "page")
+    page = f"/ui/runs/{run_id}"
+    async with client_for(engine, UI_KEY) as ui:
+        await ui.post("/ui/login", data={"key": UI_KEY, "next": "/ui/runs"})
+        assert buttons((await ui.get(page)).text) == ["Retry run", "Replay as a new run"]
+        broken.clear()
+        retried = await ui.post(f"{page}/retry")
+        assert (retried.status_code, retried.headers["location"]) == (303, f"{page}?done=retry")
+        assert "Run retried" in (await ui.get(retried.headers["location"])).text
+        assert (await engine.wait_for_run(run_id, timeout=20)).status is RunStatus.COMPLETED
+        assert buttons((await ui.get(page)).text) == ["Replay as a new run"]
+        replayed = await ui.post(f"{page}/replay")
+        new_page, _, query = replayed.headers["location"].partition("?")
+        assert new_page != page and query == "done=replay"
+        shown = (await ui.get(replayed.headers["location"])).text
+        assert "A replay of the run" in shown and f'href="/ui/runs/{run_id}"' in shown
+        assert "Replay of" in shown
 
 
 @pytest.fixture

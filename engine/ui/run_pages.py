@@ -55,6 +55,20 @@ RUN_ACTIONS: tuple[RunAction, ...] = (
         "Run resumed.",
     ),
     RunAction(
+        "retry",
+        "Retry run",
+        lambda run: run.status.is_failure,
+        lambda engine, run_id: engine.runs.retry(run_id),
+        "Run retried: its journaled steps replay, the step that failed runs again.",
+    ),
+    RunAction(
+        "replay",
+        "Replay as a new run",
+        lambda run: run.is_finished,
+        lambda engine, run_id: engine.runs.replay(run_id),
+        "A replay of the run: a new run of its task with its payload.",
+    ),
+    RunAction(
         "cancel",
         "Cancel run",
         lambda run: not run.is_finished,

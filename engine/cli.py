@@ -133,6 +133,16 @@ Since = Annotated[
         help="Only runs created in the last 24h, 7d...",
     ),
 ]
+WorkerVersion = Annotated[
+    str | None,
+    typer.Option(
+        "--version",
+        metavar="VERSION",
+        help="The version of the task code (default: $WAITPOINT_VERSION): runs started here"
+        " record it, and only runs of it or of none are claimed; @task(version=) wins.",
+        show_default=False,
+    ),
+]
 
 
 def main() -> None:
@@ -351,6 +361,7 @@ def dev(
     tasks: TasksModule = None,
     host: Host = "127.0.0.1",
     port: Port = 8030,
+    version: WorkerVersion = None,
 ) -> None:
     """Run a worker and the API for local development, with readable logs."""
     from .console import banner
@@ -379,7 +390,7 @@ def dev(
             f"dashboard (one-click sign-in, 24h): {_login_link(host, port, key.value)}",
             file=sys.stderr,
         )
-        await run_services(Worker(engine, found), server)
+        await run_services(Worker(engine, found, version=version), server)
 
     with listener:
         _run(database, work, settings)
@@ -423,6 +434,7 @@ def worker(
         int | None,
         typer.Option("--concurrency", min=1, metavar="N", help="Attempts run at once."),
     ] = None,
+    version: WorkerVersion = None,
 ) -> None:
     """Run a worker: claim queued runs of the loaded tasks until SIGINT/SIGTERM."""
     from .settings import Settings
@@ -436,7 +448,7 @@ def worker(
     async def work(engine: Engine) -> None:
         from .services import run_services  # late: other commands start faster
 
-        await run_services(Worker(engine, found, concurrency=concurrency), None)
+        await run_services(Worker(engine, found, concurrency=concurrency, version=version), None)
 
     _run(database, work)
 
@@ -639,6 +651,10 @@ def runs_list(
     task: TaskFilter = None,
     tag: TagFilter = None,
     since: Since = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", metavar="VERSION", help="Only runs of this version."),
+    ] = None,
     limit: Limit = 25,
     after: After = None,
     as_json: AsJson = False,
@@ -657,7 +673,13 @@ def runs_list(
     async def action(engine: Engine) -> Page[Run]:
         start = _created_since(since)
         return await engine.runs.list(
-            status=status, task=task, tags=tag, created_after=start, limit=limit, after=after
+            status=status,
+            task=task,
+            tags=tag,
+            created_after=start,
+            version=version,
+            limit=limit,
+            after=after,
         )
 
     page = _run(api_url or database, action, api_key=api_key)
@@ -1011,6 +1033,35 @@ def tasks_paused(
     show_page(
         Page(data=found), as_json, {"taskId": "task", "pausedAt": "paused since"}, "paused tasks"
     )
+
+
+@runs_app.command("migrate")
+def runs_migrate(
+    run_id: RunId,
+    to: Annotated[
+        str,
+        typer.Option("--to", metavar="VERSION", help="The version to move the run to (v42)."),
+    ],
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Move an unfinished run to another version of its task.
+
+    Only workers serving that version claim it from then on, and it resumes by replaying its
+    journal on their code: check that code first (waitpoint runs check RUN_ID --tasks ...)
+    and give its changes to durable calls a patched() branch.
+    """
+    from .console import show
+
+    async def action(engine: Engine) -> tuple[Run, str | None]:
+        run = await engine.runs.migrate(run_id, to=to)
+        return run, await engine.workers.unserved(run)
+
+    run, unserved = _run(api_url or database, action, api_key=api_key)
+    show(run, as_json)
+    _note_unserved(unserved, "the run stays QUEUED until one starts")
 
 
 # --- tokens ----------------------------------------------------------------------------

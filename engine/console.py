@@ -150,6 +150,7 @@ class _WorkerRow(WireModel):
 
     id: str
     tasks: list[str]
+    versions: list[str]
     in_use: str
     last_heartbeat: str
     state: str
@@ -165,13 +166,17 @@ def show_workers(found: list[WorkerInfo], *, as_json: bool, include_gone: bool) 
         _WorkerRow(
             id=w.id,
             tasks=w.tasks,
+            versions=sorted(set(w.versions.values())),
             in_use=f"{w.running}/{w.concurrency}",
             last_heartbeat=f"{ago((now - w.heartbeat_at).total_seconds())} ago",
             state="live" if w.live else "stopped" if w.stopped_at else "silent",
         )
         for w in found
     ]
-    columns = {"id": "worker", "tasks": "tasks", "inUse": "in use"}
+    columns = {"id": "worker", "tasks": "tasks"}
+    if any(w.versions for w in found):
+        columns["versions"] = "versions"
+    columns["inUse"] = "in use"
     columns["lastHeartbeat"] = "last heartbeat"
     if include_gone:
         columns["state"] = "state"
@@ -285,6 +290,8 @@ def _event(entry: TimelineEntry) -> str:
     if entry.kind == "finished" and "status" in detail:
         error = detail.get("error")
         return f"{detail['status']}: {error}" if error else str(detail["status"])
+    if entry.kind == "migrated" and "to" in detail:
+        return f"version {detail.get('from') or '(none)'} -> {detail['to']}"
     if entry.kind == "retrying" and "delayMs" in detail:
         return f"retry in {detail['delayMs'] / 1000:g}s: {detail.get('error', '')}"
     return ", ".join(f"{key}: {_text(value)}" for key, value in detail.items())

@@ -414,6 +414,9 @@ class WorkerInfo(WireModel):
     heartbeat_at: datetime
     live: bool
     stopped_at: datetime | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    """The version it serves each versioned task at (``@task(version=)``, ``--version``);
+    the tasks left out it serves with none."""
 
 
 class TaskWorkers(WireModel):
@@ -428,6 +431,9 @@ class TaskWorkers(WireModel):
     """The last heartbeat of any worker that served the task (or when one registered it)."""
     checked_at: datetime
     """The database's time when this was read."""
+    live_versions: dict[str, str] = Field(default_factory=dict)
+    """The version each live worker serves the task at (workers serving it with no version
+    are left out)."""
 
     @property
     def unserved(self) -> str | None:
@@ -439,6 +445,21 @@ class TaskWorkers(WireModel):
             return f"no worker has ever served task {self.task_id!r}"
         seconds = (self.checked_at - self.last_seen_at).total_seconds()
         return f"no live worker serves task {self.task_id!r} (last seen {ago(seconds)} ago)"
+
+    def unserved_at(self, version: str | None) -> str | None:
+        """Why a QUEUED run of the task that recorded ``version`` does not start, in one line;
+        None while a live worker serves the task at that version (any live worker, for a run
+        that recorded none: every worker claims those)."""
+        if version is None or self.unserved is not None:
+            return self.unserved
+        served = {self.live_versions.get(worker) for worker in self.live_workers}
+        if version in served:
+            return None
+        named = sorted(v for v in served if v is not None) + (["no version"] * (None in served))
+        return (
+            f"waiting for a worker of version {version}"
+            f" (the live workers of task {self.task_id!r} serve {', '.join(named)})"
+        )
 
 
 class TaskState(WireModel):

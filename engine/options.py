@@ -67,6 +67,8 @@ class RunQuery(TypedDict, total=False):
     """Runs carrying any of these tags."""
     created_after: datetime | None
     created_before: datetime | None
+    version: str | None
+    """Runs that recorded this version (``@task(version=)``, ``runs.migrate``)."""
 
 
 TRIGGER_OPTION_NAMES = frozenset(TriggerOptions.__annotations__)

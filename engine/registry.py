@@ -25,6 +25,7 @@ from .durations import duration_ms, to_timedelta
 from .errors import ConfigurationError, ValidationError
 from .models import Run, RunResult, TaskInfo
 from .options import TriggerOptions
+from .validation import clean_version
 
 TaskFunction = Callable[[Any], Awaitable[Any]]
 
@@ -91,6 +92,15 @@ class TaskDefinition:
     max_duration_ms: int | None = None
     """Executing time (waits excluded, all attempts together) after which the run TIMED_OUT."""
     queue: Queue | None = None
+    version: str | None = None
+    """The version of this task's code (``@task(version=)``): the runs a worker starts on it
+    record it, and a worker claims only runs of the version it serves (or of none), so that
+    a run never resumes on code it did not start on unless it is migrated (``runs migrate``).
+    None: the worker's version (``waitpoint worker --version``), if it has one."""
+
+    def __post_init__(self) -> None:
+        if self.version is not None:
+            clean_version(self.version, "version")
 
     async def __call__(self, payload: Any) -> Any:
         return await self.fn(payload)
@@ -164,6 +174,7 @@ def task(
     retry: Retry | None = None,
     max_duration: str | timedelta | None = None,
     queue: Queue | None = None,
+    version: str | None = None,
 ) -> Callable[[TaskFunction], TaskDefinition]: ...
 
 
@@ -174,20 +185,22 @@ def task(
     retry: Retry | None = None,
     max_duration: str | timedelta | None = None,
     queue: Queue | None = None,
+    version: str | None = None,
 ) -> TaskDefinition | Callable[[TaskFunction], TaskDefinition]:
     """Register ``async def fn(payload)`` as a task: ``@task``, ``@task()`` or ``@task("id")``.
 
     Without an id the function's name is used, with ``_`` turned into ``-``. Annotate the
     payload with a pydantic model to have it validated when the run is triggered.
     ``max_duration`` bounds the time the run spends executing (waiting does not count);
-    ``queue`` limits how many runs of it execute at once.
+    ``queue`` limits how many runs of it execute at once; ``version`` ("2024-06-01") is
+    recorded by the runs it starts, which only workers serving that version resume.
     """
     limit = None if max_duration is None else duration_ms(max_duration)
     if callable(id):
-        return _register(id, None, retry, limit, queue)
+        return _register(id, None, retry, limit, queue, version)
 
     def decorator(fn: TaskFunction) -> TaskDefinition:
-        return _register(fn, id, retry, limit, queue)
+        return _register(fn, id, retry, limit, queue, version)
 
     return decorator
 
@@ -198,6 +211,7 @@ def _register(
     retry: Retry | None,
     max_duration_ms: int | None,
     queue: Queue | None,
+    version: str | None,
 ) -> TaskDefinition:
     if not inspect.iscoroutinefunction(fn):
         raise ConfigurationError(f"@task needs an async def function; {fn.__qualname__} is not")
@@ -208,7 +222,7 @@ def _register(
             f"task id {name!r} is used twice: {_origin(existing.fn)} and {_origin(fn)}"
         )
     definition = TaskDefinition(
-        name, fn, retry or Retry(), _payload_model(fn), max_duration_ms, queue
+        name, fn, retry or Retry(), _payload_model(fn), max_duration_ms, queue, version
     )
     REGISTRY[name] = definition
     return definition

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .defaults import DEFAULT_DATABASE_URL
 from .errors import ConfigurationError
+from .validation import clean_version
 
 ENV_PREFIX = "WAITPOINT_"
 
@@ -58,6 +59,10 @@ class Settings(BaseModel):
     should sign callback URLs without holding the API key: ``waitpoint signing-secret``)."""
     tasks: str = "tasks"
     """The module (or package) whose @task functions a worker runs."""
+    version: str | None = None
+    """The version of the task code a worker runs (``waitpoint worker --version``): a run it
+    starts records it, and the worker claims only runs of that version or of none. A task's
+    own ``@task(version=)`` comes first."""
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     """FULL survives power loss; NORMAL is faster but may lose the latest acknowledged writes."""
     listen_url: str | None = None
@@ -110,6 +115,11 @@ class Settings(BaseModel):
     trusted_proxies: str = ""
     """Addresses (or networks, comma-separated) of reverse proxies whose ``X-Forwarded-For`` and
     ``X-Forwarded-Proto`` the API believes. Empty: the client is the socket peer."""
+
+    @field_validator("version")
+    @classmethod
+    def _is_a_version(cls, value: str | None) -> str | None:
+        return None if value is None else clean_version(value, "version")
 
 
 def _environment() -> dict[str, str]:

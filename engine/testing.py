@@ -134,9 +134,10 @@ class TaskTestEnvironment:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         storage = self.engine.storage
+        versions = self._worker.versions if self._worker is not None else None
         while (
             await self.engine.runs.list(status=RunStatus.EXECUTING, limit=1)
-        ).data or await storage.has_due_runs(list(self.tasks)):
+        ).data or await storage.has_due_runs(list(self.tasks), versions):
             if loop.time() > deadline:
                 raise RunWaitTimeoutError("runs are still due or executing")
             await asyncio.sleep(0.01)

@@ -76,6 +76,27 @@ def clean_statuses(values: Any, enum: type[E]) -> list[E]:
     return [enum(str(v).upper()) for v in values]
 
 
+MAX_VERSION_LENGTH = 64
+
+
+def clean_version(value: Any, what: str = "version") -> str:
+    """A task version (``@task(version=)``, ``--version``, ``runs migrate --to``): at most 64
+    printable characters without whitespace. It is compared as it is written, in SQL and in
+    messages (``waiting for a worker of version v41``), so nothing invisible may differ."""
+    fine = (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_VERSION_LENGTH
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
+    if not fine:
+        raise ValidationError(
+            f"{what} must be a version: 1 to {MAX_VERSION_LENGTH} printable characters without"
+            f" spaces, such as v42 or 2024-06-01; got {value!r}"
+        )
+    return str(value)
+
+
 def clean_optional_text(value: str | None, what: str) -> str | None:
     if value is None:
         return None

@@ -27,6 +27,7 @@ from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
 from .signing import UNKNOWN_PUBLIC_URL
 from .storage import NewWorker
+from .validation import clean_version
 
 log = get_logger("engine.worker")
 
@@ -57,7 +58,12 @@ class _Attempt:
 
 
 class Worker:
-    """Runs the given tasks (by default every task imported so far) against an open Engine."""
+    """Runs the given tasks (by default every task imported so far) against an open Engine.
+
+    ``version`` (default ``WAITPOINT_VERSION``) is the version of the code it runs, for
+    the tasks that name none themselves (``@task(version=)``): a run records the version of
+    its first claim, and the worker claims only runs of the versions it serves or of none.
+    """
 
     def __init__(
         self,
@@ -68,9 +74,17 @@ class Worker:
         lease_seconds: float | None = None,
         poll_seconds: float = 1.0,
         always_replay: bool | None = None,
+        version: str | None = None,
     ) -> None:
         self.engine = engine
         self.tasks = dict(tasks if tasks is not None else REGISTRY)
+        default = engine.settings.version if version is None else clean_version(version)
+        self.versions: dict[str, str] = {}
+        """The version this worker serves each versioned task at (the others: none)."""
+        for task_id, definition in self.tasks.items():
+            served = definition.version or default
+            if served is not None:
+                self.versions[task_id] = served
         self.concurrency = concurrency or engine.settings.concurrency
         self.lease_ms = int((lease_seconds or engine.settings.lease_seconds) * 1000)
         self.poll_seconds = poll_seconds
@@ -116,7 +130,7 @@ class Worker:
         its lease renewals, and it is marked stopped when this returns.
         """
         storage = self.engine.storage
-        me = NewWorker(self.id, sorted(self.tasks), self.concurrency, self.lease_ms)
+        me = NewWorker(self.id, sorted(self.tasks), self.concurrency, self.lease_ms, self.versions)
         await storage.register_tasks([d.info for d in self.tasks.values()], me)
         self._peers = await storage.serving()
         log.info(
@@ -124,6 +138,7 @@ class Worker:
             worker=self.id,
             tasks=sorted(self.tasks),
             concurrency=self.concurrency,
+            versions=self.versions or None,
         )
         signer = self.engine.signer
         if not signer.configured and await follow_public_url(signer, storage) is None:
@@ -209,7 +224,9 @@ class Worker:
             # a claim cut short by a hard stop would strand its runs until their leases
             # ran out: finish it, and let the (cancelled) attempts hand the runs back
             with anyio.CancelScope(shield=True):
-                claimed = await storage.claim_runs(self.id, limit, self.lease_ms, task_ids)
+                claimed = await storage.claim_runs(
+                    self.id, limit, self.lease_ms, task_ids, self.versions
+                )
         for run in claimed:
             # this worker's own earlier attempt of the run lost it (its lease was rescued)
             # and may still be unwinding: it must stop, and its bookkeeping is the new one's

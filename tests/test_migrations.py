@@ -29,8 +29,9 @@ async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migrati
     boom = {"name": "ValueError", "message": "boom"}
     with monkeypatch.context() as patch:
         patch.setattr(f"{module}.MIGRATIONS", migrations[:1])
-        # the claim of that schema: attempt_base came with a later migration
+        # the claim of that schema: attempt_base and runs' versions came with a later migration
         patch.setattr("engine.storage.runs._CLAIM_COLUMNS", _CLAIM_BEFORE_ATTEMPT_BASE)
+        patch.setattr("engine.storage.runs.Served.claimable", lambda self, alias="": "TRUE")
         patch.setattr(
             "engine.storage.runs._CLAIM_COLUMNS_OF_RUNS",
             ", ".join(f"runs.{c.strip()}" for c in _CLAIM_BEFORE_ATTEMPT_BASE.split(",")),

@@ -1,6 +1,6 @@
 """Runs and tasks: trigger a task, retrieve, list and cancel runs (Trigger.dev's paths);
-retry, replay, fork, pause and resume runs, pause and resume tasks, and cancel or retry many
-runs by filter (replay in Trigger.dev's shape, the others ours)."""
+retry, replay, fork, migrate, pause and resume runs, pause and resume tasks, and cancel or
+retry many runs by filter (replay in Trigger.dev's shape, the others ours)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import ValidationError
 from ..options import TriggerOptions
+from ..validation import clean_version
 from .body import JSONGuardRoute, too_many_digits
 from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
 from .problems import Problem, query_error
@@ -271,6 +273,23 @@ async def paused_tasks(engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
     return {"data": [t.model_dump(mode="json", by_alias=True) for t in await engine.tasks.paused()]}
 
 
+class MigrateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="The version to move the run to (v42, 2024-06-01)")
+
+
+@router.post(
+    "/api/v1/runs/{run_id}/migrate",
+    summary="Move an unfinished run to another version of its task (ours)",
+)
+async def migrate_run(
+    run_id: str, body: MigrateBody, engine: EngineDep, _: SecretCaller
+) -> dict[str, Any]:
+    """Only workers serving that version claim the run from then on; a finished run is 409."""
+    return run_json(await engine.runs.migrate(run_id, to=body.version))
+
+
 @router.get("/api/v1/runs", summary="List runs, newest first")
 async def list_runs(
     engine: EngineDep,
@@ -278,13 +297,25 @@ async def list_runs(
     status: Annotated[str | None, Query(alias="filter[status]")] = None,
     task: Annotated[str | None, Query(alias="filter[taskIdentifier]")] = None,
     tag: Annotated[str | None, Query(alias="filter[tag]")] = None,
+    version: Annotated[
+        str | None, Query(alias="filter[version]", description="Runs of this version (ours)")
+    ] = None,
     *,
     listing: ListWindow,
 ) -> dict[str, Any]:
     wanted = run_statuses(status)
     if wanted == []:  # only statuses this engine never gives a run
         return {"data": [], "pagination": {}}
+    if version is not None:
+        try:
+            clean_version(version)
+        except ValidationError as exc:
+            raise query_error(f"filter[version]={version!r}: {exc}") from None
     page = await engine.runs.list(
-        status=wanted, task=comma_list(task), tags=comma_list(tag), **listing.as_options()
+        status=wanted,
+        task=comma_list(task),
+        tags=comma_list(tag),
+        version=version,
+        **listing.as_options(),
     )
     return page_json(page, [run_json(r) for r in page.data])

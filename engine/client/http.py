@@ -188,6 +188,8 @@ class HttpRuns(Runs):
             params["filter[tag]"] = ",".join(filter.tags)
         if filter.task_id:
             params["filter[taskIdentifier]"] = ",".join(filter.task_id)
+        if filter.version is not None:
+            params["filter[version]"] = filter.version
         reply = await self._api.call("GET", "/api/v1/runs", params=params)
         return _page(reply, Run)
 
@@ -218,6 +220,12 @@ class HttpRuns(Runs):
 
     async def resume(self, run_id: str) -> Run:
         return Run.model_validate(await self._api.call("POST", f"/api/v1/runs/{run_id}/resume"))
+
+    async def _migrate(self, run_id: str, version: str) -> Run:
+        reply = await self._api.call(
+            "POST", f"/api/v1/runs/{run_id}/migrate", json={"version": version}
+        )
+        return Run.model_validate(reply)
 
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         """Follow ``GET /api/v1/runs/{id}/stream``; reconnects when the connection drops."""

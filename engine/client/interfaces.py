@@ -41,7 +41,7 @@ from ..options import RunQuery, TokenOptions, TriggerOptions
 from ..requests import moment_ms, page_request
 from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
-from ..validation import clean_statuses, clean_tags
+from ..validation import clean_statuses, clean_tags, clean_version
 
 BULK_BATCH = 50
 """Runs a bulk action (``cancel_matching``, ``retry_matching``) acts on at once."""
@@ -63,14 +63,17 @@ class Runs(ABC):
     ) -> Page[Run]:
         """Newest first; pass ``page.next_cursor`` as ``after`` for the next (older) page,
         ``page.previous_cursor`` as ``before`` for the previous one. ``query``: ``status``,
-        ``task``, ``tags``, ``created_after``, ``created_before`` (``options.RunQuery``)."""
+        ``task``, ``tags``, ``created_after``, ``created_before``, ``version``
+        (``options.RunQuery``)."""
         task = query.get("task")
+        version = query.get("version")
         filter = RunFilter(
             status=clean_statuses(query.get("status"), RunStatus),
             task_id=[task] if isinstance(task, str) else builtins.list(task or []),
             tags=clean_tags(query.get("tags")),
             created_from_ms=moment_ms(query.get("created_after"), "created_after"),
             created_to_ms=moment_ms(query.get("created_before"), "created_before"),
+            version=None if version is None else clean_version(version),
         )
         return await self._list(filter, page_request(limit, after, before))
 
@@ -169,6 +172,17 @@ class Runs(ABC):
     @abstractmethod
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""
+
+    async def migrate(self, run_id: str, *, to: str) -> Run:
+        """Move an unfinished run to version ``to``: from now on only workers serving ``to``
+        for its task claim it, and its next attempt replays its journal on that code (so
+        changes to durable calls since the version it started on need ``patched()``). Its
+        timeline records a ``migrated`` event (from, to); a run already of that version is
+        left as it is. A finished run is refused (``RunStateError``), unchanged."""
+        return await self._migrate(run_id, clean_version(to, "to"))
+
+    @abstractmethod
+    async def _migrate(self, run_id: str, version: str) -> Run: ...
 
     @abstractmethod
     async def retry(self, run_id: str) -> Run:
@@ -314,10 +328,11 @@ class Workers(ABC):
 
     async def unserved(self, run: Run) -> str | None:
         """Why a QUEUED run does not start (``no live worker serves task 'boom' (last seen 3
-        min ago)``), or None: it is not QUEUED, or a live worker serves its task."""
+        min ago)``, ``waiting for a worker of version v41 ...``), or None: it is not QUEUED,
+        or a live worker serves its task at the version the run recorded."""
         if run.status is not RunStatus.QUEUED:
             return None
-        return (await self.for_task(run.task_identifier)).unserved
+        return (await self.for_task(run.task_identifier)).unserved_at(run.version)
 
 
 class Tasks(ABC):

@@ -267,6 +267,11 @@ class LocalRuns(Runs):
         log.info("run.resumed", run_id=run_id)
         return run
 
+    async def _migrate(self, run_id: str, version: str) -> Run:
+        run = await self._connection.storage.migrate_run(run_id, version)
+        log.info("run.migrated", run_id=run_id, version=version)
+        return run
+
     async def subscribe(self, run_id: str) -> AsyncIterator[Run]:
         storage = self._connection.storage
         changes = follow(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,6 +109,9 @@ class NewWorker:
     tasks: list[str]
     concurrency: int
     lease_ms: int
+    versions: Mapping[str, str] = field(default_factory=dict)
+    """The version it serves each versioned task at (tasks left out: none), for saying
+    which version a QUEUED run waits for (``task_workers``)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class RunFilter:
     tags: list[str] = field(default_factory=list)
     created_from_ms: int | None = None
     created_to_ms: int | None = None
+    version: str | None = None
+    """Runs that recorded this version (``@task(version=)``, ``runs migrate``)."""
 
 
 @dataclass(frozen=True)
@@ -279,13 +284,28 @@ class Storage(Protocol):
         QUEUED; a run not paused is left as it is. ``RunStateError`` for a finished run."""
         ...
 
+    async def migrate_run(self, run_id: str, version: str) -> Run:
+        """Move an unfinished run to ``version``: only workers serving that version claim it
+        from now on (its ``migrated`` event records from which and to which). A finished run
+        is refused (``RunStateError``); a QUEUED one is announced to the workers again."""
+        ...
+
     async def claim_runs(
-        self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        task_ids: list[str],
+        versions: Mapping[str, str] | None = None,
     ) -> list[ClaimedRun]:
-        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each; paused
-        runs and runs of paused tasks are left), each with its journal in the order the
-        entries were recorded (a run's own entries in commit order: replay returns racing
-        calls in that order)."""
+        """Lease up to ``limit`` due QUEUED runs of these tasks (a new epoch for each), each
+        with its journal in the order the entries were recorded (a run's own entries in
+        commit order: replay returns racing calls in that order).
+
+        Paused runs and runs of paused tasks are left. ``versions`` gives the version the
+        claimer serves each task at (a task missing from it: none). A run is taken only if it
+        recorded no version or the one served for its task; the first claim records that one
+        on the run (``Run.version``)."""
         ...
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
@@ -473,7 +493,11 @@ class Storage(Protocol):
 
     async def next_timer_ms(self) -> int | None: ...
 
-    async def has_due_runs(self, task_ids: list[str]) -> bool: ...
+    async def has_due_runs(
+        self, task_ids: list[str], versions: Mapping[str, str] | None = None
+    ) -> bool:
+        """Whether ``claim_runs`` with these tasks and versions would find a run now."""
+        ...
 
     def change_event(self) -> asyncio.Event:
         """Set at the next commit that changed something; take it before looking."""

@@ -3,7 +3,8 @@ rescue."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..clock import from_ms, from_ms_or_none
@@ -31,6 +32,61 @@ _CLAIM_COLUMNS = (
     " max_duration_ms, metadata, attempt_base"
 )
 _CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.split(","))
+
+
+@dataclass(frozen=True)
+class Served:
+    """The versions a claimer serves its tasks at, in SQL: which runs it may take (those that
+    recorded no version, or the one it serves for their task), and what its claim records on
+    a run that recorded none.
+
+    The text depends only on the claimer's tasks and versions, so each worker's claim stays
+    one statement text (prepared once on PostgreSQL). The common cases take one parameter
+    or none: no version at all (only runs that recorded none), or one version for every
+    task; only a worker whose tasks have different versions spells them out
+    (``CASE task_id WHEN ... END``).
+    """
+
+    params: dict[str, str]
+    """``version`` (one for every task), or ``version_task_<i>`` and ``version_<i>`` pairs
+    (each versioned task; the others serve none), or nothing (no version at all)."""
+
+    @classmethod
+    def of(cls, task_ids: Sequence[str], versions: Mapping[str, str] | None) -> Served:
+        served = {t: versions[t] for t in task_ids if versions and t in versions}
+        if not served:
+            return cls({})
+        if len(set(served.values())) == 1 and len(served) == len(task_ids):
+            return cls({"version": next(iter(served.values()))})
+        params: dict[str, str] = {}
+        for i, (task_id, version) in enumerate(sorted(served.items())):
+            params |= {f"version_task_{i}": task_id, f"version_{i}": version}
+        return cls(params)
+
+    def version(self, alias: str = "") -> str | None:
+        """The version served for a run's task (``alias``: of ``runs``); None: none at all."""
+        if not self.params:
+            return None
+        if "version" in self.params:
+            return ":version"
+        whens = "".join(
+            f" WHEN :version_task_{i} THEN :version_{i}" for i in range(len(self.params) // 2)
+        )
+        return f"CASE {alias}task_id{whens} END"
+
+    def claimable(self, alias: str = "") -> str:
+        """The runs this claimer may take, by the version they recorded."""
+        served = self.version(alias)
+        if served is None:
+            return f"{alias}version IS NULL"
+        return f"({alias}version IS NULL OR {alias}version = {served})"
+
+    @property
+    def recorded(self) -> str:
+        """A claim's ``SET`` item: a run keeps the version it recorded, or records the one it
+        is claimed at (by its first claim by a versioned worker); nothing for no version."""
+        served = self.version()
+        return "" if served is None else f" version = coalesce(version, {served}),"
 
 
 class Runs(Workers):
@@ -191,6 +247,9 @@ class Runs(Workers):
         if filter.task_id:
             where.append(f"task_id {self.q.in_('task_ids')}")
             params["task_ids"] = filter.task_id
+        if filter.version is not None:
+            where.append("version = :version")
+            params["version"] = filter.version
         found, next_cursor, previous_cursor = await self._page("runs", where, params, page)
         waits = await self._waiting_on([r["id"] for r in found])
         runs = [run_from_row(r, waits.get(r["id"])) for r in found]
@@ -250,6 +309,35 @@ class Runs(Workers):
         await self._write(op)
         return await self.get_run(run_id)
 
+    async def migrate_run(self, run_id: str, version: str) -> Run:
+        def op(now: int) -> Op[None]:
+            run = yield from self._unfinished(run_id, "status, version", "migrated")
+            status, was = RunStatus(run["status"]), run["version"]
+            if was == version:
+                return
+            yield count(
+                "UPDATE runs SET version = :version, updated_at = :now WHERE id = :id",
+                version=version,
+                now=now,
+                id=run_id,
+            )
+            yield from self._event([run_id], "migrated", now, {"from": was, "to": version})
+            if status is RunStatus.QUEUED:
+                yield from self._announce_queued(run_id)
+
+        await self._write(op)
+        return await self.get_run(run_id)
+
+    def _announce_queued(self, run_id: str) -> Op[None]:
+        """PostgreSQL: tell the workers that this QUEUED run may be theirs now, as
+        ``notify_change()`` tells them when a run becomes QUEUED (the same payload), for a
+        change that set no status and so fired no trigger (a resume, a migration). SQLite's
+        writer wakes this process's workers at the commit, and the others see the file
+        change."""
+        yield from self._tell(
+            "'q' || (hashtext(id) & 2147483647) || ':' || task_id", "runs WHERE id = :id", id=run_id
+        )
+
     def _awaited(self, run_id: str) -> Op[bool]:
         """Whether an unfinished run waits on this run (a WAITING RUN waitpoint on it).
 
@@ -283,7 +371,7 @@ class Runs(Workers):
         still takes its completions and goes back to the queue, where it stays."""
 
         def op(now: int) -> Op[None]:
-            run = yield from self._unfinished(run_id)
+            run = yield from self._unfinished(run_id, "status, paused_at", "paused")
             if run["paused_at"] is not None:
                 return
             yield count(
@@ -302,7 +390,7 @@ class Runs(Workers):
         paused is left as it is); a QUEUED run is claimed at once."""
 
         def op(now: int) -> Op[None]:
-            run = yield from self._unfinished(run_id)
+            run = yield from self._unfinished(run_id, "status, paused_at", "resumed")
             if run["paused_at"] is None:
                 return
             yield count(
@@ -312,25 +400,22 @@ class Runs(Workers):
             )
             yield from self._event([run_id], "resumed", now)
             yield from self._tell(":payload", payload=f"r:{run_id}")
-            if run["status"] == RunStatus.QUEUED:  # as notify_change() tells a queued run
-                yield from self._tell(
-                    "'q' || (hashtext(id) & 2147483647) || ':' || task_id",
-                    "runs WHERE id = :id",
-                    id=run_id,
-                )
+            if run["status"] == RunStatus.QUEUED:
+                yield from self._announce_queued(run_id)
 
         await self._write(op)
         return await self.get_run(run_id)
 
-    def _unfinished(self, run_id: str) -> Op[RowLike]:
-        """The run's status and pause, locked (``RunNotFoundError``; ``RunStateError`` once
-        it finished: a finished run is claimed by no one, so a pause would hold nothing)."""
-        row = yield from self._run_row(run_id, "status, paused_at")
+    def _unfinished(self, run_id: str, columns: str, doing: str) -> Op[RowLike]:
+        """The run's ``columns``, locked (``RunNotFoundError``; ``RunStateError`` once it
+        finished: a finished run is claimed by no one, so a pause or a version would hold
+        nothing)."""
+        row = yield from self._run_row(run_id, columns)
         status = RunStatus(row["status"])
         if status.is_terminal:
             raise RunStateError(
                 f"run {run_id} already finished ({status.value}): only an unfinished run can"
-                " be paused or resumed"
+                f" be {doing}"
             )
         return row
 
@@ -355,26 +440,33 @@ class Runs(Workers):
         yield count(notify, channel=self._channel, **params)
 
     async def claim_runs(
-        self, owner: str, limit: int, lease_ms: int, task_ids: list[str]
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        task_ids: list[str],
+        versions: Mapping[str, str] | None = None,
     ) -> list[ClaimedRun]:
+        served = Served.of(task_ids, versions)
         if not self.q.remote:  # a local read spares the writer a transaction that finds nothing
-            if not await self.has_due_runs(task_ids):
+            if not await self.has_due_runs(task_ids, versions):
                 return []
         elif not await self._limited(task_ids):  # the usual claim: one statement
             return await self._write(
-                lambda now: self._claim_in_one(owner, limit, lease_ms, task_ids, now),
+                lambda now: self._claim_in_one(owner, limit, lease_ms, task_ids, served, now),
                 notify=False,
                 control=True,
             )
 
         def op(now: int) -> Op[list[ClaimedRun]]:
-            picked = yield from self._within_limits(task_ids, now, limit)
+            picked = yield from self._within_limits(task_ids, served, now, limit)
             if not picked:
                 return []
             claimed = yield self._leasing(
                 owner,
                 lease_ms,
                 now,
+                served,
                 f"WHERE id {self.q.in_('ids')} RETURNING {_CLAIM_COLUMNS}",
                 ids=picked,
             )
@@ -400,21 +492,29 @@ class Runs(Workers):
         )
 
     def _claim_in_one(
-        self, owner: str, limit: int, lease_ms: int, task_ids: list[str], now: int
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        task_ids: list[str],
+        served: Served,
+        now: int,
     ) -> Op[list[ClaimedRun]]:
         """PostgreSQL, no concurrency limit: the claim as one statement (pick, lease, record
         the event, read the journals), the steps of ``claim_runs`` in writable CTEs."""
         picked = rows(
-            f"SELECT id FROM runs WHERE {self._claimable()}"
+            f"SELECT id FROM runs WHERE {self._claimable(served)}"
             f" ORDER BY available_at, id LIMIT :limit{self.q.skip_locked()}",
             now=now,
             tasks=task_ids,
             limit=limit,
+            **served.params,
         )
         leased = self._leasing(
             owner,
             lease_ms,
             now,
+            served,
             f"FROM picked WHERE runs.id = picked.id RETURNING {_CLAIM_COLUMNS_OF_RUNS}",
         )
         started = self._event_of("claimed", "attempt_started", now, {"worker": owner})
@@ -428,15 +528,16 @@ class Runs(Workers):
         entries = [entry for row in claimed for entry in load_json(row["journal"]) or []]
         return claimed_runs(claimed, entries)
 
-    def _claimable(self, alias: str = "") -> str:
-        """The runs a claim may take now (``:now``) among those of its tasks (``:tasks``)."""
+    def _claimable(self, served: Served, alias: str = "") -> str:
+        """The runs a claim may take now (``:now``) among those of its tasks (``:tasks``) at
+        the versions it serves (``served``'s parameters)."""
         r = alias
         return (
             f"{r}status = 'QUEUED' AND {r}available_at <= :now"
             f" AND ({r}lease_owner IS NULL OR {r}lease_expires_at <= :now)"
             f" AND {r}task_id {self.q.in_('tasks')}"
             f" AND ({r}expires_at IS NULL OR {r}expires_at > :now)"
-            f" AND {self._unpaused(alias)}"
+            f" AND {served.claimable(r)} AND {self._unpaused(alias)}"
         )
 
     @staticmethod
@@ -449,11 +550,13 @@ class Runs(Workers):
             f" WHERE t.id = {r}task_id AND t.paused_at IS NOT NULL)"
         )
 
-    def _leasing(self, owner: str, lease_ms: int, now: int, rest: str, **params: Any) -> Sql:
-        """The UPDATE that gives claimed runs a new lease; ``rest`` selects them and says
-        what it returns."""
+    def _leasing(
+        self, owner: str, lease_ms: int, now: int, served: Served, rest: str, **params: Any
+    ) -> Sql:
+        """The UPDATE that gives claimed runs a new lease (and a version, at their first
+        claim by a versioned worker); ``rest`` selects them and says what it returns."""
         return rows(
-            "UPDATE runs SET status = 'EXECUTING', lease_owner = :owner,"
+            f"UPDATE runs SET status = 'EXECUTING',{served.recorded} lease_owner = :owner,"
             " lease_epoch = lease_epoch + 1, lease_expires_at = :expires,"
             f" attempt_count = {self.q.greatest('attempt_count', '1')},"
             " started_at = coalesce(started_at, :now), updated_at = :now, expires_at = NULL"
@@ -461,10 +564,13 @@ class Runs(Workers):
             owner=owner,
             expires=now + lease_ms,
             now=now,
+            **served.params,
             **params,
         )
 
-    def _within_limits(self, task_ids: list[str], now: int, limit: int) -> Op[list[str]]:
+    def _within_limits(
+        self, task_ids: list[str], served: Served, now: int, limit: int
+    ) -> Op[list[str]]:
         """Due runs to claim, oldest first, that keep every queue within its concurrency limit.
 
         Counted in the claim's own write transaction, so the limits hold however many worker
@@ -507,11 +613,12 @@ class Runs(Workers):
         full = [(queue, key) for (queue, key), n in busy.items() if n >= caps[queue]]
         candidates: list[RowLike] = yield rows(
             "SELECT r.id, r.queue, r.concurrency_key FROM runs r"
-            f" WHERE {self._claimable('r.')}"
+            f" WHERE {self._claimable(served, 'r.')}"
             f" AND {q.not_in_pairs('full_queues', 'full_keys', 'r.queue', 'r.concurrency_key')}"
             f" ORDER BY r.available_at, r.id LIMIT :scan{q.skip_locked('r')}",
             now=now,
             tasks=task_ids,
+            **served.params,
             full_queues=[queue for queue, _ in full],
             full_keys=[key for _, key in full],
             scan=max(limit * 10, 100) if caps else limit,
@@ -727,14 +834,19 @@ class Runs(Workers):
 
         return await self._write(op, control=True)
 
-    async def has_due_runs(self, task_ids: list[str]) -> bool:
+    async def has_due_runs(
+        self, task_ids: list[str], versions: Mapping[str, str] | None = None
+    ) -> bool:
+        served = Served.of(task_ids, versions)
         found = await self._read(
             rows(
                 "SELECT 1 FROM runs WHERE status = 'QUEUED' AND available_at <= :now"
                 " AND (lease_owner IS NULL OR lease_expires_at <= :now)"
-                f" AND task_id {self.q.in_('tasks')} AND {self._unpaused()} LIMIT 1",
+                f" AND task_id {self.q.in_('tasks')} AND {served.claimable()}"
+                f" AND {self._unpaused()} LIMIT 1",
                 now=self.now_ms(),
                 tasks=task_ids,
+                **served.params,
             ),
             control=True,
         )

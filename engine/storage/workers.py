@@ -39,13 +39,16 @@ class Workers(StorageCore):
         """The worker's row (its first heartbeat); rows silent for a week go."""
         yield count("DELETE FROM workers WHERE heartbeat_at < :oldest", oldest=now - GONE_KEPT_MS)
         yield count(
-            "INSERT INTO workers (id, tasks, concurrency, lease_ms, started_at, heartbeat_at)"
-            " VALUES (:id, :tasks, :concurrency, :lease_ms, :now, :now)"
+            "INSERT INTO workers"
+            " (id, tasks, versions, concurrency, lease_ms, started_at, heartbeat_at)"
+            " VALUES (:id, :tasks, :versions, :concurrency, :lease_ms, :now, :now)"
             " ON CONFLICT (id) DO UPDATE SET tasks = excluded.tasks,"
+            " versions = excluded.versions,"
             " concurrency = excluded.concurrency, lease_ms = excluded.lease_ms,"
             " heartbeat_at = excluded.heartbeat_at, stopped_at = NULL",
             id=worker.id,
             tasks=dump_json(sorted(worker.tasks)),
+            versions=dump_json(dict(sorted(worker.versions.items()))) if worker.versions else None,
             concurrency=worker.concurrency,
             lease_ms=worker.lease_ms,
             now=now,
@@ -98,7 +101,8 @@ class Workers(StorageCore):
         now = self.now_ms()
         found = await self._read(
             rows(
-                f"SELECT id, tasks, heartbeat_at, CASE WHEN {_LIVE} THEN 1 ELSE 0 END AS live"
+                "SELECT id, tasks, versions, heartbeat_at,"
+                f" CASE WHEN {_LIVE} THEN 1 ELSE 0 END AS live"
                 " FROM workers ORDER BY heartbeat_at DESC, id",
                 now=now,
             )
@@ -110,11 +114,14 @@ class Workers(StorageCore):
             rows("SELECT updated_at FROM tasks WHERE id = :id", id=task_id)
         )
         seen = [r["heartbeat_at"] for r in serving] + [r["updated_at"] for r in registered]
+        live = [r for r in serving if r["live"]]
+        versions = {r["id"]: _versions(r).get(task_id) for r in live}
         return TaskWorkers(
             task_id=task_id,
-            live_workers=[r["id"] for r in serving if r["live"]],
+            live_workers=[r["id"] for r in live],
             last_seen_at=from_ms(max(seen)) if seen else None,
             checked_at=from_ms(now),
+            live_versions={worker: v for worker, v in versions.items() if v is not None},
         )
 
     async def serving(self) -> dict[str, list[str]]:
@@ -149,4 +156,16 @@ def _worker_from_row(row: RowLike, running: int) -> WorkerInfo:
         heartbeat_at=from_ms(row["heartbeat_at"]),
         stopped_at=from_ms_or_none(row["stopped_at"]),
         live=bool(row["live"]),
+        versions=_versions(row),
     )
+
+
+def _versions(row: RowLike) -> dict[str, str]:
+    """The versions a worker's row says it serves its tasks at (none: an empty dict; so in a
+    row of a schema before SQLite's migration 7, PostgreSQL's 9)."""
+    try:
+        text = row["versions"]
+    except (IndexError, KeyError):
+        return {}
+    found: dict[str, str] = load_json(text) or {}
+    return found

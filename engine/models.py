@@ -225,7 +225,9 @@ class Run(WireModel):
     waiting_on: list[str] = Field(default_factory=list)
     """Ids of the waitpoints the run is blocked on while WAITING."""
     version: str | None = None
-    """The version of the code the run started on (``@task(version=)``, ``--version``)."""
+    """The version of the code the run started on (``@task(version=)``, ``--version``),
+    recorded by its first claim; only workers of that version resume it, until it is
+    migrated (``runs.migrate``) to another."""
     paused_at: datetime | None = None
     """When the run was paused (``runs.pause``): no worker claims it until it is resumed."""
     origin_run_id: str | None = None

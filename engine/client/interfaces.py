@@ -176,9 +176,10 @@ class Runs(ABC):
     async def migrate(self, run_id: str, *, to: str) -> Run:
         """Move an unfinished run to version ``to``: from now on only workers serving ``to``
         for its task claim it, and its next attempt replays its journal on that code (so
-        changes to durable calls since the version it started on need ``patched()``). Its
-        timeline records a ``migrated`` event (from, to); a run already of that version is
-        left as it is. A finished run is refused (``RunStateError``), unchanged."""
+        changes to durable calls since the version it started on need ``patched()``); an
+        attempt executing now goes on where it runs. Its timeline records a ``migrated``
+        event (from, to); a run already of that version is left as it is. A finished run
+        is refused (``RunStateError``), unchanged."""
         return await self._migrate(run_id, clean_version(to, "to"))
 
     @abstractmethod

@@ -240,7 +240,6 @@ def test_a_version_is_a_short_printable_word(bad: Any) -> None:
 
 async def test_runs_are_listed_by_version(engine: Engine) -> None:
     first, second, other = [await queued(engine) for _ in range(3)]
-    await engine.storage.register_tasks([TaskInfo(TASK)])
     await engine.runs.migrate(first, to="v7")
     await engine.runs.migrate(second, to="v7")
     await engine.runs.migrate(other, to="v8")
@@ -278,8 +277,11 @@ async def test_a_migrated_queued_run_wakes_the_worker_of_its_new_version(
     async with worker_running(engine, quick, "v42", poll_seconds=60):
         if db_url.startswith("postgres"):
             await until_following(engine.storage)
-        await wait_for_status(engine, run_id, "QUEUED")  # the worker's first claim passed it
-        assert await engine.storage.has_due_runs([TASK], {TASK: "v42"}) is False
+        # claimed after the worker's first claim, which passed the v41 run over: from now
+        # on the worker sleeps until it is told of work
+        helper = await engine.trigger(TASK, None)
+        await engine.wait_for_run(helper.id, timeout=20)
+        assert (await engine.runs.retrieve(run_id)).status is RunStatus.QUEUED
         await engine.runs.migrate(run_id, to="v42")
         done = await engine.wait_for_run(run_id, timeout=20)
     assert done.output == "done" and done.version == "v42"

@@ -457,7 +457,9 @@ class TaskWorkers(WireModel):
         served = {self.live_versions.get(worker) for worker in self.live_workers}
         if version in served:
             return None
-        named = sorted(v for v in served if v is not None) + (["no version"] * (None in served))
+        named = sorted(v for v in served if v is not None)
+        if None in served:
+            named.append("no version")
         return (
             f"waiting for a worker of version {version}"
             f" (the live workers of task {self.task_id!r} serve {', '.join(named)})"

@@ -8,52 +8,55 @@ import pytest
 
 from engine import Engine
 from engine.ids import new_token_id
-from engine.models import RunError, TaskInfo
-from engine.storage import JournalWrite, NewRun, NewToken, NewWorker
+from engine.models import TaskInfo
+from engine.storage import NewToken, NewWorker
 from engine.storage.sql import Op, count
-
-_CLAIM_BEFORE_ATTEMPT_BASE = (
-    "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
-    " max_duration_ms, metadata"
-)
 
 
 async def test_step_errors_of_earlier_attempts_are_still_run_again_after_migration_2(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before migration 2 a retry ran every failed step again: a run caught mid-retry by the
-    upgrade keeps doing so, while the errors of its current attempt stay replayed."""
+    upgrade keeps doing so, while the errors of its current attempt stay replayed.
+
+    The rows are written as the code of that schema wrote them (its columns only): today's
+    operations write columns later migrations added."""
     backend = "sqlite" if db_url.startswith("sqlite") else "postgres"
     module = f"engine.storage.{backend}"
     migrations = __import__(module, fromlist=["MIGRATIONS"]).MIGRATIONS
-    boom = {"name": "ValueError", "message": "boom"}
     with monkeypatch.context() as patch:
         patch.setattr(f"{module}.MIGRATIONS", migrations[:1])
-        # the claim of that schema: attempt_base and runs' versions came with a later migration
-        patch.setattr("engine.storage.runs._CLAIM_COLUMNS", _CLAIM_BEFORE_ATTEMPT_BASE)
-        patch.setattr("engine.storage.runs.Served.claimable", lambda self, alias="": "TRUE")
-        patch.setattr(
-            "engine.storage.runs._CLAIM_COLUMNS_OF_RUNS",
-            ", ".join(f"runs.{c.strip()}" for c in _CLAIM_BEFORE_ATTEMPT_BASE.split(",")),
-        )
         async with Engine(db_url) as old:
-            storage = old.storage
-            await storage.register_tasks([TaskInfo("t")])
-            retried = await storage.create_run(NewRun("t", None))
-            resumed = await storage.create_run(NewRun("t", None))
-            for claimed in await storage.claim_runs("w", 2, 60_000, ["t"]):
-                write = JournalWrite(claimed.id, claimed.epoch, 1, "step:a#0", 0, True, boom)
-                await storage.append_journal(write)
-                if claimed.id == retried.id:  # attempt 1 failed: attempt 2 is due
-                    error = RunError(name="ValueError", message="boom")
-                    await storage.retry_run(claimed.id, claimed.epoch, 0, error)
-                else:  # attempt 1 goes on after a restart
-                    await storage.release_run(claimed.id, claimed.epoch)
+            assert await old.storage.migrate() == 1
+            # attempt 1 of each failed step a; "retried" was queued for attempt 2, "resumed"
+            # goes on with attempt 1 after a restart
+            await old.storage._write(lambda now: _old_runs(old.storage, now))
     async with Engine(db_url) as new:
         assert await new.storage.migrate() == len(migrations)
         claimed = {c.id: c for c in await new.storage.claim_runs("w", 2, 60_000, ["t"])}
-    assert [e.rerun for e in claimed[retried.id].journal] == [True]
-    assert [e.rerun for e in claimed[resumed.id].journal] == [False]
+    assert [e.rerun for e in claimed["run_retried"].journal] == [True]
+    assert [e.rerun for e in claimed["run_resumed"].journal] == [False]
+
+
+def _old_runs(storage: Any, now: int) -> Op[None]:
+    """Two QUEUED runs of task ``t`` with a step error of attempt 1, as migration 1 kept them."""
+    yield count("INSERT INTO tasks (id, updated_at) VALUES ('t', :now)", now=now)
+    for run_id, attempts in (("run_retried", 2), ("run_resumed", 1)):
+        yield count(
+            "INSERT INTO runs (id, task_id, status, payload, attempt_count, available_at,"
+            " created_at, updated_at) VALUES (:id, 't', 'QUEUED', 'null', :attempts, :now,"
+            " :now, :now)",
+            id=run_id,
+            attempts=attempts,
+            now=now,
+        )
+        yield count(
+            "INSERT INTO journal (run_id, key, attempt, position, is_error, value, created_at)"
+            " VALUES (:id, 'step:a#0', 1, 0, TRUE, :boom, :now)",
+            id=run_id,
+            boom='{"name": "ValueError", "message": "boom"}',
+            now=now,
+        )
 
 
 async def test_tokens_made_before_the_reviewer_details_and_worker_rows_carry_on(

@@ -110,20 +110,11 @@ def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:
         parent_run_id=row["parent_run_id"],
         depth=row["depth"],
         waiting_on=waiting_on or [],
-        version=_since_migration_7(row, "version"),
-        paused_at=from_ms_or_none(_since_migration_7(row, "paused_at")),
-        origin_run_id=_since_migration_7(row, "origin_run_id"),
-        origin=_since_migration_7(row, "origin"),
+        version=row["version"],
+        paused_at=from_ms_or_none(row["paused_at"]),
+        origin_run_id=row["origin_run_id"],
+        origin=row["origin"],
     )
-
-
-def _since_migration_7(row: RowLike, column: str) -> Any:
-    """A column of ``runs`` added by SQLite's migration 7 (PostgreSQL's 9); None in a row of
-    an older schema, which the migration tests read (today's code on yesterday's schema)."""
-    try:
-        return row[column]
-    except (IndexError, KeyError):
-        return None
 
 
 def child_result_json(row: RowLike) -> str:
@@ -170,7 +161,7 @@ def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[Cl
             max_duration_ms=r["max_duration_ms"],
             metadata=load_json(r["metadata"]),
             journal=journals.get(r["id"], []),
-            attempt_base=_since_migration_7(r, "attempt_base") or 0,
+            attempt_base=r["attempt_base"],
         )
         for r in rows
     ]

@@ -31,6 +31,7 @@ JSON_ROUTES = {
     "POST /api/v1/waitpoints/tokens/{token_id}/approval-link",
     "POST /api/v1/runs/{run_id}/replay",
     "POST /api/v1/runs/{run_id}/fork",
+    "POST /api/v1/runs/{run_id}/migrate",
 }
 BODIES = {
     "alone": BIG,

@@ -312,6 +312,16 @@ class BulkResult:
 
 
 @dataclass(frozen=True)
+class PurgeCount:
+    """What a purge deleted (``dry_run``: what it would delete now): finished runs, each with
+    its journal, events and waits, and closed tokens, older than the retention asked for."""
+
+    runs: int
+    tokens: int
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class CompletionResult:
     """What ``complete_token`` did: ``applied`` is True only for the call that won."""
 

@@ -22,6 +22,7 @@ from ..models import (
     CompletionSource,
     JournalEntry,
     Page,
+    PurgeCount,
     Run,
     RunError,
     RunEvent,
@@ -497,6 +498,19 @@ class Storage(Protocol):
         self, task_ids: list[str], versions: Mapping[str, str] | None = None
     ) -> bool:
         """Whether ``claim_runs`` with these tasks and versions would find a run now."""
+        ...
+
+    # retention
+    async def purge(self, older_than_ms: int, limit: int) -> PurgeCount:
+        """Delete at most ``limit`` finished runs (with their journals, events, edges and the
+        waitpoints they made for their own waits) and ``limit`` closed tokens (with their late
+        completions) older than ``older_than_ms``, oldest first, in one transaction. Kept
+        however old: a run whose parent or child has not finished or that an unfinished run
+        waits on, a token an unfinished run waits on or made (``storage.retention``)."""
+        ...
+
+    async def purgeable(self, older_than_ms: int) -> PurgeCount:
+        """How many runs and tokens ``purge`` would delete now, in all its batches."""
         ...
 
     def change_event(self) -> asyncio.Event:

@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .repairs import Repairs
+from .retention import Retention
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, first_statement
 from .timers import Timers
@@ -133,7 +134,7 @@ def behind_pgbouncer(url: str) -> bool:
     return value in {"true", "1"}
 
 
-class PostgresStorage(Repairs, Tokens, Waits, Timers):
+class PostgresStorage(Repairs, Tokens, Waits, Timers, Retention):
     """The backend for many workers on many machines."""
 
     q = POSTGRES

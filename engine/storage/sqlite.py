@@ -30,6 +30,7 @@ from ..private_files import folder_problem, private_dirs, private_file, refusal
 from ..settings import sqlite_path
 from .records import RowLike
 from .repairs import Repairs
+from .retention import Retention
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_statement
 from .sqlite_schema import MIGRATIONS
@@ -44,7 +45,7 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-class SQLiteStorage(Repairs, Tokens, Waits, Timers):
+class SQLiteStorage(Repairs, Tokens, Waits, Timers, Retention):
     """The embedded default backend."""
 
     q = SQLITE

@@ -318,6 +318,8 @@ class Tokens(StorageCore):
             " WHERE id = :id RETURNING late_completion_count",
             id=token_id,
         )
+        if not counted:  # deleted since it was read (retention): nothing left to record on
+            return
         n = int(counted[0]["late_completion_count"])
         yield count(
             "INSERT INTO late_completions (token_id, n, via, attempted_at)"

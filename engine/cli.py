@@ -28,7 +28,16 @@ from .logs import configure_logging
 if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only the above
     from .client import Engine
     from .keys import SecretKey
-    from .models import BulkResult, CompletionResult, Page, Run, TaskState, TimelineEntry, Token
+    from .models import (
+        BulkResult,
+        CompletionResult,
+        Page,
+        PurgeCount,
+        Run,
+        TaskState,
+        TimelineEntry,
+        Token,
+    )
     from .registry import TaskDefinition
     from .services import APIServer
     from .settings import Settings
@@ -435,6 +444,16 @@ def worker(
         typer.Option("--concurrency", min=1, metavar="N", help="Attempts run at once."),
     ] = None,
     version: WorkerVersion = None,
+    retention: Annotated[
+        str | None,
+        typer.Option(
+            "--retention",
+            metavar=Duration,
+            help="Delete finished runs and closed tokens older than this, in small batches"
+            " (default: $WAITPOINT_RETENTION, else none).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a worker: claim queued runs of the loaded tasks until SIGINT/SIGTERM."""
     from .settings import Settings
@@ -443,12 +462,16 @@ def worker(
     with _user_errors():
         settings = Settings()
         configure_logging(settings.log_format)
+        _duration_option(retention, "--retention")
         _, found = _load(tasks, settings)
 
     async def work(engine: Engine) -> None:
         from .services import run_services  # late: other commands start faster
 
-        await run_services(Worker(engine, found, concurrency=concurrency, version=version), None)
+        worker = Worker(
+            engine, found, concurrency=concurrency, version=version, retention=retention
+        )
+        await run_services(worker, None)
 
     _run(database, work)
 
@@ -518,6 +541,51 @@ def workers_list(
         api_url or database, lambda e: e.workers.list(include_gone=include_gone), api_key=api_key
     )
     show_workers(found, as_json=as_json, include_gone=include_gone)
+
+
+@app.command()
+def purge(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar=Duration,
+            help="Delete what finished or closed longer ago than this: 30d, 12h.",
+            show_default=False,
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be deleted.")
+    ] = False,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Delete finished runs (with their journals and events) and closed tokens older than
+    --older-than, in batches; what WAITPOINT_RETENTION makes every worker do.
+
+    Kept however old: a run whose parent or child has not finished, or that an unfinished run
+    waits on; a token an unfinished run waits on or made.
+    """
+
+    def progress(done: int, matched: int) -> None:
+        if not as_json:
+            print(f"deleted {done} of {matched}", file=sys.stderr, flush=True)
+
+    async def action(engine: Engine) -> PurgeCount:
+        age = _duration_option(older_than, "--older-than")
+        assert age is not None  # the option is required
+        return await engine.purge(age, dry_run=dry_run, progress=progress)
+
+    done = _run(api_url or database, action, api_key=api_key)
+    what = f"{done.runs} finished runs and {done.tokens} closed tokens"
+    if as_json:
+        print(json.dumps({"runs": done.runs, "tokens": done.tokens, "dryRun": dry_run}))
+    elif dry_run:
+        print(f"{what} are older than {older_than}; --dry-run: none deleted")
+    else:
+        print(f"deleted {what} older than {older_than}")
 
 
 # --- runs ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .defaults import DEFAULT_DATABASE_URL
-from .errors import ConfigurationError
+from .durations import parse_duration
+from .errors import ConfigurationError, ValidationError
 from .validation import clean_version
 
 ENV_PREFIX = "WAITPOINT_"
@@ -78,6 +79,10 @@ class Settings(BaseModel):
     """How often a run is taken over from a dead worker before it ends CRASHED."""
     concurrency: int = Field(default=100, gt=0)
     """Attempts one worker runs at the same time."""
+    retention: str | None = None
+    """How long finished runs (with their journals and events) and closed tokens are kept
+    ("30d", "12h"): every worker deletes older ones, in small batches. Unset (or blank), none
+    are deleted. What is kept however old: ``engine.storage.retention``."""
     always_replay: bool = False
     """Testing: end the attempt after every new durable call and resume by replay (slow)."""
     log_format: Literal["auto", "console", "json"] = "auto"
@@ -120,6 +125,18 @@ class Settings(BaseModel):
     @classmethod
     def _is_a_version(cls, value: str | None) -> str | None:
         return None if value is None else clean_version(value, "version")
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_is_a_duration(cls, value: str | None) -> str | None:
+        """A duration as ``parse_duration`` reads it, refused here (at start) if it is not."""
+        if value is None or not value.strip():
+            return None
+        try:
+            parse_duration(value)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
 
 
 def _environment() -> dict[str, str]:

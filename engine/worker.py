@@ -15,11 +15,13 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import anyio
 
 from .client import Engine
 from .client.local import follow_public_url
+from .durations import duration_ms
 from .errors import StorageError
 from .logs import get_logger
 from .models import ClaimedRun
@@ -27,6 +29,7 @@ from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
 from .signing import UNKNOWN_PUBLIC_URL
 from .storage import NewWorker
+from .storage.retention import PURGE_BATCH
 from .validation import clean_version
 
 log = get_logger("engine.worker")
@@ -35,6 +38,11 @@ _TIMER_BATCH = 1000
 PUBLIC_URL_SECONDS = 5.0
 """How often a worker not given a public URL reads the one the API server recorded."""
 _MIN_TIMER_PAUSE = 0.01
+RETENTION_SECONDS = 5.0
+"""How often a worker with a retention purges a batch at most (twice per retention period at
+least: a 1 s retention purges every half second), while the batches come back short."""
+_BETWEEN_FULL_BATCHES = 0.05
+"""The pause between full batches: other writers get the database in between."""
 
 
 @dataclass(eq=False)
@@ -75,6 +83,7 @@ class Worker:
         poll_seconds: float = 1.0,
         always_replay: bool | None = None,
         version: str | None = None,
+        retention: str | timedelta | None = None,
     ) -> None:
         self.engine = engine
         self.tasks = dict(tasks if tasks is not None else REGISTRY)
@@ -92,6 +101,10 @@ class Worker:
             engine.settings.always_replay if always_replay is None else always_replay
         )
         """Hand each run back after every new durable call, so it resumes by replay (tests)."""
+        kept = retention if retention is not None else engine.settings.retention
+        self.retention_ms = None if kept is None else duration_ms(kept)
+        """Delete finished runs and closed tokens older than this (``WAITPOINT_RETENTION``),
+        a batch at a time (``_retention_loop``); None: delete nothing."""
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._attempts_by_run: dict[str, _Attempt] = {}
         """Each run this worker is executing, with the record of its attempt of it."""
@@ -152,6 +165,8 @@ class Worker:
         async with anyio.create_task_group() as services:
             services.start_soon(self._timer_loop)
             services.start_soon(self._lease_loop)
+            if self.retention_ms is not None:
+                services.start_soon(self._retention_loop, self.retention_ms)
             if not signer.configured:
                 services.start_soon(self._public_url_loop)
             unfollow = storage.follow_work(sorted(self.tasks), self._queued)
@@ -329,6 +344,24 @@ class Worker:
         # from here on, only a deadline before the one slept to wakes this loop (a token
         # made with an hour's timeout does not)
         await _first_of([storage.deadline_event(until)], pause)
+
+    async def _retention_loop(self, older_than_ms: int) -> None:
+        """Delete what is older than the retention, one small batch (one short transaction)
+        at a time: at once again while batches come back full, else after a pause. Workers
+        purging at once take different rows (``storage.retention``)."""
+        pause = min(RETENTION_SECONDS, older_than_ms / 2000)
+        while True:
+            full = False
+            async with self._surviving(
+                "worker.retention_failed", "worker.retention_loop_failed", pause=0.0
+            ):
+                purged = await self.engine.storage.purge(older_than_ms, PURGE_BATCH)
+                if purged.runs or purged.tokens:
+                    log.info(
+                        "retention.purged", worker=self.id, runs=purged.runs, tokens=purged.tokens
+                    )
+                full = PURGE_BATCH in (purged.runs, purged.tokens)
+            await anyio.sleep(_BETWEEN_FULL_BATCHES if full else pause)
 
     async def _public_url_loop(self) -> None:
         """Follow the address the API server records: callback URLs made here point at where

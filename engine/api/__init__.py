@@ -19,6 +19,7 @@ from .cors import PublicRoutesCORS
 from .docs import router as docs_router
 from .limits import CredentialLimitMiddleware, FailureLimiter
 from .problems import install_problem_handlers
+from .retention import router as retention_router
 from .runs import router as runs_router
 from .streams import router as streams_router
 from .tokens import router as tokens_router
@@ -47,6 +48,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.include_router(tokens_router)
     app.include_router(runs_router)
     app.include_router(workers_router)
+    app.include_router(retention_router)
     app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 

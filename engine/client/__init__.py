@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections.abc import Callable
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,14 +31,16 @@ from typing_extensions import Unpack
 from .. import current
 from ..clock import Clock
 from ..current import current_engine
+from ..durations import to_timedelta
 from ..errors import RunFailedError, RunWaitTimeoutError
 from ..keys import SecretKey
-from ..models import Run, RunStatus, TaskInfo
+from ..models import PurgeCount, Run, RunStatus, TaskInfo
 from ..options import TRIGGER_OPTION_NAMES, TriggerOptions, check_names
 from ..registry import REGISTRY
 from ..settings import Settings
 from ..signing import CallbackSigner
 from ..storage import Storage
+from ..storage.retention import PURGE_BATCH
 from .interfaces import Connection, Runs, Tasks, Tokens, Workers
 from .local import (
     FOLLOW_MIN_GAP_SECONDS,
@@ -198,3 +202,44 @@ class Engine:
                 run.id, run.status.value, run.error.model_dump() if run.error else None
             )
         return run
+
+    async def purge(
+        self,
+        older_than: str | timedelta,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> PurgeCount:
+        """Delete the finished runs (with their journals, events and waits) and the closed
+        tokens older than ``older_than`` ("30d", a timedelta), ``PURGE_BATCH`` of each per
+        transaction (``purge_batch``); ``progress(done, matched)`` is called after each batch,
+        runs and tokens counted together. ``dry_run`` only counts.
+
+        Kept however old, since someone may still read them: a run whose parent or child has
+        not finished, or that an unfinished run waits on; a token an unfinished run waits on
+        or made (``engine.storage.retention``). What matches is counted first, and the batches
+        stop once as many were deleted, or at a batch that was not full: rows that reach the
+        age meanwhile are the next purge's, so a purge ends under a steady load too.
+        """
+        age = to_timedelta(older_than)
+        matched = await self._connection.purgeable(age)
+        if dry_run:
+            return matched
+        total = matched.runs + matched.tokens
+        runs = tokens = 0
+        while runs + tokens < total:
+            batch = await self._connection.purge(age, PURGE_BATCH)
+            runs, tokens = runs + batch.runs, tokens + batch.tokens
+            if progress is not None:
+                progress(runs + tokens, max(total, runs + tokens))
+            if PURGE_BATCH not in (batch.runs, batch.tokens):
+                break
+        return PurgeCount(runs=runs, tokens=tokens)
+
+    async def purge_batch(
+        self, older_than: str | timedelta, *, limit: int = PURGE_BATCH
+    ) -> PurgeCount:
+        """One transaction of ``purge``: at most ``limit`` finished runs and ``limit`` closed
+        tokens older than ``older_than``, the oldest first. Fewer than ``limit`` of both:
+        nothing more was due. (``POST /api/v1/purge`` is one batch, so no request runs long.)"""
+        return await self._connection.purge(to_timedelta(older_than), limit)

@@ -40,6 +40,7 @@ from ..models import (
     CompletionResult,
     CompletionSource,
     Page,
+    PurgeCount,
     Run,
     TaskState,
     TaskWorkers,
@@ -173,6 +174,16 @@ class HttpConnection(Connection):
         )
         run = await self.runs.retrieve(reply["id"])
         return run.model_copy(update={"is_cached": bool(reply.get("isCached"))})
+
+    async def purge(self, older_than: timedelta, limit: int) -> PurgeCount:
+        body = {"olderThan": format_duration(older_than), "limit": limit}
+        reply = await self.api.call("POST", "/api/v1/purge", json=body)
+        return PurgeCount(runs=int(reply["runs"]), tokens=int(reply["tokens"]))
+
+    async def purgeable(self, older_than: timedelta) -> PurgeCount:
+        body = {"olderThan": format_duration(older_than), "dryRun": True}
+        reply = await self.api.call("POST", "/api/v1/purge", json=body)
+        return PurgeCount(runs=int(reply["runs"]), tokens=int(reply["tokens"]), dry_run=True)
 
 
 class HttpRuns(Runs):

@@ -28,6 +28,7 @@ from ..models import (
     CompletionResult,
     CompletionSource,
     Page,
+    PurgeCount,
     Run,
     RunStatus,
     TaskState,
@@ -392,3 +393,12 @@ class Connection(ABC):
 
     @abstractmethod
     async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run: ...
+
+    @abstractmethod
+    async def purge(self, older_than: timedelta, limit: int) -> PurgeCount:
+        """One batch of ``Engine.purge``: at most ``limit`` finished runs and ``limit`` closed
+        tokens older than ``older_than``, deleted in one transaction."""
+
+    @abstractmethod
+    async def purgeable(self, older_than: timedelta) -> PurgeCount:
+        """What ``Engine.purge`` would delete now (its ``dry_run``)."""

@@ -16,6 +16,7 @@ from typing_extensions import Unpack
 
 from .. import completion
 from ..clock import Clock
+from ..durations import duration_ms
 from ..errors import ConfigurationError, TaskNotFoundError
 from ..keys import SecretKey, signing_secrets
 from ..logs import get_logger
@@ -23,6 +24,7 @@ from ..models import (
     CompletionResult,
     CompletionSource,
     Page,
+    PurgeCount,
     Run,
     TaskState,
     TaskWorkers,
@@ -134,6 +136,12 @@ class LocalConnection(Connection):
         run = await self.storage.create_run(new)
         log.info("run.triggered", run_id=run.id, task=task_id, cached=run.is_cached)
         return run
+
+    async def purge(self, older_than: timedelta, limit: int) -> PurgeCount:
+        return await self.storage.purge(duration_ms(older_than), limit)
+
+    async def purgeable(self, older_than: timedelta) -> PurgeCount:
+        return await self.storage.purgeable(duration_ms(older_than))
 
     async def checked_payload(self, task_id: str, payload: Any) -> tuple[Any, str | None]:
         """The payload as stored, validated by the task's model or schema, and its queue."""

@@ -16,6 +16,7 @@ PATHS = [
     "/api/v1/runs",
     "/api/v1/workers",
     "/api/v1/tasks/{task_id}/workers",
+    "/api/v1/purge",
     "/healthz",
 ]
 

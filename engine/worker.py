@@ -39,8 +39,8 @@ PUBLIC_URL_SECONDS = 5.0
 """How often a worker not given a public URL reads the one the API server recorded."""
 _MIN_TIMER_PAUSE = 0.01
 RETENTION_SECONDS = 5.0
-"""How often a worker with a retention purges a batch at most (twice per retention period at
-least: a 1 s retention purges every half second), while the batches come back short."""
+"""The pause between a worker's purges while they come back short; half the retention when
+that is shorter (a 1 s retention purges every half second)."""
 _BETWEEN_FULL_BATCHES = 0.05
 """The pause between full batches: other writers get the database in between."""
 

@@ -322,4 +322,54 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX waitpoints_closed ON waitpoints (completed_at) WHERE status <> 'WAITING';
     """,
+    # 10 (8 on SQLite): schedules, priority, rate limits, debounce and messages (see the
+    # SQLite migration). A new rate bucket or message wakes no one by itself: the runs it
+    # concerns are queued or re-queued by the statements that use them.
+    """
+    CREATE TABLE schedules (
+        id text COLLATE "C" PRIMARY KEY,
+        task_id text NOT NULL,
+        cron text NOT NULL,
+        timezone text NOT NULL DEFAULT 'UTC',
+        payload text,
+        external_id text,
+        deduplication_key text,
+        declared boolean NOT NULL DEFAULT false,
+        active boolean NOT NULL DEFAULT true,
+        catch_up text NOT NULL DEFAULT 'last',
+        next_tick_at bigint,
+        last_tick_at bigint,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL
+    );
+    CREATE UNIQUE INDEX schedules_deduplication ON schedules (deduplication_key)
+        WHERE deduplication_key IS NOT NULL;
+    CREATE INDEX schedules_due ON schedules (next_tick_at) WHERE active;
+    ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+    CREATE INDEX runs_queue_rank ON runs ((available_at - priority * 1000), id)
+        WHERE status = 'QUEUED';
+    ALTER TABLE tasks ADD COLUMN rate_limit integer;
+    ALTER TABLE tasks ADD COLUMN rate_period_ms bigint;
+    ALTER TABLE runs ADD COLUMN rate_limit_key text;
+    CREATE TABLE rate_buckets (
+        queue text NOT NULL,
+        key text NOT NULL DEFAULT '',
+        tokens double precision NOT NULL,
+        refilled_at bigint NOT NULL,
+        PRIMARY KEY (queue, key)
+    );
+    ALTER TABLE runs ADD COLUMN debounce_key text;
+    ALTER TABLE runs ADD COLUMN debounce_until bigint;
+    CREATE INDEX runs_debounce ON runs (task_id, debounce_key) WHERE debounce_key IS NOT NULL;
+    CREATE TABLE run_messages (
+        run_id text COLLATE "C" NOT NULL,
+        topic text NOT NULL,
+        n integer NOT NULL,
+        data text,
+        sent_at bigint NOT NULL,
+        delivered_at bigint,
+        PRIMARY KEY (run_id, topic, n)
+    );
+    ALTER TABLE waitpoints ADD COLUMN topic text;
+    """,
 ]

@@ -235,4 +235,63 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
     CREATE INDEX waitpoints_closed ON waitpoints (completed_at) WHERE status <> 'WAITING';
     """,
+    # 8 (10 on PostgreSQL): schedules, flow control and messages. ``schedules``: cron
+    # schedules, declared (``@task(cron=)``, ``declared``) or made at run time; a tick becomes
+    # a run whose idempotency key is the schedule id and the tick's time, so a tick makes one
+    # run however many workers fire it. ``priority`` (seconds, Trigger.dev's meaning): a run
+    # is claimed as if it had been queued that much earlier, hence the index on that rank.
+    # ``rate_limit``/``rate_period_ms`` on ``tasks``: a queue's rate limit, registered like its
+    # concurrency limit; ``rate_limit_key`` on a run gives each key its own bucket
+    # (``rate_buckets``: tokens left and when they were last refilled). ``debounce_key`` and
+    # ``debounce_until``: triggers of a task with the same key within the delay collapse into
+    # one run. ``run_messages``: data sent to a run on a topic, numbered per run and topic,
+    # each delivered once (``delivered_at``) to a ``receive`` (a MESSAGE waitpoint, whose
+    # ``topic`` says what it waits for).
+    """
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        cron TEXT NOT NULL,
+        timezone TEXT NOT NULL DEFAULT 'UTC',
+        payload TEXT,
+        external_id TEXT,
+        deduplication_key TEXT,
+        declared INTEGER NOT NULL DEFAULT 0,
+        active INTEGER NOT NULL DEFAULT 1,
+        catch_up TEXT NOT NULL DEFAULT 'last',
+        next_tick_at INTEGER,
+        last_tick_at INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX schedules_deduplication ON schedules (deduplication_key)
+        WHERE deduplication_key IS NOT NULL;
+    CREATE INDEX schedules_due ON schedules (next_tick_at) WHERE active = 1;
+    ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX runs_queue_rank ON runs ((available_at - priority * 1000), id)
+        WHERE status = 'QUEUED';
+    ALTER TABLE tasks ADD COLUMN rate_limit INTEGER;
+    ALTER TABLE tasks ADD COLUMN rate_period_ms INTEGER;
+    ALTER TABLE runs ADD COLUMN rate_limit_key TEXT;
+    CREATE TABLE rate_buckets (
+        queue TEXT NOT NULL,
+        key TEXT NOT NULL DEFAULT '',
+        tokens REAL NOT NULL,
+        refilled_at INTEGER NOT NULL,
+        PRIMARY KEY (queue, key)
+    );
+    ALTER TABLE runs ADD COLUMN debounce_key TEXT;
+    ALTER TABLE runs ADD COLUMN debounce_until INTEGER;
+    CREATE INDEX runs_debounce ON runs (task_id, debounce_key) WHERE debounce_key IS NOT NULL;
+    CREATE TABLE run_messages (
+        run_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        data TEXT,
+        sent_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        PRIMARY KEY (run_id, topic, n)
+    );
+    ALTER TABLE waitpoints ADD COLUMN topic TEXT;
+    """,
 ]

@@ -957,6 +957,30 @@ def runs_retry(
     _act_matching("retry", status, task, tag, since, dry_run, as_json, database, api_url, api_key)
 
 
+@runs_app.command("send")
+def runs_send(
+    run_id: RunId,
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="What receive(TOPIC) waits for.")],
+    data: Annotated[
+        str | None, typer.Option("--data", metavar="JSON", help="The message's data, as JSON.")
+    ] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Send a message to a run: its next receive(TOPIC) gets it (kept until then, in order)."""
+
+    async def action(engine: Engine) -> int:  # a bad --data is an error line, as others
+        return await engine.runs.send(run_id, topic, _json_option(data, "--data"))
+
+    number = _run(api_url or database, action, api_key=api_key)
+    if as_json:
+        print(json.dumps({"runId": run_id, "topic": topic, "n": number}))
+    else:
+        print(f"sent message {number} on {topic!r} to run {run_id}")
+
+
 @runs_app.command("replay")
 def runs_replay(
     run_id: RunId,

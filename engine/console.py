@@ -316,6 +316,9 @@ def _target(target: WaitTarget, at: datetime) -> str:
         return f"sleeping {length} (until {_moment(target.until, at)})"
     if target.kind == "deadline" and target.until is not None:
         return f"deadline {_moment(target.until, at)}"
+    if target.kind == "message":
+        until = f" until {_moment(target.until, at)}" if target.until is not None else ""
+        return f"a message{until} (waitpoint runs send)"
     return f"{target.kind} {target.id}"
 
 

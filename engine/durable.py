@@ -28,7 +28,13 @@ from .clock import to_ms
 from .context import Recorded, RunContext
 from .current import current_engine
 from .durations import Deadline, Timeout, duration_ms
-from .errors import AbortTaskRunError, DurableCallInStepError, StorageError, ValidationError
+from .errors import (
+    AbortTaskRunError,
+    DurableCallInStepError,
+    StorageError,
+    ValidationError,
+    WaitpointTimeoutError,
+)
 from .journal import encode_error
 from .logs import get_logger
 from .models import (
@@ -42,6 +48,7 @@ from .options import TokenOptions
 from .registry import Retry
 from .requests import token_request
 from .storage import JournalWrite
+from .validation import clean_topic
 
 log = get_logger("engine.durable")
 
@@ -363,6 +370,39 @@ def _group_result(
         first_result = results.get(first) if first else None
         ok = first_result is not None and first_result.ok
     return GroupResult(ok=ok, results=results, first=first, timed_out=timed_out)
+
+
+async def receive(
+    topic: str, *, timeout: Timeout | None = None, schema: type[BaseModel] | None = None
+) -> WaitResult[Any]:
+    """Park the run until the next message on ``topic`` (``engine.runs.send(run_id, topic,
+    data)``), or until ``timeout`` (a duration from the first call, or an aware datetime).
+
+    Messages sent before the run gets here wait for it, in the order they were sent; each is
+    delivered to exactly one ``receive``, once, whatever the run's crashes and replays. The
+    result is ``ok`` with ``output`` (the data, parsed into ``schema`` if given), or, on a
+    timeout, not ok with a ``WaitpointTimeoutError`` (``timed_out``); a message that comes
+    later is kept for the next ``receive`` of its topic.
+    """
+    topic = clean_topic(topic)
+    context = RunContext.current()
+    deadline = None if timeout is None else Deadline.of(timeout)
+
+    async def execute(write: JournalWrite) -> Recorded | None:
+        found = await context.storage.receive_message(topic, deadline, write, context.elapsed_ms())
+        if found is None:
+            log.info("run.suspended", topic=topic)
+            return None
+        return Recorded(found)
+
+    got = await context.durable_call(
+        "receive", topic, execute=execute, decode=_as_is, waits="receive"
+    )
+    if got.get("timedOut"):
+        error = WaitpointTimeoutError(f"no message on {topic!r} came before the timeout")
+        return WaitResult(ok=False, error=error)
+    data = got.get("data")
+    return WaitResult(ok=True, output=schema.model_validate(data) if schema else data)
 
 
 async def complete_token(

@@ -276,7 +276,8 @@ class WaitTarget(WireModel):
 
     ``kind`` is ``token`` (someone completes it; ``until`` is its timeout), ``run`` (it closes
     when the child run ``run_id`` ends), ``sleep`` (a ``sleep`` or ``sleep_until`` that ends
-    at ``until``) or ``deadline`` (the timeout of a ``wait_for_tokens`` group, at ``until``).
+    at ``until``), ``deadline`` (the timeout of a ``wait_for_tokens`` group, at ``until``) or
+    ``message`` (a ``receive``: the next message on its topic, or its timeout at ``until``).
     """
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset({"run_id", "until"})
@@ -337,6 +338,11 @@ class WaitResult(Generic[T]):
     output: T | None = None
     error: WaitpointError | None = None
     token_id: str = ""
+
+    @property
+    def timed_out(self) -> bool:
+        """The wait ran out of time (a token's timeout, a ``receive`` timeout)."""
+        return isinstance(self.error, WaitpointTimeoutError)
 
     def unwrap(self) -> T:
         """The output, or raise the wait's error (``WaitpointTimeoutError``, ...)."""

@@ -97,6 +97,26 @@ def clean_version(value: Any, what: str = "version") -> str:
     return str(value)
 
 
+MAX_TOPIC_LENGTH = 200
+
+
+def clean_topic(value: Any) -> str:
+    """A message topic (``receive``, ``runs.send``): 1 to 200 printable characters without
+    whitespace or ``#``, which would blur the journal key of the ``receive`` it names."""
+    fine = (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_TOPIC_LENGTH
+        and value.isprintable()
+        and not any(c.isspace() or c == "#" for c in value)
+    )
+    if not fine:
+        raise ValidationError(
+            f"a message topic is 1 to {MAX_TOPIC_LENGTH} printable characters without spaces"
+            f" or '#', such as comment or review.approved; got {value!r}"
+        )
+    return str(value)
+
+
 def clean_optional_text(value: str | None, what: str) -> str | None:
     if value is None:
         return None

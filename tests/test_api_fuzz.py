@@ -228,6 +228,7 @@ def test_a_number_too_long_for_python_is_400_on_every_operation_with_a_body(
     ids = {"token_id": token_id, "signature": seeded.signatures[token_id]}
     ids["task_id"] = seeded.tasks[0]
     ids["run_id"] = seeded.runs[0]
+    ids["topic"] = "comment"
     operation = schema[path][method]
     wanted = {name: ids[name] for name in ids if "{" + name + "}" in path}
     case = operation.Case(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,20 @@ async def test_pooled_connections_keep_no_session_state(postgres_url: str) -> No
             finally:
                 for conn in conns:
                     await pool.release(conn)
+
+
+async def test_every_table_of_the_schema_is_one_the_statements_qualify(postgres_url: str) -> None:
+    """Statements name tables without a schema and ``sql.TABLES`` puts the schema in front
+    (no ``search_path``, so PgBouncer works): a table missing from that list would be looked
+    up in the wrong schema."""
+    from engine.storage.sql import TABLES, rows
+
+    async with Engine(postgres_url) as engine:
+        storage: Any = engine.storage
+        found = await storage._read(
+            rows(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = :schema",
+                schema=storage.schema,
+            )
+        )
+    assert {row["table_name"] for row in found} == set(TABLES)

@@ -59,6 +59,7 @@ EXPECTED_ALL = [
     "current_run",
     "deprecate_patch",
     "patched",
+    "receive",
     "sleep",
     "sleep_until",
     "step",

@@ -139,6 +139,35 @@ async def cancel_run(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[st
     return {"id": run.id}
 
 
+class MessageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: Any = None
+
+
+@router.post(
+    "/api/v1/runs/{run_id}/messages/{topic}",
+    summary="Send a message to a run's receive(topic) (ours)",
+)
+async def send_message(
+    run_id: str,
+    topic: str,
+    request: Request,
+    engine: EngineDep,
+    _: SecretCaller,
+    body: MessageBody | None = None,
+) -> dict[str, Any]:
+    """Kept until the run receives it; a repeat of the same request (the same
+    ``x-trigger-request-idempotency-key``) sends nothing twice."""
+    key = f"message:{run_id}:{topic}"
+    reply = await replayed(request, key)
+    if reply is None:
+        number = await engine.runs.send(run_id, topic, None if body is None else body.data)
+        reply = {"runId": run_id, "topic": topic, "n": number}
+        await remember(request, key, reply)
+    return reply
+
+
 class ReplayBody(BaseModel):
     """Optional: without a ``payload`` the replay takes the original's."""
 

@@ -212,6 +212,11 @@ class HttpRuns(Runs):
         await self._api.call("POST", f"/api/v2/runs/{run_id}/cancel")
         return await self.retrieve(run_id)
 
+    async def _send(self, run_id: str, topic: str, data: Any) -> int:
+        path = f"/api/v1/runs/{run_id}/messages/{quote(topic, safe='')}"
+        reply = await self._api.call("POST", path, json={"data": data})
+        return int(reply["n"])
+
     async def retry(self, run_id: str) -> Run:
         await self._api.call("POST", f"/api/v1/runs/{run_id}/retry")
         return await self.retrieve(run_id)

@@ -42,7 +42,7 @@ from ..options import RunQuery, TokenOptions, TriggerOptions
 from ..requests import moment_ms, page_request
 from ..signing import CallbackSigner
 from ..storage import PageRequest, RunFilter, Storage, TokenFilter
-from ..validation import clean_statuses, clean_tags, clean_version
+from ..validation import clean_statuses, clean_tags, clean_topic, clean_version
 
 BULK_BATCH = 50
 """Runs a bulk action (``cancel_matching``, ``retry_matching``) acts on at once."""
@@ -173,6 +173,16 @@ class Runs(ABC):
     @abstractmethod
     async def cancel(self, run_id: str) -> Run:
         """Cancel a run that has not finished; a finished run is returned unchanged."""
+
+    async def send(self, run_id: str, topic: str, data: Any = None) -> int:
+        """Send ``data`` (JSON) to the run's ``receive(topic)``; returns the message's number
+        on its topic (1, 2, ...). Kept until the run receives it: messages are delivered in
+        the order they were sent, each once. A run waiting on the topic resumes; a finished
+        run is refused (``RunStateError``)."""
+        return await self._send(run_id, clean_topic(topic), data)
+
+    @abstractmethod
+    async def _send(self, run_id: str, topic: str, data: Any) -> int: ...
 
     async def migrate(self, run_id: str, *, to: str) -> Run:
         """Move an unfinished run to version ``to``: from now on only workers serving ``to``

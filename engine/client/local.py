@@ -244,6 +244,11 @@ class LocalRuns(Runs):
     async def cancel(self, run_id: str) -> Run:
         return await self._connection.storage.cancel_run(run_id)
 
+    async def _send(self, run_id: str, topic: str, data: Any) -> int:
+        number = await self._connection.storage.send_message(run_id, topic, data)
+        log.info("run.message_sent", run_id=run_id, topic=topic, n=number)
+        return number
+
     async def retry(self, run_id: str) -> Run:
         run = await self._connection.storage.retry_finished_run(run_id)
         log.info("run.retried_by_hand", run_id=run_id)

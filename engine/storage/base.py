@@ -365,6 +365,23 @@ class Storage(Protocol):
         others replayed."""
         ...
 
+    # messages into a running run (``messages.py``)
+    async def send_message(self, run_id: str, topic: str, data: Any) -> int:
+        """Keep ``data`` for the run's next ``receive(topic)`` (its number on the topic); a
+        run waiting on the topic is woken; a finished run: ``RunStateError``."""
+        ...
+
+    async def receive_message(
+        self,
+        topic: str,
+        deadline: Deadline | None,
+        journal: JournalWrite,
+        elapsed_ms: int = 0,
+    ) -> dict[str, Any] | None:
+        """The oldest undelivered message on ``topic``, delivered and journaled; or
+        ``{"timedOut": true}`` past the deadline; or None: the run blocks."""
+        ...
+
     # sent round again by hand (``repairs.py``)
     async def retry_finished_run(self, run_id: str) -> Run:
         """Queue a FAILED, CRASHED or TIMED_OUT run for a new attempt from its journal

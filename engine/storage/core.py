@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..errors import LeaseLostError, StorageError
+from ..errors import LeaseLostError, RunNotFoundError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
 from ..models import TaskInfo, Token
@@ -241,6 +241,17 @@ class StorageCore:
         return str(found[0]["value"]) if found else None
 
     # -- shared steps ----------------------------------------------------------------------
+
+    def _run_row(self, run_id: str, columns: str) -> Op[RowLike]:
+        """The run's ``columns``, its row locked (PostgreSQL) as every change made from
+        outside the run's lease locks it first (``RunNotFoundError`` for an unknown id)."""
+        found = yield rows(
+            f"SELECT {columns} FROM runs WHERE id = :id{self.q.for_update}", id=run_id
+        )
+        if not found:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        row: RowLike = found[0]
+        return row
 
     def _fence(self, run_id: str, epoch: int) -> Op[int]:
         """Refuse the write unless this epoch still holds the run; returns the run's depth."""

@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
     ) from exc
 
+from .messages import Messages
 from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .repairs import Repairs
@@ -48,7 +49,6 @@ from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, 
 from .timers import Timers
 from .tokens import Tokens
 from .urls import display_url
-from .waits import Waits
 
 T = TypeVar("T")
 
@@ -134,7 +134,7 @@ def behind_pgbouncer(url: str) -> bool:
     return value in {"true", "1"}
 
 
-class PostgresStorage(Repairs, Tokens, Waits, Timers, Retention):
+class PostgresStorage(Repairs, Tokens, Messages, Timers, Retention):
     """The backend for many workers on many machines."""
 
     q = POSTGRES

@@ -121,6 +121,7 @@ class Retention(StorageCore):
         parts = {
             "journal": count(f"DELETE FROM journal WHERE run_id {q.in_('ids')}", ids=ids),
             "events": count(f"DELETE FROM run_events WHERE run_id {q.in_('ids')}", ids=ids),
+            "messages": count(f"DELETE FROM run_messages WHERE run_id {q.in_('ids')}", ids=ids),
             "edges": count(f"DELETE FROM run_waits WHERE run_id {q.in_('ids')}", ids=ids),
             # created_by_key: the waitpoints_made_by index holds only rows that have one (every
             # waitpoint a run's call made has)

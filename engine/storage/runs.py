@@ -419,16 +419,6 @@ class Runs(Workers):
             )
         return row
 
-    def _run_row(self, run_id: str, columns: str) -> Op[RowLike]:
-        """The run's row, locked (PostgreSQL) as every change made from outside locks it."""
-        found = yield rows(
-            f"SELECT {columns} FROM runs WHERE id = :id{self.q.for_update}", id=run_id
-        )
-        if not found:
-            raise RunNotFoundError(f"no run with id {run_id!r}")
-        row: RowLike = found[0]
-        return row
-
     def _tell(self, expression: str, source: str | None = None, **params: Any) -> Op[None]:
         """PostgreSQL: notify the payload ``expression`` gives (SQL, over the rows of
         ``source`` if given) on the channel of migration 6's triggers, at commit, for a change

@@ -28,6 +28,7 @@ from ..errors import ConfigurationError, StorageError, StorageUnavailableError
 from ..keys import SigningSecrets, legacy_signature_hash
 from ..private_files import folder_problem, private_dirs, private_file, refusal
 from ..settings import sqlite_path
+from .messages import Messages
 from .records import RowLike
 from .repairs import Repairs
 from .retention import Retention
@@ -36,7 +37,6 @@ from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_statement
 from .sqlite_schema import MIGRATIONS
 from .timers import Timers
 from .tokens import Tokens
-from .waits import Waits
 from .writer import GroupCommitWriter, translate
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-class SQLiteStorage(Repairs, Tokens, Waits, Timers, Retention):
+class SQLiteStorage(Repairs, Tokens, Messages, Timers, Retention):
     """The embedded default backend."""
 
     q = SQLITE

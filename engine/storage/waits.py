@@ -302,7 +302,7 @@ class Waits(StorageCore):
         return made
 
 
-_TARGET_KINDS = {"MANUAL": "token", "RUN": "run"}
+_TARGET_KINDS = {"MANUAL": "token", "RUN": "run", "MESSAGE": "message"}
 
 
 def _wait_target(row: RowLike) -> WaitTarget:

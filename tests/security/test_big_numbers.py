@@ -32,6 +32,8 @@ JSON_ROUTES = {
     "POST /api/v1/runs/{run_id}/replay",
     "POST /api/v1/runs/{run_id}/fork",
     "POST /api/v1/runs/{run_id}/migrate",
+    "POST /api/v1/runs/{run_id}/messages/{topic}",
+    "POST /api/v1/purge",
 }
 BODIES = {
     "alone": BIG,
@@ -83,7 +85,7 @@ async def test_a_number_too_long_for_python_is_400_on_every_json_route(
     token_id, callback, public = await _waiting_token(api)
     path = route.split(" ", 1)[1]
     path = path.replace("{task_id}", TASK).replace("{token_id}", token_id)
-    path = path.replace("{run_id}", "run_never_reached")  # the body is refused first
+    path = path.replace("{run_id}", "run_never_reached").replace("{topic}", "t")  # refused first
     headers = {**AUTH, "content-type": "application/json"}
     if "{signature}" in path:
         path, headers = callback, {"content-type": "application/json"}

@@ -94,6 +94,14 @@ class CallbackSigner:
             f"{self._base}/api/v1/waitpoints/tokens/{token_id}/callback/{self.signature(token_id)}"
         )
 
+    def message_url(self, run_id: str, topic: str, base: str | None = None) -> str:
+        """Where a POST sends its whole body to the run's ``receive(topic)``, no key needed:
+        the signature opens that run and topic only. ``base``: the server's own address, for
+        the server (else the public URL this signer knows)."""
+        signature = self.signature(message_subject(run_id, topic))
+        root = base.rstrip("/") if base else self._base
+        return f"{root}/api/v1/runs/{run_id}/messages/{topic}/{signature}"
+
     def verify(self, token_id: str, signature: str) -> bool:
         """Constant-time check, after refusing anything that is not 64 lowercase hex chars."""
         if not well_formed(signature):
@@ -104,6 +112,12 @@ class CallbackSigner:
             return False
         old = hmac.new(self._previous, token_id.encode(), hashlib.sha256).hexdigest()
         return hmac.compare_digest(old, signature)
+
+
+def message_subject(run_id: str, topic: str) -> str:
+    """What a message URL's signature signs: a token id never starts with ``message:``, so no
+    token's callback signature opens a message URL, nor the other way round."""
+    return f"message:{run_id}:{topic}"
 
 
 # --- public access tokens --------------------------------------------------------------

@@ -42,6 +42,7 @@ from schemathesis.python.asgi import shutdown_lifespans
 from engine import Engine, Settings
 from engine.api import create_app
 from engine.models import TaskInfo
+from engine.signing import message_subject
 
 SECRET_KEY = "wp_fuzz_" + "0123456789abcdef" * 3
 MAX_EXAMPLES = 30
@@ -75,6 +76,8 @@ class Seeded:
     tokens: list[str] = field(default_factory=list)
     signatures: dict[str, str] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
+    message_signatures: dict[str, str] = field(default_factory=dict)
+    """Per run: the signature of its message URL for the topic ``comment``."""
     tasks: list[str] = field(default_factory=lambda: ["fuzz-plain", "fuzz-typed"])
 
 
@@ -101,6 +104,8 @@ async def _seed(engine: Engine, seeded: Seeded) -> None:
         task = seeded.tasks[i % 2]
         run = await engine.trigger(task, {"n": i}, tags=["fuzz"])
         seeded.runs.append(run.id)
+        subject = message_subject(run.id, "comment")
+        seeded.message_signatures[run.id] = engine.signer.signature(subject)
 
 
 # The schema comes from the app's own /openapi.json, fetched in-process at import (the route
@@ -229,6 +234,8 @@ def test_a_number_too_long_for_python_is_400_on_every_operation_with_a_body(
     ids["task_id"] = seeded.tasks[0]
     ids["run_id"] = seeded.runs[0]
     ids["topic"] = "comment"
+    if "/messages/" in path:
+        ids["signature"] = seeded.message_signatures[ids["run_id"]]
     operation = schema[path][method]
     wanted = {name: ids[name] for name in ids if "{" + name + "}" in path}
     case = operation.Case(

@@ -201,3 +201,54 @@ def test_the_command_sends_and_says_why_it_cannot(db_url: str) -> None:
     ok_json(db_url, "runs", "cancel", run["id"])
     finished = invoke(db_url, "runs", "send", run["id"], "comment")
     assert_one_line_error(finished, "already finished")
+
+
+async def test_a_signed_url_sends_its_body_to_that_run_and_topic_only(engine: Engine) -> None:
+    await engine.storage.register_tasks([TaskInfo(LISTENER.id)])
+    run = await engine.trigger(LISTENER.id, 2)
+    other = await engine.trigger(LISTENER.id, 2)
+    async with api_client(engine) as api:
+        asked = await api.get(f"/api/v1/runs/{run.id}/messages/steer/url", headers=AUTH)
+        url = asked.json()["url"]
+        assert url.startswith(f"http://testserver/api/v1/runs/{run.id}/messages/steer/")
+        path = url.removeprefix("http://testserver")
+        sent = await api.post(path, content=b'{"go": "left"}')  # no key: the URL is the key
+        assert sent.json() == {"runId": run.id, "topic": "steer", "n": 1}
+        signature = path.rsplit("/", 1)[1]
+        refused = [
+            await api.post(f"/api/v1/runs/{other.id}/messages/steer/{signature}", content=b"1"),
+            await api.post(f"/api/v1/runs/{run.id}/messages/other/{signature}", content=b"1"),
+            await api.post(f"/api/v1/runs/{run.id}/messages/steer/{'0' * 64}", content=b"1"),
+            await api.post(path, content=b"{not json"),
+        ]
+        assert [r.status_code for r in refused] == [401, 401, 401, 400]
+        token = await engine.tokens.create()
+        token_signature = token.url.rsplit("/", 1)[1]
+        as_token = await api.post(
+            f"/api/v1/runs/{run.id}/messages/steer/{token_signature}", content=b"1"
+        )
+        assert as_token.status_code == 401
+        unknown = await api.get("/api/v1/runs/run_nope/messages/steer/url", headers=AUTH)
+        assert unknown.status_code == 404
+    assert await engine.runs.send(run.id, "steer", "next") == 2  # only the one was kept
+
+
+async def test_a_local_engine_signs_message_urls_on_its_public_url(db_url: str) -> None:
+    from engine import Settings
+    from engine.errors import ConfigurationError
+    from engine.signing import message_subject
+
+    async with Engine(db_url) as unknown:
+        await unknown.storage.register_tasks([TaskInfo(LISTENER.id)])
+        run = await unknown.trigger(LISTENER.id, 1)
+        with pytest.raises(ConfigurationError, match="no public URL is known"):
+            await unknown.runs.message_url(run.id, "steer")
+    settings = Settings(database_url=db_url, public_url="https://hooks.example.com")
+    async with Engine(settings=settings) as engine:
+        url = await engine.runs.message_url(run.id, "steer")
+        prefix = f"https://hooks.example.com/api/v1/runs/{run.id}/messages/steer/"
+        assert url.startswith(prefix)
+        signature = url.removeprefix(prefix)
+        assert engine.signer.verify(message_subject(run.id, "steer"), signature)
+        with pytest.raises(ValidationError, match="a message topic is"):
+            await engine.runs.message_url(run.id, "two words")

@@ -12,9 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ValidationError
 from ..options import TriggerOptions
-from ..validation import clean_version
-from .body import JSONGuardRoute, too_many_digits
-from .deps import AnyCaller, EngineDep, SecretCaller, auth_of, claims_header, remember, replayed
+from ..signing import message_subject
+from ..validation import clean_topic, clean_version
+from .body import JSONGuardRoute, parse_json, too_many_digits
+from .deps import (
+    AnyCaller,
+    EngineDep,
+    SecretCaller,
+    auth_of,
+    claims_header,
+    public_url_of,
+    remember,
+    replayed,
+)
 from .problems import Problem, query_error
 from .queries import ListWindow, comma_list, deadline, run_statuses
 from .wire import page_json, run_json
@@ -166,6 +176,42 @@ async def send_message(
         reply = {"runId": run_id, "topic": topic, "n": number}
         await remember(request, key, reply)
     return reply
+
+
+@router.get(
+    "/api/v1/runs/{run_id}/messages/{topic}/url",
+    summary="A signed URL that sends its body to the run's receive(topic), no key (ours)",
+)
+async def message_url(
+    run_id: str, topic: str, request: Request, engine: EngineDep, _: SecretCaller
+) -> dict[str, Any]:
+    """On this server's public address, as approval links are."""
+    await engine.runs.retrieve(run_id)  # 404 for an unknown run
+    signed = engine.signer.message_url(run_id, clean_topic(topic), public_url_of(request))
+    return {"url": signed}
+
+
+@router.post(
+    "/api/v1/runs/{run_id}/messages/{topic}/{signature}",
+    summary="Send a message through the run's signed URL: the whole body is the data (ours)",
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": {}}}, "required": False}
+    },
+)
+async def send_signed_message(
+    run_id: str, topic: str, signature: str, request: Request, engine: EngineDep
+) -> dict[str, Any]:
+    """Checked like a token's callback: the signature first, then a body of a known length."""
+    if "content-length" not in request.headers or "transfer-encoding" in request.headers:
+        raise Problem(
+            411, "send the message body with a Content-Length header and no Transfer-Encoding"
+        )
+    if not engine.signer.verify(message_subject(run_id, topic), signature):
+        raise Problem(401, "invalid message signature")
+    raw = await request.body()
+    data = parse_json(raw, request.app.state.settings.max_json_depth) if raw.strip() else None
+    number = await engine.runs.send(run_id, topic, data)
+    return {"runId": run_id, "topic": topic, "n": number}
 
 
 class ReplayBody(BaseModel):

@@ -212,6 +212,11 @@ class HttpRuns(Runs):
         await self._api.call("POST", f"/api/v2/runs/{run_id}/cancel")
         return await self.retrieve(run_id)
 
+    async def _message_url(self, run_id: str, topic: str) -> str:
+        """Asks the server, which signs the URL and knows its own public URL."""
+        path = f"/api/v1/runs/{run_id}/messages/{quote(topic, safe='')}/url"
+        return str((await self._api.call("GET", path))["url"])
+
     async def _send(self, run_id: str, topic: str, data: Any) -> int:
         path = f"/api/v1/runs/{run_id}/messages/{quote(topic, safe='')}"
         reply = await self._api.call("POST", path, json={"data": data})

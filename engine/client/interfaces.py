@@ -184,6 +184,15 @@ class Runs(ABC):
     @abstractmethod
     async def _send(self, run_id: str, topic: str, data: Any) -> int: ...
 
+    async def message_url(self, run_id: str, topic: str) -> str:
+        """A signed URL that sends its POST's whole body as a message on ``topic`` to the
+        run, with no key (for a partner's webhook, like a token's callback URL). It opens
+        this run and topic only, and lasts as long as the secret key."""
+        return await self._message_url(run_id, clean_topic(topic))
+
+    @abstractmethod
+    async def _message_url(self, run_id: str, topic: str) -> str: ...
+
     async def migrate(self, run_id: str, *, to: str) -> Run:
         """Move an unfinished run to version ``to``: from now on only workers serving ``to``
         for its task claim it, and its next attempt replays its journal on that code (so

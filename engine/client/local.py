@@ -244,6 +244,13 @@ class LocalRuns(Runs):
     async def cancel(self, run_id: str) -> Run:
         return await self._connection.storage.cancel_run(run_id)
 
+    async def _message_url(self, run_id: str, topic: str) -> str:
+        await self.retrieve(run_id)  # RunNotFoundError for an unknown id
+        connection = self._connection
+        if await follow_public_url(connection.signer, connection.storage) is None:
+            raise ConfigurationError(NO_PUBLIC_URL)
+        return connection.signer.message_url(run_id, topic)
+
     async def _send(self, run_id: str, topic: str, data: Any) -> int:
         number = await self._connection.storage.send_message(run_id, topic, data)
         log.info("run.message_sent", run_id=run_id, topic=topic, n=number)

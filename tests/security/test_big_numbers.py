@@ -18,6 +18,7 @@ import pytest
 from engine import Engine, Settings, ValidationError
 from engine.api import create_app
 from engine.models import TaskInfo
+from engine.signing import message_subject
 from tests.api.conftest import AUTH, TOKENS, api_client, token_row_count
 from tests.ui.conftest import alert, field_errors
 
@@ -34,6 +35,7 @@ JSON_ROUTES = {
     "POST /api/v1/runs/{run_id}/migrate",
     "POST /api/v1/runs/{run_id}/messages/{topic}",
     "POST /api/v1/purge",
+    "POST /api/v1/runs/{run_id}/messages/{topic}/{signature}",
 }
 BODIES = {
     "alone": BIG,
@@ -87,7 +89,10 @@ async def test_a_number_too_long_for_python_is_400_on_every_json_route(
     path = path.replace("{task_id}", TASK).replace("{token_id}", token_id)
     path = path.replace("{run_id}", "run_never_reached").replace("{topic}", "t")  # refused first
     headers = {**AUTH, "content-type": "application/json"}
-    if "{signature}" in path:
+    if "/messages/" in path and "{signature}" in path:  # signed for this run and topic
+        signature = engine.signer.signature(message_subject("run_never_reached", "t"))
+        path, headers = path.replace("{signature}", signature), {"content-type": "application/json"}
+    elif "{signature}" in path:
         path, headers = callback, {"content-type": "application/json"}
     response = await api.post(path, content=BODIES[body].encode(), headers=headers)
     assert response.status_code == 400, response.text

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import Recorded, RunContext
 from .current import current_engine
+from .errors import ValidationError
 from .logs import get_logger
 from .models import Run, RunResult, Token
 from .options import TriggerOptions
@@ -30,6 +31,7 @@ async def trigger_child(definition: TaskDefinition, payload: Any, options: Trigg
     context = RunContext.find()
     if context is None:
         return await current_engine().trigger(definition.id, payload, **options)
+    _no_debounce(options)
     storage = context.storage
 
     async def execute(write: JournalWrite) -> Recorded:
@@ -51,6 +53,7 @@ async def trigger_children_and_wait(
     definition: TaskDefinition, payloads: list[Any], options: TriggerOptions, *, batch: bool
 ) -> list[RunResult]:
     """Start the children and park until all finished: one transaction, once per key."""
+    _no_debounce(options)
     context = RunContext.current()
     storage = context.storage
 
@@ -80,6 +83,15 @@ async def trigger_children_and_wait(
         waits="batch_trigger_and_wait" if batch else "trigger_and_wait",
     )
     return [RunResult.from_waitpoint(waitpoint) for waitpoint in closed]
+
+
+def _no_debounce(options: TriggerOptions) -> None:
+    """A child is made once per journal key, with an edge to its parent: it joins no other
+    trigger's run, so a debounce would not do what it says."""
+    if options.get("debounce") is not None:
+        raise ValidationError(
+            "debounce is for triggers from outside a run: a child run is made once per call"
+        )
 
 
 def _waitpoints(value: Any) -> list[Token]:

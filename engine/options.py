@@ -9,13 +9,92 @@ mypy checks every caller's keywords and types against this one definition.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel
 
-from .durations import Timeout
+from .durations import Timeout, duration_ms, format_duration
+from .errors import ValidationError
 from .models import RunStatus
+
+MAX_BATCH_ITEMS = 1_000
+"""Runs one ``batch_trigger`` makes at most (one transaction: a bigger one would hold the
+database's writer, SQLite's only one, for too long)."""
+MAX_DEBOUNCE_KEY_LENGTH = 512
+"""Trigger.dev's limit: a key its SDK sends is accepted here too."""
+MIN_DEBOUNCE_MS = 1_000
+MAX_DEBOUNCE_MS = 30 * 86_400_000
+
+
+@dataclass(frozen=True)
+class Debounce:
+    """Collapse the triggers of a task with the same ``key`` into one run (Trigger.dev's
+    ``debounce`` option): ``engine.trigger("reindex", doc, debounce=Debounce("doc-42", "5s"))``.
+
+    The first trigger makes a DELAYED run due ``delay`` later; each trigger with the same key
+    while that run is still DELAYED returns it (``is_cached``) and pushes it back to ``delay``
+    after itself, so the run starts once the triggers pause for ``delay``. ``mode`` says whose
+    data it runs with: ``"leading"`` (the default, as in Trigger.dev) the first trigger's,
+    ``"trailing"`` the last one's (its payload, tags, metadata, max_attempts and
+    max_duration replace the run's). ``max_delay`` bounds the pushing, from the first
+    trigger: a trigger that would push the run later than that leaves it to start when it
+    is due and makes a new run. Without it, triggers that never pause for ``delay`` keep
+    the run waiting.
+
+    ``delay`` is at least 1 s (Trigger.dev's minimum; a shorter window collapses next to
+    nothing) and, like ``max_delay``, at most 30 days: a debounced run waits DELAYED that
+    long, and a wait of months between triggers is a schedule's work, not a debounce's.
+    """
+
+    key: str
+    delay: str | timedelta
+    mode: Literal["leading", "trailing"] = "leading"
+    max_delay: str | timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ValidationError("debounce key must be a non-empty string")
+        if len(self.key) > MAX_DEBOUNCE_KEY_LENGTH:
+            raise ValidationError(
+                f"debounce key is {len(self.key)} characters long;"
+                f" at most {MAX_DEBOUNCE_KEY_LENGTH} allowed"
+            )
+        if self.mode not in ("leading", "trailing"):
+            raise ValidationError(
+                f"debounce mode must be 'leading' or 'trailing', not {self.mode!r}"
+            )
+        delay = _debounce_ms(self.delay, "delay")
+        if self.max_delay is not None and _debounce_ms(self.max_delay, "max_delay") <= delay:
+            raise ValidationError(
+                f"debounce max_delay ({_shown(self.max_delay)}) must be longer than its delay"
+                f" ({_shown(self.delay)}): no trigger could push the run back"
+            )
+
+    @property
+    def delay_ms(self) -> int:
+        return duration_ms(self.delay)
+
+    @property
+    def max_delay_ms(self) -> int | None:
+        return None if self.max_delay is None else duration_ms(self.max_delay)
+
+
+def _debounce_ms(value: str | timedelta, what: str) -> int:
+    if not isinstance(value, str | timedelta):
+        raise ValidationError(f"debounce {what} must be a duration ('5s') or a timedelta")
+    try:
+        ms = duration_ms(value)
+    except ValidationError as exc:
+        raise ValidationError(f"debounce {what}: {exc}") from None
+    if not MIN_DEBOUNCE_MS <= ms <= MAX_DEBOUNCE_MS:
+        raise ValidationError(f"debounce {what} is {_shown(value)}: it must be between 1s and 30d")
+    return ms
+
+
+def _shown(value: str | timedelta) -> str:
+    return value if isinstance(value, str) else format_duration(value)
 
 
 class TriggerOptions(TypedDict, total=False):
@@ -37,6 +116,15 @@ class TriggerOptions(TypedDict, total=False):
     """Executing time after which the run is TIMED_OUT (over the task's own limit)."""
     concurrency_key: str | None
     """Gives this key (a tenant) its own copy of the task queue's concurrency limit."""
+    debounce: Debounce | None
+    """Triggers with the same key collapse into one run (``Debounce``); not with ``delay``."""
+
+
+class BatchItem(TypedDict, total=False):
+    """One run of ``Engine.batch_trigger``: Trigger.dev's ``{payload, options}`` item."""
+
+    payload: Any
+    options: TriggerOptions
 
 
 class TokenOptions(TypedDict, total=False):
@@ -84,8 +172,12 @@ def check_names(options: dict[str, Any], names: frozenset[str], call: str) -> No
 
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
+    "MAX_DEBOUNCE_KEY_LENGTH",
     "TOKEN_OPTION_NAMES",
     "TRIGGER_OPTION_NAMES",
+    "BatchItem",
+    "Debounce",
     "RunQuery",
     "TokenOptions",
     "TriggerOptions",

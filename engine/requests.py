@@ -6,7 +6,7 @@ the same ``ValidationError`` wherever it comes from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,13 +19,16 @@ from .errors import ValidationError
 from .journal import CallKey
 from .models import JournalEntry, RunError, RunEvent, TimelineEntry, Token, WaitTarget
 from .options import (
+    MAX_BATCH_ITEMS,
     TOKEN_OPTION_NAMES,
     TRIGGER_OPTION_NAMES,
+    BatchItem,
+    Debounce,
     TokenOptions,
     TriggerOptions,
     check_names,
 )
-from .storage import NewRun, NewToken, PageRequest
+from .storage import NewDebounce, NewRun, NewToken, PageRequest
 from .validation import (
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
@@ -114,7 +117,57 @@ def run_request(
         max_duration_ms=None if max_duration is None else duration_ms(max_duration),
         queue=queue,
         concurrency_key=clean_optional_text(options.get("concurrency_key"), "concurrency_key"),
+        debounce=_debounce(options.get("debounce"), delay),
     )
+
+
+def _debounce(debounce: Debounce | None, delay: object) -> NewDebounce | None:
+    """The debounce option for storage. Not with ``delay``: the debounce's own delay is the
+    run's, pushed back by every trigger that joins it, where a ``delay`` would be one fixed
+    start (which of the two would win is a guess no caller should have to make)."""
+    if debounce is None:
+        return None
+    if not isinstance(debounce, Debounce):
+        raise ValidationError("debounce must be a Debounce(key, delay, mode, max_delay)")
+    if delay is not None:
+        raise ValidationError(
+            "debounce and delay do not combine: the debounce's delay is the run's delay"
+        )
+    return NewDebounce(
+        debounce.key, debounce.delay_ms, debounce.mode == "trailing", debounce.max_delay_ms
+    )
+
+
+def batch_items(items: Sequence[BatchItem]) -> list[tuple[Any, TriggerOptions]]:
+    """Each item's payload and options, checked: at most ``MAX_BATCH_ITEMS`` items, each a
+    dict of ``payload`` and ``options`` (Trigger.dev's item shape); the message of a bad one
+    names its index."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
+        raise ValidationError("items must be a list of {'payload': ..., 'options': {...}}")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise ValidationError(
+            f"too many items: {len(items)} given, at most {MAX_BATCH_ITEMS} in one batch"
+        )
+    checked: list[tuple[Any, TriggerOptions]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ValidationError(
+                f"item {index}: an item is {{'payload': ..., 'options': {{...}}}},"
+                f" not {type(item).__name__}"
+            )
+        unknown = sorted(set(item) - {"payload", "options"}, key=str)
+        if unknown:
+            raise ValidationError(
+                f"item {index}: unknown key {unknown[0]!r} (an item has 'payload' and 'options')"
+            )
+        options = item.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ValidationError(f"item {index}: options must be a dict of trigger options")
+        names = sorted(set(options) - TRIGGER_OPTION_NAMES, key=str)
+        if names:
+            raise ValidationError(f"item {index}: unknown option {names[0]!r}")
+        checked.append((item.get("payload"), TriggerOptions(**options)))
+    return checked
 
 
 def _key_expiry(now_ms: int, key: str | None, ttl: str | timedelta | None) -> int | None:

@@ -7,6 +7,7 @@ from ..errors import ConfigurationError
 from .base import (
     DataToCheck,
     JournalWrite,
+    NewDebounce,
     NewRun,
     NewToken,
     NewWorker,
@@ -65,6 +66,7 @@ def open_storage(
 __all__ = [
     "DataToCheck",
     "JournalWrite",
+    "NewDebounce",
     "NewRun",
     "NewToken",
     "NewWorker",

@@ -61,6 +61,20 @@ class DeadlineEvent(asyncio.Event):
 
 
 @dataclass(frozen=True)
+class NewDebounce:
+    """A debounced trigger (``options.Debounce``, in milliseconds): the run it makes, or the
+    DELAYED run of the same task and key it joins (``storage.triggers``)."""
+
+    key: str
+    delay_ms: int
+    trailing: bool
+    """A joining trigger's payload, tags, metadata, max_attempts and max_duration replace
+    the run's (else the first trigger's stay)."""
+    max_delay_ms: int | None = None
+    """From the first trigger: a trigger that would push the run later makes a new run."""
+
+
+@dataclass(frozen=True)
 class NewRun:
     task_id: str
     payload: Any
@@ -86,6 +100,8 @@ class NewRun:
     origin: str | None = None
     version: str | None = None
     """Set for a fork only: its journal came from the original's code."""
+    debounce: NewDebounce | None = None
+    """Collapse triggers of the task with the same key (top-level triggers only)."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +263,12 @@ class Storage(Protocol):
 
     # runs
     async def create_run(self, new: NewRun) -> Run:
-        """Insert a QUEUED run, or return the live one with the same idempotency key."""
+        """Insert a QUEUED run, or return the live one with the same idempotency key (or
+        the DELAYED one a debounced trigger joins, pushed back), ``is_cached``."""
+        ...
+
+    async def create_runs(self, news: Sequence[NewRun]) -> list[Run]:
+        """``create_run`` for each, in order and in one transaction: all of them or none."""
         ...
 
     async def get_run(self, run_id: str) -> Run: ...

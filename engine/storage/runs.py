@@ -25,6 +25,7 @@ from .base import JournalWrite, NewRun, NewWorker, PageRequest, RunFilter
 from .core import lease_lost
 from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sql import FINAL, Op, Sql, alone, combined, count, many, rows
+from .triggers import Triggers
 from .workers import Workers
 
 _CLAIM_COLUMNS = (
@@ -89,7 +90,7 @@ class Served:
         return "" if served is None else f" version = coalesce(version, {served}),"
 
 
-class Runs(Workers):
+class Runs(Triggers, Workers):
     """Runs, their leases and journals, and the task registry (and the workers serving it)."""
 
     _channel = ""
@@ -195,19 +196,7 @@ class Runs(Workers):
         dump_json(new.payload, "the payload")  # refuse a bad payload before the transaction
 
         def op(now: int) -> Op[Run]:
-            if new.idempotency_key is not None:
-                row = yield from self._existing_by_key(
-                    "runs",
-                    "task_id = :task_id AND idempotency_key = :key",
-                    now,
-                    task_id=new.task_id,
-                    key=new.idempotency_key,
-                )
-                if row is not None:
-                    return run_from_row(row).model_copy(update={"is_cached": True})
-            elif self.q.writes_in_with:  # the run and its event in one statement
-                return run_from_row((yield alone(self._new_run(new, now)))[0])
-            return run_from_row((yield from self._insert_run(new, now)))
+            return (yield from self._trigger(new, now, whole=True))
 
         return await self._write(op)
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         WaitpointStatus,
         WaitResult,
     )
+    from .options import Debounce
     from .registry import Queue, Retry, TaskDefinition, task
     from .replay_check import check_replay
     from .settings import Settings
@@ -83,6 +84,7 @@ _WHERE = {
     "CompletionSource": "models",
     "ConcurrentWaitError": "errors",
     "ConfigurationError": "errors",
+    "Debounce": "options",
     "DurableCallInStepError": "errors",
     "Engine": "client",
     "EngineError": "errors",
@@ -145,6 +147,7 @@ __all__ = [
     "CompletionSource",
     "ConcurrentWaitError",
     "ConfigurationError",
+    "Debounce",
     "DurableCallInStepError",
     "Engine",
     "EngineError",

@@ -15,6 +15,7 @@ EXPECTED_ALL = [
     "CompletionSource",
     "ConcurrentWaitError",
     "ConfigurationError",
+    "Debounce",
     "DurableCallInStepError",
     "Engine",
     "EngineError",

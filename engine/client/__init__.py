@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -35,8 +35,9 @@ from ..durations import to_timedelta
 from ..errors import RunFailedError, RunWaitTimeoutError
 from ..keys import SecretKey
 from ..models import PurgeCount, Run, RunStatus, TaskInfo
-from ..options import TRIGGER_OPTION_NAMES, TriggerOptions, check_names
+from ..options import TRIGGER_OPTION_NAMES, BatchItem, TriggerOptions, check_names
 from ..registry import REGISTRY
+from ..requests import batch_items
 from ..settings import Settings
 from ..signing import CallbackSigner
 from ..storage import Storage
@@ -172,10 +173,27 @@ class Engine:
         worker started it within that long after it was due; ``metadata`` is a JSON object
         kept on the run; ``max_duration`` bounds its executing time (over the task's own
         limit); ``concurrency_key`` gives this key (a tenant) its own copy of the task
-        queue's concurrency limit.
+        queue's concurrency limit; ``debounce`` (``Debounce("user-42", "5s")``) collapses
+        the triggers with its key into one run, which starts once they pause for its delay.
         """
         check_names(dict(options), TRIGGER_OPTION_NAMES, "trigger")
         return await self._connection.trigger(task_id, payload, options)
+
+    async def batch_trigger(self, task_id: str, items: Sequence[BatchItem]) -> list[Run]:
+        """Queue a run of ``task_id`` per item, all in one transaction: all of them or none.
+
+        An item is Trigger.dev's ``{"payload": ..., "options": {...}}`` (``BatchItem``; the
+        options are ``trigger``'s). At most 1,000 items; every one is validated before any run
+        is made, and the message of a bad one names its index (``item 3: ...``). The runs come
+        back in the order of the items; an item whose idempotency key (or debounce key) finds
+        a run, one made earlier in the batch too, returns that one (``is_cached``).
+        """
+        checked = batch_items(items)
+        if not checked:
+            return []
+        return await self._connection.batch_trigger(
+            [(task_id, payload, options) for payload, options in checked]
+        )
 
     async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is COMPLETED and return it; raise ``RunFailedError`` if it

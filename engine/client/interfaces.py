@@ -414,6 +414,13 @@ class Connection(ABC):
     async def trigger(self, task_id: str, payload: Any, options: TriggerOptions) -> Run: ...
 
     @abstractmethod
+    async def batch_trigger(
+        self, items: builtins.list[tuple[str, Any, TriggerOptions]]
+    ) -> builtins.list[Run]:
+        """A run of each ``(task, payload, options)``, all made in one transaction or none
+        (``Engine.batch_trigger``); the message of a bad item names its index."""
+
+    @abstractmethod
     async def purge(self, older_than: timedelta, limit: int) -> PurgeCount:
         """One batch of ``Engine.purge``: at most ``limit`` finished runs and ``limit`` closed
         tokens older than ``older_than``, deleted in one transaction."""

@@ -125,6 +125,8 @@ class BatchItem(TypedDict, total=False):
 
     payload: Any
     options: TriggerOptions
+    task: str
+    """Another task than the batch's (as the items of Trigger.dev's ``batch.trigger``)."""
 
 
 class TokenOptions(TypedDict, total=False):

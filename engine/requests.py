@@ -138,35 +138,41 @@ def _debounce(debounce: Debounce | None, delay: object) -> NewDebounce | None:
     )
 
 
-def batch_items(items: Sequence[BatchItem]) -> list[tuple[Any, TriggerOptions]]:
-    """Each item's payload and options, checked: at most ``MAX_BATCH_ITEMS`` items, each a
-    dict of ``payload`` and ``options`` (Trigger.dev's item shape); the message of a bad one
-    names its index."""
+def batch_items(
+    task_id: str | None, items: Sequence[BatchItem]
+) -> list[tuple[str, Any, TriggerOptions]]:
+    """Each item's task, payload and options, checked: at most ``MAX_BATCH_ITEMS`` items, each
+    a dict of ``payload`` and ``options`` (Trigger.dev's item shape) and perhaps its ``task``
+    (else ``task_id``'s); the message of a bad one names its index."""
     if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
         raise ValidationError("items must be a list of {'payload': ..., 'options': {...}}")
     if len(items) > MAX_BATCH_ITEMS:
         raise ValidationError(
             f"too many items: {len(items)} given, at most {MAX_BATCH_ITEMS} in one batch"
         )
-    checked: list[tuple[Any, TriggerOptions]] = []
+    checked: list[tuple[str, Any, TriggerOptions]] = []
     for index, item in enumerate(items):
         if not isinstance(item, Mapping):
             raise ValidationError(
                 f"item {index}: an item is {{'payload': ..., 'options': {{...}}}},"
                 f" not {type(item).__name__}"
             )
-        unknown = sorted(set(item) - {"payload", "options"}, key=str)
+        unknown = sorted(set(item) - {"payload", "options", "task"}, key=str)
         if unknown:
             raise ValidationError(
-                f"item {index}: unknown key {unknown[0]!r} (an item has 'payload' and 'options')"
+                f"item {index}: unknown key {unknown[0]!r}"
+                " (an item has 'payload', 'options' and perhaps 'task')"
             )
+        task = item.get("task", task_id)
+        if not isinstance(task, str) or not task:
+            raise ValidationError(f"item {index}: which task? give the item a 'task' id")
         options = item.get("options") or {}
         if not isinstance(options, Mapping):
             raise ValidationError(f"item {index}: options must be a dict of trigger options")
         names = sorted(set(options) - TRIGGER_OPTION_NAMES, key=str)
         if names:
             raise ValidationError(f"item {index}: unknown option {names[0]!r}")
-        checked.append((item.get("payload"), TriggerOptions(**options)))
+        checked.append((task, item.get("payload"), TriggerOptions(**options)))
     return checked
 
 

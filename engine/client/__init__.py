@@ -179,21 +179,21 @@ class Engine:
         check_names(dict(options), TRIGGER_OPTION_NAMES, "trigger")
         return await self._connection.trigger(task_id, payload, options)
 
-    async def batch_trigger(self, task_id: str, items: Sequence[BatchItem]) -> list[Run]:
+    async def batch_trigger(self, task_id: str | None, items: Sequence[BatchItem]) -> list[Run]:
         """Queue a run of ``task_id`` per item, all in one transaction: all of them or none.
 
         An item is Trigger.dev's ``{"payload": ..., "options": {...}}`` (``BatchItem``; the
-        options are ``trigger``'s). At most 1,000 items; every one is validated before any run
-        is made, and the message of a bad one names its index (``item 3: ...``). The runs come
-        back in the order of the items; an item whose idempotency key (or debounce key) finds
-        a run, one made earlier in the batch too, returns that one (``is_cached``).
+        options are ``trigger``'s); ``"task"`` makes it a run of another task (``task_id``
+        may then be None, as in Trigger.dev's ``batch.trigger``). At most 1,000 items, every
+        one validated before any run is made; the message of a bad one names its index
+        (``item 3: ...``). The runs come back in the order of the items; an item whose
+        idempotency key (or debounce key) finds a run, one made earlier in the batch too,
+        returns that one (``is_cached``).
         """
-        checked = batch_items(items)
+        checked = batch_items(task_id, items)
         if not checked:
             return []
-        return await self._connection.batch_trigger(
-            [(task_id, payload, options) for payload, options in checked]
-        )
+        return await self._connection.batch_trigger(checked)
 
     async def wait_for_run(self, run_id: str, *, timeout: float | None = None) -> Run:
         """Wait until the run is COMPLETED and return it; raise ``RunFailedError`` if it

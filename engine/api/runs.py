@@ -5,13 +5,20 @@ retry many runs by filter (replay in Trigger.dev's shape, the others ours)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ValidationError
-from ..options import TriggerOptions
+from ..ids import new_ulid
+from ..options import (
+    MAX_BATCH_ITEMS,
+    MAX_DEBOUNCE_KEY_LENGTH,
+    BatchItem,
+    Debounce,
+    TriggerOptions,
+)
 from ..signing import message_subject
 from ..validation import clean_topic, clean_version
 from .body import JSONGuardRoute, parse_json, too_many_digits
@@ -32,7 +39,25 @@ from .wire import page_json, run_json
 router = APIRouter(tags=["runs"])
 router.route_class = JSONGuardRoute
 
-_NOT_YET = ("queue", "debounce")
+_NOT_YET = ("queue",)
+
+
+class WireDebounce(BaseModel):
+    """Trigger.dev's ``options.debounce``: without ``mode``, its default, ``leading``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: str = Field(min_length=1, max_length=MAX_DEBOUNCE_KEY_LENGTH)
+    delay: str = Field(description="A duration (5s, 1m): how long the triggers must pause")
+    mode: Literal["leading", "trailing"] | None = Field(
+        default=None, description="Whose data the run keeps: the first trigger's (leading)"
+    )
+    maxDelay: str | None = Field(
+        default=None, description="How long after the first trigger the run may be pushed"
+    )
+
+    def debounce(self) -> Debounce:
+        return Debounce(self.key, self.delay, self.mode or "leading", self.maxDelay)
 
 
 class WireTriggerOptions(BaseModel):
@@ -53,6 +78,9 @@ class WireTriggerOptions(BaseModel):
     concurrencyKey: str | None = Field(
         default=None, description="Its own copy of the task queue's concurrency limit"
     )
+    debounce: WireDebounce | None = Field(
+        default=None, description="Collapse the triggers with this key into one run"
+    )
 
     def options(self) -> TriggerOptions:
         return TriggerOptions(
@@ -65,7 +93,14 @@ class WireTriggerOptions(BaseModel):
             metadata=self.metadata,
             max_duration=None if self.maxDuration is None else f"{self.maxDuration}s",
             concurrency_key=self.concurrencyKey,
+            debounce=None if self.debounce is None else self.debounce.debounce(),
         )
+
+    def refuse_unsupported(self) -> None:
+        """422 for an option the SDK may send that this engine does not do yet."""
+        unsupported = [name for name in _NOT_YET if (self.model_extra or {}).get(name)]
+        if unsupported:
+            raise Problem(422, f"options not supported yet: {', '.join(unsupported)}")
 
 
 class TriggerBody(BaseModel):
@@ -115,9 +150,7 @@ async def trigger(
     if reply is None:
         body = body or TriggerBody()
         options = body.options or WireTriggerOptions()
-        unsupported = [name for name in _NOT_YET if (options.model_extra or {}).get(name)]
-        if unsupported:
-            raise Problem(422, f"options not supported yet: {', '.join(unsupported)}")
+        options.refuse_unsupported()
         payload = decode_payload(body.payload, options.payloadType)
         run = await engine.trigger(task_id, payload, **options.options())
         reply = {"id": run.id, "isCached": run.is_cached}
@@ -126,6 +159,59 @@ async def trigger(
         [f"read:runs:{reply['id']}"], expires_in=3600
     )
     response.headers["x-trigger-jwt-claims"] = claims_header()
+    return reply
+
+
+class BatchItemBody(BaseModel):
+    """An item of Trigger.dev's ``POST /api/v1/tasks/batch`` (its v3 SDK's ``batchTrigger``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task: str = Field(min_length=1, description="The task's id")
+    payload: Any = None
+    options: WireTriggerOptions | None = None
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    items: list[BatchItemBody] = Field(max_length=MAX_BATCH_ITEMS)
+
+
+@router.post(
+    "/api/v1/tasks/batch",
+    summary="Trigger a run per item, all in one transaction (Trigger.dev's batch trigger)",
+)
+async def batch_trigger(
+    request: Request, body: BatchBody, engine: EngineDep, _: SecretCaller
+) -> dict[str, Any]:
+    """Every item is checked before any run is made (a bad one: 422 naming its index, and
+    nothing made); then all the runs are made in one transaction. The answer is Trigger.dev's
+    (``id`` names this batch, which is not kept), each run in it with its fields as
+    ``GET /api/v3/runs/{id}`` has them besides ``isCached``."""
+    reply = await replayed(request, "batch")
+    if reply is None:
+        items: list[BatchItem] = []
+        for index, item in enumerate(body.items):
+            options = item.options or WireTriggerOptions()
+            try:
+                options.refuse_unsupported()
+                payload = decode_payload(item.payload, options.payloadType)
+                items.append({"task": item.task, "payload": payload, "options": options.options()})
+            except Problem as exc:
+                raise Problem(exc.status, f"item {index}: {exc.message}", **exc.extra) from None
+            except ValidationError as exc:
+                raise Problem(422, f"item {index}: {exc}") from None
+        runs = await engine.batch_trigger(None, items)
+        reply = {
+            "id": f"batch_{new_ulid()}",
+            "isCached": False,
+            "runs": [
+                {**run.model_dump(mode="json", by_alias=True), "isCached": run.is_cached}
+                for run in runs
+            ],
+        }
+        await remember(request, "batch", reply)
     return reply
 
 

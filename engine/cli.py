@@ -15,7 +15,8 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only t
         TimelineEntry,
         Token,
     )
+    from .options import BatchItem, Debounce, TriggerOptions
     from .registry import TaskDefinition
     from .services import APIServer
     from .settings import Settings
@@ -652,6 +654,47 @@ def trigger(
             help="Its own copy of the queue's limit (a tenant).",
         ),
     ] = None,
+    debounce: Annotated[
+        str | None,
+        typer.Option(
+            "--debounce",
+            metavar="KEY",
+            help="Collapse the triggers with this key into one run (with --debounce-delay).",
+        ),
+    ] = None,
+    debounce_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--debounce-delay",
+            metavar=Duration,
+            help="The run starts once triggers with its key pause this long (5s).",
+        ),
+    ] = None,
+    debounce_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--debounce-mode",
+            metavar="leading|trailing",
+            help="Whose data the run keeps: the first trigger's (default) or the last's.",
+        ),
+    ] = None,
+    debounce_max_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--debounce-max-delay",
+            metavar=Duration,
+            help="Push the run back no later than this after its first trigger.",
+        ),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            metavar="FILE",
+            help='A run per line, in one transaction: JSON Lines of {"payload": ...,'
+            ' "options": {...}} (the REST API\'s option names; - for stdin).',
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish.")] = False,
     timeout: Annotated[
         float | None,
@@ -662,10 +705,43 @@ def trigger(
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Queue a run of TASK_ID (a worker must have registered it)."""
+    """Queue a run of TASK_ID (a worker must have registered it); with --file, a run per line.
+
+    With --file, --tag, --delay, --ttl, --metadata, --max-attempts, --max-duration and
+    --concurrency-key apply to every line that does not set its own; all the runs are made
+    in one transaction, or none (a bad line: an error naming it), and their ids are printed
+    one a line, in the order of the lines.
+    """
 
     from .console import show
     from .models import RunStatus
+    from .options import TriggerOptions
+
+    if file is not None:
+        singles = {
+            "--payload": payload,
+            "--idempotency-key": idempotency_key,
+            "--idempotency-key-ttl": idempotency_key_ttl,
+            "--debounce": debounce,
+            "--wait": wait or None,
+            "--timeout": timeout,
+        }
+        for name, value in singles.items():
+            if value is not None:
+                raise _fail(f"{name} applies to one run, not to --file: put it in each line")
+        with _user_errors():
+            shared = TriggerOptions(
+                tags=tag,
+                delay=_duration_option(delay, "--delay"),
+                ttl=_duration_option(ttl, "--ttl"),
+                metadata=_json_option(metadata, "--metadata"),
+                max_attempts=max_attempts,
+                max_duration=_duration_option(max_duration, "--max-duration"),
+                concurrency_key=concurrency_key,
+            )
+            items, lines = _batch_lines(file, shared)
+        _trigger_file(task_id, file, items, lines, as_json, api_url or database, api_key)
+        return
 
     async def action(engine: Engine) -> Run:
         if timeout is not None and not wait:
@@ -683,6 +759,9 @@ def trigger(
                 max_attempts=max_attempts,
                 max_duration=_duration_option(max_duration, "--max-duration"),
                 concurrency_key=concurrency_key,
+                debounce=_debounce_options(
+                    debounce, debounce_delay, debounce_mode, debounce_max_delay
+                ),
             )
         except ValidationError as exc:
             if payload is None and "payload" in str(exc):
@@ -701,6 +780,130 @@ def trigger(
     show(run, as_json)
     if wait and run.status is not RunStatus.COMPLETED:
         raise _fail(f"run {run.id} ended {run.status.value}")
+
+
+def _debounce_options(
+    key: str | None, delay: str | None, mode: str | None, max_delay: str | None
+) -> Debounce | None:
+    """--debounce and its companions as a ``Debounce``; the messages name the options."""
+    from .options import Debounce
+
+    if key is None:
+        given = [
+            name
+            for name, value in (
+                ("--debounce-delay", delay),
+                ("--debounce-mode", mode),
+                ("--debounce-max-delay", max_delay),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValidationError(f"{given[0]} needs --debounce KEY")
+        return None
+    if delay is None:
+        raise ValidationError("--debounce needs --debounce-delay (how long triggers must pause)")
+    if mode not in (None, "leading", "trailing"):
+        raise ValidationError(f"--debounce-mode must be leading or trailing, not {mode!r}")
+    return Debounce(
+        key,
+        _duration_option(delay, "--debounce-delay") or delay,
+        "trailing" if mode == "trailing" else "leading",
+        _duration_option(max_delay, "--debounce-max-delay"),
+    )
+
+
+def _trigger_file(
+    task_id: str,
+    path: str,
+    items: list[BatchItem],
+    lines: list[int],
+    as_json: bool,
+    target: str | None,
+    api_key: str | None,
+) -> None:
+    """``trigger --file``: the lines' items in one ``batch_trigger``; the engine's refusal of
+    an item names its line (``lines``: the line of each item)."""
+
+    async def action(engine: Engine) -> list[Run]:
+        try:
+            return await engine.batch_trigger(task_id, items)
+        except ValidationError as exc:
+            index, found, rest = str(exc).partition(": ")
+            if found and index.startswith("item ") and index[5:].isdigit():
+                raise ValidationError(f"{path} line {lines[int(index[5:])]}: {rest}") from None
+            raise
+
+    runs = _run(target, action, api_key=api_key)
+    if as_json:
+        data = [{**r.model_dump(mode="json", by_alias=True), "isCached": r.is_cached} for r in runs]
+        print(json.dumps({"data": data}))
+        return
+    for run in runs:
+        print(run.id)
+
+
+def _batch_lines(path: str, shared: TriggerOptions) -> tuple[list[BatchItem], list[int]]:
+    """The items of a JSON Lines file (``-``: standard input), each line's options over the
+    ``shared`` ones, and the number of each item's line (blank lines are skipped). A line is
+    an item of ``POST /api/v1/tasks/batch``: its options go through the same conversion."""
+    from pydantic import ValidationError as PydanticError
+
+    from .api.problems import Problem
+    from .api.runs import WireTriggerOptions, decode_payload
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError(f"--file: cannot read {path}: {exc.strerror or exc}") from None
+    items: list[BatchItem] = []
+    numbers: list[int] = []
+    defaults = {name: value for name, value in shared.items() if value is not None}
+    known = set(WireTriggerOptions.model_fields)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(item, dict):
+            raise ValidationError(f'{where}: a line is {{"payload": ..., "options": {{...}}}}')
+        unknown = sorted(set(item) - {"payload", "options", "task"})
+        if unknown:
+            raise ValidationError(
+                f"{where}: unknown key {unknown[0]!r}"
+                ' (a line is {"payload": ..., "options": {...}}, perhaps with "task")'
+            )
+        wire = item.get("options") or {}
+        if not isinstance(wire, dict):
+            raise ValidationError(f"{where}: options must be a JSON object")
+        strange = sorted(set(wire) - known)
+        if strange:
+            raise ValidationError(f"{where}: unknown option {strange[0]!r}")
+        try:
+            options = WireTriggerOptions.model_validate(wire)
+            options.refuse_unsupported()
+            payload = decode_payload(item.get("payload"), options.payloadType)
+            own = {k: v for k, v in options.options().items() if v is not None}
+        except PydanticError as exc:
+            error = exc.errors()[0]
+            at = ".".join(str(p) for p in error["loc"])
+            raise ValidationError(f"{where}: options.{at}: {error['msg']}") from None
+        except Problem as exc:
+            raise ValidationError(f"{where}: {exc.message}") from None
+        except ValidationError as exc:
+            raise ValidationError(f"{where}: {exc}") from None
+        merged = cast("TriggerOptions", {**defaults, **own})
+        entry: BatchItem = {"payload": payload, "options": merged}
+        if "task" in item:
+            entry["task"] = item["task"]
+        items.append(entry)
+        numbers.append(number)
+    if not items:
+        raise ValidationError(f"--file: {path} holds no runs (one JSON object a line)")
+    return items, numbers
 
 
 _JSON_KINDS = {"object": "a JSON object", "array": "a JSON array"}

@@ -384,6 +384,20 @@ async def test_batch_items_find_runs_by_idempotency_and_debounce_keys(engine: En
     assert len(await engine.runs.ids(task=["db-echo", "db-other"])) == 5
 
 
+async def test_debounce_and_batches_work_through_pgbouncer(pgbouncer_url: str) -> None:
+    """In transaction mode (no prepared statement or session kept): the key's lock is the
+    transaction's, and a batch's INSERT runs once per item in one transaction."""
+    async with Engine(pgbouncer_url) as one, Engine(pgbouncer_url) as two:
+        debounce = Debounce("pooled", "1h", mode="trailing")
+        runs = await asyncio.gather(
+            *((one if i % 2 else two).trigger("db-echo", i, debounce=debounce) for i in range(20))
+        )
+        assert len({run.id for run in runs}) == 1
+        made = await one.batch_trigger("db-echo", [{"payload": i} for i in range(300)])
+        assert [run.payload for run in made] == list(range(300))
+        assert len(await two.runs.ids(task="db-echo")) == 301
+
+
 # -- REST ------------------------------------------------------------------------------------
 
 

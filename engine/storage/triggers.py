@@ -38,19 +38,29 @@ class Triggers(StorageCore):
         it, in order (an item sees the runs the items before it made, by idempotency key or
         debounce key); the runs as they are once all were made. Items without either key are
         inserted together, one statement run for each (``many``), so a batch of 1,000 costs a
-        few round trips on PostgreSQL, not 1,000. Debounce keys are locked first, in order,
-        so two batches never wait on each other's keys in a cycle."""
+        few round trips on PostgreSQL, not 1,000. On PostgreSQL the debounce keys are locked
+        first, in order, then the runs holding the items' idempotency keys, in id order (the
+        lock order of ``core``), so two batches never wait on each other in a cycle."""
         for index, new in enumerate(news):  # refuse a bad payload before the transaction
             try:
                 dump_json(new.payload, "the payload")
             except ValidationError as exc:
                 raise ValidationError(f"item {index}: {exc}") from None
         keys = sorted({(n.task_id, n.debounce.key) for n in news if n.debounce is not None})
+        keyed = sorted({(n.task_id, n.idempotency_key) for n in news if n.idempotency_key})
 
         def op(now: int) -> Op[list[Run]]:
             if self.q.row_locks:
                 for task_id, key in keys:
                     yield self._debounce_lock(task_id, key)
+                if keyed:
+                    yield rows(
+                        "SELECT id FROM runs WHERE (task_id, idempotency_key) IN"
+                        " (SELECT * FROM unnest(:tasks::text[], :keys::text[]))"
+                        " ORDER BY id FOR UPDATE",
+                        tasks=[task_id for task_id, _ in keyed],
+                        keys=[key for _, key in keyed],
+                    )
             made: list[tuple[str, bool]] = []
             pending: list[Sql] = []
             for new in news:

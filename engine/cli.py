@@ -723,6 +723,9 @@ def trigger(
             "--idempotency-key": idempotency_key,
             "--idempotency-key-ttl": idempotency_key_ttl,
             "--debounce": debounce,
+            "--debounce-delay": debounce_delay,
+            "--debounce-mode": debounce_mode,
+            "--debounce-max-delay": debounce_max_delay,
             "--wait": wait or None,
             "--timeout": timeout,
         }
@@ -884,7 +887,6 @@ def _batch_lines(path: str, shared: TriggerOptions) -> tuple[list[BatchItem], li
             raise ValidationError(f"{where}: unknown option {strange[0]!r}")
         try:
             options = WireTriggerOptions.model_validate(wire)
-            options.refuse_unsupported()
             payload = decode_payload(item.get("payload"), options.payloadType)
             own = {k: v for k, v in options.options().items() if v is not None}
         except PydanticError as exc:

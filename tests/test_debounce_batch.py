@@ -577,6 +577,7 @@ def test_cli_triggers_a_file_of_runs_and_debounces(db_url: str, tmp_path: Path) 
         ("\n\n", (), ("holds no runs",)),
         ('{"payload": 1}\n', ("--payload", "1"), ("--payload applies to one run",)),
         ('{"payload": 1}\n', ("--wait",), ("--wait applies to one run",)),
+        ('{"payload": 1}\n', ("--debounce-delay", "5s"), ("--debounce-delay applies",)),
     ],
 )
 def test_cli_refuses_a_bad_file_naming_the_line_and_makes_nothing(

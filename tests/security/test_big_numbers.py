@@ -35,6 +35,7 @@ JSON_ROUTES = {
     "POST /api/v1/runs/{run_id}/migrate",
     "POST /api/v1/runs/{run_id}/messages/{topic}",
     "POST /api/v1/purge",
+    "POST /api/v1/tasks/batch",
     "POST /api/v1/runs/{run_id}/messages/{topic}/{signature}",
 }
 BODIES = {

@@ -11,7 +11,8 @@
     ├── NotFoundError
     │   ├── TaskNotFoundError
     │   ├── RunNotFoundError
-    │   └── TokenNotFoundError
+    │   ├── TokenNotFoundError
+    │   └── ScheduleNotFoundError
     ├── TokenNotWaitingError         completing a token that timed out or was cancelled
     ├── RunStateError                the run's status forbids it: retrying a run that did not
     │                                fail, pausing or resuming a finished one
@@ -126,6 +127,10 @@ class RunNotFoundError(NotFoundError):
 
 class TokenNotFoundError(NotFoundError):
     """No waitpoint token with that id exists."""
+
+
+class ScheduleNotFoundError(NotFoundError):
+    """No schedule with that id exists (``engine.schedules``)."""
 
 
 class TokenNotWaitingError(EngineError):

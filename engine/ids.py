@@ -13,6 +13,7 @@ import time
 
 RUN_PREFIX = "run_"
 TOKEN_PREFIX = "waitpoint_"
+SCHEDULE_PREFIX = "sched_"
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _RANDOM_BITS = 80
@@ -43,3 +44,7 @@ def new_run_id() -> str:
 
 def new_token_id() -> str:
     return TOKEN_PREFIX + new_ulid()
+
+
+def new_schedule_id() -> str:
+    return SCHEDULE_PREFIX + new_ulid()

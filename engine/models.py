@@ -493,6 +493,112 @@ class TaskState(WireModel):
     """Since when (None: not paused)."""
 
 
+class ScheduleType(StrEnum):
+    """Where a schedule comes from (Trigger.dev's names)."""
+
+    DECLARATIVE = "DECLARATIVE"
+    """Declared in code: ``@task(cron=...)``, kept in step by the workers serving the task."""
+    IMPERATIVE = "IMPERATIVE"
+    """Made at run time: ``engine.schedules.create``, the CLI or ``POST /api/v1/schedules``."""
+
+
+class CatchUp(StrEnum):
+    """What a schedule runs for the ticks it missed while no worker of its task was up."""
+
+    LAST = "last"
+    """One run, for the last missed tick (the default)."""
+    ALL = "all"
+    """One run per missed tick, oldest first (at most 100 per schedule at a time)."""
+
+
+class CronGenerator(WireModel):
+    """What makes a schedule tick (Trigger.dev's ``generator``): a cron expression."""
+
+    type: str = "CRON"
+    expression: str
+    description: str = ""
+    """The expression in English (``At 09:00 on Monday through Friday``), in local time."""
+
+
+class Schedule(WireModel):
+    """A cron schedule of a task: each tick makes one run of it (``engine.schedules``).
+
+    The wire shape is Trigger.dev's schedule object; ``payload``, ``catch_up``,
+    ``last_run``, ``upcoming`` and the times of creation and change are ours.
+    """
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"deduplication_key", "external_id", "next_run", "last_run", "payload"}
+    )
+
+    id: str
+    task: str
+    type: ScheduleType
+    active: bool
+    generator: CronGenerator
+    timezone: str
+    """The IANA time zone the expression is read in (``Europe/Berlin``)."""
+    deduplication_key: str | None = None
+    external_id: str | None = None
+    """Yours: a user or tenant id, passed on to each run (``ScheduledPayload.external_id``)."""
+    next_run: datetime | None = None
+    """The next tick (None while inactive, or when the expression matches no later time)."""
+    last_run: datetime | None = None
+    """The last tick that made a run."""
+    upcoming: list[datetime] = Field(default_factory=list)
+    """The next five ticks, from ``next_run`` on (none while inactive)."""
+    catch_up: CatchUp = CatchUp.LAST
+    payload: Any = None
+    """Given to each run as ``ScheduledPayload.payload``."""
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def cron(self) -> str:
+        return self.generator.expression
+
+
+class SchedulePagination(WireModel):
+    current_page: int
+    total_pages: int
+    count: int
+    """How many schedules match, on all pages."""
+
+
+class SchedulePage(WireModel):
+    """One page of ``engine.schedules.list`` (Trigger.dev's page-numbered shape)."""
+
+    data: list[Schedule]
+    pagination: SchedulePagination
+
+
+class ScheduledPayload(WireModel):
+    """What a run made by a schedule receives (Trigger.dev's scheduled task payload): type a
+    task's payload with it to read it as an object.
+
+        @task(cron="0 9 * * MON-FRI", timezone="Europe/Berlin")
+        async def morning_report(payload: ScheduledPayload) -> None:
+            print(payload.timestamp, payload.upcoming[0])
+    """
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"last_timestamp", "external_id", "payload"}
+    )
+
+    type: ScheduleType
+    timestamp: datetime
+    """The tick this run is for (not when it started: that may be later)."""
+    last_timestamp: datetime | None = None
+    """The tick before, that made a run; None for the schedule's first run."""
+    timezone: str
+    schedule_id: str
+    external_id: str | None = None
+    upcoming: list[datetime] = Field(default_factory=list)
+    """The next five ticks after ``timestamp``."""
+    payload: Any = None
+    """The schedule's own payload, if it was given one."""
+
+
 def ago(seconds: float) -> str:
     """A span of time as people say it: ``45 s``, ``3 min``, ``5 h``, ``2 days``."""
     seconds = max(0, int(seconds))

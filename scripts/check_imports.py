@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "engine.validation",
             "engine.signing",
             "engine.current",
+            "engine.cron",
         ),
     ),
     ("storage", ("engine.storage",)),

@@ -6,13 +6,17 @@ from ..clock import Clock
 from ..errors import ConfigurationError
 from .base import (
     DataToCheck,
+    DeclaredSchedule,
     JournalWrite,
     NewDebounce,
     NewRun,
+    NewSchedule,
     NewToken,
     NewWorker,
     PageRequest,
     RunFilter,
+    ScheduleChange,
+    ScheduleFiring,
     Storage,
     TokenFilter,
 )
@@ -65,13 +69,17 @@ def open_storage(
 
 __all__ = [
     "DataToCheck",
+    "DeclaredSchedule",
     "JournalWrite",
     "NewDebounce",
     "NewRun",
+    "NewSchedule",
     "NewToken",
     "NewWorker",
     "PageRequest",
     "RunFilter",
+    "ScheduleChange",
+    "ScheduleFiring",
     "Storage",
     "TokenFilter",
     "display_url",

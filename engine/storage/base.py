@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..cron import Cron
 from ..durations import Deadline
 from ..models import (
+    CatchUp,
     ClaimedRun,
     CompletionResult,
     CompletionSource,
@@ -27,6 +29,8 @@ from ..models import (
     RunError,
     RunEvent,
     RunStatus,
+    Schedule,
+    SchedulePage,
     TaskInfo,
     TaskState,
     TaskWorkers,
@@ -185,6 +189,53 @@ class TokenFilter:
     idempotency_key: str | None = None
     created_from_ms: int | None = None
     created_to_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class NewSchedule:
+    """A schedule made at run time (``engine.schedules.create``); with a
+    ``deduplication_key`` that a schedule already has, that schedule is updated instead."""
+
+    task_id: str
+    cron: Cron
+    payload: Any = None
+    external_id: str | None = None
+    deduplication_key: str | None = None
+    catch_up: CatchUp = CatchUp.LAST
+
+
+@dataclass(frozen=True)
+class ScheduleChange:
+    """What ``update_schedule`` changes: each field given (None: left as it is)."""
+
+    task_id: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    payload: Any = None
+    external_id: str | None = None
+    catch_up: CatchUp | None = None
+
+
+@dataclass(frozen=True)
+class DeclaredSchedule:
+    """``@task(cron=...)``: the schedule a worker serving the task keeps in the database."""
+
+    task_id: str
+    cron: Cron
+    catch_up: CatchUp = CatchUp.LAST
+
+
+@dataclass(frozen=True)
+class ScheduleFiring:
+    """What ``fire_due_schedules`` did, and when to look again."""
+
+    runs: int
+    """Runs made (one per tick; a tick that had its run already makes none)."""
+    next_tick_ms: int | None
+    """The earliest next tick of the active schedules of the tasks asked about (None: none)."""
+    more_due: bool = False
+    """Ticks were left due (a full batch, or more missed ticks than one pass catches up on):
+    fire again at once."""
 
 
 class Storage(Protocol):
@@ -549,6 +600,48 @@ class Storage(Protocol):
 
     async def purgeable(self, older_than_ms: int) -> PurgeCount:
         """How many runs and tokens ``purge`` would delete now, in all its batches."""
+        ...
+
+    # schedules (``storage.schedules``)
+    async def create_schedule(self, new: NewSchedule) -> Schedule:
+        """Insert an active schedule (its next tick from now on), or update the one holding
+        its deduplication key."""
+        ...
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """The schedule (``ScheduleNotFoundError``)."""
+        ...
+
+    async def list_schedules(self, task_id: str | None, page: int, per_page: int) -> SchedulePage:
+        """Newest first, ``per_page`` a page; ``page`` counts from 1."""
+        ...
+
+    async def update_schedule(self, schedule_id: str, change: ScheduleChange) -> Schedule:
+        """Change a schedule made at run time; a new expression or zone ticks from now on.
+        A declared one is refused (``ValidationError``): its code says what it is."""
+        ...
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule made at run time (a declared one is refused); its runs stay."""
+        ...
+
+    async def set_schedule_active(self, schedule_id: str, active: bool) -> Schedule:
+        """Stop ticking, or tick again from now on (the ticks missed while inactive are not
+        caught up on)."""
+        ...
+
+    async def declare_schedules(
+        self, task_ids: list[str], declared: list[DeclaredSchedule]
+    ) -> None:
+        """Make the declared schedules of these tasks what their code says: ``declared``
+        inserted or updated (a changed expression ticks from now on, a deactivated one stays
+        inactive), and those of the other ``task_ids`` deleted."""
+        ...
+
+    async def fire_due_schedules(self, task_ids: list[str], limit: int) -> ScheduleFiring:
+        """Make the runs of the due ticks of the active schedules of these tasks, at most
+        ``limit`` schedules in one transaction: each tick once, however many workers fire
+        at once (``storage.schedules``)."""
         ...
 
     def change_event(self) -> asyncio.Event:

@@ -44,6 +44,7 @@ from .postgres_schema import MIGRATIONS
 from .records import RowLike
 from .repairs import Repairs
 from .retention import Retention
+from .schedules import Schedules
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, first_statement
 from .timers import Timers
@@ -134,7 +135,7 @@ def behind_pgbouncer(url: str) -> bool:
     return value in {"true", "1"}
 
 
-class PostgresStorage(Repairs, Tokens, Messages, Timers, Retention):
+class PostgresStorage(Repairs, Tokens, Messages, Timers, Retention, Schedules):
     """The backend for many workers on many machines."""
 
     q = POSTGRES

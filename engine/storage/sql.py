@@ -195,6 +195,11 @@ class Dialect:
         if self.name == "postgres":
             yield Sql("SET LOCAL plan_cache_mode = force_custom_plan", {})
 
+    def is_true(self, column: str) -> str:
+        """A boolean column is true, in the words of the partial indexes on it (SQLite's
+        planner takes a partial index only for the very term of its ``WHERE``: ``= 1``)."""
+        return column if self.name == "postgres" else f"{column} = 1"
+
     def unindexed(self, column: str) -> str:
         """``column`` in a form SQLite's planner uses no index for (a unary ``+``): where the
         rows are found by id, an index on a column of few values would scan instead."""

@@ -32,6 +32,7 @@ from .messages import Messages
 from .records import RowLike
 from .repairs import Repairs
 from .retention import Retention
+from .schedules import Schedules
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_statement
 from .sqlite_schema import MIGRATIONS
@@ -45,7 +46,7 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-class SQLiteStorage(Repairs, Tokens, Messages, Timers, Retention):
+class SQLiteStorage(Repairs, Tokens, Messages, Timers, Retention, Schedules):
     """The embedded default backend."""
 
     q = SQLITE

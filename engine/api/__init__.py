@@ -21,6 +21,7 @@ from .limits import CredentialLimitMiddleware, FailureLimiter
 from .problems import install_problem_handlers
 from .retention import router as retention_router
 from .runs import router as runs_router
+from .schedules import router as schedules_router
 from .streams import router as streams_router
 from .tokens import router as tokens_router
 from .workers import router as workers_router
@@ -49,6 +50,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.include_router(runs_router)
     app.include_router(workers_router)
     app.include_router(retention_router)
+    app.include_router(schedules_router)
     app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 

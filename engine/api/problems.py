@@ -20,6 +20,7 @@ from ..errors import (
     NotFoundError,
     RunNotFoundError,
     RunStateError,
+    ScheduleNotFoundError,
     StorageError,
     TaskNotFoundError,
     TokenNotFoundError,
@@ -54,6 +55,8 @@ def _engine_error(exc: EngineError) -> Problem:
         return Problem(404, "Run not found")
     if isinstance(exc, TaskNotFoundError):
         return Problem(404, "Task not found", detail=str(exc), knownTasks=exc.known)
+    if isinstance(exc, ScheduleNotFoundError):
+        return Problem(404, "Schedule not found", detail=str(exc))
     if isinstance(exc, NotFoundError):
         return Problem(404, str(exc))
     if isinstance(exc, TokenNotWaitingError):

@@ -42,7 +42,7 @@ from ..settings import Settings
 from ..signing import CallbackSigner
 from ..storage import Storage
 from ..storage.retention import PURGE_BATCH
-from .interfaces import Connection, Runs, Tasks, Tokens, Workers
+from .interfaces import Connection, Runs, Schedules, Tasks, Tokens, Workers
 from .local import (
     FOLLOW_MIN_GAP_SECONDS,
     FOLLOW_RECHECK_SECONDS,
@@ -58,6 +58,7 @@ __all__ = [
     "Connection",
     "Engine",
     "Runs",
+    "Schedules",
     "Tasks",
     "Tokens",
     "Workers",
@@ -104,6 +105,7 @@ class Engine:
         self.tokens: Tokens = self._connection.tokens
         self.workers: Workers = self._connection.workers
         self.tasks: Tasks = self._connection.tasks
+        self.schedules: Schedules = self._connection.schedules
 
     @classmethod
     def over(cls, storage: Storage, signer: CallbackSigner) -> Engine:
@@ -115,6 +117,7 @@ class Engine:
         engine.tokens = engine._connection.tokens
         engine.workers = engine._connection.workers
         engine.tasks = engine._connection.tasks
+        engine.schedules = engine._connection.schedules
         return engine
 
     @property

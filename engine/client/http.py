@@ -1,5 +1,6 @@
-"""The HTTP transport: ``engine.runs``, ``engine.tokens``, ``engine.workers`` and
-``engine.tasks`` over the REST API, with httpx, for scripts that have no database access.
+"""The HTTP transport: ``engine.runs``, ``engine.tokens``, ``engine.workers``,
+``engine.tasks`` and ``engine.schedules`` over the REST API, with httpx, for scripts that
+have no database access.
 
     async with Engine("http://waitpoint.internal:8030", api_key=key) as engine:
         await engine.tokens.complete(token_id, {"approved": True})
@@ -29,6 +30,7 @@ from ..errors import (
     NotFoundError,
     RunNotFoundError,
     RunStateError,
+    ScheduleNotFoundError,
     StorageError,
     TaskNotFoundError,
     TokenNotFoundError,
@@ -42,6 +44,8 @@ from ..models import (
     Page,
     PurgeCount,
     Run,
+    Schedule,
+    SchedulePage,
     TaskState,
     TaskWorkers,
     TimelineEntry,
@@ -57,8 +61,8 @@ from ..options import (
     check_names,
 )
 from ..signing import CallbackSigner
-from ..storage import PageRequest, RunFilter, Storage, TokenFilter
-from .interfaces import Connection, Runs, Tasks, Tokens, Workers
+from ..storage import NewSchedule, PageRequest, RunFilter, ScheduleChange, Storage, TokenFilter
+from .interfaces import Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 STREAM_READ_SECONDS = 60.0
 """Longer than the server's keep-alive interval (15 s): a silent stream is a dead one."""
@@ -129,6 +133,7 @@ class HttpConnection(Connection):
         self.tokens = HttpTokens(self.api)
         self.workers = HttpWorkers(self.api)
         self.tasks = HttpTasks(self.api)
+        self.schedules = HttpSchedules(self.api)
 
     async def open(self) -> None:
         """Nothing to open: httpx connects at the first call."""
@@ -385,6 +390,73 @@ class HttpTasks(Tasks):
         return [TaskState.model_validate(item) for item in reply["data"]]
 
 
+class HttpSchedules(Schedules):
+    """``/api/v1/schedules`` (Trigger.dev's routes; ``payload`` and ``catchUp`` are ours)."""
+
+    def __init__(self, api: HttpAPI) -> None:
+        self._api = api
+
+    async def _create(self, new: NewSchedule) -> Schedule:
+        body: dict[str, Any] = {
+            "task": new.task_id,
+            "cron": new.cron.expression,
+            "timezone": new.cron.timezone,
+            "catchUp": new.catch_up.value,
+        }
+        for name, value in (
+            ("externalId", new.external_id),
+            ("deduplicationKey", new.deduplication_key),
+            ("payload", new.payload),
+        ):
+            if value is not None:
+                body[name] = value
+        return Schedule.model_validate(await self._api.call("POST", "/api/v1/schedules", json=body))
+
+    async def retrieve(self, schedule_id: str) -> Schedule:
+        return Schedule.model_validate(await self._api.call("GET", _schedule(schedule_id)))
+
+    async def _list(self, task: str | None, page: int, per_page: int) -> SchedulePage:
+        params = {"page": str(page), "perPage": str(per_page)}
+        if task is not None:
+            params["task"] = task
+        reply = await self._api.call("GET", "/api/v1/schedules", params=params)
+        return SchedulePage.model_validate(reply)
+
+    async def _update(self, schedule_id: str, change: ScheduleChange) -> Schedule:
+        body: dict[str, Any] = {}
+        for name, value in (
+            ("task", change.task_id),
+            ("cron", change.cron),
+            ("timezone", change.timezone),
+            ("payload", change.payload),
+            ("externalId", change.external_id),
+            ("catchUp", None if change.catch_up is None else change.catch_up.value),
+        ):
+            if value is not None:
+                body[name] = value
+        reply = await self._api.call("PUT", _schedule(schedule_id), json=body)
+        return Schedule.model_validate(reply)
+
+    async def delete(self, schedule_id: str) -> None:
+        await self._api.call("DELETE", _schedule(schedule_id))
+
+    async def activate(self, schedule_id: str) -> Schedule:
+        reply = await self._api.call("POST", f"{_schedule(schedule_id)}/activate")
+        return Schedule.model_validate(reply)
+
+    async def deactivate(self, schedule_id: str) -> Schedule:
+        reply = await self._api.call("POST", f"{_schedule(schedule_id)}/deactivate")
+        return Schedule.model_validate(reply)
+
+    async def timezones(self) -> builtins.list[str]:
+        reply = await self._api.call("GET", "/api/v1/timezones")
+        return [str(name) for name in reply["timezones"]]
+
+
+def _schedule(schedule_id: str) -> str:
+    return f"/api/v1/schedules/{quote(schedule_id, safe='')}"
+
+
 def _error_of(response: httpx.Response, path: str) -> Exception:
     try:
         body = response.json()
@@ -397,6 +469,8 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
             return TokenNotFoundError(f"no waitpoint token at {path}")
         if message == "Run not found":
             return RunNotFoundError(f"no run at {path}")
+        if message == "Schedule not found":
+            return ScheduleNotFoundError(str(body.get("detail", f"no schedule at {path}")))
         if message == "Task not found":
             task_id = path.split("/")[4] if path.startswith("/api/v1/tasks/") else path
             return TaskNotFoundError(task_id, list(body.get("knownTasks", [])))

@@ -1,5 +1,5 @@
-"""What ``engine.runs``, ``engine.tokens``, ``engine.workers`` and ``engine.tasks`` promise,
-whatever the transport.
+"""What ``engine.runs``, ``engine.tokens``, ``engine.workers``, ``engine.tasks`` and
+``engine.schedules`` promise, whatever the transport.
 
 Each is an abstract class with two implementations side by side: ``local`` (over a
 ``Storage``, in this process) and ``http`` (over the REST API, with httpx). ``Connection``
@@ -21,16 +21,20 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from ..cron import Cron, clean_catch_up, clean_cron, clean_timezone
 from ..errors import RunStateError, ValidationError
 from ..keys import SecretKey
 from ..models import (
     BulkResult,
+    CatchUp,
     CompletionResult,
     CompletionSource,
     Page,
     PurgeCount,
     Run,
     RunStatus,
+    Schedule,
+    SchedulePage,
     TaskState,
     TaskWorkers,
     TimelineEntry,
@@ -41,8 +45,22 @@ from ..models import (
 from ..options import RunQuery, TokenOptions, TriggerOptions
 from ..requests import moment_ms, page_request
 from ..signing import CallbackSigner
-from ..storage import PageRequest, RunFilter, Storage, TokenFilter
-from ..validation import clean_statuses, clean_tags, clean_topic, clean_version
+from ..storage import (
+    NewSchedule,
+    PageRequest,
+    RunFilter,
+    ScheduleChange,
+    Storage,
+    TokenFilter,
+)
+from ..validation import (
+    MAX_PAGE_SIZE,
+    clean_optional_text,
+    clean_statuses,
+    clean_tags,
+    clean_topic,
+    clean_version,
+)
 
 BULK_BATCH = 50
 """Runs a bulk action (``cancel_matching``, ``retry_matching``) acts on at once."""
@@ -375,14 +393,126 @@ class Tasks(ABC):
         """The tasks paused now, by id."""
 
 
+class Schedules(ABC):
+    """``engine.schedules``: cron schedules of tasks made at run time (Trigger.dev's
+    ``schedules`` API), and the declared ones (``@task(cron=...)``) to look at.
+
+    Each tick of an active schedule makes one run of its task, however many workers serve
+    it; its payload is a ``ScheduledPayload``. The arguments are checked here, so both
+    transports refuse the same input with the same ``ValidationError`` before anything
+    changes.
+    """
+
+    async def create(
+        self,
+        task_id: str,
+        *,
+        cron: str,
+        timezone: str | None = None,
+        payload: Any = None,
+        external_id: str | None = None,
+        deduplication_key: str | None = None,
+        catch_up: CatchUp | str = CatchUp.LAST,
+    ) -> Schedule:
+        """A new active schedule of ``task_id``: ``cron`` ("0 9 * * MON-FRI"; six fields
+        for seconds, first) read in ``timezone`` (IANA, default UTC). ``payload`` reaches
+        each run as ``ScheduledPayload.payload``, ``external_id`` (yours: a user, a tenant)
+        as ``external_id``. With a ``deduplication_key`` that a schedule already has, that
+        schedule is updated to these values instead (so creating it at every start is
+        safe). ``catch_up``: the ticks missed while no worker of the task was up make one
+        run (``"last"``) or one each (``"all"``). A task no worker registered raises
+        ``TaskNotFoundError``."""
+        new = NewSchedule(
+            task_id=_task_id(task_id),
+            cron=Cron.of(cron, timezone),
+            payload=payload,
+            external_id=clean_optional_text(external_id, "external_id"),
+            deduplication_key=clean_optional_text(deduplication_key, "deduplication_key"),
+            catch_up=clean_catch_up(catch_up),
+        )
+        return await self._create(new)
+
+    @abstractmethod
+    async def _create(self, new: NewSchedule) -> Schedule: ...
+
+    @abstractmethod
+    async def retrieve(self, schedule_id: str) -> Schedule:
+        """The schedule, with its next five ticks (``ScheduleNotFoundError``)."""
+
+    async def list(
+        self, *, task: str | None = None, page: int = 1, per_page: int = 25
+    ) -> SchedulePage:
+        """Newest first, ``per_page`` (1-100) a page, ``page`` counting from 1; ``task``:
+        only its schedules."""
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            raise ValidationError(f"page must be a whole number from 1 on, got {page!r}")
+        if not isinstance(per_page, int) or not 1 <= per_page <= MAX_PAGE_SIZE:
+            raise ValidationError(f"per_page must be between 1 and {MAX_PAGE_SIZE}")
+        return await self._list(None if task is None else _task_id(task), page, per_page)
+
+    @abstractmethod
+    async def _list(self, task: str | None, page: int, per_page: int) -> SchedulePage: ...
+
+    async def update(
+        self,
+        schedule_id: str,
+        *,
+        task: str | None = None,
+        cron: str | None = None,
+        timezone: str | None = None,
+        payload: Any = None,
+        external_id: str | None = None,
+        catch_up: CatchUp | str | None = None,
+    ) -> Schedule:
+        """Change what is given (the rest stays); a new expression or time zone ticks from
+        now on. A declared schedule is refused (``ValidationError``): change its code."""
+        change = ScheduleChange(
+            task_id=None if task is None else _task_id(task),
+            cron=None if cron is None else clean_cron(cron),
+            timezone=None if timezone is None else clean_timezone(timezone),
+            payload=payload,
+            external_id=clean_optional_text(external_id, "external_id"),
+            catch_up=None if catch_up is None else clean_catch_up(catch_up),
+        )
+        return await self._update(schedule_id, change)
+
+    @abstractmethod
+    async def _update(self, schedule_id: str, change: ScheduleChange) -> Schedule: ...
+
+    @abstractmethod
+    async def delete(self, schedule_id: str) -> None:
+        """Delete a schedule made at run time (its runs stay); a declared one is refused
+        (``ValidationError``): remove ``cron=`` from its task instead."""
+
+    @abstractmethod
+    async def activate(self, schedule_id: str) -> Schedule:
+        """Tick again, from now on: the ticks missed while it was inactive make no run."""
+
+    @abstractmethod
+    async def deactivate(self, schedule_id: str) -> Schedule:
+        """Stop ticking until ``activate`` (declared schedules too: it stays inactive when
+        its workers restart)."""
+
+    @abstractmethod
+    async def timezones(self) -> builtins.list[str]:
+        """The time zone names a schedule may use (IANA), sorted."""
+
+
+def _task_id(task_id: Any) -> str:
+    if not isinstance(task_id, str) or not task_id:
+        raise ValidationError("a schedule's task must be a task id (a non-empty string)")
+    return task_id
+
+
 class Connection(ABC):
-    """One transport's ``runs``, ``tokens``, ``workers`` and ``tasks``, and what ``Engine``
-    needs besides."""
+    """One transport's ``runs``, ``tokens``, ``workers``, ``tasks`` and ``schedules``, and what
+    ``Engine`` needs besides."""
 
     runs: Runs
     tokens: Tokens
     workers: Workers
     tasks: Tasks
+    schedules: Schedules
 
     @abstractmethod
     async def open(self) -> None: ...

@@ -1,6 +1,6 @@
-"""The local transport: ``engine.runs``, ``engine.tokens``, ``engine.workers`` and
-``engine.tasks`` over a ``Storage`` this process opened (a SQLite file or a PostgreSQL
-database).
+"""The local transport: ``engine.runs``, ``engine.tokens``, ``engine.workers``,
+``engine.tasks`` and ``engine.schedules`` over a ``Storage`` this process opened (a SQLite
+file or a PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing_extensions import Unpack
 
 from .. import completion
 from ..clock import Clock
+from ..cron import timezones
 from ..durations import duration_ms
 from ..errors import ConfigurationError, TaskNotFoundError, ValidationError
 from ..keys import SecretKey, signing_secrets
@@ -26,6 +27,9 @@ from ..models import (
     Page,
     PurgeCount,
     Run,
+    Schedule,
+    SchedulePage,
+    TaskInfo,
     TaskState,
     TaskWorkers,
     TimelineEntry,
@@ -43,9 +47,17 @@ from ..signing import (
     approval_url,
     local_secret_key,
 )
-from ..storage import PageRequest, RunFilter, Storage, TokenFilter, open_storage
+from ..storage import (
+    NewSchedule,
+    PageRequest,
+    RunFilter,
+    ScheduleChange,
+    Storage,
+    TokenFilter,
+    open_storage,
+)
 from ..validation import validate_against_schema
-from .interfaces import Connection, Runs, Tasks, Tokens, Workers
+from .interfaces import Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 log = get_logger("engine.client")
 
@@ -88,6 +100,7 @@ class LocalConnection(Connection):
         self.tokens = LocalTokens(self)
         self.workers = LocalWorkers(self)
         self.tasks = LocalTasks(self)
+        self.schedules = LocalSchedules(self)
 
     async def open(self) -> None:
         if self._storage is not None:
@@ -179,12 +192,7 @@ class LocalConnection(Connection):
                 return local.validate_payload(payload)
 
             return by_model, local.queue_name
-        registered = {info.id: info for info in await self.storage.list_tasks()}
-        if task_id not in registered:  # registered a moment ago? ask the database itself
-            registered = {info.id: info for info in await self.storage.list_tasks(fresh=True)}
-        info = registered.get(task_id)
-        if info is None:
-            raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
+        info = await self.registered_task(task_id)
         schema = info.payload_schema
 
         async def by_schema(payload: Any) -> Any:
@@ -193,6 +201,16 @@ class LocalConnection(Connection):
             return await validate_against_schema(schema, payload, f"the payload of {task_id!r}")
 
         return by_schema, info.queue
+
+    async def registered_task(self, task_id: str) -> TaskInfo:
+        """The task as a worker registered it (``TaskNotFoundError`` naming the known ones)."""
+        registered = {info.id: info for info in await self.storage.list_tasks()}
+        if task_id not in registered:  # registered a moment ago? ask the database itself
+            registered = {info.id: info for info in await self.storage.list_tasks(fresh=True)}
+        info = registered.get(task_id)
+        if info is None:
+            raise TaskNotFoundError(task_id, sorted({*registered, *REGISTRY}))
+        return info
 
 
 async def follow_public_url(signer: CallbackSigner, storage: Storage) -> str | None:
@@ -435,3 +453,49 @@ class LocalTasks(Tasks):
 
     async def paused(self) -> builtins.list[TaskState]:
         return await self._connection.storage.paused_tasks()
+
+
+class LocalSchedules(Schedules):
+    def __init__(self, connection: LocalConnection) -> None:
+        self._connection = connection
+
+    async def _known(self, task_id: str) -> None:
+        """A schedule's task must be one this process imported or a worker registered."""
+        if task_id not in REGISTRY:
+            await self._connection.registered_task(task_id)
+
+    async def _create(self, new: NewSchedule) -> Schedule:
+        await self._known(new.task_id)
+        schedule = await self._connection.storage.create_schedule(new)
+        log.info("schedule.created", schedule_id=schedule.id, task=new.task_id)
+        return schedule
+
+    async def retrieve(self, schedule_id: str) -> Schedule:
+        return await self._connection.storage.get_schedule(schedule_id)
+
+    async def _list(self, task: str | None, page: int, per_page: int) -> SchedulePage:
+        return await self._connection.storage.list_schedules(task, page, per_page)
+
+    async def _update(self, schedule_id: str, change: ScheduleChange) -> Schedule:
+        if change.task_id is not None:
+            await self._known(change.task_id)
+        schedule = await self._connection.storage.update_schedule(schedule_id, change)
+        log.info("schedule.updated", schedule_id=schedule_id)
+        return schedule
+
+    async def delete(self, schedule_id: str) -> None:
+        await self._connection.storage.delete_schedule(schedule_id)
+        log.info("schedule.deleted", schedule_id=schedule_id)
+
+    async def activate(self, schedule_id: str) -> Schedule:
+        schedule = await self._connection.storage.set_schedule_active(schedule_id, True)
+        log.info("schedule.activated", schedule_id=schedule_id)
+        return schedule
+
+    async def deactivate(self, schedule_id: str) -> Schedule:
+        schedule = await self._connection.storage.set_schedule_active(schedule_id, False)
+        log.info("schedule.deactivated", schedule_id=schedule_id)
+        return schedule
+
+    async def timezones(self) -> builtins.list[str]:
+        return timezones()

@@ -21,9 +21,10 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import Unpack
 
+from .cron import Cron, clean_catch_up
 from .durations import duration_ms, to_timedelta
 from .errors import ConfigurationError, ValidationError
-from .models import Run, RunResult, TaskInfo
+from .models import CatchUp, Run, RunResult, TaskInfo
 from .options import TriggerOptions
 from .validation import clean_version
 
@@ -97,6 +98,11 @@ class TaskDefinition:
     record it, and a worker claims only runs of the version it serves (or of none), so that
     a run never resumes on code it did not start on unless it is migrated (``runs migrate``).
     None: the worker's version (``waitpoint worker --version``), if it has one."""
+    cron: Cron | None = None
+    """Its declared schedule (``@task(cron=..., timezone=...)``): the workers serving the task
+    keep it in the database, and each tick makes one run (``engine.schedules``)."""
+    catch_up: CatchUp = CatchUp.LAST
+    """What its declared schedule runs for the ticks missed while no worker was up."""
 
     def __post_init__(self) -> None:
         if self.version is not None:
@@ -175,6 +181,9 @@ def task(
     max_duration: str | timedelta | None = None,
     queue: Queue | None = None,
     version: str | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    catch_up: CatchUp | str = CatchUp.LAST,
 ) -> Callable[[TaskFunction], TaskDefinition]: ...
 
 
@@ -186,6 +195,9 @@ def task(
     max_duration: str | timedelta | None = None,
     queue: Queue | None = None,
     version: str | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    catch_up: CatchUp | str = CatchUp.LAST,
 ) -> TaskDefinition | Callable[[TaskFunction], TaskDefinition]:
     """Register ``async def fn(payload)`` as a task: ``@task``, ``@task()`` or ``@task("id")``.
 
@@ -194,15 +206,28 @@ def task(
     ``max_duration`` bounds the time the run spends executing (waiting does not count);
     ``queue`` limits how many runs of it execute at once; ``version`` ("2024-06-01") is
     recorded by the runs it starts, which only workers serving that version resume.
+    ``cron`` ("0 9 * * MON-FRI", read in ``timezone``, UTC by default) declares a schedule:
+    each tick makes one run, whose payload is a ``ScheduledPayload``; ``catch_up`` ("last"
+    or "all") says what runs for the ticks missed while no worker of the task was up.
     """
     limit = None if max_duration is None else duration_ms(max_duration)
+    schedule = _declared_schedule(cron, timezone)
+    caught_up = clean_catch_up(catch_up)
     if callable(id):
-        return _register(id, None, retry, limit, queue, version)
+        return _register(id, None, retry, limit, queue, version, schedule, caught_up)
 
     def decorator(fn: TaskFunction) -> TaskDefinition:
-        return _register(fn, id, retry, limit, queue, version)
+        return _register(fn, id, retry, limit, queue, version, schedule, caught_up)
 
     return decorator
+
+
+def _declared_schedule(cron: str | None, timezone: str | None) -> Cron | None:
+    if cron is None:
+        if timezone is not None:
+            raise ConfigurationError("@task(timezone=...) is the time zone of a cron=: give both")
+        return None
+    return Cron.of(cron, timezone)
 
 
 def _register(
@@ -212,6 +237,8 @@ def _register(
     max_duration_ms: int | None,
     queue: Queue | None,
     version: str | None,
+    cron: Cron | None = None,
+    catch_up: CatchUp = CatchUp.LAST,
 ) -> TaskDefinition:
     if not inspect.iscoroutinefunction(fn):
         raise ConfigurationError(f"@task needs an async def function; {fn.__qualname__} is not")
@@ -222,7 +249,15 @@ def _register(
             f"task id {name!r} is used twice: {_origin(existing.fn)} and {_origin(fn)}"
         )
     definition = TaskDefinition(
-        name, fn, retry or Retry(), _payload_model(fn), max_duration_ms, queue, version
+        name,
+        fn,
+        retry or Retry(),
+        _payload_model(fn),
+        max_duration_ms,
+        queue,
+        version,
+        cron,
+        catch_up,
     )
     REGISTRY[name] = definition
     return definition

@@ -12,7 +12,8 @@
 
 The environment runs a real worker against a real database; only the clock is fake. Moving
 it fires every token timeout, sleep and delay that falls due, so a 7-day approval flow is
-tested in milliseconds.
+tested in milliseconds. A schedule ticks on the way: ``advance("10m")`` with a schedule
+every minute makes ten runs, each started before the clock moves on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .errors import RunWaitTimeoutError, TokenNotFoundError
 from .models import CompletionResult, Run, RunStatus, Token
 from .registry import TaskDefinition
 from .settings import Settings
+from .storage.schedules import FIRE_BATCH
 from .worker import Worker
 
 
@@ -122,12 +124,31 @@ class TaskTestEnvironment:
         return tokens
 
     async def advance(self, duration: str | timedelta) -> None:
-        """Move the clock, then fire every timer that fell due and let the worker settle."""
+        """Move the clock, then fire every timer that fell due and let the worker settle.
+
+        The clock stops at each tick of a schedule of these tasks on the way: the tick's run
+        is made and has settled before the clock goes on, as with a worker that was up all
+        along (a single jump over several ticks would be downtime: see ``catch_up``)."""
         await self._settle()
-        self.clock.advance(to_timedelta(duration))
-        while await self.engine.storage.fire_due_timers(1000):
+        target = self.clock.now_ms() + to_timedelta(duration) // timedelta(milliseconds=1)
+        while True:
+            tick = await self._fire()
+            await self._settle()
+            if tick is None or tick > target:
+                break
+            self.clock.advance(timedelta(milliseconds=tick - self.clock.now_ms()))
+        self.clock.advance(timedelta(milliseconds=target - self.clock.now_ms()))
+        await self._fire()
+        await self._settle()
+
+    async def _fire(self) -> int | None:
+        """Fire what is due now (timers, schedule ticks); returns the next tick's time."""
+        storage = self.engine.storage
+        while await storage.fire_due_timers(1000):
             pass
-        await self._settle()
+        while (fired := await storage.fire_due_schedules(list(self.tasks), FIRE_BATCH)).more_due:
+            pass
+        return fired.next_tick_ms
 
     async def _settle(self) -> None:
         """Wait until no run is executing and none is due to start (the worker is idle)."""

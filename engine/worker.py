@@ -28,8 +28,9 @@ from .models import ClaimedRun
 from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
 from .signing import UNKNOWN_PUBLIC_URL
-from .storage import NewWorker
+from .storage import DeclaredSchedule, NewWorker
 from .storage.retention import PURGE_BATCH
+from .storage.schedules import FIRE_BATCH
 from .validation import clean_version
 
 log = get_logger("engine.worker")
@@ -128,6 +129,16 @@ class Worker:
         """Ids of the runs this worker is executing right now."""
         return frozenset(self._attempts_by_run)
 
+    @property
+    def declared_schedules(self) -> list[DeclaredSchedule]:
+        """The schedules its tasks declare (``@task(cron=...)``), kept in the database when it
+        starts: a changed one is updated, one removed from a task it serves is deleted."""
+        return [
+            DeclaredSchedule(task_id, d.cron, d.catch_up)
+            for task_id, d in sorted(self.tasks.items())
+            if d.cron is not None
+        ]
+
     def stop(self, *, graceful: bool = True) -> None:
         """Stop claiming; unless ``graceful``, also cancel running attempts (runs go back)."""
         if self._stopping or not graceful:
@@ -145,6 +156,7 @@ class Worker:
         storage = self.engine.storage
         me = NewWorker(self.id, sorted(self.tasks), self.concurrency, self.lease_ms, self.versions)
         await storage.register_tasks([d.info for d in self.tasks.values()], me)
+        await storage.declare_schedules(sorted(self.tasks), self.declared_schedules)
         self._peers = await storage.serving()
         log.info(
             "worker.started",
@@ -315,7 +327,8 @@ class Worker:
                 self._wake.set()
 
     async def _timer_loop(self) -> None:
-        """Fire due token timeouts and rescue runs whose worker went silent."""
+        """Fire due token timeouts and schedule ticks, and rescue runs whose worker went
+        silent."""
         while True:
             async with self._surviving(
                 "worker.timers_failed", "worker.timer_loop_failed", pause=self.poll_seconds
@@ -329,10 +342,11 @@ class Worker:
         during = storage.deadline_event(self._timers_planned_ms)
         while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
             pass
+        next_tick_ms = await self._fire_schedules()
         rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
         if rescued:
             log.warning("worker.rescued_runs", count=rescued)
-        next_ms = await storage.next_timer_ms()
+        next_ms = _earliest(await storage.next_timer_ms(), next_tick_ms)
         pause = self.poll_seconds
         if next_ms is not None:
             pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
@@ -344,6 +358,21 @@ class Worker:
         # from here on, only a deadline before the one slept to wakes this loop (a token
         # made with an hour's timeout does not)
         await _first_of([storage.deadline_event(until)], pause)
+
+    async def _fire_schedules(self) -> int | None:
+        """Make the runs of the due ticks of the schedules of this worker's tasks (any number
+        of workers may at once: each tick gets one run); returns when the next one falls due.
+
+        Only the workers serving a task fire its schedules: while none is up, its ticks wait,
+        and the worker that starts next catches up on them as the schedule says, instead of
+        every missed tick queueing a run meanwhile."""
+        storage = self.engine.storage
+        while True:
+            fired = await storage.fire_due_schedules(sorted(self.tasks), FIRE_BATCH)
+            if fired.runs:
+                log.info("worker.fired_schedules", worker=self.id, runs=fired.runs)
+            if not fired.more_due:
+                return fired.next_tick_ms
 
     async def _retention_loop(self, older_than_ms: int) -> None:
         """Delete what is older than the retention, one small batch (one short transaction)
@@ -424,6 +453,11 @@ class Worker:
         attempt = self._attempts_by_run.get(run_id)
         if attempt is not None:
             attempt.scope.cancel()
+
+
+def _earliest(*moments: int | None) -> int | None:
+    """The earliest of the moments given (None: none)."""
+    return min((m for m in moments if m is not None), default=None)
 
 
 async def _first_of(events: list[asyncio.Event], timeout: float) -> None:

@@ -19,15 +19,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine import Engine, Worker, task
+from engine import (
+    ConfigurationError,
+    Engine,
+    TaskNotFoundError,
+    ValidationError,
+    Worker,
+    task,
+)
 from engine.clock import to_ms
-from engine.models import RunStatus, ScheduledPayload
+from engine.cron import Cron
+from engine.errors import ScheduleNotFoundError
+from engine.models import CatchUp, RunStatus, ScheduledPayload, TaskInfo
+from engine.registry import TaskDefinition
 from engine.settings import Settings
 from engine.storage.schedules import FIRE_BATCH
-from engine.testing import ManualClock
+from engine.testing import ManualClock, TaskTestEnvironment
 
 YEARS = 10 * 365 * 86400
 """The lease of the workers on a test clock: moving the clock must not make an attempt look
@@ -253,3 +264,352 @@ async def test_catching_up_on_all_goes_on_past_one_firing_s_limit(clocked: Clock
     assert (fired.runs, fired.more_due, fired.next_tick_ms) == (50, False, first + 150_000)
     runs = await runs_of(clocked.engine, "sched-tick")
     assert timestamps(runs) == [iso(first + n * 1000) for n in range(150)]
+
+
+async def test_a_worker_sleeping_past_the_poll_wakes_for_a_schedule_made_elsewhere(
+    db_url: str,
+) -> None:
+    """The worker polls once a minute; a schedule made by another engine (another process)
+    ticks within seconds: its first tick is a deadline the worker is told of (PostgreSQL: a
+    NOTIFY; SQLite: the file changed), which it sleeps until instead of the poll."""
+    async with Engine(db_url) as worker_engine, Engine(db_url) as elsewhere:
+        worker = Worker(worker_engine, {"sched-tick": tick}, poll_seconds=60.0)
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.started.wait(), 10)
+        await asyncio.sleep(0.2)  # its timer loop is asleep, until the poll
+        schedule = await elsewhere.schedules.create("sched-tick", cron="* * * * * *")
+
+        async def ticked() -> bool:
+            runs = await runs_of(elsewhere, "sched-tick")
+            return any(r.status is RunStatus.COMPLETED for r in runs)
+
+        await until(ticked, timeout=10.0)
+        await elsewhere.schedules.deactivate(schedule.id)
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+
+
+# declared schedules ---------------------------------------------------------------------------
+
+
+def declared(cron: str | None, timezone: str | None = None, catch_up: str = "last") -> Any:
+    """The task ``sched-declared`` as one version of its code declares it."""
+
+    async def body(payload: Any) -> Any:
+        return payload
+
+    return TaskDefinition(
+        "sched-declared",
+        body,
+        cron=None if cron is None else Cron.of(cron, timezone),
+        catch_up=CatchUp(catch_up),
+    )
+
+
+async def test_a_declared_schedule_follows_its_code_as_workers_start(clocked: Clocked) -> None:
+    engine = clocked.engine
+
+    async def start_and_stop(definition: Any) -> None:
+        worker = Worker(engine, {definition.id: definition}, poll_seconds=0.05)
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.started.wait(), 10)
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+
+    await start_and_stop(declared("0 9 * * MON-FRI", "Europe/Berlin"))
+    [made] = (await engine.schedules.list(task="sched-declared")).data
+    assert (made.type, made.cron, made.timezone) == (
+        "DECLARATIVE",
+        "0 9 * * MON-FRI",
+        "Europe/Berlin",
+    )
+    assert made.deduplication_key == "declared:sched-declared" and made.active
+    assert made.generator.description == "At 09:00 on Monday through Friday"
+    await start_and_stop(declared("0 9 * * MON-FRI", "Europe/Berlin"))  # a restart: as it was
+    assert (await engine.schedules.list()).data == [made]
+
+    with pytest.raises(ValidationError, match="declared by task 'sched-declared'"):
+        await engine.schedules.update(made.id, cron="0 10 * * *")
+    with pytest.raises(ValidationError, match="declared by task 'sched-declared'"):
+        await engine.schedules.delete(made.id)
+    assert await engine.schedules.retrieve(made.id) == made
+    stopped = await engine.schedules.deactivate(made.id)  # an incident switch still works
+    assert not stopped.active and stopped.next_run is None and stopped.upcoming == []
+    await start_and_stop(declared("0 9 * * MON-FRI", "Europe/Berlin"))
+    assert not (await engine.schedules.retrieve(made.id)).active  # a restart leaves it off
+    await engine.schedules.activate(made.id)
+
+    await start_and_stop(declared("30 7 * * *", catch_up="all"))  # the code changed
+    changed = await engine.schedules.retrieve(made.id)  # the same schedule, its id kept
+    assert (changed.cron, changed.timezone, changed.catch_up) == ("30 7 * * *", "UTC", "all")
+    assert changed.next_run is not None and changed.next_run.strftime("%H:%M") == "07:30"
+
+    await start_and_stop(declared(None))  # cron= removed from the task
+    with pytest.raises(ScheduleNotFoundError):
+        await engine.schedules.retrieve(made.id)
+    assert (await engine.schedules.list()).data == []
+
+
+def test_a_declared_schedule_is_checked_where_the_task_is_defined() -> None:
+    async def body(payload: Any) -> Any:
+        return payload
+
+    with pytest.raises(ValidationError, match="bad minute"):
+        task("sched-bad-cron", cron="61 * * * *")(body)
+    with pytest.raises(ValidationError, match="unknown timezone 'Mars/Olympus'"):
+        task("sched-bad-zone", cron="* * * * *", timezone="Mars/Olympus")(body)
+    with pytest.raises(ConfigurationError, match="give both"):
+        task("sched-zone-alone", timezone="Europe/Berlin")(body)
+    with pytest.raises(ValidationError, match="catch_up must be 'last' or 'all', not 'some'"):
+        task("sched-bad-catch-up", cron="* * * * *", catch_up="some")(body)
+
+
+# what a tick's run receives -----------------------------------------------------------------
+
+
+async def test_a_tick_s_run_receives_the_scheduled_payload_and_the_schedule_s_own(
+    clocked: Clocked,
+) -> None:
+    made = await clocked.engine.schedules.create(
+        "sched-typed",
+        cron="0 * * * *",
+        timezone="Asia/Kolkata",  # +05:30: on the half hour in UTC
+        payload={"report": "hourly"},
+        external_id="user_42",
+    )
+    await clocked.start_workers(typed)
+    assert made.next_run is not None and made.next_run.minute == 30
+    clocked.move_to(to_ms(made.next_run))
+    await clocked.fire_at_once("sched-typed")
+
+    async def done() -> bool:
+        runs = await runs_of(clocked.engine, "sched-typed")
+        return bool(runs) and runs[0].status is RunStatus.COMPLETED
+
+    await until(done)
+    [run] = await runs_of(clocked.engine, "sched-typed")
+    ticked = to_ms(made.next_run)
+    assert run.payload == {
+        "type": "IMPERATIVE",
+        "timestamp": iso(ticked),
+        "timezone": "Asia/Kolkata",
+        "scheduleId": made.id,
+        "externalId": "user_42",
+        "upcoming": [iso(ticked + n * 3_600_000) for n in range(1, 6)],
+        "payload": {"report": "hourly"},
+    }
+    assert run.output == {
+        "timestamp": made.next_run.isoformat(),
+        "upcoming": 5,
+        "mine": {"report": "hourly"},
+    }
+
+
+# changing schedules, and what is refused -------------------------------------------------------
+
+
+async def test_schedules_are_created_listed_changed_switched_and_deleted(
+    clocked: Clocked,
+) -> None:
+    engine = clocked.engine
+    await engine.storage.register_tasks([TaskInfo("sched-other", None), TaskInfo("sched-third")])
+    made = await engine.schedules.create(
+        "sched-tick", cron="*/15  9-17 * * MON-FRI", timezone="Europe/Berlin"
+    )
+    assert (made.task, made.type, made.cron, made.active) == (
+        "sched-tick",
+        "IMPERATIVE",
+        "*/15 9-17 * * MON-FRI",
+        True,
+    )
+    assert made.catch_up == "last" and made.last_run is None and made.payload is None
+    assert len(made.upcoming) == 5 and made.upcoming[0] == made.next_run
+    assert all(t.astimezone(ZoneInfo("Europe/Berlin")).weekday() < 5 for t in made.upcoming)
+    assert await engine.schedules.retrieve(made.id) == made
+
+    others = [await engine.schedules.create("sched-third", cron=f"{n} * * * *") for n in range(3)]
+    page = await engine.schedules.list(per_page=2)
+    assert [s.id for s in page.data] == [others[2].id, others[1].id]  # newest first
+    assert (page.pagination.current_page, page.pagination.total_pages) == (1, 2)
+    assert page.pagination.count == 4
+    last = await engine.schedules.list(per_page=2, page=2)
+    assert [s.id for s in last.data] == [others[0].id, made.id]
+    assert [s.id for s in (await engine.schedules.list(task="sched-tick")).data] == [made.id]
+
+    moved = await engine.schedules.update(made.id, cron="0 12 * * *", payload={"n": 1})
+    assert (moved.cron, moved.timezone, moved.payload) == ("0 12 * * *", "Europe/Berlin", {"n": 1})
+    assert moved.next_run is not None
+    assert moved.next_run.astimezone(ZoneInfo("Europe/Berlin")).strftime("%H:%M") == "12:00"
+    assert moved.updated_at >= made.updated_at and moved.created_at == made.created_at
+    rezoned = await engine.schedules.update(
+        made.id, timezone="America/New_York", external_id="acme", catch_up="all", task="sched-other"
+    )
+    assert rezoned.next_run is not None
+    assert rezoned.next_run.astimezone(ZoneInfo("America/New_York")).hour == 12
+    assert (rezoned.external_id, rezoned.catch_up, rezoned.task) == ("acme", "all", "sched-other")
+    assert rezoned.payload == {"n": 1}  # left as it was
+
+    off = await engine.schedules.deactivate(made.id)
+    assert (off.active, off.next_run, off.upcoming) == (False, None, [])
+    assert await engine.schedules.deactivate(made.id) == off  # twice: nothing more
+    clocked.clock.advance(timedelta(days=3))  # inactive: these days' ticks make no run
+    assert (await engine.storage.fire_due_schedules(["sched-other"], FIRE_BATCH)).runs == 0
+    on = await engine.schedules.activate(made.id)
+    assert on.active and on.next_run is not None
+    assert to_ms(on.next_run) > clocked.clock.now_ms()  # from now on, no catching up
+    assert (await engine.storage.fire_due_schedules(["sched-other"], FIRE_BATCH)).runs == 0
+
+    await engine.schedules.delete(made.id)
+    with pytest.raises(ScheduleNotFoundError, match=made.id):
+        await engine.schedules.retrieve(made.id)
+    assert (await engine.schedules.list()).pagination.count == 3
+
+
+async def test_a_deduplication_key_makes_creating_again_an_update(clocked: Clocked) -> None:
+    engine = clocked.engine
+    first = await engine.schedules.create(
+        "sched-tick", cron="0 8 * * *", external_id="user_1", deduplication_key="user_1-daily"
+    )
+    again = await engine.schedules.create(
+        "sched-tick", cron="0 20 * * *", external_id="user_1", deduplication_key="user_1-daily"
+    )
+    assert again.id == first.id and again.cron == "0 20 * * *"
+    assert again.deduplication_key == "user_1-daily"
+    assert (await engine.schedules.list()).pagination.count == 1
+    other = await engine.schedules.create("sched-tick", cron="0 20 * * *")
+    assert other.id != first.id and other.deduplication_key is None
+
+
+async def test_bad_input_is_refused_by_name_and_changes_nothing(clocked: Clocked) -> None:
+    engine = clocked.engine
+    await engine.storage.register_tasks([TaskInfo("sched-tick", None)])
+    made = await engine.schedules.create("sched-tick", cron="0 9 * * *")
+    create = engine.schedules.create
+    refusals: list[tuple[Any, type[Exception], str]] = [
+        (
+            create("sched-tick", cron="61 * * * *"),
+            ValidationError,
+            "invalid cron '61 * * * *': bad minute",
+        ),
+        (create("sched-tick", cron="* * * *"), ValidationError, "has 4 fields"),
+        (create("sched-tick", cron=""), ValidationError, "cron must be a cron expression"),
+        (
+            create("sched-tick", cron="0 0 * * 1L", timezone="Moon/Base"),
+            ValidationError,
+            "unknown timezone 'Moon/Base'",
+        ),
+        (create("sched-tick", cron="* * */20 * 1L"), ValidationError, "never fires"),
+        (
+            create("sched-tick", cron="* * * * *", catch_up="most"),
+            ValidationError,
+            "catch_up must be",
+        ),
+        (
+            create("sched-tick", cron="* * * * *", deduplication_key="declared:x"),
+            ValidationError,
+            "kept for the schedules tasks declare",
+        ),
+        (
+            create("sched-tick", cron="* * * * *", payload={"at": object()}),
+            ValidationError,
+            "payload",
+        ),
+        (create("sched-nope", cron="* * * * *"), TaskNotFoundError, "unknown task 'sched-nope'"),
+        (engine.schedules.update(made.id, cron="0 25 * * *"), ValidationError, "bad hour"),
+        (
+            engine.schedules.update(made.id, timezone="Europe/Atlantis"),
+            ValidationError,
+            "unknown timezone",
+        ),
+        (engine.schedules.update(made.id, task="sched-nope"), TaskNotFoundError, "sched-nope"),
+        (engine.schedules.list(page=0), ValidationError, "page must be"),
+        (
+            engine.schedules.list(per_page=101),
+            ValidationError,
+            "per_page must be between 1 and 100",
+        ),
+    ]
+    for call in ("retrieve", "delete", "activate", "deactivate"):
+        refusals.append(
+            (getattr(engine.schedules, call)("sched_nope"), ScheduleNotFoundError, "sched_nope")
+        )
+    refusals.append(
+        (
+            engine.schedules.update("sched_nope", cron="* * * * *"),
+            ScheduleNotFoundError,
+            "sched_nope",
+        )
+    )
+    for refused, error, words in refusals:
+        with pytest.raises(error) as caught:
+            await refused
+        assert words in str(caught.value)
+    assert (await engine.schedules.list()).data == [made]
+
+
+# the test clock, and daylight saving time -----------------------------------------------------
+
+
+def utc_ms(text: str) -> int:
+    return to_ms(datetime.fromisoformat(text))
+
+
+async def test_the_test_clock_stops_at_each_tick_on_its_way() -> None:
+    async with TaskTestEnvironment([tick]) as env:
+        made = await env.engine.schedules.create("sched-tick", cron="* * * * *")
+        assert made.next_run is not None
+        await env.advance("10m")  # one jump of the clock, ten ticks on the way
+        runs = await runs_of(env.engine, "sched-tick")
+        assert [r.status for r in runs] == [RunStatus.COMPLETED] * 10
+        assert timestamps(runs) == [iso(to_ms(made.next_run) + n * 60_000) for n in range(10)]
+        assert all(
+            r.started_at is not None and r.payload["timestamp"] <= iso(to_ms(r.started_at))
+            for r in runs
+        )
+
+
+async def test_half_past_two_in_berlin_runs_once_on_both_days_the_clocks_change() -> None:
+    """cronsim's rules (Debian cron's): the 02:30 skipped when the clocks spring forward runs
+    at 03:00; the 02:30 that happens twice when they fall back runs once, the first time."""
+    async with TaskTestEnvironment([tick]) as env:
+        move = env.clock.advance
+        move(timedelta(milliseconds=utc_ms("2027-03-27T00:00:00+00:00") - env.clock.now_ms()))
+        made = await env.engine.schedules.create(
+            "sched-tick", cron="30 2 * * *", timezone="Europe/Berlin"
+        )
+        await env.advance("3d")  # Sunday, March 28th 2027: 02:00 becomes 03:00
+        spring = [
+            "2027-03-27T01:30:00.000Z",  # 02:30 CET
+            "2027-03-28T01:00:00.000Z",  # 03:00 CEST: the first minute after the gap
+            "2027-03-29T00:30:00.000Z",  # 02:30 CEST
+        ]
+        assert timestamps(await runs_of(env.engine, "sched-tick")) == spring
+
+        await env.engine.schedules.deactivate(made.id)  # months pass, no tick
+        move(timedelta(milliseconds=utc_ms("2027-10-30T00:00:00+00:00") - env.clock.now_ms()))
+        await env.engine.schedules.activate(made.id)
+        await env.advance("3d")  # Sunday, October 31st: 03:00 becomes 02:00 again
+        autumn = [
+            "2027-10-30T00:30:00.000Z",  # 02:30 CEST
+            "2027-10-31T00:30:00.000Z",  # the first 02:30 (CEST); not the second (CET)
+            "2027-11-01T01:30:00.000Z",  # 02:30 CET
+        ]
+        assert timestamps(await runs_of(env.engine, "sched-tick")) == spring + autumn
+
+
+def test_every_minute_follows_the_real_time_across_the_clock_changes() -> None:
+    """A ``*`` in the minute field: no tick in the skipped hour, two in the repeated one."""
+    every_half_hour = Cron.of("*/30 * * * *", "Europe/Berlin")
+    spring = every_half_hour.upcoming(utc_ms("2027-03-28T00:30:00+00:00"), 3)
+    assert [iso(t) for t in spring] == [  # 01:30 CET, then 03:00 and 03:30 CEST
+        "2027-03-28T00:30:00.000Z",
+        "2027-03-28T01:00:00.000Z",
+        "2027-03-28T01:30:00.000Z",
+    ]
+    autumn = every_half_hour.upcoming(utc_ms("2027-10-31T00:00:00+00:00"), 4)
+    assert [iso(t) for t in autumn] == [  # 02:00 and 02:30 CEST, then CET again
+        "2027-10-31T00:00:00.000Z",
+        "2027-10-31T00:30:00.000Z",
+        "2027-10-31T01:00:00.000Z",
+        "2027-10-31T01:30:00.000Z",
+    ]

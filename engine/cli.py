@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only t
         Page,
         PurgeCount,
         Run,
+        Schedule,
         TaskState,
         TimelineEntry,
         Token,
@@ -54,9 +55,13 @@ app = Typer(
 runs_app = Typer(no_args_is_help=True, help="List, inspect, cancel, pause and resume runs.")
 tokens_app = Typer(no_args_is_help=True, help="Create, inspect, complete and cancel tokens.")
 tasks_app = Typer(no_args_is_help=True, help="Pause and resume tasks on every worker.")
+schedules_app = Typer(
+    no_args_is_help=True, help="Create, list, change, switch and delete cron schedules."
+)
 app.add_typer(runs_app, name="runs")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(schedules_app, name="schedules")
 
 Database = Annotated[
     str | None,
@@ -1359,6 +1364,208 @@ def runs_migrate(
     run, unserved = _run(api_url or database, action, api_key=api_key)
     show(run, as_json)
     _note_unserved(unserved, "the run stays QUEUED until one starts")
+
+
+# --- schedules -------------------------------------------------------------------------
+
+ScheduleId = Annotated[str, typer.Argument(metavar="SCHEDULE_ID", help="The schedule's id.")]
+CronOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cron",
+        metavar="EXPRESSION",
+        help="When it ticks: '0 9 * * MON-FRI' (minute hour day month weekday; a sixth"
+        " field first for seconds).",
+    ),
+]
+TimezoneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone",
+        metavar="ZONE",
+        help="The IANA time zone the expression is read in (Europe/Berlin; default UTC).",
+    ),
+]
+SchedulePayload = Annotated[
+    str | None,
+    typer.Option("--payload", metavar="JSON", help="Given to each run as its payload's payload."),
+]
+ExternalId = Annotated[
+    str | None,
+    typer.Option(
+        "--external-id", metavar="ID", help="Yours (a user, a tenant): given to each run."
+    ),
+]
+CatchUpOption = Annotated[
+    str | None,
+    typer.Option(
+        "--catch-up",
+        metavar="last|all",
+        help="Ticks missed while no worker was up: one run for the last (default) or one each.",
+    ),
+]
+
+
+@schedules_app.command("create")
+def schedules_create(
+    task_id: TaskId,
+    cron: CronOption = None,
+    timezone: TimezoneOption = None,
+    payload: SchedulePayload = None,
+    external_id: ExternalId = None,
+    deduplication_key: Annotated[
+        str | None,
+        typer.Option(
+            "--deduplication-key",
+            metavar="KEY",
+            help="Create once per key: again with it updates the schedule the first one made.",
+        ),
+    ] = None,
+    catch_up: CatchUpOption = None,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Make TASK_ID run at each tick of a cron expression, once per tick.
+
+    One run per tick whatever the number of workers; the run's payload says which tick
+    (timestamp, lastTimestamp, timezone, scheduleId, upcoming) and holds --payload.
+    """
+    from .console import show
+
+    if cron is None:
+        raise _fail("--cron is required: the expression the schedule ticks at")
+
+    def create(engine: Engine) -> Awaitable[Schedule]:
+        return engine.schedules.create(
+            task_id,
+            cron=cron,
+            timezone=timezone,
+            payload=_json_option(payload, "--payload"),
+            external_id=external_id,
+            deduplication_key=deduplication_key,
+            catch_up=catch_up or "last",
+        )
+
+    show(_run(api_url or database, create, api_key=api_key), as_json)
+
+
+@schedules_app.command("list")
+def schedules_list(
+    task: Annotated[
+        str | None, typer.Option("--task", metavar="TASK_ID", help="Only this task's schedules.")
+    ] = None,
+    page: Annotated[int, typer.Option("--page", min=1, metavar="N", help="The page, from 1.")] = 1,
+    per_page: Annotated[
+        int, typer.Option("--per-page", metavar="N", help="Schedules a page (1-100).")
+    ] = 25,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List schedules, newest first, with their next tick."""
+    from .console import show_schedules
+
+    found = _run(
+        api_url or database,
+        lambda e: e.schedules.list(task=task, page=page, per_page=per_page),
+        api_key=api_key,
+    )
+    show_schedules(found, as_json)
+
+
+@schedules_app.command("get")
+def schedules_get(
+    schedule_id: ScheduleId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Show a schedule and its next five ticks."""
+    from .console import show
+
+    found = _run(api_url or database, lambda e: e.schedules.retrieve(schedule_id), api_key=api_key)
+    show(found, as_json)
+
+
+@schedules_app.command("update")
+def schedules_update(
+    schedule_id: ScheduleId,
+    task: Annotated[
+        str | None, typer.Option("--task", metavar="TASK_ID", help="Run this task instead.")
+    ] = None,
+    cron: CronOption = None,
+    timezone: TimezoneOption = None,
+    payload: SchedulePayload = None,
+    external_id: ExternalId = None,
+    catch_up: CatchUpOption = None,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Change what is given (the rest stays); a new expression or zone ticks from now on."""
+    from .console import show
+
+    def update(engine: Engine) -> Awaitable[Schedule]:
+        return engine.schedules.update(
+            schedule_id,
+            task=task,
+            cron=cron,
+            timezone=timezone,
+            payload=_json_option(payload, "--payload"),
+            external_id=external_id,
+            catch_up=catch_up,
+        )
+
+    show(_run(api_url or database, update, api_key=api_key), as_json)
+
+
+@schedules_app.command("delete")
+def schedules_delete(
+    schedule_id: ScheduleId,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Delete a schedule made at run time (its runs stay)."""
+    _run(api_url or database, lambda e: e.schedules.delete(schedule_id), api_key=api_key)
+    print(f"schedule {schedule_id} deleted")
+
+
+@schedules_app.command("activate")
+def schedules_activate(
+    schedule_id: ScheduleId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Tick again, from now on (ticks missed while inactive make no run)."""
+    from .console import show
+
+    found = _run(api_url or database, lambda e: e.schedules.activate(schedule_id), api_key=api_key)
+    show(found, as_json)
+
+
+@schedules_app.command("deactivate")
+def schedules_deactivate(
+    schedule_id: ScheduleId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Stop ticking until `schedules activate`."""
+    from .console import show
+
+    found = _run(
+        api_url or database, lambda e: e.schedules.deactivate(schedule_id), api_key=api_key
+    )
+    show(found, as_json)
 
 
 # --- tokens ----------------------------------------------------------------------------

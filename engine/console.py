@@ -25,6 +25,7 @@ from .models import (
     CompletionResult,
     Page,
     Run,
+    SchedulePage,
     TimelineEntry,
     WaitTarget,
     WireModel,
@@ -181,6 +182,47 @@ def show_workers(found: list[WorkerInfo], *, as_json: bool, include_gone: bool) 
     if include_gone:
         columns["state"] = "state"
     show_page(Page(data=rows), False, columns, "workers" if include_gone else "live workers")
+
+
+class _ScheduleRow(WireModel):
+    """A schedule as the table shows it."""
+
+    id: str
+    task: str
+    cron: str
+    timezone: str
+    active: bool
+    next_run: datetime | None
+
+
+def show_schedules(page: SchedulePage, as_json: bool) -> None:
+    """A page of schedules as the API's JSON, or a table of when each ticks next."""
+    if as_json:
+        print(page.model_dump_json(by_alias=True))
+        return
+    rows = [
+        _ScheduleRow(
+            id=s.id,
+            task=s.task,
+            cron=s.cron,
+            timezone=s.timezone,
+            active=s.active,
+            next_run=s.next_run,
+        )
+        for s in page.data
+    ]
+    columns = {
+        "id": "id",
+        "task": "task",
+        "cron": "cron",
+        "timezone": "zone",
+        "active": "active",
+        "nextRun": "next",
+    }
+    show_page(Page(data=rows), False, columns, "schedules")
+    more = page.pagination
+    if more.current_page < more.total_pages:
+        note(f"page {more.current_page} of {more.total_pages}: --page {more.current_page + 1}")
 
 
 def _table() -> Table:

@@ -40,6 +40,13 @@ from engine.settings import Settings
 from engine.storage.schedules import FIRE_BATCH
 from engine.testing import ManualClock, TaskTestEnvironment
 
+from .api.conftest import AUTH, api_client
+from .test_cli import assert_one_line_error, invoke, ok_json, register
+from .test_remote import KEY as SERVER_KEY
+from .test_remote import server  # noqa: F401 - the fixture
+from .ui.conftest import KEY as UI_KEY
+from .ui.conftest import client_for
+
 YEARS = 10 * 365 * 86400
 """The lease of the workers on a test clock: moving the clock must not make an attempt look
 lost."""
@@ -613,3 +620,221 @@ def test_every_minute_follows_the_real_time_across_the_clock_changes() -> None:
         "2027-10-31T01:00:00.000Z",
         "2027-10-31T01:30:00.000Z",
     ]
+
+
+# the REST API, the HTTP transport, the commands, the page -------------------------------------
+
+S = "/api/v1/schedules"
+
+
+async def test_the_rest_routes_speak_trigger_dev_s_schedules(engine: Engine) -> None:
+    await engine.storage.register_tasks([TaskInfo("sched-tick", None), TaskInfo("sched-other")])
+    async with api_client(engine) as api:
+        made = await api.post(
+            S,
+            headers=AUTH,
+            json={
+                "task": "sched-tick",
+                "cron": "0 9 * * MON-FRI",
+                "timezone": "Europe/Berlin",
+                "externalId": "user_7",
+                "deduplicationKey": "user_7-mornings",
+                "payload": {"plan": "pro"},
+            },
+        )
+        assert made.status_code == 200, made.text
+        body = made.json()
+        assert body["id"].startswith("sched_") and body["task"] == "sched-tick"
+        assert (body["type"], body["active"], body["timezone"]) == (
+            "IMPERATIVE",
+            True,
+            "Europe/Berlin",
+        )
+        assert body["generator"] == {
+            "type": "CRON",
+            "expression": "0 9 * * MON-FRI",
+            "description": "At 09:00 on Monday through Friday",
+        }
+        assert (body["externalId"], body["deduplicationKey"]) == ("user_7", "user_7-mornings")
+        assert body["nextRun"] == body["upcoming"][0] and len(body["upcoming"]) == 5
+        assert body["environments"] == [{"id": "waitpoint", "type": "PRODUCTION"}]
+        assert (body["payload"], body["catchUp"]) == ({"plan": "pro"}, "last")
+        path = f"{S}/{body['id']}"
+        assert (await api.get(path, headers=AUTH)).json() == body
+
+        listed = (await api.get(S, headers=AUTH, params={"perPage": 10})).json()
+        assert listed == {
+            "data": [body],
+            "pagination": {"currentPage": 1, "totalPages": 1, "count": 1},
+        }
+        assert (await api.get(S, headers=AUTH, params={"task": "sched-other"})).json()["data"] == []
+
+        changed = await api.put(
+            path, headers=AUTH, json={"task": "sched-tick", "cron": "0 10 * * *"}
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["generator"]["expression"] == "0 10 * * *"
+        assert changed.json()["timezone"] == "Europe/Berlin"  # not given: kept
+        off = await api.post(f"{path}/deactivate", headers=AUTH)
+        assert off.json()["active"] is False and "nextRun" not in off.json()
+        on = await api.post(f"{path}/activate", headers=AUTH)
+        assert on.json()["active"] is True and "nextRun" in on.json()
+        zones = (await api.get("/api/v1/timezones", headers=AUTH)).json()["timezones"]
+        assert "Europe/Berlin" in zones and "UTC" in zones
+        no_utc = await api.get("/api/v1/timezones", headers=AUTH, params={"excludeUtc": "true"})
+        assert "UTC" not in no_utc.json()["timezones"]
+
+        refused = {
+            "bad cron": await api.post(
+                S, headers=AUTH, json={"task": "sched-tick", "cron": "* * 32 * *"}
+            ),
+            "bad zone": await api.post(
+                S,
+                headers=AUTH,
+                json={"task": "sched-tick", "cron": "* * * * *", "timezone": "Narnia"},
+            ),
+            "no cron": await api.post(S, headers=AUTH, json={"task": "sched-tick"}),
+            "misspelt": await api.post(
+                S, headers=AUTH, json={"task": "sched-tick", "cron": "* * * * *", "timeZone": "UTC"}
+            ),
+            "key on update": await api.put(path, headers=AUTH, json={"deduplicationKey": "x"}),
+            "bad page": await api.get(S, headers=AUTH, params={"page": 0}),
+        }
+        for what, answer in refused.items():
+            assert answer.status_code in (400, 422), (what, answer.text)
+        assert "bad day-of-month" in refused["bad cron"].json()["error"]
+        assert "unknown timezone 'Narnia'" in refused["bad zone"].json()["error"]
+        assert refused["no cron"].json()["error"] == "cron: required to create a schedule"
+        assert "unknown field 'timeZone'" in refused["misspelt"].json()["error"]
+        assert "unknown field 'deduplicationKey'" in refused["key on update"].json()["error"]
+        unknown_task = await api.post(S, headers=AUTH, json={"task": "nope", "cron": "* * * * *"})
+        assert unknown_task.status_code == 404 and unknown_task.json()["error"] == "Task not found"
+        for method, where in (
+            ("GET", f"{S}/sched_nope"),
+            ("PUT", f"{S}/sched_nope"),
+            ("DELETE", f"{S}/sched_nope"),
+            ("POST", f"{S}/sched_nope/activate"),
+        ):
+            answer = await api.request(
+                method, where, headers=AUTH, json={} if method == "PUT" else None
+            )
+            assert answer.status_code == 404 and answer.json()["error"] == "Schedule not found"
+        assert (await api.get(S)).status_code == 401
+        assert (await api.get(S, headers=AUTH)).json()["pagination"]["count"] == 1
+
+        gone = await api.delete(path, headers=AUTH)
+        assert gone.json() == {"id": body["id"]}
+        assert (await api.get(path, headers=AUTH)).status_code == 404
+
+
+async def test_the_http_transport_schedules_like_the_local_one(
+    server: str,  # noqa: F811
+) -> None:
+    """Against ``waitpoint dev``: a schedule made over HTTP ticks on the server's worker."""
+    async with Engine(server, api_key=SERVER_KEY) as engine:
+        made = await engine.schedules.create(
+            "remote-flow", cron="* * * * * *", payload={"via": "http"}, catch_up="all"
+        )
+        assert made.cron == "* * * * * *" and made.payload == {"via": "http"}
+        assert await engine.schedules.retrieve(made.id) == made
+
+        async def ticked() -> bool:
+            return bool((await engine.runs.list(task="remote-flow")).data)
+
+        await until(ticked)
+        off = await engine.schedules.deactivate(made.id)
+        assert not off.active
+        [run, *_] = (await engine.runs.list(task="remote-flow")).data
+        assert run.payload["scheduleId"] == made.id and run.payload["payload"] == {"via": "http"}
+        moved = await engine.schedules.update(made.id, cron="0 6 * * *", timezone="Asia/Tokyo")
+        assert (moved.cron, moved.timezone) == ("0 6 * * *", "Asia/Tokyo")
+        assert (await engine.schedules.list(task="remote-flow")).data == [moved]
+        assert "Asia/Tokyo" in await engine.schedules.timezones()
+        with pytest.raises(ScheduleNotFoundError):
+            await engine.schedules.retrieve("sched_nope")
+        with pytest.raises(TaskNotFoundError, match="remote-flow"):
+            await engine.schedules.create("nope", cron="* * * * *")
+        with pytest.raises(ValidationError, match="bad minute"):
+            await engine.schedules.create("remote-flow", cron="99 * * * *")
+        await engine.schedules.delete(made.id)
+        assert (await engine.schedules.list()).data == []
+
+
+def test_the_commands_make_list_change_switch_and_delete_schedules(db_url: str) -> None:
+    register(db_url, "sched-cli")
+    made = ok_json(
+        db_url,
+        "schedules",
+        "create",
+        "sched-cli",
+        "--cron",
+        "0 9 * * MON-FRI",
+        "--timezone",
+        "Europe/Berlin",
+        "--payload",
+        '{"a": 1}',
+        "--catch-up",
+        "all",
+    )
+    assert (made["task"], made["catchUp"], made["payload"]) == ("sched-cli", "all", {"a": 1})
+    assert ok_json(db_url, "schedules", "get", made["id"]) == made
+    table = invoke(db_url, "schedules", "list").stdout.splitlines()
+    assert table[0].split("\t") == ["id", "task", "cron", "zone", "active", "next"]
+    assert table[1].split("\t")[:5] == [
+        made["id"],
+        "sched-cli",
+        "0 9 * * MON-FRI",
+        "Europe/Berlin",
+        "true",
+    ]
+    listed = ok_json(db_url, "schedules", "list", "--task", "sched-cli")
+    assert [s["id"] for s in listed["data"]] == [made["id"]] and listed["pagination"]["count"] == 1
+    changed = ok_json(db_url, "schedules", "update", made["id"], "--cron", "30 7 * * *")
+    assert changed["generator"]["expression"] == "30 7 * * *"
+    assert ok_json(db_url, "schedules", "deactivate", made["id"])["active"] is False
+    assert ok_json(db_url, "schedules", "activate", made["id"])["active"] is True
+    deleted = invoke(db_url, "schedules", "delete", made["id"])
+    assert deleted.exit_code == 0 and made["id"] in deleted.stdout
+
+    create = ("schedules", "create", "sched-cli", "--cron")
+    assert_one_line_error(invoke(db_url, *create, "61 * * * *"), "invalid cron", "bad minute")
+    assert_one_line_error(
+        invoke(db_url, *create, "* * * * *", "--timezone", "Mars"), "unknown timezone 'Mars'"
+    )
+    assert_one_line_error(
+        invoke(db_url, *create, "* * * * *", "--catch-up", "most"), "--catch-up must be"
+    )
+    assert_one_line_error(invoke(db_url, "schedules", "create", "sched-cli"), "--cron is required")
+    assert_one_line_error(
+        invoke(db_url, "schedules", "create", "nope", "--cron", "* * * * *"), "unknown task 'nope'"
+    )
+    assert_one_line_error(invoke(db_url, "schedules", "get", "sched_nope"), "sched_nope")
+    assert ok_json(db_url, "schedules", "list")["data"] == []
+
+
+async def test_the_schedules_page_lists_each_schedule_with_its_next_five_ticks(
+    engine: Engine,
+) -> None:
+    await engine.storage.register_tasks([TaskInfo("sched-tick", None)])
+    berlin = await engine.schedules.create(
+        "sched-tick", cron="0 9 * * MON-FRI", timezone="Europe/Berlin", external_id="acme"
+    )
+    off = await engine.schedules.create("sched-tick", cron="*/5 * * * *")
+    await engine.schedules.deactivate(off.id)
+    async with client_for(engine, UI_KEY) as ui:
+        assert (await ui.get("/ui/schedules")).status_code == 401  # signed in only
+        await ui.post("/ui/login", data={"key": UI_KEY, "next": "/ui/schedules"})
+        page = await ui.get("/ui/schedules")
+        assert page.status_code == 200
+        html = page.text
+        assert 'href="/ui/schedules" aria-current="page">Schedules</a>' in html
+        assert berlin.id in html and off.id in html and "acme" in html
+        assert "At 09:00 on Monday through Friday, Europe/Berlin" in html
+        assert "none: inactive" in html
+        for moment in berlin.upcoming:  # each tick: in Berlin's time, and the instant
+            local = moment.astimezone(ZoneInfo("Europe/Berlin"))
+            assert local.strftime("%a %Y-%m-%d 09:00:00 %Z") in html
+            assert f'datetime="{moment.isoformat().replace("+00:00", "Z")}"' in html
+        assert html.count("<li><time") == 5
+        other = await ui.get("/ui/schedules", params={"task": "sched-other"})
+        assert "No schedules of this task." in other.text

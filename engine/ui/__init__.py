@@ -11,6 +11,7 @@ server-signed session and the links hold public access tokens scoped to one toke
     signin       /ui/login, /ui/logout
     token_pages  /ui/tokens (the inbox), /ui/tokens/{id} (complete, cancel, share)
     run_pages    /ui/runs, /ui/runs/{id} (timeline; cancel, pause, resume)
+    schedule_pages  /ui/schedules (each schedule's next five ticks)
     approve      /ui/approve/{id}?t=... (standalone, no session)
     links        POST /api/v1/waitpoints/tokens/{id}/approval-link (for remote engines)
 """
@@ -23,7 +24,7 @@ from ..api.auth import Auth
 from ..client import Engine
 from ..signing import login_link
 from ..validation import check_schema
-from . import approve, assets, links, run_pages, signin, token_pages
+from . import approve, assets, links, run_pages, schedule_pages, signin, token_pages
 from .forms import validator_for
 from .render import Renderer
 from .routing import UI
@@ -44,7 +45,8 @@ def mount_ui(app: FastAPI, *, secret_key: str) -> None:
     )
     _warm_up()
     app.include_router(links.router)
-    for module in (signin, token_pages, run_pages, approve, assets):  # assets last: catch-all
+    pages = (signin, token_pages, run_pages, schedule_pages, approve, assets)
+    for module in pages:  # assets last: catch-all
         app.include_router(module.router)
 
 

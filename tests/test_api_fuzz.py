@@ -10,9 +10,10 @@ What it covers:
   each parameter and body field) and ``fuzzing`` in both generation modes: positive (inputs the
   schema allows) and negative (inputs it forbids: wrong types, bad query values, invalid
   bodies), at most 30 fuzzed examples per operation;
-- ids that exist: about half of the generated ``token_id``/``run_id``/``task_id`` path values
-  are swapped for seeded ones (waiting tokens, tokens with a completion schema, runs of a
-  registered task, plain and typed tasks), and callback cases for a seeded token get its valid
+- ids that exist: about half of the generated ``token_id``/``run_id``/``task_id``/
+  ``schedule_id`` path values are swapped for seeded ones (waiting tokens, tokens with a
+  completion schema, runs of a registered task, plain and typed tasks, schedules of both in
+  UTC and another zone), and callback cases for a seeded token get its valid
   signature, so the fuzzed bodies reach completion, cancellation, late completions on closed
   tokens and payload validation, not only the 404/401 answers.
 
@@ -79,6 +80,7 @@ class Seeded:
     message_signatures: dict[str, str] = field(default_factory=dict)
     """Per run: the signature of its message URL for the topic ``comment``."""
     tasks: list[str] = field(default_factory=lambda: ["fuzz-plain", "fuzz-typed"])
+    schedules: list[str] = field(default_factory=list)
 
 
 async def _seed(engine: Engine, seeded: Seeded) -> None:
@@ -106,6 +108,11 @@ async def _seed(engine: Engine, seeded: Seeded) -> None:
         seeded.runs.append(run.id)
         subject = message_subject(run.id, "comment")
         seeded.message_signatures[run.id] = engine.signer.signature(subject)
+    for i in range(6):
+        schedule = await engine.schedules.create(
+            seeded.tasks[i % 2], cron=f"0 {i} 1 1 *", timezone="Europe/Berlin" if i % 3 else None
+        )
+        seeded.schedules.append(schedule.id)
 
 
 # The schema comes from the app's own /openapi.json, fetched in-process at import (the route
@@ -206,6 +213,8 @@ def _steer(case: Any, seeded: Seeded) -> None:
         params["run_id"] = seeded.runs[index % len(seeded.runs)]
     if "task_id" in params:
         params["task_id"] = seeded.tasks[index % len(seeded.tasks)]
+    if "schedule_id" in params:
+        params["schedule_id"] = seeded.schedules[index % len(seeded.schedules)]
 
 
 @schema.parametrize()
@@ -236,6 +245,7 @@ def test_a_number_too_long_for_python_is_400_on_every_operation_with_a_body(
     ids["topic"] = "comment"
     if "/messages/" in path:
         ids["signature"] = seeded.message_signatures[ids["run_id"]]
+    ids["schedule_id"] = seeded.schedules[0]
     operation = schema[path][method]
     wanted = {name: ids[name] for name in ids if "{" + name + "}" in path}
     case = operation.Case(

@@ -1531,7 +1531,7 @@ def schedules_delete(
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Delete a schedule made at run time (its runs stay)."""
+    """Delete a schedule (its runs stay); a declared one comes back if its code still has it."""
     _run(api_url or database, lambda e: e.schedules.delete(schedule_id), api_key=api_key)
     print(f"schedule {schedule_id} deleted")
 

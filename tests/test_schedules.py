@@ -335,10 +335,9 @@ async def test_a_declared_schedule_follows_its_code_as_workers_start(clocked: Cl
     await start_and_stop(declared("0 9 * * MON-FRI", "Europe/Berlin"))  # a restart: as it was
     assert (await engine.schedules.list()).data == [made]
 
-    with pytest.raises(ValidationError, match="declared by task 'sched-declared'"):
-        await engine.schedules.update(made.id, cron="0 10 * * *")
-    with pytest.raises(ValidationError, match="declared by task 'sched-declared'"):
-        await engine.schedules.delete(made.id)
+    for change in ({"cron": "0 10 * * *"}, {"timezone": "UTC"}, {"payload": {"n": 1}}):
+        with pytest.raises(ValidationError, match="declared by task 'sched-declared'"):
+            await engine.schedules.update(made.id, **change)
     assert await engine.schedules.retrieve(made.id) == made
     stopped = await engine.schedules.deactivate(made.id)  # an incident switch still works
     assert not stopped.active and stopped.next_run is None and stopped.upcoming == []
@@ -355,6 +354,15 @@ async def test_a_declared_schedule_follows_its_code_as_workers_start(clocked: Cl
     with pytest.raises(ScheduleNotFoundError):
         await engine.schedules.retrieve(made.id)
     assert (await engine.schedules.list()).data == []
+
+    # a task gone from the code: no worker serves it to delete its schedule, so one may
+    await start_and_stop(declared("0 9 * * *"))
+    [stale] = (await engine.schedules.list()).data
+    await engine.schedules.delete(stale.id)
+    assert (await engine.schedules.list()).data == []
+    await start_and_stop(declared("0 9 * * *"))  # declared still: back, a new one
+    [back] = (await engine.schedules.list()).data
+    assert back.id != stale.id and back.cron == "0 9 * * *"
 
 
 def test_a_declared_schedule_is_checked_where_the_task_is_defined() -> None:

@@ -134,7 +134,7 @@ async def update_schedule(
     return schedule_json(schedule)
 
 
-@router.delete("/api/v1/schedules/{schedule_id}", summary="Delete a schedule made at run time")
+@router.delete("/api/v1/schedules/{schedule_id}", summary="Delete a schedule")
 async def delete_schedule(schedule_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
     await engine.schedules.delete(schedule_id)
     return {"id": schedule_id}

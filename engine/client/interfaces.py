@@ -446,7 +446,8 @@ class Schedules(ABC):
         only its schedules."""
         if isinstance(page, bool) or not isinstance(page, int) or page < 1:
             raise ValidationError(f"page must be a whole number from 1 on, got {page!r}")
-        if not isinstance(per_page, int) or not 1 <= per_page <= MAX_PAGE_SIZE:
+        whole = isinstance(per_page, int) and not isinstance(per_page, bool)
+        if not (whole and 1 <= per_page <= MAX_PAGE_SIZE):
             raise ValidationError(f"per_page must be between 1 and {MAX_PAGE_SIZE}")
         return await self._list(None if task is None else _task_id(task), page, per_page)
 
@@ -481,8 +482,9 @@ class Schedules(ABC):
 
     @abstractmethod
     async def delete(self, schedule_id: str) -> None:
-        """Delete a schedule made at run time (its runs stay); a declared one is refused
-        (``ValidationError``): remove ``cron=`` from its task instead."""
+        """Delete a schedule (its runs stay). A declared one comes back when a worker whose
+        task still declares it starts: remove ``cron=`` from the task to end it for good;
+        deleting is for one whose task is gone from the code (no worker deletes that)."""
 
     @abstractmethod
     async def activate(self, schedule_id: str) -> Schedule:

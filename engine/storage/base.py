@@ -622,7 +622,8 @@ class Storage(Protocol):
         ...
 
     async def delete_schedule(self, schedule_id: str) -> None:
-        """Delete a schedule made at run time (a declared one is refused); its runs stay."""
+        """Delete a schedule (its runs stay); a declared one comes back when a worker that
+        declares it starts."""
         ...
 
     async def set_schedule_active(self, schedule_id: str, active: bool) -> Schedule:

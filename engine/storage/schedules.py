@@ -44,7 +44,7 @@ from ..models import (
 from .base import DeclaredSchedule, NewRun, NewSchedule, ScheduleChange, ScheduleFiring
 from .records import RowLike, dump_json, load_json
 from .runs import Runs
-from .sql import Op, Sql, count, many, rows
+from .sql import Op, Sql, alone, count, many, rows
 
 DECLARED_KEY_PREFIX = "declared:"
 """The deduplication key of a task's declared schedule is this and the task's id; the
@@ -155,7 +155,7 @@ class Schedules(Runs):
         payload = None if change.payload is None else dump_json(change.payload, "the payload")
 
         def op(now: int) -> Op[None]:
-            row = yield from self._changeable(schedule_id, "updated")
+            row = yield from self._changeable(schedule_id)
             cron = Cron.of(change.cron or row["cron"], change.timezone or row["timezone"])
             moved = (cron.expression, cron.timezone) != (row["cron"], row["timezone"])
             next_tick = row["next_tick_at"]
@@ -182,9 +182,12 @@ class Schedules(Runs):
         return await self.get_schedule(schedule_id)
 
     async def delete_schedule(self, schedule_id: str) -> None:
+        """Declared schedules too: one whose task no worker serves any more is deleted by
+        no worker (only those serving a task keep its schedule), so it would stay listed."""
+
         def op(now: int) -> Op[None]:
-            yield from self._changeable(schedule_id, "deleted")
-            yield count("DELETE FROM schedules WHERE id = :id", id=schedule_id)
+            if not (yield alone(count("DELETE FROM schedules WHERE id = :id", id=schedule_id))):
+                raise _not_found(schedule_id)
 
         await self._write(op, notify=False)
 
@@ -347,7 +350,7 @@ class Schedules(Runs):
             tasks=task_ids,
         )
 
-    def _changeable(self, schedule_id: str, doing: str) -> Op[RowLike]:
+    def _changeable(self, schedule_id: str) -> Op[RowLike]:
         """The schedule's row, locked: ``ScheduleNotFoundError``, or a ``ValidationError``
         for a declared one (its task's code says what it is)."""
         found = yield rows(
@@ -359,8 +362,8 @@ class Schedules(Runs):
         if row["declared"]:
             raise ValidationError(
                 f"schedule {schedule_id} is declared by task {row['task_id']!r}"
-                " (@task(cron=...)): it can only be changed in its code, and only be"
-                f" activated or deactivated here, not {doing}"
+                " (@task(cron=...)): change it in the task's code; here it can only be"
+                " activated, deactivated or deleted"
             )
         return row
 

@@ -842,6 +842,7 @@ async def test_the_schedules_page_lists_each_schedule_with_its_next_five_ticks(
         for moment in berlin.upcoming:  # each tick: in Berlin's time, and the instant
             local = moment.astimezone(ZoneInfo("Europe/Berlin"))
             assert local.strftime("%a %Y-%m-%d 09:00:00 %Z") in html
+            assert moment.strftime("%H:%M:%S UTC") in html  # 07:00 or 08:00, by the season
             assert f'datetime="{moment.isoformat().replace("+00:00", "Z")}"' in html
         assert html.count("<li><time") == 5
         other = await ui.get("/ui/schedules", params={"task": "sched-other"})

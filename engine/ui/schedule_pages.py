@@ -5,7 +5,7 @@ is the API's, the CLI's and Python's (``engine.schedules``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request, Response
@@ -21,16 +21,24 @@ PER_PAGE = 50
 @dataclass(frozen=True)
 class ScheduleRow:
     schedule: Schedule
-    ticks: list[tuple[str, datetime]]
-    """The next five ticks: each as the schedule's zone has it (``Mon 2026-12-07 09:00
-    CET``), and the instant (shown in UTC beside it)."""
+    ticks: list[tuple[str, str, datetime]]
+    """The next five ticks: each as the schedule's zone has it (``Mon 2026-12-07 09:00:00
+    CET``), in UTC (``08:00 UTC``; empty for a schedule in UTC), and the instant."""
 
 
 def row_of(schedule: Schedule) -> ScheduleRow:
     zone = ZoneInfo(schedule.timezone)
+    in_utc = schedule.timezone != "UTC"
     return ScheduleRow(
         schedule,
-        [(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z"), t) for t in schedule.upcoming],
+        [
+            (
+                t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z"),
+                t.astimezone(UTC).strftime("%H:%M:%S UTC") if in_utc else "",
+                t,
+            )
+            for t in schedule.upcoming
+        ],
     )
 
 

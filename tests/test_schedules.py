@@ -490,6 +490,13 @@ async def test_a_deduplication_key_makes_creating_again_an_update(clocked: Clock
     )
     assert again.id == first.id and again.cron == "0 20 * * *"
     assert again.deduplication_key == "user_1-daily"
+    assert again.next_run is not None
+    clocked.move_to(to_ms(again.next_run) + 60_000)  # its tick passed while no worker was up
+    same = await engine.schedules.create(  # made again at a start, as it was
+        "sched-tick", cron="0 20 * * *", external_id="user_1", deduplication_key="user_1-daily"
+    )
+    assert same.next_run == again.next_run  # still due: the missed tick is not lost
+    assert (await engine.storage.fire_due_schedules(["sched-tick"], FIRE_BATCH)).runs == 1
     assert (await engine.schedules.list()).pagination.count == 1
     other = await engine.schedules.create("sched-tick", cron="0 20 * * *")
     assert other.id != first.id and other.deduplication_key is None

@@ -85,12 +85,15 @@ class Schedules(Runs):
             }
             if key is not None:
                 found = yield rows(
-                    "SELECT id, active FROM schedules WHERE deduplication_key = :key"
-                    f"{self.q.for_update}",
+                    "SELECT id, cron, timezone, active, next_tick_at FROM schedules"
+                    f" WHERE deduplication_key = :key{self.q.for_update}",
                     key=key,
                 )
                 if found:  # Trigger.dev's deduplication: the schedule holding the key changes
-                    schedule_id, active = found[0]["id"], bool(found[0]["active"])
+                    row = found[0]
+                    schedule_id, active = row["id"], bool(row["active"])
+                    if (row["cron"], row["timezone"]) == (new.cron.expression, new.cron.timezone):
+                        next_tick = row["next_tick_at"]  # as it was: a missed tick still due
                     yield count(
                         "UPDATE schedules SET task_id = :task_id, cron = :cron,"
                         " timezone = :timezone, payload = :payload, external_id = :external_id,"

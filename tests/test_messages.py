@@ -109,9 +109,12 @@ async def test_a_receive_that_times_out_leaves_the_late_message_for_the_next(
 ) -> None:
     await start_worker(TASKS)
     run = await engine.trigger(PATIENT.id)
-    await wait_for_status(engine, run.id, "WAITING")
-    await asyncio.sleep(1.2)  # the first receive's timeout passes (the timer closes it)
-    await wait_for_status(engine, run.id, "WAITING")
+    async with asyncio.timeout(20):  # the first receive times out (the timer closes it)
+        while True:
+            keys = [entry.key for entry in await engine.runs.timeline(run.id)]
+            if "receive:answer#0" in keys:
+                break
+            await asyncio.sleep(0.05)
     await engine.runs.send(run.id, "answer", "late")
     done = await engine.wait_for_run(run.id, timeout=20)
     assert done.output == {

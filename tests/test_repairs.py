@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from engine import Engine, Retry, RunStatus, TaskDefinition, ValidationError, step
+from engine import Engine, Retry, Run, RunStatus, TaskDefinition, ValidationError, step
 from engine.errors import RunStateError
 from engine.models import TaskInfo
 
@@ -118,10 +119,19 @@ async def test_a_retry_gives_the_run_its_retry_policy_afresh(
     run_id = await _failed(engine, TWICE)
     assert ran["b"] == 2  # its two attempts
     await engine.runs.retry(run_id)  # still broken: two more attempts, then FAILED again
-    await wait_for_status(engine, run_id, "QUEUED")
-    await wait_for_status(engine, run_id, "FAILED", timeout=20)
-    run = await engine.runs.retrieve(run_id)
-    assert (ran["a"], ran["b"], run.attempt_count) == (1, 4, 4)
+    run = await _until(engine, run_id, lambda r: r.attempt_count == 4 and r.is_finished)
+    assert (run.status, ran["a"], ran["b"]) == (RunStatus.FAILED, 1, 4)
+
+
+async def _until(engine: Engine, run_id: str, done: Callable[[Run], bool]) -> Run:
+    """The run once ``done`` holds for it (a retry may fail again before a poll sees it
+    queued, so tests wait for where it ends, not for the states it passes)."""
+    async with asyncio.timeout(20):
+        while True:
+            run = await engine.runs.retrieve(run_id)
+            if done(run):
+                return run
+            await asyncio.sleep(0.02)
 
 
 async def test_a_timed_out_run_retried_gets_its_whole_max_duration_again(

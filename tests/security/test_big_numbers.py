@@ -36,6 +36,8 @@ JSON_ROUTES = {
     "POST /api/v1/runs/{run_id}/messages/{topic}",
     "POST /api/v1/purge",
     "POST /api/v1/tasks/batch",
+    "POST /api/v1/schedules",
+    "PUT /api/v1/schedules/{schedule_id}",
     "POST /api/v1/runs/{run_id}/messages/{topic}/{signature}",
 }
 BODIES = {
@@ -95,7 +97,9 @@ async def test_a_number_too_long_for_python_is_400_on_every_json_route(
         path, headers = path.replace("{signature}", signature), {"content-type": "application/json"}
     elif "{signature}" in path:
         path, headers = callback, {"content-type": "application/json"}
-    response = await api.post(path, content=BODIES[body].encode(), headers=headers)
+    path = path.replace("{schedule_id}", "sched_never_reached")
+    method = route.split(" ", 1)[0]
+    response = await api.request(method, path, content=BODIES[body].encode(), headers=headers)
     assert response.status_code == 400, response.text
     assert "4300 digits" in response.json()["error"]
     if route.endswith("/complete"):  # and with the token's own public access token

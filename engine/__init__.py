@@ -75,7 +75,7 @@ if TYPE_CHECKING:
         WaitResult,
     )
     from .options import Debounce
-    from .registry import Queue, Retry, TaskDefinition, task
+    from .registry import Queue, RateLimit, Retry, TaskDefinition, task
     from .replay_check import check_replay
     from .settings import Settings
     from .worker import Worker
@@ -99,6 +99,7 @@ _WHERE = {
     "NotInRunError": "errors",
     "Page": "models",
     "Queue": "registry",
+    "RateLimit": "registry",
     "Retry": "registry",
     "Run": "models",
     "RunError": "models",
@@ -165,6 +166,7 @@ __all__ = [
     "NotInRunError",
     "Page",
     "Queue",
+    "RateLimit",
     "Retry",
     "Run",
     "RunError",

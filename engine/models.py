@@ -9,7 +9,7 @@ both read ``null`` in those places as a type error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from .durations import format_duration
 from .errors import (
     ChildRunError,
     WaitpointCancelledError,
@@ -198,6 +199,7 @@ class Run(WireModel):
             "paused_at",
             "origin_run_id",
             "origin",
+            "priority",
         }
     )
 
@@ -234,6 +236,9 @@ class Run(WireModel):
     """The run this one replays or was forked from (``origin`` says which)."""
     origin: str | None = None
     """``"replay"`` or ``"fork"`` when ``origin_run_id`` is set."""
+    priority: int | None = None
+    """The ``priority`` it was triggered with, in seconds (None: none): it is claimed as if
+    it had been queued that much earlier."""
     is_cached: bool = Field(default=False, exclude=True)
     """True when ``trigger`` returned an existing run for its idempotency key."""
 
@@ -482,6 +487,36 @@ class TaskWorkers(WireModel):
         )
 
 
+class RateLimitWait(WireModel):
+    """Why a QUEUED run that is due does not start: its queue's rate limit bucket (of its
+    ``rate_limit_key``, if it has one) holds less than one token until ``next_token_at``."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"rate_limit_key"})
+
+    queue: str
+    rate_limit_key: str | None = None
+    limit: int
+    period_ms: int
+    next_token_at: datetime
+    """When the bucket holds a token again (runs ahead in the queue take it first)."""
+
+    @property
+    def reason(self) -> str:
+        """``waiting for queue 'emails' rate limit (100 per 1m)``, and the key if any."""
+        key = "" if self.rate_limit_key is None else f", key {self.rate_limit_key!r}"
+        return (
+            f"waiting for queue {self.queue!r} rate limit"
+            f" ({self.limit} per {describe_period(self.period_ms)}{key})"
+        )
+
+
+def describe_period(period_ms: int) -> str:
+    """A rate limit's period as it is written: ``1m``, ``1h30m``, ``250ms``."""
+    if period_ms % 1000:
+        return f"{period_ms}ms"
+    return format_duration(timedelta(milliseconds=period_ms))
+
+
 class TaskState(WireModel):
     """Whether a task is paused (``engine.tasks.pause``): while it is, no worker claims a run
     of it, on any machine; its runs keep being triggered, queued and completed meanwhile."""
@@ -619,6 +654,9 @@ class TaskInfo:
     payload_schema: dict[str, Any] | None = None
     queue: str | None = None
     concurrency_limit: int | None = None
+    rate_limit: int | None = None
+    """At most this many runs of the queue start per ``rate_period_ms`` (``RateLimit``)."""
+    rate_period_ms: int | None = None
 
 
 @dataclass(frozen=True)

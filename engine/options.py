@@ -116,6 +116,11 @@ class TriggerOptions(TypedDict, total=False):
     """Executing time after which the run is TIMED_OUT (over the task's own limit)."""
     concurrency_key: str | None
     """Gives this key (a tenant) its own copy of the task queue's concurrency limit."""
+    priority: int | None
+    """Seconds (Trigger.dev's meaning, 0 to 2,073,600: 24 days): the run is claimed as if it
+    had been queued that much earlier, so it goes before the queue's runs younger than that."""
+    rate_limit_key: str | None
+    """Gives this key (a tenant) its own bucket of the task queue's rate limit."""
     debounce: Debounce | None
     """Triggers with the same key collapse into one run (``Debounce``); not with ``delay``."""
 

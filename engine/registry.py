@@ -64,22 +64,67 @@ class Retry:
         return int(seconds * 1000)
 
 
+MAX_RATE = 1_000_000_000
+"""The most runs a ``RateLimit`` lets start per period (it is stored as a 32-bit integer)."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``limit`` runs of a queue start per ``period`` ("1m", "1h", a timedelta),
+    across every worker on the database (``Queue(rate_limit=)``).
+
+    A token bucket stored in the database: it holds up to ``limit`` tokens, starts full and
+    refills continuously at ``limit`` per ``period``; each run a worker claims takes one
+    token, in the claim's own transaction. So a queue idle for a period may start ``limit``
+    runs at once, and never more than ``limit + limit * t / period`` in any ``t``.
+    Triggering with a ``rate_limit_key`` gives each key (a tenant) its own bucket.
+    """
+
+    limit: int
+    period: str | timedelta
+
+    def __post_init__(self) -> None:
+        limit = self.limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RATE:
+            raise ValidationError(
+                f"RateLimit.limit must be a whole number from 1 to {MAX_RATE:,}, got {limit!r}"
+            )
+        try:
+            period = to_timedelta(self.period)
+        except ValidationError as exc:
+            raise ValidationError(f"RateLimit.period: {exc}") from None
+        if period < timedelta(milliseconds=1):
+            raise ValidationError(f"RateLimit.period must be at least 1 ms, got {self.period!r}")
+
+    @property
+    def period_ms(self) -> int:
+        return duration_ms(self.period)
+
+
 @dataclass(frozen=True)
 class Queue:
-    """Runs of the tasks sharing a queue execute at most ``concurrency_limit`` at a time.
+    """Runs of the tasks sharing a queue execute at most ``concurrency_limit`` at a time,
+    and start at most ``rate_limit.limit`` per ``rate_limit.period``.
 
-    The limit holds across every worker on the database. Triggering with a
-    ``concurrency_key`` (a tenant, a user) gives each key its own copy of the limit.
+    Both limits hold across every worker on the database. Triggering with a
+    ``concurrency_key`` (a tenant, a user) gives each key its own copy of the concurrency
+    limit; with a ``rate_limit_key``, its own rate limit bucket.
     """
 
     name: str
     concurrency_limit: int | None = None
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValidationError("a queue needs a name")
         if self.concurrency_limit is not None and self.concurrency_limit < 1:
             raise ValidationError("concurrency_limit must be at least 1")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ValidationError(
+                "rate_limit must be a RateLimit(limit=..., period=...),"
+                f" got {type(self.rate_limit).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,7 +188,10 @@ class TaskDefinition:
     def info(self) -> TaskInfo:
         schema = self.payload_model.model_json_schema() if self.payload_model else None
         limit = self.queue.concurrency_limit if self.queue else None
-        return TaskInfo(self.id, schema, self.queue_name, limit)
+        rate = self.queue.rate_limit if self.queue else None
+        if rate is None:
+            return TaskInfo(self.id, schema, self.queue_name, limit)
+        return TaskInfo(self.id, schema, self.queue_name, limit, rate.limit, rate.period_ms)
 
     def validate_payload(self, payload: Any) -> Any:
         """The payload as stored (JSON); a typed task's payload is validated here, at trigger."""

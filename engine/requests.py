@@ -118,7 +118,30 @@ def run_request(
         queue=queue,
         concurrency_key=clean_optional_text(options.get("concurrency_key"), "concurrency_key"),
         debounce=_debounce(options.get("debounce"), delay),
+        priority=clean_priority(options.get("priority")),
+        rate_limit_key=clean_optional_text(options.get("rate_limit_key"), "rate_limit_key"),
     )
+
+
+MAX_PRIORITY = 24 * 86_400
+"""The highest ``priority``, in seconds (24 days): PostgreSQL computes a run's claim rank,
+``available_at - priority * 1000``, with the 32-bit ``priority`` column, which holds at most
+2,147,483 seconds times 1000."""
+
+
+def clean_priority(priority: int | None) -> int:
+    """A trigger's ``priority``: whole seconds from 0 to ``MAX_PRIORITY`` (None: 0)."""
+    if priority is None:
+        return 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValidationError(
+            f"priority must be a whole number of seconds, got {type(priority).__name__}"
+        )
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValidationError(
+            f"priority must be from 0 to {MAX_PRIORITY:,} seconds (24 days), got {priority:,}"
+        )
+    return priority
 
 
 def _debounce(debounce: Debounce | None, delay: object) -> NewDebounce | None:

@@ -27,6 +27,7 @@ EXPECTED_ALL = [
     "NotInRunError",
     "Page",
     "Queue",
+    "RateLimit",
     "Retry",
     "Run",
     "RunError",

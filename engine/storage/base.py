@@ -25,6 +25,7 @@ from ..models import (
     JournalEntry,
     Page,
     PurgeCount,
+    RateLimitWait,
     Run,
     RunError,
     RunEvent,
@@ -99,6 +100,10 @@ class NewRun:
     """The queue whose concurrency limit the run counts against (default: its task's id)."""
     concurrency_key: str | None = None
     """Runs with different keys get separate copies of the queue's limit (e.g. per tenant)."""
+    priority: int = 0
+    """Seconds: the run is claimed as if queued that much earlier (``requests.MAX_PRIORITY``)."""
+    rate_limit_key: str | None = None
+    """Runs with different keys take tokens from separate buckets of the queue's rate limit."""
     origin_run_id: str | None = None
     """The run a replay or fork copies (``origin`` says which: ``"replay"`` or ``"fork"``)."""
     origin: str | None = None
@@ -587,6 +592,17 @@ class Storage(Protocol):
         self, task_ids: list[str], versions: Mapping[str, str] | None = None
     ) -> bool:
         """Whether ``claim_runs`` with these tasks and versions would find a run now."""
+        ...
+
+    # rate limits
+    async def rate_limit_wait(self, run_id: str) -> RateLimitWait | None:
+        """Whether a QUEUED, due run waits for its queue's rate limit (its bucket holds less
+        than one token now), and until when; None otherwise (``storage.rates``)."""
+        ...
+
+    async def next_rate_token_ms(self, task_ids: list[str]) -> int | None:
+        """The earliest moment an empty rate limit bucket of these tasks' queues holds a
+        token again; None when none is empty."""
         ...
 
     # retention

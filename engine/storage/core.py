@@ -509,11 +509,13 @@ class StorageCore:
             "INSERT INTO runs (id, task_id, status, payload, tags, idempotency_key,"
             " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
             " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
-            " queue, concurrency_key, origin_run_id, origin, version, created_at, updated_at)"
+            " queue, concurrency_key, origin_run_id, origin, version, priority, rate_limit_key,"
+            " created_at, updated_at)"
             f" VALUES (:id, :task_id, :status, :payload, {self.q.jsonb('tags')}, :key,"
             " :key_expires, :max_attempts, :start, :delayed_until, :ttl, :expires_at,"
             " :metadata, :max_duration_ms, :parent_run_id, :parent_key, :depth, :queue,"
-            " :concurrency_key, :origin_run_id, :origin, :version, :now, :now) RETURNING *"
+            " :concurrency_key, :origin_run_id, :origin, :version, :priority, :rate_limit_key,"
+            " :now, :now) RETURNING *"
         )
         inserted = rows(
             insert,
@@ -539,6 +541,8 @@ class StorageCore:
             origin_run_id=new.origin_run_id,
             origin=new.origin,
             version=new.version,
+            priority=new.priority,
+            rate_limit_key=new.rate_limit_key,
             now=now,
         )
         if not self.q.writes_in_with:

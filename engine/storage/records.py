@@ -114,6 +114,7 @@ def run_from_row(row: RowLike, waiting_on: list[str] | None = None) -> Run:
         paused_at=from_ms_or_none(row["paused_at"]),
         origin_run_id=row["origin_run_id"],
         origin=row["origin"],
+        priority=row["priority"] or None,
     )
 
 

@@ -120,6 +120,8 @@ class Repairs(Runs):
             max_duration_ms=row["max_duration_ms"],
             queue=row["queue"],
             concurrency_key=row["concurrency_key"],
+            priority=row["priority"],
+            rate_limit_key=row["rate_limit_key"],
             origin_run_id=row["id"],
             origin=origin,
             version=row["version"] if origin == "fork" else None,

@@ -23,6 +23,7 @@ from ..models import (
 )
 from .base import JournalWrite, NewRun, NewWorker, PageRequest, RunFilter
 from .core import lease_lost
+from .rates import Buckets, Rates, rates_of
 from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
 from .sql import FINAL, Op, Sql, alone, combined, count, many, rows
 from .triggers import Triggers
@@ -33,6 +34,13 @@ _CLAIM_COLUMNS = (
     " max_duration_ms, metadata, attempt_base"
 )
 _CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.split(","))
+
+
+def rank(alias: str = "") -> str:
+    """A queued run's place in the claim order: its due time, ``priority`` seconds earlier
+    (Trigger.dev's meaning). Claims order by it, then by id, spelled exactly as the index
+    ``runs_queue_rank`` is (migration 8 on SQLite, 10 on PostgreSQL), so that they walk it."""
+    return f"{alias}available_at - {alias}priority * 1000"
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class Served:
         return "" if served is None else f" version = coalesce(version, {served}),"
 
 
-class Runs(Triggers, Workers):
+class Runs(Triggers, Workers, Rates):
     """Runs, their leases and journals, and the task registry (and the workers serving it)."""
 
     _channel = ""
@@ -101,10 +109,12 @@ class Runs(Triggers, Workers):
     async def register_tasks(self, tasks: list[TaskInfo], worker: NewWorker | None = None) -> None:
         def op(now: int) -> Op[None]:
             yield many(
-                "INSERT INTO tasks (id, payload_schema, queue, concurrency_limit, updated_at)"
-                " VALUES (:id, :schema, :queue, :limit, :now)"
+                "INSERT INTO tasks (id, payload_schema, queue, concurrency_limit, rate_limit,"
+                " rate_period_ms, updated_at) VALUES (:id, :schema, :queue, :limit, :rate,"
+                " :period, :now)"
                 " ON CONFLICT (id) DO UPDATE SET payload_schema = excluded.payload_schema,"
                 " queue = excluded.queue, concurrency_limit = excluded.concurrency_limit,"
+                " rate_limit = excluded.rate_limit, rate_period_ms = excluded.rate_period_ms,"
                 " updated_at = excluded.updated_at",
                 [
                     {
@@ -112,6 +122,8 @@ class Runs(Triggers, Workers):
                         "schema": None if t.payload_schema is None else dump_json(t.payload_schema),
                         "queue": t.queue,
                         "limit": t.concurrency_limit,
+                        "rate": t.rate_limit,
+                        "period": t.rate_period_ms,
                         "now": now,
                     }
                     for t in sorted(tasks, key=lambda t: t.id)  # one lock order for all workers
@@ -133,10 +145,20 @@ class Runs(Triggers, Workers):
             return list(self._task_registry)
         generation = self._registry_generation
         found = await self._read(
-            rows("SELECT id, payload_schema, queue, concurrency_limit FROM tasks ORDER BY id")
+            rows(
+                "SELECT id, payload_schema, queue, concurrency_limit, rate_limit, rate_period_ms"
+                " FROM tasks ORDER BY id"
+            )
         )
         tasks = [
-            TaskInfo(r["id"], load_json(r["payload_schema"]), r["queue"], r["concurrency_limit"])
+            TaskInfo(
+                r["id"],
+                load_json(r["payload_schema"]),
+                r["queue"],
+                r["concurrency_limit"],
+                r["rate_limit"],
+                r["rate_period_ms"],
+            )
             for r in found
         ]
         if self._following and generation == self._registry_generation:
@@ -438,9 +460,11 @@ class Runs(Triggers, Workers):
             )
 
         def op(now: int) -> Op[list[ClaimedRun]]:
-            picked = yield from self._within_limits(task_ids, served, now, limit)
+            picked, buckets = yield from self._within_limits(task_ids, served, now, limit)
             if not picked:
                 return []
+            if buckets.taken:
+                yield from self._spend(buckets)
             claimed = yield self._leasing(
                 owner,
                 lease_ms,
@@ -463,11 +487,13 @@ class Runs(Triggers, Workers):
         return await self._write(op, notify=False, control=True)
 
     async def _limited(self, task_ids: list[str]) -> bool:
-        """Whether a concurrency limit applies to one of these tasks (by the cached registry:
-        a limit set since is seen once its notification came, a moment later)."""
+        """Whether a concurrency or rate limit applies to one of these tasks (by the cached
+        registry: a limit set since is seen once its notification came, a moment later)."""
         wanted = set(task_ids)
         return any(
-            t.concurrency_limit is not None for t in await self.list_tasks() if t.id in wanted
+            t.concurrency_limit is not None or t.rate_limit is not None
+            for t in await self.list_tasks()
+            if t.id in wanted
         )
 
     def _claim_in_one(
@@ -479,11 +505,11 @@ class Runs(Triggers, Workers):
         served: Served,
         now: int,
     ) -> Op[list[ClaimedRun]]:
-        """PostgreSQL, no concurrency limit: the claim as one statement (pick, lease, record
-        the event, read the journals), the steps of ``claim_runs`` in writable CTEs."""
+        """PostgreSQL, no concurrency or rate limit: the claim as one statement (pick, lease,
+        record the event, read the journals), the steps of ``claim_runs`` in writable CTEs."""
         picked = rows(
             f"SELECT id FROM runs WHERE {self._claimable(served)}"
-            f" ORDER BY available_at, id LIMIT :limit{self.q.skip_locked()}",
+            f" ORDER BY {rank()}, id LIMIT :limit{self.q.skip_locked()}",
             now=now,
             tasks=task_ids,
             limit=limit,
@@ -511,8 +537,8 @@ class Runs(Triggers, Workers):
         """The runs a claim may take now (``:now``) among those of its tasks (``:tasks``) at
         the versions it serves (``served``'s parameters)."""
         r = alias
-        return (
-            f"{r}status = 'QUEUED' AND {r}available_at <= :now"
+        return (  # the rank's bound (redundant: priority >= 0) bounds the walk of its index
+            f"{r}status = 'QUEUED' AND {rank(r)} <= :now AND {r}available_at <= :now"
             f" AND ({r}lease_owner IS NULL OR {r}lease_expires_at <= :now)"
             f" AND {r}task_id {self.q.in_('tasks')}"
             f" AND ({r}expires_at IS NULL OR {r}expires_at > :now)"
@@ -549,37 +575,41 @@ class Runs(Triggers, Workers):
 
     def _within_limits(
         self, task_ids: list[str], served: Served, now: int, limit: int
-    ) -> Op[list[str]]:
-        """Due runs to claim, oldest first, that keep every queue within its concurrency limit.
+    ) -> Op[tuple[list[str], Buckets]]:
+        """Due runs to claim, first by rank (``rank``: priority, then age), that keep every
+        queue within its concurrency limit and its rate limit; and the rate limit buckets,
+        with the tokens the picked runs take (``Rates._spend`` writes them).
 
         Counted in the claim's own write transaction, so the limits hold however many worker
         processes share the database (PostgreSQL: candidates are locked with ``SKIP LOCKED``,
         so workers claiming at once take different runs instead of queueing behind each other,
-        and a limited queue is counted under a transaction-scoped advisory lock of that
-        queue: two workers cannot both see the last free slot). Only EXECUTING runs count: a
-        waiting run holds no slot. A queue already at its limit is left out of the scan, so
-        the runs queued behind it never hide younger runs of other queues.
+        and a limited queue is counted, and its buckets read, under a transaction-scoped
+        advisory lock of that queue: two workers cannot both see the last free slot or the
+        last token). Only EXECUTING runs count: a waiting run holds no slot. A queue already
+        at its limit, and a bucket with no token, are left out of the scan, so the runs
+        queued behind them never hide the runs of other queues and keys.
         """
         q = self.q
-        caps = {
-            row["queue"]: row["cap"]
-            for row in (
+        limits = yield rows(
+            "SELECT coalesce(queue, id) AS queue, concurrency_limit, rate_limit, rate_period_ms"
+            f" FROM tasks WHERE id {q.in_('tasks')}"
+            " AND (concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL)",
+            tasks=task_ids,
+        )
+        caps: dict[str, int] = {}  # the strictest limit its tasks name, per queue
+        for row in limits:
+            queue, cap = row["queue"], row["concurrency_limit"]
+            if cap is not None:
+                caps[queue] = min(cap, caps.get(queue, cap))
+        rates = rates_of(limits)
+        if q.row_locks:
+            for queue in sorted(set(caps) | set(rates)):  # one lock order for every worker
                 yield rows(
-                    "SELECT coalesce(queue, id) AS queue, min(concurrency_limit) AS cap"
-                    f" FROM tasks WHERE id {q.in_('tasks')} AND concurrency_limit IS NOT NULL"
-                    " GROUP BY coalesce(queue, id)",
-                    tasks=task_ids,
+                    "SELECT pg_advisory_xact_lock(hashtext('waitpoint-queue:' || :queue))",
+                    queue=queue,
                 )
-            )
-        }
         busy: dict[tuple[str, str | None], int] = {}
         if caps:
-            if q.row_locks:
-                for queue in sorted(caps):  # one lock order for every worker
-                    yield rows(
-                        "SELECT pg_advisory_xact_lock(hashtext('waitpoint-queue:' || :queue))",
-                        queue=queue,
-                    )
             for row in (
                 yield rows(
                     "SELECT queue, concurrency_key, count(*) AS n FROM runs"
@@ -589,31 +619,39 @@ class Runs(Triggers, Workers):
                 )
             ):
                 busy[(row["queue"], row["concurrency_key"])] = row["n"]
+        buckets = yield from self._buckets(rates, now)
         full = [(queue, key) for (queue, key), n in busy.items() if n >= caps[queue]]
+        left_out = q.not_in_pairs("full_queues", "full_keys", "r.queue", "r.concurrency_key")
+        pairs = {"full_queues": [p[0] for p in full], "full_keys": [p[1] for p in full]}
+        if rates:  # the text stays the usual one for the claims of queues without a rate
+            keys = "coalesce(r.rate_limit_key, '')"
+            left_out += f" AND {q.not_in_pairs('empty_queues', 'empty_keys', 'r.queue', keys)}"
+            empty = buckets.empty
+            pairs |= {"empty_queues": [p[0] for p in empty], "empty_keys": [p[1] for p in empty]}
         candidates: list[RowLike] = yield rows(
-            "SELECT r.id, r.queue, r.concurrency_key FROM runs r"
-            f" WHERE {self._claimable(served, 'r.')}"
-            f" AND {q.not_in_pairs('full_queues', 'full_keys', 'r.queue', 'r.concurrency_key')}"
-            f" ORDER BY r.available_at, r.id LIMIT :scan{q.skip_locked('r')}",
+            "SELECT r.id, r.queue, r.concurrency_key, r.rate_limit_key FROM runs r"
+            f" WHERE {self._claimable(served, 'r.')} AND {left_out}"
+            f" ORDER BY {rank('r.')}, r.id LIMIT :scan{q.skip_locked('r')}",
             now=now,
             tasks=task_ids,
             **served.params,
-            full_queues=[queue for queue, _ in full],
-            full_keys=[key for _, key in full],
-            scan=max(limit * 10, 100) if caps else limit,
+            **pairs,
+            scan=max(limit * 10, 100) if caps or rates else limit,
         )
         picked: list[str] = []
         for row in candidates:
             if len(picked) >= limit:
                 break
             cap = caps.get(row["queue"])
+            slot = (row["queue"], row["concurrency_key"])
+            if cap is not None and busy.get(slot, 0) >= cap:
+                continue
+            if not buckets.take(row["queue"], row["rate_limit_key"]):
+                continue
             if cap is not None:
-                slot = (row["queue"], row["concurrency_key"])
-                if busy.get(slot, 0) >= cap:
-                    continue
                 busy[slot] = busy.get(slot, 0) + 1
             picked.append(row["id"])
-        return picked
+        return picked, buckets
 
     async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
         def op(now: int) -> Op[None]:

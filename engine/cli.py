@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only t
         CompletionResult,
         Page,
         PurgeCount,
+        RateLimitWait,
         Run,
         Schedule,
         TaskState,
@@ -700,6 +701,22 @@ def trigger(
             ' "options": {...}} (the REST API\'s option names; - for stdin).',
         ),
     ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            "--priority",
+            metavar="SECONDS",
+            help="Claimed as if queued this many seconds earlier (0 to 2073600).",
+        ),
+    ] = None,
+    rate_limit_key: Annotated[
+        str | None,
+        typer.Option(
+            "--rate-limit-key",
+            metavar="KEY",
+            help="Its own bucket of the queue's rate limit (a tenant).",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish.")] = False,
     timeout: Annotated[
         float | None,
@@ -746,6 +763,8 @@ def trigger(
                 max_attempts=max_attempts,
                 max_duration=_duration_option(max_duration, "--max-duration"),
                 concurrency_key=concurrency_key,
+                priority=priority,
+                rate_limit_key=rate_limit_key,
             )
             items, lines = _batch_lines(file, shared)
         _trigger_file(task_id, file, items, lines, as_json, api_url or database, api_key)
@@ -770,6 +789,8 @@ def trigger(
                 debounce=_debounce_options(
                     debounce, debounce_delay, debounce_mode, debounce_max_delay
                 ),
+                priority=priority,
+                rate_limit_key=rate_limit_key,
             )
         except ValidationError as exc:
             if payload is None and "payload" in str(exc):
@@ -1019,15 +1040,23 @@ def runs_get(
     """Show one run and, for people, its timeline (what it did, and how each wait ended)."""
 
     from .console import show
+    from .models import RunStatus
 
-    async def action(engine: Engine) -> tuple[Run, list[TimelineEntry], str | None]:
+    async def action(
+        engine: Engine,
+    ) -> tuple[Run, list[TimelineEntry], str | None, RateLimitWait | None]:
         run = await engine.runs.retrieve(run_id)
         unserved = await engine.workers.unserved(run)
-        return run, await engine.runs.timeline(run_id), unserved
+        limited = None
+        if unserved is None and run.status is RunStatus.QUEUED:
+            limited = await engine.runs.rate_limit_wait(run_id)
+        return run, await engine.runs.timeline(run_id), unserved, limited
 
-    run, timeline, unserved = _run(api_url or database, action, api_key=api_key)
+    run, timeline, unserved, limited = _run(api_url or database, action, api_key=api_key)
     show(run, as_json, timeline)
     _note_unserved(unserved, "the run stays QUEUED until one starts")
+    if limited is not None:
+        _note_unserved(limited.reason, "the run stays QUEUED until its bucket has a token")
 
 
 @runs_app.command("timeline")

@@ -61,7 +61,7 @@ class WireDebounce(BaseModel):
 
 
 class WireTriggerOptions(BaseModel):
-    """Trigger options as the SDK sends them; unknown ones (``machine``, ``priority``...) are
+    """Trigger options as the SDK sends them; unknown ones (``machine``, ``region``...) are
     ignored. ``options`` gives the engine's ``TriggerOptions``."""
 
     model_config = ConfigDict(extra="allow")
@@ -81,6 +81,13 @@ class WireTriggerOptions(BaseModel):
     debounce: WireDebounce | None = Field(
         default=None, description="Collapse the triggers with this key into one run"
     )
+    priority: int | None = Field(
+        default=None,
+        description="Seconds: claimed as if queued that much earlier (0 to 2,073,600)",
+    )
+    rateLimitKey: str | None = Field(
+        default=None, description="Its own bucket of the task queue's rate limit (ours)"
+    )
 
     def options(self) -> TriggerOptions:
         return TriggerOptions(
@@ -94,6 +101,8 @@ class WireTriggerOptions(BaseModel):
             max_duration=None if self.maxDuration is None else f"{self.maxDuration}s",
             concurrency_key=self.concurrencyKey,
             debounce=None if self.debounce is None else self.debounce.debounce(),
+            priority=self.priority,
+            rate_limit_key=self.rateLimitKey,
         )
 
     def refuse_unsupported(self) -> None:
@@ -227,6 +236,19 @@ async def retrieve_run(
 async def run_timeline(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
     entries = await engine.runs.timeline(run_id)
     return {"data": [entry.model_dump(mode="json", by_alias=True) for entry in entries]}
+
+
+@router.get(
+    "/api/v1/runs/{run_id}/rate-limit",
+    summary="Whether a queued run waits for its queue's rate limit (ours)",
+)
+async def run_rate_limit(run_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    """``waiting``: the run's empty bucket (its queue, key, limit and when it has a token
+    again) while a QUEUED run that is due waits for it, else null; ``reason`` in one line."""
+    wait = await engine.runs.rate_limit_wait(run_id)
+    if wait is None:
+        return {"waiting": None, "reason": None}
+    return {"waiting": wait.model_dump(mode="json", by_alias=True), "reason": wait.reason}
 
 
 @router.post("/api/v2/runs/{run_id}/cancel", summary="Cancel a run (a finished run is unchanged)")

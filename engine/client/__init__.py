@@ -177,7 +177,9 @@ class Engine:
         kept on the run; ``max_duration`` bounds its executing time (over the task's own
         limit); ``concurrency_key`` gives this key (a tenant) its own copy of the task
         queue's concurrency limit; ``debounce`` (``Debounce("user-42", "5s")``) collapses
-        the triggers with its key into one run, which starts once they pause for its delay.
+        the triggers with its key into one run, which starts once they pause for its delay;
+        ``priority`` (seconds) has the run claimed as if it had been queued that much earlier;
+        ``rate_limit_key`` gives this key its own bucket of the task queue's rate limit.
         """
         check_names(dict(options), TRIGGER_OPTION_NAMES, "trigger")
         return await self._connection.trigger(task_id, payload, options)
@@ -213,6 +215,9 @@ class Engine:
             run = await self.runs.retrieve(run_id)  # a last look: it may have just finished
             if not run.is_finished:
                 reason = await self.workers.unserved(run)
+                if reason is None and run.status is RunStatus.QUEUED:
+                    limited = await self.runs.rate_limit_wait(run_id)
+                    reason = None if limited is None else limited.reason
                 raise RunWaitTimeoutError(
                     f"run {run_id} is still {run.status.value} after {timeout} seconds"
                     + (f": {reason}" if reason else "")

@@ -43,6 +43,7 @@ from ..models import (
     CompletionSource,
     Page,
     PurgeCount,
+    RateLimitWait,
     Run,
     Schedule,
     SchedulePage,
@@ -215,6 +216,11 @@ class HttpRuns(Runs):
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         reply = await self._api.call("GET", f"/api/v1/runs/{run_id}/timeline")
         return [TimelineEntry.model_validate(item) for item in reply["data"]]
+
+    async def rate_limit_wait(self, run_id: str) -> RateLimitWait | None:
+        reply = await self._api.call("GET", f"/api/v1/runs/{run_id}/rate-limit")
+        wait = reply.get("waiting")
+        return None if wait is None else RateLimitWait.model_validate(wait)
 
     async def cancel(self, run_id: str) -> Run:
         await self._api.call("POST", f"/api/v2/runs/{run_id}/cancel")
@@ -503,6 +509,8 @@ def _wire_options(options: TriggerOptions) -> dict[str, Any]:
         ("maxDuration", _seconds(options.get("max_duration"))),
         ("concurrencyKey", options.get("concurrency_key")),
         ("debounce", None if debounce is None else _wire_debounce(debounce)),
+        ("priority", options.get("priority")),
+        ("rateLimitKey", options.get("rate_limit_key")),
     ):
         if value is not None:
             wire[name] = value

@@ -31,6 +31,7 @@ from ..models import (
     CompletionSource,
     Page,
     PurgeCount,
+    RateLimitWait,
     Run,
     RunStatus,
     Schedule,
@@ -210,6 +211,12 @@ class Runs(ABC):
 
     @abstractmethod
     async def _message_url(self, run_id: str, topic: str) -> str: ...
+
+    @abstractmethod
+    async def rate_limit_wait(self, run_id: str) -> RateLimitWait | None:
+        """Whether a QUEUED run that is due waits for its queue's rate limit (its bucket
+        holds less than a token now; ``reason`` says so in one line, ``next_token_at`` when
+        the bucket has one again), or None. An unknown run raises ``RunNotFoundError``."""
 
     async def migrate(self, run_id: str, *, to: str) -> Run:
         """Move an unfinished run to version ``to``: from now on only workers serving ``to``

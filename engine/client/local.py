@@ -26,6 +26,7 @@ from ..models import (
     CompletionSource,
     Page,
     PurgeCount,
+    RateLimitWait,
     Run,
     Schedule,
     SchedulePage,
@@ -282,6 +283,13 @@ class LocalRuns(Runs):
 
     async def _list(self, filter: RunFilter, page: PageRequest) -> Page[Run]:
         return await self._connection.storage.list_runs(filter, page)
+
+    async def rate_limit_wait(self, run_id: str) -> RateLimitWait | None:
+        storage = self._connection.storage
+        wait = await storage.rate_limit_wait(run_id)
+        if wait is None:
+            await storage.get_run(run_id)  # RunNotFoundError for a run that is not there
+        return wait
 
     async def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         storage, signer = self._connection.storage, self._connection.signer

@@ -123,10 +123,6 @@ class Worker:
         """Runs queued at this worker's turns that it has not claimed yet."""
         self._owed_all = True
         """Whether the next claim takes all that is due (at start, after a poll, ...)."""
-        self._rate_limited = any(
-            d.queue is not None and d.queue.rate_limit is not None for d in self.tasks.values()
-        )
-        """Whether a queue of its tasks has a rate limit (``_pause``)."""
 
     @property
     def running(self) -> frozenset[str]:
@@ -274,21 +270,19 @@ class Worker:
             self._owed += owed - limit
         if limit > 0 and filled and (self._owed_all or self._owed):
             return  # claim again at once, as far as there is room
-        pause = self.poll_seconds if limit == 0 or filled else await self._pause()
+        pause = self.poll_seconds if limit == 0 or filled else self._pause()
         await _first_of([self._work, self._wake], pause)
         if self._wake.is_set() or not self._work.is_set():  # a wake-up or the poll
             self._owed_all = True
 
-    async def _pause(self) -> float:
+    def _pause(self) -> float:
         """How long to wait for work after a claim that found less than it had room for:
         a poll, or less when a rate limit held runs back (its bucket empty), until the
         bucket's next token. So a rate-limited queue goes on at its rate, and a worker
         neither spins on an empty bucket nor lets tokens go to waste while it sleeps a
         poll (a bucket holds at most ``limit`` of them)."""
-        if not self._rate_limited:
-            return self.poll_seconds
         storage = self.engine.storage
-        token_ms = await storage.next_rate_token_ms(sorted(self.tasks))
+        token_ms = storage.rate_limited_until(self.id)
         if token_ms is None:
             return self.poll_seconds
         return min(self.poll_seconds, max(0.0, (token_ms - storage.now_ms()) / 1000))

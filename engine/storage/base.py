@@ -600,9 +600,9 @@ class Storage(Protocol):
         than one token now), and until when; None otherwise (``storage.rates``)."""
         ...
 
-    async def next_rate_token_ms(self, task_ids: list[str]) -> int | None:
-        """The earliest moment an empty rate limit bucket of these tasks' queues holds a
-        token again; None when none is empty."""
+    def rate_limited_until(self, owner: str) -> int | None:
+        """When a token comes into a rate limit bucket that ``owner``'s last ``claim_runs``
+        here found or left empty (None: it met none), for a worker to claim again then."""
         ...
 
     # retention

@@ -36,15 +36,18 @@ class Rate:
     period_ms: int
 
     def tokens(self, row: RowLike | None, now: int) -> float:
-        """The tokens a bucket holds at ``now``, from its row (None: full)."""
+        """The tokens a bucket holds at ``now``, from its row (None: full). Rounded to a
+        billionth: a refill that makes exactly one token must not fall short of it."""
         if row is None:
             return float(self.limit)
         elapsed = max(0, now - int(row["refilled_at"]))
-        return min(float(self.limit), float(row["tokens"]) + elapsed * self.limit / self.period_ms)
+        tokens = float(row["tokens"]) + elapsed * self.limit / self.period_ms
+        return min(float(self.limit), round(tokens, 9))
 
     def next_token_at(self, tokens: float, now: int) -> int:
         """When a bucket holding ``tokens`` (fewer than one) at ``now`` holds one, in ms."""
-        return now + max(1, math.ceil((1 - tokens) * self.period_ms / self.limit))
+        wait = round((1 - tokens) * self.period_ms / self.limit, 6)
+        return now + max(1, math.ceil(wait))
 
     def stricter(self, other: Rate) -> Rate:
         """The limit that lets fewer runs start (tasks of one queue registered different
@@ -84,6 +87,17 @@ class Buckets:
         """The buckets with less than one token: a claim leaves their runs out of its scan."""
         return sorted(pair for pair, tokens in self.tokens.items() if tokens < 1)
 
+    def next_token_at(self) -> int | None:
+        """When the first bucket that holds less than one token once this claim took its
+        tokens gets one again (None: none is empty)."""
+        moments = []
+        for pair in {*self.tokens, *self.taken}:
+            rate = self.rates[pair[0]]
+            left = self.tokens.get(pair, float(rate.limit)) - self.taken.get(pair, 0)
+            if left < 1:
+                moments.append(rate.next_token_at(left, self.now))
+        return min(moments, default=None)
+
     def take(self, queue: str, key: str | None) -> bool:
         """Take a token for a run of ``queue`` with ``key``; False if its bucket is empty
         (a queue without a rate limit always gives one)."""
@@ -100,6 +114,29 @@ class Buckets:
 
 class Rates(StorageCore):
     """The rate limit buckets: read and spent by claims, read to say why a run waits."""
+
+    _held: dict[str, int] | None = None
+    """Each claimer's ``rate_limited_until``, from its last claim."""
+
+    def _note_held(self, owner: str, buckets: Buckets | None) -> None:
+        """Keep when the next token comes into a bucket the owner's claim found (or left)
+        empty; a claim that met no rate limit, or none empty, forgets it."""
+        until = None if buckets is None else buckets.next_token_at()
+        if self._held is None:
+            self._held = {}
+        if until is None:
+            self._held.pop(owner, None)
+        else:
+            self._held[owner] = until
+
+    def rate_limited_until(self, owner: str) -> int | None:
+        """When a token comes into a rate limit bucket that ``owner``'s last claim in this
+        process found empty, or emptied (None: it met none). A worker whose claim came back
+        short waits until then rather than a whole poll: a rate-limited queue goes on at its
+        rate, and the worker does not claim in a loop meanwhile. Known from the claim's own
+        transaction, so it costs no read, and it says what the claim saw: a token that came
+        since does not make a worker sleep a poll it should not."""
+        return None if self._held is None else self._held.get(owner)
 
     def _buckets(self, rates: Mapping[str, Rate], now: int) -> Op[Buckets]:
         """The buckets of these queues now (the caller holds the queues' locks)."""
@@ -176,26 +213,3 @@ class Rates(StorageCore):
             period_ms=rate.period_ms,
             next_token_at=from_ms(rate.next_token_at(tokens, now)),
         )
-
-    async def next_rate_token_ms(self, task_ids: list[str]) -> int | None:
-        """The earliest moment a bucket of these tasks' rate-limited queues that is empty now
-        holds a token again (None: none is empty). A worker whose claim came back short waits
-        until then instead of a whole poll, so that a queue held back by its rate limit goes
-        on at its rate (and no sooner: the worker does not claim in a loop meanwhile)."""
-        now = self.now_ms()
-        found = await self._read(
-            rows(
-                "SELECT b.queue, b.tokens, b.refilled_at, t.rate_limit, t.rate_period_ms"
-                " FROM rate_buckets b JOIN tasks t ON coalesce(t.queue, t.id) = b.queue"
-                f" WHERE t.id {self.q.in_('tasks')} AND t.rate_limit IS NOT NULL",
-                tasks=task_ids,
-            ),
-            control=True,
-        )
-        rates = rates_of(found)
-        waits = [
-            rates[row["queue"]].next_token_at(tokens, now)
-            for row in found
-            if (tokens := rates[row["queue"]].tokens(row, now)) < 1
-        ]
-        return min(waits, default=None)

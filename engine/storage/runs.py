@@ -449,6 +449,7 @@ class Runs(Triggers, Workers, Rates):
         versions: Mapping[str, str] | None = None,
     ) -> list[ClaimedRun]:
         served = Served.of(task_ids, versions)
+        self._note_held(owner, None)
         if not self.q.remote:  # a local read spares the writer a transaction that finds nothing
             if not await self.has_due_runs(task_ids, versions):
                 return []
@@ -461,6 +462,7 @@ class Runs(Triggers, Workers, Rates):
 
         def op(now: int) -> Op[list[ClaimedRun]]:
             picked, buckets = yield from self._within_limits(task_ids, served, now, limit)
+            self._note_held(owner, buckets)  # a retried transaction notes it again
             if not picked:
                 return []
             if buckets.taken:

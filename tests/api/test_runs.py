@@ -241,7 +241,7 @@ async def test_trigger_with_max_attempts_and_unknown_extra_options_is_accepted(
     api: httpx.AsyncClient,
 ) -> None:
     run_id = await new_run(
-        api, payload={}, options={"maxAttempts": 3, "machine": "small-1x", "priority": 10}
+        api, payload={}, options={"maxAttempts": 3, "machine": "small-1x", "region": "eu-central-1"}
     )
     assert (await get_run(api, run_id))["status"] == "QUEUED"
 

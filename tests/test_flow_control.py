@@ -43,9 +43,9 @@ from engine import (
 )
 from engine.cli import app
 from engine.clock import from_ms, to_ms
-from engine.models import TaskInfo
+from engine.models import CompletionSource, TaskInfo
 from engine.requests import MAX_PRIORITY
-from engine.storage import NewRun, NewWorker, Storage, open_storage
+from engine.storage import JournalWrite, NewRun, NewToken, NewWorker, Storage, open_storage
 from engine.storage.sql import rows
 from engine.testing import ManualClock
 
@@ -296,6 +296,25 @@ async def test_two_processes_claiming_at_once_share_one_bucket(
             taken.append(sum(len(c) for c in claims))
             clock.advance(6_000)  # one token
         assert taken == [10, 1, 1]  # the full bucket, then the token of each 6 s
+
+
+async def test_a_run_resuming_after_a_wait_takes_a_token_again(
+    storage: Storage, clock: StepClock
+) -> None:
+    """Every claim of a run takes a token: its resumption starts code again too."""
+    await storage.register_tasks([TaskInfo("t", rate_limit=1, rate_period_ms=3_600_000)])
+    run_id = await queued(storage)
+    [claimed] = await storage.claim_runs("w1", 1, LEASE_MS, ["t"])
+    token = await storage.create_token(NewToken())
+    journal = JournalWrite(claimed.id, claimed.epoch, claimed.attempt, "wait_for_token#0", 0)
+    assert await storage.wait_on_token(token.id, journal) is None  # parked
+    await storage.release_run(claimed.id, claimed.epoch)
+    await storage.complete_token(token.id, None, CompletionSource.PYTHON)
+    assert (await storage.get_run(run_id)).status is RunStatus.QUEUED
+    assert await claim(storage, ["t"]) == []  # the hour's token went to its first attempt
+    assert await storage.rate_limit_wait(run_id) is not None
+    clock.advance(3_600_000)
+    assert await claim(storage, ["t"]) == [run_id]
 
 
 async def test_a_full_bucket_leaves_no_row(storage: Storage, clock: StepClock) -> None:

@@ -60,8 +60,8 @@ LEASE_MS = 30_000
 class StepClock:
     """A manual clock moved by whole milliseconds, starting at the real time."""
 
-    def __init__(self) -> None:
-        self._ms = ManualClock().now_ms()
+    def __init__(self, ms: int | None = None) -> None:
+        self._ms = ManualClock().now_ms() if ms is None else ms
 
     def now_ms(self) -> int:
         return self._ms
@@ -315,6 +315,25 @@ async def test_a_run_resuming_after_a_wait_takes_a_token_again(
     assert await storage.rate_limit_wait(run_id) is not None
     clock.advance(3_600_000)
     assert await claim(storage, ["t"]) == [run_id]
+
+
+async def test_a_claim_whose_clock_is_behind_the_buckets_refills_nothing_twice(
+    db_url: str, clock: StepClock
+) -> None:
+    """A claim that read the clock before another claim that wrote the bucket (it waited for
+    the queue's lock, or its process measured the clock a little behind) gets no refill for
+    the time between, and leaves the bucket at the later time: no span is refilled twice."""
+    behind = StepClock(clock.now_ms() - 1_000)
+    async with opened(db_url, clock) as ahead, opened(db_url, behind) as late:
+        await ahead.register_tasks([TaskInfo("t", rate_limit=10, rate_period_ms=1_000)])
+        await asyncio.gather(*(queued(late) for _ in range(30)))  # due for both clocks
+        assert len(await claim(ahead, ["t"], limit=9)) == 9  # 1 token left, at `clock`
+        assert len(await claim(late, ["t"])) == 1  # the last one: no refill from 1 s before
+        assert await claim(late, ["t"]) == []
+        clock.advance(50)  # half a token since the bucket's time, not 1.05 s of tokens
+        assert await claim(ahead, ["t"]) == []
+        clock.advance(50)
+        assert len(await claim(ahead, ["t"])) == 1
 
 
 async def test_a_full_bucket_leaves_no_row(storage: Storage, clock: StepClock) -> None:

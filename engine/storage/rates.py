@@ -79,7 +79,11 @@ class Buckets:
     rates: Mapping[str, Rate]
     now: int
     tokens: dict[tuple[str, str], float] = field(default_factory=dict)
-    """The tokens of each bucket that has a row (the others are full)."""
+    """The tokens of each bucket that has a row (the others are full), as of ``at``."""
+    at: dict[tuple[str, str], int] = field(default_factory=dict)
+    """When each bucket that has a row holds ``tokens``: now, or the time of its row if that
+    is later (a claim that read the clock before it got the queue's lock, after another
+    claim that read it later: the time between is not refilled twice)."""
     taken: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
@@ -95,7 +99,7 @@ class Buckets:
             rate = self.rates[pair[0]]
             left = self.tokens.get(pair, float(rate.limit)) - self.taken.get(pair, 0)
             if left < 1:
-                moments.append(rate.next_token_at(left, self.now))
+                moments.append(rate.next_token_at(left, self.at.get(pair, self.now)))
         return min(moments, default=None)
 
     def take(self, queue: str, key: str | None) -> bool:
@@ -149,28 +153,29 @@ class Rates(StorageCore):
             queues=sorted(rates),
         )
         for row in found:
-            rate = rates[row["queue"]]
-            buckets.tokens[(row["queue"], row["key"])] = rate.tokens(row, now)
+            pair, at = (row["queue"], row["key"]), max(now, int(row["refilled_at"]))
+            buckets.tokens[pair] = rates[row["queue"]].tokens(row, at)
+            buckets.at[pair] = at
         return buckets
 
     def _spend(self, buckets: Buckets) -> Op[None]:
         """Write back the tokens the claim took (its candidates were locked, or SQLite's
         writer is alone: it leases every run it picked); delete the rows of the buckets it
         found full again, which a missing row means too."""
-        spent, now = buckets.taken, buckets.now
+        spent = buckets.taken
         written = [
             {
                 "queue": queue,
                 "key": key,
                 "tokens": buckets.tokens.get((queue, key), buckets.rates[queue].limit) - n,
-                "now": now,
+                "at": buckets.at.get((queue, key), buckets.now),
             }
             for (queue, key), n in sorted(spent.items())
         ]
         if written:
             yield many(
                 "INSERT INTO rate_buckets (queue, key, tokens, refilled_at)"
-                " VALUES (:queue, :key, :tokens, :now) ON CONFLICT (queue, key)"
+                " VALUES (:queue, :key, :tokens, :at) ON CONFLICT (queue, key)"
                 " DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at",
                 written,
             )

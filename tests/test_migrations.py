@@ -73,7 +73,7 @@ async def test_tokens_made_before_the_reviewer_details_and_worker_rows_carry_on(
         patch.setattr(f"{module}.MIGRATIONS", migrations[:before])
         async with Engine(db_url) as old:
             assert await old.storage.migrate() == before
-            await old.storage.register_tasks([TaskInfo("boom")])
+            await old.storage._write(lambda now: _old_task("boom", now))
             token_id = new_token_id()
             await old.storage._write(lambda now: _old_token(old.storage, token_id, now))
     async with Engine(db_url) as new:
@@ -88,6 +88,11 @@ async def test_tokens_made_before_the_reviewer_details_and_worker_rows_carry_on(
         assert unserved is not None and unserved.startswith("no live worker serves task 'boom'")
         await storage.register_tasks([TaskInfo("boom")], NewWorker("w", ["boom"], 1, 30_000))
         assert [w.id for w in await storage.list_workers()] == ["w"]
+
+
+def _old_task(task_id: str, now: int) -> Op[None]:
+    """A task as the code before the migration registered it (its columns only)."""
+    yield count("INSERT INTO tasks (id, updated_at) VALUES (:id, :now)", id=task_id, now=now)
 
 
 def _old_token(storage: Any, token_id: str, now: int) -> Op[None]:

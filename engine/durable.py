@@ -382,14 +382,19 @@ async def receive(
     delivered to exactly one ``receive``, once, whatever the run's crashes and replays. The
     result is ``ok`` with ``output`` (the data, parsed into ``schema`` if given), or, on a
     timeout, not ok with a ``WaitpointTimeoutError`` (``timed_out``); a message that comes
-    later is kept for the next ``receive`` of its topic.
+    later is kept for the next ``receive`` of its topic. ``schema`` (a pydantic model) is
+    kept with the run: from then on ``send`` refuses data on the topic that does not match
+    it, as a typed token's completion is refused; a message sent before is checked here.
     """
     topic = clean_topic(topic)
     context = RunContext.current()
     deadline = None if timeout is None else Deadline.of(timeout)
+    declared = None if schema is None else schema.model_json_schema()
 
     async def execute(write: JournalWrite) -> Recorded | None:
-        found = await context.storage.receive_message(topic, deadline, write, context.elapsed_ms())
+        found = await context.storage.receive_message(
+            topic, deadline, write, context.elapsed_ms(), declared
+        )
         if found is None:
             log.info("run.suspended", topic=topic)
             return None

@@ -129,7 +129,10 @@ async def test_a_schema_parses_the_data_and_bad_topics_are_refused(
 ) -> None:
     await start_worker(TASKS)
     run = await engine.trigger(TYPED.id)
-    await engine.runs.send(run.id, "review", {"verdict": "approve"})
+    await wait_for_status(engine, run.id, "WAITING")  # its receive declared the schema
+    with pytest.raises(ValidationError, match="verdict"):
+        await engine.runs.send(run.id, "review", {"wrong": 1})
+    assert await engine.runs.send(run.id, "review", {"verdict": "approve"}) == 1  # none kept
     assert (await engine.wait_for_run(run.id, timeout=20)).output == "approve"
     other = await engine.trigger(LISTENER.id, 1)
     for topic in ("", "two words", "a#b", "x" * 201):

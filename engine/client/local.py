@@ -49,6 +49,7 @@ from ..signing import (
     local_secret_key,
 )
 from ..storage import (
+    DataToCheck,
     NewSchedule,
     PageRequest,
     RunFilter,
@@ -313,7 +314,14 @@ class LocalRuns(Runs):
         return connection.signer.message_url(run_id, topic)
 
     async def _send(self, run_id: str, topic: str, data: Any) -> int:
-        number = await self._connection.storage.send_message(run_id, topic, data)
+        storage = self._connection.storage
+        number = await storage.send_message(run_id, topic, data)
+        if isinstance(number, DataToCheck):  # a receive of the topic declared a schema
+            what = f"the message on {topic!r} for run {run_id}"
+            data = await validate_against_schema(number.json_schema, data, what)
+            number = await storage.send_message(run_id, topic, data, checked=number.schema)
+            if isinstance(number, DataToCheck):  # a receive declared another one meanwhile
+                raise ValidationError(f"{what}: the run's receive changed its schema; send again")
         log.info("run.message_sent", run_id=run_id, topic=topic, n=number)
         return number
 

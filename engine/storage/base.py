@@ -443,9 +443,12 @@ class Storage(Protocol):
         ...
 
     # messages into a running run (``messages.py``)
-    async def send_message(self, run_id: str, topic: str, data: Any) -> int:
+    async def send_message(
+        self, run_id: str, topic: str, data: Any, checked: str | None = None
+    ) -> int | DataToCheck:
         """Keep ``data`` for the run's next ``receive(topic)`` (its number on the topic); a
-        run waiting on the topic is woken; a finished run: ``RunStateError``."""
+        run waiting on the topic is woken; a finished run: ``RunStateError``. A topic whose
+        receive declared a schema returns it (``DataToCheck``) unless ``checked`` is it."""
         ...
 
     async def receive_message(
@@ -454,6 +457,7 @@ class Storage(Protocol):
         deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
+        data_schema: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The oldest undelivered message on ``topic``, delivered and journaled; or
         ``{"timedOut": true}`` past the deadline; or None: the run blocks."""

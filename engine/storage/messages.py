@@ -23,7 +23,7 @@ from typing import Any
 from ..durations import Deadline
 from ..errors import RunStateError
 from ..models import RunStatus
-from .base import JournalWrite
+from .base import DataToCheck, JournalWrite
 from .records import dump_json, load_json
 from .sql import Op, count, rows
 from .waits import Waits
@@ -32,13 +32,18 @@ from .waits import Waits
 class Messages(Waits):
     """Sending to a run, and a run receiving."""
 
-    async def send_message(self, run_id: str, topic: str, data: Any) -> int:
+    async def send_message(
+        self, run_id: str, topic: str, data: Any, checked: str | None = None
+    ) -> int | DataToCheck:
         """Keep ``data`` for the run's next ``receive(topic)``; returns the message's number
         (1 for a topic's first). A run waiting on the topic is woken. A finished run is
-        refused (``RunStateError``): nothing would ever receive it."""
+        refused (``RunStateError``): nothing would ever receive it. Once a ``receive`` of
+        the topic declared a schema (``schema=``), the data must match it: without the same
+        schema as ``checked``, nothing is written and the schema comes back to check the
+        data against (outside the transaction, as a typed token's completion is)."""
         text = dump_json(data, "the message data")
 
-        def op(now: int) -> Op[int]:
+        def op(now: int) -> Op[int | DataToCheck]:
             run = yield from self._run_row(run_id, "status")
             status = RunStatus(run["status"])
             if status.is_terminal:
@@ -46,6 +51,15 @@ class Messages(Waits):
                     f"run {run_id} already finished ({status.value}): nothing would receive"
                     f" a message on {topic!r}"
                 )
+            declared = yield rows(
+                "SELECT data_schema FROM waitpoints WHERE created_by_run = :id"
+                " AND kind = 'MESSAGE' AND topic = :topic AND data_schema IS NOT NULL"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                id=run_id,
+                topic=topic,
+            )
+            if declared and declared[0]["data_schema"] != checked:
+                return DataToCheck(declared[0]["data_schema"])
             last = yield rows(
                 "SELECT coalesce(max(n), 0) AS n FROM run_messages"
                 " WHERE run_id = :id AND topic = :topic",
@@ -82,10 +96,13 @@ class Messages(Waits):
         deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
+        data_schema: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The oldest message on ``topic`` not delivered yet, delivered and journaled now; or
         ``{"timedOut": true}`` once the deadline passed; or None: the run blocks until a
-        message or the deadline comes."""
+        message or the deadline comes. ``data_schema`` (the receive's ``schema=``) is kept on
+        its waitpoint: later sends on the topic are checked against it."""
+        schema_text = None if data_schema is None else dump_json(data_schema, "the schema")
 
         def op(now: int) -> Op[dict[str, Any] | None]:
             yield from self._fence(journal.run_id, journal.epoch)
@@ -96,6 +113,7 @@ class Messages(Waits):
                     "status": "WAITING",
                     "topic": topic,
                     "timeout_at": None if deadline is None else deadline.resolve(now),
+                    "data_schema": schema_text,
                 }
 
             made = yield from self._made_once(journal.run_id, journal.key, now, columns)

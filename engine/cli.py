@@ -141,6 +141,7 @@ RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (run_
 TokenId = Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The token's id (waitpoint_...).")]
 Duration = "DURATION"
 """The metavar of a duration option: 30s, 10m, 1h30m, 7d."""
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Only count the runs the filters match.")]
 Since = Annotated[
     str | None,
     typer.Option(
@@ -1087,9 +1088,7 @@ def runs_cancel(
     task: TaskFilter = None,
     tag: TagFilter = None,
     since: Since = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only count the runs the filters match.")
-    ] = False,
+    dry_run: DryRun = False,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
@@ -1100,25 +1099,14 @@ def runs_cancel(
     With filters (--status, --task, --tag, --since) instead of RUN_ID, prints how many runs
     match and cancels them in batches; running it again cancels nothing more.
     """
-    from .console import show
-
-    filtered = bool(status or task or tag or since)
-    if run_id is not None:
-        if filtered or dry_run:
-            raise _fail("pass either RUN_ID or filters (--status, --task, --tag, --since)")
-        show(_run(api_url or database, lambda e: e.runs.cancel(run_id), api_key=api_key), as_json)
-        return
-    if not filtered:
-        raise _fail(
-            "pass RUN_ID, or filters (--status, --task, --tag, --since) to cancel every"
-            " unfinished run they match"
-        )
-
-    _act_matching("cancel", status, task, tag, since, dry_run, as_json, database, api_url, api_key)
+    _one_or_matching(
+        "cancel", run_id, status, task, tag, since, dry_run, as_json, database, api_url, api_key
+    )
 
 
-def _act_matching(
+def _one_or_matching(
     verb: str,
+    run_id: str | None,
     status: list[str] | None,
     task: str | None,
     tag: list[str] | None,
@@ -1129,8 +1117,27 @@ def _act_matching(
     api_url: str | None,
     api_key: str | None,
 ) -> None:
-    """``runs cancel`` and ``runs retry`` with filters: count, act in batches, report."""
+    """``runs cancel`` and ``runs retry``: one run by its id, or every run the filters match
+    (counted, then acted on in batches, with a progress line each)."""
+    from .console import show
+
     done_word, kind = {"cancel": ("canceled", "unfinished"), "retry": ("retried", "failed")}[verb]
+    filtered = bool(status or task or tag or since)
+    if run_id is not None:
+        if filtered or dry_run:
+            raise _fail("pass either RUN_ID or filters (--status, --task, --tag, --since)")
+        one = run_id
+
+        async def act_on_one(engine: Engine) -> Run:
+            return await (engine.runs.cancel if verb == "cancel" else engine.runs.retry)(one)
+
+        show(_run(api_url or database, act_on_one, api_key=api_key), as_json)
+        return
+    if not filtered:
+        raise _fail(
+            f"pass RUN_ID, or filters (--status, --task, --tag, --since) to {verb} every"
+            f" {kind} run they match"
+        )
 
     def progress(done: int, matched: int) -> None:
         if not as_json:
@@ -1166,9 +1173,7 @@ def runs_retry(
     task: TaskFilter = None,
     tag: TagFilter = None,
     since: Since = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only count the runs the filters match.")
-    ] = False,
+    dry_run: DryRun = False,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
@@ -1181,19 +1186,9 @@ def runs_retry(
     (--status, --task, --tag, --since) instead of RUN_ID, prints how many runs match and
     retries them in batches; running it again retries only runs that failed since.
     """
-    from .console import show
-
-    if run_id is not None:
-        if status or task or tag or since or dry_run:
-            raise _fail("pass either RUN_ID or filters (--status, --task, --tag, --since)")
-        show(_run(api_url or database, lambda e: e.runs.retry(run_id), api_key=api_key), as_json)
-        return
-    if not (status or task or tag or since):
-        raise _fail(
-            "pass RUN_ID, or filters (--status, --task, --tag, --since) to retry every"
-            " failed run they match"
-        )
-    _act_matching("retry", status, task, tag, since, dry_run, as_json, database, api_url, api_key)
+    _one_or_matching(
+        "retry", run_id, status, task, tag, since, dry_run, as_json, database, api_url, api_key
+    )
 
 
 @runs_app.command("send")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -120,6 +120,18 @@ async def remember(request: Request, route: str, reply: dict[str, Any]) -> None:
     key = request.headers.get(REQUEST_KEY_HEADER)
     if key:
         await engine_of(request).storage.save_request_reply(key, route, reply)
+
+
+async def once_per_request(
+    request: Request, route: str, make: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """``make()``'s reply, made once per request idempotency key: a retry of the same request
+    (the SDK's) gets the reply the first one got, and nothing is done twice."""
+    reply = await replayed(request, route)
+    if reply is None:
+        reply = await make()
+        await remember(request, route, reply)
+    return reply
 
 
 def claims_header() -> str:

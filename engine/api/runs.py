@@ -28,6 +28,7 @@ from .deps import (
     SecretCaller,
     auth_of,
     claims_header,
+    once_per_request,
     public_url_of,
     remember,
     replayed,
@@ -277,13 +278,12 @@ async def send_message(
 ) -> dict[str, Any]:
     """Kept until the run receives it; a repeat of the same request (the same
     ``x-trigger-request-idempotency-key``) sends nothing twice."""
-    key = f"message:{run_id}:{topic}"
-    reply = await replayed(request, key)
-    if reply is None:
+
+    async def send() -> dict[str, Any]:
         number = await engine.runs.send(run_id, topic, None if body is None else body.data)
-        reply = {"runId": run_id, "topic": topic, "n": number}
-        await remember(request, key, reply)
-    return reply
+        return {"runId": run_id, "topic": topic, "n": number}
+
+    return await once_per_request(request, f"message:{run_id}:{topic}", send)
 
 
 @router.get(
@@ -400,12 +400,10 @@ async def replay_run(
     _: SecretCaller,
     body: ReplayBody | None = None,
 ) -> dict[str, Any]:
-    reply = await replayed(request, f"replay:{run_id}")
-    if reply is None:
-        run = await engine.runs.replay(run_id, None if body is None else body.payload)
-        reply = {"id": run.id}
-        await remember(request, f"replay:{run_id}", reply)
-    return reply
+    async def replay() -> dict[str, Any]:
+        return {"id": (await engine.runs.replay(run_id, None if body is None else body.payload)).id}
+
+    return await once_per_request(request, f"replay:{run_id}", replay)
 
 
 @router.post(
@@ -415,12 +413,10 @@ async def replay_run(
 async def fork_run(
     run_id: str, request: Request, body: ForkBody, engine: EngineDep, _: SecretCaller
 ) -> dict[str, Any]:
-    reply = await replayed(request, f"fork:{run_id}")
-    if reply is None:
-        run = await engine.runs.fork(run_id, from_step=body.fromStep)
-        reply = {"id": run.id}
-        await remember(request, f"fork:{run_id}", reply)
-    return reply
+    async def fork() -> dict[str, Any]:
+        return {"id": (await engine.runs.fork(run_id, from_step=body.fromStep)).id}
+
+    return await once_per_request(request, f"fork:{run_id}", fork)
 
 
 @router.post(

@@ -578,16 +578,15 @@ def purge(
     waits on; a token an unfinished run waits on or made.
     """
 
-    def progress(done: int, matched: int) -> None:
-        if not as_json:
-            print(f"deleted {done} of {matched}", file=sys.stderr, flush=True)
+    from .console import ProgressReport
 
     async def action(engine: Engine) -> PurgeCount:
         age = _duration_option(older_than, "--older-than")
         assert age is not None  # the option is required
         return await engine.purge(age, dry_run=dry_run, progress=progress)
 
-    done = _run(api_url or database, action, api_key=api_key)
+    with ProgressReport("deleted", quiet=as_json) as progress:
+        done = _run(api_url or database, action, api_key=api_key)
     what = f"{done.runs} finished runs and {done.tokens} closed tokens"
     if as_json:
         print(json.dumps({"runs": done.runs, "tokens": done.tokens, "dryRun": dry_run}))
@@ -1118,8 +1117,9 @@ def _one_or_matching(
     api_key: str | None,
 ) -> None:
     """``runs cancel`` and ``runs retry``: one run by its id, or every run the filters match
-    (counted, then acted on in batches, with a progress line each)."""
-    from .console import show
+    (counted, then acted on in batches, with a progress bar, or a line a batch off a
+    terminal)."""
+    from .console import ProgressReport, show
 
     done_word, kind = {"cancel": ("canceled", "unfinished"), "retry": ("retried", "failed")}[verb]
     filtered = bool(status or task or tag or since)
@@ -1139,10 +1139,6 @@ def _one_or_matching(
             f" {kind} run they match"
         )
 
-    def progress(done: int, matched: int) -> None:
-        if not as_json:
-            print(f"{done_word} {done} of {matched}", file=sys.stderr, flush=True)
-
     async def action(engine: Engine) -> BulkResult:
         act = engine.runs.cancel_matching if verb == "cancel" else engine.runs.retry_matching
         return await act(
@@ -1154,7 +1150,8 @@ def _one_or_matching(
             progress=progress,
         )
 
-    done = _run(api_url or database, action, api_key=api_key)
+    with ProgressReport(done_word, quiet=as_json) as progress:
+        done = _run(api_url or database, action, api_key=api_key)
     if as_json:
         print(json.dumps({"matched": done.matched, done_word: done.changed, "dryRun": dry_run}))
     elif dry_run:

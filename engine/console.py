@@ -427,3 +427,43 @@ def key_line(key: SecretKey) -> str:
     if key.created:
         return f"secret key: {key.value}  (new; kept in {key.origin}, shown only this once)"
     return f"secret key: in {key.origin}"
+
+
+class ProgressReport:
+    """``progress(done, of)`` of a bulk action (``runs cancel|retry`` by filter, ``purge``),
+    on stderr: a bar where stderr is a terminal, a line per batch elsewhere (logs, CI, pipes),
+    nothing with ``--json`` (stdout is then for a program). Use as a context manager: the bar
+    ends with the action."""
+
+    def __init__(
+        self, done_word: str, *, quiet: bool = False, console: Console | None = None
+    ) -> None:
+        self.done_word = done_word
+        self.quiet = quiet
+        self._console = console or Console(stderr=True)
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressReport:
+        if not self.quiet and self._console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn(self.done_word), BarColumn(), MofNCompleteColumn(), console=self._console
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, done: int, of: int) -> None:
+        if self.quiet:
+            return
+        if self._bar is None:
+            print(f"{self.done_word} {done} of {of}", file=sys.stderr, flush=True)
+            return
+        if self._task is None:
+            self._task = self._bar.add_task(self.done_word, total=of)
+        self._bar.update(self._task, completed=done, total=of)

@@ -15,18 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -51,7 +46,7 @@ from engine.testing import ManualClock
 
 from .api.conftest import AUTH, api_client
 from .pgbouncer import listen_url_for
-from .test_remote import free_port
+from .test_remote import dev_server
 
 SIGNING_SECRET = "flow-control-tests-signing-secret-0123456789abcdef"
 LEASE_MS = 30_000
@@ -733,32 +728,8 @@ HTTP_TASKS = textwrap.dedent(
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[str]:
     """``waitpoint dev`` (an API server and a worker) serving ``HTTP_TASKS`` on SQLite."""
-    (tmp_path / "flow_http_tasks.py").write_text(HTTP_TASKS)
-    port = free_port()
-    env = {**os.environ, "WAITPOINT_SECRET_KEY": HTTP_KEY, "WAITPOINT_LOG_FORMAT": "json"}
-    env.pop("WAITPOINT_API_URL", None)
-    command = [str(Path(sys.executable).parent / "waitpoint"), "dev", "--tasks", "flow_http_tasks"]
-    command += ["--port", str(port), "--database", f"sqlite:///{tmp_path}/engine.db"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if process.poll() is not None:
-                raise AssertionError(f"waitpoint dev exited with {process.returncode}")
-            time.sleep(0.05)
+    with dev_server(tmp_path, "flow_http_tasks", HTTP_TASKS, HTTP_KEY, tries=400) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 HTTP_KEY = "wp_test_" + "f" * 32

@@ -4,6 +4,7 @@ against a real ``waitpoint dev`` process (worker and API) on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -48,19 +49,23 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """``waitpoint dev`` on a free port; yields its URL and stops it at the end."""
-    (tmp_path / "remote_tasks.py").write_text(TASKS)
+@contextlib.contextmanager
+def dev_server(
+    tmp_path: Path, module: str, source: str, key: str, *, tries: int = 200
+) -> Iterator[str]:
+    """``waitpoint dev`` serving the tasks ``source`` (written as ``module``) on a SQLite file
+    in ``tmp_path``, on a free port; yields its URL once ``/healthz`` answers (polled
+    ``tries`` times, 50 ms apart) and stops it at the end."""
+    (tmp_path / f"{module}.py").write_text(source)
     port = free_port()
-    env = {**os.environ, "WAITPOINT_SECRET_KEY": KEY, "WAITPOINT_LOG_FORMAT": "json"}
+    env = {**os.environ, "WAITPOINT_SECRET_KEY": key, "WAITPOINT_LOG_FORMAT": "json"}
     env.pop("WAITPOINT_API_URL", None)
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "waitpoint"),
             "dev",
             "--tasks",
-            "remote_tasks",
+            module,
             "--port",
             str(port),
             "--database",
@@ -73,7 +78,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        for _ in range(tries):
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
@@ -90,6 +95,13 @@ def server(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """``waitpoint dev`` on a free port; yields its URL and stops it at the end."""
+    with dev_server(tmp_path, "remote_tasks", TASKS, KEY) as url:
+        yield url
 
 
 class Decision(BaseModel):

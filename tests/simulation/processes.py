@@ -35,7 +35,7 @@ from engine.storage import Storage, open_storage
 from .program import PROCESS, ProcessDied
 from .world import FaultState, World
 
-GATED = frozenset({"claim_runs", "fire_due_timers", "rescue_expired_leases"})
+GATED = frozenset({"claim_runs", "fire_due_timers", "fire_due_schedules", "rescue_expired_leases"})
 """Calls that wait while the executor applies the outside events of an instant."""
 COUNTED = frozenset(
     {
@@ -52,6 +52,7 @@ COUNTED = frozenset(
         "release_run",
         "claim_runs",
         "fire_due_timers",
+        "fire_due_schedules",
         "rescue_expired_leases",
         "cancel_run",
         "complete_token",
@@ -63,6 +64,7 @@ FENCED = COUNTED - {
     "release_run",
     "claim_runs",
     "fire_due_timers",
+    "fire_due_schedules",
     "rescue_expired_leases",
     "cancel_run",
     "complete_token",
@@ -251,11 +253,22 @@ class SimProcess:
         if fault is not None:
             await self._before(fault, run_id, epoch)
         newer = world.latest_epoch.get(run_id) if run_id is not None else None
+        retry_due_before = world.retry_due.get(run_id) if run_id is not None else None
+        if name == "retry_run" and run_id is not None:
+            # Written down before the call: a process that dies while the call is in flight
+            # (its worker's attempts are cancelled) may have committed it, and a run held back
+            # by a back-off nobody knows of would look stuck (see Executor._held_runs).
+            delay = int(bound.arguments.get("delay_ms", 0))
+            world.retry_due[run_id] = world.clock.now_ms() + delay
         try:
             result = await fn(*bound.args, **bound.kwargs)
         except StorageError as exc:  # refused (lease lost), or a real outage: a fault too
             if run_id is not None and epoch is not None:
                 world.interrupted.add((run_id, epoch))
+            if name == "retry_run" and isinstance(exc, LeaseLostError) and run_id is not None:
+                world.retry_due.pop(run_id, None)  # refused: it did not commit
+                if retry_due_before is not None:
+                    world.retry_due[run_id] = retry_due_before
             if not isinstance(exc, LeaseLostError):
                 world.fired["outage (not injected)"] += 1
             raise
@@ -266,9 +279,6 @@ class SimProcess:
             )
         if name == "append_journal":
             world.journaled(bound.arguments.get("write") or args[0])
-        elif name == "retry_run" and run_id is not None:
-            delay = int(bound.arguments.get("delay_ms", 0))
-            world.retry_due[run_id] = world.clock.now_ms() + delay
         elif name == "claim_runs":
             self._claimed(result)
         if fault is not None:

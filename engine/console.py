@@ -375,9 +375,14 @@ def _slept(waitpoint: dict[str, Any], at: datetime) -> str:
 
 
 def _group(snapshot: dict[str, Any]) -> str:
-    """How a ``wait_for_tokens`` group closed: each token's status, and a timeout."""
+    """How a ``wait_for_tokens`` group closed: each member's status, and a timeout."""
     tokens = snapshot.get("tokens") or []
-    states = ", ".join(f"token {t.get('id')} {t.get('status')}" for t in tokens)
+    kinds = snapshot.get("kinds") or ["token"] * len(tokens)
+    keys = snapshot.get("keys") or [t.get("id") for t in tokens]
+    states = ", ".join(
+        f"{kind} {key} {token.get('status')}"
+        for token, kind, key in zip(tokens, kinds, keys, strict=False)
+    )
     return f"timed out: {states}" if snapshot.get("timedOut") else states
 
 

@@ -41,13 +41,15 @@ from .models import (
     CompletionResult,
     CompletionSource,
     GroupResult,
+    Run,
+    RunResult,
     Token,
     WaitResult,
 )
 from .options import TokenOptions
 from .registry import Retry
 from .requests import token_request
-from .storage import JournalWrite
+from .storage import GroupMember, JournalWrite
 from .validation import clean_topic
 
 log = get_logger("engine.durable")
@@ -318,32 +320,60 @@ async def _sleep(deadline: Deadline) -> None:
     await context.durable_call("sleep", execute=execute, decode=_nothing, waits="sleep")
 
 
-async def wait_for_tokens(
-    tokens: Sequence[Token | str], *, mode: str = "all", timeout: Timeout | None = None
-) -> GroupResult:
-    """Park the run until all (``mode="all"``) or any (``"any"``) of the tokens closed.
+@dataclass(frozen=True)
+class ReceiveOp:
+    """The next message on ``topic``, as a member of a group wait (``receive_op``)."""
 
-    With ``timeout`` (a duration from the first call, or an aware datetime) the group also
-    closes when it runs out (``timed_out``): the deadline is fixed by the first execution, and
-    a token closed at or after it counts as not answered, whenever the run looks. The result
-    is a snapshot of the tokens as they were when the group closed; with ``any`` the other
-    tokens stay WAITING for whoever else uses them.
+    topic: str
+    schema: type[BaseModel] | None = None
+
+
+def receive_op(topic: str, *, schema: type[BaseModel] | None = None) -> ReceiveOp:
+    """A ``receive(topic)`` to wait on alongside tokens and runs, in ``wait_for_any`` or
+    ``wait_for_tokens``: ``wait_for_any([token, receive_op("cancel"), child])``.
+
+    The message is taken (delivered, exactly once) only if the group closes with it; when
+    something else closes the group first, messages on the topic wait for the next
+    ``receive``. ``schema`` works as ``receive``'s does.
+    """
+    return ReceiveOp(clean_topic(topic), schema)
+
+
+Waitable = Token | str | ReceiveOp | Run
+"""What a group waits on: a token (or its id), a message (``receive_op``), a run's end."""
+
+
+async def wait_for_tokens(
+    tokens: Sequence[Waitable], *, mode: str = "all", timeout: Timeout | None = None
+) -> GroupResult:
+    """Park the run until all (``mode="all"``) or any (``"any"``) of the members closed.
+
+    Members are tokens (or their ids), messages (``receive_op(topic)``) and runs (a ``Run``,
+    such as ``Task.trigger`` returns: it closes when that run finishes, with its
+    ``RunResult``). With ``timeout`` (a duration from the first call, or an aware datetime)
+    the group also closes when it runs out (``timed_out``): the deadline is fixed by the first
+    execution, and a member closed at or after it counts as not answered, whenever the run
+    looks. The result is a snapshot of the members as they were when the group closed; with
+    ``any`` the other tokens stay WAITING for whoever else uses them.
     """
     if mode not in ("all", "any"):
         raise ValidationError(f"mode must be 'all' or 'any', not {mode!r}")
     if not tokens:
         raise ValidationError("wait_for_tokens needs at least one token")
     context = RunContext.current()
-    ids = [t.id if isinstance(t, Token) else t for t in tokens]
-    models = {t.id: t._data_model for t in tokens if isinstance(t, Token)}
+    members = [_member(item, context.run_id) for item in tokens]
+    topics = [m.ref for m in members if isinstance(m, GroupMember) and m.kind == "message"]
+    if len(set(topics)) < len(topics):
+        raise ValidationError("a group waits for one message per topic: a topic is there twice")
+    models = [_model_of(item) for item in tokens]
     deadline = None if timeout is None else Deadline.of(timeout)
 
     async def execute(write: JournalWrite) -> Recorded | None:
         snapshot = await context.storage.wait_on_group(
-            ids, mode, deadline, write, context.elapsed_ms()
+            members, mode, deadline, write, context.elapsed_ms()
         )
         if snapshot is None:
-            log.info("run.suspended", tokens=ids, mode=mode)
+            log.info("run.suspended", members=[str(m) for m in members], mode=mode)
             return None
         return Recorded(snapshot)
 
@@ -353,23 +383,79 @@ async def wait_for_tokens(
     return _group_result(snapshot, mode, models)
 
 
+async def wait_for_any(
+    tokens: Sequence[Waitable], *, timeout: Timeout | None = None
+) -> GroupResult:
+    """Park the run until the first of its members closes, or ``timeout``: "approve, or a
+    cancel message, or 24 hours" as one wait. ``wait_for_tokens(..., mode="any")``; the
+    member that closed it is ``result.index`` (its place in ``tokens``) and its result
+    ``result.items[result.index]``."""
+    return await wait_for_tokens(tokens, mode="any", timeout=timeout)
+
+
+def _member(item: Waitable, run_id: str) -> str | GroupMember:
+    if isinstance(item, Token):
+        return item.id
+    if isinstance(item, str):
+        return item
+    if isinstance(item, ReceiveOp):
+        schema = None if item.schema is None else item.schema.model_json_schema()
+        return GroupMember("message", item.topic, schema)
+    if isinstance(item, Run):
+        if item.id == run_id:
+            raise ValidationError("a run cannot wait for its own end")
+        return GroupMember("run", item.id)
+    raise ValidationError(
+        "a group waits on tokens (or their ids), receive_op(topic) and runs,"
+        f" not {type(item).__name__}"
+    )
+
+
+def _model_of(item: Waitable) -> type[BaseModel] | None:
+    if isinstance(item, Token):
+        return item._data_model
+    if isinstance(item, ReceiveOp):
+        return item.schema
+    return None
+
+
 def _group_result(
-    snapshot: dict[str, Any], mode: str, models: dict[str, type[BaseModel] | None]
+    snapshot: dict[str, Any], mode: str, models: list[type[BaseModel] | None]
 ) -> GroupResult:
     tokens = [Token.model_validate(item) for item in snapshot["tokens"]]
-    results: dict[str, WaitResult[Any] | None] = {}
-    for token in tokens:
-        model = models.get(token.id)
-        parse = model.model_validate if model is not None else None
-        results[token.id] = None if token.is_waiting else WaitResult.from_token(token, parse)
+    kinds = snapshot.get("kinds") or ["token"] * len(tokens)
+    keys = snapshot.get("keys") or [t.id for t in tokens]
+    items: list[WaitResult[Any] | RunResult | None] = []
+    for token, kind, model in zip(tokens, kinds, models, strict=True):
+        items.append(None if token.is_waiting else _member_result(token, kind, model))
     first = snapshot.get("first")
+    ids = [t.id for t in tokens]
+    index = ids.index(first) if first in ids else None
     timed_out = bool(snapshot.get("timedOut"))
     if mode == "all":
-        ok = not timed_out and all(r is not None and r.ok for r in results.values())
+        ok = not timed_out and all(r is not None and r.ok for r in items)
     else:
-        first_result = results.get(first) if first else None
+        first_result = items[index] if index is not None else None
         ok = first_result is not None and first_result.ok
-    return GroupResult(ok=ok, results=results, first=first, timed_out=timed_out)
+    return GroupResult(
+        ok=ok,
+        results=dict(zip(keys, items, strict=True)),
+        first=keys[index] if index is not None else None,
+        timed_out=timed_out,
+        items=items,
+        index=index,
+    )
+
+
+def _member_result(
+    token: Token, kind: str, model: type[BaseModel] | None
+) -> WaitResult[Any] | RunResult:
+    if kind == "run":
+        return RunResult.from_waitpoint(token)
+    if kind == "message":
+        data = token.data["data"] if isinstance(token.data, dict) else None
+        return WaitResult(ok=True, output=model.model_validate(data) if model else data)
+    return WaitResult.from_token(token, model.model_validate if model is not None else None)
 
 
 async def receive(
@@ -447,10 +533,13 @@ __all__ = [
     "current_run",
     "deprecate_patch",
     "patched",
+    "receive",
+    "receive_op",
     "sleep",
     "sleep_until",
     "step",
     "update_metadata",
+    "wait_for_any",
     "wait_for_token",
     "wait_for_tokens",
 ]

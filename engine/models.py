@@ -402,16 +402,21 @@ class RunResult:
 
 @dataclass(frozen=True)
 class GroupResult:
-    """A snapshot of a token group taken when it closed (``wait_for_tokens``).
+    """A snapshot of a group taken when it closed (``wait_for_tokens``, ``wait_for_any``).
 
-    ``results`` maps every token id to its ``WaitResult``, or None if it was still WAITING;
-    ``first`` is the token that closed first; ``timed_out`` says the group's own timeout hit.
+    ``items`` holds each member's result in the order they were given, None for one still
+    open: a token's and a message's ``WaitResult``, a run's ``RunResult``. ``results`` is
+    the same by key (a token's id, a message's topic, a run's id); ``index`` is the place of
+    the member that closed first, ``first`` its key; ``timed_out`` says the group's own
+    timeout hit.
     """
 
     ok: bool
-    results: dict[str, WaitResult[Any] | None]
+    results: dict[str, WaitResult[Any] | RunResult | None]
     first: str | None
     timed_out: bool
+    items: list[WaitResult[Any] | RunResult | None] = field(default_factory=list)
+    index: int | None = None
 
 
 class WorkerInfo(WireModel):

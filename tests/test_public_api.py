@@ -65,11 +65,13 @@ EXPECTED_ALL = [
     "deprecate_patch",
     "patched",
     "receive",
+    "receive_op",
     "sleep",
     "sleep_until",
     "step",
     "task",
     "update_metadata",
+    "wait_for_any",
     "wait_for_token",
     "wait_for_tokens",
 ]

@@ -7,6 +7,7 @@ from ..errors import ConfigurationError
 from .base import (
     DataToCheck,
     DeclaredSchedule,
+    GroupMember,
     JournalWrite,
     NewDebounce,
     NewRun,
@@ -70,6 +71,7 @@ def open_storage(
 __all__ = [
     "DataToCheck",
     "DeclaredSchedule",
+    "GroupMember",
     "JournalWrite",
     "NewDebounce",
     "NewRun",

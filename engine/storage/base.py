@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..cron import Cron
 from ..durations import Deadline
@@ -153,6 +153,18 @@ class JournalWrite:
     value: Any = None
     duration_ms: int | None = None
     """How long the call took (a step's body), for the run's timeline."""
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """A wait in a group (``wait_on_group``) besides a token's: the next message on a topic
+    of the waiting run (``kind="message"``, ``ref`` the topic), or another run's end
+    (``kind="run"``, ``ref`` its id)."""
+
+    kind: Literal["message", "run"]
+    ref: str
+    data_schema: dict[str, Any] | None = None
+    """A message's schema (``receive_op(topic, schema=)``): later sends must match it."""
 
 
 @dataclass(frozen=True)
@@ -552,16 +564,19 @@ class Storage(Protocol):
 
     async def wait_on_group(
         self,
-        token_ids: list[str],
+        members: Sequence[str | GroupMember],
         mode: str,
         deadline: Deadline | None,
         journal: JournalWrite,
         elapsed_ms: int = 0,
     ) -> dict[str, Any] | None:
-        """Block on several tokens (``all`` or ``any``), or journal and return the snapshot.
+        """Block on several tokens (ids), messages and runs (``all`` or ``any``), or journal
+        and return the snapshot.
 
-        The group's deadline is a DATETIME waitpoint made once per journal key; how the group
-        ended is decided by ``groups.group_outcome`` from times alone.
+        The group's deadline is a DATETIME waitpoint made once per journal key, as is each
+        member's waitpoint besides a token's; how the group ended is decided by
+        ``groups.group_outcome`` from times alone. A message is delivered only when the group
+        closes with it.
         """
         ...
 

@@ -119,16 +119,11 @@ class Messages(Waits):
             made = yield from self._made_once(journal.run_id, journal.key, now, columns)
             [waitpoint] = yield from self._closed_when_due([made], now)
             if waitpoint["status"] == "TIMED_OUT":
-                value: dict[str, Any] = {"topic": topic, "timedOut": True}
-                yield from self._journal_and_unblock(journal, value, [waitpoint["id"]], now)
-                return value
-            found = yield rows(
-                "SELECT n, data, sent_at FROM run_messages WHERE run_id = :id"
-                " AND topic = :topic AND delivered_at IS NULL ORDER BY n LIMIT 1",
-                id=journal.run_id,
-                topic=topic,
-            )
-            if not found:  # (a waitpoint a send completed, whose message another took: wait)
+                timed_out = {"topic": topic, "timedOut": True}
+                yield from self._journal_and_unblock(journal, timed_out, [waitpoint["id"]], now)
+                return timed_out
+            value = yield from self._take_message(journal.run_id, topic, now)
+            if value is None:  # (a waitpoint a send completed, whose message another took: wait)
                 yield count(
                     "UPDATE waitpoints SET status = 'WAITING', completed_at = NULL"
                     " WHERE id = :id AND status = 'COMPLETED'",
@@ -136,28 +131,50 @@ class Messages(Waits):
                 )
                 yield from self._block(journal, {waitpoint["id"]: "all"}, elapsed_ms, now)
                 return None
-            message = found[0]
-            yield count(
-                "UPDATE run_messages SET delivered_at = :now"
-                " WHERE run_id = :id AND topic = :topic AND n = :n",
-                now=now,
-                id=journal.run_id,
-                topic=topic,
-                n=message["n"],
-            )
             yield count(
                 "UPDATE waitpoints SET status = 'COMPLETED', completed_at = :now"
                 " WHERE id = :id AND status = 'WAITING'",
                 now=now,
                 id=waitpoint["id"],
             )
-            value = {
-                "topic": topic,
-                "n": message["n"],
-                "data": load_json(message["data"]),
-                "sentAt": message["sent_at"],
-            }
             yield from self._journal_and_unblock(journal, value, [waitpoint["id"]], now)
             return value
 
         return await self._write(op, notify=False)
+
+    def _has_message(self, run_id: str, topic: str) -> Op[bool]:
+        """Whether a message on ``topic`` waits for the run's next receive."""
+        found = yield rows(
+            "SELECT 1 AS n FROM run_messages WHERE run_id = :id AND topic = :topic"
+            " AND delivered_at IS NULL LIMIT 1",
+            id=run_id,
+            topic=topic,
+        )
+        return bool(found)
+
+    def _take_message(self, run_id: str, topic: str, now: int) -> Op[dict[str, Any] | None]:
+        """The oldest message on ``topic`` not delivered yet, marked delivered now (the
+        caller journals it in the same transaction); None if there is none."""
+        found = yield rows(
+            "SELECT n, data, sent_at FROM run_messages WHERE run_id = :id"
+            " AND topic = :topic AND delivered_at IS NULL ORDER BY n LIMIT 1",
+            id=run_id,
+            topic=topic,
+        )
+        if not found:
+            return None
+        message = found[0]
+        yield count(
+            "UPDATE run_messages SET delivered_at = :now"
+            " WHERE run_id = :id AND topic = :topic AND n = :n",
+            now=now,
+            id=run_id,
+            topic=topic,
+            n=message["n"],
+        )
+        return {
+            "topic": topic,
+            "n": message["n"],
+            "data": load_json(message["data"]),
+            "sentAt": message["sent_at"],
+        }

@@ -1,4 +1,4 @@
-"""Operations that park a run: a token, a group of tokens, a sleep, child runs.
+"""Operations that park a run: a token, a sleep, child runs (a group: ``group_waits.py``).
 
 Every wait is the same transaction: fenced by the lease epoch, it either finds the
 waitpoint(s) closed and journals the outcome (the run goes on), or inserts the blocking
@@ -11,7 +11,6 @@ completion side is ``_requeue_blocked``, shared by tokens, timers and child runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..clock import from_ms, from_ms_or_none
 from ..durations import Deadline
@@ -22,7 +21,6 @@ from ..journal import CallKey, child_key
 from ..models import Run, RunStatus, Token, WaitpointStatus, WaitTarget
 from .base import JournalWrite, NewRun
 from .core import StorageCore, lease_lost
-from .groups import group_outcome
 from .records import RowLike, child_result_json, run_from_row, token_from_row
 from .sql import Op, Sql, alone, combined, rows
 
@@ -163,39 +161,6 @@ class Waits(StorageCore):
 
         return await self._write(op)  # new children are queued: notify
 
-    async def wait_on_group(
-        self,
-        token_ids: list[str],
-        mode: str,
-        deadline: Deadline | None,
-        journal: JournalWrite,
-        elapsed_ms: int = 0,
-    ) -> dict[str, Any] | None:
-        def op(now: int) -> Op[dict[str, Any] | None]:
-            found = yield from self._fenced_waitpoints(journal, token_ids, "MANUAL")
-            found = yield from self._closed_when_due(found, now)
-            by_id = {row["id"]: token_from_row(row) for row in found}
-            missing = [tid for tid in token_ids if tid not in by_id]
-            if missing:
-                raise TokenNotFoundError(f"no waitpoint token with id {missing[0]!r}")
-            tokens = [by_id[tid] for tid in token_ids]
-            ids = list(token_ids)
-            modes = {t.id: mode for t in tokens if t.is_waiting}
-            until = None
-            if deadline is not None:
-                timer = yield from self._datetime_waitpoint(journal, deadline, now)
-                until = from_ms(timer["timeout_at"])
-                ids.append(timer["id"])
-                modes[timer["id"]] = "any"
-            outcome = group_outcome(tokens, mode, until, now)
-            if outcome.snapshot is None:
-                yield from self._block(journal, modes, elapsed_ms, now)
-                return None
-            yield from self._journal_and_unblock(journal, outcome.snapshot, ids, now)
-            return outcome.snapshot
-
-        return await self._write(op, notify=False)
-
     def _child(
         self, new: NewRun, parent_id: str, key: str, parent_depth: int, now: int
     ) -> Op[RowLike]:
@@ -284,12 +249,18 @@ class Waits(StorageCore):
         row = yield from self._made_by(run_id, key)
         if row is not None:
             return row
+        return (yield from self._insert_waitpoint(run_id, key, now, columns()))
+
+    def _insert_waitpoint(
+        self, run_id: str, key: str, now: int, columns: dict[str, object]
+    ) -> Op[RowLike]:
+        """A new waitpoint made by a run's durable call under ``key``."""
         values = {
             "id": new_token_id(),
             "created_at": now,
             "created_by_run": run_id,
             "created_by_key": key,
-            **columns(),
+            **columns,
         }
         names = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)

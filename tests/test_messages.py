@@ -9,6 +9,7 @@ for the next one; a crash between a delivery and what follows replays the same m
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -68,10 +69,17 @@ async def typed(payload: Any) -> str:
     return (await receive("review", schema=Review)).unwrap().verdict
 
 
+async def poller(payload: Any) -> list[Any]:
+    """A receive that does not wait: a message already there, or a timeout at once."""
+    got = await receive("news", timeout=datetime(2000, 1, 1, tzinfo=UTC))
+    return [got.ok, got.output]
+
+
 LISTENER = TaskDefinition(id="msg-listener", fn=listener)
 PATIENT = TaskDefinition(id="msg-patient", fn=patient)
 TYPED = TaskDefinition(id="msg-typed", fn=typed)
-TASKS = [LISTENER, PATIENT, TYPED]
+POLLER = TaskDefinition(id="msg-poller", fn=poller)
+TASKS = [LISTENER, PATIENT, TYPED, POLLER]
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +130,18 @@ async def test_a_receive_that_times_out_leaves_the_late_message_for_the_next(
         "error": WaitpointTimeoutError.__name__,
         "second": "late",
     }
+
+
+async def test_a_receive_past_its_deadline_still_takes_a_message_already_there(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await engine.storage.register_tasks([TaskInfo(POLLER.id)])
+    told = await engine.trigger(POLLER.id)
+    await engine.runs.send(told.id, "news", "there")
+    untold = await engine.trigger(POLLER.id)
+    await start_worker(TASKS)
+    assert (await engine.wait_for_run(told.id, timeout=20)).output == [True, "there"]
+    assert (await engine.wait_for_run(untold.id, timeout=20)).output == [False, None]
 
 
 async def test_a_schema_parses_the_data_and_bad_topics_are_refused(

@@ -91,24 +91,21 @@ class GroupWaits(Messages):
     ) -> Op[RowLike]:
         """The waitpoint of a group's message or run member, made once (see module doc)."""
         key = child_key(journal.key, index)
-        made = yield from self._made_by(journal.run_id, key)
-        if made is not None:
-            return made
         if member.kind == "run":
+            made = yield from self._made_by(journal.run_id, key)
+            if made is not None:
+                return made
             found = yield rows("SELECT * FROM runs WHERE id = :id", id=member.ref)
             if not found:
                 raise RunNotFoundError(f"no run with id {member.ref!r} to wait for")
             return (yield from self._run_waitpoint(journal.run_id, key, found[0], now))
-        waiting = yield from self._has_message(journal.run_id, member.ref)
         schema = member.data_schema
-        columns: dict[str, object] = {
-            "kind": "MESSAGE",
-            "status": "COMPLETED" if waiting else "WAITING",
-            "completed_at": now if waiting else None,
-            "topic": member.ref,
-            "data_schema": None if schema is None else dump_json(schema, "the schema"),
-        }
-        return (yield from self._insert_waitpoint(journal.run_id, key, now, columns))
+        schema_text = None if schema is None else dump_json(schema, "the schema")
+        return (
+            yield from self._message_waitpoint(
+                journal.run_id, key, member.ref, None, schema_text, now
+            )
+        )
 
     def _settle_members(
         self,

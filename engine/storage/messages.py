@@ -24,7 +24,7 @@ from ..durations import Deadline
 from ..errors import RunStateError
 from ..models import RunStatus
 from .base import DataToCheck, JournalWrite
-from .records import dump_json, load_json
+from .records import RowLike, dump_json, load_json
 from .sql import Op, count, rows
 from .waits import Waits
 
@@ -100,23 +100,17 @@ class Messages(Waits):
     ) -> dict[str, Any] | None:
         """The oldest message on ``topic`` not delivered yet, delivered and journaled now; or
         ``{"timedOut": true}`` once the deadline passed; or None: the run blocks until a
-        message or the deadline comes. ``data_schema`` (the receive's ``schema=``) is kept on
-        its waitpoint: later sends on the topic are checked against it."""
+        message or the deadline comes. A message already there when the receive is first made
+        is delivered whatever the deadline (one already past takes a message if there is one).
+        ``data_schema`` (the receive's ``schema=``) is kept on its waitpoint: later sends on
+        the topic are checked against it."""
         schema_text = None if data_schema is None else dump_json(data_schema, "the schema")
 
         def op(now: int) -> Op[dict[str, Any] | None]:
             yield from self._fence(journal.run_id, journal.epoch)
-
-            def columns() -> dict[str, object]:
-                return {
-                    "kind": "MESSAGE",
-                    "status": "WAITING",
-                    "topic": topic,
-                    "timeout_at": None if deadline is None else deadline.resolve(now),
-                    "data_schema": schema_text,
-                }
-
-            made = yield from self._made_once(journal.run_id, journal.key, now, columns)
+            made = yield from self._message_waitpoint(
+                journal.run_id, journal.key, topic, deadline, schema_text, now
+            )
             [waitpoint] = yield from self._closed_when_due([made], now)
             if waitpoint["status"] == "TIMED_OUT":
                 timed_out = {"topic": topic, "timedOut": True}
@@ -142,15 +136,36 @@ class Messages(Waits):
 
         return await self._write(op, notify=False)
 
-    def _has_message(self, run_id: str, topic: str) -> Op[bool]:
-        """Whether a message on ``topic`` waits for the run's next receive."""
+    def _message_waitpoint(
+        self,
+        run_id: str,
+        key: str,
+        topic: str,
+        deadline: Deadline | None,
+        schema_text: str | None,
+        now: int,
+    ) -> Op[RowLike]:
+        """The MESSAGE waitpoint of a receive (or a group's ``receive_op``), made once per
+        (run, key): made COMPLETED when a message already waits (sent before any deadline,
+        it wins over one that is already due), else WAITING until a send completes it."""
+        made = yield from self._made_by(run_id, key)
+        if made is not None:
+            return made
         found = yield rows(
             "SELECT 1 AS n FROM run_messages WHERE run_id = :id AND topic = :topic"
             " AND delivered_at IS NULL LIMIT 1",
             id=run_id,
             topic=topic,
         )
-        return bool(found)
+        columns: dict[str, object] = {
+            "kind": "MESSAGE",
+            "status": "COMPLETED" if found else "WAITING",
+            "completed_at": now if found else None,
+            "topic": topic,
+            "timeout_at": None if deadline is None else deadline.resolve(now),
+            "data_schema": schema_text,
+        }
+        return (yield from self._insert_waitpoint(run_id, key, now, columns))
 
     def _take_message(self, run_id: str, topic: str, now: int) -> Op[dict[str, Any] | None]:
         """The oldest message on ``topic`` not delivered yet, marked delivered now (the

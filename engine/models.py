@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -173,6 +173,64 @@ class LateCompletion(WireModel):
 
     via: CompletionSource
     at: datetime
+
+
+class ApprovalVote(WireModel):
+    """One approver's vote on an approval (``request_approval``): kept for the receipt."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"reason", "link_id"})
+
+    approver: str
+    """Who voted: the identity their link was made for (an e-mail address, a user name)."""
+    approve: bool
+    data: Any = None
+    """What they filled in (the approval's ``schema``)."""
+    reason: str | None = None
+    """Why, for a rejection (the waiting run sees it)."""
+    at: datetime
+    via: CompletionSource
+    link_id: str | None = None
+    """The id of the per-approver link the vote came through (None from Python or the CLI)."""
+
+
+class Approver(WireModel):
+    """Someone an approval asks: from the request, or added by an escalation."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"url"})
+
+    approver: str
+    added_at: datetime
+    escalation: int = 0
+    """0 for those the request named; n for those the n-th escalation added."""
+    url: str | None = None
+    """Their own voting link (made by the facade that presents the approval)."""
+
+
+class Approval(WireModel):
+    """A decision a run waits for: ``quorum`` of its approvers approve, or the rejection
+    rule (``reject_on``) is met, or ``expires_at`` passes. Its id is its waitpoint's."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"description", "context", "expires_at", "completed_at", "approved"}
+    )
+
+    id: str
+    run_id: str
+    status: WaitpointStatus
+    title: str
+    description: str | None = None
+    context: dict[str, Any] | None = None
+    quorum: int
+    reject_on: Literal["any", "majority"]
+    allow_change: bool = False
+    """Whether an approver may change their vote while the approval is open."""
+    approvers: list[Approver]
+    votes: list[ApprovalVote]
+    approved: bool | None = None
+    """Once closed: True (quorum reached), False (rejected or timed out)."""
+    created_at: datetime
+    expires_at: datetime | None = None
+    completed_at: datetime | None = None
 
 
 class RunError(WireModel):

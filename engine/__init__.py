@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .approvals import ApprovalDecision, request_approval
     from .client import Engine
     from .durable import (
         RunInfo,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     )
     from .errors import (
         AbortTaskRunError,
+        ApprovalClosedError,
+        ApprovalNotFoundError,
         ChildRunError,
         ConcurrentWaitError,
         ConfigurationError,
@@ -56,11 +59,15 @@ if TYPE_CHECKING:
         TokenNotFoundError,
         TokenNotWaitingError,
         ValidationError,
+        VoteRefusedError,
         WaitpointCancelledError,
         WaitpointError,
         WaitpointTimeoutError,
     )
     from .models import (
+        Approval,
+        ApprovalVote,
+        Approver,
         CompletionResult,
         CompletionSource,
         GroupResult,
@@ -84,6 +91,12 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "AbortTaskRunError": "errors",
+    "Approval": "models",
+    "ApprovalClosedError": "errors",
+    "ApprovalDecision": "approvals",
+    "ApprovalNotFoundError": "errors",
+    "ApprovalVote": "models",
+    "Approver": "models",
     "ChildRunError": "errors",
     "CompletionResult": "models",
     "CompletionSource": "models",
@@ -108,8 +121,8 @@ _WHERE = {
     "RunFailedError": "errors",
     "RunInfo": "durable",
     "RunNotFoundError": "errors",
-    "RunStateError": "errors",
     "RunResult": "models",
+    "RunStateError": "errors",
     "RunStatus": "models",
     "RunWaitTimeoutError": "errors",
     "Schedule": "models",
@@ -126,6 +139,7 @@ _WHERE = {
     "TokenNotFoundError": "errors",
     "TokenNotWaitingError": "errors",
     "ValidationError": "errors",
+    "VoteRefusedError": "errors",
     "WaitResult": "models",
     "WaitpointCancelledError": "errors",
     "WaitpointError": "errors",
@@ -140,6 +154,7 @@ _WHERE = {
     "patched": "durable",
     "receive": "durable",
     "receive_op": "durable",
+    "request_approval": "approvals",
     "sleep": "durable",
     "sleep_until": "durable",
     "step": "durable",
@@ -153,6 +168,12 @@ _WHERE = {
 
 __all__ = [
     "AbortTaskRunError",
+    "Approval",
+    "ApprovalClosedError",
+    "ApprovalDecision",
+    "ApprovalNotFoundError",
+    "ApprovalVote",
+    "Approver",
     "ChildRunError",
     "CompletionResult",
     "CompletionSource",
@@ -195,6 +216,7 @@ __all__ = [
     "TokenNotFoundError",
     "TokenNotWaitingError",
     "ValidationError",
+    "VoteRefusedError",
     "WaitResult",
     "WaitpointCancelledError",
     "WaitpointError",
@@ -209,6 +231,7 @@ __all__ = [
     "patched",
     "receive",
     "receive_op",
+    "request_approval",
     "sleep",
     "sleep_until",
     "step",

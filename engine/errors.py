@@ -12,8 +12,12 @@
     │   ├── TaskNotFoundError
     │   ├── RunNotFoundError
     │   ├── TokenNotFoundError
-    │   └── ScheduleNotFoundError
+    │   ├── ScheduleNotFoundError
+    │   └── ApprovalNotFoundError
     ├── TokenNotWaitingError         completing a token that timed out or was cancelled
+    ├── ApprovalClosedError          a vote on an approval that already closed (kept as late)
+    ├── VoteRefusedError             a vote by someone not asked, or a second one where
+    │                                changing a vote is not allowed
     ├── RunStateError                the run's status forbids it: retrying a run that did not
     │                                fail, pausing or resuming a finished one
     ├── WaitpointError               what a failed wait carries in ``WaitResult.error``
@@ -131,6 +135,29 @@ class TokenNotFoundError(NotFoundError):
 
 class ScheduleNotFoundError(NotFoundError):
     """No schedule with that id exists (``engine.schedules``)."""
+
+
+class ApprovalNotFoundError(NotFoundError):
+    """No approval with that id exists (``engine.approvals``)."""
+
+
+class ApprovalClosedError(EngineError):
+    """The approval already closed (approved, rejected or timed out): the vote was refused
+    and kept as a late vote."""
+
+    def __init__(self, approval_id: str, status: str, approved: bool | None) -> None:
+        self.approval_id = approval_id
+        self.status = status
+        self.approved = approved
+        how = "was approved" if approved else "was rejected" if approved is False else "closed"
+        if status == "TIMED_OUT":
+            how = "timed out"
+        super().__init__(f"approval {approval_id} {how}; it takes no more votes")
+
+
+class VoteRefusedError(EngineError):
+    """The vote cannot count: its approver is not asked by the approval, or voted already
+    and the approval does not allow changing a vote. The message says which."""
 
 
 class TokenNotWaitingError(EngineError):

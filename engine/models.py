@@ -231,6 +231,10 @@ class Approval(WireModel):
     created_at: datetime
     expires_at: datetime | None = None
     completed_at: datetime | None = None
+    show_votes: bool = True
+    """Whether the approval page shows the votes so far to the approvers."""
+    data_schema: dict[str, Any] | None = Field(default=None, exclude=True)
+    """The JSON Schema a vote's data must satisfy (``request_approval(schema=)``)."""
 
 
 class RunError(WireModel):

@@ -229,6 +229,31 @@ def approval_url(
     return f"{public_url.rstrip('/')}/ui/approve/{quote(token_id, safe='')}?t={ticket}"
 
 
+def vote_scope(approval_id: str, approver: str) -> str:
+    """What an approver's link grants: voting on this approval, as this approver, only."""
+    return f"vote:approvals:{approval_id}:{approver}"
+
+
+def vote_url(
+    public_url: str,
+    tokens: PublicTokens,
+    approval_id: str,
+    approver: str,
+    expires_in: str | timedelta,
+) -> str:
+    """The page where ``approver`` votes on the approval, for whoever opens it until it
+    expires (the approver's identity comes from the link, so it goes to them alone)."""
+    scope = vote_scope(approval_id, approver)
+    ticket = tokens.public_token([scope], expires_in=link_seconds(expires_in))
+    return f"{public_url.rstrip('/')}/ui/vote/{quote(approval_id, safe='')}?t={ticket}"
+
+
+def link_id(ticket: str) -> str:
+    """A short id of a link's public access token, recorded with the vote it carried (the
+    receipt names the link without holding a credential)."""
+    return hashlib.sha256(ticket.encode()).hexdigest()[:16]
+
+
 def local_secret_key(settings: Settings) -> str:
     """The key a local engine signs links with: configured, or the one ``waitpoint dev`` made."""
     key = keys.secret_key(settings, create=False)

@@ -294,3 +294,32 @@ async def off_the_loop(check: Callable[[], T], what: str) -> T:
             f"{what} could not be checked against its schema within"
             f" {SCHEMA_CHECK_SECONDS:g} s; send less data or use a simpler schema"
         ) from None
+
+
+MAX_APPROVER_LENGTH = 320
+"""An e-mail address is at most 320 characters; an approver is an identity like one."""
+MAX_REASON_LENGTH = 1000
+
+
+def clean_approver(value: Any) -> str:
+    """An approver: an identity (an e-mail address, a user name), 1-320 printable characters
+    without spaces (it is part of their link's scope)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"an approver must be a string, got {type(value).__name__}")
+    person = value.strip()
+    if not person or len(person) > MAX_APPROVER_LENGTH or not person.isprintable():
+        raise ValidationError(f"an approver is 1-{MAX_APPROVER_LENGTH} printable characters")
+    if any(c.isspace() for c in person):
+        raise ValidationError(f"an approver has no spaces: {person!r}")
+    return person
+
+
+def clean_reason(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("a reason must be text")
+    reason = value.strip()
+    if not reason or len(reason) > MAX_REASON_LENGTH:
+        raise ValidationError(f"a reason is 1-{MAX_REASON_LENGTH} characters")
+    return reason

@@ -10,6 +10,12 @@ import engine
 
 EXPECTED_ALL = [
     "AbortTaskRunError",
+    "Approval",
+    "ApprovalClosedError",
+    "ApprovalDecision",
+    "ApprovalNotFoundError",
+    "ApprovalVote",
+    "Approver",
     "ChildRunError",
     "CompletionResult",
     "CompletionSource",
@@ -52,6 +58,7 @@ EXPECTED_ALL = [
     "TokenNotFoundError",
     "TokenNotWaitingError",
     "ValidationError",
+    "VoteRefusedError",
     "WaitResult",
     "WaitpointCancelledError",
     "WaitpointError",
@@ -66,6 +73,7 @@ EXPECTED_ALL = [
     "patched",
     "receive",
     "receive_op",
+    "request_approval",
     "sleep",
     "sleep_until",
     "step",

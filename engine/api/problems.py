@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import (
+    ApprovalClosedError,
     AuthError,
     ConfigurationError,
     EngineError,
@@ -26,6 +27,7 @@ from ..errors import (
     TokenNotFoundError,
     TokenNotWaitingError,
     ValidationError,
+    VoteRefusedError,
 )
 
 
@@ -62,9 +64,11 @@ def _engine_error(exc: EngineError) -> Problem:
     if isinstance(exc, TokenNotWaitingError):
         closed = exc.closed_at.isoformat().replace("+00:00", "Z") if exc.closed_at else None
         return Problem(410, str(exc), status=exc.status, closedAt=closed)
+    if isinstance(exc, ApprovalClosedError):
+        return Problem(410, str(exc), status=exc.status, approved=exc.approved)
     if isinstance(exc, ValidationError):
         return Problem(422, str(exc))
-    if isinstance(exc, RunStateError):
+    if isinstance(exc, RunStateError | VoteRefusedError):
         return Problem(409, str(exc))
     if isinstance(exc, StorageError | ConfigurationError):
         return Problem(503, f"the service cannot do this now: {exc}")

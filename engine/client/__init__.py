@@ -42,7 +42,7 @@ from ..settings import Settings
 from ..signing import CallbackSigner
 from ..storage import Storage
 from ..storage.retention import PURGE_BATCH
-from .interfaces import Connection, Runs, Schedules, Tasks, Tokens, Workers
+from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 from .local import (
     FOLLOW_MIN_GAP_SECONDS,
     FOLLOW_RECHECK_SECONDS,
@@ -55,6 +55,7 @@ __all__ = [
     "FOLLOW_MIN_GAP_SECONDS",
     "FOLLOW_RECHECK_SECONDS",
     "NO_PUBLIC_URL",
+    "Approvals",
     "Connection",
     "Engine",
     "Runs",
@@ -106,6 +107,7 @@ class Engine:
         self.workers: Workers = self._connection.workers
         self.tasks: Tasks = self._connection.tasks
         self.schedules: Schedules = self._connection.schedules
+        self.approvals: Approvals = self._connection.approvals
 
     @classmethod
     def over(cls, storage: Storage, signer: CallbackSigner) -> Engine:
@@ -118,6 +120,7 @@ class Engine:
         engine.workers = engine._connection.workers
         engine.tasks = engine._connection.tasks
         engine.schedules = engine._connection.schedules
+        engine.approvals = engine._connection.approvals
         return engine
 
     @property

@@ -25,6 +25,7 @@ from ..cron import Cron, clean_catch_up, clean_cron, clean_timezone
 from ..errors import RunStateError, ValidationError
 from ..keys import SecretKey
 from ..models import (
+    Approval,
     BulkResult,
     CatchUp,
     CompletionResult,
@@ -48,6 +49,7 @@ from ..requests import moment_ms, page_request
 from ..signing import CallbackSigner
 from ..storage import (
     NewSchedule,
+    NewVote,
     PageRequest,
     RunFilter,
     ScheduleChange,
@@ -56,7 +58,10 @@ from ..storage import (
 )
 from ..validation import (
     MAX_PAGE_SIZE,
+    clean_approver,
+    clean_limit,
     clean_optional_text,
+    clean_reason,
     clean_statuses,
     clean_tags,
     clean_topic,
@@ -507,6 +512,69 @@ class Schedules(ABC):
         """The time zone names a schedule may use (IANA), sorted."""
 
 
+class Approvals(ABC):
+    """``engine.approvals``: the approvals runs wait for (``request_approval``), their
+    approvers' links, and votes cast from Python (an approver's link casts theirs)."""
+
+    @abstractmethod
+    async def retrieve(self, approval_id: str) -> Approval:
+        """The approval, whom it asks and their votes (``ApprovalNotFoundError``)."""
+
+    async def list(
+        self,
+        *,
+        approver: str | None = None,
+        run_id: str | None = None,
+        status: WaitpointStatus | str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Approval]:
+        """Newest first: those asking ``approver``, of ``run_id``, in ``status``."""
+        shown = None if status is None else clean_statuses([status], WaitpointStatus)[0].value
+        person = None if approver is None else clean_approver(approver)
+        return await self._list(person, run_id, shown, clean_limit(limit))
+
+    @abstractmethod
+    async def _list(
+        self, approver: str | None, run_id: str | None, status: str | None, limit: int
+    ) -> builtins.list[Approval]: ...
+
+    async def vote(
+        self,
+        approval_id: str,
+        approver: str,
+        *,
+        approve: bool = True,
+        data: Any = None,
+        reason: str | None = None,
+        source: CompletionSource = CompletionSource.PYTHON,
+    ) -> Approval:
+        """Cast ``approver``'s vote; returns the approval as it is after it (closed, if the
+        vote met its rule). Refused: ``ApprovalClosedError`` (410; kept as a late vote),
+        ``VoteRefusedError`` (409: not asked, or voted already), ``ValidationError`` (data
+        that does not match the approval's schema). The same vote again changes nothing."""
+        if not isinstance(approve, bool):
+            raise ValidationError("approve must be true or false")
+        new = NewVote(
+            approval_id=approval_id,
+            approver=clean_approver(approver),
+            approve=approve,
+            via=source,
+            data=data,
+            reason=clean_reason(reason),
+        )
+        return await self._vote(new)
+
+    @abstractmethod
+    async def _vote(self, vote: NewVote) -> Approval: ...
+
+    @abstractmethod
+    async def links(
+        self, approval_id: str, *, expires_in: str | timedelta = "7d"
+    ) -> dict[str, str]:
+        """Each approver's own voting page (``{public URL}/ui/vote/{id}?t=...``): whoever
+        opens it votes as that approver, so send it to them alone (at most 30 days)."""
+
+
 def _task_id(task_id: Any) -> str:
     if not isinstance(task_id, str) or not task_id:
         raise ValidationError("a schedule's task must be a task id (a non-empty string)")
@@ -522,6 +590,7 @@ class Connection(ABC):
     workers: Workers
     tasks: Tasks
     schedules: Schedules
+    approvals: Approvals
 
     @abstractmethod
     async def open(self) -> None: ...

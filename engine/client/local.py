@@ -22,6 +22,7 @@ from ..errors import ConfigurationError, TaskNotFoundError, ValidationError
 from ..keys import SecretKey, signing_secrets
 from ..logs import get_logger
 from ..models import (
+    Approval,
     CompletionResult,
     CompletionSource,
     Page,
@@ -47,10 +48,12 @@ from ..signing import (
     PublicTokens,
     approval_url,
     local_secret_key,
+    vote_url,
 )
 from ..storage import (
     DataToCheck,
     NewSchedule,
+    NewVote,
     PageRequest,
     RunFilter,
     ScheduleChange,
@@ -59,7 +62,7 @@ from ..storage import (
     open_storage,
 )
 from ..validation import validate_against_schema
-from .interfaces import Connection, Runs, Schedules, Tasks, Tokens, Workers
+from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 log = get_logger("engine.client")
 
@@ -103,6 +106,7 @@ class LocalConnection(Connection):
         self.workers = LocalWorkers(self)
         self.tasks = LocalTasks(self)
         self.schedules = LocalSchedules(self)
+        self.approvals = LocalApprovals(self)
 
     async def open(self) -> None:
         if self._storage is not None:
@@ -203,6 +207,18 @@ class LocalConnection(Connection):
             return await validate_against_schema(schema, payload, f"the payload of {task_id!r}")
 
         return by_schema, info.queue
+
+    async def link_signing(self) -> tuple[PublicTokens, str]:
+        """What signs links here (the API's secret key: ``WAITPOINT_SECRET_KEY``, or the one
+        kept beside the database) and the public URL they start with
+        (``WAITPOINT_PUBLIC_URL``, else the address the API server recorded in the database;
+        with neither, a ``ConfigurationError`` says so)."""
+        known = self.secret_key
+        tokens = PublicTokens(known.value if known else local_secret_key(self.settings))
+        public_url = await follow_public_url(self.signer, self.storage)
+        if public_url is None:
+            raise ConfigurationError(NO_PUBLIC_URL)
+        return tokens, public_url
 
     async def registered_task(self, task_id: str) -> TaskInfo:
         """The task as a worker registered it (``TaskNotFoundError`` naming the known ones)."""
@@ -428,12 +444,7 @@ class LocalTokens(Tokens):
         beside the database). The public URL is ``WAITPOINT_PUBLIC_URL``, else the address the
         API server recorded in the database; with neither, a ``ConfigurationError`` says so."""
         await self.retrieve(token_id)
-        connection = self._connection
-        known = connection.secret_key
-        tokens = PublicTokens(known.value if known else local_secret_key(connection.settings))
-        public_url = await follow_public_url(connection.signer, connection.storage)
-        if public_url is None:
-            raise ConfigurationError(NO_PUBLIC_URL)
+        tokens, public_url = await self._connection.link_signing()
         return approval_url(public_url, tokens, token_id, expires_in)
 
     async def unreachable_urls(self) -> str | None:
@@ -515,3 +526,46 @@ class LocalSchedules(Schedules):
 
     async def timezones(self) -> builtins.list[str]:
         return timezones()
+
+
+class LocalApprovals(Approvals):
+    def __init__(self, connection: LocalConnection) -> None:
+        self._connection = connection
+
+    async def retrieve(self, approval_id: str) -> Approval:
+        return await self._connection.storage.get_approval(approval_id)
+
+    async def _list(
+        self, approver: str | None, run_id: str | None, status: str | None, limit: int
+    ) -> builtins.list[Approval]:
+        storage = self._connection.storage
+        return await storage.list_approvals(
+            approver=approver, run_id=run_id, status=status, limit=limit
+        )
+
+    async def _vote(self, vote: NewVote) -> Approval:
+        storage = self._connection.storage
+        schema = (await storage.get_approval(vote.approval_id)).data_schema
+        if schema is not None:
+            what = f"the vote of {vote.approver} on approval {vote.approval_id}"
+            await validate_against_schema(schema, vote.data, what)
+        changed, approval = await storage.vote(vote)
+        log.info(
+            "approval.voted",
+            approval_id=approval.id,
+            approver=vote.approver,
+            approve=vote.approve,
+            changed=changed,
+            status=approval.status.value,
+        )
+        return approval
+
+    async def links(
+        self, approval_id: str, *, expires_in: str | timedelta = "7d"
+    ) -> dict[str, str]:
+        approval = await self.retrieve(approval_id)
+        tokens, public_url = await self._connection.link_signing()
+        return {
+            a.approver: vote_url(public_url, tokens, approval.id, a.approver, expires_in)
+            for a in approval.approvers
+        }

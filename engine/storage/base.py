@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from ..cron import Cron
 from ..durations import Deadline
 from ..models import (
+    Approval,
     CatchUp,
     ClaimedRun,
     CompletionResult,
@@ -165,6 +166,50 @@ class GroupMember:
     ref: str
     data_schema: dict[str, Any] | None = None
     """A message's schema (``receive_op(topic, schema=)``): later sends must match it."""
+
+
+@dataclass(frozen=True)
+class NewApproval:
+    """What ``request_approval`` asks for (checked by the caller): the APPROVAL waitpoint's
+    text and schema, its rules, its reminders and escalations (``after_ms`` from the
+    request), and its ``deadline``."""
+
+    title: str
+    approvers: list[str]
+    quorum: int
+    reject_on: str = "any"
+    allow_change: bool = False
+    show_votes: bool = True
+    description: str | None = None
+    context: dict[str, Any] | None = None
+    data_schema: dict[str, Any] | None = None
+    remind_every_ms: int | None = None
+    escalations: list[tuple[int, list[str]]] = field(default_factory=list)
+    deadline: Deadline | None = None
+
+
+@dataclass(frozen=True)
+class NewVote:
+    """One approver's vote (its data already checked against the approval's schema)."""
+
+    approval_id: str
+    approver: str
+    approve: bool
+    via: CompletionSource
+    data: Any = None
+    reason: str | None = None
+    link_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification to deliver (``approval_notices``): claimed by one worker at a time."""
+
+    approval_id: str
+    n: int
+    approver: str
+    reason: str
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -473,6 +518,52 @@ class Storage(Protocol):
     ) -> dict[str, Any] | None:
         """The oldest undelivered message on ``topic``, delivered and journaled; or
         ``{"timedOut": true}`` past the deadline; or None: the run blocks."""
+        ...
+
+    # approvals (``approvals.py``)
+    async def wait_on_approval(
+        self, new: NewApproval, journal: JournalWrite, elapsed_ms: int = 0
+    ) -> dict[str, Any] | None:
+        """Make the approval once per journal key (its approvers notified), then its decision
+        journaled and returned once it closed; or None: the run blocks on it."""
+        ...
+
+    async def vote(self, vote: NewVote) -> tuple[bool, Approval]:
+        """Count a vote in one transaction (the approval closes there when its rule is met);
+        returns whether it changed anything (a repeat does not) and the approval. Refused:
+        ``ApprovalClosedError`` (kept as a late vote), ``VoteRefusedError``,
+        ``ApprovalNotFoundError``."""
+        ...
+
+    async def get_approval(self, approval_id: str) -> Approval:
+        """The approval, its approvers and votes (``ApprovalNotFoundError``)."""
+        ...
+
+    async def list_approvals(
+        self,
+        *,
+        approver: str | None = None,
+        run_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[Approval]:
+        """Approvals, newest first; those asking ``approver``, of ``run_id``, in ``status``."""
+        ...
+
+    async def fire_due_approvals(self, limit: int) -> int | None:
+        """Reminders and escalations that fell due: notices made (and escalations' approvers
+        added); returns when the next one falls due (None: none)."""
+        ...
+
+    async def claim_notices(self, limit: int, lease_ms: int) -> list[Notice]:
+        """Notices due for delivery, each claimed for ``lease_ms`` (another worker takes it
+        over if this one dies before recording it)."""
+        ...
+
+    async def record_notice(
+        self, notice: Notice, *, ok: bool, channel: str, error: str | None, retry_ms: int | None
+    ) -> None:
+        """A delivery's outcome; ``retry_ms``: not delivered, try again that much later."""
         ...
 
     # sent round again by hand (``repairs.py``)

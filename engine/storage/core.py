@@ -104,6 +104,18 @@ class StorageCore:
     async def _read(self, sql: Sql, *, control: bool = False) -> list[RowLike]:
         raise NotImplementedError
 
+    async def _read_op(self, op: Callable[[int], Op[T]]) -> T:
+        """A read-only ``op`` driven one ``_read`` at a time (no transaction: each statement
+        sees what committed before it; for what is shown, never for what is decided)."""
+        steps = op(self.now_ms())
+        reply: Any = None
+        while True:
+            try:
+                sql = steps.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply = await self._read(sql)
+
     def _next_seq(self) -> int | None:
         """SQLite: the next number of this process's counter for ``seq`` columns."""
         return None

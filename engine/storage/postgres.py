@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "PostgreSQL support needs the asyncpg driver: pip install 'waitpoint[postgres]'"
     ) from exc
 
+from .approvals import Approvals
 from .group_waits import GroupWaits
 from .postgres_schema import MIGRATIONS
 from .records import RowLike
@@ -135,7 +136,7 @@ def behind_pgbouncer(url: str) -> bool:
     return value in {"true", "1"}
 
 
-class PostgresStorage(Repairs, Tokens, GroupWaits, Timers, Retention, Schedules):
+class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, Schedules):
     """The backend for many workers on many machines."""
 
     q = POSTGRES

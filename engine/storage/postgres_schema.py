@@ -372,4 +372,71 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE waitpoints ADD COLUMN topic text;
     """,
+    # 11 (9 on SQLite): approvals (``request_approval``). An approval is an APPROVAL waitpoint (its
+    # title, description, context and data schema on the waitpoint row; the run blocks on it
+    # as on a token) plus its rules in ``approvals``: ``quorum`` approvals close it approved,
+    # the ``reject_on`` rule closes it rejected. ``approval_approvers``: who is asked (the
+    # request's, then each escalation's). ``approval_votes``: every vote in order (``n``), a
+    # changed vote being a newer row; ``late`` marks one that came after the approval closed
+    # (refused, kept). Reminders and escalations are due times on the approval
+    # (``next_remind_at``, ``next_escalation_at``), fired by workers like timers; what they
+    # make is an outbox of notices (``approval_notices``) that workers deliver and record.
+    """
+    CREATE TABLE approvals (
+        id text COLLATE "C" PRIMARY KEY,
+        run_id text COLLATE "C" NOT NULL,
+        quorum integer NOT NULL,
+        reject_on text NOT NULL DEFAULT 'any',
+        allow_change boolean NOT NULL DEFAULT false,
+        show_votes boolean NOT NULL DEFAULT true,
+        remind_every_ms bigint,
+        next_remind_at bigint,
+        escalations text NOT NULL DEFAULT '[]',
+        escalated integer NOT NULL DEFAULT 0,
+        next_escalation_at bigint,
+        approved boolean,
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX approvals_run ON approvals (run_id);
+    CREATE INDEX approvals_remind ON approvals (next_remind_at)
+        WHERE next_remind_at IS NOT NULL;
+    CREATE INDEX approvals_escalate ON approvals (next_escalation_at)
+        WHERE next_escalation_at IS NOT NULL;
+    CREATE TABLE approval_approvers (
+        approval_id text COLLATE "C" NOT NULL,
+        approver text NOT NULL,
+        escalation integer NOT NULL DEFAULT 0,
+        added_at bigint NOT NULL,
+        PRIMARY KEY (approval_id, approver)
+    );
+    CREATE INDEX approval_approvers_person ON approval_approvers (approver);
+    CREATE TABLE approval_votes (
+        approval_id text COLLATE "C" NOT NULL,
+        n integer NOT NULL,
+        approver text NOT NULL,
+        approve boolean NOT NULL,
+        data text,
+        reason text,
+        at bigint NOT NULL,
+        via text NOT NULL,
+        link_id text,
+        late boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (approval_id, n)
+    );
+    CREATE TABLE approval_notices (
+        approval_id text COLLATE "C" NOT NULL,
+        n integer NOT NULL,
+        approver text NOT NULL,
+        reason text NOT NULL,
+        due_at bigint NOT NULL,
+        claimed_until bigint,
+        attempts integer NOT NULL DEFAULT 0,
+        delivered_at bigint,
+        ok boolean,
+        channel text,
+        error text,
+        PRIMARY KEY (approval_id, n)
+    );
+    CREATE INDEX approval_notices_due ON approval_notices (due_at) WHERE delivered_at IS NULL;
+    """,
 ]

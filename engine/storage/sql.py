@@ -342,6 +342,10 @@ _TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|:([A-Za-z_]\w*)")
 
 
 TABLES = (
+    "approval_approvers",
+    "approval_notices",
+    "approval_votes",
+    "approvals",
     "journal",
     "late_completions",
     "meta",

@@ -28,6 +28,7 @@ from ..errors import ConfigurationError, StorageError, StorageUnavailableError
 from ..keys import SigningSecrets, legacy_signature_hash
 from ..private_files import folder_problem, private_dirs, private_file, refusal
 from ..settings import sqlite_path
+from .approvals import Approvals
 from .group_waits import GroupWaits
 from .records import RowLike
 from .repairs import Repairs
@@ -46,7 +47,7 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-class SQLiteStorage(Repairs, Tokens, GroupWaits, Timers, Retention, Schedules):
+class SQLiteStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, Schedules):
     """The embedded default backend."""
 
     q = SQLITE

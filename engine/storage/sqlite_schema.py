@@ -294,4 +294,71 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE waitpoints ADD COLUMN topic TEXT;
     """,
+    # 9: approvals (``request_approval``). An approval is an APPROVAL waitpoint (its
+    # title, description, context and data schema on the waitpoint row; the run blocks on it
+    # as on a token) plus its rules in ``approvals``: ``quorum`` approvals close it approved,
+    # the ``reject_on`` rule closes it rejected. ``approval_approvers``: who is asked (the
+    # request's, then each escalation's). ``approval_votes``: every vote in order (``n``), a
+    # changed vote being a newer row; ``late`` marks one that came after the approval closed
+    # (refused, kept). Reminders and escalations are due times on the approval
+    # (``next_remind_at``, ``next_escalation_at``), fired by workers like timers; what they
+    # make is an outbox of notices (``approval_notices``) that workers deliver and record.
+    """
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        quorum INTEGER NOT NULL,
+        reject_on TEXT NOT NULL DEFAULT 'any',
+        allow_change INTEGER NOT NULL DEFAULT 0,
+        show_votes INTEGER NOT NULL DEFAULT 1,
+        remind_every_ms INTEGER,
+        next_remind_at INTEGER,
+        escalations TEXT NOT NULL DEFAULT '[]',
+        escalated INTEGER NOT NULL DEFAULT 0,
+        next_escalation_at INTEGER,
+        approved INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX approvals_run ON approvals (run_id);
+    CREATE INDEX approvals_remind ON approvals (next_remind_at)
+        WHERE next_remind_at IS NOT NULL;
+    CREATE INDEX approvals_escalate ON approvals (next_escalation_at)
+        WHERE next_escalation_at IS NOT NULL;
+    CREATE TABLE approval_approvers (
+        approval_id TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        escalation INTEGER NOT NULL DEFAULT 0,
+        added_at INTEGER NOT NULL,
+        PRIMARY KEY (approval_id, approver)
+    );
+    CREATE INDEX approval_approvers_person ON approval_approvers (approver);
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        approver TEXT NOT NULL,
+        approve INTEGER NOT NULL,
+        data TEXT,
+        reason TEXT,
+        at INTEGER NOT NULL,
+        via TEXT NOT NULL,
+        link_id TEXT,
+        late INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (approval_id, n)
+    );
+    CREATE TABLE approval_notices (
+        approval_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        approver TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        due_at INTEGER NOT NULL,
+        claimed_until INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        delivered_at INTEGER,
+        ok INTEGER,
+        channel TEXT,
+        error TEXT,
+        PRIMARY KEY (approval_id, n)
+    );
+    CREATE INDEX approval_notices_due ON approval_notices (due_at) WHERE delivered_at IS NULL;
+    """,
 ]

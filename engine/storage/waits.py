@@ -273,7 +273,7 @@ class Waits(StorageCore):
         return made
 
 
-_TARGET_KINDS = {"MANUAL": "token", "RUN": "run", "MESSAGE": "message"}
+_TARGET_KINDS = {"MANUAL": "token", "RUN": "run", "MESSAGE": "message", "APPROVAL": "approval"}
 
 
 def _wait_target(row: RowLike) -> WaitTarget:

@@ -1,0 +1,201 @@
+"""Approvals (``request_approval``): quorum, rejection rules, racing votes, late votes,
+escalation and reminders, on both backends with real workers.
+
+A run asks several approvers and parks; each vote is one transaction, and the one that meets
+the rule closes the approval exactly once and wakes the run with the decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from engine import (
+    ApprovalClosedError,
+    ApprovalNotFoundError,
+    Engine,
+    TaskDefinition,
+    ValidationError,
+    VoteRefusedError,
+    request_approval,
+)
+
+from .conftest import StartWorker, wait_for_status
+
+PEOPLE = ["ana@example.com", "li@example.com", "sam@example.com"]
+
+
+class RefundDecision(BaseModel):
+    amount: float
+
+
+async def refund(payload: dict[str, Any]) -> dict[str, Any]:
+    decision = await request_approval(
+        "Refund order 42 (19.99 EUR)",
+        description="Parcel arrived damaged.",
+        context={"order": 42, "amount": 19.99},
+        approvers=payload.get("approvers", PEOPLE),
+        quorum=payload.get("quorum", 2),
+        reject_on=payload.get("reject_on", "majority"),
+        allow_change=payload.get("allow_change", False),
+        schema=RefundDecision if payload.get("typed") else None,
+        timeout=payload.get("timeout"),
+    )
+    return {
+        "approved": decision.approved,
+        "rejected": decision.rejected,
+        "timed_out": decision.timed_out,
+        "voters": [v.approver for v in decision.votes],
+        "reason": decision.reason,
+    }
+
+
+REFUND = TaskDefinition(id="approval-refund", fn=refund)
+TASKS = [REFUND]
+
+
+async def _asked(engine: Engine, payload: dict[str, Any]) -> tuple[str, str]:
+    run = await engine.trigger(REFUND.id, payload)
+    await wait_for_status(engine, run.id, "WAITING", timeout=20)
+    [approval] = await engine.approvals.list(run_id=run.id)
+    return run.id, approval.id
+
+
+async def test_two_of_three_approve_past_one_rejection(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {})
+    shown = await engine.approvals.retrieve(approval_id)
+    assert [a.approver for a in shown.approvers] == PEOPLE
+    assert shown.title == "Refund order 42 (19.99 EUR)" and shown.context == {
+        "order": 42,
+        "amount": 19.99,
+    }
+    after = await engine.approvals.vote(
+        approval_id, "ana@example.com", approve=False, reason="photos are blurry"
+    )
+    assert after.status == "WAITING"  # a majority of three must reject
+    await engine.approvals.vote(approval_id, "li@example.com")
+    closed = await engine.approvals.vote(approval_id, "sam@example.com")
+    assert closed.status == "COMPLETED" and closed.approved is True
+    done = await engine.wait_for_run(run_id, timeout=20)
+    assert done.output == {
+        "approved": True,
+        "rejected": False,
+        "timed_out": False,
+        "voters": PEOPLE,
+        "reason": "photos are blurry",
+    }
+    with pytest.raises(ApprovalClosedError, match="was approved"):
+        await engine.approvals.vote(approval_id, "ana@example.com", approve=True)
+    assert len((await engine.approvals.retrieve(approval_id)).votes) == 3  # the late one aside
+
+
+async def test_any_rejection_rejects_with_its_reason(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {"reject_on": "any"})
+    await engine.approvals.vote(approval_id, "li@example.com")
+    await engine.approvals.vote(approval_id, "sam@example.com", approve=False, reason="no")
+    done = await engine.wait_for_run(run_id, timeout=20)
+    assert done.output["rejected"] is True and done.output["reason"] == "no"
+
+
+async def test_a_quorum_out_of_reach_rejects(engine: Engine, start_worker: StartWorker) -> None:
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {"quorum": 3})
+    await engine.approvals.vote(approval_id, "li@example.com", approve=False)
+    done = await engine.wait_for_run(run_id, timeout=20)
+    assert done.output["rejected"] is True and done.output["voters"] == ["li@example.com"]
+
+
+async def test_twenty_racing_votes_close_the_approval_exactly_once(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    people = [f"p{n}@example.com" for n in range(20)]
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {"approvers": people, "quorum": 10})
+    outcomes = await asyncio.gather(
+        *(engine.approvals.vote(approval_id, person) for person in people),
+        return_exceptions=True,
+    )
+    late = [o for o in outcomes if isinstance(o, ApprovalClosedError)]
+    counted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(counted) == 10 and len(late) == 10, outcomes
+    closing = [o for o in counted if o.status == "COMPLETED"]
+    assert len(closing) == 1  # the votes counted in turn: only the tenth saw it close
+    approval = await engine.approvals.retrieve(approval_id)
+    assert approval.approved is True and len(approval.votes) == 10
+    done = await engine.wait_for_run(run_id, timeout=20)
+    assert done.output["approved"] is True and len(done.output["voters"]) == 10
+    timeline = await engine.runs.timeline(run_id)
+    assert [e.kind for e in timeline].count("approval_closed") == 1
+
+
+async def test_votes_that_cannot_count_are_refused_and_change_nothing(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    _, approval_id = await _asked(engine, {"typed": True, "quorum": 3})
+    with pytest.raises(VoteRefusedError, match="is not asked"):
+        await engine.approvals.vote(approval_id, "eve@example.com", data={"amount": 1})
+    with pytest.raises(ValidationError, match="amount"):
+        await engine.approvals.vote(approval_id, "ana@example.com", data={"wrong": 1})
+    with pytest.raises(ValidationError, match="reason"):
+        await engine.approvals.vote(approval_id, "ana@example.com", reason=" ")
+    with pytest.raises(ApprovalNotFoundError):
+        await engine.approvals.vote("waitpoint_nope", "ana@example.com")
+    assert (await engine.approvals.retrieve(approval_id)).votes == []
+    await engine.approvals.vote(approval_id, "ana@example.com", data={"amount": 5})
+    again = await engine.approvals.vote(approval_id, "ana@example.com", data={"amount": 5})
+    assert len(again.votes) == 1  # the same vote twice (a link used twice): nothing changes
+    with pytest.raises(VoteRefusedError, match="already voted"):
+        await engine.approvals.vote(approval_id, "ana@example.com", data={"amount": 6})
+
+
+async def test_a_vote_may_change_where_the_approval_allows_it(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {"allow_change": True, "reject_on": "any"})
+    await engine.approvals.vote(approval_id, "ana@example.com")
+    await engine.approvals.vote(approval_id, "ana@example.com", approve=False, reason="no")
+    done = await engine.wait_for_run(run_id, timeout=20)
+    assert done.output["rejected"] is True
+
+
+async def test_the_deadline_closes_it_as_timed_out(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    run = await engine.trigger(REFUND.id, {"timeout": "1s"})
+    done = await engine.wait_for_run(run.id, timeout=20)
+    assert done.output["timed_out"] is True and done.output["approved"] is False
+    [approval] = await engine.approvals.list(run_id=run.id)
+    with pytest.raises(ApprovalClosedError, match="timed out"):
+        await engine.approvals.vote(approval.id, "ana@example.com")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"approvers": []}, "non-empty list"),
+        ({"approvers": ["a b"]}, "no spaces"),
+        ({"approvers": ["x@y", "x@y"]}, "twice"),
+        ({"quorum": 4}, "more than the 3 approvers"),
+        ({"quorum": 0}, "quorum must be"),
+        ({"reject_on": "all"}, "reject_on must be"),
+    ],
+)
+async def test_a_bad_request_fails_the_run_saying_why(
+    engine: Engine, start_worker: StartWorker, change: dict[str, Any], error: str
+) -> None:
+    await start_worker(TASKS)
+    run = await engine.trigger(REFUND.id, change)
+    with pytest.raises(Exception, match=error):
+        await engine.wait_for_run(run.id, timeout=20)

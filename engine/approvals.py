@@ -22,7 +22,7 @@ from .durations import Deadline, Timeout, duration_ms
 from .errors import ValidationError
 from .logs import get_logger
 from .models import ApprovalVote
-from .storage import JournalWrite, NewApproval
+from .storage import JournalWrite, NewApproval, Storage
 from .validation import (
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
@@ -35,6 +35,9 @@ from .validation import (
 log = get_logger("engine.approvals")
 
 MAX_APPROVERS = 100
+FIRE_BATCH = 100
+"""Approvals whose reminders or escalations one transaction fires."""
+MAX_FIRING_BATCHES = 50
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,16 @@ def clean_approvers(value: Any, what: str) -> list[str]:
     if len(set(people)) < len(people):
         raise ValidationError(f"{what} names an approver twice")
     return people
+
+
+async def fire_approvals(storage: Storage) -> int | None:
+    """Fire the reminders and escalations due now, a batch at a time (a worker's timer loop
+    and the test clock); returns when the next one falls due (None: none)."""
+    for _ in range(MAX_FIRING_BATCHES):
+        next_ms = await storage.fire_due_approvals(FIRE_BATCH)
+        if next_ms is None or next_ms > storage.now_ms():
+            return next_ms
+    return storage.now_ms()  # more still due: the next turn goes on
 
 
 def decision_from(value: dict[str, Any]) -> ApprovalDecision:

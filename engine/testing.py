@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .approvals import fire_approvals
 from .client import Engine
 from .durations import to_timedelta
 from .errors import RunWaitTimeoutError, TokenNotFoundError
@@ -126,9 +127,10 @@ class TaskTestEnvironment:
     async def advance(self, duration: str | timedelta) -> None:
         """Move the clock, then fire every timer that fell due and let the worker settle.
 
-        The clock stops at each tick of a schedule of these tasks on the way: the tick's run
-        is made and has settled before the clock goes on, as with a worker that was up all
-        along (a single jump over several ticks would be downtime: see ``catch_up``)."""
+        The clock stops at each tick of a schedule of these tasks (and each reminder or
+        escalation of an approval) on the way: the tick's run is made and has settled before
+        the clock goes on, as with a worker that was up all along (a single jump over several
+        ticks would be downtime: see ``catch_up``)."""
         await self._settle()
         target = self.clock.now_ms() + to_timedelta(duration) // timedelta(milliseconds=1)
         while True:
@@ -142,13 +144,16 @@ class TaskTestEnvironment:
         await self._settle()
 
     async def _fire(self) -> int | None:
-        """Fire what is due now (timers, schedule ticks); returns the next tick's time."""
+        """Fire what is due now (timers, schedule ticks, approvals' reminders and escalations);
+        returns when the next tick, reminder or escalation falls due."""
         storage = self.engine.storage
         while await storage.fire_due_timers(1000):
             pass
         while (fired := await storage.fire_due_schedules(list(self.tasks), FIRE_BATCH)).more_due:
             pass
-        return fired.next_tick_ms
+        next_approval_ms = await fire_approvals(storage)
+        moments = [m for m in (fired.next_tick_ms, next_approval_ms) if m is not None]
+        return min(moments, default=None)
 
     async def _settle(self) -> None:
         """Wait until no run is executing and none is due to start (the worker is idle)."""

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import anyio
 
+from .approvals import fire_approvals
 from .client import Engine
 from .client.local import follow_public_url
 from .durations import duration_ms
@@ -356,10 +357,11 @@ class Worker:
         while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
             pass
         next_tick_ms = await self._fire_schedules()
+        next_approval_ms = await fire_approvals(storage)
         rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
         if rescued:
             log.warning("worker.rescued_runs", count=rescued)
-        next_ms = _earliest(await storage.next_timer_ms(), next_tick_ms)
+        next_ms = _earliest(await storage.next_timer_ms(), next_tick_ms, next_approval_ms)
         pause = self.poll_seconds
         if next_ms is not None:
             pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "engine.context",
             "engine.durable",
+            "engine.approvals",
             "engine.children",
             "engine.registry",
             "engine.runtime",

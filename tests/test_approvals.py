@@ -199,3 +199,114 @@ async def test_a_bad_request_fails_the_run_saying_why(
     run = await engine.trigger(REFUND.id, change)
     with pytest.raises(Exception, match=error):
         await engine.wait_for_run(run.id, timeout=20)
+
+
+YEARS = 10 * 365 * 86400
+
+
+@pytest.fixture
+async def clocked(db_url: str) -> Any:
+    """An engine on a manual clock (a long lease: moving it never makes an attempt look lost)."""
+    import secrets
+
+    from engine import Settings
+    from engine.testing import ManualClock
+
+    clock = ManualClock()
+    settings = Settings(
+        database_url=db_url, api_url=None, lease_seconds=YEARS, signing_secret=secrets.token_hex(32)
+    )
+    async with Engine(settings=settings, clock=clock) as engine:
+        yield engine, clock
+
+
+@pytest.fixture
+async def start_worker_on() -> Any:
+    """Start a Worker on a given engine; every one is stopped at teardown."""
+    from engine import Worker
+
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(engine: Engine, tasks: list[TaskDefinition]) -> Worker:
+        worker = Worker(engine, {t.id: t for t in tasks}, poll_seconds=0.05)
+        runner = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.started.wait(), 5)
+        running.append((worker, runner))
+        return worker
+
+    yield start
+    for worker, runner in running:
+        worker.stop(graceful=False)
+        await asyncio.wait_for(runner, 10)
+
+
+async def escalating(payload: Any) -> bool:
+    decision = await request_approval(
+        "Pay invoice 7",
+        approvers=["ana@example.com", "li@example.com"],
+        quorum=2,
+        remind_every="4h",
+        escalate=[("24h", ["boss@example.com"])],
+    )
+    return decision.approved
+
+
+ESCALATING = TaskDefinition(id="approval-escalating", fn=escalating)
+
+
+async def _notices(engine: Engine) -> list[tuple[str, str, int]]:
+    """The notices due now, delivered (a claimed notice not recorded is claimed again once
+    its claim ran out: at least once)."""
+    claimed = await engine.storage.claim_notices(100, 60_000)
+    for notice in claimed:
+        await engine.storage.record_notice(
+            notice, ok=True, channel="test", error=None, retry_ms=None
+        )
+    return sorted((n.approver, n.reason, n.due_at) for n in claimed)
+
+
+async def test_reminders_come_on_time_across_a_restart_and_escalation_asks_more(
+    clocked: tuple[Engine, Any], start_worker_on: Any
+) -> None:
+    from datetime import timedelta
+
+    from engine.approvals import fire_approvals
+
+    engine, clock = clocked
+    worker = await start_worker_on(engine, [ESCALATING])
+    run = await engine.trigger(ESCALATING.id)
+    await wait_for_status(engine, run.id, "WAITING", timeout=20)
+    [approval] = await engine.approvals.list(run_id=run.id)
+    t0 = approval.created_at
+    start = int(t0.timestamp() * 1000)
+    assert await _notices(engine) == [
+        ("ana@example.com", "requested", start),
+        ("li@example.com", "requested", start),
+    ]
+    await engine.approvals.vote(approval.id, "ana@example.com")
+    with pytest.raises(VoteRefusedError, match="is not asked"):  # not before the escalation
+        await engine.approvals.vote(approval.id, "boss@example.com")
+
+    clock.advance(timedelta(hours=4))
+    await fire_approvals(engine.storage)
+    assert await _notices(engine) == [("li@example.com", "reminder", start + 4 * 3600_000)]
+    worker.stop(graceful=True)  # a restart: the next reminder is in the database, not in it
+    await start_worker_on(engine, [ESCALATING])
+    clock.advance(timedelta(hours=4))
+    await fire_approvals(engine.storage)
+    assert await _notices(engine) == [("li@example.com", "reminder", start + 8 * 3600_000)]
+
+    clock.advance(timedelta(hours=16))  # 24h: the escalation, and the reminder of that hour
+    await fire_approvals(engine.storage)
+    assert await _notices(engine) == [
+        ("boss@example.com", "escalated", start + 24 * 3600_000),
+        ("li@example.com", "reminder", start + 24 * 3600_000),
+    ]
+    shown = await engine.approvals.retrieve(approval.id)
+    assert [(a.approver, a.escalation) for a in shown.approvers][-1] == ("boss@example.com", 1)
+    await engine.approvals.vote(approval.id, "boss@example.com")  # the escalation decides
+    done = await engine.wait_for_run(run.id, timeout=20)
+    assert done.output is True
+    clock.advance(timedelta(hours=4))
+    await fire_approvals(engine.storage)
+    assert await _notices(engine) == []  # a closed approval reminds no one

@@ -101,8 +101,9 @@ class Approvals(Waits):
 
     def _add_approvers(
         self, approval_id: str, people: list[str], escalation: int, reason: str, now: int
-    ) -> Op[None]:
-        """Ask ``people`` (those asked already are left as they are), a notice each."""
+    ) -> Op[list[str]]:
+        """Ask ``people`` (those asked already are left as they are), a notice each; returns
+        those it added."""
         asked = yield rows(
             "SELECT approver FROM approval_approvers WHERE approval_id = :id", id=approval_id
         )
@@ -118,6 +119,7 @@ class Approvals(Waits):
                 now=now,
             )
         yield from self._make_notices(approval_id, new, reason, now)
+        return new
 
     def _make_notices(self, approval_id: str, people: list[str], reason: str, now: int) -> Op[None]:
         if not people:
@@ -335,10 +337,12 @@ class Approvals(Waits):
         steps = json.loads(row["escalations"] or "[]")
         escalated = int(row["escalated"])
         next_escalation = row["next_escalation_at"]
+        told: set[str] = set()  # just asked by an escalation: no reminder at the same time
         while next_escalation is not None and next_escalation <= now:
             _, people = steps[escalated]
             escalated += 1
-            yield from self._add_approvers(approval_id, people, escalated, "escalated", now)
+            added = yield from self._add_approvers(approval_id, people, escalated, "escalated", now)
+            told.update(added)
             more = escalated < len(steps)
             next_escalation = row["created_at"] + steps[escalated][0] if more else None
         next_remind = row["next_remind_at"]
@@ -355,7 +359,7 @@ class Approvals(Waits):
                 " ORDER BY escalation, added_at, approver",
                 id=approval_id,
             )
-            done = {r["approver"] for r in voted}
+            done = {r["approver"] for r in voted} | told
             waiting = [r["approver"] for r in people if r["approver"] not in done]
             yield from self._make_notices(approval_id, waiting, "reminder", now)
             missed = (now - next_remind) // every + 1  # after downtime: one reminder, not many
@@ -383,13 +387,20 @@ class Approvals(Waits):
                 claimed = yield rows(
                     "UPDATE approval_notices SET claimed_until = :until,"
                     " attempts = attempts + 1 WHERE approval_id = :id AND n = :n"
-                    " RETURNING approval_id, n, approver, reason, attempts",
+                    " RETURNING approval_id, n, approver, reason, attempts, due_at",
                     until=now + lease_ms,
                     id=row["approval_id"],
                     n=row["n"],
                 )
                 notices.extend(
-                    Notice(r["approval_id"], r["n"], r["approver"], r["reason"], r["attempts"])
+                    Notice(
+                        r["approval_id"],
+                        r["n"],
+                        r["approver"],
+                        r["reason"],
+                        r["attempts"],
+                        int(r["due_at"]),
+                    )
                     for r in claimed
                 )
             return notices
@@ -400,16 +411,18 @@ class Approvals(Waits):
         self, notice: Notice, *, ok: bool, channel: str, error: str | None, retry_ms: int | None
     ) -> None:
         def op(now: int) -> Op[None]:
+            outcome = "ok = :ok, channel = :channel, error = :error, claimed_until = NULL"
+            where = "WHERE approval_id = :id AND n = :n"
+            if retry_ms is None:
+                done = f"UPDATE approval_notices SET {outcome}, delivered_at = :at {where}"
+            else:
+                done = f"UPDATE approval_notices SET {outcome}, due_at = :at {where}"
             yield count(
-                "UPDATE approval_notices SET ok = :ok, channel = :channel, error = :error,"
-                " delivered_at = CASE WHEN :retry IS NULL THEN :now ELSE NULL END,"
-                " due_at = CASE WHEN :retry IS NULL THEN due_at ELSE :now + :retry END,"
-                " claimed_until = NULL WHERE approval_id = :id AND n = :n",
+                done,
                 ok=ok,
                 channel=channel,
                 error=error,
-                retry=retry_ms,
-                now=now,
+                at=now if retry_ms is None else now + retry_ms,
                 id=notice.approval_id,
                 n=notice.n,
             )

@@ -209,7 +209,9 @@ class Notice:
     n: int
     approver: str
     reason: str
+    """Why it is sent: "requested", "reminder" or "escalated"."""
     attempts: int
+    due_at: int
 
 
 @dataclass(frozen=True)

@@ -547,11 +547,14 @@ class Approvals(ABC):
         data: Any = None,
         reason: str | None = None,
         source: CompletionSource = CompletionSource.PYTHON,
+        link_id: str | None = None,
     ) -> Approval:
         """Cast ``approver``'s vote; returns the approval as it is after it (closed, if the
         vote met its rule). Refused: ``ApprovalClosedError`` (410; kept as a late vote),
         ``VoteRefusedError`` (409: not asked, or voted already), ``ValidationError`` (data
-        that does not match the approval's schema). The same vote again changes nothing."""
+        that does not match the approval's schema). The same vote again changes nothing.
+        ``source`` and ``link_id`` (``signing.link_id`` of the link it came through) are kept
+        with the vote for its receipt."""
         if not isinstance(approve, bool):
             raise ValidationError("approve must be true or false")
         new = NewVote(
@@ -561,6 +564,7 @@ class Approvals(ABC):
             via=source,
             data=data,
             reason=clean_reason(reason),
+            link_id=link_id,
         )
         return await self._vote(new)
 

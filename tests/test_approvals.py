@@ -310,3 +310,89 @@ async def test_reminders_come_on_time_across_a_restart_and_escalation_asks_more(
     clock.advance(timedelta(hours=4))
     await fire_approvals(engine.storage)
     assert await _notices(engine) == []  # a closed approval reminds no one
+
+
+async def test_the_rest_routes_list_vote_and_link_and_refuse_what_cannot_count(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    from .api.conftest import AUTH, api_client
+
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {"quorum": 3})
+    async with api_client(engine) as api:
+        listed = await api.get("/api/v1/approvals", params={"runId": run_id}, headers=AUTH)
+        assert [a["id"] for a in listed.json()["data"]] == [approval_id]
+        mine = await api.get(
+            "/api/v1/approvals", params={"approver": "li@example.com"}, headers=AUTH
+        )
+        assert [a["id"] for a in mine.json()["data"]] == [approval_id]
+        shown = await api.get(f"/api/v1/approvals/{approval_id}", headers=AUTH)
+        assert shown.json()["quorum"] == 3 and shown.json()["rejectOn"] == "majority"
+        links = (await api.post(f"/api/v1/approvals/{approval_id}/links", headers=AUTH)).json()
+        assert sorted(links["links"]) == PEOPLE
+        ticket = parse_qs(urlparse(links["links"]["li@example.com"]).query)["t"][0]
+        as_li = {"Authorization": f"Bearer {ticket}"}
+        votes = f"/api/v1/approvals/{approval_id}/votes"
+        refused = [
+            await api.post(votes, json={"approver": "ana@example.com"}, headers=as_li),
+            await api.post(votes, json={}, headers=AUTH),
+            await api.post(votes, json={"approver": "eve@x.org"}, headers=AUTH),
+            await api.post(votes, json={"approver": "ana@example.com", "x": 1}, headers=AUTH),
+            await api.post("/api/v1/approvals/nope/votes", json={}, headers=as_li),
+            await api.post("/api/v1/approvals/nope/votes", json={"approver": "a@b"}, headers=AUTH),
+            await api.post(votes, json={"approver": "ana@example.com"}),
+        ]
+        assert [r.status_code for r in refused] == [403, 422, 409, 422, 403, 404, 401]
+        assert (await engine.approvals.retrieve(approval_id)).votes == []  # nothing counted
+        by_link = await api.post(votes, json={"approve": True}, headers=as_li)
+        assert by_link.status_code == 200
+        [counted] = by_link.json()["approval"]["votes"]
+        assert counted["approver"] == "li@example.com" and counted["via"] == "public-token"
+        assert len(counted["linkId"]) == 16
+        await api.post(votes, json={"approver": "ana@example.com"}, headers=AUTH)
+        closing = await api.post(
+            votes, json={"approver": "sam@example.com", "approve": False}, headers=AUTH
+        )
+        assert closing.json()["approval"]["status"] == "COMPLETED"
+        assert closing.json()["approval"]["approved"] is False  # the quorum of 3 is out of reach
+        late = await api.post(votes, json={"approver": "sam@example.com"}, headers=AUTH)
+        assert late.status_code == 410 and late.json()["approved"] is False
+    done = await engine.wait_for_run(run_id, timeout=20)
+    assert done.output["rejected"] is True
+
+
+REMOTE_TASKS = """
+from engine import request_approval, task
+
+
+@task("remote-approval")
+async def remote_approval(payload):
+    decision = await request_approval("Ship it", approvers=["ana@x.org", "li@x.org"], quorum=2)
+    return [decision.approved, [v.approver for v in decision.votes]]
+"""
+
+
+async def test_the_remote_engine_lists_votes_and_links_through_the_api(tmp_path: Any) -> None:
+    from .test_remote import KEY, dev_server
+
+    with dev_server(tmp_path, "approval_tasks", REMOTE_TASKS, KEY) as url:
+        async with Engine(url, api_key=KEY) as remote:
+            run = await remote.trigger("remote-approval")
+            await wait_for_status(remote, run.id, "WAITING", timeout=30)
+            [approval] = await remote.approvals.list(run_id=run.id)
+            links = await remote.approvals.links(approval.id, expires_in="1h")
+            assert sorted(links) == ["ana@x.org", "li@x.org"]
+            assert all(u.startswith(f"{url}/ui/vote/{approval.id}?t=") for u in links.values())
+            with pytest.raises(VoteRefusedError, match="is not asked"):
+                await remote.approvals.vote(approval.id, "eve@x.org")
+            await remote.approvals.vote(approval.id, "ana@x.org")
+            closed = await remote.approvals.vote(approval.id, "li@x.org")
+            assert closed.approved is True
+            with pytest.raises(ApprovalClosedError):
+                await remote.approvals.vote(approval.id, "li@x.org", approve=False)
+            with pytest.raises(ApprovalNotFoundError):
+                await remote.approvals.retrieve("waitpoint_nope")
+            done = await remote.wait_for_run(run.id, timeout=30)
+            assert done.output == [True, ["ana@x.org", "li@x.org"]]

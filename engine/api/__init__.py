@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from ..client import Engine
 from ..settings import Settings
+from .approvals import router as approvals_router
 from .auth import Auth
 from .body import BodyLimitMiddleware
 from .cors import PublicRoutesCORS
@@ -51,6 +52,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.include_router(workers_router)
     app.include_router(retention_router)
     app.include_router(schedules_router)
+    app.include_router(approvals_router)
     app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 

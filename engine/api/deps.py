@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from ..client import Engine
+from ..errors import AuthError
 from .auth import Auth, Caller
 
 REQUEST_KEY_HEADER = "x-trigger-request-idempotency-key"
@@ -70,6 +71,24 @@ def may_write_token(request: Request) -> Caller:
     return who
 
 
+def may_vote(request: Request) -> Caller:
+    """The secret key, or an approver's link to the approval in the path (403 otherwise)."""
+    who = identify(request)
+    if not who.is_secret:
+        approver_of(who, request.path_params["approval_id"])
+    return who
+
+
+def approver_of(who: Caller, approval_id: str) -> str:
+    """The approver a link votes as: its one ``vote:approvals:<id>:<approver>`` scope (403
+    for a public access token without one for this approval)."""
+    prefix = f"vote:approvals:{approval_id}:"
+    found = [scope.removeprefix(prefix) for scope in who.scopes if scope.startswith(prefix)]
+    if len(found) != 1 or not found[0]:
+        raise AuthError(403, f"this public access token does not vote on approval {approval_id}")
+    return found[0]
+
+
 def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -92,10 +111,17 @@ def token_writer(request: Request, who: Annotated[Caller, Depends(caller)]) -> C
     return may_write_token(request)
 
 
+def voter(request: Request, who: Annotated[Caller, Depends(caller)]) -> Caller:
+    """Whoever may vote on the approval in the path: the secret key (for any approver it
+    names) or one approver's link (as that approver only)."""
+    return may_vote(request)
+
+
 CREDENTIAL_CHECKS: dict[Callable[..., Any], Callable[[Request], Caller]] = {
     caller: may_call,
     secret_caller: may_call_with_secret,
     token_writer: may_write_token,
+    voter: may_vote,
 }
 """Each credential dependency and the check it makes from the headers alone: routes that take
 a body run these first (``body.JSONGuardRoute``), so no byte of the body is read for a caller
@@ -104,6 +130,7 @@ who may not send it."""
 AnyCaller = Annotated[Caller, Depends(caller)]
 SecretCaller = Annotated[Caller, Depends(secret_caller)]
 TokenWriter = Annotated[Caller, Depends(token_writer)]
+Voter = Annotated[Caller, Depends(voter)]
 EngineDep = Annotated[Engine, Depends(engine_of)]
 
 

@@ -26,6 +26,8 @@ from typing_extensions import Unpack
 from ..clock import from_ms
 from ..durations import Timeout, format_duration, to_timedelta
 from ..errors import (
+    ApprovalClosedError,
+    ApprovalNotFoundError,
     ConfigurationError,
     NotFoundError,
     RunNotFoundError,
@@ -36,9 +38,11 @@ from ..errors import (
     TokenNotFoundError,
     TokenNotWaitingError,
     ValidationError,
+    VoteRefusedError,
 )
 from ..keys import SecretKey
 from ..models import (
+    Approval,
     CompletionResult,
     CompletionSource,
     Page,
@@ -62,8 +66,16 @@ from ..options import (
     check_names,
 )
 from ..signing import CallbackSigner
-from ..storage import NewSchedule, PageRequest, RunFilter, ScheduleChange, Storage, TokenFilter
-from .interfaces import Connection, Runs, Schedules, Tasks, Tokens, Workers
+from ..storage import (
+    NewSchedule,
+    NewVote,
+    PageRequest,
+    RunFilter,
+    ScheduleChange,
+    Storage,
+    TokenFilter,
+)
+from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 STREAM_READ_SECONDS = 60.0
 """Longer than the server's keep-alive interval (15 s): a silent stream is a dead one."""
@@ -135,6 +147,7 @@ class HttpConnection(Connection):
         self.workers = HttpWorkers(self.api)
         self.tasks = HttpTasks(self.api)
         self.schedules = HttpSchedules(self.api)
+        self.approvals = HttpApprovals(self.api)
 
     async def open(self) -> None:
         """Nothing to open: httpx connects at the first call."""
@@ -459,6 +472,47 @@ class HttpSchedules(Schedules):
         return [str(name) for name in reply["timezones"]]
 
 
+class HttpApprovals(Approvals):
+    """``/api/v1/approvals`` (ours)."""
+
+    def __init__(self, api: HttpAPI) -> None:
+        self._api = api
+
+    async def retrieve(self, approval_id: str) -> Approval:
+        return Approval.model_validate(await self._api.call("GET", _approval(approval_id)))
+
+    async def _list(
+        self, approver: str | None, run_id: str | None, status: str | None, limit: int
+    ) -> builtins.list[Approval]:
+        params = {"limit": str(limit)}
+        for name, value in (("approver", approver), ("runId", run_id), ("status", status)):
+            if value is not None:
+                params[name] = value
+        reply = await self._api.call("GET", "/api/v1/approvals", params=params)
+        return [Approval.model_validate(item) for item in reply["data"]]
+
+    async def _vote(self, vote: NewVote) -> Approval:
+        body = {
+            "approver": vote.approver,
+            "approve": vote.approve,
+            "data": vote.data,
+            "reason": vote.reason,
+        }
+        reply = await self._api.call("POST", f"{_approval(vote.approval_id)}/votes", json=body)
+        return Approval.model_validate(reply["approval"])
+
+    async def links(
+        self, approval_id: str, *, expires_in: str | timedelta = "7d"
+    ) -> dict[str, str]:
+        body = {"expiresIn": _duration(expires_in)}
+        reply = await self._api.call("POST", f"{_approval(approval_id)}/links", json=body)
+        return {str(k): str(v) for k, v in reply["links"].items()}
+
+
+def _approval(approval_id: str) -> str:
+    return f"/api/v1/approvals/{quote(approval_id, safe='')}"
+
+
 def _schedule(schedule_id: str) -> str:
     return f"/api/v1/schedules/{quote(schedule_id, safe='')}"
 
@@ -470,6 +524,14 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
         body = {}
     message = str(body.get("error", response.text)) if isinstance(body, dict) else response.text
     status = response.status_code
+    if path.startswith("/api/v1/approvals/"):
+        approval_id = path.split("/")[4]
+        if status == 404:
+            return ApprovalNotFoundError(message)
+        if status == 410:
+            return ApprovalClosedError(approval_id, str(body.get("status")), body.get("approved"))
+        if status == 409:
+            return VoteRefusedError(message)
     if status == 404:
         if message == "Waitpoint not found":
             return TokenNotFoundError(f"no waitpoint token at {path}")

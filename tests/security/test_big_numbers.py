@@ -39,6 +39,8 @@ JSON_ROUTES = {
     "POST /api/v1/schedules",
     "PUT /api/v1/schedules/{schedule_id}",
     "POST /api/v1/runs/{run_id}/messages/{topic}/{signature}",
+    "POST /api/v1/approvals/{approval_id}/votes",
+    "POST /api/v1/approvals/{approval_id}/links",
 }
 BODIES = {
     "alone": BIG,
@@ -98,6 +100,7 @@ async def test_a_number_too_long_for_python_is_400_on_every_json_route(
     elif "{signature}" in path:
         path, headers = callback, {"content-type": "application/json"}
     path = path.replace("{schedule_id}", "sched_never_reached")
+    path = path.replace("{approval_id}", "waitpoint_never_reached")
     method = route.split(" ", 1)[0]
     response = await api.request(method, path, content=BODIES[body].encode(), headers=headers)
     assert response.status_code == 400, response.text

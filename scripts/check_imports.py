@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "engine.children",
             "engine.registry",
             "engine.runtime",
+            "engine.notifiers",  # approvals' notifications: outside I/O, called by the engine
         ),
     ),
     ("client", ("engine.client",)),

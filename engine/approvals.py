@@ -13,16 +13,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import anyio
 from pydantic import BaseModel
 
 from .context import Recorded, RunContext
 from .durations import Deadline, Timeout, duration_ms
 from .errors import ValidationError
 from .logs import get_logger
-from .models import ApprovalVote
-from .storage import JournalWrite, NewApproval, Storage
+from .models import ApprovalVote, WaitpointStatus
+from .notifiers import Notifier, NotifyReason
+from .storage import JournalWrite, NewApproval, Notice, Storage
 from .validation import (
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
@@ -32,12 +34,24 @@ from .validation import (
     clean_token_text,
 )
 
+if TYPE_CHECKING:
+    from .client import Engine
+
 log = get_logger("engine.approvals")
 
 MAX_APPROVERS = 100
 FIRE_BATCH = 100
 """Approvals whose reminders or escalations one transaction fires."""
 MAX_FIRING_BATCHES = 50
+NOTICE_BATCH = 20
+"""Notices one worker delivers at once."""
+NOTICE_LEASE_MS = 10 * 60_000
+"""How long a claimed notice is this worker's: longer than a notifier's retries take."""
+NOTICE_ROUNDS = 3
+"""Deliveries of one notice (each with the notifier's own retries) before it gives up."""
+NOTICE_RETRY_MS = 60_000
+LINK_LIFE = "7d"
+"""How long the voting link in a notice works."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +216,49 @@ async def fire_approvals(storage: Storage) -> int | None:
         if next_ms is None or next_ms > storage.now_ms():
             return next_ms
     return storage.now_ms()  # more still due: the next turn goes on
+
+
+async def deliver_notices(engine: Engine, notifier: Notifier, limit: int = NOTICE_BATCH) -> int:
+    """Deliver the notices due (a worker's notice loop): each approver told through
+    ``notifier`` with their own voting link, the outcome recorded. A notice a worker claimed
+    and never recorded (it died) is claimed again once its claim ran out: at least once. A
+    failed delivery is tried again later, ``NOTICE_ROUNDS`` times in all. Returns how many
+    were claimed."""
+    storage = engine.storage
+    notices = await storage.claim_notices(limit, NOTICE_LEASE_MS)
+
+    async def deliver(notice: Notice) -> None:
+        approval = await engine.approvals.retrieve(notice.approval_id)
+        if approval.status is not WaitpointStatus.WAITING:
+            await storage.record_notice(
+                notice, ok=False, channel="none", error="the approval closed first", retry_ms=None
+            )
+            return
+        link = await engine.approvals.link(approval.id, notice.approver, expires_in=LINK_LIFE)
+        reason = cast(NotifyReason, notice.reason)  # written by the storage from that set
+        delivery = await notifier.notify(approval, notice.approver, link, reason)
+        again = not delivery.ok and notice.attempts < NOTICE_ROUNDS
+        await storage.record_notice(
+            notice,
+            ok=delivery.ok,
+            channel=delivery.channel,
+            error=delivery.error,
+            retry_ms=NOTICE_RETRY_MS * notice.attempts if again else None,
+        )
+        log.info(
+            "approval.notified",
+            approval_id=approval.id,
+            approver=notice.approver,
+            reason=notice.reason,
+            ok=delivery.ok,
+            channel=delivery.channel,
+            error=delivery.error,
+        )
+
+    async with anyio.create_task_group() as group:
+        for notice in notices:
+            group.start_soon(deliver, notice)
+    return len(notices)
 
 
 def decision_from(value: dict[str, Any]) -> ApprovalDecision:

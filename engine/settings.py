@@ -64,6 +64,13 @@ class Settings(BaseModel):
     """The version of the task code a worker runs (``waitpoint worker --version``): a run it
     starts records it, and the worker claims only runs of that version or of none. A task's
     own ``@task(version=)`` comes first."""
+    notify_url: str | None = None
+    """Where workers tell approvers that an approval waits for them (``request_approval``):
+    a webhook (``https://...``, signed with ``notify_secret``; a Slack incoming webhook
+    posts Slack's format) or an SMTP server (``smtp://user:pass@host:587?from=...``). Unset:
+    notices wait in the database for a worker that has one."""
+    notify_secret: str | None = None
+    """The webhook signing secret (Standard Webhooks), or the SMTP password."""
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     """FULL survives power loss; NORMAL is faster but may lose the latest acknowledged writes."""
     listen_url: str | None = None

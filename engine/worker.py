@@ -19,13 +19,14 @@ from datetime import timedelta
 
 import anyio
 
-from .approvals import fire_approvals
+from .approvals import deliver_notices, fire_approvals
 from .client import Engine
 from .client.local import follow_public_url
 from .durations import duration_ms
 from .errors import StorageError
 from .logs import get_logger
 from .models import ClaimedRun
+from .notifiers import Notifier, notifier_from_settings
 from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
 from .signing import UNKNOWN_PUBLIC_URL
@@ -86,6 +87,7 @@ class Worker:
         always_replay: bool | None = None,
         version: str | None = None,
         retention: str | timedelta | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.engine = engine
         self.tasks = dict(tasks if tasks is not None else REGISTRY)
@@ -107,6 +109,12 @@ class Worker:
         self.retention_ms = None if kept is None else duration_ms(kept)
         """Delete finished runs and closed tokens older than this (``WAITPOINT_RETENTION``),
         a batch at a time (``_retention_loop``); None: delete nothing."""
+        settings = engine.settings
+        self.notifier = notifier or notifier_from_settings(
+            settings.notify_url, secret=settings.notify_secret
+        )
+        """Tells approvers that an approval waits for them (``WAITPOINT_NOTIFY_URL``); None:
+        the notices wait in the database for a worker that has one."""
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._attempts_by_run: dict[str, _Attempt] = {}
         """Each run this worker is executing, with the record of its attempt of it."""
@@ -180,6 +188,8 @@ class Worker:
             services.start_soon(self._lease_loop)
             if self.retention_ms is not None:
                 services.start_soon(self._retention_loop, self.retention_ms)
+            if self.notifier is not None:
+                services.start_soon(self._notice_loop, self.notifier)
             if not signer.configured:
                 services.start_soon(self._public_url_loop)
             unfollow = storage.follow_work(sorted(self.tasks), self._queued)
@@ -406,6 +416,17 @@ class Worker:
                     )
                 full = PURGE_BATCH in (purged.runs, purged.tokens)
             await anyio.sleep(_BETWEEN_FULL_BATCHES if full else pause)
+
+    async def _notice_loop(self, notifier: Notifier) -> None:
+        """Tell approvers what waits for them: the notices requests, reminders and
+        escalations left in the database, a batch at a time."""
+        while True:
+            sent = 0
+            async with self._surviving(
+                "worker.notices_failed", "worker.notice_loop_failed", pause=self.poll_seconds
+            ):
+                sent = await deliver_notices(self.engine, notifier)
+            await anyio.sleep(0 if sent else self.poll_seconds)
 
     async def _public_url_loop(self) -> None:
         """Follow the address the API server records: callback URLs made here point at where

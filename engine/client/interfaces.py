@@ -22,7 +22,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ..cron import Cron, clean_catch_up, clean_cron, clean_timezone
-from ..errors import RunStateError, ValidationError
+from ..errors import RunStateError, ValidationError, VoteRefusedError
 from ..keys import SecretKey
 from ..models import (
     Approval,
@@ -570,6 +570,17 @@ class Approvals(ABC):
 
     @abstractmethod
     async def _vote(self, vote: NewVote) -> Approval: ...
+
+    async def link(
+        self, approval_id: str, approver: str, *, expires_in: str | timedelta = "7d"
+    ) -> str:
+        """``approver``'s own voting page (``VoteRefusedError`` if the approval does not ask
+        them)."""
+        links = await self.links(approval_id, expires_in=expires_in)
+        person = clean_approver(approver)
+        if person not in links:
+            raise VoteRefusedError(f"{person!r} is not asked by approval {approval_id}")
+        return links[person]
 
     @abstractmethod
     async def links(

@@ -343,6 +343,8 @@ class Approvals(Waits):
             escalated += 1
             added = yield from self._add_approvers(approval_id, people, escalated, "escalated", now)
             told.update(added)
+            detail = {"approval": approval_id, "escalation": escalated, "approvers": added}
+            yield from self._event([row["run_id"]], "approval_escalated", now, detail)
             more = escalated < len(steps)
             next_escalation = row["created_at"] + steps[escalated][0] if more else None
         next_remind = row["next_remind_at"]
@@ -362,6 +364,9 @@ class Approvals(Waits):
             done = {r["approver"] for r in voted} | told
             waiting = [r["approver"] for r in people if r["approver"] not in done]
             yield from self._make_notices(approval_id, waiting, "reminder", now)
+            if waiting:
+                detail = {"approval": approval_id, "approvers": waiting}
+                yield from self._event([row["run_id"]], "approval_reminded", now, detail)
             missed = (now - next_remind) // every + 1  # after downtime: one reminder, not many
             next_remind += missed * every
         yield count(

@@ -1752,19 +1752,29 @@ def tokens_link(
 @tokens_app.command("cancel")
 def tokens_cancel(
     token_id: TokenId,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            metavar="TEXT",
+            help="Why, as plain text (at most 1,000 characters): kept on the token and"
+            " given to the waiting runs.",
+        ),
+    ] = None,
     as_json: AsJson = False,
     database: Database = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError."""
+    """Cancel a WAITING token; runs waiting on it resume with WaitpointCancelledError
+    (whose reason is --reason)."""
     from .console import show_completion
     from .models import CompletionSource
 
     show_completion(
         _run(
             api_url or database,
-            lambda e: e.tokens.cancel(token_id, source=CompletionSource.CLI),
+            lambda e: e.tokens.cancel(token_id, reason, source=CompletionSource.CLI),
             api_key=api_key,
         ),
         as_json,

@@ -183,7 +183,12 @@ class WaitpointTimeoutError(WaitpointError):
 
 
 class WaitpointCancelledError(WaitpointError):
-    """The token was cancelled before anyone completed it."""
+    """The token was cancelled before anyone completed it; ``reason`` is why, as the canceller
+    wrote it (None when they gave none)."""
+
+    def __init__(self, message: str | None = None, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class StepFailedError(EngineError):

@@ -124,6 +124,7 @@ class Token(WireModel):
             "title",
             "description",
             "context",
+            "cancel_reason",
         }
     )
 
@@ -149,6 +150,10 @@ class Token(WireModel):
     created_at: datetime
     data: Any = None
     completed_via: CompletionSource | None = None
+    cancel_reason: str | None = None
+    """Why it was cancelled, as the canceller wrote it (plain text, at most 1,000 characters);
+    None unless it was cancelled with a reason. The waiting run sees it as
+    ``WaitpointCancelledError.reason``."""
     late_completions: list[LateCompletion] | None = None
     """The last completions (at most 10, oldest first) that arrived after the token closed
     (shown on a single token's retrieve). Only the last ones are kept: anyone holding the
@@ -428,7 +433,10 @@ class WaitResult(Generic[T]):
             message = str(token.data.get("message", ""))
         error: WaitpointError
         if token.status is WaitpointStatus.CANCELLED:
-            error = WaitpointCancelledError(message or f"token {token.id} was cancelled")
+            reason = token.cancel_reason
+            if not message:
+                message = f"token {token.id} was cancelled" + (f": {reason}" if reason else "")
+            error = WaitpointCancelledError(message, reason=reason)
         else:
             error = WaitpointTimeoutError(message or f"token {token.id} timed out")
         return WaitResult(ok=False, error=error, token_id=token.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import unicodedata
 from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -161,6 +162,37 @@ def clean_token_context(value: Any) -> dict[str, Any] | None:
             f"context must be at most {MAX_CONTEXT_BYTES} bytes as JSON, got {size}"
         )
     return value or None
+
+
+MAX_CANCEL_REASON_LENGTH = 1000
+_REASON_CONTROLS_ALLOWED = frozenset("\n\t")
+
+
+def clean_cancel_reason(value: Any) -> str | None:
+    """Why a token was cancelled: plain text of 1 to 1,000 characters once the whitespace
+    around it is stripped, with no control characters but line breaks (``\\n``) and tabs.
+    None is no reason; the stripped text is what is kept."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"reason must be a string, got {type(value).__name__}")
+    text = value.strip()
+    limit = MAX_CANCEL_REASON_LENGTH
+    if not text or len(text) > limit:
+        raise ValidationError(
+            f"reason must be 1 to {limit} characters long (surrounding whitespace stripped),"
+            f" got {len(text)}"
+        )
+    bad = next(
+        (c for c in text if unicodedata.category(c) == "Cc" and c not in _REASON_CONTROLS_ALLOWED),
+        None,
+    )
+    if bad is not None:
+        raise ValidationError(
+            f"reason must be plain text: control character U+{ord(bad):04X} at position"
+            f" {text.index(bad)} (only line breaks and tabs are allowed)"
+        )
+    return text
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``/api/v1/waitpoints/tokens``: create, list, retrieve, complete, cancel, and the callback.
+"""``/api/v1/waitpoints/tokens``: create, list, retrieve, complete, cancel (with an optional
+``{"reason": ...}``), and the callback.
 
 Every completion records how it arrived (``api`` with the secret key, ``public-token``,
 ``callback``). One that arrives after the token timed out or was cancelled is refused with
@@ -84,6 +85,19 @@ class CompleteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: Any = None
+
+
+class CancelBody(BaseModel):
+    """Why the token is cancelled (optional: a POST without a body cancels without one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(
+        default=None,
+        description="Ours: why, as plain text of 1 to 1,000 characters once stripped, no"
+        " control characters but line breaks and tabs (else 422); kept on the token"
+        " (cancelReason) and given to the waiting runs",
+    )
 
 
 def _for_sdk(request: Request) -> bool:
@@ -180,9 +194,14 @@ async def callback(
 
 @router.post("/{token_id}/cancel", summary="Cancel a waitpoint token (waiting runs resume)")
 async def cancel_token(
-    token_id: str, request: Request, engine: EngineDep, _: SecretCaller
+    token_id: str,
+    request: Request,
+    engine: EngineDep,
+    _: SecretCaller,
+    body: CancelBody | None = None,
 ) -> dict[str, Any]:
-    result = await engine.tokens.cancel(token_id, source=CompletionSource.API)
+    reason = (body or CancelBody()).reason
+    result = await engine.tokens.cancel(token_id, reason, source=CompletionSource.API)
     return token_json(result.token, for_sdk=_for_sdk(request))
 
 

@@ -75,6 +75,7 @@ from ..storage import (
     Storage,
     TokenFilter,
 )
+from ..validation import clean_cancel_reason
 from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 STREAM_READ_SECONDS = 60.0
@@ -356,10 +357,18 @@ class HttpTokens(Tokens):
         return CompletionResult(bool(reply.get("applied", True)), await self.retrieve(token_id))
 
     async def cancel(
-        self, token_id: str, *, source: CompletionSource = CompletionSource.API
+        self,
+        token_id: str,
+        reason: str | None = None,
+        *,
+        source: CompletionSource = CompletionSource.API,
     ) -> CompletionResult:
+        why = clean_cancel_reason(reason)  # refused here as locally, before anything is sent
         before = await self.retrieve(token_id)
-        reply = await self._api.call("POST", f"/api/v1/waitpoints/tokens/{token_id}/cancel")
+        body = None if why is None else {"reason": why}  # without a reason: no body at all
+        reply = await self._api.call(
+            "POST", f"/api/v1/waitpoints/tokens/{token_id}/cancel", json=body
+        )
         token = Token.model_validate(reply)
         return CompletionResult(
             before.is_waiting and token.status is WaitpointStatus.CANCELLED, token

@@ -342,9 +342,21 @@ class Tokens(ABC):
 
     @abstractmethod
     async def cancel(
-        self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
+        self,
+        token_id: str,
+        reason: str | None = None,
+        *,
+        source: CompletionSource = CompletionSource.PYTHON,
     ) -> CompletionResult:
-        """Cancel a WAITING token: runs waiting on it resume with ``WaitpointCancelledError``."""
+        """Cancel a WAITING token: runs waiting on it resume with ``WaitpointCancelledError``.
+
+        ``reason`` (plain text, 1 to 1,000 characters once stripped, no control characters
+        but line breaks and tabs; else ``ValidationError`` and nothing changes) is kept on
+        the token (``Token.cancel_reason``) and given to the waiting runs
+        (``WaitpointCancelledError.reason``). Cancelling a cancelled token changes nothing
+        (``applied`` False; its first reason stays); a completed or timed-out one raises
+        ``TokenNotWaitingError``.
+        """
 
     @abstractmethod
     async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:

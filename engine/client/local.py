@@ -61,7 +61,7 @@ from ..storage import (
     TokenFilter,
     open_storage,
 )
-from ..validation import validate_against_schema
+from ..validation import clean_cancel_reason, validate_against_schema
 from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 log = get_logger("engine.client")
@@ -433,10 +433,21 @@ class LocalTokens(Tokens):
         )
 
     async def cancel(
-        self, token_id: str, *, source: CompletionSource = CompletionSource.PYTHON
+        self,
+        token_id: str,
+        reason: str | None = None,
+        *,
+        source: CompletionSource = CompletionSource.PYTHON,
     ) -> CompletionResult:
-        result = await self._connection.storage.cancel_token(token_id, source)
-        log.info("token.cancelled", token_id=token_id, applied=result.applied, via=source.value)
+        why = clean_cancel_reason(reason)
+        result = await self._connection.storage.cancel_token(token_id, source, why)
+        log.info(
+            "token.cancelled",
+            token_id=token_id,
+            applied=result.applied,
+            via=source.value,
+            reason=why is not None,
+        )
         return replace(result, token=self._connection.signer.present(result.token))
 
     async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:

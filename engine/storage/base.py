@@ -629,7 +629,14 @@ class Storage(Protocol):
         complete again with ``checked`` set. So an untyped token completes in one call."""
         ...
 
-    async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult: ...
+    async def cancel_token(
+        self, token_id: str, source: CompletionSource, reason: str | None = None
+    ) -> CompletionResult:
+        """Cancel a WAITING token, with ``reason`` (already checked: ``clean_cancel_reason``)
+        kept in its data beside the error's code and message. A token cancelled already is
+        returned as it is (``applied`` False, its first reason kept); a completed or timed-out
+        one raises ``TokenNotWaitingError``."""
+        ...
 
     async def wait_on_token(
         self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0

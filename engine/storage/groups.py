@@ -82,6 +82,7 @@ def as_waiting(token: Token) -> Token:
             "data": None,
             "completed_at": None,
             "completed_via": None,
+            "cancel_reason": None,
         }
     )
 

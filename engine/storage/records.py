@@ -59,6 +59,7 @@ def token_from_row(row: RowLike) -> Token:
     """The token of a ``waitpoints`` row, without its callback URL (``Token.url``)."""
     schema = row["data_schema"]
     via = row["completed_via"]
+    data = load_json(row["data"])
     return Token(
         id=row["id"],
         status=WaitpointStatus(row["status"]),
@@ -69,13 +70,23 @@ def token_from_row(row: RowLike) -> Token:
         expires_at=from_ms_or_none(row["timeout_at"]),
         completed_at=from_ms_or_none(row["completed_at"]),
         created_at=from_ms(row["created_at"]),
-        data=load_json(row["data"]),
+        data=data,
         completed_via=CompletionSource(via) if via else None,
+        cancel_reason=cancel_reason(row["status"], data),
         data_schema=load_json(schema),
         title=_added(row, "title"),
         description=_added(row, "description"),
         context=load_json(_added(row, "context")),
     )
+
+
+def cancel_reason(status: str, data: Any) -> str | None:
+    """The reason a cancelled token was given, kept in its data beside the error's code and
+    message (``{"code": "WAITPOINT_CANCELLED", "message": ..., "reason": ...}``)."""
+    if status != WaitpointStatus.CANCELLED.value or not isinstance(data, dict):
+        return None
+    reason = data.get("reason")
+    return reason if isinstance(reason, str) else None
 
 
 def _added(row: RowLike, column: str) -> Any:

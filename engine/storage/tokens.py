@@ -198,8 +198,14 @@ class Tokens(StorageCore):
             token_id, WaitpointStatus.COMPLETED, text, source, any_schema=False, schema=checked
         )
 
-    async def cancel_token(self, token_id: str, source: CompletionSource) -> CompletionResult:
-        data = {"code": "WAITPOINT_CANCELLED", "message": f"Waitpoint {token_id} was cancelled"}
+    async def cancel_token(
+        self, token_id: str, source: CompletionSource, reason: str | None = None
+    ) -> CompletionResult:
+        message = f"Waitpoint {token_id} was cancelled"
+        data: dict[str, Any] = {"code": "WAITPOINT_CANCELLED", "message": message}
+        if reason is not None:  # checked by the caller (``clean_cancel_reason``)
+            data["message"] = f"{message}: {reason}"
+            data["reason"] = reason
         outcome = await self._close_token(
             token_id, WaitpointStatus.CANCELLED, dump_json(data), source, any_schema=True
         )

@@ -1,6 +1,6 @@
 """The approval inbox: waiting tokens first (soonest expiry on top), then recently closed
-ones; a token's page completes it (a form from its schema), cancels it, or shares it as an
-approval link. Every page here needs a signed-in session."""
+ones; a token's page completes it (a form from its schema), cancels it (with an optional
+reason), or shares it as an approval link. Every page here needs a signed-in session."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from ..api.deps import public_url_of
+from ..errors import ValidationError
 from ..models import CompletionSource, Token, WaitpointStatus
 from .completion import prepare, submit
 from .forms import Reading
@@ -64,6 +65,8 @@ def _token_page(
 ) -> Response:
     extra.setdefault("reading", Reading())
     extra.setdefault("link", None)
+    extra.setdefault("cancel_error", None)
+    extra.setdefault("cancel_reason", "")
     return ui_of(request).renderer.page(
         request,
         "token.html",
@@ -92,8 +95,26 @@ async def complete(request: Request, token_id: str, _: SignedIn, __: SameSite) -
 
 @router.post("/{token_id}/cancel")
 async def cancel(request: Request, token_id: str, _: SignedIn, __: SameSite) -> Response:
-    await engine_of(request).tokens.cancel(token_id, source=CompletionSource.UI)
+    engine = engine_of(request)
+    typed = await _reason_typed(request)
+    # a field left blank is no reason; a browser sends a textarea's line breaks as CRLF
+    reason = typed.replace("\r\n", "\n") if typed.strip() else None
+    try:
+        await engine.tokens.cancel(token_id, reason, source=CompletionSource.UI)
+    except ValidationError as exc:  # the reason: shown by its field, the token left WAITING
+        token = await engine.tokens.retrieve(token_id)
+        return _token_page(
+            request, token, status_code=422, cancel_error=str(exc), cancel_reason=typed
+        )
     return RedirectResponse(f"/ui/tokens/{token_id}", status_code=303, headers=PAGE_HEADERS)
+
+
+async def _reason_typed(request: Request) -> str:
+    """The cancel form's ``reason`` field as typed ("" when the post has no body: a cancel
+    button without the field, as before reasons)."""
+    if not (await request.body()).strip():
+        return ""
+    return dict(await form_pairs(request)).get("reason", "")
 
 
 @router.post("/{token_id}/link")

@@ -164,20 +164,20 @@ def clean_token_context(value: Any) -> dict[str, Any] | None:
     return value or None
 
 
-MAX_CANCEL_REASON_LENGTH = 1000
+MAX_REASON_LENGTH = 1000
 _REASON_CONTROLS_ALLOWED = frozenset("\n\t")
 
 
-def clean_cancel_reason(value: Any) -> str | None:
-    """Why a token was cancelled: plain text of 1 to 1,000 characters once the whitespace
-    around it is stripped, with no control characters but line breaks (``\\n``) and tabs.
-    None is no reason; the stripped text is what is kept."""
+def clean_reason(value: Any) -> str | None:
+    """Why a token was cancelled, or why a vote rejects: plain text of 1 to 1,000 characters
+    once the whitespace around it is stripped, with no control characters but line breaks
+    (``\\n``) and tabs. None is no reason; the stripped text is what is kept."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValidationError(f"reason must be a string, got {type(value).__name__}")
     text = value.strip()
-    limit = MAX_CANCEL_REASON_LENGTH
+    limit = MAX_REASON_LENGTH
     if not text or len(text) > limit:
         raise ValidationError(
             f"reason must be 1 to {limit} characters long (surrounding whitespace stripped),"
@@ -330,7 +330,6 @@ async def off_the_loop(check: Callable[[], T], what: str) -> T:
 
 MAX_APPROVER_LENGTH = 320
 """An e-mail address is at most 320 characters; an approver is an identity like one."""
-MAX_REASON_LENGTH = 1000
 
 
 def clean_approver(value: Any) -> str:
@@ -344,14 +343,3 @@ def clean_approver(value: Any) -> str:
     if any(c.isspace() for c in person):
         raise ValidationError(f"an approver has no spaces: {person!r}")
     return person
-
-
-def clean_reason(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError("a reason must be text")
-    reason = value.strip()
-    if not reason or len(reason) > MAX_REASON_LENGTH:
-        raise ValidationError(f"a reason is 1-{MAX_REASON_LENGTH} characters")
-    return reason

@@ -75,7 +75,7 @@ from ..storage import (
     Storage,
     TokenFilter,
 )
-from ..validation import clean_cancel_reason
+from ..validation import clean_reason
 from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 STREAM_READ_SECONDS = 60.0
@@ -363,7 +363,7 @@ class HttpTokens(Tokens):
         *,
         source: CompletionSource = CompletionSource.API,
     ) -> CompletionResult:
-        why = clean_cancel_reason(reason)  # refused here as locally, before anything is sent
+        why = clean_reason(reason)  # refused here as locally, before anything is sent
         before = await self.retrieve(token_id)
         body = None if why is None else {"reason": why}  # without a reason: no body at all
         reply = await self._api.call(

@@ -61,7 +61,7 @@ from ..storage import (
     TokenFilter,
     open_storage,
 )
-from ..validation import clean_cancel_reason, validate_against_schema
+from ..validation import clean_reason, validate_against_schema
 from .interfaces import Approvals, Connection, Runs, Schedules, Tasks, Tokens, Workers
 
 log = get_logger("engine.client")
@@ -439,7 +439,7 @@ class LocalTokens(Tokens):
         *,
         source: CompletionSource = CompletionSource.PYTHON,
     ) -> CompletionResult:
-        why = clean_cancel_reason(reason)
+        why = clean_reason(reason)
         result = await self._connection.storage.cancel_token(token_id, source, why)
         log.info(
             "token.cancelled",

@@ -632,7 +632,7 @@ class Storage(Protocol):
     async def cancel_token(
         self, token_id: str, source: CompletionSource, reason: str | None = None
     ) -> CompletionResult:
-        """Cancel a WAITING token, with ``reason`` (already checked: ``clean_cancel_reason``)
+        """Cancel a WAITING token, with ``reason`` (already checked: ``clean_reason``)
         kept in its data beside the error's code and message. A token cancelled already is
         returned as it is (``applied`` False, its first reason kept); a completed or timed-out
         one raises ``TokenNotWaitingError``."""

@@ -203,7 +203,7 @@ class Tokens(StorageCore):
     ) -> CompletionResult:
         message = f"Waitpoint {token_id} was cancelled"
         data: dict[str, Any] = {"code": "WAITPOINT_CANCELLED", "message": message}
-        if reason is not None:  # checked by the caller (``clean_cancel_reason``)
+        if reason is not None:  # checked by the caller (``clean_reason``)
             data["message"] = f"{message}: {reason}"
             data["reason"] = reason
         outcome = await self._close_token(

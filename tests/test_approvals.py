@@ -227,8 +227,8 @@ async def start_worker_on() -> Any:
 
     running: list[tuple[Worker, asyncio.Task[None]]] = []
 
-    async def start(engine: Engine, tasks: list[TaskDefinition]) -> Worker:
-        worker = Worker(engine, {t.id: t for t in tasks}, poll_seconds=0.05)
+    async def start(engine: Engine, tasks: list[TaskDefinition], **options: Any) -> Worker:
+        worker = Worker(engine, {t.id: t for t in tasks}, poll_seconds=0.05, **options)
         runner = asyncio.create_task(worker.run())
         await asyncio.wait_for(worker.started.wait(), 5)
         running.append((worker, runner))
@@ -396,3 +396,62 @@ async def test_the_remote_engine_lists_votes_and_links_through_the_api(tmp_path:
                 await remote.approvals.retrieve("waitpoint_nope")
             done = await remote.wait_for_run(run.id, timeout=30)
             assert done.output == [True, ["ana@x.org", "li@x.org"]]
+
+
+class Recorder:
+    """A notifier that keeps what it was asked to send (and fails the first ``fail`` times)."""
+
+    def __init__(self, fail: int = 0, expect: int = 1) -> None:
+        self.sent: list[tuple[str, str, str, str]] = []
+        self.fail = fail
+        self.expect = expect
+        self.all_sent = asyncio.Event()
+
+    async def notify(self, approval: Any, approver: str, link: str, reason: Any) -> Any:
+        from datetime import UTC, datetime
+
+        from engine.notifiers import Delivery
+
+        ok = self.fail <= 0
+        self.fail -= 1
+        if ok:
+            self.sent.append((approval.title, approver, link, reason))
+            if len(self.sent) >= self.expect:
+                self.all_sent.set()
+        return Delivery(
+            channel="recorder",
+            approver=approver,
+            reason=reason,
+            attempts=1,
+            ok=ok,
+            error=None if ok else "the test said no",
+            at=datetime.now(UTC),
+        )
+
+
+async def test_a_worker_tells_each_approver_through_its_notifier_with_their_own_link(
+    db_url: str, start_worker_on: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    from engine import Settings
+    from engine.api.auth import Auth
+
+    key = "wp_test_" + "k" * 40
+    settings = Settings(
+        database_url=db_url, api_url=None, secret_key=key, public_url="http://127.0.0.1:8030"
+    )
+    monkeypatch.setattr("engine.approvals.NOTICE_RETRY_MS", 0)
+    recorder = Recorder(fail=1, expect=3)  # one delivery fails: its notice is sent again later
+    async with Engine(settings=settings) as engine:
+        await start_worker_on(engine, TASKS, notifier=recorder)
+        _, approval_id = await _asked(engine, {})
+        await asyncio.wait_for(recorder.all_sent.wait(), 20)
+        assert sorted(person for _, person, _, _ in recorder.sent) == PEOPLE
+        assert {reason for _, _, _, reason in recorder.sent} == {"requested"}
+        for title, person, link, _ in recorder.sent:
+            assert title == "Refund order 42 (19.99 EUR)"
+            assert link.startswith(f"http://127.0.0.1:8030/ui/vote/{approval_id}?t=")
+            ticket = parse_qs(urlparse(link).query)["t"][0]  # opens this approval as them only
+            scopes = Auth(key).caller(f"Bearer {ticket}").scopes
+            assert scopes == {f"vote:approvals:{approval_id}:{person}"}

@@ -455,3 +455,27 @@ async def test_a_worker_tells_each_approver_through_its_notifier_with_their_own_
             ticket = parse_qs(urlparse(link).query)["t"][0]  # opens this approval as them only
             scopes = Auth(key).caller(f"Bearer {ticket}").scopes
             assert scopes == {f"vote:approvals:{approval_id}:{person}"}
+
+
+async def test_purging_a_finished_run_deletes_its_approval_with_it(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    from datetime import timedelta
+
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {"quorum": 1})
+    await engine.approvals.vote(approval_id, "ana@example.com")
+    await engine.wait_for_run(run_id, timeout=20)
+    await asyncio.sleep(0.01)  # older than the millisecond it finished in
+    purged = await engine.purge(timedelta(milliseconds=1))
+    assert purged.runs == 1
+    with pytest.raises(ApprovalNotFoundError):
+        await engine.approvals.retrieve(approval_id)
+    for table in ("approvals", "approval_approvers", "approval_votes", "approval_notices"):
+        column = "id" if table == "approvals" else "approval_id"
+        from engine.storage.sql import rows
+
+        left = await engine.storage._read(  # type: ignore[attr-defined]
+            rows(f"SELECT count(*) AS n FROM {table} WHERE {column} = :id", id=approval_id)
+        )
+        assert left[0]["n"] == 0, table

@@ -5,9 +5,10 @@ With ``WAITPOINT_RETENTION`` every worker purges a batch now and then (``Worker`
 transaction, so SQLite's writer and PostgreSQL's row locks are held briefly. What goes:
 
 - a finished run (a final status, finished before the cutoff) and every row keyed by its id:
-  its journal, its events, its edges (``run_waits``) and the waitpoints it made for its own
-  waits (sleeps, group deadlines and waits on child runs: DATETIME and RUN waitpoints, which
-  only the run that made them waits on);
+  its journal, its events, its messages, its edges (``run_waits``), the waitpoints it made
+  for its own waits (sleeps, group deadlines, receives, approvals and waits on child runs:
+  every kind but a token, which only the run that made them waits on) and its approvals'
+  approvers, votes and notices;
 - a closed token (a MANUAL waitpoint closed before the cutoff) and its late completions.
 
 What stays, however old, because someone may still read it:
@@ -123,6 +124,17 @@ class Retention(StorageCore):
             "events": count(f"DELETE FROM run_events WHERE run_id {q.in_('ids')}", ids=ids),
             "messages": count(f"DELETE FROM run_messages WHERE run_id {q.in_('ids')}", ids=ids),
             "edges": count(f"DELETE FROM run_waits WHERE run_id {q.in_('ids')}", ids=ids),
+            # an approval's rows go with the run that requested it (children before the
+            # approval: SQLite runs these in turn)
+            **{
+                table: count(
+                    f"DELETE FROM {table} WHERE approval_id IN"
+                    f" (SELECT id FROM approvals WHERE run_id {q.in_('ids')})",
+                    ids=ids,
+                )
+                for table in ("approval_votes", "approval_approvers", "approval_notices")
+            },
+            "approvals": count(f"DELETE FROM approvals WHERE run_id {q.in_('ids')}", ids=ids),
             # created_by_key: the waitpoints_made_by index holds only rows that have one (every
             # waitpoint a run's call made has)
             "made": count(

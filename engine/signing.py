@@ -11,6 +11,8 @@
   token>``; the ``t`` grants exactly what the token's ``x-trigger-jwt`` grants.
 - **Sign-in tickets and sessions** (``SignedCredentials``): HMAC-signed claims with a purpose,
   a nonce and an expiry, for the dashboard's one-click sign-in link and its session cookie.
+- **Decision receipts** (``engine.receipts``): a closed token's outcome, signed with a key
+  derived from the signing secret (``CallbackSigner.secrets``) for receipts alone.
 
 The facade (``engine.client``), the API and the dashboard all import these from here, so a
 script that makes an approval link loads neither FastAPI nor Jinja2.
@@ -69,6 +71,8 @@ class CallbackSigner:
     def __init__(self, public_url: str | None, secret: str, previous: str | None = None) -> None:
         self.public_url = public_url
         self.configured = public_url is not None
+        self.secrets = keys.SigningSecrets(secret, previous or None)
+        """The signing secrets themselves: what keys derived from them (receipts) start from."""
         self._key = secret.encode()
         self._previous = previous.encode() if previous else None
 

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "engine.private_files",
             "engine.validation",
             "engine.signing",
+            "engine.receipts",
             "engine.current",
             "engine.cron",
         ),

@@ -1779,3 +1779,88 @@ def tokens_cancel(
         ),
         as_json,
     )
+
+
+@tokens_app.command("receipt")
+def tokens_receipt(
+    token_id: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="TOKEN_ID",
+            help="The closed token's id (waitpoint_...); with --verify, the token the receipt"
+            " must be of.",
+            show_default=False,
+        ),
+    ] = None,
+    verify: Annotated[
+        str | None,
+        typer.Option(
+            "--verify",
+            metavar="FILE",
+            help="Check a saved receipt instead (- reads standard input): prints 'valid', or"
+            " fails with the reason.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            metavar="FILE",
+            help="Write the receipt to FILE instead of printing it.",
+            show_default=False,
+        ),
+    ] = None,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Print the signed receipt of a closed token: how and when it closed, by which route,
+    and the SHA-256 of its data, signed by the server. Keep it to prove the decision.
+
+    With --verify FILE, check a receipt kept earlier: it must be signed with this server's
+    secret key (or the previous one, during a key rotation) and unchanged.
+    """
+    if verify is not None:
+        if output is not None:
+            raise _fail("--output writes a receipt; it does not go with --verify")
+        with _user_errors():
+            receipt = _read_receipt(verify)
+        _run(api_url or database, lambda e: e.tokens.verify_receipt(receipt), api_key=api_key)
+        if token_id is not None and receipt.get("tokenId") != token_id:
+            raise _fail(f"the receipt is valid, but of token {receipt['tokenId']}, not {token_id}")
+        print("valid")
+        return
+    if token_id is None:
+        raise _fail("give the TOKEN_ID of a closed token, or --verify FILE to check a receipt")
+    wanted = token_id
+    made = _run(api_url or database, lambda e: e.tokens.receipt(wanted), api_key=api_key)
+    text = json.dumps(made, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with _user_errors():
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ValidationError(
+                f"--output: cannot write {output}: {exc.strerror or exc}"
+            ) from None
+
+
+def _read_receipt(path: str) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (``-``: standard input), for ``--verify``."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValidationError(f"--verify: cannot read {path}: {reason}") from None
+    try:
+        receipt = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValidationError(f"--verify: {path} is not JSON: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ValidationError(f"--verify: {path} is not acceptable JSON: {exc}") from None
+    if not isinstance(receipt, dict):
+        raise ValidationError(f"--verify: {path} holds no receipt (a receipt is a JSON object)")
+    return receipt

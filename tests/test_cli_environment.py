@@ -344,6 +344,7 @@ DATABASE_COMMANDS = [
     ["tokens", "complete", "waitpoint_x"],
     ["tokens", "link", "waitpoint_x"],
     ["tokens", "cancel", "waitpoint_x"],
+    ["tokens", "receipt", "waitpoint_x"],
     ["runs", "list"],
     ["runs", "get", "run_x"],
     ["runs", "timeline", "run_x"],

@@ -20,6 +20,7 @@ from .cors import PublicRoutesCORS
 from .docs import router as docs_router
 from .limits import CredentialLimitMiddleware, FailureLimiter
 from .problems import install_problem_handlers
+from .receipts import router as receipts_router
 from .retention import router as retention_router
 from .runs import router as runs_router
 from .schedules import router as schedules_router
@@ -48,6 +49,7 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     install_problem_handlers(app)
     app.include_router(streams_router)  # before tokens: /tokens/stream is not a token id
     app.include_router(tokens_router)
+    app.include_router(receipts_router)
     app.include_router(runs_router)
     app.include_router(workers_router)
     app.include_router(retention_router)

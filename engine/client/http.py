@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -373,6 +373,17 @@ class HttpTokens(Tokens):
         return CompletionResult(
             before.is_waiting and token.status is WaitpointStatus.CANCELLED, token
         )
+
+    async def receipt(self, token_id: str) -> dict[str, Any]:
+        """Asks the server, which holds the key receipts are signed with."""
+        path = f"/api/v1/waitpoints/tokens/{quote(token_id, safe='')}/receipt"
+        reply: dict[str, Any] = await self._api.call("GET", path)
+        return reply
+
+    async def verify_receipt(self, receipt: Mapping[str, Any]) -> None:
+        """Asks the server: 200 if valid, else 422 with the reason (``ValidationError``)."""
+        body = dict(receipt) if isinstance(receipt, Mapping) else receipt  # the server says why
+        await self._api.call("POST", "/api/v1/waitpoints/receipts/verify", json=body)
 
     async def approval_link(self, token_id: str, expires_in: str | timedelta = "24h") -> str:
         """Asks the server, which signs the link and knows its own public URL."""

@@ -15,7 +15,14 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -365,6 +372,21 @@ class Tokens(ABC):
         Whoever opens the link can complete this one token (and nothing else) until it
         expires (at most 30 days); treat it like a password.
         """
+
+    @abstractmethod
+    async def receipt(self, token_id: str) -> dict[str, Any]:
+        """The signed decision receipt of a closed token (``engine.receipts``): how it closed,
+        when, by which route, the SHA-256 of its data, signed by the server.
+
+        A token still WAITING has no decision yet: ``RunStateError``. Keep the receipt as it
+        is (a JSON object): ``verify_receipt`` checks it later.
+        """
+
+    @abstractmethod
+    async def verify_receipt(self, receipt: Mapping[str, Any]) -> None:
+        """Return if ``receipt`` was signed by this server (with its secret key, or the
+        previous one it still accepts) and is unchanged; else ``ValidationError`` saying what
+        is wrong (a missing field, an unknown key, a bad signature)."""
 
     @abstractmethod
     async def unreachable_urls(self) -> str | None:

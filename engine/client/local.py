@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from typing_extensions import Unpack
 
 from .. import completion
-from ..clock import Clock
+from ..clock import Clock, from_ms
 from ..cron import timezones
 from ..durations import duration_ms
 from ..errors import ConfigurationError, TaskNotFoundError, ValidationError
@@ -39,6 +39,7 @@ from ..models import (
     WorkerInfo,
 )
 from ..options import TokenOptions, TriggerOptions
+from ..receipts import make_receipt, verify_receipt
 from ..registry import REGISTRY
 from ..requests import run_request, timeline, token_request, waited_on
 from ..settings import Settings
@@ -457,6 +458,18 @@ class LocalTokens(Tokens):
         await self.retrieve(token_id)
         tokens, public_url = await self._connection.link_signing()
         return approval_url(public_url, tokens, token_id, expires_in)
+
+    async def receipt(self, token_id: str) -> dict[str, Any]:
+        """Signed here, with the signing secret's receipt key (``engine.receipts``)."""
+        connection = self._connection
+        token = await connection.storage.get_token(token_id)
+        now = from_ms(connection.storage.now_ms())
+        receipt = make_receipt(token, connection.signer.secrets, now)
+        log.info("token.receipt_issued", token_id=token_id, key_id=receipt["keyId"])
+        return receipt
+
+    async def verify_receipt(self, receipt: Mapping[str, Any]) -> None:
+        verify_receipt(receipt, self._connection.signer.secrets)
 
     async def unreachable_urls(self) -> str | None:
         if self._connection.signer.public_url is not None:

@@ -9,7 +9,7 @@ by signing in with the secret key once (``sessions``); an approval link needs on
 server-signed session and the links hold public access tokens scoped to one token.
 
     signin       /ui/login, /ui/logout
-    token_pages  /ui/tokens (the inbox), /ui/tokens/{id} (complete, cancel, share)
+    token_pages  /ui/tokens (the inbox), /ui/tokens/{id} (complete, cancel, share, receipt)
     run_pages    /ui/runs, /ui/runs/{id} (timeline; cancel, pause, resume)
     schedule_pages  /ui/schedules (each schedule's next five ticks)
     approve      /ui/approve/{id}?t=... (standalone, no session)

@@ -1,9 +1,11 @@
 """The approval inbox: waiting tokens first (soonest expiry on top), then recently closed
 ones; a token's page completes it (a form from its schema), cancels it (with an optional
-reason), or shares it as an approval link. Every page here needs a signed-in session."""
+reason), or shares it as an approval link; a closed one's page offers its signed receipt as
+a download. Every page here needs a signed-in session."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -123,3 +125,15 @@ async def share(request: Request, token_id: str, _: SignedIn, __: SameSite) -> R
     expires_in = dict(await form_pairs(request)).get("expires_in") or DEFAULT_EXPIRES_IN
     link = approval_url(public_url_of(request), ui_of(request).auth, token_id, expires_in)
     return _token_page(request, token, link=link)
+
+
+@router.get("/{token_id}/receipt")
+async def download_receipt(request: Request, token_id: str, _: SignedIn) -> Response:
+    """The closed token's signed receipt as a file to keep (``engine.receipts``)."""
+    receipt = await engine_of(request).tokens.receipt(token_id)
+    name = f"receipt-{receipt['tokenId']}.json"  # a real id: unknown ones were refused above
+    return Response(
+        json.dumps(receipt, indent=2, ensure_ascii=False) + "\n",
+        media_type="application/json",
+        headers={**PAGE_HEADERS, "Content-Disposition": f"attachment; filename={name}"},
+    )

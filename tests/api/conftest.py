@@ -133,7 +133,7 @@ def _is_token_route(request: httpx.Request) -> bool:
         return False
     rest = path[len(TOKENS) :].strip("/").split("/")
     if request.method == "GET":
-        return True  # list or retrieve
+        return len(rest) == 1  # list or retrieve (not a token's receipt)
     return request.method == "POST" and len(rest) == 2 and rest[1] == "cancel"
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from .errors import RunStateError, ValidationError
 from .keys import SigningSecrets
-from .models import CompletionSource, Token, WaitpointStatus
+from .models import Approval, ApprovalVote, CompletionSource, Token, WaitpointStatus
 
 RECEIPT_TYPE = "waitpoint.receipt"
 RECEIPT_VERSION = 1
@@ -301,3 +301,46 @@ __all__ = [
     "receipt_key",
     "verify_receipt",
 ]
+
+
+def approval_receipts(
+    approval: Approval, secrets: SigningSecrets, now: datetime
+) -> list[dict[str, Any]]:
+    """The receipts of a closed approval: one for the decision (``dataSha256`` of how it
+    closed: ``{"approved": ...}``), then one for each vote that counted, naming its approver
+    (``answeredBy``) and the link it came through (``linkId``), its ``dataSha256`` over
+    ``{"approve", "data", "reason"}``. ``RunStateError`` while it is open."""
+    if approval.status is WaitpointStatus.WAITING:
+        raise RunStateError(
+            f"approval {approval.id} is still WAITING: it has no decision yet, so no receipt"
+        )
+    decided = Token(
+        id=approval.id,
+        status=approval.status,
+        title=approval.title,
+        created_at=approval.created_at,
+        completed_at=approval.completed_at,
+        completed_via=CompletionSource.TIMEOUT
+        if approval.status is WaitpointStatus.TIMED_OUT
+        else (approval.votes[-1].via if approval.votes else None),
+        data={"approved": bool(approval.approved)},
+    )
+    receipts = [make_receipt(decided, secrets, now)]
+    for vote in approval.votes:
+        voted = decided.model_copy(
+            update={
+                "status": WaitpointStatus.COMPLETED,
+                "completed_at": vote.at,
+                "completed_via": vote.via,
+                "data": vote_data(vote),
+            }
+        )
+        receipts.append(
+            make_receipt(voted, secrets, now, answered_by=vote.approver, link_id=vote.link_id)
+        )
+    return receipts
+
+
+def vote_data(vote: ApprovalVote) -> dict[str, Any]:
+    """What a vote's receipt hashes (``dataSha256``): its answer, data and reason."""
+    return {"approve": vote.approve, "data": vote.data, "reason": vote.reason}

@@ -17,11 +17,13 @@ from engine import (
     ApprovalClosedError,
     ApprovalNotFoundError,
     Engine,
+    RunStateError,
     TaskDefinition,
     ValidationError,
     VoteRefusedError,
     request_approval,
 )
+from engine.receipts import data_sha256
 
 from .conftest import StartWorker, wait_for_status
 
@@ -93,6 +95,16 @@ async def test_two_of_three_approve_past_one_rejection(
     with pytest.raises(ApprovalClosedError, match="was approved"):
         await engine.approvals.vote(approval_id, "ana@example.com", approve=True)
     assert len((await engine.approvals.retrieve(approval_id)).votes) == 3  # the late one aside
+    receipts = await engine.approvals.receipts(approval_id)  # the decision's, then each vote's
+    assert [r["answeredBy"] for r in receipts] == [None, *PEOPLE]
+    assert receipts[0]["dataSha256"] == data_sha256({"approved": True})
+    rejection = {"approve": False, "data": None, "reason": "photos are blurry"}
+    assert receipts[1]["dataSha256"] == data_sha256(rejection)
+    for receipt in receipts:
+        await engine.tokens.verify_receipt(receipt)
+    forged = {**receipts[1], "answeredBy": "li@example.com"}
+    with pytest.raises(ValidationError, match="bad signature"):
+        await engine.tokens.verify_receipt(forged)
 
 
 async def test_any_rejection_rejects_with_its_reason(
@@ -179,6 +191,8 @@ async def test_the_deadline_closes_it_as_timed_out(
     [approval] = await engine.approvals.list(run_id=run.id)
     with pytest.raises(ApprovalClosedError, match="timed out"):
         await engine.approvals.vote(approval.id, "ana@example.com")
+    [decided] = await engine.approvals.receipts(approval.id)
+    assert decided["status"] == "TIMED_OUT" and decided["completedVia"] == "timeout"
 
 
 @pytest.mark.parametrize(
@@ -321,6 +335,8 @@ async def test_the_rest_routes_list_vote_and_link_and_refuse_what_cannot_count(
 
     await start_worker(TASKS)
     run_id, approval_id = await _asked(engine, {"quorum": 3})
+    with pytest.raises(RunStateError, match="no decision yet"):
+        await engine.approvals.receipts(approval_id)
     async with api_client(engine) as api:
         listed = await api.get("/api/v1/approvals", params={"runId": run_id}, headers=AUTH)
         assert [a["id"] for a in listed.json()["data"]] == [approval_id]
@@ -394,6 +410,10 @@ async def test_the_remote_engine_lists_votes_and_links_through_the_api(tmp_path:
                 await remote.approvals.vote(approval.id, "li@x.org", approve=False)
             with pytest.raises(ApprovalNotFoundError):
                 await remote.approvals.retrieve("waitpoint_nope")
+            receipts = await remote.approvals.receipts(approval.id)
+            assert [r["answeredBy"] for r in receipts] == [None, "ana@x.org", "li@x.org"]
+            for receipt in receipts:
+                await remote.tokens.verify_receipt(receipt)
             done = await remote.wait_for_run(run.id, timeout=30)
             assert done.output == [True, ["ana@x.org", "li@x.org"]]
 

@@ -66,6 +66,11 @@ async def retrieve_approval(approval_id: str, engine: EngineDep, _: SecretCaller
     return approval_json(await engine.approvals.retrieve(approval_id))
 
 
+@router.get("/{approval_id}/receipts", summary="The signed receipts of a closed approval (ours)")
+async def receipts(approval_id: str, engine: EngineDep, _: SecretCaller) -> dict[str, Any]:
+    return {"data": await engine.approvals.receipts(approval_id)}
+
+
 @router.post("/{approval_id}/votes", summary="Vote on an approval")
 async def vote(
     approval_id: str,

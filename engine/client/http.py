@@ -521,6 +521,10 @@ class HttpApprovals(Approvals):
         reply = await self._api.call("POST", f"{_approval(vote.approval_id)}/votes", json=body)
         return Approval.model_validate(reply["approval"])
 
+    async def receipts(self, approval_id: str) -> builtins.list[dict[str, Any]]:
+        reply = await self._api.call("GET", f"{_approval(approval_id)}/receipts")
+        return [dict(item) for item in reply["data"]]
+
     async def links(
         self, approval_id: str, *, expires_in: str | timedelta = "7d"
     ) -> dict[str, str]:
@@ -550,7 +554,7 @@ def _error_of(response: httpx.Response, path: str) -> Exception:
             return ApprovalNotFoundError(message)
         if status == 410:
             return ApprovalClosedError(approval_id, str(body.get("status")), body.get("approved"))
-        if status == 409:
+        if status == 409 and path.endswith("/votes"):
             return VoteRefusedError(message)
     if status == 404:
         if message == "Waitpoint not found":

@@ -617,6 +617,12 @@ class Approvals(ABC):
         return links[person]
 
     @abstractmethod
+    async def receipts(self, approval_id: str) -> builtins.list[dict[str, Any]]:
+        """The signed receipts of a closed approval (``engine.receipts.approval_receipts``):
+        the decision's, then each counted vote's with its approver and link; each verifies
+        with ``engine.tokens.verify_receipt`` (``RunStateError`` while it is open)."""
+
+    @abstractmethod
     async def links(
         self, approval_id: str, *, expires_in: str | timedelta = "7d"
     ) -> dict[str, str]:

@@ -39,7 +39,7 @@ from ..models import (
     WorkerInfo,
 )
 from ..options import TokenOptions, TriggerOptions
-from ..receipts import make_receipt, verify_receipt
+from ..receipts import approval_receipts, make_receipt, verify_receipt
 from ..registry import REGISTRY
 from ..requests import run_request, timeline, token_request, waited_on
 from ..settings import Settings
@@ -583,6 +583,12 @@ class LocalApprovals(Approvals):
             status=approval.status.value,
         )
         return approval
+
+    async def receipts(self, approval_id: str) -> builtins.list[dict[str, Any]]:
+        connection = self._connection
+        approval = await self.retrieve(approval_id)
+        now = from_ms(connection.storage.now_ms())
+        return approval_receipts(approval, connection.signer.secrets, now)
 
     async def links(
         self, approval_id: str, *, expires_in: str | timedelta = "7d"

@@ -27,6 +27,7 @@ TASK = "big-numbers"
 JSON_ROUTES = {
     "POST /api/v1/waitpoints/tokens",
     "POST /api/v1/waitpoints/tokens/{token_id}/complete",
+    "POST /api/v1/waitpoints/tokens/{token_id}/cancel",
     "POST /api/v1/waitpoints/tokens/{token_id}/callback/{signature}",
     "POST /api/v1/tasks/{task_id}/trigger",
     "POST /api/v1/waitpoints/tokens/{token_id}/approval-link",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the rest loads where a command uses it: --help reads only t
     from .client import Engine
     from .keys import SecretKey
     from .models import (
+        Approval,
         BulkResult,
         CompletionResult,
         Page,
@@ -62,7 +63,11 @@ schedules_app = Typer(
 app.add_typer(runs_app, name="runs")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(tasks_app, name="tasks")
+approvals_app = Typer(
+    no_args_is_help=True, help="List approvals, vote, hand out voting links, print receipts."
+)
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(approvals_app, name="approvals")
 
 Database = Annotated[
     str | None,
@@ -1864,3 +1869,124 @@ def _read_receipt(path: str) -> dict[str, Any]:
     if not isinstance(receipt, dict):
         raise ValidationError(f"--verify: {path} holds no receipt (a receipt is a JSON object)")
     return receipt
+
+
+ApprovalId = Annotated[str, typer.Argument(metavar="APPROVAL_ID", help="The approval's id.")]
+
+
+@approvals_app.command("list")
+def approvals_list(
+    approver: Annotated[
+        str | None,
+        typer.Option("--approver", metavar="WHO", help="Only those asking this approver."),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option("--run", metavar="RUN_ID", help="Only this run's.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", metavar="STATUS", help="WAITING, COMPLETED or TIMED_OUT."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="At most N (1-100).")] = 25,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List approvals, newest first, with their votes against the quorum."""
+    from .console import show_approvals
+
+    found = _run(
+        api_url or database,
+        lambda e: e.approvals.list(approver=approver, run_id=run, status=status, limit=limit),
+        api_key=api_key,
+    )
+    show_approvals(found, as_json)
+
+
+@approvals_app.command("get")
+def approvals_get(
+    approval_id: ApprovalId,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Show an approval: whom it asks, its rules and every vote."""
+    from .console import show
+
+    found = _run(api_url or database, lambda e: e.approvals.retrieve(approval_id), api_key=api_key)
+    show(found, as_json)
+
+
+@approvals_app.command("vote")
+def approvals_vote(
+    approval_id: ApprovalId,
+    approver: Annotated[str, typer.Option("--as", metavar="WHO", help="The approver who votes.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
+    data: Annotated[
+        str | None, typer.Option("--data", metavar="JSON", help="What the schema asks for.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", metavar="TEXT", help="Why (1-1000 characters).")
+    ] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Cast an approver's vote (for the approver: their link is the usual way)."""
+    from .console import show
+    from .models import CompletionSource
+
+    def vote(engine: Engine) -> Awaitable[Approval]:
+        return engine.approvals.vote(
+            approval_id,
+            approver,
+            approve=not reject,
+            data=_json_option(data, "--data"),
+            reason=reason,
+            source=CompletionSource.CLI,
+        )
+
+    show(_run(api_url or database, vote, api_key=api_key), as_json)
+
+
+@approvals_app.command("links")
+def approvals_links(
+    approval_id: ApprovalId,
+    expires_in: Annotated[
+        str, typer.Option("--expires-in", metavar="DURATION", help="How long they work (30d max).")
+    ] = "7d",
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Each approver's own voting link (whoever opens one votes as that approver)."""
+    links = _run(
+        api_url or database,
+        lambda e: e.approvals.links(approval_id, expires_in=expires_in),
+        api_key=api_key,
+    )
+    if as_json:
+        print(json.dumps({"links": links}))
+        return
+    for person, url in links.items():
+        print(f"{person}\t{url}")
+
+
+@approvals_app.command("receipts")
+def approvals_receipts(
+    approval_id: ApprovalId,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """The signed receipts of a closed approval, one JSON object a line: the decision's,
+    then each vote's (``waitpoint tokens receipt --verify FILE`` checks one)."""
+    receipts = _run(
+        api_url or database, lambda e: e.approvals.receipts(approval_id), api_key=api_key
+    )
+    for receipt in receipts:
+        print(json.dumps(receipt))

@@ -22,6 +22,7 @@ from rich.text import Text
 from .durations import format_duration
 from .keys import SecretKey
 from .models import (
+    Approval,
     CompletionResult,
     Page,
     Run,
@@ -223,6 +224,51 @@ def show_schedules(page: SchedulePage, as_json: bool) -> None:
     more = page.pagination
     if more.current_page < more.total_pages:
         note(f"page {more.current_page} of {more.total_pages}: --page {more.current_page + 1}")
+
+
+class _ApprovalRow(WireModel):
+    """An approval as the table shows it."""
+
+    id: str
+    status: str
+    title: str
+    votes: str
+    """Approvals and rejections so far against the quorum: ``2+ 1- / 2``."""
+    waiting_for: str
+    expires_at: datetime | None
+
+
+def show_approvals(approvals: Sequence[Approval], as_json: bool) -> None:
+    """Approvals as the API's JSON, or a table of where each stands."""
+    if as_json:
+        rows = [a.model_dump(mode="json", by_alias=True) for a in approvals]
+        print(json.dumps({"data": rows}))
+        return
+    table_rows = []
+    for approval in approvals:
+        latest = {v.approver: v for v in approval.votes}
+        yes = sum(1 for v in latest.values() if v.approve)
+        no = len(latest) - yes
+        waiting = [a.approver for a in approval.approvers if a.approver not in latest]
+        table_rows.append(
+            _ApprovalRow(
+                id=approval.id,
+                status=approval.status.value,
+                title=approval.title,
+                votes=f"{yes}+ {no}- / {approval.quorum}",
+                waiting_for=", ".join(waiting) if approval.status == "WAITING" else "",
+                expires_at=approval.expires_at,
+            )
+        )
+    columns = {
+        "id": "id",
+        "status": "status",
+        "title": "title",
+        "votes": "votes",
+        "waitingFor": "waiting for",
+        "expiresAt": "expires",
+    }
+    show_page(Page(data=table_rows), False, columns, "approvals")
 
 
 def _table() -> Table:

@@ -499,3 +499,53 @@ async def test_purging_a_finished_run_deletes_its_approval_with_it(
             rows(f"SELECT count(*) AS n FROM {table} WHERE {column} = :id", id=approval_id)
         )
         assert left[0]["n"] == 0, table
+
+
+def test_the_commands_list_vote_link_and_print_receipts(db_url: str) -> None:
+    import json
+
+    from .test_cli import assert_one_line_error, invoke, ok_json
+
+    async def asked() -> tuple[str, str]:
+        from engine import Worker
+
+        async with Engine(db_url) as engine:
+            worker = Worker(engine, {t.id: t for t in TASKS}, poll_seconds=0.05)
+            running = asyncio.create_task(worker.run())
+            await asyncio.wait_for(worker.started.wait(), 10)
+            try:
+                return await _asked(engine, {"quorum": 2, "reject_on": "any"})
+            finally:
+                worker.stop(graceful=False)
+                await asyncio.wait_for(running, 10)
+
+    run_id, approval_id = asyncio.run(asked())
+    listed = ok_json(db_url, "approvals", "list", "--run", run_id)
+    assert [a["id"] for a in listed["data"]] == [approval_id]
+    table = invoke(db_url, "approvals", "list", "--approver", "li@example.com")
+    assert approval_id in table.stdout and "0+ 0- / 2" in table.stdout
+    shown = ok_json(db_url, "approvals", "get", approval_id)
+    assert shown["title"] == "Refund order 42 (19.99 EUR)"
+    voted = ok_json(db_url, "approvals", "vote", approval_id, "--as", "ana@example.com")
+    assert [v["via"] for v in voted["votes"]] == ["cli"]
+    refused = invoke(db_url, "approvals", "vote", approval_id, "--as", "eve@x.org")
+    assert_one_line_error(refused, "is not asked")
+    bad = invoke(db_url, "approvals", "vote", approval_id, "--as", "li@example.com", "--data", "{")
+    assert_one_line_error(bad, "--data")
+    rejected = ok_json(
+        db_url,
+        "approvals",
+        "vote",
+        approval_id,
+        "--as",
+        "li@example.com",
+        "--reject",
+        "--reason",
+        "not this week",
+    )
+    assert rejected["status"] == "COMPLETED" and rejected["approved"] is False
+    printed = invoke(db_url, "approvals", "receipts", approval_id)
+    receipts = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert [r["answeredBy"] for r in receipts] == [None, "ana@example.com", "li@example.com"]
+    unknown = invoke(db_url, "approvals", "get", "waitpoint_nope")
+    assert_one_line_error(unknown, "no approval with id")

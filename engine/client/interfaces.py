@@ -586,7 +586,8 @@ class Approvals(ABC):
         """Cast ``approver``'s vote; returns the approval as it is after it (closed, if the
         vote met its rule). Refused: ``ApprovalClosedError`` (410; kept as a late vote),
         ``VoteRefusedError`` (409: not asked, or voted already), ``ValidationError`` (data
-        that does not match the approval's schema). The same vote again changes nothing.
+        that does not match the approval's schema: an approval must fill it in, a rejection
+        may leave it out). The same vote again changes nothing.
         ``source`` and ``link_id`` (``signing.link_id`` of the link it came through) are kept
         with the vote for its receipt."""
         if not isinstance(approve, bool):

@@ -570,7 +570,7 @@ class LocalApprovals(Approvals):
     async def _vote(self, vote: NewVote) -> Approval:
         storage = self._connection.storage
         schema = (await storage.get_approval(vote.approval_id)).data_schema
-        if schema is not None:
+        if schema is not None and (vote.approve or vote.data is not None):  # a "no" needs none
             what = f"the vote of {vote.approver} on approval {vote.approval_id}"
             await validate_against_schema(schema, vote.data, what)
         changed, approval = await storage.vote(vote)

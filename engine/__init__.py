@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     )
     from .models import (
         Approval,
+        ApprovalNotice,
         ApprovalVote,
         Approver,
         CompletionResult,
@@ -96,6 +97,7 @@ _WHERE = {
     "ApprovalClosedError": "errors",
     "ApprovalDecision": "approvals",
     "ApprovalNotFoundError": "errors",
+    "ApprovalNotice": "models",
     "ApprovalVote": "models",
     "Approver": "models",
     "ChildRunError": "errors",
@@ -178,6 +180,7 @@ __all__ = [
     "ApprovalClosedError",
     "ApprovalDecision",
     "ApprovalNotFoundError",
+    "ApprovalNotice",
     "ApprovalVote",
     "Approver",
     "ChildRunError",

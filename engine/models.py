@@ -211,6 +211,23 @@ class Approver(WireModel):
     """Their own voting link (made by the facade that presents the approval)."""
 
 
+class ApprovalNotice(WireModel):
+    """A notice to an approver (requested, reminder, escalated) and what became of it."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"delivered_at", "ok", "channel", "error"})
+
+    approver: str
+    reason: str
+    due_at: datetime
+    attempts: int
+    """Deliveries tried so far (each with the notifier's own retries)."""
+    delivered_at: datetime | None = None
+    """When it was settled: sent (``ok``), or given up on; None while it is pending."""
+    ok: bool | None = None
+    channel: str | None = None
+    error: str | None = None
+
+
 class Approval(WireModel):
     """A decision a run waits for: ``quorum`` of its approvers approve, or the rejection
     rule (``reject_on``) is met, or ``expires_at`` passes. Its id is its waitpoint's."""
@@ -238,6 +255,8 @@ class Approval(WireModel):
     completed_at: datetime | None = None
     show_votes: bool = True
     """Whether the approval page shows the votes so far to the approvers."""
+    notices: list[ApprovalNotice] = Field(default_factory=list)
+    """What approvers were told, and whether it reached them (the workers' notifier)."""
     data_schema: dict[str, Any] | None = Field(default=None, exclude=True)
     """The JSON Schema a vote's data must satisfy (``request_approval(schema=)``)."""
 

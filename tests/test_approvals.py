@@ -418,6 +418,11 @@ async def test_the_remote_engine_lists_votes_and_links_through_the_api(tmp_path:
             assert done.output == [True, ["ana@x.org", "li@x.org"]]
 
 
+async def _all_recorded(engine: Engine, approval_id: str) -> bool:
+    notices = (await engine.approvals.retrieve(approval_id)).notices
+    return bool(notices) and all(n.delivered_at is not None for n in notices)
+
+
 class Recorder:
     """A notifier that keeps what it was asked to send (and fails the first ``fail`` times)."""
 
@@ -475,6 +480,12 @@ async def test_a_worker_tells_each_approver_through_its_notifier_with_their_own_
             ticket = parse_qs(urlparse(link).query)["t"][0]  # opens this approval as them only
             scopes = Auth(key).caller(f"Bearer {ticket}").scopes
             assert scopes == {f"vote:approvals:{approval_id}:{person}"}
+        async with asyncio.timeout(20):  # each delivery is recorded with the approval
+            while not await _all_recorded(engine, approval_id):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        notices = (await engine.approvals.retrieve(approval_id)).notices
+        assert [(n.ok, n.channel) for n in notices] == [(True, "recorder")] * 3
+        assert sorted(n.attempts for n in notices) == [1, 1, 2]  # the failed one, sent again
 
 
 async def test_purging_a_finished_run_deletes_its_approval_with_it(

@@ -14,6 +14,7 @@ EXPECTED_ALL = [
     "ApprovalClosedError",
     "ApprovalDecision",
     "ApprovalNotFoundError",
+    "ApprovalNotice",
     "ApprovalVote",
     "Approver",
     "ChildRunError",

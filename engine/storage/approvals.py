@@ -29,6 +29,7 @@ from ..clock import from_ms, from_ms_or_none
 from ..errors import ApprovalClosedError, ApprovalNotFoundError, VoteRefusedError
 from ..models import (
     Approval,
+    ApprovalNotice,
     ApprovalVote,
     Approver,
     CompletionSource,
@@ -259,7 +260,10 @@ class Approvals(Waits):
             id=approval_id,
             no=False,
         )
-        return approval_from_rows(waitpoint, found[0], people, votes)
+        notices = yield rows(
+            "SELECT * FROM approval_notices WHERE approval_id = :id ORDER BY n", id=approval_id
+        )
+        return approval_from_rows(waitpoint, found[0], people, votes, notices)
 
     async def get_approval(self, approval_id: str) -> Approval:
         def op(now: int) -> Op[Approval]:
@@ -473,7 +477,11 @@ def decision_of(approval: Approval) -> dict[str, Any]:
 
 
 def approval_from_rows(
-    waitpoint: RowLike, row: RowLike, people: list[RowLike], votes: list[RowLike]
+    waitpoint: RowLike,
+    row: RowLike,
+    people: list[RowLike],
+    votes: list[RowLike],
+    notices: list[RowLike],
 ) -> Approval:
     status = WaitpointStatus(waitpoint["status"])
     approved = row["approved"]
@@ -512,6 +520,19 @@ def approval_from_rows(
         expires_at=from_ms_or_none(waitpoint["timeout_at"]),
         completed_at=from_ms_or_none(waitpoint["completed_at"]),
         show_votes=bool(row["show_votes"]),
+        notices=[
+            ApprovalNotice(
+                approver=n["approver"],
+                reason=n["reason"],
+                due_at=from_ms(n["due_at"]),
+                attempts=n["attempts"],
+                delivered_at=from_ms_or_none(n["delivered_at"]),
+                ok=None if n["ok"] is None else bool(n["ok"]),
+                channel=n["channel"],
+                error=n["error"],
+            )
+            for n in notices
+        ],
         data_schema=load_json(waitpoint["data_schema"]),
     )
 

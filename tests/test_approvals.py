@@ -560,3 +560,16 @@ def test_the_commands_list_vote_link_and_print_receipts(db_url: str) -> None:
     assert [r["answeredBy"] for r in receipts] == [None, "ana@example.com", "li@example.com"]
     unknown = invoke(db_url, "approvals", "get", "waitpoint_nope")
     assert_one_line_error(unknown, "no approval with id")
+
+
+async def test_an_approval_whose_run_ended_first_takes_no_votes_and_reminds_no_one(
+    engine: Engine, start_worker: StartWorker
+) -> None:
+    await start_worker(TASKS)
+    run_id, approval_id = await _asked(engine, {})
+    await engine.runs.cancel(run_id)
+    approval = await engine.approvals.retrieve(approval_id)
+    assert approval.status == "CANCELLED"
+    with pytest.raises(ApprovalClosedError, match=f"approval {approval_id} closed"):
+        await engine.approvals.vote(approval_id, "ana@example.com")
+    assert await engine.approvals.list(status="WAITING") == []

@@ -39,6 +39,15 @@ from .sql import Dialect, Op, Sql, alone, combined, count, many, rows
 
 T = TypeVar("T")
 
+RUN_ENDED = json.dumps(
+    {
+        "code": "WAITPOINT_CANCELLED",
+        "message": "the run that asked for it ended first",
+        "reason": "the run ended",
+    }
+)
+"""What an approval left open by its run's end is cancelled with."""
+
 
 PUBLIC_URL = "public_url"
 """The ``meta`` key of the address the API server of this database recorded at its start."""
@@ -615,12 +624,23 @@ class StorageCore:
             now=now,
             ids=run_ids,
         )
-        if q.writes_in_with:  # three independent writes, one statement
-            parts = {"ended": ended, "gone": gone, "closed": close}
+        # an approval the run asked for and never saw decided asks no one any more: no
+        # reminders, votes refused (the partial index of waitpoints made by runs serves it)
+        dropped = count(
+            "UPDATE waitpoints SET status = 'CANCELLED', completed_at = :now, data = :ended_with"
+            f" WHERE created_by_run {q.in_('ids')} AND created_by_key IS NOT NULL"
+            " AND kind = 'APPROVAL' AND status = 'WAITING'",
+            now=now,
+            ids=run_ids,
+            ended_with=RUN_ENDED,
+        )
+        if q.writes_in_with:  # four independent writes, one statement
+            parts = {"ended": ended, "gone": gone, "dropped": dropped, "closed": close}
             closed = yield combined(parts, "SELECT id FROM closed")
         else:
             yield ended
             yield gone
+            yield dropped
             closed = yield close
         if closed:
             yield from self._requeue_blocked([r["id"] for r in closed], now)

@@ -9,6 +9,9 @@
   Trigger.dev issues them, carrying scopes such as ``write:waitpoints:<id>``.
 - **Approval links** (``approval_url``): ``{public_url}/ui/approve/{id}?t=<public access
   token>``; the ``t`` grants exactly what the token's ``x-trigger-jwt`` grants.
+- **Voting and inbox links** (``vote_url``, ``inbox_url``): ``{public_url}/ui/vote/{id}?t=...``
+  votes on one approval as one approver; ``{public_url}/ui/inbox?t=...`` lists what one
+  approver is asked. Each ``t`` carries that one scope (``vote_scope``, ``inbox_scope``).
 - **Sign-in tickets and sessions** (``SignedCredentials``): HMAC-signed claims with a purpose,
   a nonce and an expiry, for the dashboard's one-click sign-in link and its session cookie.
 - **Decision receipts** (``engine.receipts``): a closed token's outcome, signed with a key
@@ -41,6 +44,7 @@ from .durations import to_timedelta
 from .errors import AuthError, ConfigurationError, ValidationError
 from .models import Token
 from .settings import Settings
+from .validation import clean_approver
 
 # --- callback URLs ---------------------------------------------------------------------
 
@@ -250,6 +254,48 @@ def vote_url(
     scope = vote_scope(approval_id, approver)
     ticket = tokens.public_token([scope], expires_in=link_seconds(expires_in))
     return f"{public_url.rstrip('/')}/ui/vote/{quote(approval_id, safe='')}?t={ticket}"
+
+
+VOTE_SCOPE_PREFIX = "vote:approvals:"
+INBOX_SCOPE_PREFIX = "read:approvals:inbox:"
+
+
+def voter_of(scope: str, approval_id: str) -> str | None:
+    """The approver a ``vote_scope`` lets vote on ``approval_id``; None for any other scope.
+
+    Read here, not matched with a wildcard: an approver may contain ``:``, so the link of
+    ``ana`` must not pass for ``ana:b``'s (the id is everything up to the first ``:`` after
+    the prefix: ids never contain one)."""
+    if not scope.startswith(VOTE_SCOPE_PREFIX):
+        return None
+    scoped_id, colon, approver = scope.removeprefix(VOTE_SCOPE_PREFIX).partition(":")
+    if not colon or not approver or scoped_id != approval_id:
+        return None
+    return approver
+
+
+def inbox_scope(approver: str) -> str:
+    """What an approver's inbox link grants: reading the approvals that ask them (and making
+    their own voting links there), nothing else."""
+    return f"{INBOX_SCOPE_PREFIX}{approver}"
+
+
+def inbox_owner(scope: str) -> str | None:
+    """The approver whose inbox ``scope`` opens; None for any other scope."""
+    if not scope.startswith(INBOX_SCOPE_PREFIX):
+        return None
+    return scope.removeprefix(INBOX_SCOPE_PREFIX) or None
+
+
+def inbox_url(
+    public_url: str, tokens: PublicTokens, approver: str, expires_in: str | timedelta
+) -> str:
+    """The page listing what ``approver`` is asked to decide, with a voting link for each
+    (``{public_url}/ui/inbox?t=<public access token>``): whoever opens it reads and votes as
+    that approver until it expires, so it goes to them alone."""
+    scope = inbox_scope(clean_approver(approver))
+    ticket = tokens.public_token([scope], expires_in=link_seconds(expires_in))
+    return f"{public_url.rstrip('/')}/ui/inbox?t={ticket}"
 
 
 def link_id(ticket: str) -> str:

@@ -13,6 +13,8 @@ server-signed session and the links hold public access tokens scoped to one toke
     run_pages    /ui/runs, /ui/runs/{id} (timeline; cancel, pause, resume)
     schedule_pages  /ui/schedules (each schedule's next five ticks)
     approve      /ui/approve/{id}?t=... (standalone, no session)
+    vote         /ui/vote/{approval_id}?t=... (an approver votes; standalone, no session)
+    inbox        /ui/inbox?t=... (what one approver is asked; standalone, no session)
     links        POST /api/v1/waitpoints/tokens/{id}/approval-link (for remote engines)
 """
 
@@ -24,7 +26,17 @@ from ..api.auth import Auth
 from ..client import Engine
 from ..signing import login_link
 from ..validation import check_schema
-from . import approve, assets, links, run_pages, schedule_pages, signin, token_pages
+from . import (
+    approve,
+    assets,
+    inbox,
+    links,
+    run_pages,
+    schedule_pages,
+    signin,
+    token_pages,
+    vote,
+)
 from .forms import validator_for
 from .render import Renderer
 from .routing import UI
@@ -45,7 +57,7 @@ def mount_ui(app: FastAPI, *, secret_key: str) -> None:
     )
     _warm_up()
     app.include_router(links.router)
-    pages = (signin, token_pages, run_pages, schedule_pages, approve, assets)
+    pages = (signin, token_pages, run_pages, schedule_pages, approve, vote, inbox, assets)
     for module in pages:  # assets last: catch-all
         app.include_router(module.router)
 

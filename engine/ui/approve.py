@@ -10,11 +10,9 @@ cancelled, 200 when it was answered (a reviewer coming back sees the answer).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
-from ..errors import AuthError
 from ..models import CompletionSource, Token, WaitpointStatus
 from .completion import prepare, submit
 from .forms import Reading
@@ -23,8 +21,9 @@ from .routing import (
     PageRoute,
     engine_of,
     form_pairs,
-    refuse_if_limited,
+    link_caller,
     same_site,
+    self_link,
     ui_of,
 )
 
@@ -35,26 +34,9 @@ _CLOSED = (WaitpointStatus.TIMED_OUT, WaitpointStatus.CANCELLED)
 
 async def _token(request: Request, token_id: str, t: str | None) -> Token:
     """The token, once the link proved it may complete exactly this one."""
-    ui = ui_of(request)
-    auth = ui.auth
-    if not t:
-        raise PageError(401, "Link incomplete", "This link has no access token; copy it whole.")
-    # ``t`` is checked as a bearer credential (the key, or a token signed with it), so a wrong
-    # one counts against the sender like a wrong API key: else this page would be the place
-    # to guess the key at full speed
-    address = refuse_if_limited(request)
-    try:
-        caller = auth.caller(f"Bearer {t}")
-        if caller.is_secret:  # never put the key in a URL; this page is for links only
-            raise PageError(403, "Not allowed", "Approval links carry their own access token.")
-        auth.require(caller, f"write:waitpoints:{token_id}")
-    except AuthError as exc:
-        if exc.status == 403:
-            raise PageError(403, "Not allowed", "This link is for another request.") from None
-        if "expired" in exc.message:  # signed with the key: not a guess
-            raise PageError(401, "Link expired", "This link has expired.") from None
-        ui.limiter.failed(address)
-        raise PageError(401, "Link not valid", "This link is not valid.") from None
+    caller = link_caller(request, t)
+    if not caller.may(f"write:waitpoints:{token_id}"):
+        raise PageError(403, "Not allowed", "This link is for another request.")
     return await engine_of(request).tokens.retrieve(token_id)
 
 
@@ -76,7 +58,7 @@ def _show(
         token=token,
         form=prepare(token),
         reading=reading or Reading(),
-        action=f"{request.url.path}?t={quote(request.query_params.get('t', ''), safe='')}",
+        action=self_link(request),
         result=None,
         **extra,
     )

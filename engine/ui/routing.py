@@ -11,18 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from ..api.auth import Auth
+from ..api.auth import Auth, Caller
 from ..api.limits import FailureLimiter, client_address, too_many_message
 from ..api.problems import Problem
 from ..client import Engine
 from ..errors import (
+    ApprovalClosedError,
+    ApprovalNotFoundError,
     AuthError,
     EngineError,
     NotFoundError,
@@ -32,11 +34,14 @@ from ..errors import (
     TokenNotFoundError,
     TokenNotWaitingError,
     ValidationError,
+    VoteRefusedError,
 )
 from .render import Renderer
 from .sessions import COOKIE, Sessions
 
 APPROVE_PREFIX = "/ui/approve/"
+VOTE_PREFIX = "/ui/vote/"
+INBOX_PATH = "/ui/inbox"
 MAX_FORM_FIELDS = 200
 
 
@@ -59,6 +64,12 @@ def ui_of(request: Request) -> UI:
 def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+def is_link_page(path: str) -> bool:
+    """A standalone page opened with a link (no session, no navigation): an approval, a vote
+    or an approver's inbox."""
+    return path.startswith((APPROVE_PREFIX, VOTE_PREFIX)) or path == INBOX_PATH
 
 
 class PageError(Exception):
@@ -84,11 +95,13 @@ def _page_error(exc: Exception) -> PageError:
         return PageError(404, "Not found", "There is no waitpoint token with this id.")
     if isinstance(exc, RunNotFoundError):
         return PageError(404, "Not found", "There is no run with this id.")
+    if isinstance(exc, ApprovalNotFoundError):
+        return PageError(404, "Not found", "There is no approval with this id.")
     if isinstance(exc, NotFoundError):
         return PageError(404, "Not found", str(exc))
-    if isinstance(exc, TokenNotWaitingError):
+    if isinstance(exc, TokenNotWaitingError | ApprovalClosedError):
         return PageError(410, "Already closed", str(exc))
-    if isinstance(exc, RunStateError):
+    if isinstance(exc, RunStateError | VoteRefusedError):
         return PageError(409, "Not possible now", str(exc))
     if isinstance(exc, ValidationError):
         return PageError(422, "Not accepted", str(exc))
@@ -110,7 +123,7 @@ def _page_error(exc: Exception) -> PageError:
 def error_page(request: Request, exc: Exception) -> Response:
     problem = _page_error(exc)
     ui = ui_of(request)
-    on_approval_page = request.url.path.startswith(APPROVE_PREFIX)
+    on_approval_page = is_link_page(request.url.path)
     response = ui.renderer.page(
         request,
         "error.html",
@@ -215,6 +228,35 @@ def refuse_if_limited(request: Request) -> str:
             429, "Too many attempts", too_many_message(wait), {"Retry-After": str(wait)}
         )
     return address
+
+
+def link_caller(request: Request, t: str | None) -> Caller:
+    """Who a standalone page's link ``?t=`` speaks for: a public access token signed with the
+    key, whose scopes the page then checks. Else an error page: 401 for a missing, malformed
+    or expired link, 403 for the secret key itself (never put the key in a URL).
+
+    ``t`` is checked as a bearer credential, so a wrong one counts against the sender like a
+    wrong API key: else these pages would be the place to guess the key at full speed.
+    """
+    ui = ui_of(request)
+    if not t:
+        raise PageError(401, "Link incomplete", "This link has no access token; copy it whole.")
+    address = refuse_if_limited(request)
+    try:
+        caller = ui.auth.caller(f"Bearer {t}")
+    except AuthError as exc:
+        if "expired" in exc.message:  # signed with the key: not a guess
+            raise PageError(401, "Link expired", "This link has expired.") from None
+        ui.limiter.failed(address)
+        raise PageError(401, "Link not valid", "This link is not valid.") from None
+    if caller.is_secret:
+        raise PageError(403, "Not allowed", "Approval links carry their own access token.")
+    return caller
+
+
+def self_link(request: Request) -> str:
+    """Where a standalone page's form posts: its own path with its own link's ``?t=``."""
+    return f"{request.url.path}?t={quote(request.query_params.get('t', ''), safe='')}"
 
 
 SignedIn = Annotated[None, Depends(signed_in)]

@@ -150,13 +150,15 @@ async def test_a_callback_with_a_wrong_signature_is_401_without_reading_the_body
     assert (await engine.tokens.retrieve(token_id)).is_waiting
 
 
+@pytest.mark.parametrize("page", ["approve", "vote"])
 async def test_an_approval_form_without_a_valid_link_is_401_without_reading_the_body(
-    api: httpx.AsyncClient, engine: Engine
+    api: httpx.AsyncClient, engine: Engine, page: str
 ) -> None:
+    """The one-link approval page and an approver's voting page alike."""
     token_id, _, _ = await _token(api)
     body = Tripwire(b"data.approved=true")
     response = await api.post(
-        f"/ui/approve/{token_id}?t=not-a-link",
+        f"/ui/{page}/{token_id}?t=not-a-link",
         content=body,
         headers={"content-type": "application/x-www-form-urlencoded", "content-length": "18"},
     )

@@ -5,11 +5,12 @@ post must carry an ``Origin`` equal to the server's own origin (the public URL's
 the request was addressed to), or, without ``Origin``, such a ``Referer``; anything else is a
 403 page and changes nothing. Every state-changing route under /ui is checked (sign-in,
 sign-out, completing, cancelling and sharing a token, the run page's actions, an approval
-link), and a test makes sure no such route is left out.
+link, an approver's voting link), and a test makes sure no such route is left out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,12 +23,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 import engine.ui as ui_package
-from engine import Engine, Settings
+from engine import Engine, Settings, TaskDefinition, Worker, request_approval
 from engine.api import create_app
 from engine.api.auth import Auth
 from engine.models import RunStatus, TaskInfo
-from engine.signing import approval_url
+from engine.signing import approval_url, vote_url
 from engine.ui.sessions import COOKIE
+from tests.conftest import wait_for_status
 
 KEY = "sk_test_waitpoint_csrf_tests_0123456789abcdef"
 BASE_URL = "http://testserver"
@@ -167,6 +169,32 @@ async def approve(engine: Engine, client: httpx.AsyncClient) -> Post:
     return Post(f"{link.path}?{link.query}", {"json": "true"}, changed)
 
 
+async def _ask_ana(payload: object) -> bool:
+    return (await request_approval("CSRF check", approvers=["ana@example.com"])).approved
+
+
+ASK_ANA = TaskDefinition(id="csrf-approval", fn=_ask_ana)
+
+
+async def vote(engine: Engine, client: httpx.AsyncClient) -> Post:
+    worker = Worker(engine, {ASK_ANA.id: ASK_ANA}, poll_seconds=0.02)
+    runner = asyncio.create_task(worker.run())
+    try:  # the worker only parks the run on the approval: a vote needs none
+        await asyncio.wait_for(worker.started.wait(), 5)
+        run = await engine.trigger(ASK_ANA.id, {})
+        await wait_for_status(engine, run.id, "WAITING", timeout=20)
+    finally:
+        worker.stop(graceful=False)
+        await asyncio.wait_for(runner, 10)
+    [approval] = await engine.approvals.list(run_id=run.id)
+    link = urlsplit(vote_url(BASE_URL, Auth(KEY), approval.id, "ana@example.com", "1h"))
+
+    async def changed(answer: httpx.Response) -> bool:
+        return bool((await engine.approvals.retrieve(approval.id)).votes)
+
+    return Post(f"{link.path}?{link.query}", {"vote": "approve"}, changed)
+
+
 ROUTES: dict[str, tuple[str, Prepare]] = {
     "sign in": ("/ui/login", sign_in),
     "sign out": ("/ui/logout", sign_out),
@@ -178,6 +206,7 @@ ROUTES: dict[str, tuple[str, Prepare]] = {
     "pause a run": ("/ui/runs/{run_id}/{action}", pause_run),
     "resume a run": ("/ui/runs/{run_id}/{action}", resume_run),
     "answer an approval link": ("/ui/approve/{token_id}", approve),
+    "vote through an approver's link": ("/ui/vote/{approval_id}", vote),
 }
 
 

@@ -2,27 +2,32 @@
 real ``waitpoint dev`` process (worker and API) on a free loopback port.
 
 A reviewer opens an approval link, is told what is wrong with an incomplete answer, approves,
-and the waiting run resumes and completes. The dashboard signs in through the one-click link
-``waitpoint dev`` printed, lists the waiting token with its countdown, completes one from its
-generated form, and shows a run's timeline, which updates by itself when the run finishes.
-Wrong and expired links get an error page without a form.
+and the waiting run resumes and completes. Two approvers open their own voting links, approve,
+and the run waiting on ``request_approval`` completes with both votes. The dashboard signs in
+through the one-click link ``waitpoint dev`` printed, lists the waiting token with its
+countdown, completes one from its generated form, and shows a run's timeline, which updates
+by itself when the run finishes. Wrong and expired links get an error page without a form.
 
 ``WAITPOINT_UI_SCREENSHOTS=docs`` writes the README's screenshots to docs/.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from engine import Engine, Settings
 from engine.api.auth import Auth
+from engine.signing import inbox_url
 from tests.test_api_server import DevServer, get_run, poll
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -38,7 +43,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine import create_token, step, task, wait_for_token
+from engine import create_token, request_approval, step, task, wait_for_token
 
 
 class Decision(BaseModel):
@@ -62,6 +67,18 @@ async def approve_refund(payload: dict) -> dict:
     result = await wait_for_token(token)
     decision = result.output
     return {"ticket": ticket, "refunded": decision.approved, "reviewer": decision.reviewer}
+
+
+@task("vote-refund")
+async def vote_refund(payload: dict) -> dict:
+    decision = await request_approval(
+        "Refund order 42",
+        description="Parcel arrived damaged; photos in the ticket.",
+        approvers=["ana@example.com", "li@example.com"],
+        quorum=2,
+        context={"order": 42},
+    )
+    return {"approved": decision.approved, "voters": [v.approver for v in decision.votes]}
 """
 
 
@@ -194,6 +211,74 @@ def test_a_reviewer_approves_through_the_link_and_the_run_completes(
     page.goto(link)  # coming back later shows the answer, no form
     expect(page.get_by_role("heading", name="Already answered")).to_be_visible()
     expect(page.locator("form")).to_have_count(0)
+
+
+def voting_links(server: DevServer, run_id: str) -> dict[str, str]:
+    """Each approver's link, made the way a script beside the server makes them: a local
+    engine on its database, with its secret key and public URL."""
+
+    async def links() -> dict[str, str]:
+        settings = Settings(
+            database_url=server.database,
+            secret_key=server.secret_key,
+            public_url=server.base_url,
+            api_url=None,
+        )
+        async with Engine(settings=settings) as engine:
+            [approval] = await engine.approvals.list(run_id=run_id)
+            return await engine.approvals.links(approval.id, expires_in="1h")
+
+    # in a thread of its own: Playwright's sync API keeps an event loop on this one
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, links()).result(30)
+
+
+def test_two_approvers_vote_through_their_own_links_and_the_run_completes(
+    server: DevServer, api: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    answer = api.post("/api/v1/tasks/vote-refund/trigger", json={"payload": {}})
+    assert answer.status_code == 200, answer.text
+    run_id: str = answer.json()["id"]
+    poll(lambda: get_run(api, run_id), lambda r: r["status"] == "WAITING", "WAITING", 30)
+    links = voting_links(server, run_id)
+    assert sorted(links) == ["ana@example.com", "li@example.com"]
+    assert all(server.secret_key not in url for url in links.values())
+
+    page.goto(links["ana@example.com"])
+    expect(page.get_by_role("heading", name="Your vote is needed")).to_be_visible()
+    expect(page.get_by_role("heading", name="Refund order 42")).to_be_visible()
+    expect(page.locator("dl.context")).to_contain_text("order")
+    expect(page.get_by_text("No votes yet.")).to_be_visible()
+    page.get_by_role("button", name="Approve").click()
+    expect(page.get_by_role("heading", name="Your approval was recorded")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text("stays open")
+    assert get_run(api, run_id)["status"] == "WAITING"
+
+    page.goto(links["li@example.com"])
+    expect(page.get_by_role("heading", name="Your vote is needed")).to_be_visible()
+    votes = page.get_by_role("table", name="Votes, in the order they were cast")
+    expect(votes).to_contain_text("ana@example.com")
+    expect(votes).to_contain_text("approve")
+    page.get_by_label("Reason").fill("Photos confirm the damage.")
+    page.get_by_label("Reason").blur()
+    screenshot(page, "vote-page.png", tmp_path)
+    page.get_by_role("button", name="Approve").click()
+    expect(page.get_by_role("heading", name="Your approval was recorded")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text("it is approved")
+
+    done = poll(lambda: get_run(api, run_id), lambda r: r["status"] == "COMPLETED", "done", 30)
+    assert done["output"] == {"approved": True, "voters": ["ana@example.com", "li@example.com"]}
+
+    page.goto(links["ana@example.com"])  # coming back later shows the outcome, no form
+    expect(page.get_by_role("heading", name="Approved")).to_be_visible()
+    expect(page.locator("form")).to_have_count(0)
+    inbox = inbox_url(server.base_url, Auth(server.secret_key), "li@example.com", "1h")
+    page.goto(inbox)
+    expect(page.get_by_role("heading", name="Your approvals")).to_be_visible()
+    decided = page.get_by_role("table", name="Approvals that asked you and closed")
+    expect(decided.get_by_role("row").filter(has_text="Refund order 42")).to_contain_text(
+        "approved"
+    )
 
 
 def test_wrong_and_expired_links_show_an_error_page_without_a_form(

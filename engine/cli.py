@@ -1976,6 +1976,25 @@ def approvals_links(
         print(f"{person}\t{url}")
 
 
+@approvals_app.command("inbox")
+def approvals_inbox(
+    approver: Annotated[str, typer.Argument(metavar="WHO", help="The approver.")],
+    expires_in: Annotated[
+        str, typer.Option("--expires-in", metavar="DURATION", help="How long it works (30d max).")
+    ] = "7d",
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """An approver's inbox link: what they are asked to decide, each with their voting link."""
+    url = _run(
+        api_url or database,
+        lambda e: e.approvals.inbox_link(approver, expires_in=expires_in),
+        api_key=api_key,
+    )
+    print(url)
+
+
 @approvals_app.command("receipts")
 def approvals_receipts(
     approval_id: ApprovalId,

@@ -348,6 +348,14 @@ async def test_the_rest_routes_list_vote_and_link_and_refuse_what_cannot_count(
         assert shown.json()["quorum"] == 3 and shown.json()["rejectOn"] == "majority"
         links = (await api.post(f"/api/v1/approvals/{approval_id}/links", headers=AUTH)).json()
         assert sorted(links["links"]) == PEOPLE
+        inbox = await api.post(
+            "/api/v1/approvals/inbox-link", json={"approver": "li@example.com"}, headers=AUTH
+        )
+        assert "/ui/inbox?t=" in inbox.json()["url"]
+        no_inbox = await api.post(
+            "/api/v1/approvals/inbox-link", json={"approver": "a b"}, headers=AUTH
+        )
+        assert no_inbox.status_code == 422
         ticket = parse_qs(urlparse(links["links"]["li@example.com"]).query)["t"][0]
         as_li = {"Authorization": f"Bearer {ticket}"}
         votes = f"/api/v1/approvals/{approval_id}/votes"
@@ -401,6 +409,8 @@ async def test_the_remote_engine_lists_votes_and_links_through_the_api(tmp_path:
             links = await remote.approvals.links(approval.id, expires_in="1h")
             assert sorted(links) == ["ana@x.org", "li@x.org"]
             assert all(u.startswith(f"{url}/ui/vote/{approval.id}?t=") for u in links.values())
+            inbox = await remote.approvals.inbox_link("ana@x.org", expires_in="1h")
+            assert inbox.startswith(f"{url}/ui/inbox?t=")
             with pytest.raises(VoteRefusedError, match="is not asked"):
                 await remote.approvals.vote(approval.id, "eve@x.org")
             await remote.approvals.vote(approval.id, "ana@x.org")
@@ -512,7 +522,9 @@ async def test_purging_a_finished_run_deletes_its_approval_with_it(
         assert left[0]["n"] == 0, table
 
 
-def test_the_commands_list_vote_link_and_print_receipts(db_url: str) -> None:
+def test_the_commands_list_vote_link_and_print_receipts(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     from .test_cli import assert_one_line_error, invoke, ok_json
@@ -560,6 +572,17 @@ def test_the_commands_list_vote_link_and_print_receipts(db_url: str) -> None:
     assert [r["answeredBy"] for r in receipts] == [None, "ana@example.com", "li@example.com"]
     unknown = invoke(db_url, "approvals", "get", "waitpoint_nope")
     assert_one_line_error(unknown, "no approval with id")
+    # links are signed with the API's key (a database opened without one gets it now)
+    monkeypatch.setenv("WAITPOINT_SECRET_KEY", "wp_test_" + "k" * 40)
+    monkeypatch.setenv("WAITPOINT_PUBLIC_URL", "http://127.0.0.1:8030")
+    inbox = invoke(db_url, "approvals", "inbox", "ana@example.com", "--expires-in", "1h")
+    assert inbox.stdout.startswith("http://127.0.0.1:8030/ui/inbox?t="), inbox.output
+    links = invoke(db_url, "approvals", "links", approval_id)
+    assert sorted(line.split("\t")[0] for line in links.stdout.splitlines()) == [
+        "ana@example.com",
+        "li@example.com",
+        "sam@example.com",
+    ]
 
 
 async def test_an_approval_whose_run_ended_first_takes_no_votes_and_reminds_no_one(

@@ -371,6 +371,7 @@ DATABASE_COMMANDS = [
     ["approvals", "vote", "waitpoint_x", "--as", "a@b"],
     ["approvals", "links", "waitpoint_x"],
     ["approvals", "receipts", "waitpoint_x"],
+    ["approvals", "inbox", "a@b"],
     ["trigger", "x"],
     ["migrate"],
     ["worker", "--tasks", "dev_tasks"],

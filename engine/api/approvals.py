@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..models import Approval, CompletionSource
-from ..signing import DEFAULT_EXPIRES_IN, link_id, vote_url
+from ..signing import DEFAULT_EXPIRES_IN, inbox_url, link_id, vote_url
 from ..validation import MAX_PAGE_SIZE
 from .body import JSONGuardRoute
 from .deps import EngineDep, SecretCaller, Voter, approver_of, auth_of, public_url_of
@@ -59,6 +59,20 @@ async def list_approvals(
         approver=approver, run_id=run_id, status=status, limit=limit
     )
     return {"data": [approval_json(a) for a in found]}
+
+
+class InboxLinkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approver: str
+    expiresIn: str = DEFAULT_EXPIRES_IN
+
+
+@router.post("/inbox-link", summary="An approver's inbox link (ours)")
+async def inbox_link(request: Request, _: SecretCaller, body: InboxLinkBody) -> dict[str, Any]:
+    """Signed with this server's key, starting with its public URL."""
+    base, tokens = public_url_of(request), auth_of(request)
+    return {"url": inbox_url(base, tokens, body.approver, body.expiresIn)}
 
 
 @router.get("/{approval_id}", summary="Retrieve an approval with its approvers and votes")

@@ -12,6 +12,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from ..client import Engine
 from ..errors import AuthError
+from ..signing import voter_of
 from .auth import Auth, Caller
 
 REQUEST_KEY_HEADER = "x-trigger-request-idempotency-key"
@@ -80,11 +81,10 @@ def may_vote(request: Request) -> Caller:
 
 
 def approver_of(who: Caller, approval_id: str) -> str:
-    """The approver a link votes as: its one ``vote:approvals:<id>:<approver>`` scope (403
-    for a public access token without one for this approval)."""
-    prefix = f"vote:approvals:{approval_id}:"
-    found = [scope.removeprefix(prefix) for scope in who.scopes if scope.startswith(prefix)]
-    if len(found) != 1 or not found[0]:
+    """The approver a link votes as: its one ``vote:approvals:<id>:<approver>`` scope, read
+    by ``signing.voter_of`` (403 for a public access token without one for this approval)."""
+    found = [person for scope in who.scopes if (person := voter_of(scope, approval_id))]
+    if len(found) != 1:
         raise AuthError(403, f"this public access token does not vote on approval {approval_id}")
     return found[0]
 

@@ -521,6 +521,11 @@ class HttpApprovals(Approvals):
         reply = await self._api.call("POST", f"{_approval(vote.approval_id)}/votes", json=body)
         return Approval.model_validate(reply["approval"])
 
+    async def inbox_link(self, approver: str, *, expires_in: str | timedelta = "7d") -> str:
+        body = {"approver": approver, "expiresIn": _duration(expires_in)}
+        reply = await self._api.call("POST", "/api/v1/approvals/inbox-link", json=body)
+        return str(reply["url"])
+
     async def receipts(self, approval_id: str) -> builtins.list[dict[str, Any]]:
         reply = await self._api.call("GET", f"{_approval(approval_id)}/receipts")
         return [dict(item) for item in reply["data"]]

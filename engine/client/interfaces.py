@@ -618,6 +618,11 @@ class Approvals(ABC):
         return links[person]
 
     @abstractmethod
+    async def inbox_link(self, approver: str, *, expires_in: str | timedelta = "7d") -> str:
+        """``approver``'s inbox (``{public URL}/ui/inbox?t=...``): the approvals that ask them,
+        each with their voting link; whoever opens it reads and votes as them (30 days max)."""
+
+    @abstractmethod
     async def receipts(self, approval_id: str) -> builtins.list[dict[str, Any]]:
         """The signed receipts of a closed approval (``engine.receipts.approval_receipts``):
         the decision's, then each counted vote's with its approver and link; each verifies

@@ -48,6 +48,7 @@ from ..signing import (
     CallbackSigner,
     PublicTokens,
     approval_url,
+    inbox_url,
     local_secret_key,
     vote_url,
 )
@@ -583,6 +584,10 @@ class LocalApprovals(Approvals):
             status=approval.status.value,
         )
         return approval
+
+    async def inbox_link(self, approver: str, *, expires_in: str | timedelta = "7d") -> str:
+        tokens, public_url = await self._connection.link_signing()
+        return inbox_url(public_url, tokens, approver, expires_in)
 
     async def receipts(self, approval_id: str) -> builtins.list[dict[str, Any]]:
         connection = self._connection

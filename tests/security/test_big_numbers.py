@@ -42,6 +42,7 @@ JSON_ROUTES = {
     "POST /api/v1/runs/{run_id}/messages/{topic}/{signature}",
     "POST /api/v1/approvals/{approval_id}/votes",
     "POST /api/v1/approvals/{approval_id}/links",
+    "POST /api/v1/approvals/inbox-link",
     "POST /api/v1/waitpoints/receipts/verify",
 }
 BODIES = {

@@ -596,3 +596,61 @@ async def test_an_approval_whose_run_ended_first_takes_no_votes_and_reminds_no_o
     with pytest.raises(ApprovalClosedError, match=f"approval {approval_id} closed"):
         await engine.approvals.vote(approval_id, "ana@example.com")
     assert await engine.approvals.list(status="WAITING") == []
+
+
+async def test_a_worker_configured_by_notify_url_sends_signed_webhooks_and_emails(
+    db_url: str, start_worker_on: Any
+) -> None:
+    """WAITPOINT_NOTIFY_URL end to end: a webhook receiver that fails at first gets each
+    approver's notice, signed; an SMTP server gets the e-mails."""
+    import json
+
+    from engine import Settings, verify_webhook
+
+    from .test_notifiers import ScriptedServer, smtp_server
+
+    key = "wp_test_" + "k" * 40
+    secret = "whsec_" + "c2VjcmV0LWZvci10ZXN0cw=="
+    async with ScriptedServer([500, 200]) as receiver:
+        settings = Settings(
+            database_url=db_url,
+            api_url=None,
+            secret_key=key,
+            public_url="http://127.0.0.1:8030",
+            notify_url=receiver.url,
+            notify_secret=secret,
+        )
+        async with Engine(settings=settings) as engine:
+            await start_worker_on(engine, TASKS)
+            _, approval_id = await _asked(engine, {})
+            async with asyncio.timeout(30):
+                while not await _all_recorded(engine, approval_id):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            notices = (await engine.approvals.retrieve(approval_id)).notices
+            assert [(n.ok, n.channel) for n in notices] == [(True, "webhook")] * 3
+        told = {}
+        for request in receiver.requests:
+            verify_webhook(request.body, request.headers, secret)  # raises if not ours
+            body = json.loads(request.body)
+            told[body["approver"]] = body
+        assert sorted(told) == PEOPLE
+        assert {b["type"] for b in told.values()} == {"approval.requested"}
+        assert all(b["link"].startswith("http://127.0.0.1:8030/ui/vote/") for b in told.values())
+
+    with smtp_server() as (inbox, port):
+        settings = Settings(
+            database_url=db_url,
+            api_url=None,
+            secret_key=key,
+            public_url="http://127.0.0.1:8030",
+            notify_url=f"smtp://127.0.0.1:{port}?from=approvals@example.com",
+        )
+        async with Engine(settings=settings) as engine:
+            await start_worker_on(engine, TASKS)
+            _, approval_id = await _asked(engine, {"approvers": ["ana@example.com"], "quorum": 1})
+            async with asyncio.timeout(30):
+                while not await _all_recorded(engine, approval_id):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        [(envelope, message)] = inbox.messages
+        assert envelope.rcpt_tos == ["ana@example.com"]
+        assert message["Subject"] == "Approval requested: Refund order 42 (19.99 EUR)"

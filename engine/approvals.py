@@ -28,10 +28,10 @@ from .storage import JournalWrite, NewApproval, Notice, Storage
 from .validation import (
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
-    check_schema,
     clean_approver,
     clean_token_context,
     clean_token_text,
+    data_schema_of,
 )
 
 if TYPE_CHECKING:
@@ -176,13 +176,7 @@ def approval_request(
         )
     if reject_on not in ("any", "majority"):
         raise ValidationError(f"reject_on must be 'any' or 'majority', not {reject_on!r}")
-    data_schema: dict[str, Any] | None = None
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        data_schema = schema.model_json_schema()
-    elif isinstance(schema, dict):
-        data_schema = check_schema(schema)
-    elif schema is not None:
-        raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
+    data_schema = data_schema_of(schema)
     return NewApproval(
         title=clean_title,
         approvers=people,

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from typing_extensions import Unpack
 
 from .clock import from_ms, to_ms
@@ -32,12 +31,12 @@ from .storage import NewDebounce, NewRun, NewToken, PageRequest
 from .validation import (
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
-    check_schema,
     clean_limit,
     clean_optional_text,
     clean_tags,
     clean_token_context,
     clean_token_text,
+    data_schema_of,
 )
 
 
@@ -55,13 +54,7 @@ def token_request(now_ms: int, **options: Unpack[TokenOptions]) -> NewToken:
     if timeout is not None:
         deadline, ttl = resolve_deadline(timeout, now)
         timeout_ms = to_ms(deadline)
-    data_schema = None
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        data_schema = schema.model_json_schema()
-    elif isinstance(schema, dict):
-        data_schema = check_schema(schema)
-    elif schema is not None:
-        raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
+    data_schema = data_schema_of(schema)
     key = clean_optional_text(options.get("idempotency_key"), "idempotency_key")
     return NewToken(
         timeout_ms=timeout_ms,

@@ -208,6 +208,20 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def data_schema_of(schema: Any) -> dict[str, Any] | None:
+    """The JSON Schema a token's or an approval's ``schema=`` gives: a pydantic model's, or
+    a JSON Schema checked (``check_schema``); None for none."""
+    from pydantic import BaseModel
+
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_json_schema()
+    if isinstance(schema, dict):
+        return check_schema(schema)
+    if schema is not None:
+        raise ValidationError("schema must be a pydantic model class or a JSON Schema object")
+    return None
+
+
 def non_local_refs(schema: Any) -> list[str]:
     """Every ``$ref`` (``$dynamicRef``, ``$recursiveRef``) in ``schema`` that is not ``#...``.
 

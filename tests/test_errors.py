@@ -11,6 +11,7 @@ from pydantic import BaseModel
 import engine
 from engine import errors
 from engine.errors import (
+    ApprovalClosedError,
     ChildRunError,
     EngineError,
     NondeterminismError,
@@ -47,6 +48,7 @@ PLAIN_ERRORS = [
         StepFailedError,
         RunFailedError,
         ChildRunError,
+        ApprovalClosedError,
     }
 ]
 
@@ -199,3 +201,12 @@ def test_run_failed_error_carries_status_and_error_message() -> None:
     assert str(error) == "run run_1 ended FAILED: 'x'"
     assert (error.run_id, error.status) == ("run_1", "FAILED")
     assert str(RunFailedError("run_2", "CANCELED")) == "run run_2 ended CANCELED"
+
+
+def test_a_late_vote_says_how_the_approval_closed() -> None:
+    assert str(ApprovalClosedError("waitpoint_a", "COMPLETED", True)) == (
+        "approval waitpoint_a was approved; it takes no more votes"
+    )
+    assert "was rejected" in str(ApprovalClosedError("waitpoint_a", "COMPLETED", False))
+    assert "timed out" in str(ApprovalClosedError("waitpoint_a", "TIMED_OUT", None))
+    assert "waitpoint_a closed;" in str(ApprovalClosedError("waitpoint_a", "CANCELLED", None))

@@ -439,4 +439,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX approval_notices_due ON approval_notices (due_at) WHERE delivered_at IS NULL;
     """,
+    # 12 (10 on SQLite): traces (OpenTelemetry, ``engine.tracing``). ``runs.trace_context``:
+    # the W3C ``traceparent`` a run was triggered in, which every attempt continues;
+    # ``waitpoints.completed_trace``: the one a token was completed in.
+    """
+    ALTER TABLE runs ADD COLUMN trace_context text;
+    ALTER TABLE waitpoints ADD COLUMN completed_trace text;
+    """,
 ]

@@ -361,4 +361,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX approval_notices_due ON approval_notices (due_at) WHERE delivered_at IS NULL;
     """,
+    # 10: traces (OpenTelemetry, ``engine.tracing``). ``runs.trace_context``: the W3C
+    # ``traceparent`` a run was triggered in, which every attempt continues, on any worker,
+    # days later; ``waitpoints.completed_trace``: the one a token was completed in, which the
+    # resumed attempt links to.
+    """
+    ALTER TABLE runs ADD COLUMN trace_context TEXT;
+    ALTER TABLE waitpoints ADD COLUMN completed_trace TEXT;
+    """,
 ]

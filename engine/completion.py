@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from . import tracing
 from .errors import StorageError
 from .logs import get_logger
 from .models import CompletionResult, CompletionSource
@@ -32,11 +33,14 @@ async def complete(
     schema check can take long), then completed with the schema it was checked against. The
     token comes back presented by ``signer`` (storage makes no callback URL).
     """
-    result = await storage.complete_token(token_id, data, source)
+    trace = tracing.traceparent()
+    result = await storage.complete_token(token_id, data, source, trace=trace)
     if isinstance(result, DataToCheck):
         what = f"completion data for {token_id}"
         data = await validate_against_schema(result.json_schema, data, what)
-        result = await storage.complete_token(token_id, data, source, checked=result.schema)
+        result = await storage.complete_token(
+            token_id, data, source, checked=result.schema, trace=trace
+        )
         if isinstance(result, DataToCheck):  # pragma: no cover - a schema never changes
             raise StorageError(f"the data schema of {token_id} changed while checked")
     log.info("token.completed", token_id=token_id, applied=result.applied, via=source.value)

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from typing_extensions import Unpack
 
-from . import completion
+from . import completion, tracing
 from .clock import to_ms
 from .context import Recorded, RunContext
 from .current import current_engine
@@ -104,7 +104,11 @@ async def _call(
     attempt = 1
     while True:
         try:
-            return await _call_once(fn, args, kwargs)
+            if tracing.tracer() is None:
+                return await _call_once(fn, args, kwargs)
+            attributes = {"waitpoint.step": name, "waitpoint.try": attempt}
+            with tracing.span(f"step {name}", attributes=attributes):
+                return await _call_once(fn, args, kwargs)
         except Exception as exc:
             if attempt >= policy.max_attempts or isinstance(exc, _NOT_RETRIED):
                 raise
@@ -230,12 +234,36 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
         if found is None:
             log.info("run.suspended", token_id=token_id)
             return None
+        _trace_wait("token", [found])
         return Recorded(_json_of(found))
 
     closed = await context.durable_call(
         "wait_for_token", token_id, execute=execute, decode=_token, waits="wait_for_token"
     )
     return WaitResult.from_token(closed, model.model_validate if model else None)
+
+
+def _trace_wait(kind: str, closed: list[Token]) -> None:
+    """The span of a wait that just ended (tracing on): from when its first waitpoint was
+    made to now, linked (as the attempt that goes on is) to the requests that completed its
+    tokens."""
+    if tracing.tracer() is None:
+        return
+    now = RunContext.current().storage.now_ms()
+    since = min((to_ms(t.created_at) for t in closed), default=now)
+    attributes: dict[str, Any] = {"waitpoint.wait": kind}
+    if len(closed) == 1:
+        token = closed[0]
+        attributes["waitpoint.token_id"] = token.id
+        attributes["waitpoint.status"] = token.status.value
+        if token.completed_via is not None:
+            attributes["waitpoint.completed_via"] = token.completed_via.value
+    completers = [t.completed_trace for t in closed if t.completed_trace]
+    tracing.emit(
+        f"wait {kind}", start_ms=since, end_ms=now, attributes=attributes, links_to=completers
+    )
+    for completer in completers:
+        tracing.link_current(completer)
 
 
 async def patched(patch_id: str) -> bool:
@@ -375,6 +403,7 @@ async def wait_for_tokens(
         if snapshot is None:
             log.info("run.suspended", members=[str(m) for m in members], mode=mode)
             return None
+        _trace_wait("group", [Token.model_validate(item) for item in snapshot["tokens"]])
         return Recorded(snapshot)
 
     snapshot = await context.durable_call(

@@ -165,6 +165,8 @@ class Token(WireModel):
     """True when ``create`` returned an existing token for its idempotency key."""
     data_schema: dict[str, Any] | None = Field(default=None, exclude=True)
     """The JSON Schema completion data must satisfy (from ``create_token(schema=Model)``)."""
+    completed_trace: str | None = Field(default=None, exclude=True)
+    """The W3C ``traceparent`` of the request that completed it (``engine.tracing``)."""
     _data_model: type[BaseModel] | None = PrivateAttr(default=None)
     """The model ``wait_for_token`` parses the data into (kept in memory, not stored)."""
 
@@ -798,3 +800,6 @@ class ClaimedRun:
     journal: list[JournalEntry] = field(default_factory=list)
     attempt_base: int = 0
     """The attempts it had before it was retried by hand: its retry policy counts from here."""
+    created_ms: int = 0
+    trace_context: str | None = None
+    """The W3C ``traceparent`` it was triggered in (``engine.tracing``)."""

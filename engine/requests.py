@@ -12,6 +12,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from . import tracing
 from .clock import from_ms, to_ms
 from .durations import duration_ms, format_duration, resolve_deadline
 from .errors import ValidationError
@@ -113,6 +114,7 @@ def run_request(
         debounce=_debounce(options.get("debounce"), delay),
         priority=clean_priority(options.get("priority")),
         rate_limit_key=clean_optional_text(options.get("rate_limit_key"), "rate_limit_key"),
+        trace_context=tracing.traceparent(f"trigger {task_id}", {"waitpoint.task_id": task_id}),
     )
 
 

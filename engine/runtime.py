@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from . import logs
+from . import logs, tracing
 from .context import AttemptInterrupted, ReplayRequested, RunContext
 from .errors import (
     AbortTaskRunError,
@@ -92,6 +92,36 @@ async def run_attempt(
     With ``always_replay`` it may return ``Handoff.REPLAY``: the caller must then
     ``hand_back`` the run (once it no longer counts the attempt as running).
     """
+    if tracing.tracer() is None:
+        return await _attempt(storage, signer, run, definition, always_replay)
+    attributes = {
+        "waitpoint.run_id": run.id,
+        "waitpoint.task_id": run.task_id,
+        "waitpoint.attempt": run.attempt,
+        "waitpoint.resumed": bool(run.journal),
+    }
+    with tracing.span(f"attempt {run.task_id}", parent=run.trace_context, attributes=attributes):
+        outcome = await _attempt(storage, signer, run, definition, always_replay)
+        attempt = tracing.traceparent()
+    if isinstance(outcome, RunStatus) and outcome.is_terminal:
+        tracing.emit(
+            f"run {run.task_id}",
+            start_ms=run.created_ms,
+            end_ms=storage.now_ms(),
+            parent=run.trace_context,
+            attributes={**attributes, "waitpoint.status": outcome.value},
+            links_to=[attempt] if attempt else None,
+        )
+    return outcome
+
+
+async def _attempt(
+    storage: Storage,
+    signer: CallbackSigner,
+    run: ClaimedRun,
+    definition: TaskDefinition,
+    always_replay: bool,
+) -> RunStatus | Handoff | None:
     context = RunContext(storage, signer, run, always_replay=always_replay)
     entered = context.enter()
     bound = logs.bind(run_id=run.id, task=run.task_id, attempt=run.attempt)

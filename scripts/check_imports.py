@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("storage", ("engine.storage",)),
-    ("requests", ("engine.requests", "engine.completion")),
+    ("requests", ("engine.requests", "engine.completion", "engine.tracing")),
     (
         "runtime",
         (

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .. import tracing
 from ..client import Engine
 from ..settings import Settings
 from .approvals import router as approvals_router
@@ -71,4 +72,5 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     )
     app.add_middleware(CredentialLimitMiddleware, limiter=app.state.credential_limiter)
     app.add_middleware(PublicRoutesCORS)  # outermost: a 413 from a browser is readable too
+    tracing.instrument_app(app)  # a span per request, when tracing is on (engine.tracing)
     return app

@@ -112,6 +112,8 @@ class NewRun:
     """Set for a fork only: its journal came from the original's code."""
     debounce: NewDebounce | None = None
     """Collapse triggers of the task with the same key (top-level triggers only)."""
+    trace_context: str | None = None
+    """The W3C ``traceparent`` it was triggered in, which its attempts continue (tracing)."""
 
 
 @dataclass(frozen=True)
@@ -621,12 +623,18 @@ class Storage(Protocol):
     async def list_tokens(self, filter: TokenFilter, page: PageRequest) -> Page[Token]: ...
 
     async def complete_token(
-        self, token_id: str, data: Any, source: CompletionSource, checked: str | None = None
+        self,
+        token_id: str,
+        data: Any,
+        source: CompletionSource,
+        checked: str | None = None,
+        trace: str | None = None,
     ) -> CompletionResult | DataToCheck:
         """Complete a WAITING token whose data schema is ``checked`` (the schema's stored
         text; None: a token with no schema). A WAITING token with another schema is left
         alone and its schema returned (``DataToCheck``): validate the data against it, then
-        complete again with ``checked`` set. So an untyped token completes in one call."""
+        complete again with ``checked`` set. So an untyped token completes in one call.
+        ``trace``: the ``traceparent`` it was completed in (kept for the resumed run)."""
         ...
 
     async def cancel_token(

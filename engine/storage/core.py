@@ -531,12 +531,12 @@ class StorageCore:
             " idempotency_key_expires_at, max_attempts, available_at, delayed_until, ttl,"
             " expires_at, metadata, max_duration_ms, parent_run_id, parent_key, depth,"
             " queue, concurrency_key, origin_run_id, origin, version, priority, rate_limit_key,"
-            " created_at, updated_at)"
+            " trace_context, created_at, updated_at)"
             f" VALUES (:id, :task_id, :status, :payload, {self.q.jsonb('tags')}, :key,"
             " :key_expires, :max_attempts, :start, :delayed_until, :ttl, :expires_at,"
             " :metadata, :max_duration_ms, :parent_run_id, :parent_key, :depth, :queue,"
             " :concurrency_key, :origin_run_id, :origin, :version, :priority, :rate_limit_key,"
-            " :now, :now) RETURNING *"
+            " :trace_context, :now, :now) RETURNING *"
         )
         inserted = rows(
             insert,
@@ -564,6 +564,7 @@ class StorageCore:
             version=new.version,
             priority=new.priority,
             rate_limit_key=new.rate_limit_key,
+            trace_context=new.trace_context,
             now=now,
         )
         if not self.q.writes_in_with:

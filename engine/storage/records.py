@@ -77,6 +77,7 @@ def token_from_row(row: RowLike) -> Token:
         title=_added(row, "title"),
         description=_added(row, "description"),
         context=load_json(_added(row, "context")),
+        completed_trace=_added(row, "completed_trace"),
     )
 
 
@@ -174,6 +175,8 @@ def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[Cl
             metadata=load_json(r["metadata"]),
             journal=journals.get(r["id"], []),
             attempt_base=r["attempt_base"],
+            created_ms=r["created_at"],
+            trace_context=r["trace_context"],
         )
         for r in rows
     ]

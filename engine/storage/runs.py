@@ -31,7 +31,7 @@ from .workers import Workers
 
 _CLAIM_COLUMNS = (
     "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
-    " max_duration_ms, metadata, attempt_base"
+    " max_duration_ms, metadata, attempt_base, created_at, trace_context"
 )
 _CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.split(","))
 

@@ -35,6 +35,7 @@ _PARAMS = (
     ("via", "text"),
     ("schema", "text"),
     ("any_schema", "boolean"),
+    ("trace", "text"),
     ("now", "bigint"),
 )
 """The arguments of ``close_token_function``: the parameters of the statements it runs."""
@@ -191,11 +192,22 @@ class Tokens(StorageCore):
         return Page(data=tokens, next_cursor=next_cursor, previous_cursor=previous_cursor)
 
     async def complete_token(
-        self, token_id: str, data: Any, source: CompletionSource, checked: str | None = None
+        self,
+        token_id: str,
+        data: Any,
+        source: CompletionSource,
+        checked: str | None = None,
+        trace: str | None = None,
     ) -> CompletionResult | DataToCheck:
         text = dump_json(data, "the completion data")
         return await self._close_token(
-            token_id, WaitpointStatus.COMPLETED, text, source, any_schema=False, schema=checked
+            token_id,
+            WaitpointStatus.COMPLETED,
+            text,
+            source,
+            any_schema=False,
+            schema=checked,
+            trace=trace,
         )
 
     async def cancel_token(
@@ -221,6 +233,7 @@ class Tokens(StorageCore):
         *,
         any_schema: bool,
         schema: str | None = None,
+        trace: str | None = None,
     ) -> CompletionResult | DataToCheck:
         """First writer wins: close a WAITING token and re-queue the runs it unblocks.
 
@@ -240,6 +253,7 @@ class Tokens(StorageCore):
             "via": source.value,
             "schema": schema,
             "any_schema": any_schema,
+            "trace": trace,
         }
 
         def op(now: int) -> Op[list[RowLike]]:
@@ -281,7 +295,8 @@ class Tokens(StorageCore):
             f"UPDATE waitpoints SET completed_at = :now,"
             f" status = CASE WHEN {due} THEN 'TIMED_OUT' ELSE :status END,"
             f" completed_via = CASE WHEN {due} THEN 'timeout' ELSE :via END,"
-            f" data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END"
+            f" data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END,"
+            f" completed_trace = CASE WHEN {due} THEN NULL ELSE :trace END"
             " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
             f" AND ({due} OR :any_schema OR data_schema = :schema"
             " OR (data_schema IS NULL AND :schema IS NULL)) RETURNING *"

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import tracing
 from .errors import (
     ConcurrentWaitError,
     DurableCallInStepError,
@@ -97,6 +98,16 @@ class Recorded:
 
 Execute = Callable[[JournalWrite], Awaitable[Recorded | None]]
 """Runs a new durable call and journals it with the given write; None: the run parked."""
+
+
+WAIT_KINDS = {
+    "sleep": "sleep",
+    "trigger_and_wait": "child",
+    "batch_trigger_and_wait": "children",
+    "receive": "message",
+    "request_approval": "approval",
+}
+"""The span name of each kind of wait (``wait <kind>``)."""
 
 
 class RunContext:
@@ -225,8 +236,23 @@ class RunContext:
                 raise self.interrupted(exc) from exc
             if recorded is None:
                 raise self._stop(Suspended())
+            if waits is not None and not self.journaled_new and self.run.journal:
+                self._trace_resumed_wait(waits)
             self.journaled_new = True
             return self._outcome(key, recorded.value, recorded.is_error, decode, recorded.cause)
+
+    def _trace_resumed_wait(self, waits: str) -> None:
+        """The span of the wait this resumed attempt went on from (tracing on): from the last
+        call journaled before the run parked to now. Token and group waits make their own
+        (from their tokens, linked to who completed them: ``durable._trace_wait``)."""
+        if tracing.tracer() is None or waits in ("wait_for_token", "wait_for_tokens"):
+            return
+        since = max(entry.recorded_ms for entry in self.run.journal)
+        kind = WAIT_KINDS.get(waits, waits)
+        attributes = {"waitpoint.wait": kind, "waitpoint.run_id": self.run.id}
+        tracing.emit(
+            f"wait {kind}", start_ms=since, end_ms=self.storage.now_ms(), attributes=attributes
+        )
 
     def refuse_when_stopped(self) -> None:
         """Raise ``AttemptOver`` if this attempt already ended: nothing more may run."""

@@ -44,17 +44,21 @@ def test_one_trace_runs_from_the_trigger_request_across_a_wait_and_a_second_proc
         by_name.setdefault(span["name"], []).append(span)
     [trigger] = by_name["POST /api/v1/tasks/{task_id}/trigger"]
     [completing] = by_name["POST /api/v1/waitpoints/tokens/{token_id}/complete"]
-    first, second = sorted(by_name["attempt traced-flow"], key=lambda s: s["process"] != "scenario")
+    attempts = by_name["attempt traced-flow"]
+    [first, slept] = [a for a in attempts if a["process"] == "scenario"]  # in the order ended
+    [second] = [a for a in attempts if a["process"] == "worker"]
     [run] = by_name["run traced-flow"]
     [opened] = by_name["step open-ticket"]
     [closed] = by_name["step close-ticket"]
     [wait] = by_name["wait token"]
+    [nap] = by_name["wait sleep"]
 
     trace_id = trigger["trace"]  # one trace, both processes, from the trigger request on
-    for span in (first, second, run, opened, closed, wait):
+    for span in (first, slept, second, run, opened, closed, wait, nap):
         assert span["trace"] == trace_id, span["name"]
-    assert (first["process"], second["process"]) == ("scenario", "worker")
-    assert first["parent"] == trigger["span"] and second["parent"] == trigger["span"]
+    for attempt in (first, slept, second):
+        assert attempt["parent"] == trigger["span"]
+    assert nap["parent"] == slept["span"] and nap["attributes"]["waitpoint.wait"] == "sleep"
     assert run["parent"] == trigger["span"] and run["links"] == [second["span"]]
     assert opened["parent"] == first["span"]
     assert closed["parent"] == second["span"] and wait["parent"] == second["span"]

@@ -3,9 +3,9 @@
     python tests/tracing_scenario.py DATABASE_URL TASKS_FOLDER
 
 This process sets an OpenTelemetry provider with an in-memory exporter and serves the API
-in-process: a traced HTTP request triggers ``traced-flow``, a worker here runs it until it
-waits for a token and is stopped; a second traced request completes the token; then a second
-worker *process* (``waitpoint worker``, exporting its spans to its stdout with
+in-process: a traced HTTP request triggers ``traced-flow``, a worker here runs it (it sleeps,
+resumes and waits for a token) and is stopped; a second traced request completes the token;
+then a second worker *process* (``waitpoint worker``, exporting its spans to its stdout with
 ``OTEL_TRACES_EXPORTER=console``) resumes the run and finishes it. Prints one JSON object:
 every span of both processes (name, trace and span ids, parent, links, attributes).
 """
@@ -31,12 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 KEY = "wp_test_" + "t" * 40
 TASKS = """
-from engine import create_token, step, task, update_metadata, wait_for_token
+from datetime import timedelta
+
+from engine import create_token, sleep, step, task, update_metadata, wait_for_token
 
 
 @task("traced-flow")
 async def traced_flow(payload):
     ticket = await step("open-ticket", lambda: "T-1")
+    await sleep(timedelta(milliseconds=200))
     token = await create_token(timeout="1h")
     await update_metadata({"token": token.id})
     result = await wait_for_token(token)
@@ -103,6 +106,10 @@ async def main(database_url: str, folder: str) -> None:
             await asyncio.wait_for(worker.started.wait(), 10)
             reply = await api.post("/api/v1/tasks/traced-flow/trigger", json={}, headers=auth)
             run_id = reply.json()["id"]
+            while "token" not in ((run := await engine.runs.retrieve(run_id)).metadata or {}):
+                if run.is_finished:
+                    raise SystemExit(f"the run ended {run.status}: {run.error}")
+                await asyncio.sleep(0.02)
             while (run := await engine.runs.retrieve(run_id)).status != "WAITING":  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             worker.stop()

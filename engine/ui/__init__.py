@@ -9,8 +9,12 @@ by signing in with the secret key once (``sessions``); an approval link needs on
 server-signed session and the links hold public access tokens scoped to one token.
 
     signin       /ui/login, /ui/logout
-    token_pages  /ui/tokens (the inbox), /ui/tokens/{id} (complete, cancel, share, receipt)
-    run_pages    /ui/runs, /ui/runs/{id} (timeline; cancel, pause, resume)
+    token_pages  /ui/tokens (the inbox, with how many expire soon), /ui/tokens/{id}
+                 (complete, cancel, share, receipt)
+    run_pages    /ui/runs (a chart of runs finished per minute), /ui/runs/{id} (timeline
+                 drawn as a waterfall above its table; cancel, pause, resume)
+    waterfall    a run's timeline as positioned bars (pure; the template draws the SVG)
+    charts       runs finished per minute by status; waiting tokens expiring soon
     schedule_pages  /ui/schedules (each schedule's next five ticks)
     approve      /ui/approve/{id}?t=... (standalone, no session)
     vote         /ui/vote/{approval_id}?t=... (an approver votes; standalone, no session)

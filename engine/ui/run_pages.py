@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
@@ -13,8 +14,10 @@ from fastapi.responses import RedirectResponse
 
 from ..client import Engine
 from ..models import Run, RunStatus
+from .charts import FINISHED, Chart, finished_per_minute
 from .render import PAGE_HEADERS
 from .routing import PageError, PageRoute, SameSite, SignedIn, engine_of, ui_of
+from .waterfall import waterfall
 
 router = APIRouter(prefix="/ui/runs", route_class=PageRoute, include_in_schema=False)
 
@@ -80,6 +83,48 @@ RUN_ACTIONS: tuple[RunAction, ...] = (
 _ACTIONS = {action.name: action for action in RUN_ACTIONS}
 
 
+CHART_PAGES = 5
+"""Pages of 100 read for the chart of runs finished per minute: its newest 500 runs."""
+CHART_CREATED_WITHIN = timedelta(days=1)
+"""The chart counts runs created this recently (``Runs.list`` filters on creation, not on
+finishing): a run that waited longer than that before it finished is not counted."""
+
+
+@dataclass(frozen=True)
+class FinishedLately:
+    """The runs page's chart, and what it was counted from: the page says so, since the
+    list it reads is bounded."""
+
+    chart: Chart
+    read: int
+    """How many finished runs were read."""
+    complete: bool
+    """False: more finished runs were created within ``CHART_CREATED_WITHIN`` than read."""
+
+
+async def finished_lately(
+    engine: Engine, now: datetime, task: str | None, tag: str | None
+) -> FinishedLately:
+    """The chart of the runs (of ``task``, tagged ``tag``) finished in the last hour, from
+    the newest ``CHART_PAGES`` pages of finished runs created within a day."""
+    found: list[Run] = []
+    after = None
+    for _ in range(CHART_PAGES):
+        page = await engine.runs.list(
+            status=[status.value for status in FINISHED],
+            task=task,
+            tags=[tag] if tag else None,
+            created_after=now - CHART_CREATED_WITHIN,
+            limit=100,
+            after=after,
+        )
+        found += page.data
+        after = page.next_cursor
+        if after is None:
+            break
+    return FinishedLately(finished_per_minute(found, now), len(found), after is None)
+
+
 @router.get("")
 async def runs(
     request: Request,
@@ -99,6 +144,9 @@ async def runs(
         after=after,
         before=before,
     )
+    # the chart goes with the first page: older pages are for looking back
+    first = after is None and before is None
+    lately = await finished_lately(engine, datetime.now(UTC), task or None, tag) if first else None
     filters = {"status": status, "task": task, "tag": tag}
     stream = {"filter[status]": status, "filter[taskIdentifier]": task, "filter[tag]": tag}
     chosen = {k: v for k, v in stream.items() if v}
@@ -106,6 +154,7 @@ async def runs(
         request,
         "runs.html",
         page=page,
+        lately=lately,
         statuses=[s.value for s in RunStatus],
         tasks=sorted(await engine.known_tasks()),
         query=urlencode(filters),
@@ -122,6 +171,8 @@ async def run_page(request: Request, run_id: str, _: SignedIn, done: str = "") -
     engine = engine_of(request)
     run = await engine.runs.retrieve(run_id)
     timeline = await engine.runs.timeline(run_id)
+    # drawn as of now while the run goes on: what it executes or waits on reaches the edge
+    picture = waterfall(timeline, None if run.is_finished else datetime.now(UTC))
     task_paused = None  # a finished run is no longer held by its task
     if not run.is_finished:
         paused_tasks = {t.task_id: t.paused_at for t in await engine.tasks.paused()}
@@ -131,6 +182,7 @@ async def run_page(request: Request, run_id: str, _: SignedIn, done: str = "") -
         "run.html",
         run=run,
         timeline=timeline,
+        picture=picture,
         paused=_paused(run),
         task_paused=task_paused,
         actions=[action for action in RUN_ACTIONS if action.shown(run)],

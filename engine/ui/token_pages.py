@@ -14,8 +14,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from ..api.deps import public_url_of
+from ..client import Engine
 from ..errors import ValidationError
-from ..models import CompletionSource, Token, WaitpointStatus
+from ..models import CompletionSource, Page, Token, WaitpointStatus
+from .charts import Expiring, expiring
 from .completion import prepare, submit
 from .forms import Reading
 from .links import DEFAULT_EXPIRES_IN, approval_url
@@ -28,6 +30,8 @@ _CLOSED = [WaitpointStatus.COMPLETED, WaitpointStatus.TIMED_OUT, WaitpointStatus
 _FAR = datetime.max.replace(tzinfo=UTC)
 WAITING_SHOWN = 100
 CLOSED_SHOWN = 25
+EXPIRY_PAGES = 10
+"""Pages of 100 waiting tokens read to count those expiring soon: past 1,000, "at least"."""
 
 
 def stream_url(status: str, tag: str) -> str:
@@ -57,9 +61,23 @@ async def inbox(
         waiting = await engine.tokens.list(status="WAITING", tags=tags, limit=WAITING_SHOWN)
         closed = await engine.tokens.list(status=_CLOSED, tags=tags, limit=CLOSED_SHOWN)
         context["waiting"] = sorted(waiting.data, key=lambda t: t.expires_at or _FAR)
+        context["expiring"] = await _expiring(engine, tags, waiting)
         context["more_waiting"] = waiting.next_cursor is not None
         context["closed"] = closed.data
     return ui_of(request).renderer.page(request, "tokens.html", **context)
+
+
+async def _expiring(engine: Engine, tags: list[str] | None, first: Page[Token]) -> Expiring:
+    """How many waiting tokens (with ``tags``) expire within the hour and the day: the list
+    is newest first, not by expiry, so it is read to its end (``EXPIRY_PAGES`` at most)."""
+    tokens, after = list(first.data), first.next_cursor
+    for _ in range(EXPIRY_PAGES - 1):
+        if after is None:
+            break
+        page = await engine.tokens.list(status="WAITING", tags=tags, limit=100, after=after)
+        tokens += page.data
+        after = page.next_cursor
+    return expiring(tokens, datetime.now(UTC), complete=after is None)
 
 
 def _token_page(

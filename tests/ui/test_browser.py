@@ -7,6 +7,8 @@ and the run waiting on ``request_approval`` completes with both votes. The dashb
 through the one-click link ``waitpoint dev`` printed, lists the waiting token with its
 countdown, completes one from its generated form, and shows a run's timeline, which updates
 by itself when the run finishes. Wrong and expired links get an error page without a form.
+A finished run's waterfall draws its bars as wide as the timeline's durations say, and the
+runs page charts the runs finished in the last hour.
 
 ``WAITPOINT_UI_SCREENSHOTS=docs`` writes the README's screenshots to docs/.
 """
@@ -19,6 +21,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from tests.test_api_server import DevServer, get_run, poll
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 Browser = playwright_api.Browser
+Locator = playwright_api.Locator
 Page = playwright_api.Page
 expect = playwright_api.expect
 
@@ -39,11 +43,12 @@ CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 BROWSER_TASKS = """
+import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from engine import create_token, request_approval, step, task, wait_for_token
+from engine import Retry, create_token, request_approval, sleep, step, task, wait_for_token
 
 
 class Decision(BaseModel):
@@ -79,6 +84,35 @@ async def vote_refund(payload: dict) -> dict:
         context={"order": 42},
     )
     return {"approved": decision.approved, "voters": [v.approver for v in decision.votes]}
+
+
+CHARGED: dict[int, int] = {}
+
+
+def charge_card(order_id: int) -> str:
+    time.sleep(0.2)
+    CHARGED[order_id] = CHARGED.get(order_id, 0) + 1
+    if CHARGED[order_id] == 1:
+        raise ConnectionError("payment gateway timed out")
+    return f"ch_{order_id}"
+
+
+@task("pack-parcel")
+async def pack_parcel(payload: dict) -> dict:
+    await step("pick-items", time.sleep, 0.4)
+    await sleep("1s")
+    return {"parcel": f"P-{payload['order_id']}"}
+
+
+@task("ship-order", retry=Retry(max_attempts=2, min_delay="1s", max_delay="1s", jitter=False))
+async def ship_order(payload: dict) -> dict:
+    await step("reserve-stock", time.sleep, 0.3)
+    token = await create_token(timeout="1h", tags=[f"ship:{payload['order_id']}"])
+    await wait_for_token(token)
+    await step("charge-card", charge_card, payload["order_id"])
+    parcel = await pack_parcel.trigger_and_wait({"order_id": payload["order_id"]})
+    await sleep("2s")
+    return {"parcel": parcel.output["parcel"]}
 """
 
 
@@ -127,11 +161,19 @@ def api(server: DevServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def screenshot(page: Page, name: str, tmp_path: Path) -> None:
-    """Keep a screenshot; with WAITPOINT_UI_SCREENSHOTS=docs, as the README's picture."""
+def screenshot(page: Page, name: str, tmp_path: Path, *, down_to: Locator | None = None) -> None:
+    """Keep a screenshot; with WAITPOINT_UI_SCREENSHOTS=docs, as the README's picture. The
+    whole page, or from its top down to the bottom of ``down_to``."""
     target = DOCS if os.environ.get("WAITPOINT_UI_SCREENSHOTS") == "docs" else tmp_path
     target.mkdir(exist_ok=True)
-    page.screenshot(path=str(target / name), full_page=True)
+    if down_to is None:
+        page.screenshot(path=str(target / name), full_page=True)
+        return
+    box, size = down_to.bounding_box(), page.viewport_size
+    assert box is not None and size is not None
+    bottom = box["y"] + box["height"] + 16
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": bottom}
+    page.screenshot(path=str(target / name), full_page=True, clip=clip)
 
 
 def trigger_and_park(api: httpx.Client, order_id: int) -> tuple[str, dict[str, Any]]:
@@ -380,3 +422,84 @@ def test_signing_in_with_the_key_and_cancelling_a_run(
     response = page.goto(f"{server.base_url}/ui/runs")
     assert response is not None and response.status == 401
     assert time.monotonic() - started < 5
+
+
+def waterfall_durations(timeline: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
+    """``{(journal key, attempt): ms}`` for each step and wait, read from the timeline as the
+    API gives it (not from the page): a step's ``durationMs``; a wait from its ``waiting``
+    event to the ``attempt_started`` that resumed it, keyed by the entry written next."""
+    found: dict[tuple[str, int], int] = {}
+    parked: datetime | None = None
+    resumed: int | None = None
+    for entry in timeline:
+        at = datetime.fromisoformat(entry["at"])
+        if entry["kind"] == "waiting":
+            parked = at
+        elif entry["kind"] == "attempt_started" and parked is not None:
+            resumed, parked = (at - parked) // timedelta(milliseconds=1), None
+        elif "key" in entry:
+            if resumed is not None:
+                found[entry["key"], entry["attempt"]] = resumed
+            elif entry["kind"] == "step":
+                found[entry["key"], entry["attempt"]] = entry["durationMs"]
+            resumed = None
+    return found
+
+
+def test_a_finished_runs_waterfall_draws_durations_to_scale(
+    server: DevServer, api: httpx.Client, page: Page, tmp_path: Path
+) -> None:
+    answer = api.post("/api/v1/tasks/ship-order/trigger", json={"payload": {"order_id": 7}})
+    assert answer.status_code == 200, answer.text
+    run_id: str = answer.json()["id"]
+    poll(lambda: get_run(api, run_id), lambda r: r["status"] == "WAITING", "WAITING", 30)
+    [token] = api.get("/api/v1/waitpoints/tokens", params={"filter[tags]": "ship:7"}).json()["data"]
+    time.sleep(1.2)  # someone takes a moment to answer: the token's wait has a length
+    api.post(f"/api/v1/waitpoints/tokens/{token['id']}/complete", json={"data": {"ok": True}})
+    done = poll(lambda: get_run(api, run_id), lambda r: r["status"] == "COMPLETED", "done", 60)
+    assert done["output"] == {"parcel": "P-7"}
+    timeline = api.get(f"/api/v1/runs/{run_id}/timeline").json()["data"]
+    durations = waterfall_durations(timeline)
+    assert ("step:charge-card#0", 1) in durations and ("step:charge-card#0", 2) in durations
+
+    page.goto(f"{server.base_url}/ui/runs/{run_id}")  # the one-click link may be spent
+    page.get_by_label("Secret key").fill(server.secret_key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name=run_id)).to_be_visible()
+    picture = page.get_by_role("img", name=re.compile("^Waterfall of the run"))
+    expect(picture).to_be_visible()
+    expect(picture).to_have_attribute(
+        "aria-label", re.compile(r"2 attempts, 3 steps \(1 failed\), 3 waits, 1 child run\.$")
+    )
+
+    def width(key: str, attempt: int) -> float:
+        row = page.locator(f'svg.waterfall g[data-key="{key}"][data-attempt="{attempt}"]')
+        box = row.locator("rect.wf-bar").bounding_box()
+        assert box is not None, (key, attempt)
+        return float(box["width"])
+
+    # one scale for every bar: the longest gives it; bars shorter than 150 ms are left out
+    # (their minimum width is not to scale)
+    measured = {bar: (ms, width(*bar)) for bar, ms in durations.items() if ms >= 150}
+    assert len(measured) >= 6, durations  # 3 steps (one failed), token, child run and sleep
+    longest_ms, longest_px = max(measured.values())
+    px_per_ms = longest_px / longest_ms
+    for bar, (ms, px) in measured.items():
+        assert abs(px - ms * px_per_ms) <= 2, (bar, ms, px, px_per_ms)
+    token_wait = measured[f"wait_for_token:{token['id']}#0", 1]
+    reserve = measured["step:reserve-stock#0", 1]
+    assert abs(token_wait[1] / reserve[1] * reserve[0] - token_wait[0]) * px_per_ms <= 2
+
+    child = page.locator("svg.waterfall g.wf-child a")
+    expect(child).to_have_attribute("href", re.compile(r"^/ui/runs/run_"))
+    expect(page.locator("svg.waterfall g.wf-attempt.wf-bad")).to_contain_text(
+        "failed: payment gateway timed out; retried after 1.0 s"
+    )
+    screenshot(page, "waterfall.png", tmp_path, down_to=page.locator("figure.waterfall"))
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Runs").click()
+    chart = page.get_by_role("img", name=re.compile("^Runs finished per minute"))
+    expect(chart).to_be_visible()
+    expect(page.locator("svg.chart rect[data-status=COMPLETED]").first).to_be_visible()
+    listed = page.locator("table.list tbody tr")
+    screenshot(page, "runs-chart.png", tmp_path, down_to=listed.nth(min(listed.count(), 6) - 1))

@@ -19,13 +19,14 @@ from datetime import timedelta
 
 import anyio
 
+from . import metrics
 from .approvals import deliver_notices, fire_approvals
 from .client import Engine
 from .client.local import follow_public_url
 from .durations import duration_ms
 from .errors import StorageError
 from .logs import get_logger
-from .models import ClaimedRun
+from .models import ClaimedRun, RunStatus
 from .notifiers import Notifier, notifier_from_settings
 from .registry import REGISTRY, TaskDefinition
 from .runtime import Handoff, hand_back, run_attempt
@@ -265,6 +266,8 @@ class Worker:
                 claimed = await storage.claim_runs(
                     self.id, limit, self.lease_ms, task_ids, self.versions
                 )
+            if metrics.on:
+                metrics.claimed(anyio.current_time() - asked)
         for run in claimed:
             # this worker's own earlier attempt of the run lost it (its lease was rescued)
             # and may still be unwinding: it must stop, and its bookkeeping is the new one's
@@ -325,7 +328,9 @@ class Worker:
         return peers[number % len(peers)] == self.id
 
     async def _attempt(self, run: ClaimedRun, attempt: _Attempt) -> None:
-        outcome = None
+        outcome: RunStatus | Handoff | None = None
+        ended = "stopped"  # unless it ends otherwise: cancelled (a hard stop, a lost lease)
+        started = anyio.current_time() if metrics.on else None
         try:
             with attempt.scope as scope:
                 outcome = await run_attempt(
@@ -337,9 +342,14 @@ class Worker:
                 )
             if scope.cancelled_caught:
                 log.info("run.attempt_stopped", run_id=run.id, reason="canceled or taken over")
+            else:
+                ended = _outcome(outcome)
         except Exception:  # a bug in the engine must not take the worker down with it
+            ended = "crashed"
             log.exception("worker.attempt_crashed", run_id=run.id)
         finally:
+            if started is not None:
+                metrics.attempted(run.task_id, ended, anyio.current_time() - started)
             full = len(self._attempts_by_run) >= self.concurrency
             if self._attempts_by_run.get(run.id) is attempt:  # not a newer attempt's record
                 del self._attempts_by_run[run.id]
@@ -371,6 +381,8 @@ class Worker:
         rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
         if rescued:
             log.warning("worker.rescued_runs", count=rescued)
+            if metrics.on:
+                metrics.rescued(rescued)
         next_ms = _earliest(await storage.next_timer_ms(), next_tick_ms, next_approval_ms)
         pause = self.poll_seconds
         if next_ms is not None:
@@ -489,6 +501,18 @@ class Worker:
         attempt = self._attempts_by_run.get(run_id)
         if attempt is not None:
             attempt.scope.cancel()
+
+
+def _outcome(outcome: RunStatus | Handoff | None) -> str:
+    """How an attempt ended, as ``waitpoint_attempt_duration_seconds`` labels it: its run's
+    status when it finished it (``completed``, ``failed``, ``timed_out``), ``retrying``
+    (queued again after a failure), or ``released`` (parked on a wait, handed back, or
+    stopped by the database: the run goes on in a later attempt)."""
+    if outcome is None or isinstance(outcome, Handoff):
+        return "released"
+    if outcome is RunStatus.QUEUED:
+        return "retrying"
+    return outcome.value.lower()
 
 
 def _earliest(*moments: int | None) -> int | None:

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "engine.receipts",
             "engine.current",
             "engine.cron",
+            "engine.metrics",  # the in-process figures: recorded by storage and worker alike
         ),
     ),
     ("storage", ("engine.storage",)),

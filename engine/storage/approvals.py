@@ -60,7 +60,9 @@ class Approvals(Waits):
                 return None
             approval = yield from self._approval(waitpoint)
             decision = decision_of(approval)
-            yield from self._journal_and_unblock(journal, decision, [waitpoint["id"]], now)
+            yield from self._journal_and_unblock(
+                journal, decision, [waitpoint["id"]], now, "approval"
+            )
             return decision
 
         return await self._write(op, notify=False)

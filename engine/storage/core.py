@@ -26,9 +26,11 @@ import contextlib
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
+from .. import metrics
 from ..errors import LeaseLostError, RunNotFoundError, StorageError
 from ..faults import crash_point
 from ..ids import new_run_id
@@ -48,6 +50,16 @@ RUN_ENDED = json.dumps(
 )
 """What an approval left open by its run's end is cancelled with."""
 
+
+WAIT_KINDS = {
+    "MANUAL": "token",
+    "DATETIME": "sleep",
+    "APPROVAL": "approval",
+    "MESSAGE": "message",
+    "RUN": "child_runs",
+}
+"""How ``waitpoint_wait_duration_seconds`` names each kind of waitpoint a run waits on (a
+group of them: ``group``)."""
 
 PUBLIC_URL = "public_url"
 """The ``meta`` key of the address the API server of this database recorded at its start."""
@@ -71,7 +83,7 @@ _WAITING = (
 
 
 class StorageCore:
-    """The operations' shared steps; a backend supplies the driver (``_write``, ``_read``)."""
+    """The operations' shared steps; a backend supplies the driver (``_transact``, ``_read``)."""
 
     q: Dialect
     _change: asyncio.Event
@@ -98,16 +110,35 @@ class StorageCore:
     def now_ms(self) -> int:
         raise NotImplementedError
 
-    async def _write(
+    def _write(
         self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
-    ) -> T:
+    ) -> Coroutine[Any, Any, T]:
         """Run ``op(now)`` in one write transaction and return its result once committed.
 
         ``now`` is the database's clock, read once per transaction. ``notify`` tells the
         other processes that work may have appeared; ``control`` (PostgreSQL) runs it on the
         small pool kept for claims, leases and timers, which never queue behind the writes of
         a hundred running attempts.
+
+        A plain function that returns the backend's coroutine (``_transact``): with metrics
+        off, every write costs what it did before, not one more coroutine; with them on, the
+        transaction is timed here, for both backends (``engine.metrics``).
         """
+        if metrics.on:
+            return self._timed_write(op, notify, control)
+        return self._transact(op, notify=notify, control=control)
+
+    async def _timed_write(self, op: Callable[[int], Op[T]], notify: bool, control: bool) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._transact(op, notify=notify, control=control)
+        finally:
+            metrics.transaction(self.q.name, op, time.perf_counter() - started)
+
+    async def _transact(
+        self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
+    ) -> T:
+        """The backend's ``_write``: the transaction itself."""
         raise NotImplementedError
 
     async def _read(self, sql: Sql, *, control: bool = False) -> list[RowLike]:
@@ -358,23 +389,45 @@ class StorageCore:
             return None
         waitpoint = token_from_row(row)
         value = waitpoint.model_dump(mode="json", by_alias=True)
-        yield from self._journal_and_unblock(journal, value, [waitpoint.id], now)
+        kind = WAIT_KINDS.get(row["kind"], str(row["kind"]).lower())
+        yield from self._journal_and_unblock(journal, value, [waitpoint.id], now, kind)
         return waitpoint
 
     def _journal_and_unblock(
-        self, journal: JournalWrite, value: Any, waitpoint_ids: list[str], now: int
+        self, journal: JournalWrite, value: Any, waitpoint_ids: list[str], now: int, kind: str
     ) -> Op[None]:
-        """A wait's outcome journaled, and the run's edges to its waitpoints gone."""
+        """A wait's outcome journaled, and the run's edges to its waitpoints gone.
+
+        With metrics on, the edges' deletion returns when they were made: how long the run
+        was parked on this wait of ``kind`` (``waited``); none when it never parked."""
+        timed = metrics.on
         if not self.q.writes_in_with:
             yield from self._journal(journal, value, now)
-            yield self._unblock(journal.run_id, waitpoint_ids)
+            if not timed:
+                yield self._unblock(journal.run_id, waitpoint_ids)
+                return
+            gone = yield self._unblock(journal.run_id, waitpoint_ids, returning=True)
+            self._waited(kind, min((r["created_at"] for r in gone), default=None), now)
             return
         crash_point("journal.before_commit")
         parts = {
             "entry": self._journal_entry(journal, value, now),
-            "gone": self._unblock(journal.run_id, waitpoint_ids),
+            "gone": self._unblock(journal.run_id, waitpoint_ids, returning=timed),
         }
-        yield combined(parts, "SELECT 1", "count")
+        if not timed:
+            yield combined(parts, "SELECT 1", "count")
+            return
+        found = yield combined(parts, "SELECT min(created_at) AS parked FROM gone")
+        self._waited(kind, found[0]["parked"] if found else None, now)
+
+    @staticmethod
+    def _waited(kind: str, parked_ms: Any, now: int) -> None:
+        """Record a wait that ended now for a run parked since ``parked_ms`` (None: it never
+        parked, it found its waitpoints closed). Recorded in the transaction, before the
+        commit: a transaction run again (a PostgreSQL deadlock, a SQLite batch that failed
+        as a whole) records its wait again, which a histogram of durations bears."""
+        if parked_ms is not None:
+            metrics.waited(kind, (now - int(parked_ms)) / 1000)
 
     @property
     def _timed_out_data(self) -> str:
@@ -467,12 +520,13 @@ class StorageCore:
             "waiting": self._event_of("parked", "waiting", now, detail),
         }
 
-    def _unblock(self, run_id: str, waitpoint_ids: list[str]) -> Sql:
-        return count(
-            f"DELETE FROM run_waits WHERE run_id = :run_id AND waitpoint_id {self.q.in_('ids')}",
-            run_id=run_id,
-            ids=waitpoint_ids,
-        )
+    def _unblock(self, run_id: str, waitpoint_ids: list[str], *, returning: bool = False) -> Sql:
+        """The DELETE of the run's edges to these waitpoints (``returning``: their
+        ``created_at``, when the run parked on them)."""
+        text = f"DELETE FROM run_waits WHERE run_id = :run_id AND waitpoint_id {self.q.in_('ids')}"
+        if returning:
+            return rows(f"{text} RETURNING created_at", run_id=run_id, ids=waitpoint_ids)
+        return count(text, run_id=run_id, ids=waitpoint_ids)
 
     def _fenced_waitpoints(
         self, journal: JournalWrite, ids: Sequence[str], kind: str

@@ -81,7 +81,7 @@ class GroupWaits(Messages):
             snapshot = outcome.snapshot
             if len(token_ids) < len(members):
                 yield from self._settle_members(journal.run_id, members, snapshot, now)
-            yield from self._journal_and_unblock(journal, snapshot, ids, now)
+            yield from self._journal_and_unblock(journal, snapshot, ids, now, "group")
             return snapshot
 
         return await self._write(op, notify=False)

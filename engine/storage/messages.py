@@ -114,7 +114,9 @@ class Messages(Waits):
             [waitpoint] = yield from self._closed_when_due([made], now)
             if waitpoint["status"] == "TIMED_OUT":
                 timed_out = {"topic": topic, "timedOut": True}
-                yield from self._journal_and_unblock(journal, timed_out, [waitpoint["id"]], now)
+                yield from self._journal_and_unblock(
+                    journal, timed_out, [waitpoint["id"]], now, "message"
+                )
                 return timed_out
             value = yield from self._take_message(journal.run_id, topic, now)
             if value is None:  # (a waitpoint a send completed, whose message another took: wait)
@@ -131,7 +133,7 @@ class Messages(Waits):
                 now=now,
                 id=waitpoint["id"],
             )
-            yield from self._journal_and_unblock(journal, value, [waitpoint["id"]], now)
+            yield from self._journal_and_unblock(journal, value, [waitpoint["id"]], now, "message")
             return value
 
         return await self._write(op, notify=False)

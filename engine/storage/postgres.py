@@ -333,7 +333,7 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
             raise ConfigurationError("the storage is not open")
         return pool
 
-    async def _write(
+    async def _transact(
         self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
     ) -> T:
         """Run ``op`` in its own transaction; a cancelled caller does not abandon it half-way."""

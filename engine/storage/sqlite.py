@@ -151,7 +151,7 @@ class SQLiteStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, S
         """How many write transactions this process committed (for benchmarks)."""
         return self._writer.commits if self._writer else 0
 
-    async def _write(
+    async def _transact(
         self, op: Callable[[int], Op[T]], *, notify: bool = True, control: bool = False
     ) -> T:
         if self._writer is None:

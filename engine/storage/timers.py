@@ -4,6 +4,7 @@ until the next one (``next_timer_ms``)."""
 
 from __future__ import annotations
 
+from .. import metrics
 from ..faults import crash_point
 from .core import StorageCore
 from .sql import Op, count, rows
@@ -31,46 +32,65 @@ class Timers(StorageCore):
         return None if value is None else int(value)
 
     async def _start_delayed_runs(self) -> int:
-        """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE."""
+        """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE.
+
+        With metrics on, the statements return when each run was due, for how late this
+        fired it (``engine.metrics``); off, the queued runs are only counted, as before."""
         due = (
             "(status = 'DELAYED' AND available_at <= :now)"
             " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now)"
         )
         if not await self._any_due("runs", due):
             return 0
+        timed = metrics.on
+        queue = (
+            "UPDATE runs SET status = 'QUEUED', updated_at = :now"
+            " WHERE status = 'DELAYED' AND available_at <= :now"
+        )
 
-        def op(now: int) -> Op[int]:
+        def op(now: int) -> Op[tuple[int, list[int], list[int]]]:
             expired = yield rows(
                 "UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now"
-                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now RETURNING id",
+                " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at <= :now"
+                f" RETURNING id{', expires_at' if timed else ''}",
                 now=now,
             )
             expired_ids = [r["id"] for r in expired]
             yield from self._runs_finished(expired_ids, now, "expired")
-            queued = yield count(
-                "UPDATE runs SET status = 'QUEUED', updated_at = :now"
-                " WHERE status = 'DELAYED' AND available_at <= :now",
-                now=now,
-            )
-            return len(expired_ids) + int(queued)
+            if not timed:
+                queued = yield count(queue, now=now)
+                return len(expired_ids) + int(queued), [], []
+            started = yield rows(f"{queue} RETURNING available_at", now=now)
+            late_runs = [now - int(r["available_at"]) for r in started]
+            late_expiries = [now - int(r["expires_at"]) for r in expired]
+            return len(expired_ids) + len(started), late_runs, late_expiries
 
-        return await self._write(op, control=True)
+        fired, late_runs, late_expiries = await self._write(op, control=True)
+        if timed:
+            metrics.fired("delayed_run", late_runs)
+            metrics.fired("run_ttl", late_expiries)
+        return fired
 
     async def _time_out_tokens(self, limit: int) -> int:
         if not await self._any_due("waitpoints", "status = 'WAITING' AND timeout_at <= :now"):
             return 0
+        timed = metrics.on
+        returning = " RETURNING id, timeout_at" if timed else " RETURNING id"
 
-        def op(now: int) -> Op[int]:
+        def op(now: int) -> Op[list[int]]:
             yield from self.q.custom_plans()
             due = (
                 "id IN (SELECT id FROM waitpoints WHERE status = 'WAITING'"
                 f" AND timeout_at <= :now ORDER BY timeout_at LIMIT :limit{self.q.skip_locked()})"
             )
-            closed = yield rows(self._time_out(due, " RETURNING id"), now=now, limit=limit)
+            closed = yield rows(self._time_out(due, returning), now=now, limit=limit)
             ids = [r["id"] for r in closed]
             if ids:
                 yield from self._requeue_blocked(ids, now)
                 crash_point("timers.before_commit")
-            return len(ids)
+            return [now - int(r["timeout_at"]) if timed else 0 for r in closed]
 
-        return await self._write(op, control=True)
+        late = await self._write(op, control=True)
+        if timed:
+            metrics.fired("waitpoint_deadline", late)
+        return len(late)

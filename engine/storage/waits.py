@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .. import metrics
 from ..clock import from_ms, from_ms_or_none
 from ..durations import Deadline
 from ..errors import StorageError, TokenNotFoundError
@@ -101,13 +102,18 @@ class Waits(StorageCore):
             journal, value, now, where=self._fenced, returning=" RETURNING run_id"
         )
         gone = self._unblock(journal.run_id, [token.id])
-        gone = Sql(f"{gone.text} AND EXISTS (SELECT 1 FROM entry)", gone.params, gone.want)
+        timed = metrics.on  # the edge's deletion says since when the run was parked
+        tail = " RETURNING created_at" if timed else ""
+        gone = Sql(f"{gone.text} AND EXISTS (SELECT 1 FROM entry){tail}", gone.params, gone.want)
+        parked = ", (SELECT min(created_at) FROM gone) AS parked" if timed else ""
         crash_point("journal.before_commit")
         made = yield alone(
-            combined({"entry": entry, "gone": gone}, "SELECT count(*) AS n FROM entry")
+            combined({"entry": entry, "gone": gone}, f"SELECT count(*) AS n{parked} FROM entry")
         )
         if not made[0]["n"]:
             raise lease_lost(journal.run_id, journal.epoch)
+        if timed:
+            self._waited("token", made[0]["parked"], now)
 
     async def sleep_until(
         self, deadline: Deadline, journal: JournalWrite, elapsed_ms: int = 0
@@ -156,7 +162,9 @@ class Waits(StorageCore):
                 yield from self._block(journal, dict.fromkeys(waiting, "all"), elapsed_ms, now)
                 return None
             values = [t.model_dump(mode="json", by_alias=True) for t in tokens]
-            yield from self._journal_and_unblock(journal, values, [t.id for t in tokens], now)
+            yield from self._journal_and_unblock(
+                journal, values, [t.id for t in tokens], now, "child_runs"
+            )
             return tokens
 
         return await self._write(op)  # new children are queued: notify

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from .. import metrics
 from ..errors import EngineError, StorageError, StorageUnavailableError
 from ..faults import crash_point
 from ..logs import get_logger
@@ -93,6 +94,8 @@ class GroupCommitWriter:
                 self._pending.clear()
                 if not batch:
                     continue
+                if metrics.on:
+                    metrics.committed_together(len(batch))
                 # a cancelled caller must not abandon a transaction half-way: shield the commit
                 outcomes = await asyncio.shield(
                     anyio.to_thread.run_sync(self._commit, [op for op, _ in batch])

@@ -624,6 +624,54 @@ class TaskState(WireModel):
     """Since when (None: not paused)."""
 
 
+EXPIRING_SOON = timedelta(hours=1)
+"""How far ahead ``StatsSnapshot.tokens_expiring_soon`` looks."""
+
+
+class RunCount(WireModel):
+    """How many runs of a task are in a status (``StatsSnapshot.runs``)."""
+
+    task_id: str
+    status: RunStatus
+    count: int
+
+
+class QueueDepth(WireModel):
+    """The QUEUED runs of a task in one of its queues (``StatsSnapshot.queues``)."""
+
+    task_id: str
+    queue: str
+    depth: int
+    """Every QUEUED run, due or not (a retry waits QUEUED for its delay)."""
+    due: int
+    """Those a worker may claim now: a queue whose ``due`` stays up has too few workers, a
+    paused task, or a concurrency or rate limit holding it back."""
+    oldest_age_seconds: float
+    """How long the oldest due run has waited to start (0 with none due): the figure to
+    alert on, since a deep queue that moves is fine and a shallow one that does not is not."""
+
+
+class StatsSnapshot(WireModel):
+    """What the database holds now, in a few aggregate figures (``engine.stats()``,
+    ``GET /api/v1/stats``, ``waitpoint stats``, the gauges of ``GET /metrics``).
+
+    Every process of a database reads the same figures, so any one of them may be scraped.
+    """
+
+    at: datetime
+    """The database's time when they were read."""
+    runs: list[RunCount]
+    """By task and status (statuses with no run left out), finished runs too: with a
+    retention (``WAITPOINT_RETENTION``) those are the ones not purged yet."""
+    queues: list[QueueDepth]
+    tokens_waiting: int
+    tokens_expiring_soon: int
+    """WAITING tokens whose timeout falls within ``EXPIRING_SOON`` (an hour) from ``at``."""
+    approvals_waiting: int
+    live_workers: int
+    """Workers whose heartbeat is recent and that have not stopped (``WorkerInfo.live``)."""
+
+
 class ScheduleType(StrEnum):
     """Where a schedule comes from (Trigger.dev's names)."""
 

@@ -124,6 +124,13 @@ class Settings(BaseModel):
     """Wrong credentials (API key, public access token, dashboard sign-in, approval link) one
     client address may send a minute, in a burst or spread out; past that it gets 429 with
     ``Retry-After``, for the right key too, until its budget refills. Counted per process."""
+    metrics: bool = False
+    """Serve Prometheus metrics at ``GET /metrics`` on the API (``waitpoint serve``/``dev``),
+    and record this process's own figures for it (``engine.metrics``). Needs the
+    ``metrics`` extra (prometheus-client). Off: the route does not exist (404)."""
+    metrics_token: str | None = None
+    """A second bearer credential ``GET /metrics`` accepts besides the secret key, for a
+    Prometheus server that must not hold the key that opens the whole API."""
     trusted_proxies: str = ""
     """Addresses (or networks, comma-separated) of reverse proxies whose ``X-Forwarded-For`` and
     ``X-Forwarded-Proto`` the API believes. Empty: the client is the socket peer."""

@@ -20,6 +20,7 @@ from .body import BodyLimitMiddleware
 from .cors import PublicRoutesCORS
 from .docs import router as docs_router
 from .limits import CredentialLimitMiddleware, FailureLimiter
+from .metrics import install_metrics, stats_router
 from .problems import install_problem_handlers
 from .receipts import router as receipts_router
 from .retention import router as retention_router
@@ -56,6 +57,8 @@ def create_app(engine: Engine, *, secret_key: str, settings: Settings | None = N
     app.include_router(retention_router)
     app.include_router(schedules_router)
     app.include_router(approvals_router)
+    app.include_router(stats_router)
+    install_metrics(app, settings)  # GET /metrics, with WAITPOINT_METRICS=1 only
     app.include_router(docs_router)
     from ..ui import mount_ui  # late: engine.ui imports from this package
 

@@ -53,6 +53,10 @@ class Auth(PublicTokens):
             raise AuthError(401, "Invalid API key")
         return Caller(is_secret=False, scopes=frozenset(self.scopes_of(credential.decode())))
 
+    def is_secret_key(self, credential: bytes) -> bool:
+        """Whether ``credential`` is the secret key (compared in constant time)."""
+        return hmac.compare_digest(credential, self._key)
+
     def require(self, caller: Caller, scope: str) -> None:
         """403 unless the caller may use ``scope`` (the secret key may use every scope)."""
         if not caller.may(scope):

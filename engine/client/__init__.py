@@ -34,7 +34,7 @@ from ..current import current_engine
 from ..durations import to_timedelta
 from ..errors import RunFailedError, RunWaitTimeoutError
 from ..keys import SecretKey
-from ..models import PurgeCount, Run, RunStatus, TaskInfo
+from ..models import PurgeCount, Run, RunStatus, StatsSnapshot, TaskInfo
 from ..options import TRIGGER_OPTION_NAMES, BatchItem, TriggerOptions, check_names
 from ..registry import REGISTRY
 from ..requests import batch_items
@@ -272,3 +272,11 @@ class Engine:
         tokens older than ``older_than``, the oldest first. Fewer than ``limit`` of both:
         nothing more was due. (``POST /api/v1/purge`` is one batch, so no request runs long.)"""
         return await self._connection.purge(to_timedelta(older_than), limit)
+
+    async def stats(self) -> StatsSnapshot:
+        """What the database holds now: runs by task and status, each queue's depth and the
+        age of its oldest due run, waiting tokens (and those expiring within the hour),
+        waiting approvals, live workers. Read at each call (``GET /api/v1/stats`` over HTTP),
+        so every process of a database gives the same figures; ``GET /metrics`` shows them
+        to Prometheus (``WAITPOINT_METRICS=1``)."""
+        return await self._connection.stats()

@@ -51,6 +51,7 @@ from ..models import (
     Run,
     Schedule,
     SchedulePage,
+    StatsSnapshot,
     TaskState,
     TaskWorkers,
     TimelineEntry,
@@ -207,6 +208,9 @@ class HttpConnection(Connection):
         body = {"olderThan": format_duration(older_than), "dryRun": True}
         reply = await self.api.call("POST", "/api/v1/purge", json=body)
         return PurgeCount(runs=int(reply["runs"]), tokens=int(reply["tokens"]), dry_run=True)
+
+    async def stats(self) -> StatsSnapshot:
+        return StatsSnapshot.model_validate(await self.api.call("GET", "/api/v1/stats"))
 
 
 class HttpRuns(Runs):

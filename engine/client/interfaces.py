@@ -44,6 +44,7 @@ from ..models import (
     RunStatus,
     Schedule,
     SchedulePage,
+    StatsSnapshot,
     TaskState,
     TaskWorkers,
     TimelineEntry,
@@ -697,3 +698,7 @@ class Connection(ABC):
     @abstractmethod
     async def purgeable(self, older_than: timedelta) -> PurgeCount:
         """What ``Engine.purge`` would delete now (its ``dry_run``)."""
+
+    @abstractmethod
+    async def stats(self) -> StatsSnapshot:
+        """``Engine.stats``: the database's figures now (over HTTP, ``GET /api/v1/stats``)."""

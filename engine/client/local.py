@@ -31,6 +31,7 @@ from ..models import (
     Run,
     Schedule,
     SchedulePage,
+    StatsSnapshot,
     TaskInfo,
     TaskState,
     TaskWorkers,
@@ -184,6 +185,9 @@ class LocalConnection(Connection):
 
     async def purgeable(self, older_than: timedelta) -> PurgeCount:
         return await self.storage.purgeable(duration_ms(older_than))
+
+    async def stats(self) -> StatsSnapshot:
+        return await self.storage.stats()
 
     async def checked_payload(self, task_id: str, payload: Any) -> tuple[Any, str | None]:
         """The payload as stored, validated by the task's model or schema, and its queue."""

@@ -33,6 +33,7 @@ from ..models import (
     RunStatus,
     Schedule,
     SchedulePage,
+    StatsSnapshot,
     TaskInfo,
     TaskState,
     TaskWorkers,
@@ -698,6 +699,12 @@ class Storage(Protocol):
     async def describe_waitpoints(self, ids: list[str]) -> list[WaitTarget]:
         """What each waitpoint is (a token, a child run's, a sleep's, a group's deadline), for
         a run's timeline; ids of no waitpoint are left out."""
+        ...
+
+    # figures (``storage.stats``)
+    async def stats(self) -> StatsSnapshot:
+        """Runs by task and status, queue depths and ages, waiting tokens and approvals, and
+        live workers, read from the database now (``engine.stats()``, ``GET /metrics``)."""
         ...
 
     # scheduling

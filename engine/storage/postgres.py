@@ -48,6 +48,7 @@ from .retention import Retention
 from .schedules import Schedules
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import POSTGRES, Op, ServerFunction, Sql, drive_async, execute_async, first_statement
+from .stats import Stats
 from .timers import Timers
 from .tokens import Tokens
 from .urls import display_url
@@ -136,7 +137,7 @@ def behind_pgbouncer(url: str) -> bool:
     return value in {"true", "1"}
 
 
-class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, Schedules):
+class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, Schedules, Stats):
     """The backend for many workers on many machines."""
 
     q = POSTGRES

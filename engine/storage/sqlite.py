@@ -37,6 +37,7 @@ from .schedules import Schedules
 from .signing import SIGNING_CHECK, log_outcome, settle
 from .sql import SQLITE, Op, Sql, drive_sync, rows, sqlite_statement
 from .sqlite_schema import MIGRATIONS
+from .stats import Stats
 from .timers import Timers
 from .tokens import Tokens
 from .writer import GroupCommitWriter, translate
@@ -47,7 +48,7 @@ Conn = sqlite3.Connection
 _POLL_SECONDS = 0.01  # how soon another process's commit wakes this one
 
 
-class SQLiteStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, Schedules):
+class SQLiteStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, Schedules, Stats):
     """The embedded default backend."""
 
     q = SQLITE

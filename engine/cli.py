@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
-from .cli_words import Typer, in_cli_words, option_names
+from .cli_words import Typer, in_cli_words, option_names, optional_values
 from .defaults import DEFAULT_DATABASE_URL, LIVE_LEASES
 from .durations import parse_duration, to_timedelta
 from .errors import ConfigurationError, EngineError, RunFailedError, ValidationError
@@ -599,6 +599,51 @@ def purge(
         print(f"{what} are older than {older_than}; --dry-run: none deleted")
     else:
         print(f"deleted {what} older than {older_than}")
+
+
+WATCH_SECONDS = 2.0
+"""How often ``waitpoint stats --watch`` reads the figures when given no SECONDS."""
+
+
+@app.command(cls=optional_values(watch=f"{WATCH_SECONDS:g}"))
+def stats(
+    watch: Annotated[
+        float | None,
+        typer.Option(
+            "--watch",
+            min=0.1,
+            metavar="[SECONDS]",
+            help=f"Read them again every SECONDS ({WATCH_SECONDS:g} if left out), in place,"
+            " until Ctrl-C; with --json, one object a line.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    database: Database = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Runs by task and status, each queue's depth and the age of its oldest due run,
+    waiting tokens and approvals, and live workers: the database's figures now, the ones
+    the API serves to Prometheus at /metrics (WAITPOINT_METRICS=1)."""
+    from .console import StatsWatch, show_stats
+
+    target = api_url or database
+    if watch is None:
+        show_stats(_run(target, lambda e: e.stats(), api_key=api_key), as_json)
+        return
+    seconds = watch
+
+    async def follow(engine: Engine) -> None:
+        import asyncio
+
+        with StatsWatch(as_json) as show:
+            while True:
+                show(await engine.stats())
+                await asyncio.sleep(seconds)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it ends
+        _run(target, follow, api_key=api_key)
 
 
 # --- runs ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import typer.core
 
@@ -69,6 +69,39 @@ class HelpCommand(_ValuesNamed, typer.core.TyperCommand):
     """A command whose help names values."""
 
 
+class OptionalValueCommand(HelpCommand):
+    """A command whose options named in ``optional_values`` may be given without their value
+    (``--watch`` alone is ``--watch 2``). Typer's parser has no such option, so a bare one
+    gets its value put after it before the arguments are parsed."""
+
+    optional_values: ClassVar[dict[str, str]] = {}
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        parsed: list[str] = super().parse_args(ctx, with_values(args, self.optional_values))
+        return parsed
+
+
+def optional_values(**values: str) -> type[OptionalValueCommand]:
+    """A command class (``@app.command(cls=...)``) whose options ``--<name>`` (``_`` as
+    ``-``) take ``values[name]`` when given alone: ``optional_values(watch="2")``."""
+    options = {f"--{name.replace('_', '-')}": value for name, value in values.items()}
+    return type("OptionalValues", (OptionalValueCommand,), {"optional_values": options})
+
+
+def with_values(args: list[str], values: dict[str, str]) -> list[str]:
+    """``args`` with the value of each option of ``values`` that stands alone (last, or
+    before another option) put after it; nothing after ``--`` is looked at."""
+    done: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return done + args[index:]
+        done.append(arg)
+        following = args[index + 1] if index + 1 < len(args) else None
+        if arg in values and (following is None or following.startswith("-")):
+            done.append(values[arg])
+    return done
+
+
 class HelpGroup(_ValuesNamed, typer.core.TyperGroup):
     """A group (its own options: ``--version``, ``--help``...) whose help names values."""
 
@@ -80,7 +113,8 @@ class Typer(typer.Typer):
         super().__init__(cls=HelpGroup, **options)
 
     def command(self, *args: Any, **options: Any) -> Callable[[F], F]:
-        return super().command(*args, cls=HelpCommand, **options)
+        options.setdefault("cls", HelpCommand)
+        return super().command(*args, **options)
 
 
 def walk(command: Any) -> Iterator[tuple[str, Any]]:

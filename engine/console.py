@@ -15,18 +15,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from .durations import format_duration
 from .keys import SecretKey
 from .models import (
+    EXPIRING_SOON,
     Approval,
     CompletionResult,
     Page,
     Run,
+    RunStatus,
     SchedulePage,
+    StatsSnapshot,
     TimelineEntry,
     WaitTarget,
     WireModel,
@@ -269,6 +272,115 @@ def show_approvals(approvals: Sequence[Approval], as_json: bool) -> None:
         "expiresAt": "expires",
     }
     show_page(Page(data=table_rows), False, columns, "approvals")
+
+
+def stats_view(snapshot: StatsSnapshot) -> Group:
+    """The database's figures for people: a line of totals, runs by task (a column per
+    status any task has runs in), and the queues holding QUEUED runs."""
+    at = snapshot.at.strftime("%Y-%m-%d %H:%M:%S %Z")
+    totals = Text(
+        f"live workers {snapshot.live_workers} · tokens waiting {snapshot.tokens_waiting}"
+        f" ({snapshot.tokens_expiring_soon} expiring within"
+        f" {format_duration(EXPIRING_SOON)}) · approvals waiting {snapshot.approvals_waiting}"
+    )
+    parts: list[Any] = [Text(f"database figures at {at}", style="dim"), totals]
+    statuses = _statuses(snapshot)
+    if statuses:
+        runs = _table()
+        runs.add_column("task", overflow="fold")
+        for status in statuses:
+            runs.add_column(status.value, justify="right")
+        for task, counts in _runs_by_task(snapshot).items():
+            runs.add_row(Text(task), *(Text(str(counts.get(s, 0))) for s in statuses))
+        parts += [Text(""), runs]
+    else:
+        parts.append(Text("no runs", style="dim"))
+    if snapshot.queues:
+        queues = _table()
+        for header in ("task", "queue"):
+            queues.add_column(header, overflow="fold")
+        for header in ("queued", "due", "oldest due"):
+            queues.add_column(header, justify="right")
+        for q in snapshot.queues:
+            oldest = ago(q.oldest_age_seconds) if q.due else "-"
+            queues.add_row(
+                Text(q.task_id), Text(q.queue), Text(str(q.depth)), Text(str(q.due)), Text(oldest)
+            )
+        parts += [Text(""), queues]
+    return Group(*parts)
+
+
+def show_stats(snapshot: StatsSnapshot, as_json: bool) -> None:
+    """The figures as the API's JSON, as ``stats_view`` in a terminal, or elsewhere as three
+    blocks of tab-separated lines (totals, runs by task and status, queues), a blank line
+    apart."""
+    if as_json:
+        print(snapshot.model_dump_json(by_alias=True))
+    elif on_terminal():
+        Console().print(stats_view(snapshot))
+    else:
+        totals = snapshot.model_dump(
+            by_alias=True,
+            include={"live_workers", "tokens_waiting", "tokens_expiring_soon", "approvals_waiting"},
+        )
+        _lines(["figure", "value"], [[name, value] for name, value in totals.items()])
+        print()
+        _lines(
+            ["task", "status", "runs"],
+            [[r.task_id, r.status.value, r.count] for r in snapshot.runs],
+        )
+        print()
+        _lines(
+            ["task", "queue", "queued", "due", "oldest due (s)"],
+            [[q.task_id, q.queue, q.depth, q.due, q.oldest_age_seconds] for q in snapshot.queues],
+        )
+
+
+class StatsWatch:
+    """``waitpoint stats --watch``: each new reading shown in place in a terminal (rich's
+    ``Live``), else printed after the last (with ``--json``, one object a line). Use as a
+    context manager: the last reading stays on screen when it ends (Ctrl-C)."""
+
+    def __init__(self, as_json: bool, console: Console | None = None) -> None:
+        self.as_json = as_json
+        self._console = console or Console()
+        self._live: Any = None
+        self._shown = 0
+
+    def __enter__(self) -> StatsWatch:
+        if not self.as_json and self._console.is_terminal:
+            from rich.live import Live
+
+            self._live = Live(console=self._console, auto_refresh=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def __call__(self, snapshot: StatsSnapshot) -> None:
+        if self._live is not None:
+            self._live.update(stats_view(snapshot), refresh=True)
+            return
+        if self._shown and not self.as_json:
+            print()  # readings a blank line apart
+        show_stats(snapshot, self.as_json)
+        sys.stdout.flush()
+        self._shown += 1
+
+
+def _statuses(snapshot: StatsSnapshot) -> list[RunStatus]:
+    """The statuses any task has runs in, in ``RunStatus``'s order."""
+    present = {r.status for r in snapshot.runs}
+    return [status for status in RunStatus if status in present]
+
+
+def _runs_by_task(snapshot: StatsSnapshot) -> dict[str, dict[RunStatus, int]]:
+    found: dict[str, dict[RunStatus, int]] = {}
+    for r in snapshot.runs:
+        found.setdefault(r.task_id, {})[r.status] = r.count
+    return found
 
 
 def _table() -> Table:

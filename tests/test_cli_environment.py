@@ -356,6 +356,7 @@ DATABASE_COMMANDS = [
     ["runs", "fork", "run_x", "--from-step", "a"],
     ["runs", "migrate", "run_x", "--to", "v2"],
     ["purge", "--older-than", "30d"],
+    ["stats"],
     ["tasks", "pause", "x"],
     ["tasks", "resume", "x"],
     ["tasks", "paused"],

@@ -17,6 +17,7 @@ PATHS = [
     "/api/v1/workers",
     "/api/v1/tasks/{task_id}/workers",
     "/api/v1/purge",
+    "/api/v1/stats",
     "/healthz",
 ]
 

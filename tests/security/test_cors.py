@@ -161,6 +161,8 @@ def _everything_else(server: ServeProcess) -> list[tuple[str, str, dict[str, Any
         ("GET", "/api/v1/runs", {}),
         ("POST", "/api/v2/runs/run_nope/cancel", {}),
         ("GET", "/api/v1/runs/run_nope/timeline", {}),
+        ("GET", "/api/v1/stats", {}),
+        ("GET", "/metrics", {}),  # 404 here (metrics off); on: tests/test_metrics.py
         ("GET", "/healthz", {}),
         ("GET", "/docs", {}),
         ("GET", "/openapi.json", {}),

@@ -851,3 +851,5 @@ class ClaimedRun:
     created_ms: int = 0
     trace_context: str | None = None
     """The W3C ``traceparent`` it was triggered in (``engine.tracing``)."""
+    trace_attempts: list[str] = field(default_factory=list)
+    """The ``traceparent`` of each earlier traced attempt (its span links to them)."""

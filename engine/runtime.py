@@ -101,8 +101,13 @@ async def run_attempt(
         "waitpoint.resumed": bool(run.journal),
     }
     with tracing.span(f"attempt {run.task_id}", parent=run.trace_context, attributes=attributes):
-        outcome = await _attempt(storage, signer, run, definition, always_replay)
         attempt = tracing.traceparent()
+        if attempt is not None:
+            try:  # for the run's span, whichever worker ends the run
+                await storage.record_attempt_trace(run.id, run.epoch, attempt)
+            except StorageError as exc:  # a trace is not worth an attempt
+                log.warning("run.trace_unrecorded", error=str(exc))
+        outcome = await _attempt(storage, signer, run, definition, always_replay)
     if isinstance(outcome, RunStatus) and outcome.is_terminal:
         tracing.emit(
             f"run {run.task_id}",
@@ -110,7 +115,7 @@ async def run_attempt(
             end_ms=storage.now_ms(),
             parent=run.trace_context,
             attributes={**attributes, "waitpoint.status": outcome.value},
-            links_to=[attempt] if attempt else None,
+            links_to=[*run.trace_attempts, *([attempt] if attempt else [])],
         )
     return outcome
 

@@ -525,6 +525,11 @@ class Storage(Protocol):
         ``{"timedOut": true}`` past the deadline; or None: the run blocks."""
         ...
 
+    async def record_attempt_trace(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Keep an attempt's ``traceparent`` with the run (tracing: the run's span links to
+        every attempt); nothing if ``epoch`` lost the lease."""
+        ...
+
     # approvals (``approvals.py``)
     async def wait_on_approval(
         self, new: NewApproval, journal: JournalWrite, elapsed_ms: int = 0

@@ -440,10 +440,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX approval_notices_due ON approval_notices (due_at) WHERE delivered_at IS NULL;
     """,
     # 12 (10 on SQLite): traces (OpenTelemetry, ``engine.tracing``). ``runs.trace_context``:
-    # the W3C ``traceparent`` a run was triggered in, which every attempt continues;
+    # the W3C ``traceparent`` a run was triggered in, which every attempt continues
+    # (``trace_attempts``: each attempt's own, which the run's span links to);
     # ``waitpoints.completed_trace``: the one a token was completed in.
     """
     ALTER TABLE runs ADD COLUMN trace_context text;
+    ALTER TABLE runs ADD COLUMN trace_attempts text;
     ALTER TABLE waitpoints ADD COLUMN completed_trace text;
     """,
 ]

@@ -177,6 +177,7 @@ def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[Cl
             attempt_base=r["attempt_base"],
             created_ms=r["created_at"],
             trace_context=r["trace_context"],
+            trace_attempts=json.loads(r["trace_attempts"] or "[]"),
         )
         for r in rows
     ]

@@ -3,6 +3,7 @@ rescue."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,10 @@ from .workers import Workers
 
 _CLAIM_COLUMNS = (
     "id, task_id, payload, attempt_count, lease_epoch, max_attempts, executing_ms,"
-    " max_duration_ms, metadata, attempt_base, created_at, trace_context"
+    " max_duration_ms, metadata, attempt_base, created_at, trace_context, trace_attempts"
 )
+MAX_TRACED_ATTEMPTS = 100
+"""Attempts a run's span links to at most (the latest): a run resumed ten thousand times."""
 _CLAIM_COLUMNS_OF_RUNS = ", ".join(f"runs.{c.strip()}" for c in _CLAIM_COLUMNS.split(","))
 
 
@@ -708,6 +711,28 @@ class Runs(Triggers, Workers, Rates):
                 raise lease_lost(run_id, epoch)
 
         await self._write(op)
+
+    async def record_attempt_trace(self, run_id: str, epoch: int, traceparent: str) -> None:
+        """Add an attempt's ``traceparent`` to the run's (tracing on: the run's span links to
+        every attempt, whichever worker ran it). A lost lease changes nothing."""
+
+        def op(now: int) -> Op[None]:
+            found = yield rows(
+                "SELECT trace_attempts FROM runs WHERE id = :id AND lease_epoch = :epoch"
+                f"{self.q.for_update}",
+                id=run_id,
+                epoch=epoch,
+            )
+            if not found:
+                return
+            known = json.loads(found[0]["trace_attempts"] or "[]")
+            yield count(
+                "UPDATE runs SET trace_attempts = :attempts WHERE id = :id",
+                attempts=json.dumps([*known, traceparent][-MAX_TRACED_ATTEMPTS:]),
+                id=run_id,
+            )
+
+        await self._write(op, notify=False)
 
     async def release_run(self, run_id: str, epoch: int, delay_ms: int = 0) -> None:
         def op(now: int) -> Op[None]:

@@ -363,10 +363,12 @@ MIGRATIONS: list[str] = [
     """,
     # 10: traces (OpenTelemetry, ``engine.tracing``). ``runs.trace_context``: the W3C
     # ``traceparent`` a run was triggered in, which every attempt continues, on any worker,
-    # days later; ``waitpoints.completed_trace``: the one a token was completed in, which the
-    # resumed attempt links to.
+    # days later; ``runs.trace_attempts``: each attempt's own (a JSON list), which the run's
+    # span links to; ``waitpoints.completed_trace``: the one a token was completed in, which
+    # the resumed attempt links to.
     """
     ALTER TABLE runs ADD COLUMN trace_context TEXT;
+    ALTER TABLE runs ADD COLUMN trace_attempts TEXT;
     ALTER TABLE waitpoints ADD COLUMN completed_trace TEXT;
     """,
 ]

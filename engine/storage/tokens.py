@@ -35,7 +35,6 @@ _PARAMS = (
     ("via", "text"),
     ("schema", "text"),
     ("any_schema", "boolean"),
-    ("trace", "text"),
     ("now", "bigint"),
 )
 """The arguments of ``close_token_function``: the parameters of the statements it runs."""
@@ -253,17 +252,17 @@ class Tokens(StorageCore):
             "via": source.value,
             "schema": schema,
             "any_schema": any_schema,
-            "trace": trace,
         }
+        traced = {} if trace is None else {"trace": trace}
 
         def op(now: int) -> Op[list[RowLike]]:
             crash_point("complete.before_commit")
             closed: list[RowLike]
-            if self.q.server_functions:
+            if self.q.server_functions and not traced:
                 call = f"SELECT * FROM {self.close_token_function.name}({_ARGS})"
                 closed = yield alone(rows(call, now=now, **params))
                 return closed
-            closed = yield rows(self._closing(), now=now, **params)
+            closed = yield rows(self._closing(bool(traced)), now=now, **params, **traced)
             if closed:
                 yield from self._requeue_blocked([token_id], now)
             return closed
@@ -286,17 +285,19 @@ class Tokens(StorageCore):
             await self._write(lambda now: self._record_late_completion(token_id, source, now))
         raise TokenNotWaitingError(token_id, token.status.value, token.completed_at)
 
-    def _closing(self) -> str:
+    def _closing(self, traced: bool = False) -> str:
         """The close of a WAITING token (``RETURNING *``): past its deadline a token is timed
         out here and now, whether or not a worker's timer got to it yet, so the outcome never
-        depends on which processes are running."""
+        depends on which processes are running. ``traced``: the ``traceparent`` it was
+        completed in is kept too (``:trace``; tracing on, so never on a schema from before
+        migration 10 that an older engine still writes to)."""
         due = "timeout_at <= :now"
+        keep = f" completed_trace = CASE WHEN {due} THEN NULL ELSE :trace END," if traced else ""
         return (
             f"UPDATE waitpoints SET completed_at = :now,"
             f" status = CASE WHEN {due} THEN 'TIMED_OUT' ELSE :status END,"
             f" completed_via = CASE WHEN {due} THEN 'timeout' ELSE :via END,"
-            f" data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END,"
-            f" completed_trace = CASE WHEN {due} THEN NULL ELSE :trace END"
+            f"{keep} data = CASE WHEN {due} THEN {self._timed_out_data} ELSE :data END"
             " WHERE id = :id AND kind = 'MANUAL' AND status = 'WAITING'"
             f" AND ({due} OR :any_schema OR data_schema = :schema"
             " OR (data_schema IS NULL AND :schema IS NULL)) RETURNING *"

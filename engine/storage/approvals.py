@@ -317,6 +317,11 @@ class Approvals(Waits):
     # --- reminders, escalations, notices -------------------------------------------------
 
     async def fire_due_approvals(self, limit: int) -> int | None:
+        # read first: a timer turn with nothing due (nearly every one) writes nothing
+        upcoming = _moment(await self._read(_NEXT_DUE, control=True))
+        if upcoming is None or upcoming > self.now_ms():
+            return upcoming
+
         def op(now: int) -> Op[int | None]:
             due = yield rows(
                 "SELECT a.* FROM approvals a JOIN waitpoints w ON w.id = a.id"
@@ -328,13 +333,7 @@ class Approvals(Waits):
             )
             for row in due:
                 yield from self._fire_approval(row, now)
-            open_ = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
-            nxt = yield rows(
-                f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {open_}"
-                f" UNION ALL SELECT min(a.next_escalation_at) {open_}) AS due"
-            )
-            value = nxt[0]["t"] if nxt else None
-            return None if value is None else int(value)
+            return _moment((yield _NEXT_DUE))
 
         return await self._write(op, notify=False, control=True)
 
@@ -439,6 +438,19 @@ class Approvals(Waits):
             )
 
         await self._write(op, notify=False, control=True)
+
+
+_OPEN = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
+_NEXT_DUE = rows(
+    f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {_OPEN}"
+    f" UNION ALL SELECT min(a.next_escalation_at) {_OPEN}) AS due"
+)
+"""When the next reminder or escalation of an open approval falls due."""
+
+
+def _moment(found: list[RowLike]) -> int | None:
+    value = found[0]["t"] if found else None
+    return None if value is None else int(value)
 
 
 def current_votes(approval: Approval) -> dict[str, ApprovalVote]:

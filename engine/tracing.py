@@ -69,10 +69,6 @@ def tracer() -> Tracer | None:
     return trace.get_tracer(SCOPE)
 
 
-def enabled() -> bool:
-    return tracer() is not None
-
-
 def _asked_by_environment() -> bool:
     exporters = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporters == "none":

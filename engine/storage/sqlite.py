@@ -40,7 +40,7 @@ from .sqlite_schema import MIGRATIONS
 from .stats import Stats
 from .timers import Timers
 from .tokens import Tokens
-from .writer import GroupCommitWriter, translate
+from .writer import GroupCommitWriter, translate, wait_out_busy
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
@@ -84,16 +84,24 @@ class SQLiteStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, S
         except OSError as exc:  # a read-only folder, a file where a folder should be, ...
             raise StorageError(refusal("open the SQLite database", self.path, exc)) from exc
         try:
+            await wait_out_busy(self._connect)
+        except sqlite3.Error as exc:
+            raise self._open_failed(exc) from exc
+        assert self._writer_conn is not None
+        self._writer = GroupCommitWriter(self._writer_conn)
+        self._writer.start()
+
+    async def _connect(self) -> None:
+        """Both connections, migrated; neither is left open when this fails."""
+        try:
             self._writer_conn = await anyio.to_thread.run_sync(self._open_writer)
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             self._reader.row_factory = sqlite3.Row
             for pragma in _pragmas(self._synchronous):
                 await self._reader.execute(pragma)
-        except sqlite3.Error as exc:
+        except BaseException:
             await self.close()
-            raise self._open_failed(exc) from exc
-        self._writer = GroupCommitWriter(self._writer_conn)
-        self._writer.start()
+            raise
 
     def _open_failed(self, exc: sqlite3.Error) -> Exception:
         """The error of a file SQLite could not open, naming it (SQLite's own message does
@@ -166,8 +174,9 @@ class SQLiteStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention, S
         reader = self._reader
         if reader is None:
             raise ConfigurationError("the storage is not open")
+        statement = sqlite_statement(sql)
         try:
-            return list(await reader.execute_fetchall(*sqlite_statement(sql)))
+            return list(await wait_out_busy(lambda: reader.execute_fetchall(*statement)))
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -198,6 +198,29 @@ class GroupCommitWriter:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error as exc:  # the connection is in trouble; report, don't mask
                 log.error("storage.rollback_failed", error=str(exc))
+
+
+async def wait_out_busy(
+    call: Callable[[], Awaitable[T]], *, seconds: float = _BUSY_RETRY_SECONDS
+) -> T:
+    """``call()``, made again after a pause for as long as SQLite says another process holds
+    a lock, up to ``seconds``; for calls that are safe to repeat (reads, opening the file).
+
+    ``busy_timeout`` waits out most locks, but SQLite fails at once where waiting could
+    deadlock (a connection that holds a read lock asking for more) and while another
+    connection rebuilds the WAL index after a process was killed: a read-only command such
+    as ``waitpoint workers`` must not fail because a worker was writing.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.005
+    while True:
+        try:
+            return await call()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -183,10 +183,47 @@ async def test_times_come_from_the_database_clock(
         assert abs(storage.now_ms() - db_now) < 5_000
         # a transaction reads the database's clock again once its last reading is old
         storage._clock_measured -= 60  # type: ignore[attr-defined]
+        storage._clock_checked -= 60  # type: ignore[attr-defined]
         storage._db_ms_measured -= 3_600_000  # type: ignore[attr-defined]  # a wrong reading
         run = await engine.trigger("clocked", {})
         db_now = await pool.fetchval("SELECT (extract(epoch FROM now()) * 1000)::bigint")
         assert abs(run.created_at.timestamp() * 1000 - db_now) < 5_000
+
+
+async def test_a_reading_of_the_database_clock_over_a_slow_link_does_not_move_now(
+    postgres_url: str,
+) -> None:
+    """A request held up 600 ms on its way (the answer comes back at once): placed at the
+    middle of its round trip, that reading is 300 ms ahead of the database's clock, and a
+    timer would fire 300 ms early. Found by scripts/partitions.py under added latency."""
+
+    class SlowLink:
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+        async def fetchval(self, query: str) -> Any:
+            await asyncio.sleep(0.6)
+            return await self.conn.fetchval(query)
+
+    async def off_by_ms(pool: Any) -> float:
+        before = storage.now_ms()
+        db_now = await pool.fetchval("SELECT (extract(epoch FROM clock_timestamp()) * 1000)")
+        after = storage.now_ms()
+        return float(db_now) - (before + after) / 2
+
+    async with Engine(postgres_url) as engine:
+        storage = engine.storage
+        pool = storage._pool  # type: ignore[attr-defined]
+        assert abs(await off_by_ms(pool)) < 50
+        async with pool.acquire() as conn:
+            await storage._measure_clock(SlowLink(conn))  # type: ignore[attr-defined]
+        assert abs(await off_by_ms(pool)) < 50
+        # a reading over a fast link is taken again, as every _CLOCK_SECONDS
+        storage._clock_measured -= 60  # type: ignore[attr-defined]
+        storage._db_ms_measured -= 1_000  # type: ignore[attr-defined]
+        async with pool.acquire() as conn:
+            await storage._measure_clock(conn)  # type: ignore[attr-defined]
+        assert abs(await off_by_ms(pool)) < 50
 
 
 async def test_concurrent_idempotent_triggers_make_one_run(postgres_url: str) -> None:

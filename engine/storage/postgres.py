@@ -102,6 +102,7 @@ def _reason(exc: BaseException) -> str:
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 _LISTENER_PROBE_SECONDS = 5.0  # how often the listener checks its connection and the clock
 _CLOCK_SECONDS = 10.0  # how old a measure of the database's clock a transaction may use
+_CLOCK_DRIFT = 0.001  # how fast a kept reading of that clock is taken to go off (s per s)
 _POOL_SIZE = 10
 
 
@@ -172,7 +173,9 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
         self._init_waiters()
         self._listener: asyncio.Task[None] | None = None
         self._db_ms_measured = 0
-        self._clock_measured = -math.inf
+        self._clock_measured = -math.inf  # when the kept reading was taken (monotonic)
+        self._clock_error = math.inf  # how far off the kept reading may be, in seconds
+        self._clock_checked = -math.inf  # when the clock was last read, kept or not
         self.commits = 0
 
     async def open(self) -> None:
@@ -312,15 +315,26 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
 
     async def _measure_clock(self, conn: asyncpg.Connection | None = None) -> None:
         """Read the database's clock: ``now_ms`` counts on from it by this process's
-        monotonic clock, which no change of this machine's wall clock moves."""
+        monotonic clock, which no change of this machine's wall clock moves.
+
+        A reading is placed at the middle of its round trip, so it may be off by half the
+        round trip. Over a slow link (a request held up for seconds, a lost packet sent again)
+        that is seconds, and a ``now_ms`` that far ahead fires timers early (the partition
+        harness caught it). So a new reading replaces the one kept only when it may be off by
+        no more than the kept one, whose bound grows with its age by ``_CLOCK_DRIFT``.
+        """
         before = time.monotonic()
         if conn is not None:
             db_now = await conn.fetchval(f"SELECT {NOW_MS}")
         else:
             db_now = await self._require_pool().fetchval(f"SELECT {NOW_MS}")
         after = time.monotonic()
-        self._clock_measured = (before + after) / 2
-        self._db_ms_measured = int(db_now)
+        self._clock_checked = after
+        error = (after - before) / 2
+        if error <= self._clock_error + (after - self._clock_measured) * _CLOCK_DRIFT:
+            self._clock_measured = (before + after) / 2
+            self._clock_error = error
+            self._db_ms_measured = int(db_now)
 
     def now_ms(self) -> int:
         """The database's clock: its last reading plus the time this process counted since."""
@@ -401,7 +415,7 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
         """The database's clock for this transaction, read at most ``_CLOCK_SECONDS`` ago (read
         again here when it is older: one round trip now and then instead of one per
         transaction)."""
-        if self.clock is None and time.monotonic() - self._clock_measured > _CLOCK_SECONDS:
+        if self.clock is None and time.monotonic() - self._clock_checked > _CLOCK_SECONDS:
             await self._measure_clock(conn)
         return self.now_ms()
 

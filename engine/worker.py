@@ -187,6 +187,7 @@ class Worker:
         async with anyio.create_task_group() as services:
             services.start_soon(self._timer_loop)
             services.start_soon(self._lease_loop)
+            services.start_soon(self._expiry_loop)
             if self.retention_ms is not None:
                 services.start_soon(self._retention_loop, self.retention_ms)
             if self.notifier is not None:
@@ -454,17 +455,14 @@ class Worker:
         """Renew the leases of running attempts (and the worker's heartbeat, in the same
         transaction; an idle worker beats alone); stop attempts whose run was canceled.
 
-        An attempt whose lease this worker could not renew in time is stopped here before the
-        lease can run out in the database (a stalled database, an overloaded machine): another
-        worker may take the run over then, and two attempts of one run must never execute at
-        the same time. The database expires a lease ``lease_ms`` after it received the renewal,
-        which is after this loop sent it, so the deadline kept here is never later.
+        Each attempt's lease is extended here only when the database says it renewed it, and
+        ``_expiry_loop`` stops the attempt before that lease can run out. The database expires
+        a lease ``lease_ms`` after the renewal's clock reading, taken before this loop sent
+        it, so the deadline kept here is never later.
         """
         renew_every = self.lease_ms / 3000
         renewed = anyio.current_time()
         while True:
-            # the pause of every turn, failed or not: a longer one after a failure could let a
-            # lease run out before _stop_expiring looked again (its margin is one such pause)
             await anyio.sleep(min(self.poll_seconds, renew_every))
             async with self._surviving(
                 "worker.lease_renewal_failed", "worker.lease_loop_failed", pause=0.0
@@ -472,9 +470,8 @@ class Worker:
                 renewed = await self._lease_turn(renewed, renew_every)
 
     async def _lease_turn(self, renewed: float, renew_every: float) -> float:
-        """Stop what this worker is losing; renew the leases if due. Returns the last renewal."""
+        """Stop what this worker lost; renew the leases if due. Returns the last renewal."""
         storage = self.engine.storage
-        self._stop_expiring(anyio.current_time() + min(1.0, self.lease_ms / 4000))
         self._peers = await storage.serving()  # whose turn a notification is (_takes)
         running = sorted(self._attempts_by_run)
         if running:
@@ -483,12 +480,28 @@ class Worker:
         if anyio.current_time() - renewed < renew_every:
             return renewed
         sent = anyio.current_time()
-        await storage.renew_leases(self.id, running, self.lease_ms)  # and the heartbeat
-        for run_id in running:
+        # and the heartbeat; a run it did not renew was lost meanwhile: its lease is not
+        # extended here, so _expiry_loop stops its attempt in time
+        kept = await storage.renew_leases(self.id, running, self.lease_ms)
+        for run_id in kept:
             attempt = self._attempts_by_run.get(run_id)
             if attempt is not None and attempt.lease_until is not None:
                 attempt.lease_until = sent + self.lease_ms / 1000
         return anyio.current_time()
+
+    async def _expiry_loop(self) -> None:
+        """Stop each attempt shortly before its lease can run out in the database.
+
+        Apart from the lease loop and without any database call of its own: over a slow or
+        cut link a renewal, or any read before it, can take longer than the lease, and the
+        attempt must be stopped on time all the same, before another worker may take its run
+        (two attempts of one run must never execute at the same time). Its margin, a quarter
+        of the lease (at most 1 s), covers the pause between its turns on a busy machine.
+        """
+        margin = min(1.0, self.lease_ms / 4000)
+        while True:
+            await anyio.sleep(margin / 5)
+            self._stop_expiring(anyio.current_time() + margin)
 
     def _stop_expiring(self, horizon: float) -> None:
         for attempt in self._attempts_by_run.values():

@@ -513,8 +513,9 @@ async def test_renewed_leases_hold_and_expired_ones_are_rescued(
     run = await new_run(storage)
     claimed = await claim_one(storage, owner="w1", lease_ms=1000)
     clock.advance(900)
-    await storage.renew_leases("w1", [run.id], 1000)  # now expires 1000 ms from here
-    await storage.renew_leases("w2", [run.id], 100_000)  # not w2's lease: no effect
+    # now expires 1000 ms from here; w2 holds no lease on it: no effect, and it is told so
+    assert await storage.renew_leases("w1", [run.id], 1000) == [run.id]
+    assert await storage.renew_leases("w2", [run.id], 100_000) == []
     clock.advance(1000)
     assert await storage.rescue_expired_leases() == 0  # expired only once past the instant
     clock.advance(1)

@@ -125,3 +125,44 @@ async def test_token_details_are_bounded(
     with pytest.raises(ValidationError, match=re.escape(message)):
         await engine.tokens.create(**details)  # type: ignore[arg-type]
     assert (await engine.tokens.list()).data == []
+
+
+ENDED: dict[str, float] = {}
+
+
+@task("wk-stalled")
+async def stalled_run(payload: None) -> str:
+    try:
+        await asyncio.Event().wait()  # runs until something stops it
+    finally:
+        ENDED["at"] = asyncio.get_running_loop().time()
+    return "never"
+
+
+async def test_an_attempt_stops_before_its_lease_runs_out_while_the_database_stalls(
+    engine: Engine, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a cut link the lease loop's calls hang (for minutes, until TCP gives up): the
+    attempt must be stopped on time all the same, before another worker may take its run.
+    Before the expiry loop had a task of its own, it was checked only between those calls
+    (scripts/partitions.py found attempts of one run overlapping by up to 1.6 s)."""
+    ENDED.clear()
+    await start_worker([stalled_run], lease_seconds=1.0)
+    run = await engine.trigger("wk-stalled")
+    await wait_for_status(engine, run.id, "EXECUTING")
+    loop = asyncio.get_running_loop()
+    calls: list[float] = []
+
+    async def cut_off(*args: object, **kwargs: object) -> None:
+        calls.append(loop.time())
+        await asyncio.Event().wait()  # no answer, ever
+
+    # the lease loop's calls, from the next one on (the test's own reads are not cut off)
+    monkeypatch.setattr(engine.storage, "serving", cut_off)
+    monkeypatch.setattr(engine.storage, "renew_leases", cut_off)
+    cut = loop.time()  # the last renewal that reached the database was before this
+    while "at" not in ENDED and loop.time() < cut + 5:
+        await asyncio.sleep(0.05)
+    assert calls, "the lease loop was never cut off: the test proved nothing"
+    assert "at" in ENDED, "the attempt ran on past its lease"
+    assert ENDED["at"] < cut + 1.0  # before the lease could run out in the database

@@ -448,9 +448,10 @@ class Storage(Protocol):
         on the run (``Run.version``)."""
         ...
 
-    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
+    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> list[str]:
         """Extend the leases ``owner`` holds on these runs, and record the heartbeat of the
-        worker ``owner`` (in the same transaction; with no runs, only the heartbeat)."""
+        worker ``owner`` (in the same transaction; with no runs, only the heartbeat). Returns
+        the runs whose lease it extended: a run missing from it is no longer ``owner``'s."""
         ...
 
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:

@@ -658,28 +658,29 @@ class Runs(Triggers, Workers, Rates):
             picked.append(row["id"])
         return picked, buckets
 
-    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> None:
-        def op(now: int) -> Op[None]:
+    async def renew_leases(self, owner: str, run_ids: list[str], lease_ms: int) -> list[str]:
+        def op(now: int) -> Op[list[str]]:
             beat = self._heartbeat(owner, now)  # the worker's, in the same transaction
             if not run_ids:  # an idle worker: its heartbeat alone
                 yield alone(beat)
-                return
+                return []
             crash_point("lease.renew")
             where = f"lease_owner = :owner AND id {self.q.in_('ids')}"
             yield from self._lock_runs(where, owner=owner, ids=run_ids)
-            renew = count(
-                f"UPDATE runs SET lease_expires_at = :expires WHERE {where}",
+            renew = rows(
+                f"UPDATE runs SET lease_expires_at = :expires WHERE {where} RETURNING id",
                 expires=now + lease_ms,
                 owner=owner,
                 ids=run_ids,
             )
             if self.q.writes_in_with:  # the heartbeat rides in the renewal's statement
-                yield combined({"renewed": renew, "beat": beat}, "SELECT 1", "count")
+                renewed = yield combined({"renewed": renew, "beat": beat}, "SELECT id FROM renewed")
             else:
-                yield renew
+                renewed = yield renew
                 yield beat
+            return [row["id"] for row in renewed]
 
-        await self._write(op, notify=False, control=True)
+        return await self._write(op, notify=False, control=True)
 
     async def lost_runs(self, owner: str, run_ids: list[str]) -> list[str]:
         found = await self._read(

@@ -717,6 +717,15 @@ class Harness:
             if f[0] == "slept" and float(f[4]) < float(f[2]) + int(f[3]) / 1000 - 0.002
         ]
         slept = sum(1 for f in lines if f[0] == "slept")
+        first: dict[str, float] = {}  # each run's first resume after its sleep: how late
+        for f in lines:
+            if f[0] == "slept" and f[1] not in first:
+                first[f[1]] = float(f[4]) - float(f[2]) - int(f[3]) / 1000
+        if first:
+            late = sorted(first.values())
+            stats["sleep lateness p50 / p99 / max"] = " / ".join(
+                f"{late[int(q * (len(late) - 1))]:.2f} s" for q in (0.5, 0.99, 1.0)
+            )
         checks.append(
             Check(
                 "no timer fired early",

@@ -6,6 +6,7 @@ Everything else it shares with SQLite is covered by the suites that run on both 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from typing import Any
@@ -224,6 +225,36 @@ async def test_a_reading_of_the_database_clock_over_a_slow_link_does_not_move_no
         async with pool.acquire() as conn:
             await storage._measure_clock(conn)  # type: ignore[attr-defined]
         assert abs(await off_by_ms(pool)) < 50
+
+
+async def test_a_transaction_left_open_by_a_cut_off_worker_is_ended_by_the_server(
+    postgres_url: str,
+) -> None:
+    """A worker cut off between BEGIN and COMMIT must not keep its row locks for hours (until
+    the server's TCP keepalive gives up): the engine's sessions end a transaction that waits
+    10 s for its next statement, unless the URL says otherwise."""
+    import asyncpg
+
+    async with Engine(postgres_url) as engine:
+        pool = engine.storage._pool  # type: ignore[attr-defined]
+        assert await pool.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+
+    async with Engine(f"{postgres_url}&idle_in_transaction_session_timeout=500ms") as engine:
+        storage = engine.storage
+        pool = storage._pool  # type: ignore[attr-defined]
+        assert await pool.fetchval("SHOW idle_in_transaction_session_timeout") == "500ms"
+        await storage.register_tasks([TaskInfo("locked")])
+        run = await engine.trigger("locked", {})
+        lock = f'SELECT 1 FROM "{storage.schema}".runs WHERE id = $1 FOR UPDATE NOWAIT'  # type: ignore[attr-defined]
+        cut_off = await pool.acquire()
+        await cut_off.execute("BEGIN")
+        await cut_off.execute(lock, run.id)  # the worker locks the run, then is cut off
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await pool.fetchval(lock, run.id)
+        await asyncio.sleep(1.5)
+        assert await pool.fetchval(lock, run.id) == 1  # the server ended it: lock released
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+            await pool.release(cut_off)
 
 
 async def test_concurrent_idempotent_triggers_make_one_run(postgres_url: str) -> None:

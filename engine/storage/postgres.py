@@ -104,6 +104,12 @@ _LISTENER_PROBE_SECONDS = 5.0  # how often the listener checks its connection an
 _CLOCK_SECONDS = 10.0  # how old a measure of the database's clock a transaction may use
 _CLOCK_DRIFT = 0.001  # how fast a kept reading of that clock is taken to go off (s per s)
 _POOL_SIZE = 10
+_IDLE_IN_TRANSACTION = "10s"
+"""How long the server keeps a transaction of this engine open with no statement coming: a
+worker cut off from the database in the middle of one (between its ``BEGIN`` and ``COMMIT``)
+would otherwise keep the rows it locked until the server's TCP keepalive gave up on it (two
+hours by default), and every rescue of an expired lease would wait behind those locks. No
+engine transaction waits for anything but the database between its statements."""
 
 
 def postgres_dsn(url: str) -> tuple[str, str]:
@@ -183,6 +189,10 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
         # pooler cannot lose; the plans of prepared statements are PostgreSQL's choice (the
         # timers, which need custom plans, ask for them: Dialect.custom_plans)
         settings = {"application_name": "waitpoint"}
+        named = {key for key, _ in parse_qsl(urlsplit(self._dsn).query)}
+        if not self._pgbouncer and "idle_in_transaction_session_timeout" not in named:
+            # (behind PgBouncer: its own idle_transaction_timeout, a startup setting it refuses)
+            settings["idle_in_transaction_session_timeout"] = _IDLE_IN_TRANSACTION
         try:
             await self._migrate()
             # nothing to reset when a connection goes back to its pool: the engine leaves no

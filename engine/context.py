@@ -98,6 +98,8 @@ class Recorded:
 
 Execute = Callable[[JournalWrite], Awaitable[Recorded | None]]
 """Runs a new durable call and journals it with the given write; None: the run parked."""
+HoldLease = Callable[[], Awaitable[None]]
+"""Returns while the attempt may go on; stops it (cancels it) when its lease may run out."""
 
 
 WAIT_KINDS = {
@@ -121,8 +123,13 @@ class RunContext:
         *,
         always_replay: bool = False,
         checking: bool = False,
+        hold_lease: HoldLease | None = None,
     ) -> None:
         self.storage = storage
+        self.hold_lease = hold_lease
+        """The worker's: awaited before a durable call runs new work, it stops the attempt
+        there when its lease may run out first (a process that was paused past its lease
+        must not begin a step's body beside the worker that took the run over)."""
         self.checking = checking
         """A replay check (``engine.replay_check``): journaled calls replay, and the first
         call the journal does not hold ends the attempt (``ReachedNewCode``); nothing runs or
@@ -223,6 +230,8 @@ class RunContext:
                 return self._outcome(key, entry.value, entry.is_error, decode)
             if self.checking:
                 raise self._stop(ReachedNewCode())
+            if self.hold_lease is not None:
+                await self.hold_lease()
             write = JournalWrite(
                 run_id=self.run.id,
                 epoch=self.run.epoch,

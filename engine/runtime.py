@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from . import logs, tracing
-from .context import AttemptInterrupted, ReplayRequested, RunContext
+from .context import AttemptInterrupted, HoldLease, ReplayRequested, RunContext
 from .errors import (
     AbortTaskRunError,
     ConcurrentWaitError,
@@ -85,15 +85,17 @@ async def run_attempt(
     definition: TaskDefinition,
     *,
     always_replay: bool = False,
+    hold_lease: HoldLease | None = None,
 ) -> RunStatus | Handoff | None:
     """Execute one attempt of ``run``; returns the status it reached, or None if it parked.
 
     Every exit is written through the lease epoch: a worker that lost the run changes nothing.
     With ``always_replay`` it may return ``Handoff.REPLAY``: the caller must then
-    ``hand_back`` the run (once it no longer counts the attempt as running).
+    ``hand_back`` the run (once it no longer counts the attempt as running). ``hold_lease``
+    is awaited before each durable call runs new work (``RunContext.hold_lease``).
     """
     if tracing.tracer() is None:
-        return await _attempt(storage, signer, run, definition, always_replay)
+        return await _attempt(storage, signer, run, definition, always_replay, hold_lease)
     attributes = {
         "waitpoint.run_id": run.id,
         "waitpoint.task_id": run.task_id,
@@ -107,7 +109,7 @@ async def run_attempt(
                 await storage.record_attempt_trace(run.id, run.epoch, attempt)
             except StorageError as exc:  # a trace is not worth an attempt
                 log.warning("run.trace_unrecorded", error=str(exc))
-        outcome = await _attempt(storage, signer, run, definition, always_replay)
+        outcome = await _attempt(storage, signer, run, definition, always_replay, hold_lease)
     if isinstance(outcome, RunStatus) and outcome.is_terminal:
         tracing.emit(
             f"run {run.task_id}",
@@ -126,8 +128,9 @@ async def _attempt(
     run: ClaimedRun,
     definition: TaskDefinition,
     always_replay: bool,
+    hold_lease: HoldLease | None,
 ) -> RunStatus | Handoff | None:
-    context = RunContext(storage, signer, run, always_replay=always_replay)
+    context = RunContext(storage, signer, run, always_replay=always_replay, hold_lease=hold_lease)
     entered = context.enter()
     bound = logs.bind(run_id=run.id, task=run.task_id, attempt=run.attempt)
     log.info("run.started", resumed=bool(run.journal))

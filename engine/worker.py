@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import anyio
+import anyio.lowlevel
 
 from . import metrics
 from .approvals import deliver_notices, fire_approvals
@@ -101,6 +102,9 @@ class Worker:
                 self.versions[task_id] = served
         self.concurrency = concurrency or engine.settings.concurrency
         self.lease_ms = int((lease_seconds or engine.settings.lease_seconds) * 1000)
+        self._lease_margin = min(1.0, self.lease_ms / 4000)
+        """How long before its lease may run out an attempt is stopped: a quarter of the
+        lease, at most 1 s (the expiry loop's pause on a busy machine fits in it)."""
         self.poll_seconds = poll_seconds
         self.always_replay = (
             engine.settings.always_replay if always_replay is None else always_replay
@@ -334,12 +338,14 @@ class Worker:
         started = anyio.current_time() if metrics.on else None
         try:
             with attempt.scope as scope:
+                await self._hold_lease(attempt)
                 outcome = await run_attempt(
                     self.engine.storage,
                     self.engine.signer,
                     run,
                     self.tasks[run.task_id],
                     always_replay=self.always_replay,
+                    hold_lease=lambda: self._hold_lease(attempt),
                 )
             if scope.cancelled_caught:
                 log.info("run.attempt_stopped", run_id=run.id, reason="canceled or taken over")
@@ -495,20 +501,36 @@ class Worker:
         Apart from the lease loop and without any database call of its own: over a slow or
         cut link a renewal, or any read before it, can take longer than the lease, and the
         attempt must be stopped on time all the same, before another worker may take its run
-        (two attempts of one run must never execute at the same time). Its margin, a quarter
-        of the lease (at most 1 s), covers the pause between its turns on a busy machine.
+        (two attempts of one run must never execute at the same time). Its margin
+        (``_lease_margin``) covers the pause between its turns on a busy machine.
         """
-        margin = min(1.0, self.lease_ms / 4000)
         while True:
-            await anyio.sleep(margin / 5)
-            self._stop_expiring(anyio.current_time() + margin)
+            await anyio.sleep(self._lease_margin / 5)
+            horizon = anyio.current_time() + self._lease_margin
+            for attempt in list(self._attempts_by_run.values()):
+                if attempt.lease_until is not None and attempt.lease_until <= horizon:
+                    self._stop_expiring(attempt)
 
-    def _stop_expiring(self, horizon: float) -> None:
-        for attempt in self._attempts_by_run.values():
-            if attempt.lease_until is not None and attempt.lease_until <= horizon:
-                log.warning("run.lease_expiring", run_id=attempt.run_id, worker=self.id)
-                attempt.lease_until = None
-                attempt.scope.cancel()
+    async def _hold_lease(self, attempt: _Attempt) -> None:
+        """Before an attempt begins, and before each durable call runs new work (a step's
+        body, a token, a wait): stop it here if its lease may run out first.
+
+        A process that was paused (SIGSTOP, a frozen VM, a long pause of the machine) wakes
+        with attempts whose runs another worker may have taken meanwhile; the expiry loop
+        stops them at its next turn, but what they would start before that turn would run
+        beside the new owner.
+        """
+        horizon = anyio.current_time() + self._lease_margin
+        if attempt.lease_until is not None and attempt.lease_until > horizon:
+            return
+        self._stop_expiring(attempt)
+        await anyio.lowlevel.checkpoint()  # the cancellation lands here
+
+    def _stop_expiring(self, attempt: _Attempt) -> None:
+        if attempt.lease_until is not None:  # logged once
+            log.warning("run.lease_expiring", run_id=attempt.run_id, worker=self.id)
+            attempt.lease_until = None
+        attempt.scope.cancel()
 
     def _cancel(self, run_id: str) -> None:
         attempt = self._attempts_by_run.get(run_id)

@@ -10,16 +10,20 @@ import asyncio
 import contextlib
 import re
 
+import anyio
 import pytest
 
 from engine import (
     Engine,
     RunWaitTimeoutError,
     ValidationError,
+    Worker,
     create_token,
+    step,
     task,
     wait_for_token,
 )
+from engine.context import RunContext
 
 from .conftest import StartWorker, wait_for_status
 
@@ -170,3 +174,42 @@ async def test_an_attempt_stops_before_its_lease_runs_out_while_the_database_sta
     assert calls, "the lease loop was never cut off: the test proved nothing"
     assert "at" in ENDED, "the attempt ran on past its lease"
     assert ENDED["at"] < cut + 1.0  # before the lease could run out in the database
+
+
+RAN: list[tuple[str, int]] = []
+
+
+def ran(name: str) -> None:
+    RAN.append((name, RunContext.current().run.epoch))
+
+
+@task("wk-woken")
+async def woken(payload: None) -> str:
+    await step("before", ran, "before")
+    GATE["at"].set()
+    await GATE["woken"].wait()  # the process is paused here, past its lease
+    await step("after", ran, "after")
+    return "done"
+
+
+async def test_an_attempt_woken_past_its_lease_begins_no_new_step(
+    engine: Engine, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused process (SIGSTOP, a frozen VM) wakes with attempts whose runs another worker
+    may have taken: before its expiry loop's next turn, an attempt must not begin a step's
+    body beside the new owner (scripts/partitions.py saw journaled steps run again so)."""
+    RAN.clear()
+    GATE["woken"], GATE["at"] = asyncio.Event(), asyncio.Event()
+
+    async def not_yet(self: Worker) -> None:  # the expiry loop has not had its turn yet
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Worker, "_expiry_loop", not_yet)
+    worker = await start_worker([woken], lease_seconds=30)
+    run = await engine.trigger("wk-woken")
+    await asyncio.wait_for(GATE["at"].wait(), 10)
+    worker._attempts_by_run[run.id].lease_until = anyio.current_time() - 1  # slept past it
+    GATE["woken"].set()
+    await wait_for_status(engine, run.id, "COMPLETED")  # the next attempt (its lease held)
+    [(_, first), (after, later)] = RAN
+    assert after == "after" and later > first  # not begun by the attempt that slept

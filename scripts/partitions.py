@@ -5,10 +5,11 @@ and healed, then every run checked against what the contract promises.
     sudo .venv/bin/python scripts/partitions.py --minutes 30 [--seed S] [--runs N] [--keep]
 
 Each worker runs inside a Linux network namespace made here (``ip netns add``), joined to the
-host by a veth pair whose two ends have addresses in 10.213.<i>.0/24, used only by these
-namespaces. PostgreSQL listens on loopback only, so a small TCP relay (this script's ``relay``
-command, a process of its own) listens on the host end of each veth and forwards to the
-server: everything a worker says to the database crosses its veth, where the nemeses act.
+host by a veth pair whose two ends have addresses in 10.213.<i>.0/24 (or in the next
+10.x.0.0/16 that is free), used only by these namespaces. PostgreSQL listens on loopback
+only, so a small TCP relay (this script's ``relay`` command, a process of its own) listens on
+the host end of each veth and forwards to the server: everything a worker says to the
+database crosses its veth, where the nemeses act.
 
 While 3 workers drain runs that step, wait for a token completed from the host, sleep, trigger
 a child and wait for it, a seeded nemesis acts every few seconds, on one worker at a time:
@@ -68,7 +69,10 @@ if str(ROOT) not in sys.path:
 SERVER_URL = os.environ.get(
     "WAITPOINT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-SUBNET = "10.213"  # 10.213.<i>.1 the host's end of worker i's veth, .2 the worker's
+SUBNETS = [f"10.{octet}" for octet in range(213, 233)]
+"""Where the veth addresses come from: the first of these /16s no address of the host is in
+(so that harnesses running at once do not meet); 10.x.<i>.1 is the host's end of worker i's
+veth, 10.x.<i>.2 the worker's."""
 FLOW = "partition-flow"
 GOING = ["QUEUED", "EXECUTING", "WAITING", "DELAYED"]
 ENDED = ["COMPLETED", "FAILED", "CANCELED", "CRASHED", "TIMED_OUT", "EXPIRED"]
@@ -193,10 +197,15 @@ def why_not_possible() -> str | None:
     if made.returncode != 0:
         return f"`ip netns add` fails here: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    probe = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
-    if f" {SUBNET}." in probe:
-        return f"{SUBNET}.0.0/16 is already in use on this host (another harness running?)"
+    if free_subnet() is None:
+        return f"every one of {SUBNETS[0]}-{SUBNETS[-1]}.0.0/16 has an address on this host"
     return None
+
+
+def free_subnet() -> str | None:
+    """The first of ``SUBNETS`` that no address of this host is in."""
+    taken = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    return next((subnet for subnet in SUBNETS if f" {subnet}." not in taken), None)
 
 
 def sh(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -210,13 +219,17 @@ class Network:
     """One namespace and veth pair per worker; ``heal`` undoes every nemesis."""
 
     def __init__(self, count: int) -> None:
+        subnet = free_subnet()
+        if subnet is None:
+            raise RuntimeError(f"no free subnet among {SUBNETS}")
+        self.subnet = subnet
         tag = os.getpid() % 100_000
         self.names = [f"wpp{tag}n{i}" for i in range(count)]
         self.host_ends = [f"wph{tag}n{i}" for i in range(count)]
         self.worker_ends = [f"wpw{tag}n{i}" for i in range(count)]
 
     def host_address(self, i: int) -> str:
-        return f"{SUBNET}.{i}.1"
+        return f"{self.subnet}.{i}.1"
 
     def create(self) -> None:
         for i, (ns, host, peer) in enumerate(
@@ -225,9 +238,9 @@ class Network:
             sh("ip", "netns", "add", ns)
             sh("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
             sh("ip", "link", "set", peer, "netns", ns)
-            sh("ip", "addr", "add", f"{SUBNET}.{i}.1/24", "dev", host)
+            sh("ip", "addr", "add", f"{self.subnet}.{i}.1/24", "dev", host)
             sh("ip", "link", "set", host, "up")
-            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}.2/24", "dev", peer)
+            sh("ip", "-n", ns, "addr", "add", f"{self.subnet}.{i}.2/24", "dev", peer)
             sh("ip", "-n", ns, "link", "set", peer, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
 
@@ -606,8 +619,8 @@ class Harness:
 
         # 1. one terminal state each, with the right output
         runs = []
-        for first in range(0, len(run_ids), 50):
-            batch = run_ids[first : first + 50]
+        for offset in range(0, len(run_ids), 50):
+            batch = run_ids[offset : offset + 50]
             runs += await asyncio.gather(*(engine.runs.retrieve(r) for r in batch))
         wrong: list[str] = []
         for n, run in enumerate(runs):
@@ -721,12 +734,12 @@ class Harness:
             if f[0] == "slept" and float(f[4]) < float(f[2]) + int(f[3]) / 1000 - 0.002
         ]
         slept = sum(1 for f in lines if f[0] == "slept")
-        first: dict[str, float] = {}  # each run's first resume after its sleep: how late
+        resumed: dict[str, float] = {}  # each run's first resume after its sleep: how late
         for f in lines:
-            if f[0] == "slept" and f[1] not in first:
-                first[f[1]] = float(f[4]) - float(f[2]) - int(f[3]) / 1000
-        if first:
-            late = sorted(first.values())
+            if f[0] == "slept" and f[1] not in resumed:
+                resumed[f[1]] = float(f[4]) - float(f[2]) - int(f[3]) / 1000
+        if resumed:
+            late = sorted(resumed.values())
             stats["sleep lateness p50 / p99 / max"] = " / ".join(
                 f"{late[int(q * (len(late) - 1))]:.2f} s" for q in (0.5, 0.99, 1.0)
             )
@@ -755,12 +768,12 @@ class Harness:
                 continue
             pid = self.workers[nemesis.worker].pid
             for run_id, spans in attempts.items():
-                for start, end, epoch, owner in spans:
-                    if owner != pid or not start < nemesis.start < end:
+                for begun, ended, number, owner in spans:
+                    if owner != pid or not begun < nemesis.start < ended:
                         continue
-                    if end > nemesis.start + lease + 0.25:
-                        late = end - nemesis.start - lease
-                        unstopped.append(f"{run_id} epoch {epoch} ended {late:.2f}s late")
+                    if ended > nemesis.start + lease + 0.25:
+                        over = ended - nemesis.start - lease
+                        unstopped.append(f"{run_id} epoch {number} ended {over:.2f}s late")
                     elif run_id in expiring[nemesis.worker]:
                         stopped += 1
         long_cuts = sum(

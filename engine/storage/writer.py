@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -172,17 +172,16 @@ class GroupCommitWriter:
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, waiting out other processes' write locks instead of failing."""
-        deadline = time.monotonic() + self._busy_seconds
-        delay = 0.005
+        pauses = _busy_pauses(self._busy_seconds)
         while True:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.Error as exc:
                 busy = isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
-                if busy and time.monotonic() <= deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.2)
+                pause = next(pauses, None) if busy else None
+                if pause is not None:
+                    time.sleep(pause)
                     continue
                 error = translate(exc)
                 if busy:
@@ -211,15 +210,24 @@ async def wait_out_busy(
     connection rebuilds the WAL index after a process was killed: a read-only command such
     as ``waitpoint workers`` must not fail because a worker was writing.
     """
-    deadline = time.monotonic() + seconds
-    delay = 0.005
+    pauses = _busy_pauses(seconds)
     while True:
         try:
             return await call()
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() > deadline:
+            pause = next(pauses, None) if _is_busy(exc) else None
+            if pause is None:
                 raise
-        await asyncio.sleep(delay)
+        await asyncio.sleep(pause)
+
+
+def _busy_pauses(seconds: float) -> Iterator[float]:
+    """The pauses between tries of something SQLite refused as busy (the writer's ``BEGIN
+    IMMEDIATE``, ``wait_out_busy``): 5 ms, doubling up to 0.2 s, while ``seconds`` last."""
+    deadline = time.monotonic() + seconds
+    delay = 0.005
+    while time.monotonic() <= deadline:
+        yield delay
         delay = min(delay * 2, 0.2)
 
 

@@ -8,30 +8,14 @@ against the SQLite file and the oracle file the steps append to.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
+from ..scripts import load_script
 
-
-def _load_harness() -> ModuleType:
-    name = "waitpoint_chaos_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _load_harness()
+chaos = load_script("chaos")
 
 
 @pytest.mark.timeout(110)

@@ -16,33 +16,17 @@ PostgreSQL; skips saying why where any is missing, unless ``WAITPOINT_REQUIRE_PA
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from ..postgres import require_postgres
+from ..scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "partitions.py"
 SEED = int(os.environ.get("PARTITIONS_SEED", "20"))
 
-
-def _load_harness() -> ModuleType:
-    name = "waitpoint_partition_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-partitions = _load_harness()
+partitions = load_script("partitions")
 
 
 @pytest.mark.timeout(240)

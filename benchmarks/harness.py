@@ -170,7 +170,6 @@ class WorkerProcess:
         self.log_path = ctx.dir / f"{label}.worker.log"
         self.label = label
         self.proc: subprocess.Popen[bytes] | None = None
-        self.spy: subprocess.Popen[bytes] | None = None
         self.seq = 0
 
     async def start(self) -> None:
@@ -186,6 +185,8 @@ class WorkerProcess:
         ]
         if self.ctx.args.uvloop:
             cmd.append("--uvloop")
+        if self.ctx.args.profile:  # the worker profiles itself (profiler.py) until it exits
+            cmd += ["--profile", str(Path(self.ctx.args.profile) / f"{self.label}.prof")]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             cmd, stdout=subprocess.PIPE, stderr=log, env=self.ctx.env, cwd=self.ctx.dir
@@ -196,29 +197,6 @@ class WorkerProcess:
         line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 60)
         if line.strip() != b"ready":
             raise RuntimeError(f"worker did not start: {line!r}; see {self.log_path}")
-        if self.ctx.args.profile:
-            # py-spy attached to the worker; it writes collapsed stacks when the worker exits
-            out = Path(self.ctx.args.profile) / f"{self.label}.collapsed.txt"
-            self.spy = subprocess.Popen(  # noqa: ASYNC220
-                [
-                    str(Path(PYTHON).with_name("py-spy")),
-                    "record",
-                    "--pid",
-                    str(self.pid),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(out),
-                    "--nonblocking",
-                    *(["--gil"] if self.ctx.args.profile_gil else []),
-                    *(["--idle"] if self.ctx.args.profile_idle else []),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            await asyncio.sleep(0.5)
 
     @property
     def pid(self) -> int:
@@ -249,12 +227,6 @@ class WorkerProcess:
         except TimeoutError:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        if self.spy is not None:
-            try:
-                await asyncio.wait_for(loop.run_in_executor(None, self.spy.wait), 30)
-            except TimeoutError:
-                os.kill(self.spy.pid, signal.SIGKILL)
-                self.spy.wait()
 
 
 class WorkerGroup:

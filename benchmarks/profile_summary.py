@@ -1,142 +1,167 @@
-"""Summarise py-spy collapsed stacks (``run.py --profile DIR`` writes them) as text.
+"""The CPU budget of a run from the profiles ``run.py --profile DIR`` writes (``profiler.py``).
 
-    python benchmarks/profile_summary.py DIR/wait10000.collapsed.txt [--top 25]
+    python benchmarks/profile_summary.py DIR/002-wait10000-w0.prof --runs 10000 [--top 30]
 
-Splits samples into the event-loop thread (idle in ``select`` or busy) and other threads
-(the SQLite writer thread and aiosqlite's reader thread), then lists the functions with the
-largest inclusive share of the busy event-loop samples, the hottest leaf frames, and a few
-buckets (logging, pydantic, JSON, sqlite3, thread hops, asyncio/anyio scheduling).
+Prints, per run (the profile's time divided by ``--runs``): the work (profiled time minus
+waiting: ``select``, lock and queue waits), the phases of a run as the cumulative time of
+the functions that own them (a row's time includes the rows indented under it; phases on
+different threads do not overlap), the costs that cut across phases (own time of logging,
+JSON, pydantic, sqlite3 and asyncio code), and the functions with the most own time.
+cProfile slows Python calls down, so these are shares of a budget: the benchmark's own CPU
+figures are the measurement.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import ast
+import pstats
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
-BUCKETS = {
-    "structlog (log lines, contextvars binding)": ("structlog/",),
-    "pydantic (models, validation, dumps)": ("pydantic/", "pydantic_core"),
-    "json (dumps/loads)": ("json/",),
-    "callback URL signing (hmac)": ("hmac.py", "callbacks.py"),
-    "hops to threads (aiosqlite reads, anyio to_thread)": (
-        "aiosqlite/core.py",
-        "anyio/to_thread.py",
-        "run_sync_in_worker_thread",
-    ),
-    "anyio task spawning (TaskGroup.start_soon)": ("TaskGroup.start_soon",),
-    "claim_runs (SQL + building ClaimedRun)": ("claim_runs",),
+Key = tuple[str, int, str]
+
+# builtins whose time is waiting, not work
+IDLE = (
+    "<method 'poll' of 'select.epoll' objects>",
+    "<method 'acquire' of '_thread.lock' objects>",
+    "<method 'get' of '_queue.SimpleQueue' objects>",
+    "<built-in method time.sleep>",
+)
+
+# (indent, label, qualnames whose cumulative time is the phase's, summed over threads)
+PHASES = (
+    (0, "claim (event loop + the writer's statement)", ("Worker._claim_turn",)),
+    (0, "an attempt on the event loop (Worker._attempt)", ("Worker._attempt",)),
+    (1, "step: runs once, replays on resume", ("step",)),
+    (1, "create_token", ("create_token",)),
+    (1, "wait_for_token (park, and the resumed read)", ("wait_for_token",)),
+    (1, "finish (runtime._end)", ("_end",)),
+    (0, "SQLite writer thread (GroupCommitWriter._commit)", ("GroupCommitWriter._commit",)),
+    (1, "BEGIN", ("GroupCommitWriter._begin",)),
+    (1, "claim_runs statements", ("StorageRuns.claim_runs.<locals>.op",)),
+    (1, "create_token statements", ("StorageTokens.create_token.<locals>.op",)),
+    (1, "wait_on_token statements (park)", ("StorageWaits.wait_on_token.<locals>.op",)),
+    (1, "finish_run statements", ("StorageRuns.finish_run.<locals>.op",)),
+    (1, "append_journal statements", ("StorageRuns.append_journal.<locals>.op",)),
+    (1, "complete_token statements (client)", ("StorageTokens._close_token.<locals>.op",)),
+    (1, "create_run statements (client trigger)", ("StorageRuns.create_run.<locals>.op",)),
+    (0, "reads (aiosqlite's thread)", ("_connection_worker_thread",)),
+    (0, "lease loop", ("Worker._lease_loop",)),
+    (0, "timer loop", ("Worker._timer_loop",)),
+    (0, "client: trigger", ("LocalRuns.trigger", "LocalClient.trigger", "Runs.trigger")),
+    (0, "client: complete a token", ("LocalTokens.complete", "Tokens.complete")),
+    (0, "all log lines (EngineLogger._emit)", ("EngineLogger._emit",)),
+)
+
+# own time of code in these files (or these builtins), summed
+COSTS = {
+    "logging (structlog, engine/logs.py)": ("structlog/", "engine/logs.py"),
+    "JSON (json module, orjson)": ("json/", "_json", "orjson"),
+    "pydantic (validation, dumps)": ("pydantic", "pydantic_core"),
+    "sqlite3 (statements, commit)": ("sqlite3.",),
+    "asyncio + anyio machinery": ("asyncio/", "anyio/", "_asyncio."),
+    "engine/ (own code)": ("engine/",),
 }
 
 
-def parse(path: Path) -> list[tuple[list[str], int]]:
-    stacks = []
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        stacks.append((stack.split(";"), int(count)))
-    return stacks
+@cache
+def _qualnames(filename: str) -> dict[int, str]:
+    """First line of each function in ``filename`` -> its qualified name."""
+    try:
+        tree = ast.parse(Path(filename).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    names: dict[int, str] = {}
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                line = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                for first in {child.lineno, line}:
+                    names[first] = prefix + child.name
+                walk(child, f"{prefix}{child.name}.<locals>.")
+            else:
+                walk(child, prefix)
+
+    walk(tree, "")
+    return names
 
 
-def short(frame: str) -> str:
-    m = re.match(r"(.*) \((.*?):(\d+)\)$", frame)
-    if not m:
-        return frame
-    func, file, _ = m.groups()
-    file = re.sub(r".*site-packages/", "", file)
-    return f"{func} ({file})"
+def qualname(key: Key) -> str:
+    filename, line, name = key
+    found = _qualnames(filename).get(line, name) if filename.endswith(".py") else name
+    return found if found.endswith(name) else name
 
 
-def summarise(path: Path, top: int) -> str:
-    stacks = parse(path)
-    loop: list[tuple[list[str], int]] = []
-    threads = Counter[str]()
-    idle = 0
-    for frames, n in stacks:
-        if frames[0].startswith("Thread._bootstrap"):
-            key = next((short(f) for f in frames if "run" in f and "Thread" in f), "thread")
-            leaf_owner = next(
-                (short(f) for f in frames if "engine/" in f or "aiosqlite" in f), short(frames[-1])
-            )
-            threads[f"{key} -> {leaf_owner}"] += n
-            continue
-        if "select (selectors.py" in frames[-1]:
-            idle += n
-            continue
-        loop.append((frames, n))
-    busy = sum(n for _, n in loop)
-    total_loop = busy + idle
-    share = busy / max(total_loop, 1)
+def where(key: Key) -> str:
+    filename, line, name = key
+    if filename == "~":
+        return name
+    for anchor in ("site-packages/", "/engine/", "/benchmarks/", "/lib/python3.11/"):
+        if anchor in filename:
+            filename = anchor.strip("/") + "/" + filename.split(anchor, 1)[1]
+            break
+    return f"{qualname(key)} ({filename}:{line})"
+
+
+def summarise(path: Path, runs: int, top: int) -> str:
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    own = {key: row[2] for key, row in stats.items()}
+    cumulative = {key: row[3] for key, row in stats.items()}
+    idle = sum(t for key, t in own.items() if key[0] == "~" and key[2] in IDLE)
+    work = sum(own.values()) - idle
+    per_run = lambda seconds: f"{seconds * 1000 / runs:7.3f} ms"  # noqa: E731
+    share = lambda seconds: f"{seconds / work:6.1%}"  # noqa: E731
     out = [
-        f"{path.name}: {total_loop} event-loop samples, busy {busy} ({share:.0%}),"
-        f" idle in select {idle}; other threads {sum(threads.values())} samples"
+        f"{path.name}: work {per_run(work)} per run over {runs:,} runs"
+        f" (profiled time {sum(own.values()):.1f} s, waiting {idle:.1f} s)",
+        "\nphases (cumulative time of the owning functions; indented rows are inside the row"
+        " above):",
     ]
-    inclusive = Counter[str]()
-    leaves = Counter[str]()
-    buckets = Counter[str]()
-    for frames, n in loop:
-        for name in {short(f) for f in frames}:
-            inclusive[name] += n
-        leaves[short(frames[-1])] += n
-        joined = ";".join(frames)
-        for bucket, needles in BUCKETS.items():
-            if any(needle in joined for needle in needles):
-                buckets[bucket] += n
-    out.append("\nbuckets (share of busy event-loop samples; a sample may count in several):")
-    for bucket, n in buckets.most_common():
-        out.append(f"  {n / busy:6.1%}  {bucket}")
-    out.append(f"\ntop {top} inclusive (busy event-loop samples):")
-    for name, n in inclusive.most_common(top):
-        out.append(f"  {n / busy:6.1%}  {name}")
-    out.append(f"\ntop {top} leaf frames:")
-    for name, n in leaves.most_common(top):
-        out.append(f"  {n / busy:6.1%}  {name}")
-    out.append("\nother threads:")
-    for name, n in threads.most_common(8):
-        out.append(f"  {n:6d}  {name}")
-    return "\n".join(out)
-
-
-def summarise_gil(path: Path, top: int) -> str:
-    """For ``py-spy record --gil`` profiles: every sample is the thread holding the GIL, so
-    the shares are shares of the process's Python CPU time, across all threads."""
-    stacks = parse(path)
-    total = sum(n for _, n in stacks)
-    where = Counter[str]()
-    inclusive = Counter[str]()
-    buckets = Counter[str]()
-    for frames, n in stacks:
-        joined = ";".join(frames)
-        if "GroupCommitWriter._commit" in joined:
-            where["writer thread: operations inside the write transaction"] += n
-        elif "_connection_worker_thread" in joined:
-            where["aiosqlite reader thread"] += n
-        else:
-            where["event loop thread"] += n
-        for name in {short(f) for f in frames}:
-            inclusive[name] += n
-        for bucket, needles in BUCKETS.items():
-            if any(needle in joined for needle in needles):
-                buckets[bucket] += n
-    out = [f"{path.name}: {total} GIL-holding samples"]
-    out += [f"  {n / total:6.1%}  {name}" for name, n in where.most_common()]
-    out.append("buckets (a sample may count in several):")
-    out += [f"  {n / total:6.1%}  {name}" for name, n in buckets.most_common()]
-    out.append(f"top {top} inclusive:")
-    out += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    by_name = Counter[str]()
+    for key, seconds in cumulative.items():
+        by_name[qualname(key)] += seconds
+    for indent, label, names in PHASES:
+        seconds = sum(by_name.get(n, 0.0) for n in names)
+        if seconds:
+            out.append(f"  {per_run(seconds)} {share(seconds)}  {'    ' * indent}{label}")
+    out.append("\ncosts across phases (own time):")
+    costs = Counter[str]()
+    for key, seconds in own.items():
+        if key[0] == "~" and key[2] in IDLE:
+            continue
+        text = f"{key[0]} {key[2]}"
+        for cost, needles in COSTS.items():
+            if any(needle in text for needle in needles):
+                costs[cost] += seconds
+                break
+    for cost, seconds in costs.most_common():
+        out.append(f"  {per_run(seconds)} {share(seconds)}  {cost}")
+    out.append(f"\ntop {top} by own time (calls per run):")
+    ranked = sorted(
+        ((t, k) for k, t in own.items() if not (k[0] == "~" and k[2] in IDLE)), reverse=True
+    )
+    for seconds, key in ranked[:top]:
+        calls = stats[key][1] / runs
+        out.append(f"  {per_run(seconds)} {share(seconds)} {calls:7.2f}  {where(key)}")
+    out.append(f"\ntop {top} by cumulative time:")
+    for seconds, key in sorted(((t, k) for k, t in cumulative.items()), reverse=True)[:top]:
+        out.append(f"  {per_run(seconds)} {share(seconds)}  {where(key)}")
     return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--gil", action="store_true", help="the profile was taken with --gil")
+    parser.add_argument("--runs", type=int, required=True, help="runs the profile covers")
+    parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     for path in args.files:
-        print(summarise_gil(path, args.top) if args.gil else summarise(path, args.top))
+        print(summarise(path, args.runs, args.top))
         print()
 
 

@@ -56,6 +56,7 @@ from items import (  # noqa: E402
     token_wait,
     trivial,
 )
+from profiler import start_profile  # noqa: E402
 from report import (  # noqa: E402
     Results,
     describe_machine,
@@ -188,6 +189,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="repeats (median; default 3)")
     parser.add_argument("--only", help="comma-separated items to run, e.g. 1,2,7")
     parser.add_argument(
+        "--token-wait-n", help="comma-separated sizes of item 2 (default 1000,10000)"
+    )
+    parser.add_argument(
         "--scaling-n", type=int, default=None, help="token-wait runs per item-8 measurement"
     )
     parser.add_argument(
@@ -209,13 +213,9 @@ def main() -> None:
         "--workers", type=int, default=1, help="worker processes for items 1 and 2 (default 1)"
     )
     parser.add_argument(
-        "--profile", help="attach py-spy to every worker process; collapsed stacks go here"
-    )
-    parser.add_argument(
-        "--profile-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL"
-    )
-    parser.add_argument(
-        "--profile-idle", action="store_true", help="py-spy --idle: sample waiting threads too"
+        "--profile",
+        help="profile the worker processes and this driver (profiler.py: cProfile in every"
+        " thread); pstats files go here, one per worker process and driver.prof",
     )
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
@@ -229,6 +229,8 @@ def main() -> None:
     sizes = QUICK if args.quick else Sizes()
     if args.scaling_n:
         sizes.scaling_n = args.scaling_n
+    if args.token_wait_n:
+        sizes.token_wait = tuple(int(n) for n in args.token_wait_n.split(","))
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     base = Path(args.dir) if args.dir else HERE
@@ -246,9 +248,12 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     machine = describe_machine()
     started = time.monotonic()
+    profiler = start_profile(Path(args.profile) / "driver.prof") if args.profile else None
     try:
         asyncio.run(run_all(ctx, by_backend, only))
     finally:
+        if profiler is not None:
+            profiler.stop()
         driver_log.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -17,8 +17,10 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -28,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tasks
+from profiler import start_profile
 
 from engine import Engine, Worker
 from engine.logs import configure_logging
@@ -38,6 +41,21 @@ def _rss_kb(field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return -1
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process, by thread name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        name = names.get(int(task.name), f"native thread {task.name}")
+        name = re.sub(
+            r"^Thread-\d+ ", "", name
+        )  # aiosqlite's thread: "(_connection_worker_thread)"
+        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
 
 
 def count_calls(storage: Any, calls: Counter[str]) -> None:
@@ -105,6 +123,7 @@ async def main(args: argparse.Namespace) -> None:
                 "rss_kb": _rss_kb("VmRSS"),
                 "hwm_kb": _rss_kb("VmHWM"),
                 "calls": dict(calls),
+                "threads": thread_cpu(),
             }
             tmp = Path(args.stats + ".tmp")
             tmp.write_text(json.dumps(snapshot))
@@ -126,7 +145,11 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--log-level", default="info", choices=["info", "warning"])
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument(
+        "--profile", help="profile this process (cProfile); pstats file written here at exit"
+    )
     args = parser.parse_args()
+    profiler = start_profile(Path(args.profile)) if args.profile else None
     configure_logging("json", logging.INFO if args.log_level == "info" else logging.WARNING)
     if args.uvloop:
         import uvloop
@@ -134,3 +157,5 @@ if __name__ == "__main__":
         uvloop.run(main(args))
     else:
         asyncio.run(main(args))
+    if profiler is not None:
+        profiler.stop()

@@ -844,7 +844,8 @@ class Runs(Triggers, Workers, Rates):
             )
 
     async def rescue_expired_leases(self, max_recoveries: int = 5) -> int:
-        if not await self._any_due("runs", "status = 'EXECUTING' AND lease_expires_at < :now"):
+        expired = "status = 'EXECUTING' AND lease_expires_at < :now"
+        if not await self._any_due(self.q.indexed_by("runs", "runs_leases"), expired):
             return 0
         message = self.q.json_object(
             "'name', 'CRASHED'",

@@ -120,6 +120,15 @@ class Dialect:
             return f"= ANY(:{param}::text[])"
         return f"IN (SELECT value FROM json_each(:{param}))"
 
+    def indexed_by(self, table: str, index: str) -> str:
+        """``table``, read through ``index`` on SQLite: with no statistics its planner takes
+        ``runs_status (status, id)`` for ``status = ... AND <column> < :now`` and walks every
+        row of that status (every queued run, on each timer turn) where the partial index on
+        the column finds the due ones at once. ``INDEXED BY`` fails the statement if the
+        index cannot serve it, so a change that breaks this fails loudly. PostgreSQL's
+        planner has statistics."""
+        return f"{table} INDEXED BY {index}" if self.name == "sqlite" else table
+
     @property
     def for_update(self) -> str:
         return " FOR UPDATE" if self.row_locks else ""

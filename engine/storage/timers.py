@@ -17,13 +17,15 @@ class Timers(StorageCore):
         return await self._start_delayed_runs() + await self._time_out_tokens(limit)
 
     async def next_timer_ms(self) -> int | None:
+        q = self.q
         found = await self._read(
             rows(
                 "SELECT min(t) AS t FROM ("
                 " SELECT min(timeout_at) AS t FROM waitpoints"
                 "  WHERE status = 'WAITING' AND timeout_at IS NOT NULL"
-                " UNION ALL SELECT min(available_at) FROM runs WHERE status = 'DELAYED'"
-                " UNION ALL SELECT min(expires_at) FROM runs"
+                f" UNION ALL SELECT min(available_at) FROM {q.indexed_by('runs', 'runs_delayed')}"
+                "  WHERE status = 'DELAYED'"
+                f" UNION ALL SELECT min(expires_at) FROM {q.indexed_by('runs', 'runs_expiry')}"
                 "  WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL) AS due"
             ),
             control=True,
@@ -36,11 +38,13 @@ class Timers(StorageCore):
 
         With metrics on, the statements return when each run was due, for how late this
         fired it (``engine.metrics``); off, the queued runs are only counted, as before."""
-        due = (
-            "(status = 'DELAYED' AND available_at <= :now)"
-            " OR (status IN ('QUEUED', 'DELAYED') AND expires_at <= :now)"
-        )
-        if not await self._any_due("runs", due):
+        q = self.q
+        delayed = "status = 'DELAYED' AND available_at <= :now"
+        expired = "status IN ('QUEUED', 'DELAYED') AND expires_at <= :now"
+        if not (
+            await self._any_due(q.indexed_by("runs", "runs_delayed"), delayed)
+            or await self._any_due(q.indexed_by("runs", "runs_expiry"), expired)
+        ):
             return 0
         timed = metrics.on
         queue = (

@@ -117,3 +117,47 @@ def test_the_readme_line_shows_the_events_through_the_standard_logging(tmp_path:
     assert any(line.startswith("INFO:engine.runtime:run.started run_id=") for line in lines)
     assert any("run.completed" in line and "task='quiet-flow'" in line for line in lines)
     assert any(line.startswith("INFO:engine.completion:token.completed") for line in lines)
+
+
+def test_a_structlog_configured_anew_is_followed_at_the_next_event() -> None:
+    """The engine's loggers keep structlog's logger between events (building one per event
+    cost 10 us); a new configuration, a new level or ``capture_logs`` must still be followed
+    at the very next event, and a level filtered out prints nothing."""
+    from engine.logs import bind, get_logger, unbind
+
+    log = get_logger("engine.test_cache")
+    first: list[dict[str, object]] = []
+    second: list[dict[str, object]] = []
+
+    def keep(into: list[dict[str, object]]) -> structlog.typing.Processor:
+        def processor(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+            into.append(dict(event))
+            raise structlog.DropEvent
+
+        return processor
+
+    old = structlog.get_config()
+    try:
+        structlog.configure(
+            processors=[keep(first)], wrapper_class=structlog.make_filtering_bound_logger(20)
+        )
+        bound = bind(run_id="run_1")
+        try:
+            log.info("one", n=1)
+            log.debug("filtered")
+            structlog.configure(processors=[keep(second)])
+            log.info("two", n=2)
+            with capture_logs() as captured:
+                log.info("three", n=3)
+            log.warning("four")
+            structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+            log.info("filtered too")
+            log.error("five")
+        finally:
+            unbind(bound)
+    finally:
+        structlog.configure(**old)
+    assert [e["event"] for e in first] == ["one"]
+    assert first[0]["run_id"] == "run_1"
+    assert [e["event"] for e in captured] == ["three"]
+    assert [e["event"] for e in second] == ["two", "four", "five"]

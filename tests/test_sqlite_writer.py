@@ -89,6 +89,57 @@ async def test_a_write_too_big_for_a_full_database_fails_alone_and_its_batch_com
     assert committed(path) == ["small", "after"]
 
 
+async def test_an_operation_that_raises_fails_alone_and_the_rest_of_its_batch_commits(
+    path: Path,
+) -> None:
+    """A batch runs without savepoints: when one operation raises (after writing), the
+    transaction rolls back and the batch runs again in parts, in order: the operations
+    before it together, it alone (its error is its outcome, its write is gone), the rest
+    together. The ones after it still see what the ones before it wrote."""
+    conn = connect(path)
+    writer = GroupCommitWriter(conn)
+    writer.start()
+    entered, gate = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hold(conn: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+
+    def failing(conn: sqlite3.Connection) -> int:
+        ran.append("failing")
+        conn.execute("INSERT INTO notes (body) VALUES ('half-done')")
+        raise StorageError("this operation fails")
+
+    def count_notes(conn: sqlite3.Connection) -> int:
+        ran.append("count")
+        return int(conn.execute("SELECT count(*) FROM notes").fetchone()[0])
+
+    try:
+        holding = asyncio.create_task(writer.run(hold))
+        assert await asyncio.to_thread(entered.wait, 10)
+        before = writer.commits
+        ops = [note("a", ran), note("b", ran), failing, note("c", ran), count_notes]
+        tasks = [asyncio.create_task(writer.run(op)) for op in ops]
+        await asyncio.sleep(0)  # all queued: one batch once the writer is free
+        gate.set()
+        await holding
+        a, b, c, notes = [await tasks[i] for i in (0, 1, 3, 4)]
+        assert a > 0 and b > 0 and c > 0
+        assert notes == 3  # a, b and c, not the failing operation's half-done write
+        with pytest.raises(StorageError, match="this operation fails"):
+            await tasks[2]
+        # the first try ran a, b and failing; then a and b, failing alone, c and the count
+        assert ran == ["a", "b", "failing", "a", "b", "failing", "c", "count"]
+        # hold's transaction, [a, b] and [c, count]; the failing one rolled back twice
+        assert writer.commits - before == 3
+    finally:
+        gate.set()
+        await writer.close()
+        conn.close()
+    assert committed(path) == ["a", "b", "c"]
+
+
 HOLDER = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)

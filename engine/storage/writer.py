@@ -3,9 +3,16 @@
 SQLite's cost is the commit (an fsync under ``synchronous=FULL``) and, from asyncio, every
 hop to a thread. So every write operation of this process is queued here as a plain function
 of a ``sqlite3.Connection``; the writer takes everything queued at that moment and runs it
-in ONE worker-thread call, inside one ``BEGIN IMMEDIATE ... COMMIT``, with a savepoint per
-operation (one failing operation rolls back alone). Only after the commit is each caller's
-future resolved, so a caller's ``await`` returns once its operation is durable.
+in ONE worker-thread call, inside one ``BEGIN IMMEDIATE ... COMMIT``. Only after the commit is
+each caller's future resolved, so a caller's ``await`` returns once its operation is durable.
+
+An operation that fails (a lost lease, a finished run) must fail alone, as if it ran in a
+transaction of its own. Operations fail rarely, so the batch runs without a savepoint per
+operation (two statements each, a third of a token-wait run's statements): when one raises,
+the transaction rolls back and the batch runs again in parts, in the same order: the
+operations before the failing one together, the failing one alone (its outcome is its error),
+then the rest together. Operations are plain functions of the database, so running one again
+after a rollback gives what it would have given the first time.
 
 Some failures take the whole transaction with them: SQLite rolls all of it back (a full disk
 or database, an I/O error) or ``COMMIT`` itself fails. Nothing then says which operation was
@@ -37,6 +44,14 @@ Outcome = tuple[bool, Any]
 log = get_logger("engine.storage")
 
 _BUSY_RETRY_SECONDS = 60.0
+
+
+class _OperationFailed(Exception):
+    """Operation ``index`` of a batch of several raised; the transaction was rolled back."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"operation {index} of the batch failed")
+        self.index = index
 
 
 class _NoTransaction(Exception):
@@ -111,41 +126,50 @@ class GroupCommitWriter:
                 return
 
     def _commit(self, ops: list[Operation[Any]]) -> list[Outcome]:
-        """In the worker thread: run ``ops`` in one transaction; one outcome per operation."""
-        try:
-            return self._transaction(ops)
-        except _NoTransaction as failed:  # nothing ran: no operation was at fault
-            return [(False, failed.error)] * len(ops)
-        except Exception as exc:
-            if len(ops) == 1:
-                return [(False, translate(exc))]
-            log.warning("storage.batch_failed", error=str(exc), operations=len(ops))
+        """In the worker thread: run ``ops`` in one transaction, or in as few as their failures
+        allow; one outcome per operation, in order."""
         outcomes: list[Outcome] = []
-        for index, op in enumerate(ops):  # each alone: only the failing ones fail
+        batches = [ops]
+        while batches:
+            batch = batches.pop(0)
             try:
-                outcomes += self._transaction([op])
+                outcomes += self._transaction(batch)
             except _NoTransaction as failed:
-                # another process took the write lock meanwhile: the rest fail with it at once
-                return outcomes + [(False, failed.error)] * (len(ops) - index)
+                # nothing ran: another process held the write lock throughout. The rest fail
+                # with it at once rather than wait it out again one by one
+                left = len(batch) + sum(map(len, batches))
+                return outcomes + [(False, failed.error)] * left
+            except _OperationFailed as failed:
+                i = failed.index
+                batches[:0] = [b for b in (batch[:i], batch[i : i + 1], batch[i + 1 :]) if b]
             except Exception as exc:
-                outcomes.append((False, translate(exc)))
+                if len(batch) == 1:
+                    outcomes.append((False, translate(exc)))
+                    continue
+                # the transaction failed as a whole (COMMIT, a full disk): each op alone
+                log.warning("storage.batch_failed", error=str(exc), operations=len(batch))
+                batches[:0] = [[op] for op in batch]
         return outcomes
 
     def _transaction(self, ops: list[Operation[Any]]) -> list[Outcome]:
         """``BEGIN IMMEDIATE``, the operations, ``COMMIT``; rolled back if any of it raises.
 
-        Several operations get a savepoint each, so one that fails rolls back alone and its
-        outcome is its error. A single operation needs none: its failure is the transaction's.
-        Raises ``_NoTransaction`` when ``BEGIN`` failed, and whatever failed the transaction
-        as a whole otherwise.
+        Raises ``_NoTransaction`` when ``BEGIN`` failed, ``_OperationFailed`` when one of
+        several operations raised, and whatever failed otherwise (a single operation's error
+        is its own).
         """
         conn = self._conn
         self._begin()
         try:
+            outcomes: list[Outcome] = []
             if len(ops) == 1:
-                outcomes: list[Outcome] = [(True, ops[0](conn))]
+                outcomes.append((True, ops[0](conn)))
             else:
-                outcomes = [self._savepoint(op) for op in ops]
+                for index, op in enumerate(ops):
+                    try:
+                        outcomes.append((True, op(conn)))
+                    except Exception as exc:
+                        raise _OperationFailed(index) from exc
             crash_point("commit.before")
             conn.execute("COMMIT")
         except BaseException:
@@ -154,21 +178,6 @@ class GroupCommitWriter:
         crash_point("commit.after")
         self.commits += 1
         return outcomes
-
-    def _savepoint(self, op: Operation[Any]) -> Outcome:
-        """Run ``op`` in a savepoint; its own failure is its caller's alone."""
-        conn = self._conn
-        conn.execute("SAVEPOINT op")
-        try:
-            result = op(conn)
-        except Exception as exc:
-            if not conn.in_transaction:  # SQLite rolled back everything: the batch failed
-                raise
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            return (False, translate(exc))
-        conn.execute("RELEASE op")
-        return (True, result)
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, waiting out other processes' write locks instead of failing."""

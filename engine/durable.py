@@ -92,6 +92,10 @@ async def step(
     return await context.durable_call("step", name, execute=execute, decode=_as_is)
 
 
+_ONCE = Retry()
+"""A step without ``retry=`` is tried once (made once: a ``Retry`` parses its delays)."""
+
+
 async def _call(
     name: str,
     fn: Callable[..., Any],
@@ -100,7 +104,7 @@ async def _call(
     retry: Retry | None,
 ) -> Any:
     """The step's body, tried again in place under ``retry`` (never after an abort)."""
-    policy = retry or Retry()
+    policy = retry or _ONCE
     attempt = 1
     while True:
         try:

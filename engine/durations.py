@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from .clock import to_ms
 from .errors import ValidationError
@@ -24,10 +25,12 @@ _MOST_DIGITS = 12
 Timeout = str | timedelta | datetime
 
 
+@lru_cache(maxsize=1024)
 def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
     """Parse ``"1h30m"``-style text (units w, d, h/hr, m, s) into a positive timedelta.
 
-    ``allow_zero`` accepts ``"0s"`` too (a sleep of nothing returns at once).
+    ``allow_zero`` accepts ``"0s"`` too (a sleep of nothing returns at once). Remembered: a
+    task gives the same few durations (``timeout="1h"``) at every run.
     """
     cleaned = text.strip()
     if not _WHOLE.match(cleaned):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -102,12 +103,21 @@ class WireModel(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for name in self.omit_when_none:
-            info = type(self).model_fields[name]
-            for key in (name, info.alias):
-                if key in data and data[key] is None:
-                    del data[key]
+        for key in _omitted_keys(type(self)):
+            if key in data and data[key] is None:
+                del data[key]
         return data
+
+
+@cache
+def _omitted_keys(model: type[WireModel]) -> tuple[str, ...]:
+    """The names and aliases of ``model``'s ``omit_when_none`` fields (looked up once: at
+    every dump they cost a fifth of a token's serialisation)."""
+    keys: list[str] = []
+    for name in sorted(model.omit_when_none):
+        alias = model.model_fields[name].alias
+        keys += [name] if alias in (None, name) else [name, alias]
+    return tuple(keys)
 
 
 class Token(WireModel):

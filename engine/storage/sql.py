@@ -282,12 +282,15 @@ class ServerFunction:
 # -- SQLite -------------------------------------------------------------------------------
 
 
+_SEQUENCES = (list, tuple)  # a tuple of types: ``list | tuple`` would be built at every call
+
+
 def sqlite_statement(sql: Sql) -> tuple[str, Mapping[str, Any]]:
     """``sql``'s text and parameters for sqlite3: a list as JSON text for ``json_each``, but a
     list of one value in ``q.in_`` as that value (``= :ids``): most lists hold one id, and
     neither the JSON nor ``json_each`` is then worth its cost."""
     params = sql.params
-    lists = [k for k, v in params.items() if isinstance(v, list | tuple)]
+    lists = [k for k, v in params.items() if isinstance(v, _SEQUENCES)]
     if not lists:
         return sql.text, params
     singles = tuple(k for k in lists if len(params[k]) == 1)
@@ -310,7 +313,7 @@ def _singles(text: str, names: tuple[str, ...]) -> tuple[str, frozenset[str]]:
 
 def sqlite_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters for sqlite3: a list as JSON text (``json_each``)."""
-    return {k: json.dumps(list(v)) if isinstance(v, list | tuple) else v for k, v in params.items()}
+    return {k: json.dumps(list(v)) if isinstance(v, _SEQUENCES) else v for k, v in params.items()}
 
 
 def drive_sync(conn: sqlite3.Connection, op: Op[T]) -> T:

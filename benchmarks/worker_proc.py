@@ -58,6 +58,17 @@ def thread_cpu() -> dict[str, float]:
     return cpu
 
 
+def context_switches() -> dict[str, int]:
+    """Voluntary and involuntary context switches of this process's threads, summed."""
+    total = {"voluntary": 0, "nonvoluntary": 0}
+    for task in Path("/proc/self/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            kind, _, value = line.partition("_ctxt_switches:")
+            if value:
+                total[kind.strip()] += int(value)
+    return total
+
+
 def count_calls(storage: Any, calls: Counter[str]) -> None:
     """Count the calls of each public storage operation made through this instance."""
 
@@ -124,6 +135,7 @@ async def main(args: argparse.Namespace) -> None:
                 "hwm_kb": _rss_kb("VmHWM"),
                 "calls": dict(calls),
                 "threads": thread_cpu(),
+                "context_switches": context_switches(),
             }
             tmp = Path(args.stats + ".tmp")
             tmp.write_text(json.dumps(snapshot))

@@ -44,14 +44,14 @@ def commit_of(folder: Path) -> str:
         return folder.name
 
 
-def sample(folder: Path, item: str, n: int, backend: str) -> dict[str, float]:
+def sample(folder: Path, item: str, n: int, backend: str, extra: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         out = Path(tmp) / "out.json"
         size = ["--token-wait-n", str(n)] if item == "2" else []
         env = {**os.environ, "PYTHONPATH": str(folder.resolve())}
         subprocess.run(
             [sys.executable, str(HERE / "run.py"), "--backend", backend, "--only", item,
-             "--repeat", "1", *size, "--json", str(out), "--dir", tmp],
+             "--repeat", "1", *size, "--json", str(out), "--dir", tmp, *extra],
             env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         data = json.loads(out.read_text())
@@ -73,14 +73,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="item 2's runs per sample")
     parser.add_argument("--backend", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--b-uvloop", action="store_true", help="B's worker runs on uvloop (A's on asyncio)"
+    )
     args = parser.parse_args()
+    extra = {"A": [], "B": ["--uvloop"] if args.b_uvloop else []}
     engines = {"A": args.a, "B": args.b}
     samples: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     loads = []
     for r in range(args.repeat):
         for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
             loads.append(os.getloadavg()[0])
-            s = sample(engines[name], args.item, args.n, args.backend)
+            s = sample(engines[name], args.item, args.n, args.backend, extra[name])
             samples[name].append(s)
             print(
                 f"  {r + 1}/{args.repeat} {name}: {s['rate']:7.0f} runs/s, CPU ms/run worker"
@@ -98,8 +102,9 @@ def main() -> None:
     }
     for name, folder in engines.items():
         m = med[name]
+        loop = " (uvloop)" if extra[name] else ""
         print(
-            f"| {name} | {commit_of(folder)} | {m['rate']:,.0f} | {m['worker']:.3f}"
+            f"| {name} | {commit_of(folder)}{loop} | {m['rate']:,.0f} | {m['worker']:.3f}"
             f" | {m['driver']:.3f} |"
         )
     a, b = med["A"], med["B"]

@@ -19,6 +19,7 @@ import pstats
 from collections import Counter
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 Key = tuple[str, int, str]
 
@@ -30,29 +31,36 @@ IDLE = (
     "<built-in method time.sleep>",
 )
 
-# (indent, label, qualnames whose cumulative time is the phase's, summed over threads)
-PHASES = (
-    (0, "claim (event loop + the writer's statement)", ("Worker._claim_turn",)),
-    (0, "an attempt on the event loop (Worker._attempt)", ("Worker._attempt",)),
-    (1, "step: runs once, replays on resume", ("step",)),
-    (1, "create_token", ("create_token",)),
-    (1, "wait_for_token (park, and the resumed read)", ("wait_for_token",)),
-    (1, "finish (runtime._end)", ("_end",)),
-    (0, "SQLite writer thread (GroupCommitWriter._commit)", ("GroupCommitWriter._commit",)),
-    (1, "BEGIN", ("GroupCommitWriter._begin",)),
-    (1, "claim_runs statements", ("StorageRuns.claim_runs.<locals>.op",)),
-    (1, "create_token statements", ("StorageTokens.create_token.<locals>.op",)),
-    (1, "wait_on_token statements (park)", ("StorageWaits.wait_on_token.<locals>.op",)),
-    (1, "finish_run statements", ("StorageRuns.finish_run.<locals>.op",)),
-    (1, "append_journal statements", ("StorageRuns.append_journal.<locals>.op",)),
-    (1, "complete_token statements (client)", ("StorageTokens._close_token.<locals>.op",)),
-    (1, "create_run statements (client trigger)", ("StorageRuns.create_run.<locals>.op",)),
-    (0, "reads (aiosqlite's thread)", ("_connection_worker_thread",)),
-    (0, "lease loop", ("Worker._lease_loop",)),
-    (0, "timer loop", ("Worker._timer_loop",)),
-    (0, "client: trigger", ("LocalRuns.trigger", "LocalClient.trigger", "Runs.trigger")),
-    (0, "client: complete a token", ("LocalTokens.complete", "Tokens.complete")),
-    (0, "all log lines (EngineLogger._emit)", ("EngineLogger._emit",)),
+# (indent, label, qualnames whose cumulative time is the phase's, summed over threads, less
+# the cumulative time of the waits named last: a thread's loop includes its idle waits)
+PHASES: tuple[tuple[int, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (0, "claim (event loop + the writer's statement)", ("Worker._claim_turn",), ()),
+    (0, "an attempt on the event loop (Worker._attempt)", ("Worker._attempt",), ()),
+    (1, "step: runs once, replays on resume", ("step",), ()),
+    (1, "create_token", ("create_token",), ()),
+    (1, "wait_for_token (park, and the resumed read)", ("wait_for_token",), ()),
+    (1, "finish (runtime._end)", ("_end",), ()),
+    (0, "SQLite writer thread (GroupCommitWriter._commit)", ("GroupCommitWriter._commit",), ()),
+    (1, "BEGIN IMMEDIATE", ("GroupCommitWriter._begin",), ()),
+    (1, "claim_runs", ("Runs.claim_runs.<locals>.op",), ()),
+    (1, "append_journal (a step)", ("Runs.append_journal.<locals>.op",), ()),
+    (1, "create_token", ("Tokens.create_token.<locals>.op",), ()),
+    (1, "wait_on_token (park; resumed: journal)", ("Waits.wait_on_token.<locals>.op",), ()),
+    (1, "release_run (after the park)", ("Runs.release_run.<locals>.op",), ()),
+    (1, "finish_run", ("Runs.finish_run.<locals>.op",), ()),
+    (1, "complete_token (client)", ("Tokens._close_token.<locals>.op",), ()),
+    (1, "create_run (client trigger)", ("Runs.create_run.<locals>.op",), ()),
+    (
+        0,
+        "reads (aiosqlite's thread, less its waits)",
+        ("_connection_worker_thread",),
+        ("<method 'get' of '_queue.SimpleQueue' objects>",),
+    ),
+    (0, "lease loop", ("Worker._lease_loop",), ()),
+    (0, "timer loop (event loop side)", ("Worker._timer_loop",), ()),
+    (0, "client: trigger", ("LocalConnection.trigger",), ()),
+    (0, "client: complete a token", ("LocalTokens.complete",), ()),
+    (0, "all log lines (EngineLogger._emit)", ("EngineLogger._emit",), ()),
 )
 
 # own time of code in these files (or these builtins), summed
@@ -108,6 +116,19 @@ def where(key: Key) -> str:
     return f"{qualname(key)} ({filename}:{line})"
 
 
+def _waits_under(
+    stats: dict[Key, tuple[Any, ...]], waits: tuple[str, ...], callers: tuple[str, ...]
+) -> float:
+    """The time of the ``waits`` functions called directly from the ``callers`` functions."""
+    total = 0.0
+    for key, row in stats.items():
+        if qualname(key) in waits:
+            for caller, (_, _, _, seconds) in row[4].items():
+                if qualname(caller) in callers:
+                    total += seconds
+    return total
+
+
 def summarise(path: Path, runs: int, top: int) -> str:
     stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
     own = {key: row[2] for key, row in stats.items()}
@@ -125,8 +146,8 @@ def summarise(path: Path, runs: int, top: int) -> str:
     by_name = Counter[str]()
     for key, seconds in cumulative.items():
         by_name[qualname(key)] += seconds
-    for indent, label, names in PHASES:
-        seconds = sum(by_name.get(n, 0.0) for n in names)
+    for indent, label, names, waits in PHASES:
+        seconds = sum(by_name.get(n, 0.0) for n in names) - _waits_under(stats, waits, names)
         if seconds:
             out.append(f"  {per_run(seconds)} {share(seconds)}  {'    ' * indent}{label}")
     out.append("\ncosts across phases (own time):")

@@ -381,16 +381,9 @@ class Worker:
         # taken first: it tells the deadlines set during this turn, which next_timer_ms,
         # below, may not have seen
         during = storage.deadline_event(self._timers_planned_ms)
-        while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
-            pass
-        next_tick_ms = await self._fire_schedules()
-        next_approval_ms = await fire_approvals(storage)
-        rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
-        if rescued:
-            log.warning("worker.rescued_runs", count=rescued)
-            if metrics.on:
-                metrics.rescued(rescued)
-        next_ms = _earliest(await storage.next_timer_ms(), next_tick_ms, next_approval_ms)
+        # one read first: most turns were woken by a commit that set no deadline due now
+        outlook = await storage.timer_outlook(sorted(self.tasks))
+        next_ms = outlook.next_ms if not outlook.due else await self._fire_due()
         pause = self.poll_seconds
         if next_ms is not None:
             pause = min(pause, max(0.0, (next_ms - storage.now_ms()) / 1000))
@@ -402,6 +395,21 @@ class Worker:
         # from here on, only a deadline before the one slept to wakes this loop (a token
         # made with an hour's timeout does not)
         await _first_of([storage.deadline_event(until)], pause)
+
+    async def _fire_due(self) -> int | None:
+        """Fire what is due (timers, schedule ticks, approval reminders), rescue runs whose
+        worker went silent; returns when the next deadline falls."""
+        storage = self.engine.storage
+        while await storage.fire_due_timers(_TIMER_BATCH) == _TIMER_BATCH:
+            pass
+        next_tick_ms = await self._fire_schedules()
+        next_approval_ms = await fire_approvals(storage)
+        rescued = await storage.rescue_expired_leases(self.engine.settings.max_recoveries)
+        if rescued:
+            log.warning("worker.rescued_runs", count=rescued)
+            if metrics.on:
+                metrics.rescued(rescued)
+        return _earliest(await storage.next_timer_ms(), next_tick_ms, next_approval_ms)
 
     async def _fire_schedules(self) -> int | None:
         """Make the runs of the due ticks of the schedules of this worker's tasks (any number

@@ -1442,6 +1442,43 @@ async def test_timers_queue_delayed_runs_and_expire_runs_past_their_ttl(
     assert await storage.next_timer_ms() is None
 
 
+async def test_the_timer_outlook_says_in_one_read_what_a_timer_turn_would_find(
+    storage: Storage, clock: StepClock
+) -> None:
+    """``timer_outlook``: due when a turn has work (a delayed run, a ttl, a token's timeout,
+    a lease run out) and the next deadline otherwise, as the full turn's reads say."""
+    t0 = clock.now_ms()
+    outlook = await storage.timer_outlook(["t"])
+    assert (outlook.due, outlook.next_ms) == (False, None)
+    await storage.create_token(NewToken(timeout_ms=t0 + 3000))
+    delayed = await new_run(storage, delayed_until_ms=t0 + 1000)
+    await new_run(storage, "other", ttl="2s", ttl_ms=2000)
+    outlook = await storage.timer_outlook(["t"])
+    assert (outlook.due, outlook.next_ms) == (False, t0 + 1000)
+    assert outlook.next_ms == await storage.next_timer_ms()
+
+    clock.advance(1000)  # the delayed run is due
+    assert (await storage.timer_outlook(["t"])).due
+    assert await storage.fire_due_timers(10) == 1
+    outlook = await storage.timer_outlook(["t"])
+    assert (outlook.due, outlook.next_ms) == (False, t0 + 2000)  # the other run's ttl
+
+    await claim_one(storage, "other", lease_ms=500)  # started in time: no ttl any more
+    claimed = await claim_one(storage, lease_ms=500)
+    assert claimed.id == delayed.id
+    outlook = await storage.timer_outlook(["t"])
+    assert (outlook.due, outlook.next_ms) == (False, t0 + 3000)  # leases are not deadlines
+    clock.advance(501)  # the leases ran out: the rescue has work
+    assert (await storage.timer_outlook([])).due
+    assert await storage.rescue_expired_leases() == 2
+    assert not (await storage.timer_outlook([])).due
+    clock.advance(1500)  # the token timed out
+    assert (await storage.timer_outlook([])).due
+    assert await storage.fire_due_timers(10) == 1
+    outlook = await storage.timer_outlook(["t", "other"])
+    assert (outlook.due, outlook.next_ms) == (False, None)
+
+
 async def test_a_run_not_started_within_its_ttl_expires_and_wakes_its_parent(
     storage: Storage, clock: StepClock
 ) -> None:

@@ -22,6 +22,7 @@ from .base import (
     ScheduleChange,
     ScheduleFiring,
     Storage,
+    TimerOutlook,
     TokenFilter,
 )
 from .urls import display_url
@@ -89,6 +90,7 @@ __all__ = [
     "ScheduleChange",
     "ScheduleFiring",
     "Storage",
+    "TimerOutlook",
     "TokenFilter",
     "display_url",
     "open_storage",

@@ -440,7 +440,8 @@ class Approvals(Waits):
         await self._write(op, notify=False, control=True)
 
 
-_OPEN = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
+OPEN_APPROVALS = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
+_OPEN = OPEN_APPROVALS
 _NEXT_DUE = rows(
     f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {_OPEN}"
     f" UNION ALL SELECT min(a.next_escalation_at) {_OPEN}) AS due"

@@ -293,6 +293,17 @@ class DeclaredSchedule:
 
 
 @dataclass(frozen=True)
+class TimerOutlook:
+    """What ``timer_outlook`` read: whether any timer work is due now, and when the next is."""
+
+    due: bool
+    """A token timeout, delayed run, time to live, schedule tick, approval reminder or
+    escalation is due, or a lease ran out: a timer turn has work to do."""
+    next_ms: int | None
+    """The earliest of those moments still to come, leases aside (None: none)."""
+
+
+@dataclass(frozen=True)
 class ScheduleFiring:
     """What ``fire_due_schedules`` did, and when to look again."""
 
@@ -727,6 +738,12 @@ class Storage(Protocol):
         ...
 
     async def next_timer_ms(self) -> int | None: ...
+
+    async def timer_outlook(self, task_ids: list[str]) -> TimerOutlook:
+        """In one read, whether a timer turn of a worker serving ``task_ids`` has anything to
+        fire or rescue now, and when the next deadline falls: most turns (a commit woke the
+        loop) find nothing and go back to sleep after this read alone."""
+        ...
 
     async def has_due_runs(
         self, task_ids: list[str], versions: Mapping[str, str] | None = None

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from .. import metrics
 from ..faults import crash_point
+from .approvals import OPEN_APPROVALS
+from .base import TimerOutlook
 from .core import StorageCore
 from .sql import Op, count, rows
 
@@ -32,6 +34,42 @@ class Timers(StorageCore):
         )
         value = found[0]["t"] if found else None
         return None if value is None else int(value)
+
+    async def timer_outlook(self, task_ids: list[str]) -> TimerOutlook:
+        q = self.q
+        now = self.now_ms()
+        ticks = "NULL"
+        if task_ids:
+            ticks = (
+                "(SELECT min(next_tick_at) FROM schedules"
+                f" WHERE {q.is_true('active')} AND task_id {q.in_('tasks')})"
+            )
+        found = await self._read(
+            rows(
+                "SELECT (SELECT min(timeout_at) FROM waitpoints"
+                "   WHERE status = 'WAITING' AND timeout_at IS NOT NULL) AS timeout,"
+                f" (SELECT min(available_at) FROM {q.indexed_by('runs', 'runs_delayed')}"
+                "   WHERE status = 'DELAYED') AS delayed,"
+                f" (SELECT min(expires_at) FROM {q.indexed_by('runs', 'runs_expiry')}"
+                "   WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL) AS expiry,"
+                f" {ticks} AS tick,"
+                f" (SELECT min(a.next_remind_at) {OPEN_APPROVALS}) AS remind,"
+                f" (SELECT min(a.next_escalation_at) {OPEN_APPROVALS}) AS escalation,"
+                f" (SELECT min(lease_expires_at) FROM {q.indexed_by('runs', 'runs_leases')}"
+                "   WHERE status = 'EXECUTING') AS lease",
+                **({"tasks": task_ids} if task_ids else {}),
+            ),
+            control=True,
+        )
+        row = found[0]
+        moments = [
+            int(row[c])
+            for c in ("timeout", "delayed", "expiry", "tick", "remind", "escalation")
+            if row[c] is not None
+        ]
+        lease = row["lease"]
+        due = any(m <= now for m in moments) or (lease is not None and int(lease) < now)
+        return TimerOutlook(due=due, next_ms=min(moments, default=None))
 
     async def _start_delayed_runs(self) -> int:
         """DELAYED runs whose time came become QUEUED; runs not started within ttl EXPIRE.

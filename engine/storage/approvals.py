@@ -441,10 +441,10 @@ class Approvals(Waits):
 
 
 OPEN_APPROVALS = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
-_OPEN = OPEN_APPROVALS
+"""The open approvals, as ``a`` (also the timer loop's ``timer_outlook``)."""
 _NEXT_DUE = rows(
-    f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {_OPEN}"
-    f" UNION ALL SELECT min(a.next_escalation_at) {_OPEN}) AS due"
+    f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {OPEN_APPROVALS}"
+    f" UNION ALL SELECT min(a.next_escalation_at) {OPEN_APPROVALS}) AS due"
 )
 """When the next reminder or escalation of an open approval falls due."""
 

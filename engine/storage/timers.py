@@ -18,55 +18,50 @@ class Timers(StorageCore):
     async def fire_due_timers(self, limit: int) -> int:
         return await self._start_delayed_runs() + await self._time_out_tokens(limit)
 
-    async def next_timer_ms(self) -> int | None:
+    def _earliest_deadlines(self) -> dict[str, str]:
+        """The scalar subqueries of the earliest deadline of each kind the timers fire: a
+        token's (or a sleep's) timeout, a delayed run's start, a queued run's time to live."""
         q = self.q
-        found = await self._read(
-            rows(
-                "SELECT min(t) AS t FROM ("
-                " SELECT min(timeout_at) AS t FROM waitpoints"
-                "  WHERE status = 'WAITING' AND timeout_at IS NOT NULL"
-                f" UNION ALL SELECT min(available_at) FROM {q.indexed_by('runs', 'runs_delayed')}"
-                "  WHERE status = 'DELAYED'"
-                f" UNION ALL SELECT min(expires_at) FROM {q.indexed_by('runs', 'runs_expiry')}"
-                "  WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL) AS due"
-            ),
-            control=True,
+        return {
+            "timeout": "SELECT min(timeout_at) FROM waitpoints"
+            " WHERE status = 'WAITING' AND timeout_at IS NOT NULL",
+            "delayed": f"SELECT min(available_at) FROM {q.indexed_by('runs', 'runs_delayed')}"
+            " WHERE status = 'DELAYED'",
+            "expiry": f"SELECT min(expires_at) FROM {q.indexed_by('runs', 'runs_expiry')}"
+            " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL",
+        }
+
+    async def next_timer_ms(self) -> int | None:
+        each = " UNION ALL ".join(
+            f"SELECT ({sql}) AS t" for sql in self._earliest_deadlines().values()
         )
+        found = await self._read(rows(f"SELECT min(t) AS t FROM ({each}) AS due"), control=True)
         value = found[0]["t"] if found else None
         return None if value is None else int(value)
 
     async def timer_outlook(self, task_ids: list[str]) -> TimerOutlook:
         q = self.q
         now = self.now_ms()
-        ticks = "NULL"
+        columns = {name: f"({sql})" for name, sql in self._earliest_deadlines().items()}
+        columns["tick"] = "NULL"
         if task_ids:
-            ticks = (
+            columns["tick"] = (
                 "(SELECT min(next_tick_at) FROM schedules"
                 f" WHERE {q.is_true('active')} AND task_id {q.in_('tasks')})"
             )
+        columns["remind"] = f"(SELECT min(a.next_remind_at) {OPEN_APPROVALS})"
+        columns["escalation"] = f"(SELECT min(a.next_escalation_at) {OPEN_APPROVALS})"
+        leases = f"SELECT min(lease_expires_at) FROM {q.indexed_by('runs', 'runs_leases')}"
+        columns["lease"] = f"({leases} WHERE status = 'EXECUTING')"
         found = await self._read(
             rows(
-                "SELECT (SELECT min(timeout_at) FROM waitpoints"
-                "   WHERE status = 'WAITING' AND timeout_at IS NOT NULL) AS timeout,"
-                f" (SELECT min(available_at) FROM {q.indexed_by('runs', 'runs_delayed')}"
-                "   WHERE status = 'DELAYED') AS delayed,"
-                f" (SELECT min(expires_at) FROM {q.indexed_by('runs', 'runs_expiry')}"
-                "   WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL) AS expiry,"
-                f" {ticks} AS tick,"
-                f" (SELECT min(a.next_remind_at) {OPEN_APPROVALS}) AS remind,"
-                f" (SELECT min(a.next_escalation_at) {OPEN_APPROVALS}) AS escalation,"
-                f" (SELECT min(lease_expires_at) FROM {q.indexed_by('runs', 'runs_leases')}"
-                "   WHERE status = 'EXECUTING') AS lease",
+                "SELECT " + ", ".join(f"{sql} AS {name}" for name, sql in columns.items()),
                 **({"tasks": task_ids} if task_ids else {}),
             ),
             control=True,
         )
         row = found[0]
-        moments = [
-            int(row[c])
-            for c in ("timeout", "delayed", "expiry", "tick", "remind", "escalation")
-            if row[c] is not None
-        ]
+        moments = [int(row[c]) for c in columns if c != "lease" and row[c] is not None]
         lease = row["lease"]
         due = any(m <= now for m in moments) or (lease is not None and int(lease) < now)
         return TimerOutlook(due=due, next_ms=min(moments, default=None))

@@ -26,20 +26,16 @@ HERE = Path(__file__).resolve().parent
 
 def commit_of(folder: Path) -> str:
     """The commit of an engine folder: its git HEAD (plus ``+dirty``), or the folder's name."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "engine"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
+        dirty = git("status", "--porcelain", "engine")
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return folder.name
 

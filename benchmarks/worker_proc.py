@@ -3,9 +3,11 @@
     python benchmarks/worker_proc.py --database sqlite:////tmp/x.db --stats /tmp/stats.json
 
 Prints ``ready`` on stdout once the worker is claiming. SIGUSR1 writes a JSON snapshot to
-``--stats`` (this process's write transactions, attempts running, RSS, and how often each
-storage operation was called); SIGTERM stops gracefully. On PostgreSQL the snapshot also counts
-the SQL statements this process sent (each one a round trip; ``BEGIN`` and ``COMMIT`` too).
+``--stats`` (this process's write transactions, attempts running, RSS, how often each
+storage operation was called, each thread's CPU and the context switches); SIGTERM stops
+gracefully. On PostgreSQL the snapshot also counts the SQL statements this process sent
+(each one a round trip; ``BEGIN`` and ``COMMIT`` too). ``--profile FILE`` profiles every
+thread (``profiler.py``) into FILE at exit.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from engine.clock import from_ms
+from engine.clock import from_ms, to_ms
+from engine.cron import Cron
 from engine.durations import Deadline
 from engine.errors import (
     LeaseLostError,
@@ -49,6 +50,7 @@ from engine.storage import (
     DataToCheck,
     JournalWrite,
     NewRun,
+    NewSchedule,
     NewToken,
     NewWorker,
     PageRequest,
@@ -1477,6 +1479,21 @@ async def test_the_timer_outlook_says_in_one_read_what_a_timer_turn_would_find(
     assert await storage.fire_due_timers(10) == 1
     outlook = await storage.timer_outlook(["t", "other"])
     assert (outlook.due, outlook.next_ms) == (False, None)
+
+
+async def test_the_timer_outlook_counts_the_schedule_ticks_of_the_tasks_asked_about(
+    storage: Storage, clock: StepClock
+) -> None:
+    await storage.register_tasks([TaskInfo("t"), TaskInfo("other")])
+    schedule = await storage.create_schedule(NewSchedule("t", Cron("* * * * *")))
+    assert schedule.next_run is not None
+    tick = to_ms(schedule.next_run)
+    assert (await storage.timer_outlook(["other"])).next_ms is None  # not its schedule
+    outlook = await storage.timer_outlook(["t", "other"])
+    assert (outlook.due, outlook.next_ms) == (False, tick)
+    clock.advance(tick - clock.now_ms())
+    assert (await storage.timer_outlook(["t"])).due
+    assert not (await storage.timer_outlook(["other"])).due
 
 
 async def test_a_run_not_started_within_its_ttl_expires_and_wakes_its_parent(

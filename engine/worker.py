@@ -378,8 +378,8 @@ class Worker:
 
     async def _timer_turn(self) -> None:
         storage = self.engine.storage
-        # taken first: it tells the deadlines set during this turn, which next_timer_ms,
-        # below, may not have seen
+        # taken first: it tells the deadlines set during this turn, which the reads below
+        # may not have seen
         during = storage.deadline_event(self._timers_planned_ms)
         # one read first: most turns were woken by a commit that set no deadline due now
         outlook = await storage.timer_outlook(sorted(self.tasks))

@@ -318,7 +318,7 @@ class Approvals(Waits):
 
     async def fire_due_approvals(self, limit: int) -> int | None:
         # read first: a timer turn with nothing due (nearly every one) writes nothing
-        upcoming = _moment(await self._read(_NEXT_DUE, control=True))
+        upcoming = _moment(await self._read(NEXT_APPROVAL_DUE, control=True))
         if upcoming is None or upcoming > self.now_ms():
             return upcoming
 
@@ -333,7 +333,7 @@ class Approvals(Waits):
             )
             for row in due:
                 yield from self._fire_approval(row, now)
-            return _moment((yield _NEXT_DUE))
+            return _moment((yield NEXT_APPROVAL_DUE))
 
         return await self._write(op, notify=False, control=True)
 
@@ -440,13 +440,13 @@ class Approvals(Waits):
         await self._write(op, notify=False, control=True)
 
 
-OPEN_APPROVALS = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
-"""The open approvals, as ``a`` (also the timer loop's ``timer_outlook``)."""
-_NEXT_DUE = rows(
-    f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {OPEN_APPROVALS}"
-    f" UNION ALL SELECT min(a.next_escalation_at) {OPEN_APPROVALS}) AS due"
+_OPEN = "FROM approvals a JOIN waitpoints w ON w.id = a.id AND w.status = 'WAITING'"
+NEXT_APPROVAL_DUE = rows(
+    f"SELECT min(t) AS t FROM (SELECT min(a.next_remind_at) AS t {_OPEN}"
+    f" UNION ALL SELECT min(a.next_escalation_at) {_OPEN}) AS due"
 )
-"""When the next reminder or escalation of an open approval falls due."""
+"""When (``t``) the next reminder or escalation of an open approval falls due (the timer
+loop's ``timer_outlook`` reads it too)."""
 
 
 def _moment(found: list[RowLike]) -> int | None:

@@ -44,7 +44,7 @@ from ..models import (
 from .base import DeclaredSchedule, NewRun, NewSchedule, ScheduleChange, ScheduleFiring
 from .records import RowLike, dump_json, load_json
 from .runs import Runs
-from .sql import Op, Sql, alone, count, many, rows
+from .sql import Dialect, Op, Sql, alone, count, many, rows
 
 DECLARED_KEY_PREFIX = "declared:"
 """The deduplication key of a task's declared schedule is this and the task's id; the
@@ -347,11 +347,7 @@ class Schedules(Runs):
         return None if value is None else int(value)
 
     def _earliest(self, task_ids: list[str]) -> Sql:
-        return rows(
-            "SELECT min(next_tick_at) AS t FROM schedules"
-            f" WHERE {self.q.is_true('active')} AND task_id {self.q.in_('tasks')}",
-            tasks=task_ids,
-        )
+        return rows(earliest_tick(self.q), tasks=task_ids)
 
     def _changeable(self, schedule_id: str) -> Op[RowLike]:
         """The schedule's row, locked: ``ScheduleNotFoundError``, or a ``ValidationError``
@@ -375,6 +371,14 @@ class Schedules(Runs):
         watches schedules); SQLite's commits wake every loop anyway."""
         if tick is not None:
             yield from self._tell(":payload", payload=f"t:{tick}")
+
+
+def earliest_tick(q: Dialect) -> str:
+    """The earliest next tick (``t``) of the active schedules of the tasks ``:tasks``."""
+    return (
+        "SELECT min(next_tick_at) AS t FROM schedules"
+        f" WHERE {q.is_true('active')} AND task_id {q.in_('tasks')}"
+    )
 
 
 def schedule_from_row(row: RowLike) -> Schedule:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from .. import metrics
 from ..faults import crash_point
-from .approvals import OPEN_APPROVALS
+from .approvals import NEXT_APPROVAL_DUE
 from .base import TimerOutlook
 from .core import StorageCore
+from .schedules import earliest_tick
 from .sql import Op, count, rows
 
 
@@ -18,22 +19,39 @@ class Timers(StorageCore):
     async def fire_due_timers(self, limit: int) -> int:
         return await self._start_delayed_runs() + await self._time_out_tokens(limit)
 
-    def _earliest_deadlines(self) -> dict[str, str]:
-        """The scalar subqueries of the earliest deadline of each kind the timers fire: a
-        token's (or a sleep's) timeout, a delayed run's start, a queued run's time to live."""
+    def _deadlines(self) -> dict[str, tuple[str, str, str]]:
+        """Each kind of deadline the timers fire, as ``(table, condition, column)``: the
+        condition is that of the partial index holding exactly those rows, which the table
+        names on SQLite (``Dialect.indexed_by``). A token's (or a sleep's) timeout, a
+        delayed run's start, a queued or delayed run's time to live."""
         q = self.q
         return {
-            "timeout": "SELECT min(timeout_at) FROM waitpoints"
-            " WHERE status = 'WAITING' AND timeout_at IS NOT NULL",
-            "delayed": f"SELECT min(available_at) FROM {q.indexed_by('runs', 'runs_delayed')}"
-            " WHERE status = 'DELAYED'",
-            "expiry": f"SELECT min(expires_at) FROM {q.indexed_by('runs', 'runs_expiry')}"
-            " WHERE status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL",
+            "timeout": (
+                "waitpoints",
+                "status = 'WAITING' AND timeout_at IS NOT NULL",
+                "timeout_at",
+            ),
+            "delayed": (q.indexed_by("runs", "runs_delayed"), "status = 'DELAYED'", "available_at"),
+            "expiry": (
+                q.indexed_by("runs", "runs_expiry"),
+                "status IN ('QUEUED', 'DELAYED') AND expires_at IS NOT NULL",
+                "expires_at",
+            ),
         }
+
+    def _earliest_deadline(self, kind: str) -> str:
+        """The scalar subquery of the earliest deadline of ``kind`` (``_deadlines``)."""
+        source, condition, column = self._deadlines()[kind]
+        return f"(SELECT min({column}) FROM {source} WHERE {condition})"
+
+    async def _due(self, kind: str) -> bool:
+        """Whether a deadline of ``kind`` has passed (a cheap read before any write)."""
+        source, condition, column = self._deadlines()[kind]
+        return await self._any_due(source, f"{condition} AND {column} <= :now")
 
     async def next_timer_ms(self) -> int | None:
         each = " UNION ALL ".join(
-            f"SELECT ({sql}) AS t" for sql in self._earliest_deadlines().values()
+            f"SELECT {self._earliest_deadline(kind)} AS t" for kind in self._deadlines()
         )
         found = await self._read(rows(f"SELECT min(t) AS t FROM ({each}) AS due"), control=True)
         value = found[0]["t"] if found else None
@@ -42,15 +60,9 @@ class Timers(StorageCore):
     async def timer_outlook(self, task_ids: list[str]) -> TimerOutlook:
         q = self.q
         now = self.now_ms()
-        columns = {name: f"({sql})" for name, sql in self._earliest_deadlines().items()}
-        columns["tick"] = "NULL"
-        if task_ids:
-            columns["tick"] = (
-                "(SELECT min(next_tick_at) FROM schedules"
-                f" WHERE {q.is_true('active')} AND task_id {q.in_('tasks')})"
-            )
-        columns["remind"] = f"(SELECT min(a.next_remind_at) {OPEN_APPROVALS})"
-        columns["escalation"] = f"(SELECT min(a.next_escalation_at) {OPEN_APPROVALS})"
+        columns = {kind: self._earliest_deadline(kind) for kind in self._deadlines()}
+        columns["tick"] = f"({earliest_tick(q)})" if task_ids else "NULL"
+        columns["approval"] = f"({NEXT_APPROVAL_DUE.text})"
         leases = f"SELECT min(lease_expires_at) FROM {q.indexed_by('runs', 'runs_leases')}"
         columns["lease"] = f"({leases} WHERE status = 'EXECUTING')"
         found = await self._read(
@@ -71,13 +83,7 @@ class Timers(StorageCore):
 
         With metrics on, the statements return when each run was due, for how late this
         fired it (``engine.metrics``); off, the queued runs are only counted, as before."""
-        q = self.q
-        delayed = "status = 'DELAYED' AND available_at <= :now"
-        expired = "status IN ('QUEUED', 'DELAYED') AND expires_at <= :now"
-        if not (
-            await self._any_due(q.indexed_by("runs", "runs_delayed"), delayed)
-            or await self._any_due(q.indexed_by("runs", "runs_expiry"), expired)
-        ):
+        if not (await self._due("delayed") or await self._due("expiry")):
             return 0
         timed = metrics.on
         queue = (
@@ -109,7 +115,7 @@ class Timers(StorageCore):
         return fired
 
     async def _time_out_tokens(self, limit: int) -> int:
-        if not await self._any_due("waitpoints", "status = 'WAITING' AND timeout_at <= :now"):
+        if not await self._due("timeout"):
             return 0
         timed = metrics.on
         returning = " RETURNING id, timeout_at" if timed else " RETURNING id"

@@ -116,6 +116,11 @@ def where(key: Key) -> str:
     return f"{qualname(key)} ({filename}:{line})"
 
 
+def _waiting(key: Key) -> bool:
+    """Whether ``key`` is a builtin whose time is waiting (``IDLE``)."""
+    return key[0] == "~" and key[2] in IDLE
+
+
 def _waits_under(
     stats: dict[Key, tuple[Any, ...]], waits: tuple[str, ...], callers: tuple[str, ...]
 ) -> float:
@@ -133,7 +138,7 @@ def summarise(path: Path, runs: int, top: int) -> str:
     stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
     own = {key: row[2] for key, row in stats.items()}
     cumulative = {key: row[3] for key, row in stats.items()}
-    idle = sum(t for key, t in own.items() if key[0] == "~" and key[2] in IDLE)
+    idle = sum(t for key, t in own.items() if _waiting(key))
     work = sum(own.values()) - idle
     per_run = lambda seconds: f"{seconds * 1000 / runs:7.3f} ms"  # noqa: E731
     share = lambda seconds: f"{seconds / work:6.1%}"  # noqa: E731
@@ -153,7 +158,7 @@ def summarise(path: Path, runs: int, top: int) -> str:
     out.append("\ncosts across phases (own time):")
     costs = Counter[str]()
     for key, seconds in own.items():
-        if key[0] == "~" and key[2] in IDLE:
+        if _waiting(key):
             continue
         text = f"{key[0]} {key[2]}"
         for cost, needles in COSTS.items():
@@ -163,9 +168,7 @@ def summarise(path: Path, runs: int, top: int) -> str:
     for cost, seconds in costs.most_common():
         out.append(f"  {per_run(seconds)} {share(seconds)}  {cost}")
     out.append(f"\ntop {top} by own time (calls per run):")
-    ranked = sorted(
-        ((t, k) for k, t in own.items() if not (k[0] == "~" and k[2] in IDLE)), reverse=True
-    )
+    ranked = sorted(((t, k) for k, t in own.items() if not _waiting(k)), reverse=True)
     for seconds, key in ranked[:top]:
         calls = stats[key][1] / runs
         out.append(f"  {per_run(seconds)} {share(seconds)} {calls:7.2f}  {where(key)}")

@@ -60,6 +60,7 @@ async def instructions_of_a_timer_turn(storage: SQLiteStorage) -> int:
 
     await reader.set_progress_handler(counted, 1000)
     try:
+        assert not (await storage.timer_outlook(["t"])).due  # every turn's first read
         assert await storage.fire_due_timers(100) == 0
         assert await storage.rescue_expired_leases() == 0
         await storage.next_timer_ms()

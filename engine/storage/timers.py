@@ -1,8 +1,10 @@
 """Timers: delayed runs that fall due, runs whose time to live ran out, tokens and sleeps
-whose deadline passed. Each worker's timer loop fires them (``fire_due_timers``) and sleeps
-until the next one (``next_timer_ms``)."""
+whose deadline passed. Each worker's timer loop asks first whether anything is due
+(``timer_outlook``, one read), fires it (``fire_due_timers``) and sleeps until the next one."""
 
 from __future__ import annotations
+
+from functools import cached_property
 
 from .. import metrics
 from ..faults import crash_point
@@ -19,6 +21,7 @@ class Timers(StorageCore):
     async def fire_due_timers(self, limit: int) -> int:
         return await self._start_delayed_runs() + await self._time_out_tokens(limit)
 
+    @cached_property
     def _deadlines(self) -> dict[str, tuple[str, str, str]]:
         """Each kind of deadline the timers fire, as ``(table, condition, column)``: the
         condition is that of the partial index holding exactly those rows, which the table
@@ -41,17 +44,17 @@ class Timers(StorageCore):
 
     def _earliest_deadline(self, kind: str) -> str:
         """The scalar subquery of the earliest deadline of ``kind`` (``_deadlines``)."""
-        source, condition, column = self._deadlines()[kind]
+        source, condition, column = self._deadlines[kind]
         return f"(SELECT min({column}) FROM {source} WHERE {condition})"
 
     async def _due(self, kind: str) -> bool:
         """Whether a deadline of ``kind`` has passed (a cheap read before any write)."""
-        source, condition, column = self._deadlines()[kind]
+        source, condition, column = self._deadlines[kind]
         return await self._any_due(source, f"{condition} AND {column} <= :now")
 
     async def next_timer_ms(self) -> int | None:
         each = " UNION ALL ".join(
-            f"SELECT {self._earliest_deadline(kind)} AS t" for kind in self._deadlines()
+            f"SELECT {self._earliest_deadline(kind)} AS t" for kind in self._deadlines
         )
         found = await self._read(rows(f"SELECT min(t) AS t FROM ({each}) AS due"), control=True)
         value = found[0]["t"] if found else None
@@ -60,7 +63,7 @@ class Timers(StorageCore):
     async def timer_outlook(self, task_ids: list[str]) -> TimerOutlook:
         q = self.q
         now = self.now_ms()
-        columns = {kind: self._earliest_deadline(kind) for kind in self._deadlines()}
+        columns = {kind: self._earliest_deadline(kind) for kind in self._deadlines}
         columns["tick"] = f"({earliest_tick(q)})" if task_ids else "NULL"
         columns["approval"] = f"({NEXT_APPROVAL_DUE.text})"
         leases = f"SELECT min(lease_expires_at) FROM {q.indexed_by('runs', 'runs_leases')}"

@@ -143,6 +143,24 @@ def cpu_s(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_usage(pid: int) -> Counter[str]:
+    """A process's user and system CPU seconds, and its threads' voluntary and involuntary
+    context switches (a process woken per event switches more than one woken per batch)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    usage = Counter[str](user_s=int(fields[11]) / tick, system_s=int(fields[12]) / tick)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for line in status.splitlines():
+            kind, _, value = line.partition("_ctxt_switches:")
+            if value:
+                usage[f"switches_{kind.strip()}"] += int(value)
+    return usage
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs so far, from /proc/stat (iowait counts as idle)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -250,6 +268,13 @@ class WorkerGroup:
 
     def cpu(self) -> float:
         return sum(cpu_s(w.pid) for w in self.workers)
+
+    def usage(self) -> Counter[str]:
+        """User and system CPU seconds and context switches, summed over the workers."""
+        total = Counter[str]()
+        for w in self.workers:
+            total.update(process_usage(w.pid))
+        return total
 
     @property
     def pids(self) -> list[int]:

@@ -195,6 +195,9 @@ def main() -> None:
         "--scaling-n", type=int, default=None, help="token-wait runs per item-8 measurement"
     )
     parser.add_argument(
+        "--scaling-workers", help="comma-separated worker counts of item 8 (default 1,2,4)"
+    )
+    parser.add_argument(
         "--pg-waits",
         action="store_true",
         help="sample pg_stat_activity (state, wait event) of the engine's backends during items"
@@ -229,6 +232,8 @@ def main() -> None:
     sizes = QUICK if args.quick else Sizes()
     if args.scaling_n:
         sizes.scaling_n = args.scaling_n
+    if args.scaling_workers:
+        sizes.scaling_workers = tuple(int(k) for k in args.scaling_workers.split(","))
     if args.token_wait_n:
         sizes.token_wait = tuple(int(n) for n in args.token_wait_n.split(","))
     if args.repeat is None:

@@ -168,6 +168,57 @@ def test_workers_take_turns_at_notifications_once_they_know_each_other() -> None
     assert worker._takes("u", 1)  # a task whose workers it does not know
 
 
+async def test_a_process_hears_status_changes_only_once_it_reads_them(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 13: a run's status and a closed waitpoint are told on a channel of their
+    own. A process that only follows work (a worker) is not told them: three notifications
+    a token-wait run that nothing in it reads, once per worker. Once it waits for a run, its
+    listener takes that channel at once (not at its next probe, 5 s later), its readers look
+    again, and the next change reaches them."""
+    async with Engine(postgres_url) as engine, Engine(postgres_url) as other:
+        storage = engine.storage
+        heard: list[str] = []
+        notified = storage._notified  # type: ignore[attr-defined]
+
+        def recording(conn: Any, pid: int, channel: str, payload: object) -> None:
+            heard.append(str(payload))
+            notified(conn, pid, channel, payload)
+
+        monkeypatch.setattr(storage, "_notified", recording)
+        queued: list[str | None] = []
+        storage.follow_work(["heard"], lambda task_id, _n: queued.append(task_id))
+        await until_following(storage)
+        queued.clear()  # the listener's first wake: whatever was committed before it
+        await other.storage.register_tasks([TaskInfo("heard")])
+
+        async def run_to_its_end() -> str:
+            run = await other.trigger("heard", {})
+            [claimed] = await other.storage.claim_runs("w", 1, 60_000, ["heard"])
+            await other.storage.finish_run(claimed.id, claimed.epoch, RunStatus.COMPLETED, 1, None)
+            return run.id
+
+        first = await run_to_its_end()
+        token = await other.tokens.create()
+        await other.tokens.complete(token.id, {})
+        for _ in range(200):
+            if queued:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert queued == ["heard"]  # the work was told
+        assert f"r:{first}" not in heard and "w" not in heard, heard
+
+        second = await other.trigger("heard", {})
+        reading = storage.run_event(second.id)
+        await asyncio.wait_for(reading.wait(), 2)  # the listener took the channel: look again
+        reading = storage.run_event(second.id)
+        [claimed] = await other.storage.claim_runs("w", 1, 60_000, ["heard"])
+        await other.storage.finish_run(claimed.id, claimed.epoch, RunStatus.COMPLETED, 1, None)
+        await asyncio.wait_for(reading.wait(), 5)
+        assert f"r:{second.id}" in heard
+
+
 async def test_times_come_from_the_database_clock(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,12 @@ async def run(ctx: Context, results: Results, k: int) -> None:
         f" CPU s workers {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f},"
         f" machine busy {m['machine_busy'] * 100:.0f}%" + server_text(m)
     )
+    u = m["worker_usage_per_run"]
+    say(
+        f"    workers per run: user {u['user_s'] * 1000:.2f} ms, system"
+        f" {u['system_s'] * 1000:.2f} ms, context switches voluntary"
+        f" {u['switches_voluntary']:.1f}, involuntary {u['switches_nonvoluntary']:.1f}"
+    )
 
 
 def capacity_rows(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -73,6 +73,7 @@ async def bench_throughput(
             pids = [*wp.pids, os.getpid()]
             (w0, calls0), c0 = await wp.counts(), engine.storage.commits  # type: ignore[attr-defined]
             cpu0 = (wp.cpu(), cpu_s())
+            usage0 = wp.usage()
             ticks0 = machine_ticks()
             server0 = await meter.snapshot(pids) if meter else None
             stop_sampling = asyncio.Event()
@@ -97,6 +98,7 @@ async def bench_throughput(
             if waits:  # the completions made after the last trigger returned
                 client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
             cpu1 = (wp.cpu(), cpu_s())
+            usage1 = wp.usage()
             ticks1 = machine_ticks()
             stop_sampling.set()
             waits_seen = await sampler if sampler else None
@@ -110,6 +112,9 @@ async def bench_throughput(
             "machine_busy": (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1]),
             "cpu_worker_s": cpu1[0] - cpu0[0],
             "cpu_driver_s": cpu1[1] - cpu0[1],
+            "worker_usage_per_run": {
+                key: round((usage1[key] - usage0[key]) / n, 6) for key in sorted(usage1)
+            },
             "commits_worker": worker_commits / n,
             "commits_client": client_commits / n,
             "worker_calls_per_run": {

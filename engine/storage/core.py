@@ -165,6 +165,12 @@ class StorageCore:
         data_version``; PostgreSQL: ``LISTEN``)."""
         raise NotImplementedError
 
+    def _watch_changes(self) -> None:
+        """Follow the other processes' status changes too, from now on (PostgreSQL: they
+        come on a channel of their own, which only processes that read them listen to;
+        SQLite sees every commit anyway)."""
+        self._watch_other_processes()
+
     # -- change notifications ----------------------------------------------------------------
 
     def change_event(self) -> asyncio.Event:
@@ -174,7 +180,7 @@ class StorageCore:
         Other processes' commits are followed from the first call on; callers poll as well,
         so a watcher that is down costs latency, never a run.
         """
-        self._watch_other_processes()
+        self._watch_changes()
         return self._change
 
     def follow_work(self, task_ids: Iterable[str], queued: WorkQueued) -> Callable[[], None]:
@@ -194,7 +200,7 @@ class StorageCore:
     def run_event(self, run_id: str) -> asyncio.Event:
         """An event set at the next commit that may have changed this run's status (SQLite:
         any commit; PostgreSQL: one that changed it, but for a claim): ``wait_for_run``."""
-        self._watch_other_processes()
+        self._watch_changes()
         event = self._run_waiters.get(run_id)
         if event is None:
             event = self._run_waiters[run_id] = asyncio.Event()

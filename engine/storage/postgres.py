@@ -178,6 +178,9 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
         self._channel = f"waitpoint_{self.schema}"
         self._init_waiters()
         self._listener: asyncio.Task[None] | None = None
+        self._changes_wanted = False
+        """Something here reads status changes: the listener takes their channel too."""
+        self._listener_woken = asyncio.Event()
         self._db_ms_measured = 0
         self._clock_measured = -math.inf  # when the kept reading was taken (monotonic)
         self._clock_error = math.inf  # how far off the kept reading may be, in seconds
@@ -441,6 +444,12 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
         if self._listener is None and self._pool is not None:
             self._listener = asyncio.create_task(self._listen(), name="waitpoint-pg-listen")
 
+    def _watch_changes(self) -> None:
+        if not self._changes_wanted:
+            self._changes_wanted = True
+            self._listener_woken.set()
+        self._watch_other_processes()
+
     async def _listen(self) -> None:
         """LISTEN on a connection of its own; reconnect with back-off whenever it is lost."""
         delay = 0.05
@@ -458,16 +467,29 @@ class PostgresStorage(Repairs, Tokens, GroupWaits, Approvals, Timers, Retention,
         name = {"application_name": f"waitpoint-listen:{self.schema}"}
         conn = await asyncpg.connect(self._listen_dsn, server_settings=name, **self._connect)
         try:
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: lost.set())
+            lost = False
+
+            def on_lost(_conn: object) -> None:
+                nonlocal lost
+                lost = True
+                self._listener_woken.set()
+
+            conn.add_termination_listener(on_lost)
             await conn.add_listener(self._channel, self._notified)
+            changes = False  # listening on the channel of status changes
             self._following = True
             self._forget_task_registry()  # registered while nobody here was listening
             self._notify()  # whatever was committed while nobody here was listening
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), _LISTENER_PROBE_SECONDS)
-                if not lost.is_set():  # a silent network drop shows up here
+            while not lost:
+                self._listener_woken.clear()
+                if self._changes_wanted and not changes:
+                    await conn.add_listener(self._changes, self._notified)
+                    changes = True
+                    self._changed()  # what changed before: its readers look again
+                    self._run_changed(None)
+                try:
+                    await asyncio.wait_for(self._listener_woken.wait(), _LISTENER_PROBE_SECONDS)
+                except TimeoutError:  # a silent network drop shows up here
                     await self._measure_clock(conn)
             log.warning("storage.listener_lost", channel=self._channel)
         finally:

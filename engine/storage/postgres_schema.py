@@ -448,4 +448,48 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN trace_attempts text;
     ALTER TABLE waitpoints ADD COLUMN completed_trace text;
     """,
+    # 13: what the workers need apart from what readers need. Work and deadlines (a queued
+    # run, a deadline, the task registry, who serves it) stay on 'waitpoint_<schema>', where
+    # every engine process listens; a run's status and a closed waitpoint ('r:<id>', 'w')
+    # go on 'waitpoint_<schema>_changes', where a process listens only once something in it
+    # waits for a run or a change (``StorageCore.run_event``, ``change_event``): a worker
+    # no longer takes three notifications a run (its park, its token's close, its end) that
+    # nothing in it reads, once per worker. PostgreSQL still signals every listening
+    # backend of the database at each notifying commit, whatever the channel, so this saves
+    # the workers' CPU, not the server's. (An engine from before this migration, on this
+    # schema, hears no status changes: its readers find them by polling.)
+    """
+    CREATE OR REPLACE FUNCTION notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        channel text := 'waitpoint_' || TG_TABLE_SCHEMA;
+    BEGIN
+        IF TG_TABLE_NAME = 'runs' THEN
+            IF NEW.status = 'QUEUED' THEN
+                PERFORM pg_notify(
+                    channel, 'q' || (hashtext(NEW.id) & 2147483647) || ':' || NEW.task_id
+                );
+            ELSIF NEW.status = 'DELAYED' THEN
+                PERFORM pg_notify(channel, 't:' || NEW.available_at);
+            ELSIF NEW.status <> 'EXECUTING' THEN
+                PERFORM pg_notify(channel || '_changes', 'r:' || NEW.id);
+            END IF;
+            IF NEW.expires_at IS NOT NULL AND NEW.status IN ('QUEUED', 'DELAYED') THEN
+                PERFORM pg_notify(channel, 't:' || NEW.expires_at);
+            END IF;
+        ELSIF TG_TABLE_NAME = 'waitpoints' THEN
+            IF NEW.status = 'WAITING' THEN
+                IF NEW.timeout_at IS NOT NULL THEN
+                    PERFORM pg_notify(channel, 't:' || NEW.timeout_at);
+                END IF;
+            ELSE
+                PERFORM pg_notify(channel || '_changes', 'w');
+            END IF;
+        ELSIF TG_TABLE_NAME = 'workers' THEN
+            PERFORM pg_notify(channel, 'workers');
+        ELSE
+            PERFORM pg_notify(channel, 'tasks');
+        END IF;
+        RETURN NULL;
+    END $$;
+    """,
 ]

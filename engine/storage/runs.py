@@ -394,7 +394,7 @@ class Runs(Triggers, Workers, Rates):
                 id=run_id,
             )
             yield from self._event([run_id], "paused", now)
-            yield from self._tell(":payload", payload=f"r:{run_id}")  # readers elsewhere
+            yield from self._tell_run_changed(run_id)  # readers elsewhere
 
         await self._write(op)
         return await self.get_run(run_id)
@@ -413,7 +413,7 @@ class Runs(Triggers, Workers, Rates):
                 id=run_id,
             )
             yield from self._event([run_id], "resumed", now)
-            yield from self._tell(":payload", payload=f"r:{run_id}")
+            yield from self._tell_run_changed(run_id)
             if run["status"] == RunStatus.QUEUED:
                 yield from self._announce_queued(run_id)
 
@@ -435,13 +435,28 @@ class Runs(Triggers, Workers, Rates):
 
     def _tell(self, expression: str, source: str | None = None, **params: Any) -> Op[None]:
         """PostgreSQL: notify the payload ``expression`` gives (SQL, over the rows of
-        ``source`` if given) on the channel of migration 6's triggers, at commit, for a change
-        they do not see: pausing and resuming change no status. SQLite: nothing to send."""
+        ``source`` if given) on the workers' channel of migration 6's triggers, at commit, for
+        a change they do not see (a resumed run queued again, a schedule's tick). SQLite:
+        nothing to send."""
         if not self._channel:
             return
         where = f" FROM {source}" if source else ""
         notify = f"SELECT pg_notify(:channel, {expression}){where}"
         yield count(notify, channel=self._channel, **params)
+
+    def _tell_run_changed(self, run_id: str) -> Op[None]:
+        """PostgreSQL: tell the readers of the run (``run_event``), on the channel of status
+        changes (migration 13), of a change no trigger sees: pausing and resuming change no
+        status. SQLite: nothing to send."""
+        if not self._channel:
+            return
+        payload = f"r:{run_id}"
+        yield count("SELECT pg_notify(:channel, :payload)", channel=self._changes, payload=payload)
+
+    @property
+    def _changes(self) -> str:
+        """The channel of runs' status changes and closed waitpoints (migration 13)."""
+        return f"{self._channel}_changes"
 
     async def claim_runs(
         self,

@@ -234,7 +234,8 @@ async def wait_for_token(token: Token | str) -> WaitResult[Any]:
     model = token._data_model if isinstance(token, Token) else None
 
     async def execute(write: JournalWrite) -> Recorded | None:
-        found = await context.storage.wait_on_token(token_id, write, context.elapsed_ms())
+        closed = context.run.closed_tokens.get(token_id)  # the claim found it closed
+        found = await context.storage.wait_on_token(token_id, write, context.elapsed_ms(), closed)
         if found is None:
             log.info("run.suspended", token_id=token_id)
             return None

@@ -863,3 +863,6 @@ class ClaimedRun:
     """The W3C ``traceparent`` it was triggered in (``engine.tracing``)."""
     trace_attempts: list[str] = field(default_factory=list)
     """The ``traceparent`` of each earlier traced attempt (its span links to them)."""
+    closed_tokens: dict[str, Token] = field(default_factory=dict)
+    """The tokens it was parked on that closed since, by id, as its claim found them
+    (PostgreSQL): its resumed wait journals one without reading it again."""

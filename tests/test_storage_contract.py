@@ -579,6 +579,37 @@ async def test_parking_resets_the_take_over_count(storage: Storage, clock: StepC
     assert await status_of(storage, run.id) is RunStatus.QUEUED  # one take-over since parking
 
 
+async def test_a_resumed_wait_journals_the_token_its_claim_found_closed(
+    storage: Storage, db_url: str
+) -> None:
+    """PostgreSQL's claim brings the closed tokens a run was parked on
+    (``ClaimedRun.closed_tokens``), and the resumed wait journals the one it is given without
+    a statement that reads it again; SQLite's reads it (a local read). Either way the run goes
+    on with the token as it closed, the journal holds it, and a stale attempt writes nothing.
+    """
+    claimed = await started(storage)
+    token = await storage.create_token(NewToken())
+    await park(storage, claimed, storage.wait_on_token(token.id, jw(claimed, "wait#0")))
+    await storage.complete_token(token.id, {"ok": 1}, PY)
+    resumed = await claim_one(storage)
+    told = resumed.closed_tokens.get(token.id)
+    assert (told is not None) is (not db_url.startswith("sqlite"))
+    stored = await storage.get_token(token.id)
+    if told is not None:
+        assert told.model_dump() == stored.model_dump()  # the same token as a read gives
+    stale = jw(resumed, "wait#0", epoch=claimed.epoch)
+    with pytest.raises(LeaseLostError):
+        await storage.wait_on_token(token.id, stale, closed=told)
+    found = await storage.wait_on_token(token.id, jw(resumed, "wait#0"), closed=told)
+    assert found is not None and found.status is WaitpointStatus.COMPLETED
+    assert found.data == {"ok": 1}
+    await storage.release_run(resumed.id, resumed.epoch)
+    again = await claim_one(storage)
+    [entry] = again.journal
+    assert entry.key == "wait#0" and entry.value == found.model_dump(mode="json", by_alias=True)
+    assert again.closed_tokens == {}  # journaled: the run no longer waits on it
+
+
 async def test_a_parked_run_keeps_its_attempts_lease_until_the_attempt_released_it(
     storage: Storage,
 ) -> None:

@@ -665,12 +665,18 @@ class Storage(Protocol):
         ...
 
     async def wait_on_token(
-        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
+        self,
+        token_id: str,
+        journal: JournalWrite,
+        elapsed_ms: int = 0,
+        closed: Token | None = None,
     ) -> Token | None:
         """Block the run on the token, or journal its outcome if it already closed.
 
-        Returns the closed token (the run goes on), or None when the run is now WAITING and
-        its lease released (the caller must suspend).
+        Returns the closed token (the run goes on), or None when the run is now WAITING (the
+        caller must suspend; its attempt releases the lease once it unwound). ``closed``: the
+        token as the run's claim found it closed (``ClaimedRun.closed_tokens``), journaled
+        as it is (a closed token changes no more).
         """
         ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pydantic_core import to_jsonable_python
@@ -156,9 +156,14 @@ def journal_from_row(row: RowLike) -> JournalEntry:
     )
 
 
-def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[ClaimedRun]:
+def claimed_runs(
+    rows: Sequence[RowLike],
+    entries: Sequence[RowLike],
+    closed: Mapping[str, dict[str, Token]] | None = None,
+) -> list[ClaimedRun]:
     """The runs a claim leased (``rows``) with their journals (``entries``, in the order they
-    were recorded: replay returns racing calls in that order)."""
+    were recorded: replay returns racing calls in that order) and, by run, the closed tokens
+    they were parked on (``closed``)."""
     journals: dict[str, list[JournalEntry]] = {}
     for entry in entries:
         journals.setdefault(entry["run_id"], []).append(journal_from_row(entry))
@@ -178,6 +183,7 @@ def claimed_runs(rows: Sequence[RowLike], entries: Sequence[RowLike]) -> list[Cl
             created_ms=r["created_at"],
             trace_context=r["trace_context"],
             trace_attempts=json.loads(r["trace_attempts"] or "[]"),
+            closed_tokens=(closed or {}).get(r["id"], {}),
         )
         for r in rows
     ]

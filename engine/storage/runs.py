@@ -25,7 +25,15 @@ from ..models import (
 from .base import JournalWrite, NewRun, NewWorker, PageRequest, RunFilter
 from .core import lease_lost
 from .rates import Buckets, Rates, rates_of
-from .records import RowLike, claimed_runs, dump_json, journal_from_row, load_json, run_from_row
+from .records import (
+    RowLike,
+    claimed_runs,
+    dump_json,
+    journal_from_row,
+    load_json,
+    run_from_row,
+    token_from_row,
+)
 from .sql import FINAL, Op, Sql, alone, combined, count, many, rows
 from .triggers import Triggers
 from .workers import Workers
@@ -543,15 +551,26 @@ class Runs(Triggers, Workers, Rates):
             f"FROM picked WHERE runs.id = picked.id RETURNING {_CLAIM_COLUMNS_OF_RUNS}",
         )
         started = self._event_of("claimed", "attempt_started", now, {"worker": owner})
+        # and the tokens each run was parked on that closed since: its resumed wait journals
+        # one without a statement that reads it again (the run's edge to it is still there;
+        # the tags as their text, as a row of the table gives them)
         claimed = yield alone(
             combined(
                 {"picked": picked, "claimed": leased, "started": started},
                 "SELECT c.*, (SELECT json_agg(j ORDER BY j.seq) FROM journal j"
-                " WHERE j.run_id = c.id)::text AS journal FROM claimed c",
+                " WHERE j.run_id = c.id)::text AS journal,"
+                " (SELECT json_agg(to_jsonb(w) || jsonb_build_object('tags', w.tags::text))"
+                " FROM run_waits rw JOIN waitpoints w"
+                " ON w.id = rw.waitpoint_id WHERE rw.run_id = c.id AND w.kind = 'MANUAL'"
+                " AND w.status <> 'WAITING')::text AS closed FROM claimed c",
             )
         )
         entries = [entry for row in claimed for entry in load_json(row["journal"]) or []]
-        return claimed_runs(claimed, entries)
+        closed = {
+            row["id"]: {w["id"]: token_from_row(w) for w in load_json(row["closed"]) or []}
+            for row in claimed
+        }
+        return claimed_runs(claimed, entries, closed)
 
     def _claimable(self, served: Served, alias: str = "") -> str:
         """The runs a claim may take now (``:now``) among those of its tasks (``:tasks``) at

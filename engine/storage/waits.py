@@ -42,9 +42,16 @@ class Waits(StorageCore):
         return [_wait_target(row) for row in found]
 
     async def wait_on_token(
-        self, token_id: str, journal: JournalWrite, elapsed_ms: int = 0
+        self,
+        token_id: str,
+        journal: JournalWrite,
+        elapsed_ms: int = 0,
+        closed: Token | None = None,
     ) -> Token | None:
         if self.q.writes_in_with:
+            if closed is not None:  # the claim read it: one statement, the journal's
+                await self._write(lambda now: self._journal_closed(closed, journal, now))
+                return closed
             seen = await self._write(
                 lambda now: self._park_if_waiting(token_id, journal, elapsed_ms, now),
                 notify=False,

@@ -161,12 +161,14 @@ def process_usage(pid: int) -> Counter[str]:
     return usage
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs so far, from /proc/stat (iowait counts as idle)."""
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, total, steal) jiffies of all CPUs so far, from /proc/stat (iowait counts as
+    idle; steal, the time the hypervisor gave this VM's CPUs to others, as busy: a figure
+    measured while it grew is not comparable with one measured while it did not)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     total = sum(values[:8])  # guest time is already in user
-    return total - idle, total
+    return total - idle, total, values[7]
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:

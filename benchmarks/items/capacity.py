@@ -37,7 +37,8 @@ async def run(ctx: Context, results: Results, k: int) -> None:
     say(
         f"  8 capacity, {k} workers: {m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
         f" CPU s workers {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f},"
-        f" machine busy {m['machine_busy'] * 100:.0f}%" + server_text(m)
+        f" machine busy {m['machine_busy'] * 100:.0f}% (steal {m['machine_steal'] * 100:.1f}%)"
+        + server_text(m)
     )
     u = m["worker_usage_per_run"]
     say(

@@ -110,6 +110,7 @@ async def bench_throughput(
             "seconds": finished - started,
             "workers": len(pids) - 1,
             "machine_busy": (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1]),
+            "machine_steal": (ticks1[2] - ticks0[2]) / max(1, ticks1[1] - ticks0[1]),
             "cpu_worker_s": cpu1[0] - cpu0[0],
             "cpu_driver_s": cpu1[1] - cpu0[1],
             "worker_usage_per_run": {
@@ -206,7 +207,8 @@ def throughput_text(m: dict[str, Any]) -> str:
     """A ``bench_throughput`` measurement as the progress line says it."""
     return (
         f"{m['runs_per_s']:.0f} runs/s in {m['seconds']:.1f} s;"
-        f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f}" + server_text(m)
+        f" CPU s worker {m['cpu_worker_s']:.1f} driver {m['cpu_driver_s']:.1f},"
+        f" steal {m['machine_steal'] * 100:.1f}%" + server_text(m)
     )
 
 

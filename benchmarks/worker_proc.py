@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_tasks
+from harness import process_usage
 from profiler import start_profile
 
 from engine import Engine, Worker
@@ -58,17 +59,6 @@ def thread_cpu() -> dict[str, float]:
         )  # aiosqlite's thread: "(_connection_worker_thread)"
         cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return cpu
-
-
-def context_switches() -> dict[str, int]:
-    """Voluntary and involuntary context switches of this process's threads, summed."""
-    total = {"voluntary": 0, "nonvoluntary": 0}
-    for task in Path("/proc/self/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
-            kind, _, value = line.partition("_ctxt_switches:")
-            if value:
-                total[kind.strip()] += int(value)
-    return total
 
 
 def count_calls(storage: Any, calls: Counter[str]) -> None:
@@ -137,7 +127,7 @@ async def main(args: argparse.Namespace) -> None:
                 "hwm_kb": _rss_kb("VmHWM"),
                 "calls": dict(calls),
                 "threads": thread_cpu(),
-                "context_switches": context_switches(),
+                "usage": dict(process_usage(os.getpid())),  # CPU, context switches
             }
             tmp = Path(args.stats + ".tmp")
             tmp.write_text(json.dumps(snapshot))

@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from backends import DEFAULT_PG_URL, Database, fresh_database
-from harness import WAITING_TOKENS, bounded, cpu_s
+from backends import DEFAULT_PG_URL, Database
+from harness import WAITING_TOKENS, Context, Sizes, bounded, cpu_s
 
 from engine import Engine
 
@@ -52,38 +49,11 @@ async def parked(db: Database, n: int, timeout: float = 600) -> list[str]:
         await asyncio.sleep(0.2)
 
 
-def start_worker(url: str, folder: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "WAITPOINT_SQLITE_SYNCHRONOUS": "FULL"}
-    with (folder / "worker.log").open("ab") as log:  # its warnings and errors
-        worker = subprocess.Popen(  # stopped by its PID below
-            [sys.executable, str(HERE / "worker_proc.py"), "--database", url,
-             "--stats", str(folder / "worker.json"), "--log-level", "warning"],
-            stdout=subprocess.PIPE, stderr=log, env=env,
-        )  # fmt: skip
-    assert worker.stdout is not None
-    if worker.stdout.readline().strip() != b"ready":
-        worker.kill()
-        raise RuntimeError("the worker process did not start")
-    return worker
-
-
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
-async def sample(
-    backend: str, folder: Path, label: str, n: int, pg_url: str
-) -> tuple[float, float]:
+async def sample(ctx: Context, n: int) -> tuple[float, float]:
     """Client CPU (us) per trigger and per completion, over ``n`` runs on a fresh database."""
-    async with fresh_database(backend, folder, label, pg_url) as db:
+    async with ctx.database("client") as db:
         async with Engine(db.url) as engine:  # makes the tables before the worker starts
-            worker = start_worker(db.url, folder)
-            try:
+            async with ctx.worker_process(db.url, "client") as worker:
                 warm = await bounded(
                     [{"i": -i} for i in range(1, 201)],
                     IN_FLIGHT,
@@ -99,8 +69,7 @@ async def sample(
                 )
                 triggering = cpu_s() - before
                 tokens = await parked(db, n)
-            finally:
-                stop(worker)
+                await worker.stop()  # before the completions: they re-queue runs, not more
             before = cpu_s()
             await bounded(tokens, IN_FLIGHT, lambda t: engine.tokens.complete(t, {"ok": True}))
             completing = cpu_s() - before
@@ -110,10 +79,12 @@ async def sample(
 async def main(args: argparse.Namespace) -> None:
     triggers, completions = [], []
     with tempfile.TemporaryDirectory(prefix="client-", dir=HERE) as tmp:
+        # the harness's workers (warnings only, logs in the folder) and fresh databases
+        options = argparse.Namespace(log_level="warning", uvloop=False, profile=None, **vars(args))
+        env = {**os.environ, "WAITPOINT_SQLITE_SYNCHRONOUS": "FULL"}
+        ctx = Context(args=options, sizes=Sizes(), dir=Path(tmp), env=env, backend=args.backend)
         for r in range(args.repeat):
-            trigger_us, complete_us = await sample(
-                args.backend, Path(tmp), f"client{r}", args.n, args.pg_url
-            )
+            trigger_us, complete_us = await sample(ctx, args.n)
             load = os.getloadavg()[0]
             print(
                 f"  {r + 1}/{args.repeat}: trigger {trigger_us:.0f} us, completion"

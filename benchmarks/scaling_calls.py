@@ -12,8 +12,8 @@ run's CPU grows with the same work done. Calls counted by a profiler do not depe
 Each size (``--n``, default 1,000 and 3,000 runs) is one ``run.py --only 8 --quick --profile``
 subprocess with ``--engine`` first on ``PYTHONPATH``; per-run figures are the slope between
 the two sizes, so the processes' start-up and shutdown cancel out. Prints, per worker count:
-calls per run and the ratio to 1 worker, notifications taken per run (all workers), event
-loop iterations per run, and the calls they account for.
+calls per run and the ratio to 1 worker, notifications taken per run and event loop
+iterations per run (all workers together).
 """
 
 from __future__ import annotations

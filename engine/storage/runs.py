@@ -441,25 +441,23 @@ class Runs(Triggers, Workers, Rates):
             )
         return row
 
-    def _tell(self, expression: str, source: str | None = None, **params: Any) -> Op[None]:
+    def _tell(
+        self, expression: str, source: str | None = None, *, changes: bool = False, **params: Any
+    ) -> Op[None]:
         """PostgreSQL: notify the payload ``expression`` gives (SQL, over the rows of
-        ``source`` if given) on the workers' channel of migration 6's triggers, at commit, for
-        a change they do not see (a resumed run queued again, a schedule's tick). SQLite:
-        nothing to send."""
+        ``source`` if given) on a channel of the triggers' (the workers', or with ``changes``
+        the readers' of status changes: migration 13), at commit, for a change they do not see
+        (a resumed run queued again, a schedule's tick, a pause). SQLite: nothing to send."""
         if not self._channel:
             return
         where = f" FROM {source}" if source else ""
         notify = f"SELECT pg_notify(:channel, {expression}){where}"
-        yield count(notify, channel=self._channel, **params)
+        yield count(notify, channel=self._changes if changes else self._channel, **params)
 
     def _tell_run_changed(self, run_id: str) -> Op[None]:
-        """PostgreSQL: tell the readers of the run (``run_event``), on the channel of status
-        changes (migration 13), of a change no trigger sees: pausing and resuming change no
-        status. SQLite: nothing to send."""
-        if not self._channel:
-            return
-        payload = f"r:{run_id}"
-        yield count("SELECT pg_notify(:channel, :payload)", channel=self._changes, payload=payload)
+        """Tell the readers of the run (``run_event``) of a change no trigger sees: pausing and
+        resuming change no status."""
+        yield from self._tell(":payload", changes=True, payload=f"r:{run_id}")
 
     @property
     def _changes(self) -> str:

@@ -134,13 +134,11 @@ async def trigger_many(
     return [r.id for r in runs]
 
 
-def cpu_s(pid: int | None = None) -> float:
-    """User+system CPU seconds used so far by a process (default: this one, all threads)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_s() -> float:
+    """User+system CPU seconds this process used so far (all threads); another process's:
+    ``process_usage``."""
+    t = os.times()
+    return t.user + t.system
 
 
 def process_usage(pid: int) -> Counter[str]:
@@ -148,7 +146,8 @@ def process_usage(pid: int) -> Counter[str]:
     context switches (a process woken per event switches more than one woken per batch)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    usage = Counter[str](user_s=int(fields[11]) / tick, system_s=int(fields[12]) / tick)
+    user, system = int(fields[11]) / tick, int(fields[12]) / tick
+    usage = Counter[str](user_s=user, system_s=system, cpu_s=user + system)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             status = (task / "status").read_text()
@@ -268,11 +267,9 @@ class WorkerGroup:
             calls.update(snapshot.get("calls", {}))
         return commits, calls
 
-    def cpu(self) -> float:
-        return sum(cpu_s(w.pid) for w in self.workers)
-
     def usage(self) -> Counter[str]:
-        """User and system CPU seconds and context switches, summed over the workers."""
+        """User and system CPU seconds (and ``cpu_s``, their sum) and context switches, summed
+        over the workers."""
         total = Counter[str]()
         for w in self.workers:
             total.update(process_usage(w.pid))

@@ -72,8 +72,7 @@ async def bench_throughput(
         async with ctx.worker_group(db.url, label, workers) as wp, Engine(db.url) as engine:
             pids = [*wp.pids, os.getpid()]
             (w0, calls0), c0 = await wp.counts(), engine.storage.commits  # type: ignore[attr-defined]
-            cpu0 = (wp.cpu(), cpu_s())
-            usage0 = wp.usage()
+            usage0, driver0 = wp.usage(), cpu_s()
             ticks0 = machine_ticks()
             server0 = await meter.snapshot(pids) if meter else None
             stop_sampling = asyncio.Event()
@@ -97,8 +96,7 @@ async def bench_throughput(
             worker_commits = w1 - w0
             if waits:  # the completions made after the last trigger returned
                 client_commits = engine.storage.commits - c0  # type: ignore[attr-defined]
-            cpu1 = (wp.cpu(), cpu_s())
-            usage1 = wp.usage()
+            usage1, driver1 = wp.usage(), cpu_s()
             ticks1 = machine_ticks()
             stop_sampling.set()
             waits_seen = await sampler if sampler else None
@@ -111,8 +109,8 @@ async def bench_throughput(
             "workers": len(pids) - 1,
             "machine_busy": (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1]),
             "machine_steal": (ticks1[2] - ticks0[2]) / max(1, ticks1[1] - ticks0[1]),
-            "cpu_worker_s": cpu1[0] - cpu0[0],
-            "cpu_driver_s": cpu1[1] - cpu0[1],
+            "cpu_worker_s": usage1["cpu_s"] - usage0["cpu_s"],
+            "cpu_driver_s": driver1 - driver0,
             "worker_usage_per_run": {
                 key: round((usage1[key] - usage0[key]) / n, 6) for key in sorted(usage1)
             },

@@ -864,5 +864,5 @@ class ClaimedRun:
     trace_attempts: list[str] = field(default_factory=list)
     """The ``traceparent`` of each earlier traced attempt (its span links to them)."""
     closed_tokens: dict[str, Token] = field(default_factory=dict)
-    """The tokens it was parked on that closed since, by id, as its claim found them
-    (PostgreSQL): its resumed wait journals one without reading it again."""
+    """The tokens it was parked on that closed since, by id, as its claim found them: its
+    resumed wait journals one without reading it again."""

@@ -580,23 +580,21 @@ async def test_parking_resets_the_take_over_count(storage: Storage, clock: StepC
 
 
 async def test_a_resumed_wait_journals_the_token_its_claim_found_closed(
-    storage: Storage, db_url: str
+    storage: Storage,
 ) -> None:
-    """PostgreSQL's claim brings the closed tokens a run was parked on
-    (``ClaimedRun.closed_tokens``), and the resumed wait journals the one it is given without
-    a statement that reads it again; SQLite's reads it (a local read). Either way the run goes
-    on with the token as it closed, the journal holds it, and a stale attempt writes nothing.
-    """
+    """The claim brings the closed tokens a run was parked on (``ClaimedRun.closed_tokens``),
+    and the resumed wait journals the one it is given without a statement that reads it
+    again: the run goes on with the token as it closed, the journal holds it, and a stale
+    attempt writes nothing."""
     claimed = await started(storage)
     token = await storage.create_token(NewToken())
     await park(storage, claimed, storage.wait_on_token(token.id, jw(claimed, "wait#0")))
     await storage.complete_token(token.id, {"ok": 1}, PY)
     resumed = await claim_one(storage)
     told = resumed.closed_tokens.get(token.id)
-    assert (told is not None) is (not db_url.startswith("sqlite"))
+    assert told is not None
     stored = await storage.get_token(token.id)
-    if told is not None:
-        assert told.model_dump() == stored.model_dump()  # the same token as a read gives
+    assert told.model_dump() == stored.model_dump()  # the same token as a read gives
     stale = jw(resumed, "wait#0", epoch=claimed.epoch)
     with pytest.raises(LeaseLostError):
         await storage.wait_on_token(token.id, stale, closed=told)

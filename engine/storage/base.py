@@ -675,9 +675,8 @@ class Storage(Protocol):
 
         Returns the closed token (the run goes on), or None when the run is now WAITING (the
         caller must suspend; its attempt releases the lease once it unwound). ``closed``: the
-        token as the run's claim found it closed (``ClaimedRun.closed_tokens``), which
-        PostgreSQL journals as it is (a closed token changes no more); SQLite, whose claim
-        finds none, reads the token all the same (a local read in the same write).
+        token as the run's claim found it closed (``ClaimedRun.closed_tokens``), journaled
+        as it is, without reading it again (a closed token changes no more).
         """
         ...
 

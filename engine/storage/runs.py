@@ -21,6 +21,7 @@ from ..models import (
     RunStatus,
     TaskInfo,
     TaskState,
+    Token,
 )
 from .base import JournalWrite, NewRun, NewWorker, PageRequest, RunFilter
 from .core import lease_lost
@@ -508,7 +509,10 @@ class Runs(Triggers, Workers, Rates):
                 f" ORDER BY {self.q.journal_order}",
                 ids=ids,
             )
-            return claimed_runs(claimed, entries)
+            closed: dict[str, dict[str, Token]] = {}
+            for row in (yield self._closed_tokens_of(ids)):
+                closed.setdefault(row["blocked_run"], {})[row["id"]] = token_from_row(row)
+            return claimed_runs(claimed, entries, closed)
 
         return await self._write(op, notify=False, control=True)
 
@@ -569,6 +573,19 @@ class Runs(Triggers, Workers, Rates):
             for row in claimed
         }
         return claimed_runs(claimed, entries, closed)
+
+    def _closed_tokens_of(self, run_ids: list[str]) -> Sql:
+        """The MANUAL waitpoints these runs are parked on that are closed now, each with the
+        run it blocks (``blocked_run``): a resumed wait journals its token from the claim's
+        copy instead of reading it again (a closed token changes no more; the edge stays
+        until the wait journals it). ``_claim_in_one`` reads the same per run, as JSON."""
+        q = self.q  # found through the runs' edges: SQLite's planner would walk every token
+        return rows(
+            "SELECT rw.run_id AS blocked_run, w.* FROM run_waits rw JOIN waitpoints w"
+            f" ON w.id = rw.waitpoint_id WHERE rw.run_id {q.in_('ids')}"
+            f" AND {q.unindexed('w.kind')} = 'MANUAL' AND {q.unindexed('w.status')} <> 'WAITING'",
+            ids=run_ids,
+        )
 
     def _claimable(self, served: Served, alias: str = "") -> str:
         """The runs a claim may take now (``:now``) among those of its tasks (``:tasks``) at

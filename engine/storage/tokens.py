@@ -89,30 +89,35 @@ class Tokens(StorageCore):
                 yield insert if new.idempotency_key is not None else alone(insert)
                 return token
             value = token.model_dump(mode="json", by_alias=True)
-            if self.q.writes_in_with and new.idempotency_key is None:
-                # fence, token and journal entry: one statement, and nothing if the lease moved
-                parts = {
-                    "token": self._insert_token(
-                        row, where=self._fenced, run_id=journal.run_id, epoch=journal.epoch
-                    ),
-                    "entry": self._journal_entry(journal, value, now, where="token"),
-                }
-                crash_point("journal.before_commit")
-                made = yield alone(combined(parts, "SELECT count(*) AS n FROM token"))
-                if not made[0]["n"]:
-                    raise lease_lost(journal.run_id, journal.epoch)
+            if new.idempotency_key is not None:  # fenced above
+                yield self._insert_token(row)
+                yield from self._journal(journal, value, now)
                 return token
-            if new.idempotency_key is None:
-                yield from self._fence(journal.run_id, journal.epoch)
-            yield self._insert_token(row)
-            yield from self._journal(journal, value, now)
+            # the fence in the token's INSERT: nothing is written if the lease moved on
+            insert = self._insert_token(
+                row, where=self._fenced, run_id=journal.run_id, epoch=journal.epoch
+            )
+            if not self.q.writes_in_with:
+                if not (yield insert):
+                    raise lease_lost(journal.run_id, journal.epoch)
+                yield from self._journal(journal, value, now)
+                return token
+            # fence, token and journal entry: one statement
+            parts = {
+                "token": insert,
+                "entry": self._journal_entry(journal, value, now, where="token"),
+            }
+            crash_point("journal.before_commit")
+            made = yield alone(combined(parts, "SELECT count(*) AS n FROM token"))
+            if not made[0]["n"]:
+                raise lease_lost(journal.run_id, journal.epoch)
             return token
 
         return await self._write(op)
 
     def _insert_token(self, row: dict[str, Any], where: str | None = None, **params: Any) -> Sql:
         """The INSERT of a new token's ``row``; with ``where`` (a FROM clause) only if that
-        finds a row, returning the token's id."""
+        finds a row (PostgreSQL: returning the token's id, for a ``WITH`` item)."""
         columns = (
             "id, status, tags, idempotency_key, idempotency_key_expires_at, ttl, timeout_at,"
             " created_at, data_schema, created_by_run"
@@ -136,12 +141,13 @@ class Tokens(StorageCore):
             if details
             else ""
         )
+        returning = " RETURNING id" if self.q.writes_in_with else ""
         return count(  # typed: a SELECT's parameters take no type from the columns they fill
             f"INSERT INTO waitpoints ({columns}) SELECT CAST(:id AS text),"
-            " CAST(:status AS text), CAST(:tags AS jsonb), CAST(:token_key AS text),"
+            f" CAST(:status AS text), {self.q.jsonb('tags')}, CAST(:token_key AS text),"
             " CAST(:key_expires AS bigint), CAST(:ttl AS text), CAST(:timeout_at AS bigint),"
             " CAST(:created_at AS bigint), CAST(:data_schema AS text),"
-            f" CAST(:created_by_run AS text){typed_more} FROM {where} RETURNING id",
+            f" CAST(:created_by_run AS text){typed_more} FROM {where}{returning}",
             **_token_params(values),
             **params,
         )

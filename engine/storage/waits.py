@@ -48,10 +48,10 @@ class Waits(StorageCore):
         elapsed_ms: int = 0,
         closed: Token | None = None,
     ) -> Token | None:
+        if closed is not None:  # the claim read it: the journal's write alone, no read
+            await self._write(lambda now: self._journal_closed(closed, journal, now))
+            return closed
         if self.q.writes_in_with:
-            if closed is not None:  # the claim read it: one statement, the journal's
-                await self._write(lambda now: self._journal_closed(closed, journal, now))
-                return closed
             seen = await self._write(
                 lambda now: self._park_if_waiting(token_id, journal, elapsed_ms, now),
                 notify=False,
@@ -102,14 +102,23 @@ class Waits(StorageCore):
         return seen[0] if seen else None
 
     def _journal_closed(self, token: Token, journal: JournalWrite, now: int) -> Op[None]:
-        """A wait on a closed token (``_park_if_waiting`` found it so): its outcome
-        journaled and the run's edge to it gone, while the epoch holds the run."""
+        """A wait on a closed token (the claim, or ``_park_if_waiting``, found it so): its
+        outcome journaled and the run's edge to it gone, while the epoch holds the run (one
+        statement on PostgreSQL, two on SQLite)."""
         value = token.model_dump(mode="json", by_alias=True)
+        timed = metrics.on  # the edge's deletion says since when the run was parked
+        if not self.q.writes_in_with:
+            crash_point("journal.before_commit")
+            if not (yield self._journal_entry(journal, value, now, where=self._fenced)):
+                raise lease_lost(journal.run_id, journal.epoch)
+            gone = yield self._unblock(journal.run_id, [token.id], returning=timed)
+            if timed:
+                self._waited("token", min((r["created_at"] for r in gone), default=None), now)
+            return
         entry = self._journal_entry(
             journal, value, now, where=self._fenced, returning=" RETURNING run_id"
         )
         gone = self._unblock(journal.run_id, [token.id])
-        timed = metrics.on  # the edge's deletion says since when the run was parked
         tail = " RETURNING created_at" if timed else ""
         gone = Sql(f"{gone.text} AND EXISTS (SELECT 1 FROM entry){tail}", gone.params, gone.want)
         parked = ", (SELECT min(created_at) FROM gone) AS parked" if timed else ""

@@ -187,6 +187,10 @@ class WorkerProcess:
         label = f"{ctx.counter:03d}-{label}"
         self.stats_path = ctx.dir / f"{label}.stats.json"
         self.log_path = ctx.dir / f"{label}.worker.log"
+        self.callgrind_path = ctx.dir / f"{label}.callgrind"
+        # under callgrind (instructions.py) the worker runs ~50x slower: so may its answers
+        self.callgrind = bool(getattr(ctx.args, "callgrind", False))
+        self.patience = 20 if self.callgrind else 1
         self.label = label
         self.proc: subprocess.Popen[bytes] | None = None
         self.seq = 0
@@ -206,6 +210,9 @@ class WorkerProcess:
             cmd.append("--uvloop")
         if self.ctx.args.profile:  # the worker profiles itself (profiler.py) until it exits
             cmd += ["--profile", str(Path(self.ctx.args.profile) / f"{self.label}.prof")]
+        if self.callgrind:  # counts the instructions it executes, written when it exits
+            out = f"--callgrind-out-file={self.callgrind_path}"
+            cmd = ["valgrind", "--tool=callgrind", out, *cmd]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
             cmd, stdout=subprocess.PIPE, stderr=log, env=self.ctx.env, cwd=self.ctx.dir
@@ -213,7 +220,9 @@ class WorkerProcess:
         log.close()
         assert self.proc.stdout is not None
         loop = asyncio.get_running_loop()
-        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 60)
+        line = await asyncio.wait_for(
+            loop.run_in_executor(None, self.proc.stdout.readline), 60 * self.patience
+        )
         if line.strip() != b"ready":
             raise RuntimeError(f"worker did not start: {line!r}; see {self.log_path}")
 
@@ -226,7 +235,7 @@ class WorkerProcess:
         """Ask the worker for a snapshot (SIGUSR1) and wait for it."""
         self.seq += 1
         os.kill(self.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * self.patience
         while time.monotonic() < deadline:
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
                 snapshot = json.loads(self.stats_path.read_text())
@@ -242,10 +251,17 @@ class WorkerProcess:
         os.kill(self.proc.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(loop.run_in_executor(None, self.proc.wait), 30)
+            await asyncio.wait_for(loop.run_in_executor(None, self.proc.wait), 30 * self.patience)
         except TimeoutError:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def instructions(self) -> int:
+        """The instructions the stopped worker executed, start to exit (``callgrind``)."""
+        for line in self.callgrind_path.read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {self.callgrind_path}; see {self.log_path}")
 
 
 class WorkerGroup:

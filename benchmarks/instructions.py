@@ -12,7 +12,10 @@ slope between two sizes (``--n``), so the worker's start and exit cancel out. A 
 alternate. Prints every sample and a table: the medians of instructions per run, and B's
 ratio to A. Instructions are not time (a cache miss or a contended lock costs time and few
 instructions), so a change that moves CPU time without moving instructions shows up only in
-``ab.py``; this is the finer ruler for work removed.
+``ab.py``; this is the finer ruler for work removed. Nor does it see what happens once in
+hundreds of runs: a full collection of the garbage collector comes every ~400 runs, so the
+slope of 100 and 400 runs may hold none (``gc.freeze`` in the worker, 7% of its CPU, moved
+instructions per run by less than 1% here).
 
 Needs valgrind (``apt-get install valgrind``); SQLite only.
 """

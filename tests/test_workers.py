@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
 
 import anyio
@@ -213,3 +214,38 @@ async def test_an_attempt_woken_past_its_lease_begins_no_new_step(
     await wait_for_status(engine, run.id, "COMPLETED")  # the next attempt (its lease held)
     [(_, first), (after, later)] = RAN
     assert after == "after" and later > first  # not begun by the attempt that slept
+
+
+async def test_a_running_worker_keeps_the_heap_it_started_with_out_of_full_collections(
+    engine: Engine,
+) -> None:
+    """``gc.freeze`` while workers run (the modules, tasks and engine they started with live
+    as long as they do), undone when the last one stops; a heap the application froze
+    itself stays frozen."""
+    assert gc.get_freeze_count() == 0  # nothing of the suite freezes it between tests
+
+    async def running(*workers: Worker) -> list[asyncio.Task[None]]:
+        runners = [asyncio.create_task(w.run()) for w in workers]
+        await asyncio.wait_for(asyncio.gather(*(w.started.wait() for w in workers)), 5)
+        return runners
+
+    first, second = Worker(engine, {held.id: held}), Worker(engine, {held.id: held})
+    [one] = await running(first)
+    assert gc.get_freeze_count() > 1000  # the suite's modules, at least
+    [two] = await running(second)
+    first.stop()
+    await asyncio.wait_for(one, 10)
+    assert gc.get_freeze_count() > 1000  # the second still runs (some frozen objects died)
+    second.stop()
+    await asyncio.wait_for(two, 10)
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # the application's own choice
+    try:
+        third = Worker(engine, {held.id: held})
+        [three] = await running(third)
+        third.stop()
+        await asyncio.wait_for(three, 10)
+        assert gc.get_freeze_count() > 1000  # not unfrozen by the worker
+    finally:
+        gc.unfreeze()

@@ -7,7 +7,9 @@ Each sample is one ``run.py --only ITEM --repeat 1`` subprocess with the engine'
 on ``PYTHONPATH`` (its workers and the driver then import that engine), A and B alternating
 and swapping who goes first every repeat, so both see the same machine. Prints every
 sample and a table: the medians of runs/s, of worker CPU and of driver (client) CPU per run,
-and B's ratio to A, with each engine's commit and the load average over the samples.
+and B's ratio to A, with each engine's commit, the load average over the samples and the
+largest share of the machine's time the hypervisor stole during one (other guests on the
+host's cores: CPU seconds per run grow with it).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def sample(folder: Path, item: str, n: int, backend: str, extra: list[str]) -> d
         "rate": runs / m["seconds"],
         "worker": m["cpu_worker_s"] * 1000 / runs,
         "driver": m["cpu_driver_s"] * 1000 / runs,
+        "steal": m["machine_steal"],
     }
 
 
@@ -84,12 +87,14 @@ def main() -> None:
             samples[name].append(s)
             print(
                 f"  {r + 1}/{args.repeat} {name}: {s['rate']:7.0f} runs/s, CPU ms/run worker"
-                f" {s['worker']:.3f} driver {s['driver']:.3f}",
+                f" {s['worker']:.3f} driver {s['driver']:.3f}, steal {s['steal']:.1%}",
                 flush=True,
             )
     what = "trivial runs" if args.item == "1" else f"token-wait runs, N={args.n:,}"
+    steal = max(s["steal"] for name in samples for s in samples[name])
     print(f"\n{what} on {args.backend}, medians of {args.repeat}, A and B alternating;"
-          f" load average {min(loads):.2f}-{max(loads):.2f}")  # fmt: skip
+          f" load average {min(loads):.2f}-{max(loads):.2f}; the hypervisor's steal at most"
+          f" {steal:.1%} of the machine's time in a sample")  # fmt: skip
     print("| engine | commit | runs/s | worker CPU ms/run | driver CPU ms/run |")
     print("|---|---|---:|---:|---:|")
     med = {

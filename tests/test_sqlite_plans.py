@@ -42,32 +42,38 @@ async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
         await storage.close()
 
 
-def queue_copies(path: Path, run_id: str, copies: int) -> None:
-    """``copies`` more queued runs like ``run_id``, written straight into the file."""
+def copy_rows(path: Path, table: str, row_id: str, copies: int) -> None:
+    """``copies`` more rows of ``table`` like ``row_id`` (new ids), written straight into
+    the file."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
-        conn.execute("CREATE TEMP TABLE model AS SELECT * FROM runs WHERE id = ?", (run_id,))
+        conn.execute(f"CREATE TEMP TABLE model AS SELECT * FROM {table} WHERE id = ?", (row_id,))
         for i in range(copies):
-            conn.execute("UPDATE model SET id = ?", (f"run_copy{i:06d}",))
-            conn.execute("INSERT INTO runs SELECT * FROM model")
+            conn.execute("UPDATE model SET id = ?", (f"{table}_copy{i:06d}",))
+            conn.execute(f"INSERT INTO {table} SELECT * FROM model")
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+class Steps:
+    """A progress handler of SQLite: called every N VM instructions, it counts the calls."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __call__(self) -> int:
+        self.taken += 1
+        return 0  # go on
 
 
 async def instructions_of_a_timer_turn(storage: SQLiteStorage) -> int:
     """SQLite VM instructions (in thousands) the timer loop's reads execute once."""
     reader = storage._reader
     assert reader is not None
-    steps = 0
-
-    def counted() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    await reader.set_progress_handler(counted, 1000)
+    steps = Steps()
+    await reader.set_progress_handler(steps, 1000)
     try:
         assert not (await storage.timer_outlook(["t"])).due  # every turn's first read
         assert await storage.fire_due_timers(100) == 0
@@ -75,7 +81,7 @@ async def instructions_of_a_timer_turn(storage: SQLiteStorage) -> int:
         await storage.next_timer_ms()
     finally:
         await reader.set_progress_handler(None, 1000)
-    return steps
+    return steps.taken
 
 
 async def test_the_timer_reads_cost_the_same_with_5000_runs_queued(
@@ -83,26 +89,10 @@ async def test_the_timer_reads_cost_the_same_with_5000_runs_queued(
 ) -> None:
     run = await storage.create_run(NewRun("t", {}))
     few = await instructions_of_a_timer_turn(storage)
-    queue_copies(tmp_path / "timers.db", run.id, 5_000)
+    copy_rows(tmp_path / "timers.db", "runs", run.id, 5_000)
     many = await instructions_of_a_timer_turn(storage)
     # before the reads named their indexes: few 0, many 50 (thousands of instructions)
     assert many <= few + 1, f"{few}k instructions with 1 run queued, {many}k with 5,001"
-
-
-def close_copies(path: Path, token_id: str, copies: int) -> None:
-    """``copies`` more closed tokens like ``token_id``, written straight into the file."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        conn.execute(
-            "CREATE TEMP TABLE model AS SELECT * FROM waitpoints WHERE id = ?", (token_id,)
-        )
-        for i in range(copies):
-            conn.execute("UPDATE model SET id = ?", (f"waitpoint_copy{i:06d}",))
-            conn.execute("INSERT INTO waitpoints SELECT * FROM model")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 async def instructions_of_a_claim(storage: SQLiteStorage) -> int:
@@ -112,19 +102,13 @@ async def instructions_of_a_claim(storage: SQLiteStorage) -> int:
     await storage.create_run(NewRun("t", {}))
     writer = storage._writer_conn
     assert writer is not None
-    steps = 0
-
-    def counted() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    writer.set_progress_handler(counted, 100)
+    steps = Steps()
+    writer.set_progress_handler(steps, 100)
     try:
         assert len(await storage.claim_runs("w", 10, 60_000, ["t"])) == 2
     finally:
-        writer.set_progress_handler(None, 1000)
-    return steps
+        writer.set_progress_handler(None, 100)
+    return steps.taken
 
 
 async def test_a_claim_costs_the_same_with_5000_tokens_closed(
@@ -133,7 +117,7 @@ async def test_a_claim_costs_the_same_with_5000_tokens_closed(
     token = await storage.create_token(NewToken())
     await storage.complete_token(token.id, {"ok": True}, CompletionSource.API)
     few = await instructions_of_a_claim(storage)
-    close_copies(tmp_path / "timers.db", token.id, 5_000)
+    copy_rows(tmp_path / "timers.db", "waitpoints", token.id, 5_000)
     many = await instructions_of_a_claim(storage)
     # through waitpoints_status: few 6, many 1,056 (hundreds of instructions)
     assert many <= few + 2, f"{few}00 instructions with 1 token closed, {many}00 with 5,001"

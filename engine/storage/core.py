@@ -409,11 +409,7 @@ class StorageCore:
         timed = metrics.on
         if not self.q.writes_in_with:
             yield from self._journal(journal, value, now)
-            if not timed:
-                yield self._unblock(journal.run_id, waitpoint_ids)
-                return
-            gone = yield self._unblock(journal.run_id, waitpoint_ids, returning=True)
-            self._waited(kind, min((r["created_at"] for r in gone), default=None), now)
+            yield from self._unblocked(journal.run_id, waitpoint_ids, kind, now)
             return
         crash_point("journal.before_commit")
         parts = {
@@ -425,6 +421,15 @@ class StorageCore:
             return
         found = yield combined(parts, "SELECT min(created_at) AS parked FROM gone")
         self._waited(kind, found[0]["parked"] if found else None, now)
+
+    def _unblocked(self, run_id: str, waitpoint_ids: list[str], kind: str, now: int) -> Op[None]:
+        """``_unblock`` as a statement of its own (SQLite); with metrics on, the wait of
+        ``kind`` recorded from when the deleted edges were made."""
+        if not metrics.on:
+            yield self._unblock(run_id, waitpoint_ids)
+            return
+        gone = yield self._unblock(run_id, waitpoint_ids, returning=True)
+        self._waited(kind, min((r["created_at"] for r in gone), default=None), now)
 
     @staticmethod
     def _waited(kind: str, parked_ms: Any, now: int) -> None:

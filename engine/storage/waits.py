@@ -106,15 +106,13 @@ class Waits(StorageCore):
         outcome journaled and the run's edge to it gone, while the epoch holds the run (one
         statement on PostgreSQL, two on SQLite)."""
         value = token.model_dump(mode="json", by_alias=True)
-        timed = metrics.on  # the edge's deletion says since when the run was parked
+        crash_point("journal.before_commit")
         if not self.q.writes_in_with:
-            crash_point("journal.before_commit")
             if not (yield self._journal_entry(journal, value, now, where=self._fenced)):
                 raise lease_lost(journal.run_id, journal.epoch)
-            gone = yield self._unblock(journal.run_id, [token.id], returning=timed)
-            if timed:
-                self._waited("token", min((r["created_at"] for r in gone), default=None), now)
+            yield from self._unblocked(journal.run_id, [token.id], "token", now)
             return
+        timed = metrics.on  # the edge's deletion says since when the run was parked
         entry = self._journal_entry(
             journal, value, now, where=self._fenced, returning=" RETURNING run_id"
         )
@@ -122,7 +120,6 @@ class Waits(StorageCore):
         tail = " RETURNING created_at" if timed else ""
         gone = Sql(f"{gone.text} AND EXISTS (SELECT 1 FROM entry){tail}", gone.params, gone.want)
         parked = ", (SELECT min(created_at) FROM gone) AS parked" if timed else ""
-        crash_point("journal.before_commit")
         made = yield alone(
             combined({"entry": entry, "gone": gone}, f"SELECT count(*) AS n{parked} FROM entry")
         )
